@@ -1,0 +1,95 @@
+"""The one error tree of fedasync.
+
+Every error carries a short machine-readable `reason` (recorded on rejected updates and
+counted in reports) and a message that names the task, the client and the version and
+says what was expected.
+"""
+
+from __future__ import annotations
+
+
+class FedAsyncError(Exception):
+    """Base of every error fedasync raises on purpose."""
+
+    reason = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(FedAsyncError, ValueError):
+    """A task configuration is invalid."""
+
+    reason = "config"
+
+
+class SchemaError(FedAsyncError, ValueError):
+    """A message or payload does not match the expected schema or format."""
+
+    reason = "schema"
+
+
+class UnknownClientError(SchemaError):
+    """The client is not one of the task's clients (or spoofs another's prefix)."""
+
+    reason = "unknown_client"
+
+
+class IncompatibleUpdateError(FedAsyncError, ValueError):
+    """Tensor names, shapes or dtypes differ from the global model."""
+
+    reason = "incompatible"
+
+
+class InvalidWeightsError(FedAsyncError, ValueError):
+    """Weights contain NaN/Inf or exceed the configured norm bound."""
+
+    reason = "invalid_weights"
+
+
+class PayloadTooLargeError(SchemaError):
+    """A model payload exceeds the size limit."""
+
+    reason = "too_large"
+
+
+class StaleUpdateError(FedAsyncError):
+    """An update's staleness exceeds `max_staleness` (or targets a closed round)."""
+
+    reason = "stale"
+
+
+class DuplicateUpdateError(FedAsyncError):
+    """The same update was already applied."""
+
+    reason = "duplicate"
+
+
+class RegistryError(FedAsyncError):
+    """A stored object is missing or its SHA-256 does not match its record."""
+
+    reason = "registry"
+
+
+class ChecksumMismatchError(RegistryError):
+    """SHA-256 of the bytes differs from the one recorded."""
+
+    reason = "checksum"
+
+
+class TaskNotFoundError(FedAsyncError, LookupError):
+    """No task of that name exists."""
+
+    reason = "unknown_task"
+
+
+class TaskFinishedError(FedAsyncError):
+    """The task is no longer running; nothing more is applied to it."""
+
+    reason = "task_finished"

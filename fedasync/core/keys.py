@@ -1,0 +1,44 @@
+"""Where things live: S3 object keys and DynamoDB sort keys, one place for all of them."""
+
+from __future__ import annotations
+
+TASK_SK = "TASK"
+UPDATE_PREFIX = "UPDATE#"
+ROUND_PREFIX = "ROUND#"
+HEARTBEAT_PREFIX = "HEARTBEAT#"
+
+
+def global_key(task_name: str, version: int) -> str:
+    return f"{task_name}/global/{version:08d}.safetensors"
+
+
+def local_prefix(task_name: str, client_id: str) -> str:
+    return f"{task_name}/local/{client_id}/"
+
+
+def local_key(task_name: str, client_id: str, round_or_base: int, update_id: str) -> str:
+    return f"{local_prefix(task_name, client_id)}{round_or_base:08d}-{update_id}.safetensors"
+
+
+def final_key(task_name: str) -> str:
+    return f"{task_name}/final.safetensors"
+
+
+def buffer_key(task_name: str, seq: int) -> str:
+    """FedBuff's weighted delta sum after the `seq`-th absorbed update (immutable per seq)."""
+    return f"{task_name}/buffer/{seq:08d}.safetensors"
+
+
+def update_sk(client_id: str, update_id: str, round_id: int | None) -> str:
+    """Sync: one update per client per round; async: one item per update id."""
+    if round_id is not None:
+        return f"{UPDATE_PREFIX}{round_id:08d}#{client_id}"
+    return f"{UPDATE_PREFIX}{update_id}"
+
+
+def round_sk(round_id: int) -> str:
+    return f"{ROUND_PREFIX}{round_id:08d}"
+
+
+def heartbeat_sk(client_id: str) -> str:
+    return f"{HEARTBEAT_PREFIX}{client_id}"

@@ -1,0 +1,147 @@
+"""Wire messages: the global-model notice, the local-update record, the heartbeat.
+
+Each carries `schema_version`; a version this build does not know is rejected with a
+clear `SchemaError`, never guessed at. Each has a stable `idempotency_key` so that
+at-least-once delivery collapses to exactly-once effects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fedasync.core import keys
+from fedasync.core.config import CLIENT_ID_PATTERN, TASK_NAME_PATTERN
+from fedasync.core.errors import SchemaError, UnknownClientError
+
+SCHEMA_VERSION = 1
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+UPDATE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class WireMessage(BaseModel):
+    """Base of every message; strict: unknown fields and unknown versions are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {value} is not supported (this build reads {SCHEMA_VERSION})"
+            )
+        return value
+
+    @classmethod
+    def parse(cls, data: str | bytes | dict[str, Any]) -> Self:
+        """Parse JSON text or a mapping; any problem becomes a `SchemaError` naming it."""
+        if isinstance(data, str | bytes):
+            try:
+                data = json.loads(data)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise SchemaError(f"{cls.__name__}: not valid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise SchemaError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            who = f" for task {data.get('task_name')!r}" if data.get("task_name") else ""
+            raise SchemaError(f"{cls.__name__}{who} is malformed: {problems}") from exc
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+class GlobalModelNotice(WireMessage):
+    """Published on SNS when a global version is ready (or the task has ended)."""
+
+    kind: Literal["global_model"] = "global_model"
+    task_name: str = Field(pattern=TASK_NAME_PATTERN)
+    mode: Literal["sync", "async"]
+    version: int = Field(ge=0)
+    round_id: int | None = Field(default=None, ge=0)
+    s3_key: str = Field(min_length=1, max_length=1024)
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    size_bytes: int = Field(ge=0)
+    final: bool = False
+
+    @property
+    def idempotency_key(self) -> str:
+        suffix = "#final" if self.final else ""
+        return f"{self.task_name}#v{self.version:08d}{suffix}"
+
+
+class UpdateRecord(WireMessage):
+    """A client's local model: written to DynamoDB after its object is in S3."""
+
+    kind: Literal["update"] = "update"
+    task_name: str = Field(pattern=TASK_NAME_PATTERN)
+    client_id: str = Field(pattern=CLIENT_ID_PATTERN)
+    update_id: str = Field(pattern=UPDATE_ID_PATTERN)
+    base_version: int = Field(ge=0)
+    round_id: int | None = Field(default=None, ge=0)
+    s3_key: str = Field(min_length=1, max_length=1024)
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    size_bytes: int = Field(ge=0)
+    num_examples: int = Field(ge=0)
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=32)
+
+    @field_validator("metrics")
+    @classmethod
+    def _finite_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, v in value.items() if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"metrics {bad} are not finite numbers")
+        return value
+
+    @property
+    def sk(self) -> str:
+        return keys.update_sk(self.client_id, self.update_id, self.round_id)
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.task_name}#{self.sk}"
+
+    def check_key(self) -> None:
+        """The object must lie under the client's own prefix: no spoofing another silo."""
+        prefix = keys.local_prefix(self.task_name, self.client_id)
+        if not self.s3_key.startswith(prefix) or ".." in self.s3_key:
+            raise UnknownClientError(
+                f"update {self.update_id!r} from client {self.client_id!r} for task "
+                f"{self.task_name!r} points to {self.s3_key!r}; expected a key under {prefix!r}",
+                reason="spoofed_key",
+            )
+
+
+class Heartbeat(WireMessage):
+    """A client's liveness record (DynamoDB item with a TTL)."""
+
+    kind: Literal["heartbeat"] = "heartbeat"
+    task_name: str = Field(pattern=TASK_NAME_PATTERN)
+    client_id: str = Field(pattern=CLIENT_ID_PATTERN)
+    sent_at: float = Field(ge=0)
+    expires_at: int = Field(ge=0)
+    status: Literal["idle", "downloading", "training", "uploading", "stopped"] = "idle"
+    version: int | None = Field(default=None, ge=0)
+
+    @property
+    def sk(self) -> str:
+        return keys.heartbeat_sk(self.client_id)
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.task_name}#{self.sk}"
+
+    def alive_at(self, now: float) -> bool:
+        """DynamoDB TTL deletes lazily (and moto never): judge liveness by time."""
+        return now < self.expires_at

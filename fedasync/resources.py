@@ -1,0 +1,131 @@
+"""One description of the server's AWS resources, shared by the embedded stack and the CDK app.
+
+Pure data: names, key schema, attribute names, placeholders. No boto, no CDK.
+The embedded stack (`fedasync.local`) creates exactly these resources on moto;
+`infra/` creates them on AWS. Where AWS must choose a globally unique name (the
+bucket), the CDK app lets CloudFormation pick it and publishes it as an output.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fedasync.core.config import CLIENT_ID_PATTERN
+
+# DynamoDB single table
+TABLE_PARTITION_KEY = "task_name"
+TABLE_SORT_KEY = "sk"
+TTL_ATTRIBUTE = "expires_at"
+
+# SNS message attribute (String.Array of client ids) matched by each client's filter policy
+NOTICE_FILTER_ATTRIBUTE = "client_ids"
+
+# The ASL file and the `${...}` placeholders it contains; both the embedded stack and
+# CDK `DefinitionSubstitutions` fill every one of them.
+ASL_PATH = Path(__file__).resolve().parent.parent / "stepfunctions" / "fl_task.asl.json"
+ASL_PLACEHOLDERS = ("TableName", "ControlQueueUrl")
+
+# Environment variables the server handlers read (set by CDK on each Lambda, and by
+# the embedded stack before it calls the handlers).
+ENV_TABLE = "FEDASYNC_TABLE"
+ENV_BUCKET = "FEDASYNC_BUCKET"
+ENV_TOPIC_ARN = "FEDASYNC_TOPIC_ARN"
+ENV_CONTROL_QUEUE_URL = "FEDASYNC_CONTROL_QUEUE_URL"
+ENV_ENDPOINT_URL = "FEDASYNC_ENDPOINT_URL"
+ENV_REGION = "AWS_DEFAULT_REGION"
+
+# Handler entry points (module:function) for Lambda and the embedded pumps.
+AGGREGATE_HANDLER = "server_lambdas.aggregate.lambda_handler"
+CONTROL_HANDLER = "server_lambdas.control.lambda_handler"
+
+_CLIENT_ID_RE = re.compile(CLIENT_ID_PATTERN)
+
+
+class ClientSpec(BaseModel):
+    """One silo: its id and the AWS principal allowed to assume its role (CDK only)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    client_id: str
+    principal: str | None = Field(
+        default=None,
+        description="ARN of the principal that may assume this client's role; "
+        "defaults to the deploying account's root",
+    )
+
+    @field_validator("client_id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        if not _CLIENT_ID_RE.match(value):
+            raise ValueError(
+                f"client_id {value!r} must match {CLIENT_ID_PATTERN} "
+                "(it becomes part of queue names and S3 keys)"
+            )
+        return value
+
+
+class StackSpec(BaseModel):
+    """The resources of one deployment (one table, bucket, topic, control queue, state machine)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prefix: str = Field(default="fedasync", pattern=r"^[a-z][a-z0-9-]{0,23}$")
+    clients: tuple[ClientSpec, ...] = ()
+    region: str = "us-east-1"
+
+    @property
+    def table_name(self) -> str:
+        return f"{self.prefix}-table"
+
+    @property
+    def bucket_name(self) -> str:
+        """Fixed name for the embedded stack; CDK lets CloudFormation name the bucket."""
+        return f"{self.prefix}-models"
+
+    @property
+    def topic_name(self) -> str:
+        return f"{self.prefix}-global-model-ready"
+
+    @property
+    def control_queue_name(self) -> str:
+        return f"{self.prefix}-control"
+
+    @property
+    def control_dlq_name(self) -> str:
+        return f"{self.prefix}-control-dlq"
+
+    @property
+    def state_machine_name(self) -> str:
+        return f"{self.prefix}-fl-task"
+
+    def client_queue_name(self, client_id: str) -> str:
+        return f"{self.prefix}-client-{client_id}"
+
+    def client_dlq_name(self, client_id: str) -> str:
+        return f"{self.prefix}-client-{client_id}-dlq"
+
+    @property
+    def client_ids(self) -> tuple[str, ...]:
+        return tuple(c.client_id for c in self.clients)
+
+
+def notice_filter_policy(client_id: str) -> dict[str, list[str]]:
+    """SNS filter policy: a client's queue receives notices addressed to it."""
+    return {NOTICE_FILTER_ATTRIBUTE: [client_id]}
+
+
+def substitute_asl(definition: str, values: dict[str, str]) -> str:
+    """Fill every `${Name}` placeholder of an ASL definition, as CDK DefinitionSubstitutions do."""
+    missing = [name for name in ASL_PLACEHOLDERS if name not in values]
+    if missing:
+        raise ValueError(f"ASL substitutions missing for placeholders: {missing}")
+    out = definition
+    for name, value in values.items():
+        out = out.replace("${" + name + "}", value)
+    leftover = re.findall(r"\$\{([A-Za-z0-9_]+)\}", out)
+    if leftover:
+        raise ValueError(f"ASL placeholders left unfilled: {sorted(set(leftover))}")
+    return out

@@ -1,0 +1,75 @@
+"""TaskConfig: defaults that make sense, and errors that name the field and what it allows."""
+
+import pytest
+
+from fedasync.core.config import StalenessFunction, TaskConfig
+from fedasync.core.errors import ConfigError
+
+
+def test_sync_defaults_to_fedavg_and_a_quorum_of_all_clients():
+    cfg = TaskConfig.parse({"task_name": "digits", "clients": ["a", "b", "c"]})
+    assert cfg.mode == "sync"
+    assert cfg.aggregation == "fedavg"
+    assert cfg.quorum == 3
+
+
+def test_async_defaults_to_fedasync():
+    cfg = TaskConfig.parse({"task_name": "digits", "mode": "async", "clients": ["a"]})
+    assert cfg.aggregation == "fedasync"
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "a", "b"),
+    [("constant", "constant", None, None), ("polynomial(0.5)", "polynomial", 0.5, None), ("hinge(10, 4)", "hinge", 10.0, 4.0)],
+)
+def test_staleness_is_parsed_from_its_short_form(text, kind, a, b):
+    cfg = TaskConfig.parse({"task_name": "t", "mode": "async", "clients": ["a"], "staleness": text})
+    assert cfg.staleness.kind == kind
+    if a is not None:
+        assert cfg.staleness.a == a
+    if b is not None:
+        assert cfg.staleness.b == b
+
+
+def test_staleness_weights_follow_the_fedasync_paper():
+    poly = StalenessFunction(kind="polynomial", a=0.5)
+    assert poly.weight(0) == 1.0
+    assert poly.weight(3) == pytest.approx(4**-0.5)  # (1+3)^-0.5 = 0.5
+    hinge = StalenessFunction(kind="hinge", a=10, b=4)
+    assert hinge.weight(4) == 1.0  # exactly b: still 1
+    assert hinge.weight(5) == pytest.approx(1 / (10 * 1 + 1))
+    assert StalenessFunction().weight(100) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ({"mode": "semi"}, ["mode", "'sync' or 'async'"]),
+        ({"task_name": "bad/name"}, ["task_name", "pattern"]),
+        ({"strategy": "fedbuff"}, ["fedbuff", "'fedavg'"]),
+        ({"min_clients": 5}, ["min_clients", "5"]),
+        ({"clients": ["a", "a"]}, ["clients", "unique"]),
+        ({"staleness": "cubic(2)"}, ["staleness", "hinge(a, b)"]),
+        ({"alpha": 0}, ["alpha", "greater than 0"]),
+        ({"rounds": 0}, ["rounds"]),
+    ],
+)
+def test_invalid_configs_name_the_field_and_allowed_values(override, names):
+    data = {"task_name": "digits", "clients": ["a", "b"], **override}
+    with pytest.raises(ConfigError) as info:
+        TaskConfig.parse(data)
+    for expected in names:
+        assert expected in str(info.value)
+
+
+def test_execution_input_carries_what_the_state_machine_reads():
+    cfg = TaskConfig.parse({"task_name": "t", "clients": ["a", "b"], "min_clients": 1, "rounds": 3})
+    assert cfg.execution_input() == {
+        "task_name": "t",
+        "mode": "sync",
+        "rounds": 3,
+        "min_clients": 1,
+        "round_timeout_s": 300,
+        "heartbeat_s": 600,
+        "deadline_s": 86_400,
+    }
