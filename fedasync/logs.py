@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 import structlog
+import structlog.tracebacks
 
 _configured = False
 
@@ -35,7 +36,12 @@ def configure(*, level: str | None = None, json: bool | None = None, force: bool
         structlog.processors.StackInfoRenderer(),
     ]
     if use_json:
-        processors.append(structlog.processors.dict_tracebacks)
+        # Tracebacks as data, but never with frame locals: they hold task tokens and keys.
+        processors.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
     processors.append(renderer)
     structlog.configure(
         processors=processors,

@@ -145,3 +145,22 @@ class Heartbeat(WireMessage):
     def alive_at(self, now: float) -> bool:
         """DynamoDB TTL deletes lazily (and moto never): judge liveness by time."""
         return now < self.expires_at
+
+
+class ControlMessage(WireMessage):
+    """What a wait-for-token state of the ASL sends to the server's control queue.
+
+    The token never leaves the server side: it is stored on the task's or round's item
+    and used by the server's own handlers, never taken from a client's record.
+    """
+
+    kind: Literal["open_round", "close_round", "open_task", "finalize"]
+    task_name: str = Field(pattern=TASK_NAME_PATTERN)
+    task_token: str = Field(min_length=1, max_length=4096)
+    round_id: int | None = Field(default=None, ge=0)
+    reason: str | None = Field(default=None, max_length=64)
+
+    @property
+    def idempotency_key(self) -> str:
+        where = f"#r{self.round_id:08d}" if self.round_id is not None else ""
+        return f"{self.task_name}#{self.kind}{where}"

@@ -1,0 +1,164 @@
+"""The server's decisions, pure: what to do with an update, a round, a task.
+
+The handlers fetch the facts (records, objects) and perform the effects; everything
+that decides lives here so the same decision runs in Lambda, the embedded stack and
+`replay`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fedasync.core import codec
+from fedasync.core.codec import Array, ModelSpec, Weights
+from fedasync.core.config import TaskConfig
+from fedasync.core.errors import (
+    ChecksumMismatchError,
+    SchemaError,
+    StaleUpdateError,
+    TaskFinishedError,
+    UnknownClientError,
+)
+from fedasync.core.messages import UpdateRecord
+
+# Attributes the server writes on an update item; a client may not set them.
+VERDICT_ATTRIBUTES = (
+    "verdict",
+    "reason",
+    "detail",
+    "seq",
+    "applied_version",
+    "staleness",
+    "weight",
+)
+RECORD_FIELDS = frozenset(UpdateRecord.model_fields)
+
+
+def describe(record: UpdateRecord) -> str:
+    where = (
+        f"round {record.round_id}"
+        if record.round_id is not None
+        else f"base version {record.base_version}"
+    )
+    return (
+        f"update {record.update_id!r} from client {record.client_id!r} for task "
+        f"{record.task_name!r} ({where})"
+    )
+
+
+def parse_update_item(item: Mapping[str, Any]) -> UpdateRecord:
+    """The client-written part of an update item; server attributes or junk are refused."""
+    fields = {k: v for k, v in item.items() if k not in ("task_name", "sk")}
+    fields["task_name"] = item.get("task_name")
+    forged = sorted(set(fields) & set(VERDICT_ATTRIBUTES))
+    if forged:
+        raise SchemaError(f"update item sets server-owned attribute(s) {forged}")
+    record = UpdateRecord.parse(fields)
+    if item.get("sk") != record.sk:
+        raise SchemaError(
+            f"{describe(record)} is stored under sort key {item.get('sk')!r}; expected {record.sk!r}"
+        )
+    return record
+
+
+def check_sender(record: UpdateRecord, cfg: TaskConfig) -> None:
+    """Known client, own prefix, right mode."""
+    if record.client_id not in cfg.clients:
+        raise UnknownClientError(
+            f"{describe(record)}: client {record.client_id!r} is not one of the task's clients "
+            f"{list(cfg.clients)}"
+        )
+    record.check_key()
+    if cfg.mode == "sync" and record.round_id is None:
+        raise SchemaError(f"{describe(record)}: task is sync; the update must name its round_id")
+    if cfg.mode == "async" and record.round_id is not None:
+        raise SchemaError(f"{describe(record)}: task is async; round_id must be absent")
+
+
+def check_round(record: UpdateRecord, head_version: int, round_closed: bool) -> None:
+    """A sync update must be for the open round, trained from that round's global model."""
+    if record.round_id is None:
+        raise SchemaError(f"{describe(record)}: a sync update must name its round_id")
+    if record.round_id < head_version or (record.round_id == head_version and round_closed):
+        raise StaleUpdateError(
+            f"{describe(record)} arrived after round {record.round_id} closed",
+            reason="closed_round",
+        )
+    if record.round_id > head_version:
+        raise SchemaError(
+            f"{describe(record)} is for round {record.round_id}, which has not opened "
+            f"(current round {head_version})",
+            reason="future_round",
+        )
+    if record.base_version != record.round_id:
+        raise SchemaError(
+            f"{describe(record)} says base version {record.base_version}; round "
+            f"{record.round_id} trains from version {record.round_id}"
+        )
+
+
+def check_running(status: str | None, finished: str | None, record: UpdateRecord) -> None:
+    if finished or status in ("SUCCEEDED", "FAILED", "ABORTED"):
+        raise TaskFinishedError(
+            f"{describe(record)} arrived after the task finished ({finished or status})"
+        )
+
+
+def load_payload(
+    data: bytes,
+    record: UpdateRecord,
+    spec: ModelSpec,
+    cfg: TaskConfig,
+    base: Mapping[str, Array] | None = None,
+) -> Weights:
+    """Checksum, size, format, names/shapes/dtypes, finiteness and norm of an update's object."""
+    who = describe(record)
+    digest = codec.sha256_bytes(data)
+    if digest != record.sha256:
+        raise ChecksumMismatchError(
+            f"{who}: object {record.s3_key!r} has SHA-256 {digest}; the record says {record.sha256}"
+        )
+    weights = codec.decode(data, max_bytes=cfg.max_model_bytes, who=who)
+    codec.validate(weights, spec, who, base=base, max_norm=cfg.max_update_norm)
+    return weights
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What closing a sync round decided: aggregate the members, or fail the task."""
+
+    closed: bool
+    arrived: int
+    needed: int
+    cause: str | None = None
+
+
+def round_complete(cfg: TaskConfig, decided_clients: set[str]) -> bool:
+    """Every expected client has an accepted or rejected update in the round."""
+    return set(cfg.clients) <= decided_clients
+
+
+def close_outcome(
+    cfg: TaskConfig, round_id: int, accepted: int, *, at_deadline: bool
+) -> RoundOutcome:
+    if accepted >= cfg.quorum and accepted > 0:
+        return RoundOutcome(True, accepted, cfg.quorum)
+    when = "at its deadline" if at_deadline else "with every client decided"
+    return RoundOutcome(
+        False,
+        accepted,
+        cfg.quorum,
+        cause=(
+            f"round {round_id} of task {cfg.task_name!r} closed {when} with {accepted} accepted "
+            f"update(s); {cfg.quorum} needed (min_clients)"
+        ),
+    )
+
+
+def metric_for_stop(cfg: TaskConfig, latest: Mapping[str, float]) -> float | None:
+    """The target metric: mean over clients of the latest value each reported."""
+    if cfg.target_metric is None or not latest:
+        return None
+    return sum(latest.values()) / len(latest)

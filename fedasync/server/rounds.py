@@ -1,0 +1,147 @@
+"""Sync mode: open a round, accept its updates, close it with FedAvg (or fail it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from fedasync.core import codec, keys
+from fedasync.core.decisions import (
+    VERDICT_ATTRIBUTES,
+    close_outcome,
+    parse_update_item,
+    round_complete,
+)
+from fedasync.core.fedavg import FedAvgAccumulator
+from fedasync.server.finish import finish_task
+from fedasync.server.store import ServerStore
+from fedasync.server.task_view import TaskView
+
+log = structlog.get_logger()
+
+
+async def open_round(store: ServerStore, view: TaskView, round_id: int, token: str) -> None:
+    """Keep the round's token server-side, then tell the clients the round is open."""
+    if round_id != view.head_version:
+        log.warning("round.open_ignored", round_id=round_id, head_version=view.head_version)
+        return
+    op = store.update_op(
+        view.task_name,
+        keys.round_sk(round_id),
+        {"token": token, "round_id": round_id},
+        condition="attribute_not_exists(#closed)",
+    )
+    if not await store.update(op):
+        log.info("round.already_closed", round_id=round_id)
+        return
+    await store.publish(view.notice(round_id), view.cfg.clients)
+    log.info("round.opened", round_id=round_id)
+
+
+async def maybe_complete(store: ServerStore, view: TaskView, round_id: int) -> None:
+    """After a verdict: close the round once every expected client is decided."""
+    items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
+    decided = {str(i.get("client_id")) for i in items if i.get("verdict")}
+    if not round_complete(view.cfg, decided):
+        return
+    round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+    token = round_item.get("token")
+    await close_round(store, view, round_id, token=token, at_deadline=False)
+
+
+async def _claim_members(store: ServerStore, view: TaskView, round_id: int) -> list[str]:
+    """Fix once which updates the round aggregates, so every retry computes the same bytes."""
+    items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
+    accepted = sorted(str(i["sk"]) for i in items if i.get("verdict") == "accepted")
+    op = store.update_op(
+        view.task_name,
+        keys.round_sk(round_id),
+        {"members": accepted, "round_id": round_id},
+        condition="attribute_not_exists(#members)",
+    )
+    if await store.update(op):
+        return accepted
+    current = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+    return [str(m) for m in current.get("members", [])]
+
+
+async def close_round(
+    store: ServerStore, view: TaskView, round_id: int, *, token: str | None, at_deadline: bool
+) -> dict[str, Any]:
+    """Aggregate the round's accepted updates into version round_id + 1, or fail it."""
+    round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+    if round_item.get("closed"):
+        result = dict(round_item.get("result") or {"closed": True, "round_id": round_id})
+    else:
+        members = await _claim_members(store, view, round_id)
+        outcome = close_outcome(view.cfg, round_id, len(members), at_deadline=at_deadline)
+        if outcome.closed:
+            result = await _aggregate(store, view, round_id, members)
+        else:
+            result = {
+                "closed": False,
+                "round_id": round_id,
+                "arrived": outcome.arrived,
+                "needed": outcome.needed,
+                "cause": outcome.cause,
+            }
+            log.warning(
+                "round.quorum_missed",
+                round_id=round_id,
+                arrived=outcome.arrived,
+                needed=outcome.needed,
+            )
+    if token:
+        await store.send_success(token, result)
+    return result
+
+
+async def _aggregate(
+    store: ServerStore, view: TaskView, round_id: int, members: list[str]
+) -> dict[str, Any]:
+    acc = FedAvgAccumulator(view.spec, who=f"round {round_id} of task {view.task_name!r}")
+    for sk in members:
+        item = await store.get_item(view.task_name, sk)
+        record = parse_update_item(
+            {k: v for k, v in (item or {}).items() if k not in VERDICT_ATTRIBUTES}
+        )
+        data = await store.get_object(record.s3_key, max_bytes=view.cfg.max_model_bytes)
+        acc.add(codec.decode(data, who=sk), record.num_examples, who=sk)
+        del data
+    new_version = round_id + 1
+    blob = codec.encode(acc.result())
+    sha = codec.sha256_bytes(blob)
+    await store.put_object(keys.global_key(view.task_name, new_version), blob, sha)
+    result = {
+        "closed": True,
+        "round_id": round_id,
+        "version": new_version,
+        "accepted": len(members),
+        "sha256": sha,
+    }
+    committed = await store.transact(
+        [
+            store.update_op(
+                view.task_name,
+                keys.TASK_SK,
+                {"head_version": new_version, "head_sha256": sha, "head_size": len(blob)},
+                condition="#head_version = :expected",
+                condition_values={":expected": round_id},
+            ),
+            store.update_op(
+                view.task_name, keys.round_sk(round_id), {"closed": True, "result": result}
+            ),
+        ]
+    )
+    log.info(
+        "round.closed",
+        round_id=round_id,
+        version=new_version,
+        accepted=len(members),
+        committed=committed,
+        sha256=sha,
+    )
+    if new_version >= view.cfg.rounds:
+        await finish_task(store, view.task_name, "rounds", token=None)
+    return result

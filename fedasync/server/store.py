@@ -1,0 +1,241 @@
+"""The server's storage edge: the table, the model bucket, the topic, Step Functions.
+
+Every write that decides something is conditional, so a redelivered event or a retry
+after a crash finds the work done instead of doing it twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from fedasync.aws.session import AwsContext
+from fedasync.core.errors import PayloadTooLargeError, RegistryError
+from fedasync.core.keys import TASK_SK
+from fedasync.core.messages import GlobalModelNotice
+from fedasync.resources import NOTICE_FILTER_ATTRIBUTE, TABLE_PARTITION_KEY, TABLE_SORT_KEY
+
+_SER = TypeSerializer()
+_DES = TypeDeserializer()
+# A callback for a token that is already spent is work already done, not an error.
+SPENT_TOKEN_ERRORS = ("InvalidToken", "TaskTimedOut", "TaskDoesNotExist")
+
+
+def _to_ddb(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _to_ddb(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_ddb(v) for v in value]
+    return value
+
+
+def _from_ddb(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_ddb(v) for k, v in value.items()}
+    if isinstance(value, list | set):
+        return [_from_ddb(v) for v in value]
+    return value
+
+
+def serialize_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _SER.serialize(_to_ddb(v)) for k, v in item.items()}
+
+
+def deserialize_item(image: Mapping[str, Any]) -> dict[str, Any]:
+    """A DynamoDB image (stream NewImage or GetItem Item) as plain Python values."""
+    return {k: _from_ddb(_DES.deserialize(v)) for k, v in image.items()}
+
+
+def _names(condition: str) -> dict[str, str]:
+    """Conditions name attributes as `#attr` (DynamoDB reserves many plain words)."""
+    special = {"pk": TABLE_PARTITION_KEY, "sk": TABLE_SORT_KEY}
+    return {f"#{w}": special.get(w, w) for w in re.findall(r"#([A-Za-z_][A-Za-z0-9_]*)", condition)}
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+@dataclass(frozen=True)
+class Where:
+    """The deployment's resource names (from the handler environment)."""
+
+    table: str
+    bucket: str
+    topic_arn: str
+
+
+class ServerStore:
+    """Typed operations of the server on one deployment."""
+
+    def __init__(self, aws: AwsContext, where: Where) -> None:
+        self.aws = aws
+        self.where = where
+
+    def _key(self, task_name: str, sk: str) -> dict[str, Any]:
+        return {TABLE_PARTITION_KEY: {"S": task_name}, TABLE_SORT_KEY: {"S": sk}}
+
+    async def get_item(self, task_name: str, sk: str) -> dict[str, Any] | None:
+        ddb = await self.aws.dynamodb()
+        resp = await ddb.get_item(
+            TableName=self.where.table, Key=self._key(task_name, sk), ConsistentRead=True
+        )
+        item = resp.get("Item")
+        return deserialize_item(item) if item else None
+
+    async def get_task(self, task_name: str) -> dict[str, Any] | None:
+        return await self.get_item(task_name, TASK_SK)
+
+    async def query_prefix(self, task_name: str, prefix: str) -> list[dict[str, Any]]:
+        ddb = await self.aws.dynamodb()
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.where.table,
+            "KeyConditionExpression": "#pk = :pk AND begins_with(#sk, :prefix)",
+            "ExpressionAttributeNames": {"#pk": TABLE_PARTITION_KEY, "#sk": TABLE_SORT_KEY},
+            "ExpressionAttributeValues": {":pk": {"S": task_name}, ":prefix": {"S": prefix}},
+            "ConsistentRead": True,
+        }
+        while True:
+            resp = await ddb.query(**kwargs)
+            items += [deserialize_item(i) for i in resp.get("Items", [])]
+            if "LastEvaluatedKey" not in resp:
+                return items
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    async def put_item(self, item: Mapping[str, Any], condition: str | None = None) -> bool:
+        """Put; False when the condition failed (someone did it already)."""
+        ddb = await self.aws.dynamodb()
+        kwargs: dict[str, Any] = {"TableName": self.where.table, "Item": serialize_item(item)}
+        if condition:
+            kwargs["ConditionExpression"] = condition
+            kwargs["ExpressionAttributeNames"] = _names(condition)
+        try:
+            await ddb.put_item(**kwargs)
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def update_op(
+        self,
+        task_name: str,
+        sk: str,
+        values: Mapping[str, Any],
+        condition: str | None = None,
+        condition_values: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """An Update operation (for `update` or a transaction) setting `values`."""
+        names = {f"#a{i}": k for i, k in enumerate(values)}
+        exprs = {f":v{i}": v for i, v in enumerate(values.values())}
+        exprs.update(condition_values or {})
+        condition = condition or "attribute_exists(#pk)"
+        names.update(_names(condition))
+        return {
+            "TableName": self.where.table,
+            "Key": self._key(task_name, sk),
+            "UpdateExpression": "SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(values))),
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": serialize_item(exprs),
+        }
+
+    async def update(self, op: dict[str, Any]) -> bool:
+        ddb = await self.aws.dynamodb()
+        try:
+            await ddb.update_item(**op)
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    async def transact(self, ops: list[dict[str, Any]]) -> bool:
+        """All or nothing; False when a condition failed (the work was done by another try)."""
+        ddb = await self.aws.dynamodb()
+        try:
+            await ddb.transact_write_items(TransactItems=[{"Update": op} for op in ops])  # type: ignore[typeddict-item]
+        except ClientError as exc:
+            if _error_code(exc) in (
+                "TransactionCanceledException",
+                "ConditionalCheckFailedException",
+            ):
+                return False
+            raise
+        return True
+
+    # --- models in S3 -------------------------------------------------------------------
+
+    async def get_object(self, key: str, max_bytes: int | None = None) -> bytes:
+        s3 = await self.aws.s3()
+        try:
+            resp = await s3.get_object(Bucket=self.where.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                raise RegistryError(f"object {key!r} is missing from the model bucket") from exc
+            raise
+        size = int(resp.get("ContentLength", 0))
+        if max_bytes is not None and size > max_bytes:
+            resp["Body"].close()
+            raise PayloadTooLargeError(f"object {key!r} is {size} bytes; the limit is {max_bytes}")
+        async with resp["Body"] as body:
+            return bytes(await body.read())
+
+    async def put_object(self, key: str, data: bytes, sha256: str) -> None:
+        s3 = await self.aws.s3()
+        await s3.put_object(
+            Bucket=self.where.bucket,
+            Key=key,
+            Body=data,
+            Metadata={"sha256": sha256},
+            ContentType="application/octet-stream",
+        )
+
+    # --- notices and callbacks ---------------------------------------------------------------
+
+    async def publish(self, notice: GlobalModelNotice, client_ids: tuple[str, ...]) -> None:
+        sns = await self.aws.sns()
+        await sns.publish(
+            TopicArn=self.where.topic_arn,
+            Message=notice.to_json(),
+            MessageAttributes={
+                NOTICE_FILTER_ATTRIBUTE: {
+                    "DataType": "String.Array",
+                    "StringValue": json.dumps(list(client_ids)),
+                },
+                "task_name": {"DataType": "String", "StringValue": notice.task_name},
+            },
+        )
+
+    async def send_success(self, token: str, output: Mapping[str, Any]) -> bool:
+        """True if this call completed the wait; False if the token was already spent."""
+        sfn = await self.aws.sfn()
+        try:
+            await sfn.send_task_success(taskToken=token, output=json.dumps(output))
+        except ClientError as exc:
+            if _error_code(exc) in SPENT_TOKEN_ERRORS:
+                return False
+            raise
+        return True
+
+    async def send_heartbeat(self, token: str) -> bool:
+        sfn = await self.aws.sfn()
+        try:
+            await sfn.send_task_heartbeat(taskToken=token)
+        except ClientError as exc:
+            if _error_code(exc) in SPENT_TOKEN_ERRORS:
+                return False
+            raise
+        return True

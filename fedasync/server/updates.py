@@ -1,0 +1,114 @@
+"""One update record arrived on the stream: accept it exactly once, or reject it with its reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from fedasync.core import keys
+from fedasync.core.decisions import (
+    check_round,
+    check_running,
+    check_sender,
+    describe,
+    load_payload,
+    parse_update_item,
+)
+from fedasync.core.errors import FedAsyncError
+from fedasync.core.messages import UpdateRecord
+from fedasync.server import async_task, rounds
+from fedasync.server.store import ServerStore
+from fedasync.server.task_view import TaskView
+
+log = structlog.get_logger()
+
+
+async def on_update(store: ServerStore, task_name: str, sk: str) -> str:
+    """Returns the verdict ('accepted', 'rejected', or 'ignored' for a vanished item)."""
+    item = await store.get_item(task_name, sk)
+    if item is None:
+        log.warning("update.vanished", task_name=task_name, sk=sk)
+        return "ignored"
+    with bound_contextvars(task_name=task_name, client_id=item.get("client_id"), sk=sk):
+        if item.get("verdict"):
+            await _after(store, task_name, item)
+            return str(item["verdict"])
+        try:
+            record = parse_update_item(item)
+            view = TaskView.from_item(task_name, await store.get_task(task_name))
+            check_sender(record, view.cfg)
+            with bound_contextvars(version=view.head_version, round_id=record.round_id):
+                await _accept(store, view, record, item)
+        except FedAsyncError as exc:
+            await _reject(store, task_name, sk, exc)
+        item = await store.get_item(task_name, sk) or item
+        await _after(store, task_name, item)
+        return str(item.get("verdict", "pending"))
+
+
+async def _accept(
+    store: ServerStore, view: TaskView, record: UpdateRecord, item: dict[str, Any]
+) -> None:
+    if view.cfg.mode == "async":
+        await async_task.absorb_update(store, view, record, item)
+        return
+    round_item = await store.get_item(view.task_name, keys.round_sk(record.round_id or 0)) or {}
+    check_round(
+        record, view.head_version, bool(round_item.get("members") or round_item.get("closed"))
+    )
+    check_running(view.status, view.finished, record)
+    load_payload(
+        await store.get_object(record.s3_key, max_bytes=view.cfg.max_model_bytes),
+        record,
+        view.spec,
+        view.cfg,
+        base=await _base_for_norm(store, view, record),
+    )
+    op = store.update_op(
+        view.task_name,
+        record.sk,
+        {"verdict": "accepted", "applied_version": view.head_version + 1},
+        condition="attribute_not_exists(#verdict)",
+    )
+    await store.update(op)
+    log.info("update.accepted", round_id=record.round_id, num_examples=record.num_examples)
+
+
+async def _base_for_norm(store: ServerStore, view: TaskView, record: UpdateRecord) -> Any:
+    if view.cfg.max_update_norm is None:
+        return None
+    from fedasync.core import codec
+
+    return codec.decode(
+        await store.get_object(keys.global_key(view.task_name, record.base_version))
+    )
+
+
+async def _reject(store: ServerStore, task_name: str, sk: str, exc: FedAsyncError) -> None:
+    op = store.update_op(
+        task_name,
+        sk,
+        {"verdict": "rejected", "reason": exc.reason, "detail": exc.message[:2000]},
+        condition="attribute_not_exists(#verdict)",
+    )
+    await store.update(op)
+    log.warning("update.rejected", reason=exc.reason, detail=exc.message)
+
+
+async def _after(store: ServerStore, task_name: str, item: dict[str, Any]) -> None:
+    """Effects that follow a verdict; idempotent so a redelivered record may run them again."""
+    task = await store.get_task(task_name)
+    if task is None:
+        return
+    view = TaskView.from_item(task_name, task)
+    if view.cfg.mode == "sync":
+        round_id = item.get("round_id")
+        if isinstance(round_id, int) and round_id == view.head_version and not view.finished:
+            await rounds.maybe_complete(store, view, round_id)
+    elif item.get("verdict") == "accepted":
+        await async_task.after_accept(store, task_name, item)
+
+
+__all__ = ["describe", "on_update"]

@@ -1,0 +1,66 @@
+"""What a Lambda container keeps between invocations: one event loop and its AWS clients.
+
+Handlers are synchronous (Lambda's contract); the ports are asyncio. Creating clients is
+the slow part of a cold call, so, as Lambda guidance says for SDK clients, they are made
+once per container and reused; here on one loop running in a daemon thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from fedasync import logs
+from fedasync.aws.session import AwsContext
+from fedasync.resources import ENV_BUCKET, ENV_ENDPOINT_URL, ENV_REGION, ENV_TABLE, ENV_TOPIC_ARN
+from fedasync.server.store import ServerStore, Where
+
+T = TypeVar("T")
+
+
+class _Runtime:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._aws: AwsContext | None = None
+        self._key: tuple[str | None, str] | None = None
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(
+                target=loop.run_forever, name="fedasync-lambda-loop", daemon=True
+            ).start()
+            self._loop = loop
+        return self._loop
+
+    async def _store(self) -> ServerStore:
+        key = (os.environ.get(ENV_ENDPOINT_URL) or None, os.environ.get(ENV_REGION, "us-east-1"))
+        if self._aws is None or self._key != key:
+            if self._aws is not None:
+                await self._aws.__aexit__(None, None, None)
+            self._aws = await AwsContext(key[0], key[1]).__aenter__()
+            self._key = key
+        where = Where(
+            table=os.environ[ENV_TABLE],
+            bucket=os.environ[ENV_BUCKET],
+            topic_arn=os.environ[ENV_TOPIC_ARN],
+        )
+        return ServerStore(self._aws, where)
+
+    def run(self, work: Callable[[ServerStore], Awaitable[T]]) -> T:
+        """Run `work(store)` on the container's loop and wait for it (called from handlers)."""
+        logs.configure()
+        with self._lock:
+            loop = self._ensure_loop()
+
+        async def job() -> T:
+            return await work(await self._store())
+
+        return asyncio.run_coroutine_threadsafe(job(), loop).result()
+
+
+runtime = _Runtime()

@@ -1,0 +1,63 @@
+"""DynamoDB stream -> aggregation. Only INSERTs of update items are work; the rest is our own writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+
+from fedasync.core.keys import UPDATE_PREFIX
+from fedasync.server.updates import on_update
+from server_lambdas._runtime import runtime
+
+processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+log = structlog.get_logger()
+
+
+class _OrderGuard:
+    """After one record of a batch fails, fail the rest unprocessed: Lambda retries from the
+    first failure, and a task's updates must apply in stream order."""
+
+    failed = False
+
+
+def record_handler(record: DynamoDBRecord) -> None:
+    if _OrderGuard.failed:
+        raise RuntimeError("an earlier record of this batch failed; kept for retry in order")
+    try:
+        _handle(record)
+    except Exception:
+        _OrderGuard.failed = True
+        raise
+
+
+def _handle(record: DynamoDBRecord) -> None:
+    if record.event_name is None or record.event_name.name != "INSERT" or record.dynamodb is None:
+        return
+    keys = record.dynamodb.keys or {}
+    task_name, sk = keys.get("task_name"), keys.get("sk")
+    if (
+        not isinstance(task_name, str)
+        or not isinstance(sk, str)
+        or not sk.startswith(UPDATE_PREFIX)
+    ):
+        return
+    try:
+        runtime.run(lambda store: on_update(store, task_name, sk))
+    except Exception:
+        log.exception("aggregate.failed", task_name=task_name, sk=sk)
+        raise
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
+    _OrderGuard.failed = False
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )
