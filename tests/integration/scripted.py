@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
+from botocore.exceptions import ClientError
 
 from fedasync.aws.session import AwsContext
 from fedasync.core import codec, keys
@@ -41,6 +42,7 @@ class ScriptedClient:
     index: int
     num_examples: int
     seen: list[GlobalModelNotice] = field(default_factory=list)
+    duplicates: int = 0
 
     async def poll(self, wait_s: int = 1) -> GlobalModelNotice | None:
         sqs = await self.aws.sqs()
@@ -77,7 +79,9 @@ class ScriptedClient:
                 )
             blob = codec.encode(weights)
         update_id = update_id or (
-            f"r{notice.round_id:08d}" if notice.round_id is not None else f"v{notice.version:08d}"
+            f"r{notice.round_id:08d}"
+            if notice.round_id is not None
+            else f"{self.client_id}-v{notice.version:08d}"
         )
         round_or_base = notice.round_id if notice.round_id is not None else notice.version
         key = keys.local_key(notice.task_name, self.client_id, round_or_base, update_id)
@@ -106,11 +110,17 @@ class ScriptedClient:
             **{k: v for k, v in fields.items() if v is not None},
         }
         ddb = await self.aws.dynamodb()
-        await ddb.put_item(
-            TableName=self.table,
-            Item=serialize_item(item),
-            ConditionExpression="attribute_not_exists(sk)",
-        )
+        try:
+            await ddb.put_item(
+                TableName=self.table,
+                Item=serialize_item(item),
+                ConditionExpression="attribute_not_exists(sk)",
+            )
+        except ClientError as exc:
+            # a duplicated notice: the update already exists, as a real client finds too
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            self.duplicates += 1
         return record
 
 
