@@ -24,7 +24,9 @@ def median(values: list[float]) -> float:
 
 def emit(figures: list[Figure], json_path: str | None) -> None:
     width = max(len(f.name) for f in figures)
-    print(f"{'figure':<{width}}  {'value':>12}  {'unit':<8}  {'baseline':>12}  {'ratio':>7}  target")
+    print(
+        f"{'figure':<{width}}  {'value':>12}  {'unit':<8}  {'baseline':>12}  {'ratio':>7}  target"
+    )
     for f in figures:
         base = f"{f.baseline:12.4g}" if f.baseline is not None else " " * 12
         ratio = f"{f.ratio:7.3f}" if f.ratio is not None else " " * 7

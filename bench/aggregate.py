@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import Figure, emit, median  # noqa: E402
+from _report import Figure, emit, median
 
-from fedasync.core.fedavg import FedAvgAccumulator  # noqa: E402
+from fedasync.core.fedavg import FedAvgAccumulator
 
 Model = dict[str, np.ndarray]
 
@@ -33,9 +33,15 @@ Model = dict[str, np.ndarray]
 def make_models(n: int, params: int, seed: int = 0) -> tuple[list[Model], list[int]]:
     rng = np.random.default_rng(seed)
     # a plausible layer mix: two big kernels, a medium one, a bias
-    sizes = {"conv/kernel": params // 2, "dense1/kernel": params * 2 // 5, "dense2/kernel": params // 10}
+    sizes = {
+        "conv/kernel": params // 2,
+        "dense1/kernel": params * 2 // 5,
+        "dense2/kernel": params // 10,
+    }
     sizes["dense2/bias"] = params - sum(sizes.values())
-    models = [{k: rng.standard_normal(v, dtype=np.float32) for k, v in sizes.items()} for _ in range(n)]
+    models = [
+        {k: rng.standard_normal(v, dtype=np.float32) for k, v in sizes.items()} for _ in range(n)
+    ]
     return models, [int(x) for x in rng.integers(50, 500, size=n)]
 
 
@@ -47,7 +53,10 @@ def ours(models: list[Model], ns: list[int]) -> Model:
 
 
 def stack_then_average(models: list[Model], ns: list[int]) -> Model:
-    return {k: np.average(np.stack([m[k] for m in models]), axis=0, weights=ns).astype(np.float32) for k in models[0]}
+    return {
+        k: np.average(np.stack([m[k] for m in models]), axis=0, weights=ns).astype(np.float32)
+        for k in models[0]
+    }
 
 
 def flower(models: list[Model], ns: list[int]) -> Any:
@@ -56,7 +65,9 @@ def flower(models: list[Model], ns: list[int]) -> Any:
     return aggregate([(list(m.values()), n) for m, n in zip(models, ns, strict=True)])
 
 
-def peak_extra(fn: Callable[[list[Model], list[int]], Any], models: list[Model], ns: list[int]) -> int:
+def peak_extra(
+    fn: Callable[[list[Model], list[int]], Any], models: list[Model], ns: list[int]
+) -> int:
     gc.collect()
     tracemalloc.start()
     tracemalloc.reset_peak()
@@ -68,7 +79,9 @@ def peak_extra(fn: Callable[[list[Model], list[int]], Any], models: list[Model],
     return peak - before
 
 
-def timed(fn: Callable[[list[Model], list[int]], Any], models: list[Model], ns: list[int], repeats: int) -> float:
+def timed(
+    fn: Callable[[list[Model], list[int]], Any], models: list[Model], ns: list[int], repeats: int
+) -> float:
     runs = []
     for _ in range(repeats):
         gc.collect()
@@ -95,20 +108,42 @@ def bench(n: int, params: int, repeats: int, have_flower: bool) -> list[Figure]:
     figs = []
     mem_ours = peak_extra(ours, models, ns) / model_bytes
     mem_stack = peak_extra(stack_then_average, models, ns) / model_bytes
-    figs.append(Figure(f"fedavg_peak_extra_N{n}", mem_ours, "x model", mem_stack, mem_ours / mem_stack, "<= 2.5x model, flat in N"))
+    figs.append(
+        Figure(
+            f"fedavg_peak_extra_N{n}",
+            mem_ours,
+            "x model",
+            mem_stack,
+            mem_ours / mem_stack,
+            "<= 2.5x model, flat in N",
+        )
+    )
     t_ours = timed(ours, models, ns, repeats)
     t_stack = timed(stack_then_average, models, ns, repeats)
     figs.append(Figure(f"fedavg_time_vs_stack_N{n}", t_ours, "s", t_stack, t_ours / t_stack, None))
     if have_flower:
         mem_fl = peak_extra(flower, models, ns) / model_bytes
-        figs.append(Figure(f"fedavg_peak_extra_vs_flower_N{n}", mem_ours, "x model", mem_fl, mem_ours / mem_fl, "<= 2.5x model"))
+        figs.append(
+            Figure(
+                f"fedavg_peak_extra_vs_flower_N{n}",
+                mem_ours,
+                "x model",
+                mem_fl,
+                mem_ours / mem_fl,
+                "<= 2.5x model",
+            )
+        )
         t_fl = timed(flower, models, ns, repeats)
-        figs.append(Figure(f"fedavg_time_vs_flower_N{n}", t_ours, "s", t_fl, t_ours / t_fl, "ratio <= 1.0"))
+        figs.append(
+            Figure(f"fedavg_time_vs_flower_N{n}", t_ours, "s", t_fl, t_ours / t_fl, "ratio <= 1.0")
+        )
     return figs
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--params", type=int, default=10_000_000)
     parser.add_argument("--repeats", type=int, default=3)
@@ -119,7 +154,10 @@ def main() -> None:
 
         have_flower = True
     except ImportError:
-        print("flwr not installed (pip install -e '.[bench]'): Flower comparison skipped", file=sys.stderr)
+        print(
+            "flwr not installed (pip install -e '.[bench]'): Flower comparison skipped",
+            file=sys.stderr,
+        )
         have_flower = False
     figures: list[Figure] = []
     for n in args.clients:

@@ -70,7 +70,9 @@ def test_alpha_one_returns_the_client_model():
     hnp.arrays(np.float32, 4, elements=st.floats(-1e6, 1e6, width=32)),
 )
 def test_fedasync_with_alpha_t_one_is_the_client_model(g, c):
-    out = absorb(AsyncState(version=2), cfg(alpha=1.0), base_version=2, global_w={"w": g}, client_w={"w": c})
+    out = absorb(
+        AsyncState(version=2), cfg(alpha=1.0), base_version=2, global_w={"w": g}, client_w={"w": c}
+    )
     np.testing.assert_array_equal(out.new_global["w"], c)
 
 
@@ -78,7 +80,14 @@ def test_staleness_exactly_max_is_accepted_one_more_is_rejected():
     c = cfg(max_staleness=3)
     absorb(AsyncState(version=7), c, base_version=4, global_w=X, client_w=C)
     with pytest.raises(StaleUpdateError, match=r"stale: 4 > 3"):
-        absorb(AsyncState(version=7), c, base_version=3, global_w=X, client_w=C, who="update from client 'a'")
+        absorb(
+            AsyncState(version=7),
+            c,
+            base_version=3,
+            global_w=X,
+            client_w=C,
+            who="update from client 'a'",
+        )
 
 
 def test_base_version_from_the_future_is_a_schema_error():
@@ -88,7 +97,9 @@ def test_base_version_from_the_future_is_a_schema_error():
 
 def test_mismatched_update_never_touches_the_model():
     with pytest.raises(IncompatibleUpdateError):
-        absorb(AsyncState(), cfg(), base_version=0, global_w=X, client_w={"w": np.zeros(3, np.float32)})
+        absorb(
+            AsyncState(), cfg(), base_version=0, global_w=X, client_w={"w": np.zeros(3, np.float32)}
+        )
 
 
 def test_fedbuff_buffers_until_k_then_steps_by_weighted_mean_delta():
@@ -97,7 +108,12 @@ def test_fedbuff_buffers_until_k_then_steps_by_weighted_mean_delta():
     # GIVEN head version 1 (x = [1, 1]); update 1 based on v1 (staleness 0, w=1), delta [2, 0]
     x1 = {"w": np.array([1.0, 1.0], np.float32)}
     first = absorb(
-        AsyncState(version=1), c, base_version=1, global_w=x1, client_w={"w": np.array([3.0, 1.0], np.float32)}, base_w=x1
+        AsyncState(version=1),
+        c,
+        base_version=1,
+        global_w=x1,
+        client_w={"w": np.array([3.0, 1.0], np.float32)},
+        base_w=x1,
     )
     assert not first.advanced
     assert first.state == AsyncState(version=1, absorbed=1, buffered=1, buffer_weight=1.0)
@@ -130,7 +146,14 @@ def test_fedbuff_with_k_one_and_lr_one_lands_on_the_client_model_when_fresh():
 def test_fedbuff_needs_its_buffer_sum_when_it_has_buffered():
     c = cfg(strategy="fedbuff", buffer_size=3)
     with pytest.raises(SchemaError, match="buffer sum"):
-        absorb(AsyncState(version=0, buffered=1, buffer_weight=1.0), c, base_version=0, global_w=X, client_w=C, base_w=X)
+        absorb(
+            AsyncState(version=0, buffered=1, buffer_weight=1.0),
+            c,
+            base_version=0,
+            global_w=X,
+            client_w=C,
+            base_w=X,
+        )
 
 
 def test_stop_decision():

@@ -25,7 +25,11 @@ MODEL = {
 
 
 def test_order_of_tensors_survives_the_round_trip():
-    weights = {"z": np.zeros(2, np.float32), "a": np.ones(1, np.float64), "m": np.ones(3, np.float16)}
+    weights = {
+        "z": np.zeros(2, np.float32),
+        "a": np.ones(1, np.float64),
+        "m": np.ones(3, np.float16),
+    }
     assert list(codec.decode(codec.encode(weights))) == ["z", "a", "m"]
 
 
@@ -53,7 +57,11 @@ float_arrays = hnp.arrays(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.text("abcxyz/_.", min_size=1, max_size=12), float_arrays, min_size=1, max_size=5))
+@given(
+    st.dictionaries(
+        st.text("abcxyz/_.", min_size=1, max_size=12), float_arrays, min_size=1, max_size=5
+    )
+)
 def test_every_accepted_dtype_round_trips_bit_exactly(weights):
     back = codec.decode(codec.encode(weights))
     assert list(back) == list(weights)

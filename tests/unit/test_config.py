@@ -20,7 +20,11 @@ def test_async_defaults_to_fedasync():
 
 @pytest.mark.parametrize(
     ("text", "kind", "a", "b"),
-    [("constant", "constant", None, None), ("polynomial(0.5)", "polynomial", 0.5, None), ("hinge(10, 4)", "hinge", 10.0, 4.0)],
+    [
+        ("constant", "constant", None, None),
+        ("polynomial(0.5)", "polynomial", 0.5, None),
+        ("hinge(10, 4)", "hinge", 10.0, 4.0),
+    ],
 )
 def test_staleness_is_parsed_from_its_short_form(text, kind, a, b):
     cfg = TaskConfig.parse({"task_name": "t", "mode": "async", "clients": ["a"], "staleness": text})

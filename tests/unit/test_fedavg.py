@@ -46,11 +46,19 @@ def test_accumulates_in_float64():
 def test_chunked_accumulator_matches_the_direct_formula(monkeypatch):
     monkeypatch.setattr(fedavg_mod, "CHUNK_ELEMENTS", 7)  # several chunks per tensor
     rng = np.random.default_rng(0)
-    models = [{"k": rng.normal(size=(5, 6)).astype(np.float32), "s": rng.normal(size=()).astype(np.float32)} for _ in range(4)]
+    models = [
+        {
+            "k": rng.normal(size=(5, 6)).astype(np.float32),
+            "s": rng.normal(size=()).astype(np.float32),
+        }
+        for _ in range(4)
+    ]
     ns = [3, 1, 4, 1]
     out = fedavg(zip(models, ns, strict=True))
     for name in ("k", "s"):
-        expected = sum(n * m[name].astype(np.float64) for m, n in zip(models, ns, strict=True)) / sum(ns)
+        expected = sum(
+            n * m[name].astype(np.float64) for m, n in zip(models, ns, strict=True)
+        ) / sum(ns)
         assert out[name].shape == models[0][name].shape
         np.testing.assert_array_equal(out[name], expected.astype(np.float32))
 

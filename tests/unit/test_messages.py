@@ -46,7 +46,10 @@ def test_async_update_is_keyed_by_update_id():
         ("{not json", "not valid JSON"),
         ("[1, 2]", "expected a JSON object"),
         (json.dumps(_update(schema_version=2)), "schema_version 2 is not supported"),
-        (json.dumps({k: v for k, v in _update().items() if k != "sha256"}), "sha256: Field required"),
+        (
+            json.dumps({k: v for k, v in _update().items() if k != "sha256"}),
+            "sha256: Field required",
+        ),
         (json.dumps(_update(num_examples=-1)), "num_examples"),
         (json.dumps(_update(metrics={"loss": float("nan")})), "not finite"),
         (json.dumps(_update(extra="x")), "extra"),
@@ -70,7 +73,12 @@ def test_an_update_pointing_outside_its_own_prefix_is_refused():
 
 def test_notice_and_heartbeat_keys():
     notice = GlobalModelNotice(
-        task_name="digits", mode="async", version=7, s3_key="digits/global/00000007.safetensors", sha256=SHA, size_bytes=1
+        task_name="digits",
+        mode="async",
+        version=7,
+        s3_key="digits/global/00000007.safetensors",
+        sha256=SHA,
+        size_bytes=1,
     )
     assert notice.idempotency_key == "digits#v00000007"
     beat = Heartbeat(task_name="digits", client_id="a", sent_at=100.0, expires_at=160)
