@@ -1,0 +1,104 @@
+"""One aioboto3 session per process, and the clients one unit of work opens on it."""
+
+from __future__ import annotations
+
+import functools
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb import DynamoDBClient
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_sns import SNSClient
+    from types_aiobotocore_sqs import SQSClient
+    from types_aiobotocore_stepfunctions import SFNClient
+
+# Long polls park a connection for up to 20 s each; aiobotocore's default pool of 10
+# would then starve every other call of the same client.
+CLIENT_CONFIG = Config(max_pool_connections=50, retries={"mode": "standard"})
+
+
+@functools.cache
+def shared_session() -> aioboto3.Session:
+    """The process's session: credentials are resolved once, clients share it."""
+    return aioboto3.Session()
+
+
+class AwsContext:
+    """Where to talk to (endpoint_url None = real AWS) and the clients opened there.
+
+    Use as `async with AwsContext(url, region) as aws:`; every client it hands out is
+    closed when the block exits.
+    """
+
+    def __init__(self, endpoint_url: str | None = None, region: str = "us-east-1") -> None:
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self._stack: AsyncExitStack | None = None
+        self._clients: dict[str, Any] = {}
+
+    async def __aenter__(self) -> Self:
+        self._stack = AsyncExitStack()
+        await self._stack.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        self._clients.clear()
+        if stack is not None:
+            await stack.__aexit__(exc_type, exc, tb)
+
+    async def _client(self, service: str) -> Any:
+        if self._stack is None:
+            raise RuntimeError("AwsContext is not open; use `async with AwsContext(...)`")
+        client = self._clients.get(service)
+        if client is None:
+            client = await self._stack.enter_async_context(
+                shared_session().client(
+                    service,  # type: ignore[call-overload]
+                    region_name=self.region,
+                    endpoint_url=self.endpoint_url,
+                    config=CLIENT_CONFIG,
+                )
+            )
+            self._clients[service] = client
+        return client
+
+    async def s3(self) -> S3Client:
+        client: S3Client = await self._client("s3")
+        return client
+
+    async def dynamodb(self) -> DynamoDBClient:
+        client: DynamoDBClient = await self._client("dynamodb")
+        return client
+
+    async def sqs(self) -> SQSClient:
+        client: SQSClient = await self._client("sqs")
+        return client
+
+    async def sns(self) -> SNSClient:
+        client: SNSClient = await self._client("sns")
+        return client
+
+    async def sfn(self) -> SFNClient:
+        client: SFNClient = await self._client("stepfunctions")
+        return client
+
+    async def dynamodbstreams(self) -> Any:
+        # No stubs are installed for DynamoDB Streams; the embedded pump is its only user.
+        return await self._client("dynamodbstreams")
+
+
+def error_code(error: ClientError) -> str:
+    """The service's error code ('ConditionalCheckFailedException', 'InvalidToken', ...)."""
+    return str(error.response.get("Error", {}).get("Code", ""))

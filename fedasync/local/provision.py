@@ -1,0 +1,222 @@
+"""Create, on the embedded endpoint, exactly the resources the CDK stack creates on AWS."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import structlog
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict
+
+from fedasync.aws.session import AwsContext
+from fedasync.resources import (
+    ASL_PATH,
+    ENV_BUCKET,
+    ENV_CONTROL_QUEUE_URL,
+    ENV_ENDPOINT_URL,
+    ENV_REGION,
+    ENV_TABLE,
+    ENV_TOPIC_ARN,
+    TABLE_PARTITION_KEY,
+    TABLE_SORT_KEY,
+    TTL_ATTRIBUTE,
+    StackSpec,
+    notice_filter_policy,
+    substitute_asl,
+)
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs import SQSClient
+
+log = structlog.get_logger()
+
+# The same values as infra/ (messaging.py, server.py); they belong in fedasync.resources
+# so that neither side can drift.
+CONTROL_VISIBILITY_S = 6 * 60
+CLIENT_VISIBILITY_S = 5 * 60
+MAX_RECEIVE_COUNT = 5
+DLQ_RETENTION_S = 14 * 24 * 3600
+# moto checks only the shape of a role ARN; real stacks get theirs from CDK.
+_LOCAL_ROLE_ARN = "arn:aws:iam::123456789012:role/{prefix}-state-machine"
+
+
+class StackEndpoints(BaseModel):
+    """Where each resource of one deployment lives; what handlers and clients need."""
+
+    model_config = ConfigDict(frozen=True)
+
+    endpoint_url: str | None
+    region: str
+    bucket: str
+    table: str
+    stream_arn: str
+    topic_arn: str
+    control_queue_url: str
+    control_dlq_url: str
+    aggregate_failures_url: str  # on-failure destination of the stream mapping
+    client_queue_urls: dict[str, str]
+    client_dlq_urls: dict[str, str]
+    state_machine_arn: str
+
+    def handler_env(self) -> dict[str, str]:
+        """The environment the server handlers read (CDK sets the same on each Lambda)."""
+        env = {
+            ENV_TABLE: self.table,
+            ENV_BUCKET: self.bucket,
+            ENV_TOPIC_ARN: self.topic_arn,
+            ENV_CONTROL_QUEUE_URL: self.control_queue_url,
+            ENV_REGION: self.region,
+        }
+        if self.endpoint_url is not None:
+            env[ENV_ENDPOINT_URL] = self.endpoint_url
+        return env
+
+
+async def provision(aws: AwsContext, spec: StackSpec) -> StackEndpoints:
+    """Create every resource of `spec`; running it again finds and reuses them."""
+    bucket = await _bucket(aws, spec)
+    table, stream_arn = await _table(aws, spec)
+    sqs = await aws.sqs()
+    control_dlq = await _queue(sqs, spec.control_dlq_name, retention_s=DLQ_RETENTION_S)
+    control = await _queue(sqs, spec.control_queue_name, CONTROL_VISIBILITY_S, control_dlq)
+    failures = await _queue(sqs, f"{spec.prefix}-aggregate-failures", retention_s=DLQ_RETENTION_S)
+    topic_arn = (await (await aws.sns()).create_topic(Name=spec.topic_name))["TopicArn"]
+    client_urls: dict[str, str] = {}
+    dlq_urls: dict[str, str] = {}
+    for client_id in spec.client_ids:
+        dlq_urls[client_id] = await _queue(
+            sqs, spec.client_dlq_name(client_id), retention_s=DLQ_RETENTION_S
+        )
+        client_urls[client_id] = await _queue(
+            sqs, spec.client_queue_name(client_id), CLIENT_VISIBILITY_S, dlq_urls[client_id]
+        )
+        await _subscribe(aws, topic_arn, client_urls[client_id], client_id)
+    machine_arn = await _state_machine(aws, spec, table, control)
+    endpoints = StackEndpoints(
+        endpoint_url=aws.endpoint_url,
+        region=aws.region,
+        bucket=bucket,
+        table=table,
+        stream_arn=stream_arn,
+        topic_arn=topic_arn,
+        control_queue_url=control,
+        control_dlq_url=control_dlq,
+        aggregate_failures_url=failures,
+        client_queue_urls=client_urls,
+        client_dlq_urls=dlq_urls,
+        state_machine_arn=machine_arn,
+    )
+    log.info("stack.provisioned", prefix=spec.prefix, clients=len(spec.clients))
+    return endpoints
+
+
+async def _bucket(aws: AwsContext, spec: StackSpec) -> str:
+    s3 = await aws.s3()
+    try:
+        if aws.region == "us-east-1":  # us-east-1 rejects an explicit LocationConstraint
+            await s3.create_bucket(Bucket=spec.bucket_name)
+        else:
+            await s3.create_bucket(
+                Bucket=spec.bucket_name,
+                CreateBucketConfiguration={"LocationConstraint": aws.region},  # type: ignore[typeddict-item]
+            )
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+            raise
+    return spec.bucket_name
+
+
+async def _table(aws: AwsContext, spec: StackSpec) -> tuple[str, str]:
+    ddb = await aws.dynamodb()
+    try:
+        await ddb.create_table(
+            TableName=spec.table_name,
+            KeySchema=[
+                {"AttributeName": TABLE_PARTITION_KEY, "KeyType": "HASH"},
+                {"AttributeName": TABLE_SORT_KEY, "KeyType": "RANGE"},
+            ],
+            AttributeDefinitions=[
+                {"AttributeName": TABLE_PARTITION_KEY, "AttributeType": "S"},
+                {"AttributeName": TABLE_SORT_KEY, "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+        )
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "ResourceInUseException":
+            raise
+    ttl = await ddb.describe_time_to_live(TableName=spec.table_name)
+    if ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus") != "ENABLED":
+        await ddb.update_time_to_live(
+            TableName=spec.table_name,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
+        )
+    described = await ddb.describe_table(TableName=spec.table_name)
+    return spec.table_name, described["Table"]["LatestStreamArn"]
+
+
+async def _queue_arn(sqs: SQSClient, url: str) -> str:
+    attrs = await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    return attrs["Attributes"]["QueueArn"]
+
+
+async def _queue(
+    sqs: SQSClient,
+    name: str,
+    visibility_s: int | None = None,
+    dlq_url: str | None = None,
+    *,
+    retention_s: int | None = None,
+) -> str:
+    attributes: dict[str, str] = {}
+    if retention_s is not None:
+        attributes["MessageRetentionPeriod"] = str(retention_s)
+    if visibility_s is not None:
+        attributes["VisibilityTimeout"] = str(visibility_s)
+    if dlq_url is not None:
+        redrive = {
+            "deadLetterTargetArn": await _queue_arn(sqs, dlq_url),
+            "maxReceiveCount": MAX_RECEIVE_COUNT,
+        }
+        attributes["RedrivePolicy"] = json.dumps(redrive)
+    response = await sqs.create_queue(QueueName=name, Attributes=attributes)  # type: ignore[arg-type]
+    return response["QueueUrl"]
+
+
+async def _subscribe(aws: AwsContext, topic_arn: str, queue_url: str, client_id: str) -> None:
+    sns = await aws.sns()
+    queue_arn = await _queue_arn(await aws.sqs(), queue_url)
+    existing = await sns.list_subscriptions_by_topic(TopicArn=topic_arn)
+    if any(s.get("Endpoint") == queue_arn for s in existing.get("Subscriptions", [])):
+        return  # re-provisioning must not double every notice
+    await sns.subscribe(
+        TopicArn=topic_arn,
+        Protocol="sqs",
+        Endpoint=queue_arn,
+        Attributes={
+            "RawMessageDelivery": "true",
+            "FilterPolicy": json.dumps(notice_filter_policy(client_id)),
+        },
+    )
+
+
+async def _state_machine(aws: AwsContext, spec: StackSpec, table: str, control_url: str) -> str:
+    sfn = await aws.sfn()
+    definition = substitute_asl(
+        ASL_PATH.read_text(), {"TableName": table, "ControlQueueUrl": control_url}
+    )
+    machines = await sfn.list_state_machines()
+    for machine in machines["stateMachines"]:
+        if machine["name"] == spec.state_machine_name:
+            await sfn.update_state_machine(
+                stateMachineArn=machine["stateMachineArn"], definition=definition
+            )
+            return machine["stateMachineArn"]
+    created = await sfn.create_state_machine(
+        name=spec.state_machine_name,
+        definition=definition,
+        roleArn=_LOCAL_ROLE_ARN.format(prefix=spec.prefix),
+        type="STANDARD",
+    )
+    return created["stateMachineArn"]

@@ -1,0 +1,57 @@
+"""Integration fixtures: one moto server for the whole session, one prefix per test."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from fedasync.aws.session import AwsContext
+from fedasync.local.server import LocalMotoServer
+
+Waiter = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[LocalMotoServer]:
+    server = LocalMotoServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh resource prefix, so tests sharing the server never see each other's data."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def aws(moto_server: LocalMotoServer) -> AsyncIterator[AwsContext]:
+    async with AwsContext(moto_server.endpoint_url) as context:
+        yield context
+
+
+async def _wait_until(
+    probe: Callable[[], Any], timeout_s: float = 10.0, interval_s: float = 0.05
+) -> Any:
+    """Poll `probe` (sync or async) until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(interval_s)
+
+
+@pytest.fixture
+def wait_until() -> Waiter:
+    return _wait_until
