@@ -1,0 +1,1 @@
+"""The CDK app that deploys fedasync's server stack and the per-client queues and roles."""

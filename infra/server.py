@@ -1,0 +1,217 @@
+"""The server's Lambda functions, their roles and their event sources.
+
+aggregate: DynamoDB stream → `AGGREGATE_HANDLER`; one concurrent execution so a task's
+updates apply in the order the stream delivers them.
+control:   control queue → `CONTROL_HANDLER` (the messages the state machine sends).
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
+from aws_cdk import Annotations, Duration, Size
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as sources
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+
+from fedasync.resources import (
+    AGGREGATE_HANDLER,
+    CONTROL_HANDLER,
+    ENV_BUCKET,
+    ENV_CONTROL_QUEUE_URL,
+    ENV_TABLE,
+    ENV_TOPIC_ARN,
+    StackSpec,
+)
+from infra import bundle
+from infra.messaging import Messaging
+from infra.nag import acknowledge, acknowledge_wildcard_resource
+
+RUNTIME = lambda_.Runtime(f"python{bundle.LAMBDA_PYTHON_VERSION}", lambda_.RuntimeFamily.PYTHON)
+CONTROL_TIMEOUT = Duration.seconds(60)
+# Lambda's advice for SQS sources: visibility at least six times the function timeout,
+# so a retried batch is not handed out again while the first attempt still runs.
+CONTROL_QUEUE_VISIBILITY = Duration.seconds(6 * 60)
+AGGREGATE_TIMEOUT = Duration.minutes(10)
+STREAM_BATCH_SIZE = 10
+STREAM_RETRIES = 5
+
+# TransactWriteItems is not an IAM action: each item of a transaction is authorised as
+# the PutItem / UpdateItem / ConditionCheckItem it contains.
+TABLE_ACTIONS = (
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:Query",
+    "dynamodb:ConditionCheckItem",
+)
+OBJECT_ACTIONS = (
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:AbortMultipartUpload",
+    "s3:ListMultipartUploadParts",
+)
+
+
+def lambda_code(scope: Construct, bundle_dir: Path) -> lambda_.Code:
+    """The built bundle if there is one; else our source alone, with a synth warning."""
+    if bundle.is_built(bundle_dir):
+        return lambda_.Code.from_asset(str(bundle_dir))
+    Annotations.of(scope).add_warning_v2(
+        "fedasync:LambdaBundleNotBuilt",
+        f"{bundle_dir} is not built: the Lambda asset holds only fedasync/ and "
+        "server_lambdas/, without numpy & co. Run `python infra/bundle.py` before "
+        "`cdk deploy`.",
+    )
+    staging = Path(tempfile.mkdtemp(prefix="fedasync-lambda-src-"))
+    atexit.register(shutil.rmtree, staging, ignore_errors=True)
+    bundle.stage_sources(staging)
+    bundle.normalise(staging)
+    return lambda_.Code.from_asset(str(staging))
+
+
+class ServerFunctions(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        spec: StackSpec,
+        code: lambda_.Code,
+        bucket: s3.IBucket,
+        table: dynamodb.ITable,
+        messaging: Messaging,
+        state_machine: sfn.IStateMachine,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self._bucket, self._table, self._messaging = bucket, table, messaging
+        self._state_machine = state_machine
+        environment = {
+            ENV_TABLE: table.table_name,
+            ENV_BUCKET: bucket.bucket_name,
+            ENV_TOPIC_ARN: messaging.topic.topic_arn,
+            ENV_CONTROL_QUEUE_URL: messaging.control_queue.queue_url,
+        }
+        self.aggregate = self._function(
+            "Aggregate",
+            f"{spec.prefix}-aggregate",
+            AGGREGATE_HANDLER,
+            code,
+            environment,
+            timeout=AGGREGATE_TIMEOUT,
+            memory_mb=3008,
+            reserved_concurrency=1,
+        )
+        self.aggregate.add_event_source(
+            sources.DynamoEventSource(
+                table,
+                starting_position=lambda_.StartingPosition.TRIM_HORIZON,
+                batch_size=STREAM_BATCH_SIZE,
+                bisect_batch_on_error=True,
+                retry_attempts=STREAM_RETRIES,
+                report_batch_item_failures=True,
+                on_failure=sources.SqsDlq(messaging.aggregate_failures),
+            )
+        )
+        acknowledge(
+            self.aggregate.role or self.aggregate,
+            "AwsSolutions-IAM5[Resource::*]",
+            "dynamodb:ListStreams, added by the stream event source, has no resource-level "
+            "permissions; every other stream action is scoped to the table's stream ARN.",
+        )
+        self.control = self._function(
+            "Control",
+            f"{spec.prefix}-control",
+            CONTROL_HANDLER,
+            code,
+            environment,
+            timeout=CONTROL_TIMEOUT,
+            memory_mb=1024,
+            reserved_concurrency=None,
+        )
+        self.control.add_event_source(
+            sources.SqsEventSource(
+                messaging.control_queue, batch_size=5, report_batch_item_failures=True
+            )
+        )
+
+    def _function(
+        self,
+        construct_id: str,
+        name: str,
+        handler: str,
+        code: lambda_.Code,
+        environment: dict[str, str],
+        *,
+        timeout: Duration,
+        memory_mb: int,
+        reserved_concurrency: int | None,
+    ) -> lambda_.Function:
+        log_group = logs.LogGroup(
+            self, f"{construct_id}Logs", retention=logs.RetentionDays.ONE_YEAR
+        )
+        # An explicit role instead of the default one: the default attaches the managed
+        # AWSLambdaBasicExecutionRole, whose log permissions span every log group.
+        role = iam.Role(
+            self,
+            f"{construct_id}Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"{name}: its log group, the table, the bucket, the topic, task callbacks",
+        )
+        log_group.grant_write(role)
+        self._grant_server_access(role)
+        function = lambda_.Function(
+            self,
+            construct_id,
+            function_name=name,
+            runtime=RUNTIME,
+            architecture=lambda_.Architecture.X86_64,
+            handler=handler,
+            code=code,
+            role=role,
+            environment=environment,
+            timeout=timeout,
+            memory_size=memory_mb,
+            ephemeral_storage_size=Size.mebibytes(2048),
+            reserved_concurrent_executions=reserved_concurrency,
+            log_group=log_group,
+        )
+        acknowledge(
+            function,
+            "AwsSolutions-L1",
+            f"Pinned to python{bundle.LAMBDA_PYTHON_VERSION} on purpose: infra/bundle.py "
+            "installs binary wheels (numpy, pydantic-core) for exactly that CPython ABI; "
+            "the runtime and LAMBDA_PYTHON_VERSION move together, in one change.",
+        )
+        return function
+
+    def _grant_server_access(self, role: iam.Role) -> None:
+        objects = self._bucket.arn_for_objects("*")
+        role.add_to_policy(
+            iam.PolicyStatement(actions=list(TABLE_ACTIONS), resources=[self._table.table_arn])
+        )
+        role.add_to_policy(iam.PolicyStatement(actions=list(OBJECT_ACTIONS), resources=[objects]))
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["sns:Publish"], resources=[self._messaging.topic.topic_arn]
+            )
+        )
+        # Publishing to a KMS-encrypted topic needs the topic key, and only that key.
+        self._messaging.topic_key.grant(role, "kms:GenerateDataKey", "kms:Decrypt")
+        # SendTask* are authorised against the state machine's ARN (CDK's grant does that).
+        self._state_machine.grant_task_response(role)
+        acknowledge_wildcard_resource(
+            role,
+            objects,
+            "The server reads and writes every task's prefix ({task}/global, /local, "
+            "/buffer, /final.safetensors); tasks are created at run time, so the bucket's "
+            "object ARN is the narrowest fixed scope.",
+        )

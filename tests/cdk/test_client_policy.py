@@ -1,0 +1,221 @@
+"""The client role's policy, parsed and evaluated: a silo reaches its own things only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.cdk.support import TRAINER_ARN, Synth, require_cdk
+
+require_cdk()
+
+from fedasync.core.keys import final_key, global_key, local_key  # noqa: E402
+from infra.client_access import CLIENT_ITEM_ATTRIBUTES  # noqa: E402
+from tests.cdk.policy_eval import ACCOUNT, REGION, Policy, Resolver  # noqa: E402
+
+pytestmark = pytest.mark.cdk
+
+TASK = "digits"
+CLIENTS = ("hospital-a", "bank-b", "datacentre-c")
+
+
+def _role_id(synth: Synth, client_id: str) -> str:
+    wanted = f"fedasync client {client_id}:"
+    (logical_id,) = [
+        k
+        for k, r in synth.resources("AWS::IAM::Role").items()
+        if r["Properties"].get("Description", "").startswith(wanted)
+    ]
+    return logical_id
+
+
+def client_policy(synth: Synth, client_id: str) -> Policy:
+    """Everything the role can do: its inline policies plus any policy attached to it."""
+    role_id = _role_id(synth, client_id)
+    role = synth.template["Resources"][role_id]["Properties"]
+    documents = [p["PolicyDocument"] for p in role.get("Policies", [])]
+    for policy in synth.resources("AWS::IAM::Policy").values():
+        if {"Ref": role_id} in policy["Properties"].get("Roles", []):
+            documents.append(policy["Properties"]["PolicyDocument"])
+    assert not role.get("ManagedPolicyArns"), "client roles carry no managed policies"
+    return Policy.from_documents(documents, Resolver(synth.template))
+
+
+def bucket_object(synth: Synth, key: str) -> str:
+    (bucket_id,) = [
+        k
+        for k, r in synth.resources("AWS::S3::Bucket").items()
+        if "VersioningConfiguration" in r["Properties"]
+    ]
+    return f"{Resolver(synth.template).arn(bucket_id)}/{key}"
+
+
+def queue_arn(name: str) -> str:
+    return f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"
+
+
+TABLE_ARN = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/fedasync-table"
+GOOD_PUT = {
+    "dynamodb:Attributes": ["task_name", "sk", "client_id", "s3_key"],
+    "dynamodb:ReturnValues": "NONE",
+}
+
+
+@pytest.fixture(scope="module")
+def policies(default_synth: Synth) -> dict[str, Policy]:
+    return {c: client_policy(default_synth, c) for c in CLIENTS}
+
+
+# --- S3 -------------------------------------------------------------------------------
+
+
+def test_a_client_uploads_under_its_own_prefix_only(default_synth: Synth, policies: Any) -> None:
+    # GIVEN hospital-a's role WHEN it uploads its local model THEN S3 allows it
+    own = bucket_object(default_synth, local_key(TASK, "hospital-a", 3, "u1"))
+    for action in ("s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"):
+        assert policies["hospital-a"].allows(action, own)
+    # AND no condition whatsoever lets it write another client's prefix or the server's keys
+    for key in (
+        local_key(TASK, "bank-b", 3, "u1"),
+        f"{TASK}/local/bank-b/local/hospital-a/00000003-u1.safetensors",  # `*` crosses '/'
+        f"{TASK}/local/hospital-a/extra/00000003-u1.safetensors",
+        global_key(TASK, 4),
+        final_key(TASK),
+        f"{TASK}/buffer/00000001.safetensors",
+    ):
+        target = bucket_object(default_synth, key)
+        assert not policies["hospital-a"].allows("s3:PutObject", target), key
+        assert not policies["hospital-a"].allows("s3:PutObjectTagging", target), key
+
+
+def test_a_client_reads_global_models_and_nothing_local(
+    default_synth: Synth, policies: Any
+) -> None:
+    policy = policies["bank-b"]
+    assert policy.allows("s3:GetObject", bucket_object(default_synth, global_key(TASK, 7)))
+    assert policy.allows("s3:GetObject", bucket_object(default_synth, final_key(TASK)))
+    for key in (
+        local_key(TASK, "hospital-a", 3, "u1"),
+        local_key(TASK, "bank-b", 3, "u1"),  # not even its own uploads: nothing needs it
+        f"{TASK}/local/global/00000003-u1.safetensors",  # a client named 'global'
+        f"{TASK}/buffer/00000001.safetensors",
+    ):
+        assert not policy.allows("s3:GetObject", bucket_object(default_synth, key)), key
+    assert not policy.allows("s3:ListBucket", bucket_object(default_synth, "")[:-1])
+
+
+def test_tagging_is_limited_to_the_expiry_tag(default_synth: Synth, policies: Any) -> None:
+    own = bucket_object(default_synth, local_key(TASK, "hospital-a", 3, "u1"))
+    policy = policies["hospital-a"]
+    assert policy.allows("s3:PutObjectTagging", own, {"s3:RequestObjectTagKeys": ["fedasync-kind"]})
+    assert not policy.allows("s3:PutObjectTagging", own, {"s3:RequestObjectTagKeys": ["owner"]})
+
+
+# --- SQS ------------------------------------------------------------------------------
+
+
+def test_a_client_consumes_its_own_queue_only(policies: Any) -> None:
+    actions = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility")
+    for client in CLIENTS:
+        for action in actions:
+            assert policies[client].allows(action, queue_arn(f"fedasync-client-{client}"))
+            for other in CLIENTS:
+                if other != client:
+                    assert not policies[client].allows(
+                        action, queue_arn(f"fedasync-client-{other}")
+                    )
+            for server_queue in (
+                "fedasync-control",
+                "fedasync-control-dlq",
+                f"fedasync-client-{client}-dlq",
+                "fedasync-aggregate-failures",
+            ):
+                assert not policies[client].allows(action, queue_arn(server_queue))
+        assert not policies[client].allows(
+            "sqs:SendMessage", queue_arn(f"fedasync-client-{client}")
+        )
+        assert not policies[client].allows("sqs:PurgeQueue", queue_arn(f"fedasync-client-{client}"))
+
+
+# --- DynamoDB -------------------------------------------------------------------------
+
+
+def test_a_client_only_puts_record_shaped_items(policies: Any) -> None:
+    policy = policies["hospital-a"]
+    assert policy.allows("dynamodb:PutItem", TABLE_ARN, GOOD_PUT)
+    # attributes only the server writes, and reading an overwritten item back, are refused
+    bad_attributes = {**GOOD_PUT, "dynamodb:Attributes": ["task_name", "sk", "token"]}
+    assert not policy.allows("dynamodb:PutItem", TABLE_ARN, bad_attributes)
+    read_back = {**GOOD_PUT, "dynamodb:ReturnValues": "ALL_OLD"}
+    assert not policy.allows("dynamodb:PutItem", TABLE_ARN, read_back)
+    assert "client_id" in CLIENT_ITEM_ATTRIBUTES
+    assert not {"token", "task_token", "head_version"} & set(CLIENT_ITEM_ATTRIBUTES)
+
+
+def test_a_client_may_check_a_key_exists_but_never_read_an_item(policies: Any) -> None:
+    policy = policies["bank-b"]
+    key_only = {"dynamodb:Attributes": ["sk"], "dynamodb:Select": "SPECIFIC_ATTRIBUTES"}
+    assert policy.allows("dynamodb:GetItem", TABLE_ARN, key_only)
+    # no projection (the whole item), or a projection beyond the key: refused
+    assert not policy.allows("dynamodb:GetItem", TABLE_ARN, {})
+    assert not policy.allows(
+        "dynamodb:GetItem", TABLE_ARN, {**key_only, "dynamodb:Attributes": ["sk", "s3_key"]}
+    )
+    assert not policy.allows(
+        "dynamodb:GetItem", TABLE_ARN, {**key_only, "dynamodb:Select": "ALL_ATTRIBUTES"}
+    )
+    for action in (
+        "dynamodb:Query",
+        "dynamodb:Scan",
+        "dynamodb:DeleteItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:BatchGetItem",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:PartiQLSelect",
+        "dynamodb:PartiQLInsert",
+    ):
+        assert not policy.allows(action, TABLE_ARN), action
+
+
+# --- everything else ------------------------------------------------------------------
+
+
+def test_client_roles_reach_nothing_else(default_synth: Synth, policies: Any) -> None:
+    for policy in policies.values():
+        for statement in policy.statements:
+            resources = statement["Resource"]
+            assert "*" not in (resources if isinstance(resources, list) else [resources])
+            actions = statement["Action"]
+            assert not any("*" in a for a in (actions if isinstance(actions, list) else [actions]))
+        for action, resource in (
+            ("states:SendTaskSuccess", "*"),
+            ("sns:Publish", "*"),
+            ("kms:Decrypt", "*"),
+            (
+                "s3:DeleteObject",
+                bucket_object(default_synth, local_key(TASK, "hospital-a", 1, "x")),
+            ),
+            ("iam:PassRole", "*"),
+            ("sts:AssumeRole", "*"),
+        ):
+            assert not policy.allows(action, resource), action
+
+
+def test_each_role_is_assumable_by_its_configured_principal(
+    default_synth: Synth, solo_synth: Synth
+) -> None:
+    # GIVEN no principal in infra/clients.yaml THEN the deploying account's root is trusted
+    for client in CLIENTS:
+        role = default_synth.template["Resources"][_role_id(default_synth, client)]
+        (statement,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        principal = Resolver(default_synth.template).resolve(statement["Principal"])
+        assert principal == {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}
+    # GIVEN a principal in another account THEN exactly that principal, never '*'
+    role = solo_synth.template["Resources"][_role_id(solo_synth, "lab-1")]
+    (statement,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert statement == {
+        "Action": "sts:AssumeRole",
+        "Effect": "Allow",
+        "Principal": {"AWS": TRAINER_ARN},
+    }

@@ -1,0 +1,306 @@
+"""The synthesised stack, read as a specification: what exists, how it is locked down."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.cdk.support import Synth, require_cdk
+
+require_cdk()
+
+from aws_cdk.assertions import Match, Template  # noqa: E402
+
+from fedasync.resources import (  # noqa: E402
+    AGGREGATE_HANDLER,
+    ASL_PLACEHOLDERS,
+    CONTROL_HANDLER,
+    ENV_BUCKET,
+    ENV_CONTROL_QUEUE_URL,
+    ENV_TABLE,
+    ENV_TOPIC_ARN,
+    TABLE_PARTITION_KEY,
+    TABLE_SORT_KEY,
+    TTL_ATTRIBUTE,
+    StackSpec,
+    notice_filter_policy,
+)
+from infra.asl_check import required_actions  # noqa: E402
+from infra.stack import CLIENT_QUEUE_URL, CLIENT_ROLE_ARN, output_id  # noqa: E402
+
+pytestmark = pytest.mark.cdk
+
+DEFAULT_CLIENTS = ("hospital-a", "bank-b", "datacentre-c")
+SERVER_QUEUES = 3  # control, control DLQ, the stream's failure queue
+SERVER_ROLES = 3  # state machine, aggregate, control
+
+
+def _logical_id(synth: Synth, cfn_type: str, **props: Any) -> str:
+    (found,) = [
+        k
+        for k, r in synth.resources(cfn_type).items()
+        if all(r["Properties"].get(p) == v for p, v in props.items())
+    ]
+    return found
+
+
+def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
+    statements = document["Statement"]
+    return statements if isinstance(statements, list) else [statements]
+
+
+@pytest.mark.parametrize(("fixture", "clients"), [("solo_synth", 1), ("default_synth", 3)])
+def test_resource_counts_follow_the_client_count(
+    fixture: str, clients: int, request: pytest.FixtureRequest
+) -> None:
+    template = Template.from_json(request.getfixturevalue(fixture).template)
+    template.resource_count_is("AWS::SQS::Queue", SERVER_QUEUES + 2 * clients)
+    template.resource_count_is("AWS::SQS::QueuePolicy", SERVER_QUEUES + 2 * clients)
+    template.resource_count_is("AWS::SNS::Subscription", clients)
+    template.resource_count_is("AWS::IAM::Role", SERVER_ROLES + clients)
+    for cfn_type, count in (
+        ("AWS::SNS::Topic", 1),
+        ("AWS::DynamoDB::Table", 1),
+        ("AWS::S3::Bucket", 2),
+        ("AWS::StepFunctions::StateMachine", 1),
+        ("AWS::Lambda::Function", 2),
+        ("AWS::Lambda::EventSourceMapping", 2),
+        ("AWS::KMS::Key", 1),
+    ):
+        template.resource_count_is(cfn_type, count)
+
+
+def test_everything_is_encrypted_at_rest(default_synth: Synth) -> None:
+    template = Template.from_json(default_synth.template)
+    for bucket in default_synth.resources("AWS::S3::Bucket").values():
+        (rule,) = bucket["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    template.has_resource_properties(
+        "AWS::DynamoDB::Table", {"SSESpecification": {"SSEEnabled": True}}
+    )
+    template.has_resource_properties(
+        "AWS::SNS::Topic", {"KmsMasterKeyId": {"Fn::GetAtt": [Match.any_value(), "Arn"]}}
+    )
+    template.all_resources_properties("AWS::SQS::Queue", {"SqsManagedSseEnabled": True})
+    template.all_resources_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
+
+
+def test_models_bucket_is_private_versioned_logged_and_expires_local_updates(
+    default_synth: Synth,
+) -> None:
+    props = default_synth.template["Resources"][
+        _logical_id(default_synth, "AWS::S3::Bucket", VersioningConfiguration={"Status": "Enabled"})
+    ]["Properties"]
+    assert props["PublicAccessBlockConfiguration"] == dict.fromkeys(
+        ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"), True
+    )
+    assert "DestinationBucketName" in props["LoggingConfiguration"]
+    rules = {r["Id"]: r for r in props["LifecycleConfiguration"]["Rules"]}
+    assert rules["expire-local-updates"]["TagFilters"] == [
+        {"Key": "fedasync-kind", "Value": "local-update"}
+    ]
+    assert rules["expire-local-updates"]["ExpirationInDays"] == 30
+    assert rules["abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"]
+
+
+def test_table_keys_stream_ttl_and_recovery_come_from_resources(default_synth: Synth) -> None:
+    Template.from_json(default_synth.template).has_resource_properties(
+        "AWS::DynamoDB::Table",
+        {
+            "TableName": StackSpec().table_name,
+            "KeySchema": [
+                {"AttributeName": TABLE_PARTITION_KEY, "KeyType": "HASH"},
+                {"AttributeName": TABLE_SORT_KEY, "KeyType": "RANGE"},
+            ],
+            "StreamSpecification": {"StreamViewType": "NEW_IMAGE"},
+            "TimeToLiveSpecification": {"AttributeName": TTL_ATTRIBUTE, "Enabled": True},
+            "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+        },
+    )
+
+
+def test_every_resource_policy_is_tls_only_and_never_open(default_synth: Synth) -> None:
+    policies = {
+        "AWS::S3::BucketPolicy": "PolicyDocument",
+        "AWS::SQS::QueuePolicy": "PolicyDocument",
+        "AWS::SNS::TopicPolicy": "PolicyDocument",
+        "AWS::KMS::Key": "KeyPolicy",
+    }
+    for cfn_type, field in policies.items():
+        for logical_id, resource in default_synth.resources(cfn_type).items():
+            statements = _statements(resource["Properties"][field])
+            for statement in statements:
+                principal = statement.get("Principal")
+                if principal in ("*", {"AWS": "*"}):
+                    assert statement.get("Condition"), f"{logical_id}: open principal {statement}"
+            if cfn_type == "AWS::KMS::Key":
+                continue
+            assert any(
+                s["Effect"] == "Deny"
+                and s.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}
+                for s in statements
+            ), f"{logical_id} does not refuse plain HTTP"
+    for role in default_synth.resources("AWS::IAM::Role").values():
+        for statement in _statements(role["Properties"]["AssumeRolePolicyDocument"]):
+            assert statement["Principal"] not in ("*", {"AWS": "*"})
+
+
+def test_each_client_queue_is_subscribed_with_its_filter_and_has_a_dlq(
+    default_synth: Synth,
+) -> None:
+    spec = StackSpec()
+    template = Template.from_json(default_synth.template)
+    for client in DEFAULT_CLIENTS:
+        queue_id = _logical_id(
+            default_synth, "AWS::SQS::Queue", QueueName=spec.client_queue_name(client)
+        )
+        dlq_id = _logical_id(
+            default_synth, "AWS::SQS::Queue", QueueName=spec.client_dlq_name(client)
+        )
+        template.has_resource_properties(
+            "AWS::SQS::Queue",
+            {
+                "QueueName": spec.client_queue_name(client),
+                "RedrivePolicy": {
+                    "deadLetterTargetArn": {"Fn::GetAtt": [dlq_id, "Arn"]},
+                    "maxReceiveCount": Match.any_value(),
+                },
+            },
+        )
+        template.has_resource_properties(
+            "AWS::SNS::Subscription",
+            {
+                "Protocol": "sqs",
+                "Endpoint": {"Fn::GetAtt": [queue_id, "Arn"]},
+                "RawMessageDelivery": True,
+                "FilterPolicy": notice_filter_policy(client),
+            },
+        )
+
+
+def test_state_machine_is_the_asl_file_inlined_with_every_placeholder(
+    default_synth: Synth, asl_text: str
+) -> None:
+    (machine,) = default_synth.resources("AWS::StepFunctions::StateMachine").values()
+    props = machine["Properties"]
+    assert "DefinitionS3Location" not in props
+    # the template holds the file verbatim; CloudFormation fills the placeholders
+    assert props["DefinitionString"] == asl_text
+    table_id = _logical_id(default_synth, "AWS::DynamoDB::Table")
+    queue_id = _logical_id(
+        default_synth, "AWS::SQS::Queue", QueueName=StackSpec().control_queue_name
+    )
+    assert props["DefinitionSubstitutions"] == {
+        "TableName": {"Ref": table_id},
+        "ControlQueueUrl": {"Ref": queue_id},
+    }
+    assert set(props["DefinitionSubstitutions"]) == set(ASL_PLACEHOLDERS)
+    assert props["StateMachineType"] == "STANDARD"
+    assert props["TracingConfiguration"] == {"Enabled": True}
+    assert props["LoggingConfiguration"]["Level"] == "ALL"
+    assert props["LoggingConfiguration"]["IncludeExecutionData"] is False
+
+
+def test_state_machine_role_grants_exactly_the_asl_integrations(
+    default_synth: Synth, asl_text: str
+) -> None:
+    (machine,) = default_synth.resources("AWS::StepFunctions::StateMachine").values()
+    role_id = machine["Properties"]["RoleArn"]["Fn::GetAtt"][0]
+    granted: set[str] = set()
+    for policy in default_synth.resources("AWS::IAM::Policy").values():
+        if {"Ref": role_id} not in policy["Properties"]["Roles"]:
+            continue
+        for statement in _statements(policy["Properties"]["PolicyDocument"]):
+            actions = statement["Action"]
+            actions = actions if isinstance(actions, list) else [actions]
+            if statement["Resource"] == "*":
+                # only the log-delivery and X-Ray APIs, which have no resource-level scope
+                assert all(a.startswith(("logs:", "xray:")) for a in actions), actions
+            else:
+                granted.update(actions)
+    assert granted == required_actions(json.loads(asl_text))
+
+
+def test_lambdas_run_our_handlers_with_the_shared_environment(default_synth: Synth) -> None:
+    template = Template.from_json(default_synth.template)
+    env_keys = {ENV_TABLE, ENV_BUCKET, ENV_TOPIC_ARN, ENV_CONTROL_QUEUE_URL}
+    for handler in (AGGREGATE_HANDLER, CONTROL_HANDLER):
+        template.has_resource_properties(
+            "AWS::Lambda::Function",
+            {
+                "Handler": handler,
+                "Runtime": "python3.12",
+                "Environment": {
+                    "Variables": Match.object_like(dict.fromkeys(env_keys, Match.any_value()))
+                },
+            },
+        )
+    template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {
+            "Handler": AGGREGATE_HANDLER,
+            "ReservedConcurrentExecutions": 1,
+        },
+    )
+
+
+def test_event_sources_retry_bisect_and_report_partial_failures(default_synth: Synth) -> None:
+    template = Template.from_json(default_synth.template)
+    template.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {
+            "EventSourceArn": {"Fn::GetAtt": [Match.any_value(), "StreamArn"]},
+            "BatchSize": Match.any_value(),
+            "BisectBatchOnFunctionError": True,
+            "MaximumRetryAttempts": 5,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "DestinationConfig": {"OnFailure": {"Destination": Match.any_value()}},
+        },
+    )
+    control_id = _logical_id(
+        default_synth, "AWS::SQS::Queue", QueueName=StackSpec().control_queue_name
+    )
+    template.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {
+            "EventSourceArn": {"Fn::GetAtt": [control_id, "Arn"]},
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+        },
+    )
+
+
+def test_server_roles_use_star_only_where_aws_has_no_resource_scope(default_synth: Synth) -> None:
+    unscoped = {"dynamodb:ListStreams"} | {
+        f"xray:{a}"
+        for a in (
+            "PutTraceSegments",
+            "PutTelemetryRecords",
+            "GetSamplingRules",
+            "GetSamplingTargets",
+        )
+    }
+    for policy in default_synth.resources("AWS::IAM::Policy").values():
+        for statement in _statements(policy["Properties"]["PolicyDocument"]):
+            if statement["Resource"] != "*":
+                continue
+            actions = statement["Action"]
+            for action in actions if isinstance(actions, list) else [actions]:
+                assert action in unscoped or action.startswith("logs:"), action
+
+
+def test_outputs_give_clients_and_operators_what_they_need(default_synth: Synth) -> None:
+    outputs = default_synth.template["Outputs"]
+    for key in (
+        "Region",
+        "BucketName",
+        "TableName",
+        "TopicArn",
+        "ControlQueueUrl",
+        "StateMachineArn",
+    ):
+        assert key in outputs
+    for client in DEFAULT_CLIENTS:
+        assert f"{CLIENT_QUEUE_URL}{output_id(client)}" in outputs
+        assert f"{CLIENT_ROLE_ARN}{output_id(client)}" in outputs
