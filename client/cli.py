@@ -1,0 +1,127 @@
+"""`fedasync client run`: one silo, configured by flags or environment variables.
+
+Credentials come only from the standard AWS chain (environment, profile, instance or
+task role); nothing here reads or accepts a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from client.config import ClientConfig
+from client.data import Dataset, load_data
+from client.progress import Progress
+from client.run import run_client
+from client.signals import install_stop_handlers
+from client.state import ClientReport
+from client.trainers import DEFAULT_TRAINER, TRAINERS, Trainer, get_trainer
+from fedasync import logs
+from fedasync.core.errors import FedAsyncError
+from fedasync.resources import ENV_BUCKET, ENV_ENDPOINT_URL, ENV_TABLE
+
+client_app = typer.Typer(
+    help="Run a silo: the async federated-learning client.", no_args_is_help=True
+)
+
+_MiB = 1024 * 1024
+
+
+@client_app.callback()
+def client_group() -> None:
+    """Run a silo: the async federated-learning client."""
+
+
+@client_app.command("run")
+def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
+    task: Annotated[str, typer.Option("--task", envvar="FEDASYNC_TASK", help="Task name.")],
+    client_id: Annotated[
+        str,
+        typer.Option(
+            "--client-id",
+            envvar="FEDASYNC_CLIENT_ID",
+            help="This silo's id (as listed in the task).",
+        ),
+    ],
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint",
+            envvar=ENV_ENDPOINT_URL,
+            help="AWS endpoint URL (the embedded stack's); default: real AWS.",
+        ),
+    ] = None,
+    region: Annotated[str, typer.Option(envvar="AWS_DEFAULT_REGION")] = "us-east-1",
+    prefix: Annotated[
+        str, typer.Option(envvar="FEDASYNC_PREFIX", help="Stack prefix naming the resources.")
+    ] = "fedasync",
+    queue_url: Annotated[str | None, typer.Option(envvar="FEDASYNC_QUEUE_URL")] = None,
+    bucket: Annotated[str | None, typer.Option(envvar=ENV_BUCKET)] = None,
+    table: Annotated[str | None, typer.Option(envvar=ENV_TABLE)] = None,
+    data: Annotated[
+        str,
+        typer.Option(
+            envvar="FEDASYNC_DATA",
+            help="A .npz (x, y) or .csv (label last) file, or digits[:INDEX/N] for a demo "
+            "Dirichlet partition.",
+        ),
+    ] = "digits",
+    alpha: Annotated[float, typer.Option(help="Dirichlet alpha of the demo partition.")] = 0.5,
+    seed: Annotated[int, typer.Option(envvar="FEDASYNC_SEED")] = 0,
+    trainer: Annotated[
+        str, typer.Option(envvar="FEDASYNC_TRAINER", help=f"One of {', '.join(sorted(TRAINERS))}.")
+    ] = DEFAULT_TRAINER,
+    num_classes: Annotated[int, typer.Option(help="Classes of the model.")] = 10,
+    epochs: Annotated[int, typer.Option(envvar="FEDASYNC_EPOCHS")] = 1,
+    heartbeat_interval: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 10.0,
+    visibility_timeout: Annotated[
+        int, typer.Option(help="Seconds a held message stays invisible; renewed by each heartbeat.")
+    ] = 60,
+    part_size_mb: Annotated[int, typer.Option(help="Multipart upload part size (>= 5).")] = 8,
+    work_dir: Annotated[Path | None, typer.Option(help="Where models are staged.")] = None,
+) -> None:
+    """Run one silo until the task ends or SIGINT/SIGTERM (twice: at once)."""
+    logs.configure()
+    try:
+        cfg = ClientConfig(
+            task_name=task,
+            client_id=client_id,
+            endpoint_url=endpoint,
+            region=region,
+            prefix=prefix,
+            queue_url=queue_url,
+            bucket=bucket,
+            table=table,
+            epochs=epochs,
+            seed=seed,
+            heartbeat_interval_s=heartbeat_interval,
+            visibility_timeout_s=visibility_timeout,
+            part_size=part_size_mb * _MiB,
+            work_dir=work_dir,
+        )
+        dataset = load_data(data, alpha=alpha, seed=seed)
+        model = get_trainer(trainer, num_features=dataset.num_features, num_classes=num_classes)
+        report = asyncio.run(_main(cfg, model, dataset))
+    except (FedAsyncError, ValueError, ImportError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"client {report.client_id!r}, task {report.task_name!r}: {report.outcome}; "
+        f"{len(report.updates)} update(s) uploaded, {report.superseded} notice(s) superseded"
+    )
+
+
+async def _main(cfg: ClientConfig, trainer: Trainer, dataset: Dataset) -> ClientReport:
+    stop = asyncio.Event()
+    uninstall = install_stop_handlers(stop)
+    try:
+        with Progress(sys.stderr.isatty()) as progress:
+            return await run_client(
+                cfg, trainer=trainer, data=dataset, stop_event=stop, progress=progress
+            )
+    finally:
+        uninstall()

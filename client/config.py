@@ -1,0 +1,74 @@
+"""What one silo run needs to know: who it is, where the stack is, how it paces itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fedasync.core.config import CLIENT_ID_PATTERN, DEFAULT_MAX_MODEL_BYTES, TASK_NAME_PATTERN
+from fedasync.resources import StackSpec
+
+# S3 refuses multipart parts under 5 MiB (except the last); 8 MiB matches the AWS CLI.
+MIN_PART_BYTES = 5 * 1024 * 1024
+DEFAULT_PART_BYTES = 8 * 1024 * 1024
+
+
+class ClientConfig(BaseModel):
+    """One silo's run. Resource names default to those of the stack named by `prefix`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task_name: str = Field(pattern=TASK_NAME_PATTERN)
+    client_id: str = Field(pattern=CLIENT_ID_PATTERN)
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    prefix: str = "fedasync"
+    queue_url: str | None = None
+    bucket: str | None = None
+    table: str | None = None
+    # pacing
+    heartbeat_interval_s: float = Field(default=10.0, gt=0.0)
+    heartbeat_ttl_s: int | None = Field(default=None, ge=1)
+    visibility_timeout_s: int = Field(default=60, ge=1, le=43_200)
+    wait_time_s: int = Field(default=20, ge=0, le=20)
+    # training
+    epochs: int = Field(default=1, ge=1)
+    seed: int = 0
+    # transfers
+    part_size: int = Field(default=DEFAULT_PART_BYTES, ge=MIN_PART_BYTES)
+    download_attempts: int = Field(default=2, ge=1)
+    max_model_bytes: int = Field(default=DEFAULT_MAX_MODEL_BYTES, ge=64)
+    work_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _visibility_outlasts_heartbeat(self) -> ClientConfig:
+        # the heartbeat re-arms the message's visibility; it must come round first
+        if self.visibility_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError(
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed "
+                f"heartbeat_interval_s ({self.heartbeat_interval_s}), or a message being "
+                "worked on would reappear to another receiver"
+            )
+        return self
+
+    @property
+    def stack(self) -> StackSpec:
+        return StackSpec(prefix=self.prefix, region=self.region)
+
+    @property
+    def bucket_name(self) -> str:
+        return self.bucket or self.stack.bucket_name
+
+    @property
+    def table_name(self) -> str:
+        return self.table or self.stack.table_name
+
+    @property
+    def queue_name(self) -> str:
+        return self.stack.client_queue_name(self.client_id)
+
+    @property
+    def ttl_s(self) -> int:
+        """How long a heartbeat vouches for the client: three missed beats mean dead."""
+        return self.heartbeat_ttl_s or max(1, int(3 * self.heartbeat_interval_s + 0.999))

@@ -1,0 +1,202 @@
+"""A silo's local data: files it brings (`.npz`, CSV) or a seeded demo partition of digits.
+
+The demo partition is non-IID: each class is split across clients by proportions drawn
+from Dirichlet(alpha) (Hsu et al. 2019); small alpha means each silo sees few classes.
+Everything is deterministic for a seed, so N clients started in N processes with the
+same seed and their own index agree on who holds which example without talking.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedasync.core.errors import SchemaError
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+DIGITS_CLASSES = 10
+DEFAULT_MIN_EXAMPLES = 10
+_MAX_DRAWS = 1000
+_DEMO_SPEC = re.compile(r"^digits(?::(\d+)/(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Features (n, d) float32 and integer labels (n,)."""
+
+    x: FloatArray
+    y: IntArray
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 2 or self.y.ndim != 1 or len(self.x) != len(self.y):
+            raise SchemaError(
+                f"dataset needs x of shape (n, d) and y of shape (n,); "
+                f"got x {self.x.shape} and y {self.y.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x.shape[1])
+
+    def subset(self, indices: npt.NDArray[np.integer[Any]]) -> Dataset:
+        return Dataset(self.x[indices], self.y[indices])
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's 8x8 digits (1797 examples, ships inside the package), scaled to [0, 1]."""
+    from sklearn.datasets import load_digits as _sk_load_digits
+
+    bunch = _sk_load_digits()
+    # pixel intensities are integers 0..16
+    x = (np.asarray(bunch.data, dtype=np.float32) / np.float32(16.0)).astype(np.float32)
+    return Dataset(x, np.asarray(bunch.target, dtype=np.int64))
+
+
+def train_test_split(
+    data: Dataset, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[Dataset, Dataset]:
+    """Stratified held-out split: each class keeps `test_fraction` of its examples aside."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    test: list[IntArray] = []
+    for label in np.unique(data.y):
+        members = rng.permutation(np.flatnonzero(data.y == label))
+        test.append(members[: round(len(members) * test_fraction)])
+    test_idx = np.sort(np.concatenate(test))
+    train_idx = np.setdiff1d(np.arange(len(data)), test_idx)
+    return data.subset(train_idx), data.subset(test_idx)
+
+
+def dirichlet_partition(
+    y: npt.NDArray[np.integer[Any]],
+    n_clients: int,
+    alpha: float,
+    seed: int,
+    *,
+    min_examples: int = DEFAULT_MIN_EXAMPLES,
+) -> list[IntArray]:
+    """Split example indices among `n_clients` with per-class Dirichlet(alpha) shares.
+
+    Draws again (from the same seeded generator, so still deterministic) until every
+    client holds at least `min_examples`. Returns sorted, disjoint index arrays that
+    together cover every example.
+    """
+    if n_clients < 1 or alpha <= 0.0:
+        raise ValueError(f"need n_clients >= 1 and alpha > 0; got {n_clients} and {alpha}")
+    if n_clients * min_examples > len(y):
+        raise ValueError(f"{len(y)} examples cannot give {n_clients} clients {min_examples} each")
+    rng = np.random.default_rng(seed)
+    for _ in range(_MAX_DRAWS):
+        parts = _draw_partition(y, n_clients, alpha, rng)
+        if min(len(p) for p in parts) >= min_examples:
+            return parts
+    raise ValueError(
+        f"no Dirichlet({alpha}) partition of {len(y)} examples over {n_clients} clients gave "
+        f"each >= {min_examples} examples in {_MAX_DRAWS} draws; raise alpha or lower the minimum"
+    )
+
+
+def _draw_partition(
+    y: npt.NDArray[np.integer[Any]], n_clients: int, alpha: float, rng: np.random.Generator
+) -> list[IntArray]:
+    buckets: list[list[IntArray]] = [[] for _ in range(n_clients)]
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        shares = rng.dirichlet(np.full(n_clients, alpha))
+        cuts = (np.cumsum(shares)[:-1] * len(members)).astype(np.int64)
+        for client, piece in enumerate(np.split(members, cuts)):
+            buckets[client].append(piece)
+    return [np.sort(np.concatenate(b)).astype(np.int64) for b in buckets]
+
+
+def demo_silo(
+    index: int, n_clients: int, *, alpha: float = 0.5, seed: int = 0, test_fraction: float = 0.2
+) -> tuple[Dataset, Dataset]:
+    """Client `index`'s share of the digits training split, and the shared held-out split."""
+    if not 0 <= index < n_clients:
+        raise ValueError(f"client index {index} is outside 0..{n_clients - 1}")
+    train, test = train_test_split(load_digits(), test_fraction, seed)
+    parts = dirichlet_partition(train.y, n_clients, alpha, seed)
+    return train.subset(parts[index]), test
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """Arrays `x` and `y` from an `.npz`; object arrays (pickles) are refused."""
+    with np.load(path, allow_pickle=False) as archive:
+        missing = {"x", "y"} - set(archive.files)
+        if missing:
+            raise SchemaError(
+                f"data file {str(path)!r} lacks array(s) {sorted(missing)}; "
+                f"it has {sorted(archive.files)}"
+            )
+        try:
+            x, y = archive["x"], archive["y"]
+        except ValueError as exc:  # numpy's answer to an object array without allow_pickle
+            raise SchemaError(
+                f"data file {str(path)!r} holds object arrays; refused (no pickle)"
+            ) from exc
+    return _as_dataset(x, y, path)
+
+
+def load_csv(path: str | Path) -> Dataset:
+    """Numeric CSV, last column the label; a non-numeric first row is taken as a header."""
+    with open(path, newline="") as fh:
+        rows = [row for row in csv.reader(fh) if row]
+    if rows and not _numeric(rows[0]):
+        rows = rows[1:]
+    if not rows:
+        raise SchemaError(f"data file {str(path)!r} has no data rows")
+    try:
+        table = np.array(rows, dtype=np.float64)
+    except ValueError as exc:
+        raise SchemaError(f"data file {str(path)!r} has a non-numeric cell: {exc}") from exc
+    if table.ndim != 2 or table.shape[1] < 2:
+        raise SchemaError(f"data file {str(path)!r} needs >= 2 columns of equal length")
+    return _as_dataset(table[:, :-1], table[:, -1], path)
+
+
+def _numeric(row: list[str]) -> bool:
+    try:
+        [float(cell) for cell in row]
+    except ValueError:
+        return False
+    return True
+
+
+def _as_dataset(x: npt.NDArray[Any], y: npt.NDArray[Any], path: str | Path) -> Dataset:
+    labels = np.asarray(y).reshape(-1)
+    if labels.dtype.kind == "f" and not np.all(np.isfinite(labels) & (labels == np.round(labels))):
+        raise SchemaError(f"data file {str(path)!r} has labels that are not whole numbers")
+    if labels.dtype.kind not in "iuf" or (labels.size and labels.min() < 0):
+        raise SchemaError(f"data file {str(path)!r} needs non-negative integer labels")
+    features = np.asarray(x, dtype=np.float32)
+    return Dataset(features.reshape(len(features), -1), labels.astype(np.int64))
+
+
+def load_data(spec: str, *, alpha: float = 0.5, seed: int = 0) -> Dataset:
+    """`--data`: a `.npz` or `.csv` path, or `digits[:INDEX/N]` for a demo partition."""
+    match = _DEMO_SPEC.match(spec)
+    if match:
+        if match.group(1) is None:
+            return train_test_split(load_digits(), seed=seed)[0]
+        return demo_silo(int(match.group(1)), int(match.group(2)), alpha=alpha, seed=seed)[0]
+    path = Path(spec)
+    if not path.is_file():
+        raise SchemaError(f"data file {spec!r} does not exist (or use 'digits:INDEX/N')")
+    if path.suffix == ".npz":
+        return load_npz(path)
+    if path.suffix == ".csv":
+        return load_csv(path)
+    raise SchemaError(f"data file {spec!r} must end in .npz or .csv")

@@ -1,0 +1,83 @@
+"""Notices received and not yet finished; the newest global version always wins.
+
+SNS and SQS deliver at least once and in no particular order. The inbox collapses that:
+every message carrying the same notice joins one entry (so a duplicate never becomes a
+second update), a notice older than one already taken is superseded (its messages are
+deleted: a newer global exists, training on the old one would only add staleness), and
+the trainer always takes the newest waiting notice. A final notice outranks everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from enum import Enum
+
+from fedasync.core.messages import GlobalModelNotice
+
+
+class Offer(Enum):
+    NEW = "new"  # waits for the trainer
+    JOINED = "joined"  # same notice as one waiting or in progress: one update for both
+    DONE = "done"  # this version is already finished or superseded: delete the message
+
+
+@dataclass
+class Held:
+    """One notice and the receipt handles of every SQS message that carried it."""
+
+    notice: GlobalModelNotice
+    receipts: list[str] = field(default_factory=list)
+
+    @property
+    def version(self) -> int:
+        return self.notice.version
+
+
+def _rank(notice: GlobalModelNotice) -> tuple[bool, int]:
+    return (notice.final, notice.version)
+
+
+class Inbox:
+    """Shared by the poller (offers), the trainer (takes) and the heartbeat (receipts)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[bool, int], Held] = {}
+        self._active: dict[tuple[bool, int], Held] = {}
+        self._floor: tuple[bool, int] | None = None  # rank of the newest notice taken
+        self._changed = asyncio.Event()
+
+    def offer(self, notice: GlobalModelNotice, receipt: str) -> Offer:
+        rank = _rank(notice)
+        for pool in (self._active, self._waiting):
+            if rank in pool:
+                pool[rank].receipts.append(receipt)
+                return Offer.JOINED
+        if self._floor is not None and rank <= self._floor:
+            return Offer.DONE
+        self._waiting[rank] = Held(notice, [receipt])
+        self._changed.set()
+        return Offer.NEW
+
+    async def take_newest(self) -> tuple[Held, list[Held]]:
+        """Wait for a notice; return the newest and the waiting ones it supersedes."""
+        while not self._waiting:
+            self._changed.clear()
+            await self._changed.wait()
+        rank = max(self._waiting)
+        held = self._waiting.pop(rank)
+        superseded = list(self._waiting.values())
+        self._waiting.clear()
+        self._floor = rank
+        self._active[rank] = held
+        return held, superseded
+
+    def finish(self, held: Held) -> list[str]:
+        """The notice is fully handled; returns every receipt to delete."""
+        self._active.pop(_rank(held.notice), None)
+        return list(held.receipts)
+
+    def receipts(self) -> list[str]:
+        """Receipts of every message held (waiting or in progress): keep them invisible."""
+        pools = (*self._active.values(), *self._waiting.values())
+        return [r for held in pools for r in held.receipts]

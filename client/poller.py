@@ -1,0 +1,67 @@
+"""Long-poll the client's own queue and sort each notice into the inbox.
+
+A message that is not a notice this build understands is logged and left alone: it
+becomes visible again, and after the queue's maxReceiveCount SQS moves it to the
+dead-letter queue for a human. A poll that fails (network, throttling) is retried
+with backoff; the poller never ends the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from client.inbox import Offer
+from client.state import RunState
+from fedasync.aws.queues import ReceivedMessage
+from fedasync.core.errors import SchemaError
+from fedasync.core.messages import GlobalModelNotice
+
+log = structlog.get_logger()
+
+_MAX_BACKOFF_S = 20.0
+
+
+async def poll_loop(state: RunState) -> None:
+    failures = 0
+    while True:
+        try:
+            messages = await state.ports.receive()
+        except (ClientError, BotoCoreError, OSError) as exc:
+            failures += 1
+            delay = min(_MAX_BACKOFF_S, 0.5 * 2**failures)
+            log.warning("client.poll_failed", error=str(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            continue
+        failures = 0
+        for message in messages:
+            await on_message(state, message)
+
+
+async def on_message(state: RunState, message: ReceivedMessage) -> None:
+    try:
+        notice = GlobalModelNotice.parse(message.body)
+    except SchemaError as exc:
+        state.report.rejected_notices += 1
+        log.warning(
+            "client.notice_rejected",
+            message_id=message.message_id,
+            receive_count=message.receive_count,
+            error=exc.message,
+        )
+        return
+    if notice.task_name != state.cfg.task_name:  # another run of this silo will take it
+        log.info("client.notice_other_task", notice_task=notice.task_name)
+        return
+    offer = state.inbox.offer(notice, message.receipt_handle)
+    fields = {"notice_version": notice.version, "final": notice.final}
+    if offer is Offer.DONE:
+        await state.ports.delete([message.receipt_handle])
+        log.info("client.notice_already_handled", **fields)
+    elif offer is Offer.JOINED:
+        state.report.duplicates += 1
+        log.info("client.notice_duplicate", **fields)
+    else:
+        log.info("client.notice_received", **fields)

@@ -1,0 +1,82 @@
+"""What the concurrent parts of one run share: the inbox, the phase, the report."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from client.config import ClientConfig
+from client.data import Dataset
+from client.inbox import Held, Inbox
+from client.ports import ClientPorts
+from client.progress import Progress
+from client.trainers.base import Trainer
+from fedasync.core.messages import GlobalModelNotice, UpdateRecord
+
+Phase = Literal["idle", "downloading", "training", "uploading", "stopped"]
+Outcome = Literal["final", "stopped"]
+
+
+@dataclass
+class ClientReport:
+    """What a run did, for the caller (the demo runs N clients and compares reports)."""
+
+    task_name: str
+    client_id: str
+    outcome: Outcome = "stopped"
+    updates: list[UpdateRecord] = field(default_factory=list)
+    already_recorded: int = 0  # notices whose update record existed before we trained
+    superseded: int = 0
+    duplicates: int = 0
+    rejected_notices: int = 0
+    heartbeats: list[float] = field(default_factory=list)  # monotonic send time, written beats
+    heartbeat_latencies: list[float] = field(default_factory=list)  # seconds to write each
+    final_notice: GlobalModelNotice | None = None
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """A trained local model on disk and the record to write once it is in S3."""
+
+    held: Held
+    record: UpdateRecord
+    path: Path
+
+
+@dataclass(frozen=True)
+class EndOfRun:
+    """The final notice, queued behind the last upload so that upload still completes."""
+
+    held: Held
+
+
+@dataclass
+class RunState:
+    cfg: ClientConfig
+    ports: ClientPorts
+    trainer: Trainer
+    data: Dataset
+    workdir: Path
+    progress: Progress
+    eval_data: Dataset | None = None
+    inbox: Inbox = field(default_factory=Inbox)
+    uploads: asyncio.Queue[PendingUpload | EndOfRun] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=1)
+    )
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    phases: dict[str, Phase] = field(default_factory=dict)  # per stage: trainer, uploader
+    version: int | None = None
+    report: ClientReport = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.report = ClientReport(self.cfg.task_name, self.cfg.client_id)
+
+    @property
+    def phase(self) -> Phase:
+        """What the heartbeat reports: an upload in flight outranks the next training."""
+        for phase in ("stopped", "uploading", "training", "downloading"):
+            if phase in self.phases.values():
+                return phase
+        return "idle"

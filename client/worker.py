@@ -1,0 +1,197 @@
+"""The trainer (download, train, write the local model to disk) and the uploader.
+
+They run as two tasks joined by a one-slot queue, so a silo can train on the next
+global version while its previous update is still uploading. The SQS message of a
+notice is deleted only after its update record is written: a crash anywhere before
+that leaves the message to be delivered again, and the deterministic update id turns
+the second attempt into the same record, never a second update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from client.inbox import Held
+from client.state import EndOfRun, PendingUpload, RunState
+from fedasync.core import codec, keys
+from fedasync.core.codec import Weights
+from fedasync.core.errors import ChecksumMismatchError
+from fedasync.core.messages import GlobalModelNotice, UpdateRecord
+
+log = structlog.get_logger()
+
+_RETRY_DELAY_S = 0.5
+
+
+def update_id_for(client_id: str, notice: GlobalModelNotice) -> str:
+    """Deterministic per (task, client, version): a redelivered notice maps to one record.
+
+    Sync records are keyed by round and client already; async records only by update
+    id, so the client id is part of it there.
+    """
+    if notice.round_id is not None:
+        return f"r{notice.round_id:08d}"
+    return f"{client_id}-b{notice.version:08d}"
+
+
+def training_seed(seed: int, client_id: str, version: int) -> int:
+    """Same inputs, same local model: a retried upload carries the very same bytes."""
+    digest = hashlib.sha256(f"{seed}:{client_id}:{version}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+async def trainer_loop(state: RunState) -> None:
+    while True:
+        held, superseded = await state.inbox.take_newest()
+        for old in superseded:
+            state.report.superseded += 1
+            await state.ports.delete(state.inbox.finish(old))
+            log.info("client.notice_superseded", notice_version=old.version, by=held.version)
+        if held.notice.final:
+            await state.uploads.put(EndOfRun(held))
+            return
+        with bound_contextvars(version=held.version, round_id=held.notice.round_id):
+            pending = await prepare_update(state, held)
+            if pending is not None:
+                await state.uploads.put(pending)
+
+
+async def prepare_update(state: RunState, held: Held) -> PendingUpload | None:
+    """Download, train, write to disk; None if this update was recorded before."""
+    cfg, notice = state.cfg, held.notice
+    state.version = notice.version
+    update_id = update_id_for(cfg.client_id, notice)
+    round_or_base = notice.round_id if notice.round_id is not None else notice.version
+    key = keys.local_key(cfg.task_name, cfg.client_id, round_or_base, update_id)
+    sk = keys.update_sk(cfg.client_id, update_id, notice.round_id)
+    if await state.ports.update_exists(cfg.task_name, sk):
+        state.report.already_recorded += 1
+        await state.ports.delete(state.inbox.finish(held))
+        log.info("client.update_already_recorded", update_id=update_id)
+        return None
+    try:
+        state.phases["trainer"] = "downloading"
+        weights = await download_global(state, notice)
+        state.phases["trainer"] = "training"
+        trained, num_examples, metrics = await train(state, weights, notice.version)
+        del weights  # at most the global and the local model in memory, never more
+        path = state.workdir / f"local-{notice.version:08d}.safetensors"
+        sha = await asyncio.to_thread(
+            codec.write_file, trained, path, f"local model v{notice.version}"
+        )
+    finally:
+        state.phases.pop("trainer", None)
+    record = UpdateRecord(
+        task_name=cfg.task_name,
+        client_id=cfg.client_id,
+        update_id=update_id,
+        base_version=notice.version,
+        round_id=notice.round_id,
+        s3_key=key,
+        sha256=sha,
+        size_bytes=path.stat().st_size,
+        num_examples=num_examples,
+        metrics=metrics,
+    )
+    return PendingUpload(held, record, path)
+
+
+async def download_global(state: RunState, notice: GlobalModelNotice) -> Weights:
+    """Stream the global model to disk and load it; a checksum mismatch is retried once."""
+    attempts = state.cfg.download_attempts
+    path = state.workdir / f"global-{notice.version:08d}.safetensors"
+    for attempt in range(1, attempts + 1):
+        try:
+            with state.progress.bar(f"download v{notice.version}", notice.size_bytes) as advance:
+                await state.ports.download(notice.s3_key, notice.sha256, path, advance)
+            break
+        except ChecksumMismatchError as exc:
+            log.warning("client.download_checksum_mismatch", attempt=attempt, error=exc.message)
+            if attempt == attempts:
+                raise ChecksumMismatchError(
+                    f"global model v{notice.version} of task {notice.task_name!r} "
+                    f"({notice.s3_key!r}) failed SHA-256 verification {attempts} times: "
+                    f"{exc.message}. The object in S3 is not the one the server announced; "
+                    "the notice is left on the queue and nothing was trained"
+                ) from exc
+            await asyncio.sleep(_RETRY_DELAY_S * attempt)
+    try:
+        return await asyncio.to_thread(
+            codec.read_file,
+            path,
+            max_bytes=state.cfg.max_model_bytes,
+            who=f"global model v{notice.version}",
+        )
+    finally:
+        path.unlink(missing_ok=True)
+
+
+async def train(
+    state: RunState, weights: Weights, version: int
+) -> tuple[Weights, int, dict[str, float]]:
+    """One `fit` per epoch in a worker thread: progress per epoch, and a stop request
+    takes effect at the next epoch boundary instead of after the whole run."""
+    cfg, data = state.cfg, state.data
+    seed = training_seed(cfg.seed, cfg.client_id, version)
+    num_examples, metrics = len(data), {}
+    with state.progress.bar(f"train v{version}", cfg.epochs, "epochs") as advance:
+        for epoch in range(cfg.epochs):
+            result = await asyncio.to_thread(
+                state.trainer.fit, weights, data.x, data.y, epochs=1, seed=seed + epoch
+            )
+            weights, num_examples, metrics = result.weights, result.num_examples, result.metrics
+            advance(1)
+    if state.eval_data is not None:
+        scores = await asyncio.to_thread(
+            state.trainer.evaluate, weights, state.eval_data.x, state.eval_data.y
+        )
+        metrics = {**metrics, **scores}
+    log.info("client.trained", epochs=cfg.epochs, num_examples=num_examples, **metrics)
+    return weights, num_examples, metrics
+
+
+async def uploader_loop(state: RunState) -> None:
+    while True:
+        item = await state.uploads.get()
+        if isinstance(item, EndOfRun):
+            state.report.final_notice = item.held.notice
+            await state.ports.delete(state.inbox.finish(item.held))
+            log.info("client.task_ended", final_version=item.held.version)
+            state.finished.set()
+            return
+        with bound_contextvars(version=item.held.version, round_id=item.record.round_id):
+            await upload(state, item)
+
+
+async def upload(state: RunState, item: PendingUpload) -> None:
+    record = item.record
+    state.phases["uploader"] = "uploading"
+    try:
+        with state.progress.bar(f"upload v{record.base_version}", record.size_bytes) as advance:
+            await state.ports.upload(item.path, record.s3_key, record.sha256, advance)
+        created = await state.ports.put_update(record)
+    finally:
+        state.phases.pop("uploader", None)
+    # the record is written: the update is safe and counts, even if a stop lands before
+    # the message is deleted (a redelivery then finds the record and only deletes it)
+    if created:
+        state.report.updates.append(record)
+        log.info(
+            "client.update_uploaded",
+            update_id=record.update_id,
+            s3_key=record.s3_key,
+            size_bytes=record.size_bytes,
+            num_examples=record.num_examples,
+        )
+    else:
+        state.report.already_recorded += 1
+        log.info("client.update_already_recorded", update_id=record.update_id)
+    # only now may the message go
+    await state.ports.delete(state.inbox.finish(item.held))
+    with contextlib.suppress(FileNotFoundError):
+        item.path.unlink()
