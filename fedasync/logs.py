@@ -51,6 +51,8 @@ def configure(*, level: str | None = None, json: bool | None = None, force: bool
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    # moto's embedded web server logs every request through werkzeug; keep it quiet
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     _configured = True
 
 

@@ -8,6 +8,7 @@ once per container and reused; here on one loop running in a daemon thread.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
 from collections.abc import Awaitable, Callable
@@ -51,6 +52,18 @@ class _Runtime:
         )
         return ServerStore(self._aws, where)
 
+    def close(self) -> None:
+        """Close the clients (at interpreter exit, or when a test tears its stack down)."""
+        loop, aws = self._loop, self._aws
+        self._aws = self._key = None
+        if loop is None or aws is None or loop.is_closed():
+            return
+        future = asyncio.run_coroutine_threadsafe(aws.__aexit__(None, None, None), loop)
+        try:
+            future.result(timeout=5)
+        except Exception:  # best effort at shutdown
+            future.cancel()
+
     def run(self, work: Callable[[ServerStore], Awaitable[T]]) -> T:
         """Run `work(store)` on the container's loop and wait for it (called from handlers)."""
         logs.configure()
@@ -64,3 +77,4 @@ class _Runtime:
 
 
 runtime = _Runtime()
+atexit.register(runtime.close)

@@ -1,0 +1,274 @@
+"""`fedasync demo`: a whole federated task on the embedded stack, N silos in one process.
+
+Starts moto with the real ASL, creates the task, runs every silo's real client loop
+(`client.run.run_client`) on a seeded non-IID Dirichlet split of scikit-learn's digits,
+evaluates each global version on a held-out split, and writes `summary.json` and the
+run's `events.jsonl` into the output folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from client.config import ClientConfig
+from client.data import Dataset, demo_silo
+from client.run import run_client
+from client.trainers import get_trainer
+from client.trainers.base import Trainer, TrainResult
+from fedasync.core import codec, keys
+from fedasync.core.codec import Weights
+from fedasync.core.config import TaskConfig
+from fedasync.local.stack import EmbeddedStack
+from fedasync.resources import ClientSpec, StackSpec
+from fedasync.server.store import ServerStore, Where
+from fedasync.server.tasks import start_task
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    mode: str = "sync"
+    strategy: str | None = None
+    clients: int = 5
+    rounds: int = 10
+    max_versions: int = 40
+    trainer: str = "numpy"
+    stragglers_sigma: float | None = None
+    # digits trains in milliseconds; real silos take seconds. A nominal compute time per
+    # update keeps server and clients at realistic relative speeds (0 = as fast as possible).
+    train_seconds: float = 0.5
+    seed: int = 0
+    dirichlet_alpha: float = 0.5
+    epochs: int = 2
+    out: Path | None = None
+    task_name: str | None = None
+    extra_config: dict[str, Any] = field(default_factory=dict)
+
+    def task_config(self) -> TaskConfig:
+        name = (
+            self.task_name
+            or f"digits-{self.strategy or ('fedavg' if self.mode == 'sync' else 'fedasync')}"
+        )
+        data: dict[str, Any] = {
+            "task_name": name,
+            "mode": self.mode,
+            "clients": [f"silo-{i}" for i in range(self.clients)],
+            "rounds": self.rounds,
+            "round_timeout_s": 120,
+            "max_versions": self.max_versions,
+            "max_staleness": 4 * self.clients,
+            "heartbeat_s": 120,
+            "deadline_s": 600,
+        }
+        if self.strategy is not None and self.strategy != "fedavg":
+            data["strategy"] = self.strategy
+        if self.mode == "async":
+            data.update(
+                alpha=0.6, staleness="polynomial(0.5)", buffer_size=max(1, self.clients // 2)
+            )
+        data.update(self.extra_config)
+        return TaskConfig.parse(data)
+
+
+class StragglerTrainer:
+    """Wraps a trainer: each `fit` also takes `base_s` x a seeded lognormal(0, sigma) factor.
+
+    Slow silos are the common case in cross-silo FL (uneven hardware, shared clusters);
+    this makes them reproducible so sync and async runs can be compared on equal terms.
+    """
+
+    def __init__(self, inner: Trainer, sigma: float, seed: int, base_s: float = 0.5) -> None:
+        self.inner, self.name = inner, inner.name
+        self._rng = random.Random(seed)  # noqa: S311 - simulated delays, not security
+        self._sigma, self._base = sigma, base_s
+
+    def init_weights(self, seed: int) -> Weights:
+        return self.inner.init_weights(seed)
+
+    def fit(self, weights: Weights, x: Any, y: Any, *, epochs: int, seed: int) -> TrainResult:
+        result = self.inner.fit(weights, x, y, epochs=epochs, seed=seed)
+        time.sleep(self._base * math.exp(self._rng.gauss(0.0, self._sigma)))
+        return result
+
+    def evaluate(self, weights: Weights, x: Any, y: Any) -> dict[str, float]:
+        return self.inner.evaluate(weights, x, y)
+
+
+async def _evaluate_versions(
+    store: ServerStore,
+    *,
+    cfg: TaskConfig,
+    trainer: Trainer,
+    test: Dataset,
+    t0: float,
+    done: asyncio.Event,
+) -> list[dict[str, float]]:
+    """Evaluate every global version as it appears (and the last one after the end)."""
+    curve: list[dict[str, float]] = []
+    seen = -1
+    while True:
+        finished = done.is_set()
+        task = await store.get_task(cfg.task_name) or {}
+        head = int(task.get("head_version", 0))
+        for version in range(seen + 1, head + 1):
+            weights = codec.decode(await store.get_object(keys.global_key(cfg.task_name, version)))
+            metrics = await asyncio.to_thread(trainer.evaluate, weights, test.x, test.y)
+            curve.append(
+                {
+                    "version": version,
+                    "seconds": round(time.monotonic() - t0, 3),
+                    "accuracy": round(float(metrics["accuracy"]), 4),
+                }
+            )
+        seen = max(seen, head)
+        if finished:
+            return curve
+        await asyncio.sleep(0.2)
+
+
+async def run_demo(opts: DemoOptions) -> dict[str, Any]:
+    cfg = opts.task_config()
+    out = opts.out or Path("runs") / cfg.task_name
+    out.mkdir(parents=True, exist_ok=True)
+    events_path = out / "events.jsonl"
+    events_path.unlink(missing_ok=True)
+    spec = StackSpec(clients=tuple(ClientSpec(client_id=c) for c in cfg.clients))
+    trainer = get_trainer(opts.trainer)
+    async with EmbeddedStack(spec, event_log_path=events_path) as stack:
+        e = stack.endpoints
+        store = ServerStore(stack.aws, Where(table=e.table, bucket=e.bucket, topic_arn=e.topic_arn))
+        t0 = time.monotonic()
+        arn = await start_task(store, e.state_machine_arn, cfg, trainer.init_weights(opts.seed))
+        done = asyncio.Event()
+        evaluator = asyncio.create_task(
+            _evaluate_versions(
+                store, cfg=cfg, trainer=trainer, test=_test_split(opts), t0=t0, done=done
+            )
+        )
+        reports = await asyncio.gather(
+            *(
+                run_client(
+                    _client_config(opts, cfg, e, i),
+                    trainer=_silo_trainer(trainer, opts, i),
+                    data=demo_silo(i, opts.clients, alpha=opts.dirichlet_alpha, seed=opts.seed)[0],
+                )
+                for i in range(opts.clients)
+            )
+        )
+        status = await _wait_execution(stack, arn)
+        done.set()
+        curve = await evaluator
+        summary = await _summary(
+            store,
+            cfg=cfg,
+            opts=opts,
+            curve=curve,
+            status=status,
+            wall=time.monotonic() - t0,
+            events_path=events_path,
+        )
+        summary["client_updates"] = {r.client_id: len(r.updates) for r in reports}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _test_split(opts: DemoOptions) -> Dataset:
+    return demo_silo(0, opts.clients, alpha=opts.dirichlet_alpha, seed=opts.seed)[1]
+
+
+def _silo_trainer(trainer: Trainer, opts: DemoOptions, index: int) -> Trainer:
+    if not opts.train_seconds:
+        return trainer
+    sigma = opts.stragglers_sigma or 0.0
+    return StragglerTrainer(
+        trainer, sigma, seed=opts.seed * 1000 + index, base_s=opts.train_seconds
+    )
+
+
+def _client_config(opts: DemoOptions, cfg: TaskConfig, e: Any, index: int) -> ClientConfig:
+    client_id = cfg.clients[index]
+    return ClientConfig(
+        task_name=cfg.task_name,
+        client_id=client_id,
+        endpoint_url=e.endpoint_url,
+        region=e.region,
+        queue_url=e.client_queue_urls[client_id],
+        bucket=e.bucket,
+        table=e.table,
+        heartbeat_interval_s=5.0,
+        visibility_timeout_s=60,
+        wait_time_s=1,
+        epochs=opts.epochs,
+        seed=opts.seed * 1000 + index,
+    )
+
+
+async def _wait_execution(stack: EmbeddedStack, arn: str, timeout_s: float = 300) -> dict[str, Any]:
+    sfn = await stack.aws.sfn()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        desc = await sfn.describe_execution(executionArn=arn)
+        if desc["status"] != "RUNNING":
+            return {"status": desc["status"], "cause": desc.get("cause")}
+        await asyncio.sleep(0.1)
+    return {"status": "RUNNING", "cause": f"still running after {timeout_s} s"}
+
+
+async def _summary(
+    store: ServerStore,
+    *,
+    cfg: TaskConfig,
+    opts: DemoOptions,
+    curve: list[dict[str, float]],
+    status: dict[str, Any],
+    wall: float,
+    events_path: Path,
+) -> dict[str, Any]:
+    task = await store.get_task(cfg.task_name) or {}
+    updates = await store.query_prefix(cfg.task_name, keys.UPDATE_PREFIX)
+    rejected = [
+        {
+            "client_id": u.get("client_id"),
+            "sk": u["sk"],
+            "reason": u.get("reason"),
+            "detail": u.get("detail"),
+        }
+        for u in updates
+        if u.get("verdict") == "rejected"
+    ]
+    staleness = [
+        int(u["staleness"]) for u in updates if u.get("verdict") == "accepted" and "staleness" in u
+    ]
+    return {
+        "task_name": cfg.task_name,
+        "mode": cfg.mode,
+        "strategy": cfg.aggregation,
+        "clients": len(cfg.clients),
+        "trainer": opts.trainer,
+        "seed": opts.seed,
+        "versions": int(task.get("head_version", 0)),
+        "final_accuracy": curve[-1]["accuracy"] if curve else None,
+        "accuracy_curve": curve,
+        "wall_seconds": round(wall, 3),
+        "global_model_sha256": task.get("final_sha256") or task.get("head_sha256"),
+        "accepted_updates": sum(1 for u in updates if u.get("verdict") == "accepted"),
+        "rejected_updates": rejected,
+        "staleness": staleness,
+        "execution": status,
+        "events_path": str(events_path),
+    }
+
+
+def mean_accuracy(curve: list[dict[str, float]]) -> float:
+    return float(np.mean([p["accuracy"] for p in curve])) if curve else 0.0
