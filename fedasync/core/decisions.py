@@ -32,6 +32,8 @@ VERDICT_ATTRIBUTES = (
     "applied_version",
     "staleness",
     "weight",
+    "version_sha256",
+    "decided_at",
 )
 RECORD_FIELDS = frozenset(UpdateRecord.model_fields)
 

@@ -93,11 +93,20 @@ async def _commit(
         "buffer_weight": out.state.buffer_weight,
         "head_version": out.state.version,
     }
+    verdict: dict[str, Any] = {
+        "verdict": "accepted",
+        "seq": out.state.absorbed,
+        "staleness": out.staleness,
+        "weight": out.weight,
+        "applied_version": out.state.version,
+        "decided_at": time.time(),
+    }
     if out.new_global is not None:
         blob = codec.encode(out.new_global)
         sha = codec.sha256_bytes(blob)
         await store.put_object(keys.global_key(name, out.state.version), blob, sha)
         task_values.update(head_sha256=sha, head_size=len(blob))
+        verdict["version_sha256"] = sha  # the ledger's record of the version this produced
     if out.buffer_sum is not None:
         blob = codec.encode({k: np.asarray(v, dtype=np.float64) for k, v in out.buffer_sum.items()})
         sha = codec.sha256_bytes(blob)
@@ -108,13 +117,6 @@ async def _commit(
             **view.latest_metrics,
             record.client_id: record.metrics[view.cfg.target_metric.name],
         }
-    verdict = {
-        "verdict": "accepted",
-        "seq": out.state.absorbed,
-        "staleness": out.staleness,
-        "weight": out.weight,
-        "applied_version": out.state.version,
-    }
     committed = await store.transact(
         [
             store.update_op(

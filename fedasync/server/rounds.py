@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
@@ -29,7 +30,7 @@ async def open_round(store: ServerStore, view: TaskView, round_id: int, token: s
     op = store.update_op(
         view.task_name,
         keys.round_sk(round_id),
-        {"token": token, "round_id": round_id},
+        {"token": token, "round_id": round_id, "opened_at": time.time()},
         condition="attribute_not_exists(#closed)",
     )
     if not await store.update(op):
@@ -130,7 +131,9 @@ async def _aggregate(
                 condition_values={":expected": round_id},
             ),
             store.update_op(
-                view.task_name, keys.round_sk(round_id), {"closed": True, "result": result}
+                view.task_name,
+                keys.round_sk(round_id),
+                {"closed": True, "result": result, "closed_at": time.time()},
             ),
         ]
     )

@@ -31,6 +31,7 @@ async def start_task(
         "status": "STARTING",
         "head_version": 0,
         "head_sha256": sha,
+        "initial_sha256": sha,
         "head_size": len(blob),
         "absorbed": 0,
         "buffered": 0,

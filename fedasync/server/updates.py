@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
@@ -69,7 +70,11 @@ async def _accept(
     op = store.update_op(
         view.task_name,
         record.sk,
-        {"verdict": "accepted", "applied_version": view.head_version + 1},
+        {
+            "verdict": "accepted",
+            "applied_version": view.head_version + 1,
+            "decided_at": time.time(),
+        },
         condition="attribute_not_exists(#verdict)",
     )
     await store.update(op)
@@ -90,7 +95,12 @@ async def _reject(store: ServerStore, task_name: str, sk: str, exc: FedAsyncErro
     op = store.update_op(
         task_name,
         sk,
-        {"verdict": "rejected", "reason": exc.reason, "detail": exc.message[:2000]},
+        {
+            "verdict": "rejected",
+            "reason": exc.reason,
+            "detail": exc.message[:2000],
+            "decided_at": time.time(),
+        },
         condition="attribute_not_exists(#verdict)",
     )
     await store.update(op)
