@@ -110,4 +110,20 @@ def _print_summary(summary: dict[str, object]) -> None:
     Console().print(table)
 
 
+def _mount_events() -> None:
+    from fedasync.cli_events import events_app, replay_command
+
+    app.add_typer(events_app, name="events")
+    app.command("replay")(replay_command)
+
+
+def _mount_task() -> None:
+    from fedasync.cli_task import local_app, task_app
+
+    app.add_typer(task_app, name="task")
+    app.add_typer(local_app, name="local")
+
+
 _mount_client()
+_mount_events()
+_mount_task()

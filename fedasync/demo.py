@@ -28,6 +28,8 @@ from client.trainers.base import Trainer, TrainResult
 from fedasync.core import codec, keys
 from fedasync.core.codec import Weights
 from fedasync.core.config import TaskConfig
+from fedasync.core.replay import replay
+from fedasync.events import export_ledger, export_objects, folder_loader, write_ledger
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ClientSpec, StackSpec
 from fedasync.server.store import ServerStore, Where
@@ -142,10 +144,11 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
     out = opts.out or Path("runs") / cfg.task_name
     out.mkdir(parents=True, exist_ok=True)
     events_path = out / "events.jsonl"
-    events_path.unlink(missing_ok=True)
+    deliveries_path = out / "deliveries.jsonl"
+    deliveries_path.unlink(missing_ok=True)
     spec = StackSpec(clients=tuple(ClientSpec(client_id=c) for c in cfg.clients))
     trainer = get_trainer(opts.trainer)
-    async with EmbeddedStack(spec, event_log_path=events_path) as stack:
+    async with EmbeddedStack(spec, event_log_path=deliveries_path) as stack:
         e = stack.endpoints
         store = ServerStore(stack.aws, Where(table=e.table, bucket=e.bucket, topic_arn=e.topic_arn))
         t0 = time.monotonic()
@@ -179,8 +182,25 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
             events_path=events_path,
         )
         summary["client_updates"] = {r.client_id: len(r.updates) for r in reports}
+        ledger = await export_ledger(store, cfg.task_name)
+        write_ledger(ledger, events_path)
+        objects = out / "objects"
+        await export_objects(store, ledger, objects)
+    summary["replay"] = _self_check(ledger, objects)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _self_check(ledger: list[dict[str, Any]], objects: Path) -> dict[str, Any]:
+    """Replay the run's own ledger: the same global model, byte for byte, or say why not."""
+    result = replay(ledger, folder_loader(objects))
+    return {
+        "ok": result.ok,
+        "final_sha256": result.final_sha256,
+        "versions_checked": len(result.checks),
+        "problems": result.problems + [f"version {c.version} differs" for c in result.mismatches],
+        "objects_path": str(objects),
+    }
 
 
 def _test_split(opts: DemoOptions) -> Dataset:

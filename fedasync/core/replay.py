@@ -1,0 +1,214 @@
+"""Rebuild every global version of a task from its ledger, through the server's own code.
+
+Pure: the caller passes `load(s3_key) -> bytes` (a folder, a bucket, a dict). The replay
+checks each object against the SHA-256 the ledger recorded, re-validates every accepted
+update exactly as the aggregator did (`load_payload`), recomputes each version with the
+same aggregation code (streaming FedAvg for sync rounds, `asyncagg.absorb` in `seq` order
+for FedAsync/FedBuff, the FedBuff buffer round-tripped through the codec as the server
+stores it) and compares the bytes' SHA-256 with the recorded one. Ledger lines may come
+duplicated or in any order: events are keyed, rounds are taken by id, updates by `seq`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedasync.core import codec
+from fedasync.core.asyncagg import AsyncState, absorb
+from fedasync.core.codec import ModelSpec, TensorSpec, Weights
+from fedasync.core.config import TaskConfig
+from fedasync.core.decisions import describe, load_payload
+from fedasync.core.errors import ChecksumMismatchError, SchemaError
+from fedasync.core.fedavg import FedAvgAccumulator
+from fedasync.core.messages import UpdateRecord
+
+Loader = Callable[[str], bytes]
+Event = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class VersionCheck:
+    version: int
+    recorded: str | None
+    rebuilt: str
+
+    @property
+    def ok(self) -> bool:
+        return self.recorded == self.rebuilt
+
+
+@dataclass
+class ReplayResult:
+    task_name: str
+    mode: str
+    strategy: str
+    checks: list[VersionCheck] = field(default_factory=list)
+    final_version: int | None = None
+    final_recorded: str | None = None
+    final_sha256: str | None = None
+    applied: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        final_ok = self.final_recorded is None or self.final_recorded == self.final_sha256
+        return final_ok and not self.problems and all(c.ok for c in self.checks)
+
+    @property
+    def mismatches(self) -> list[VersionCheck]:
+        return [c for c in self.checks if not c.ok]
+
+
+def _spec(raw: Iterable[Any]) -> ModelSpec:
+    return tuple(TensorSpec(str(n), tuple(int(d) for d in s), str(dt)) for n, s, dt in raw)
+
+
+def _fetch(load: Loader, key: str, sha: str | None, who: str) -> bytes:
+    data = load(key)
+    if sha is not None and codec.sha256_bytes(data) != sha:
+        raise ChecksumMismatchError(f"{who}: object {key!r} does not match its recorded SHA-256")
+    return data
+
+
+def _record(event: Event) -> UpdateRecord:
+    return UpdateRecord.parse(dict(event["record"]))
+
+
+def replay(events: Iterable[Event], load: Loader) -> ReplayResult:
+    """Rebuild every version the ledger recorded; see `ReplayResult.ok`."""
+    by_kind: dict[str, list[Event]] = {}
+    for event in events:
+        by_kind.setdefault(str(event["kind"]), []).append(event)
+    tasks = by_kind.get("task", [])
+    if len(tasks) != 1:
+        raise SchemaError(f"a ledger holds exactly one task event; found {len(tasks)}")
+    task = tasks[0]
+    cfg = TaskConfig.model_validate(task["config"])
+    spec = _spec(task["spec"])
+    initial = task["initial"]
+    blob0 = _fetch(load, str(initial["s3_key"]), initial.get("sha256"), "initial model")
+    versions: dict[int, bytes] = {0: blob0}
+    result = ReplayResult(cfg.task_name, cfg.mode, cfg.aggregation)
+    recorded = {int(e["version"]): str(e["sha256"]) for e in by_kind.get("version", [])}
+    updates = by_kind.get("update", [])
+    if cfg.mode == "sync":
+        _replay_sync(
+            cfg,
+            spec,
+            rounds=by_kind.get("round", []),
+            updates=updates,
+            load=load,
+            versions=versions,
+            result=result,
+        )
+    else:
+        _replay_async(cfg, spec, updates=updates, load=load, versions=versions, result=result)
+    for version in sorted(versions):
+        if version == 0:
+            continue
+        rebuilt = codec.sha256_bytes(versions[version])
+        result.checks.append(VersionCheck(version, recorded.get(version), rebuilt))
+    for version in sorted(set(recorded) - set(versions)):
+        result.problems.append(f"version {version} is recorded but was not rebuilt")
+    finals = by_kind.get("final", [])
+    last = max(versions)
+    if finals:
+        final = finals[0]
+        last = int(final["version"]) if final.get("version") is not None else last
+        result.final_recorded = final.get("sha256")
+    result.final_version = last
+    if last in versions:
+        result.final_sha256 = codec.sha256_bytes(versions[last])
+    else:
+        result.problems.append(f"the final version {last} was not rebuilt")
+    return result
+
+
+def _replay_sync(
+    cfg: TaskConfig,
+    spec: ModelSpec,
+    *,
+    rounds: list[Event],
+    updates: list[Event],
+    load: Loader,
+    versions: dict[int, bytes],
+    result: ReplayResult,
+) -> None:
+    by_sk = {str(u["sk"]): u for u in updates}
+    for event in sorted(rounds, key=lambda r: int(r["round_id"])):
+        round_id = int(event["round_id"])
+        if round_id not in versions:
+            result.problems.append(f"round {round_id} starts from version {round_id}, not rebuilt")
+            return
+        base = codec.decode(versions[round_id]) if cfg.max_update_norm is not None else None
+        acc = FedAvgAccumulator(spec, who=f"round {round_id} of task {cfg.task_name!r}")
+        for sk in event["members"]:
+            update = by_sk.get(str(sk))
+            if update is None:
+                result.problems.append(
+                    f"round {round_id} aggregated {sk!r}, missing from the ledger"
+                )
+                return
+            record = _record(update)
+            weights = load_payload(load(record.s3_key), record, spec, cfg, base=base)
+            acc.add(weights, record.num_examples, who=str(sk))
+            result.applied += 1
+        versions[int(event["version"])] = codec.encode(acc.result())
+
+
+def _replay_async(
+    cfg: TaskConfig,
+    spec: ModelSpec,
+    *,
+    updates: list[Event],
+    load: Loader,
+    versions: dict[int, bytes],
+    result: ReplayResult,
+) -> None:
+    accepted = sorted(
+        (u for u in updates if u.get("verdict") == "accepted"), key=lambda u: int(u["seq"])
+    )
+    seqs = [int(u["seq"]) for u in accepted]
+    if seqs != list(range(1, len(seqs) + 1)):
+        result.problems.append(f"accepted updates' seq are not 1..{len(seqs)}: {seqs[:20]}")
+        return
+    state = AsyncState()
+    buffer: Weights | None = None
+    for update in accepted:
+        record = _record(update)
+        who = describe(record)
+        needs_base = cfg.aggregation == "fedbuff" or cfg.max_update_norm is not None
+        base_w = codec.decode(versions[record.base_version]) if needs_base else None
+        client_w = load_payload(
+            load(record.s3_key), record, spec, cfg, base=base_w if cfg.max_update_norm else None
+        )
+        out = absorb(
+            state,
+            cfg,
+            base_version=record.base_version,
+            global_w=codec.decode(versions[state.version]),
+            client_w=client_w,
+            base_w=base_w,
+            buffer_sum=buffer,
+            who=who,
+        )
+        for name, mine, theirs in (
+            ("staleness", out.staleness, update.get("staleness")),
+            ("applied_version", out.state.version, update.get("applied_version")),
+        ):
+            if theirs is not None and mine != int(theirs):
+                result.problems.append(f"{who}: {name} {mine} on replay, {theirs} recorded")
+        if out.new_global is not None:
+            versions[out.state.version] = codec.encode(out.new_global)
+        if out.buffer_sum is not None:
+            # the server stores the buffer as float64 safetensors and reads it back
+            stored = {k: np.asarray(v, dtype=np.float64) for k, v in out.buffer_sum.items()}
+            buffer = codec.decode(codec.encode(stored))
+        elif out.state.buffered == 0:
+            buffer = None
+        state = out.state
+        result.applied += 1
