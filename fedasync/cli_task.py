@@ -1,0 +1,363 @@
+"""`fedasync task start|status|stop` and `fedasync local up`: the operator's commands.
+
+The logic lives in `fedasync.taskctl` (plain data in, plain data out); this module parses
+flags, runs it and renders the result. Errors print one `error: ...` line and exit 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+from botocore.exceptions import BotoCoreError, ClientError
+from rich.console import Console
+from rich.table import Table
+
+from fedasync import logs, taskctl
+from fedasync.aws.session import AwsContext
+from fedasync.core import codec
+from fedasync.core.codec import Weights
+from fedasync.core.config import TaskConfig
+from fedasync.core.errors import ConfigError, FedAsyncError
+from fedasync.local.server import LocalMotoServer
+from fedasync.local.stack import EmbeddedStack
+from fedasync.resources import ENV_ENDPOINT_URL, ClientSpec, StackSpec
+
+T = TypeVar("T")
+
+task_app = typer.Typer(
+    help="Start, inspect and stop federated tasks on a deployed (or embedded) stack.",
+    no_args_is_help=True,
+)
+local_app = typer.Typer(help="Run the embedded stack for separate client processes.")
+
+Endpoint = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint", envvar=ENV_ENDPOINT_URL, help="AWS endpoint URL; default: real AWS."
+    ),
+]
+Prefix = Annotated[
+    str, typer.Option(envvar="FEDASYNC_PREFIX", help="Stack prefix naming the resources.")
+]
+Region = Annotated[str | None, typer.Option(envvar="AWS_DEFAULT_REGION", help="AWS region.")]
+StackJson = Annotated[
+    Path | None,
+    typer.Option(
+        "--stack-config",
+        envvar="FEDASYNC_STACK_CONFIG",
+        help="JSON of resolved resource names (CDK outputs, or what `local up` wrote); "
+        "overrides the names derived from --prefix.",
+    ),
+]
+TaskName = Annotated[str, typer.Argument(help="The task's name (task_name in its config).")]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def _run(stack: taskctl.StackConfig, work: Callable[[AwsContext], Awaitable[T]]) -> T:
+    """Run one operation on an `AwsContext`; known failures become `error:` and exit 1."""
+
+    async def main() -> T:
+        async with AwsContext(stack.endpoint_url, stack.region) as aws:
+            return await work(aws)
+
+    try:
+        return asyncio.run(main())
+    except FedAsyncError as exc:
+        raise _fail(exc.message) from exc
+    except ClientError as exc:
+        raise _fail(f"AWS refused the call: {exc}") from exc
+    except BotoCoreError as exc:
+        where = stack.endpoint_url or f"AWS ({stack.region})"
+        raise _fail(f"cannot reach {where}: {exc}") from exc
+
+
+def _stack(
+    endpoint: str | None, prefix: str, region: str | None, stack_config: Path | None
+) -> taskctl.StackConfig:
+    try:
+        return taskctl.resolve_stack(
+            endpoint_url=endpoint, prefix=prefix, region=region, stack_config=stack_config
+        )
+    except FedAsyncError as exc:
+        raise _fail(exc.message) from exc
+
+
+def load_task_config(path: Path) -> TaskConfig:
+    """YAML (safe_load) to a validated `TaskConfig`; errors name the file and each field."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"task config {str(path)!r} is unreadable: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"task config {str(path)!r} must be a YAML mapping of fields")
+    try:
+        return TaskConfig.parse(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.message}") from exc
+
+
+def _initial_model(
+    init_model: Path | None, trainer: str, seed: int, num_features: int, num_classes: int
+) -> Weights:
+    if init_model is not None:
+        return codec.read_file(init_model, who=f"initial model {str(init_model)!r}")
+    from client.trainers import get_trainer  # the operator may not have the client installed
+
+    model = get_trainer(trainer, num_features=num_features, num_classes=num_classes)
+    return model.init_weights(seed)
+
+
+@task_app.command("start")
+def start_command(
+    config: Annotated[Path, typer.Option("--config", help="Task config YAML (TaskConfig).")],
+    endpoint: Endpoint = None,
+    prefix: Prefix = "fedasync",
+    region: Region = None,
+    stack_config: StackJson = None,
+    init_model: Annotated[
+        Path | None, typer.Option(help="Initial global model (.safetensors).")
+    ] = None,
+    trainer: Annotated[
+        str, typer.Option(help="Without --init-model: numpy or keras initialises the model.")
+    ] = "numpy",
+    seed: Annotated[int, typer.Option(help="Seed of the initial model.")] = 0,
+    num_features: Annotated[int, typer.Option(help="Model inputs (digits: 64).")] = 64,
+    num_classes: Annotated[int, typer.Option(help="Model classes.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create a task from a YAML config and start its execution (idempotent).
+
+    Example: fedasync task start --config task.yaml --endpoint http://127.0.0.1:4566
+    """
+    logs.configure(level="WARNING")
+    stack = _stack(endpoint, prefix, region, stack_config)
+    try:
+        cfg = load_task_config(config)
+        initial = _initial_model(init_model, trainer, seed, num_features, num_classes)
+    except (FedAsyncError, ValueError, ImportError) as exc:
+        raise _fail(str(exc)) from exc
+    out = _run(stack, lambda aws: taskctl.start(aws, stack, cfg, initial))
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    typer.echo(f"task {out['task_name']!r} started ({out['mode']})")
+    typer.echo(f"execution: {out['execution_arn']}")
+
+
+@task_app.command("status")
+def status_command(
+    task_name: TaskName,
+    endpoint: Endpoint = None,
+    prefix: Prefix = "fedasync",
+    region: Region = None,
+    stack_config: StackJson = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for machines).")] = False,
+) -> None:
+    """Show mode, version or round, alive clients, accepted/rejected updates, execution.
+
+    Example: fedasync task status digits --json
+    """
+    logs.configure(level="WARNING")
+    stack = _stack(endpoint, prefix, region, stack_config)
+    out = _run(stack, lambda aws: taskctl.status(aws, stack, task_name))
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    Console().print(_status_table(out))
+
+
+def _status_table(out: dict[str, Any]) -> Table:
+    table = Table(title=f"fedasync task: {out['task_name']}", show_header=False)
+    if out["mode"] == "async":
+        progress = f"{out['absorbed']} update(s) absorbed, max_versions {out['max_versions']}"
+    elif out["round"] is None:
+        progress = f"{out['rounds_closed']} of {out['rounds']} rounds closed"
+    else:
+        progress = f"round {out['round']} open, {out['rounds_closed']} of {out['rounds']} closed"
+    clients, updates, execution = out["clients"], out["updates"], out["execution"]
+    rows = [
+        ("mode", f"{out['mode']} ({out['strategy']})"),
+        ("status", out["status"] + (f": {out['cause']}" if out.get("cause") else "")),
+        ("version", f"{out['version']}; {progress}"),
+        ("finished", str(out["finished"] or "-")),
+        ("alive clients", f"{', '.join(clients['alive']) or '-'} of {len(clients['expected'])}"),
+        ("accepted updates", str(updates["accepted"])),
+        ("rejected updates", str(updates["rejected"])),
+        ("pending updates", str(updates["pending"])),
+    ]
+    rows += [
+        (f"  rejected {r['client_id']}", f"{r['reason']}: {r['detail']}")
+        for r in updates["rejections"]
+    ]
+    rows.append(("execution", execution["status"]))
+    if execution.get("cause"):
+        rows.append(("execution cause", str(execution["cause"])))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+@task_app.command("stop")
+def stop_command(
+    task_name: TaskName,
+    endpoint: Endpoint = None,
+    prefix: Prefix = "fedasync",
+    region: Region = None,
+    stack_config: StackJson = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the execution to end.")] = 30,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """End a task now; its current global model becomes final.safetensors.
+
+    async: the execution ends SUCCEEDED. sync: the ASL has no early exit for rounds,
+    so the execution is stopped (ABORTED) after the final model is written.
+
+    Example: fedasync task stop digits
+    """
+    logs.configure(level="WARNING")
+    stack = _stack(endpoint, prefix, region, stack_config)
+    out = _run(stack, lambda aws: taskctl.stop(aws, stack, task_name, wait_s=wait))
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+    else:
+        typer.echo(
+            f"task {task_name!r}: {out['how'].replace('_', ' ')}; final version "
+            f"{out['final_version']} ({out['final_key']}), reason {out['reason']!r}, "
+            f"execution {out['execution']['status']}"
+        )
+    if out["execution"]["status"] == "RUNNING":
+        raise _fail(f"the execution of task {task_name!r} is still RUNNING after {wait} s")
+
+
+@local_app.callback()
+def local_group() -> None:
+    """Run the embedded stack for separate client processes."""
+
+
+@local_app.command("up")
+def up_command(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Loopback port.")] = 4566,
+    prefix: Annotated[str, typer.Option(help="Stack prefix naming the resources.")] = "fedasync",
+    clients: Annotated[
+        str, typer.Option(help="Comma-separated client ids (one queue each, fixed at start).")
+    ] = "silo-0,silo-1",
+    stack_config: Annotated[
+        Path, typer.Option(help="Where to write the resolved names (JSON).")
+    ] = Path(".fedasync/stack.json"),
+    region: Annotated[str, typer.Option(help="Region the resources live in.")] = "us-east-1",
+) -> None:
+    """Run the embedded stack in the foreground until Ctrl-C or SIGTERM.
+
+    Prints the environment and the commands that let `fedasync task ...` and
+    `fedasync client run` in other terminals (separate processes) use it.
+
+    Example: fedasync local up --port 4566 --clients silo-0,silo-1
+    """
+    logs.configure()
+    ids = tuple(c.strip() for c in clients.split(",") if c.strip())
+    try:
+        spec = StackSpec(
+            prefix=prefix, region=region, clients=tuple(ClientSpec(client_id=c) for c in ids)
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    if not _port_free(port):
+        raise _fail(f"port {port} on 127.0.0.1 is in use; choose another with --port")
+    asyncio.run(_serve(spec, port, stack_config.resolve()))
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def _serve(spec: StackSpec, port: int, stack_json: Path) -> None:
+    """Moto on the port, the stack on it, the banner on stdout; then wait for a signal."""
+    server = LocalMotoServer(port=port)
+    url = await asyncio.to_thread(server.start)
+    try:
+        async with EmbeddedStack(spec, endpoint_url=url) as stack:
+            names = taskctl.StackConfig.from_endpoints(stack.endpoints, spec.prefix)
+            task_yaml = await asyncio.to_thread(_write_files, names, spec, stack_json)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            typer.echo(_banner(spec, url, stack_json, task_yaml))
+            await stop.wait()
+            typer.echo("stopping the embedded stack…")
+    finally:
+        await asyncio.to_thread(server.stop)
+    typer.echo("stopped")
+
+
+def _write_files(names: taskctl.StackConfig, spec: StackSpec, stack_json: Path) -> Path:
+    """The stack JSON for `--stack-config`, and an example task config beside it."""
+    stack_json.parent.mkdir(parents=True, exist_ok=True)
+    stack_json.write_text(names.model_dump_json(indent=2, exclude_none=True) + "\n")
+    task_yaml = stack_json.parent / "task.yaml"
+    task_yaml.write_text(yaml.safe_dump(_example_task(spec), sort_keys=False))
+    return task_yaml
+
+
+def _example_task(spec: StackSpec) -> dict[str, Any]:
+    return {
+        "task_name": "digits",
+        "mode": "sync",
+        "clients": list(spec.client_ids),
+        "rounds": 3,
+        "round_timeout_s": 300,
+    }
+
+
+def _banner(spec: StackSpec, url: str, stack_json: Path, task_yaml: Path) -> str:
+    env = {
+        ENV_ENDPOINT_URL: url,
+        "FEDASYNC_PREFIX": spec.prefix,
+        "FEDASYNC_STACK_CONFIG": str(stack_json),
+        "AWS_ACCESS_KEY_ID": "testing",  # moto accepts any credentials; boto3 wants some
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": spec.region,
+    }
+    n = len(spec.client_ids)
+    lines = [
+        f"embedded stack {spec.prefix!r} on {url} (clients: {', '.join(spec.client_ids)})",
+        f"stack config: {stack_json}",
+        "",
+        "# in every other terminal:",
+        *(f"export {k}={v}" for k, v in env.items()),
+        "",
+        f"# start a task (example config: {task_yaml}):",
+        f"fedasync task start --config {task_yaml}",
+        "# one silo per terminal:",
+        *(
+            f"fedasync client run --task digits --client-id {c} --trainer numpy "
+            f"--data digits:{i}/{n}"
+            for i, c in enumerate(spec.client_ids)
+        ),
+        "# watch, then stop early if you like:",
+        "fedasync task status digits",
+        "fedasync task stop digits",
+        "",
+        "ready: serving until Ctrl-C or SIGTERM",
+    ]
+    return "\n".join(lines)
+
+
+__all__ = ["load_task_config", "local_app", "task_app"]
