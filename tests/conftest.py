@@ -1,4 +1,4 @@
-"""Integration fixtures: one moto server for the whole session, one prefix per test."""
+"""Shared fixtures: one moto server for the whole session, one prefix per test."""
 
 from __future__ import annotations
 
