@@ -162,13 +162,13 @@ def _figure(ax: Axes) -> Figure:
 def accuracy_plot(points: list[tuple[float, float]], xlabel: str, title: str) -> Figure:
     ax = _axes(title, xlabel, "held-out accuracy")
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    ax.plot(xs, ys, color=LINE, marker="o", markersize=4, linewidth=1.8, label="global model")
+    ax.plot(xs, ys, color=LINE, marker="o", markersize=4, linewidth=1.8,
+            label=f"global model (final {ys[-1]:.3f})")  # fmt: skip
     best = max(range(len(ys)), key=ys.__getitem__)
-    ax.scatter([xs[best]], [ys[best]], s=80, color=ACCEPTED, zorder=3, label="best")
-    ax.annotate(f"final {ys[-1]:.3f}", (xs[-1], ys[-1]), textcoords="offset points",
-                xytext=(-8, -16), ha="right", fontsize=9)  # fmt: skip
+    ax.scatter([xs[best]], [ys[best]], s=80, color=ACCEPTED, zorder=3, label=f"best {ys[best]:.3f}")
     ax.set_ylim(min(0.0, *ys), 1.02)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if "version" in xlabel:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(loc="lower right", frameon=False)
     return _figure(ax)
 
