@@ -8,13 +8,65 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 import structlog.tracebacks
 
 _configured = False
+
+# A key naming one of these holds a secret: its value is masked, whatever it looks like.
+_SECRET_KEY = re.compile(r"token|secret|password|passwd|credential|authorization|session", re.I)
+# Opaque blobs the length of a Step Functions task token or an STS session token.
+_OPAQUE = re.compile(r"[A-Za-z0-9+/=_-]{100,}")
+_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+_PREFIX = 6
+_known: deque[str] = deque(maxlen=256)
+
+
+def remember_secret(value: str | None) -> None:
+    """Mask `value` wherever it appears in a later log line (e.g. a task token just received)."""
+    if value and len(value) >= 8 and value not in _known:
+        _known.append(value)
+
+
+def mask(value: str) -> str:
+    # a short secret keeps less of itself: never more than a quarter
+    return f"{value[: min(_PREFIX, len(value) // 4)]}…(redacted)"
+
+
+def _scrub_text(text: str) -> str:
+    for secret in (*_known, *(os.environ.get(n) or "" for n in _SECRET_ENV)):
+        if len(secret) >= 8 and secret in text:
+            text = text.replace(secret, mask(secret))
+    return _OPAQUE.sub(lambda m: mask(m.group(0)), text)
+
+
+def _scrub(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return _scrub_text(value)
+    if depth > 8:
+        return value
+    if isinstance(value, Mapping):
+        return {k: _scrub_pair(k, v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(v, depth + 1) for v in value)
+    return value
+
+
+def _scrub_pair(key: Any, value: Any, depth: int) -> Any:
+    if isinstance(key, str) and _SECRET_KEY.search(key) and value is not None:
+        return mask(value) if isinstance(value, str) else "(redacted)"
+    return _scrub(value, depth)
+
+
+def redact(_logger: Any, _method: str, event_dict: Any) -> Any:
+    """structlog processor: no credential or task token reaches a log line in full."""
+    return {k: _scrub_pair(k, v, 0) for k, v in event_dict.items()}
 
 
 def configure(*, level: str | None = None, json: bool | None = None, force: bool = False) -> None:
@@ -42,7 +94,8 @@ def configure(*, level: str | None = None, json: bool | None = None, force: bool
                 structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
             )
         )
-    processors.append(renderer)
+    # last before rendering, so it also sees exception dicts and bound context
+    processors.extend([redact, renderer])
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -13,6 +13,7 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
+from fedasync import logs
 from fedasync.core.errors import FedAsyncError
 from fedasync.core.messages import ControlMessage
 from fedasync.server.control import on_control
@@ -31,6 +32,7 @@ def record_handler(record: SQSRecord) -> None:
             "control.rejected", reason=exc.reason, detail=exc.message, message_id=record.message_id
         )
         return
+    logs.remember_secret(msg.task_token)
     try:
         runtime.run(lambda store: on_control(store, msg))
     except Exception:
