@@ -21,6 +21,16 @@ if TYPE_CHECKING:
 # Long polls park a connection for up to 20 s each; aiobotocore's default pool of 10
 # would then starve every other call of the same client.
 CLIENT_CONFIG = Config(max_pool_connections=50, retries={"mode": "standard"})
+# On a local endpoint (the embedded moto server on loopback) skip what only guards bytes on
+# a network: SigV4 over the S3 payload (plain http would otherwise hash every body) and
+# CRC32 trailers. Model objects still carry and are checked against their SHA-256.
+LOCAL_CLIENT_CONFIG = CLIENT_CONFIG.merge(
+    Config(
+        s3={"payload_signing_enabled": False},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+)
 
 
 @functools.cache
@@ -68,7 +78,7 @@ class AwsContext:
                     service,  # type: ignore[call-overload]
                     region_name=self.region,
                     endpoint_url=self.endpoint_url,
-                    config=CLIENT_CONFIG,
+                    config=CLIENT_CONFIG if self.endpoint_url is None else LOCAL_CLIENT_CONFIG,
                 )
             )
             self._clients[service] = client

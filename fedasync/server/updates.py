@@ -36,25 +36,27 @@ async def on_update(store: ServerStore, task_name: str, sk: str) -> str:
         if item.get("verdict"):
             await _after(store, task_name, item)
             return str(item["verdict"])
+        decided: dict[str, Any] | None = None
         try:
             record = parse_update_item(item)
             view = TaskView.from_item(task_name, await store.get_task(task_name))
             check_sender(record, view.cfg)
             with bound_contextvars(version=view.head_version, round_id=record.round_id):
-                await _accept(store, view, record, item)
+                decided = await _accept(store, view, record, item)
         except FedAsyncError as exc:
             await _reject(store, task_name, sk, exc)
-        item = await store.get_item(task_name, sk) or item
+        # our own conditional write succeeded: the item is what we wrote, no need to re-read
+        item = decided or await store.get_item(task_name, sk) or item
         await _after(store, task_name, item)
         return str(item.get("verdict", "pending"))
 
 
 async def _accept(
     store: ServerStore, view: TaskView, record: UpdateRecord, item: dict[str, Any]
-) -> None:
+) -> dict[str, Any] | None:
+    """The item with its verdict when this call wrote it; None when another try did."""
     if view.cfg.mode == "async":
-        await async_task.absorb_update(store, view, record, item)
-        return
+        return await async_task.absorb_update(store, view, record, item)
     round_item = await store.get_item(view.task_name, keys.round_sk(record.round_id or 0)) or {}
     check_round(
         record, view.head_version, bool(round_item.get("members") or round_item.get("closed"))
@@ -67,18 +69,17 @@ async def _accept(
         view.cfg,
         base=await _base_for_norm(store, view, record),
     )
+    verdict = {
+        "verdict": "accepted",
+        "applied_version": view.head_version + 1,
+        "decided_at": time.time(),
+    }
     op = store.update_op(
-        view.task_name,
-        record.sk,
-        {
-            "verdict": "accepted",
-            "applied_version": view.head_version + 1,
-            "decided_at": time.time(),
-        },
-        condition="attribute_not_exists(#verdict)",
+        view.task_name, record.sk, verdict, condition="attribute_not_exists(#verdict)"
     )
-    await store.update(op)
+    written = await store.update(op)
     log.info("update.accepted", round_id=record.round_id, num_examples=record.num_examples)
+    return {**item, **verdict} if written else None
 
 
 async def _base_for_norm(store: ServerStore, view: TaskView, record: UpdateRecord) -> Any:
@@ -118,7 +119,7 @@ async def _after(store: ServerStore, task_name: str, item: dict[str, Any]) -> No
         if isinstance(round_id, int) and round_id == view.head_version and not view.finished:
             await rounds.maybe_complete(store, view, round_id)
     elif item.get("verdict") == "accepted":
-        await async_task.after_accept(store, task_name, item)
+        await async_task.after_accept(store, task_name, item, task=task)
 
 
 __all__ = ["describe", "on_update"]
