@@ -72,8 +72,8 @@ def demo(
         out=out,
         train_seconds=train_seconds,
     )
-    with console.status(f"running a {mode} task with {clients} silos on the embedded stack…"):
-        summary = asyncio.run(run_demo(opts))
+    console.print(f"running a {mode} task with {clients} silos on the embedded stack…")
+    summary = asyncio.run(run_demo(opts))
     _print_summary(summary)
     if summary["execution"]["status"] != "SUCCEEDED":
         raise typer.Exit(1)
@@ -102,11 +102,16 @@ def _print_summary(summary: dict[str, object]) -> None:
         "accepted_updates",
         "global_model_sha256",
         "events_path",
+        "report_path",
     ):
         table.add_row(key, str(summary[key]))
     rejected = summary.get("rejected_updates") or []
     table.add_row("rejected_updates", str(len(rejected)))  # type: ignore[arg-type]
     table.add_row("execution", json.dumps(summary["execution"]))
+    check = summary.get("replay")
+    if isinstance(check, dict):
+        verdict = "identical" if check.get("ok") else f"DIFFERS: {check.get('problems')}"
+        table.add_row("replay check", f"{verdict} ({check.get('versions_checked')} versions)")
     Console().print(table)
 
 

@@ -30,7 +30,9 @@ from fedasync.core.codec import Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.replay import replay
 from fedasync.events import export_ledger, export_objects, folder_loader, write_ledger
+from fedasync.live import LiveView
 from fedasync.local.stack import EmbeddedStack
+from fedasync.report import write_report
 from fedasync.resources import ClientSpec, StackSpec
 from fedasync.server.store import ServerStore, Where
 from fedasync.server.tasks import start_task
@@ -159,17 +161,20 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
                 store, cfg=cfg, trainer=trainer, test=_test_split(opts), t0=t0, done=done
             )
         )
-        reports = await asyncio.gather(
-            *(
-                run_client(
-                    _client_config(opts, cfg, e, i),
-                    trainer=_silo_trainer(trainer, opts, i),
-                    data=demo_silo(i, opts.clients, alpha=opts.dirichlet_alpha, seed=opts.seed)[0],
+        async with LiveView(store, cfg.task_name):
+            reports = await asyncio.gather(
+                *(
+                    run_client(
+                        _client_config(opts, cfg, e, i),
+                        trainer=_silo_trainer(trainer, opts, i),
+                        data=demo_silo(i, opts.clients, alpha=opts.dirichlet_alpha, seed=opts.seed)[
+                            0
+                        ],
+                    )
+                    for i in range(opts.clients)
                 )
-                for i in range(opts.clients)
             )
-        )
-        status = await _wait_execution(stack, arn)
+            status = await _wait_execution(stack, arn)
         done.set()
         curve = await evaluator
         summary = await _summary(
@@ -187,6 +192,7 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
         objects = out / "objects"
         await export_objects(store, ledger, objects)
     summary["replay"] = _self_check(ledger, objects)
+    summary["report_path"] = str(write_report(out, summary, ledger))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
