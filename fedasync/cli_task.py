@@ -191,15 +191,15 @@ def _status_table(out: dict[str, Any]) -> Table:
         ("mode", f"{out['mode']} ({out['strategy']})"),
         ("status", out["status"] + (f": {out['cause']}" if out.get("cause") else "")),
         ("version", f"{out['version']}; {progress}"),
-        ("finished", str(out["finished"] or "-")),
+        ("finished", _finished(out)),
         ("alive clients", f"{', '.join(clients['alive']) or '-'} of {len(clients['expected'])}"),
         ("accepted updates", str(updates["accepted"])),
-        ("rejected updates", str(updates["rejected"])),
+        ("rejected updates", _by_reason(updates["rejections"])),
         ("pending updates", str(updates["pending"])),
     ]
     rows += [
-        (f"  rejected {r['client_id']}", f"{r['reason']}: {r['detail']}")
-        for r in updates["rejections"]
+        (f"  {r['client_id']} {r['update_id']}", f"{r['reason']}: {r['detail']}")
+        for r in updates["rejections"][-_SHOWN_REJECTIONS:]
     ]
     rows.append(("execution", execution["status"]))
     if execution.get("cause"):
@@ -207,6 +207,23 @@ def _status_table(out: dict[str, Any]) -> Table:
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+_SHOWN_REJECTIONS = 3  # the table shows the latest few; --json lists them all
+
+
+def _finished(out: dict[str, Any]) -> str:
+    if not out["finished"]:
+        return "-"
+    return f"{out['finished']} (final version {out['final_version']})"
+
+
+def _by_reason(rejections: list[dict[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for r in rejections:
+        counts[str(r["reason"])] = counts.get(str(r["reason"]), 0) + 1
+    detail = ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items()))
+    return f"{len(rejections)} ({detail})" if rejections else "0"
 
 
 @task_app.command("stop")
@@ -280,6 +297,8 @@ def up_command(
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as the server binds: a restart must not trip over the last run's TIME_WAIT
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

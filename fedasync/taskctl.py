@@ -196,10 +196,12 @@ def _updates(items: list[dict[str, Any]]) -> dict[str, Any]:
             "update_id": i.get("update_id"),
             "reason": i.get("reason"),
             "detail": i.get("detail"),
+            "decided_at": i.get("decided_at"),
         }
         for i in items
         if i.get("verdict") == "rejected"
     ]
+    rejected.sort(key=lambda r: float(r["decided_at"] or 0.0))  # oldest first
     return {
         "accepted": sum(1 for i in items if i.get("verdict") == "accepted"),
         "rejected": len(rejected),
