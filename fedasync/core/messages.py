@@ -55,7 +55,8 @@ class WireMessage(BaseModel):
                 f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
                 for e in exc.errors()
             )
-            who = f" for task {data.get('task_name')!r}" if data.get("task_name") else ""
+            who = f" from client {data.get('client_id')!r}" if data.get("client_id") else ""
+            who += f" for task {data.get('task_name')!r}" if data.get("task_name") else ""
             raise SchemaError(f"{cls.__name__}{who} is malformed: {problems}") from exc
 
     def to_json(self) -> str:

@@ -37,6 +37,7 @@ async def on_update(store: ServerStore, task_name: str, sk: str) -> str:
             await _after(store, task_name, item)
             return str(item["verdict"])
         decided: dict[str, Any] | None = None
+        record: UpdateRecord | None = None
         try:
             record = parse_update_item(item)
             view = TaskView.from_item(task_name, await store.get_task(task_name))
@@ -44,7 +45,7 @@ async def on_update(store: ServerStore, task_name: str, sk: str) -> str:
             with bound_contextvars(version=view.head_version, round_id=record.round_id):
                 decided = await _accept(store, view, record, item)
         except FedAsyncError as exc:
-            await _reject(store, task_name, sk, exc)
+            await _reject(store, task_name, sk, exc, _detail(exc, task_name, sk, item, record))
         # our own conditional write succeeded: the item is what we wrote, no need to re-read
         item = decided or await store.get_item(task_name, sk) or item
         await _after(store, task_name, item)
@@ -92,20 +93,40 @@ async def _base_for_norm(store: ServerStore, view: TaskView, record: UpdateRecor
     )
 
 
-async def _reject(store: ServerStore, task_name: str, sk: str, exc: FedAsyncError) -> None:
+def _detail(
+    exc: FedAsyncError, task_name: str, sk: str, item: dict[str, Any], record: UpdateRecord | None
+) -> str:
+    """The error's message, prefixed with whose update it was when the message does not say:
+    errors raised below the decisions (S3 reads, item parsing) may not name the client."""
+    client = item.get("client_id")
+    if f"task {task_name!r}" in exc.message and (
+        not isinstance(client, str) or repr(client) in exc.message
+    ):
+        return exc.message
+    who = (
+        describe(record)
+        if record is not None
+        else f"update item {sk!r} from client {client!r} for task {task_name!r}"
+    )
+    return f"{who}: {exc.message}"
+
+
+async def _reject(
+    store: ServerStore, task_name: str, sk: str, exc: FedAsyncError, detail: str
+) -> None:
     op = store.update_op(
         task_name,
         sk,
         {
             "verdict": "rejected",
             "reason": exc.reason,
-            "detail": exc.message[:2000],
+            "detail": detail[:2000],
             "decided_at": time.time(),
         },
         condition="attribute_not_exists(#verdict)",
     )
     await store.update(op)
-    log.warning("update.rejected", reason=exc.reason, detail=exc.message)
+    log.warning("update.rejected", reason=exc.reason, detail=detail)
 
 
 async def _after(store: ServerStore, task_name: str, item: dict[str, Any]) -> None:

@@ -13,7 +13,6 @@ Two layers, each counting what it fed:
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import struct
@@ -22,7 +21,6 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -100,7 +98,9 @@ ddb_values = st.recursive(
 )
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 field_names = st.one_of(
@@ -141,9 +141,11 @@ def outcome(fn: Any, *args: Any, **kwargs: Any) -> str:
     try:
         fn(*args, **kwargs)
     except FedAsyncError as exc:
-        assert exc.message, "every rejection says what happened"
-        return exc.reason
-    return "ok"
+        error = exc
+    else:
+        return "ok"
+    assert error.message, "every rejection says what happened"
+    return error.reason
 
 
 @FUZZ
@@ -185,7 +187,9 @@ def header_edits(draw: st.DrawFn) -> bytes:
     entry = header[name]
     what = draw(st.sampled_from(["dtype", "shape", "offsets", "rename", "metadata", "junk"]))
     if what == "dtype":
-        entry["dtype"] = draw(st.sampled_from(["F64", "F16", "I64", "BOOL", "U8", "BF16", "F8_E4M3", "Q", ""]))
+        entry["dtype"] = draw(
+            st.sampled_from(["F64", "F16", "I64", "BOOL", "U8", "BF16", "F8_E4M3", "Q", ""])
+        )
     elif what == "shape":
         entry["shape"] = draw(st.lists(st.integers(-3, 2**40), max_size=4))
     elif what == "offsets":
@@ -193,7 +197,9 @@ def header_edits(draw: st.DrawFn) -> bytes:
     elif what == "rename":
         header[draw(st.text(min_size=1, max_size=10))] = header.pop(name)
     elif what == "metadata":
-        header["__metadata__"] = draw(st.dictionaries(st.text(max_size=15), ddb_values.map(str), max_size=3))
+        header["__metadata__"] = draw(
+            st.dictionaries(st.text(max_size=15), ddb_values.map(str), max_size=3)
+        )
         if draw(st.booleans()):
             header["__metadata__"][codec.ORDER_KEY] = draw(st.text(max_size=30))
     else:
@@ -205,7 +211,9 @@ def header_edits(draw: st.DrawFn) -> bytes:
 def mutated_payloads(draw: st.DrawFn) -> bytes:
     data = bytearray(BLOB)
     kind = draw(
-        st.sampled_from(["flip", "truncate", "declared", "header", "prefix", "append", "random", "nan"])
+        st.sampled_from(
+            ["flip", "truncate", "declared", "header", "prefix", "append", "random", "nan"]
+        )
     )
     if kind == "flip":
         for _ in range(draw(st.integers(1, 8))):
@@ -214,11 +222,15 @@ def mutated_payloads(draw: st.DrawFn) -> bytes:
     elif kind == "truncate":
         data = data[: draw(st.integers(0, len(data) - 1))]
     elif kind == "declared":
-        data[:8] = struct.pack("<Q", draw(st.one_of(st.integers(0, 2**64 - 1), st.integers(0, 600))))
+        data[:8] = struct.pack(
+            "<Q", draw(st.one_of(st.integers(0, 2**64 - 1), st.integers(0, 600)))
+        )
     elif kind == "header":
         data = bytearray(draw(header_edits()))
     elif kind == "prefix":
-        magic = draw(st.sampled_from([b"\x80\x04\x95", b"\x93NUMPY\x01\x00", b"PK\x03\x04", b"{", b""]))
+        magic = draw(
+            st.sampled_from([b"\x80\x04\x95", b"\x93NUMPY\x01\x00", b"PK\x03\x04", b"{", b""])
+        )
         data = bytearray(magic + draw(st.binary(max_size=64)))
     elif kind == "append":
         data += draw(st.binary(min_size=1, max_size=5000))
@@ -226,7 +238,9 @@ def mutated_payloads(draw: st.DrawFn) -> bytes:
         data = bytearray(draw(st.binary(max_size=300)))
     else:
         bad = {k: v.copy() for k, v in MODEL.items()}
-        bad["dense/bias"][draw(st.integers(0, 2))] = draw(st.sampled_from([np.nan, np.inf, -np.inf, 1e30]))
+        bad["dense/bias"][draw(st.integers(0, 2))] = draw(
+            st.sampled_from([np.nan, np.inf, -np.inf, 1e30])
+        )
         data = bytearray(codec.encode(bad))
     return bytes(data)
 

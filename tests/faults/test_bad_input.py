@@ -1,0 +1,458 @@
+"""Bad input on the embedded stack: each gets a clear error, a recorded rejection, and
+leaves the global model unchanged (or, mixed with good updates, the result is exactly
+what the good ones alone give).
+
+Two stacks per module, each shared by its cases (in file order):
+- async: one FedAsync task at version 1; every case sends one bad update and checks the
+  verdict, the reason, the detail, and that the head (version, SHA-256, bytes) did not move;
+- sync: one FedAvg round per case, where client 'a' is bad and 'b', 'c' are good; the
+  new version must equal FedAvg of b and c computed here by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import pickle
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedasync.core import codec, keys
+from fedasync.core.config import TaskConfig
+from fedasync.core.messages import GlobalModelNotice
+from fedasync.local.stack import EmbeddedStack
+from fedasync.resources import ClientSpec, StackSpec
+from fedasync.server.store import ServerStore, serialize_item
+from fedasync.server.task_view import TaskView
+from fedasync.server.tasks import start_task
+from tests.integration.scripted import ScriptedClient, local_model
+from tests.integration.test_server_sync import (
+    clients_for,
+    fedavg_by_hand,
+    initial_model,
+    store_for,
+    wait_execution,
+)
+
+CLIENTS = ("a", "b", "c")
+NORM_BOUND = 20.0
+MAX_BYTES = 1024
+
+
+@dataclass
+class Env:
+    stack: EmbeddedStack
+    store: ServerStore
+    task: str
+    arn: str
+    clients: dict[str, ScriptedClient]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+async def wait_verdict(store: ServerStore, task: str, sk: str, timeout_s: float = 20) -> dict:
+    for _ in range(int(timeout_s / 0.05)):
+        item = await store.get_item(task, sk)
+        if item and item.get("verdict"):
+            return item
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no verdict on {task}/{sk} within {timeout_s} s")
+
+
+async def head_of(store: ServerStore, task: str) -> tuple[int, str, bytes]:
+    item = await store.get_task(task)
+    version = int(item["head_version"])
+    return version, item["head_sha256"], await store.get_object(keys.global_key(task, version))
+
+
+async def notice_for(store: ServerStore, task: str) -> GlobalModelNotice:
+    view = TaskView.from_item(task, await store.get_task(task))
+    return view.notice(view.head_version)
+
+
+def assert_rejected(item: dict, reason: str, *details: str) -> None:
+    assert item["verdict"] == "rejected", item
+    assert item["reason"] == reason, item["detail"]
+    for text in details:
+        assert text in item["detail"], (text, item["detail"])
+
+
+# --- the bad payloads, as functions of the current global model ------------------------
+
+
+def _pickle(x: dict) -> dict:
+    return {"blob": pickle.dumps(x)}  # a hostile client's choice; the server never loads it
+
+
+def _npy(x: dict) -> dict:
+    buf = io.BytesIO()
+    np.save(buf, x["dense/kernel"])
+    return {"blob": buf.getvalue()}
+
+
+def _truncated(x: dict) -> dict:
+    blob = codec.encode(x)
+    return {"blob": blob[: len(blob) - 20]}
+
+
+def _lying_header(x: dict) -> dict:
+    blob = codec.encode(x)
+    return {"blob": struct.pack("<Q", 2**40) + blob[8:]}
+
+
+def _renamed(x: dict) -> dict:
+    return {"weights": {"dense/kernel": x["dense/kernel"], "dense/gamma": x["dense/bias"]}}
+
+
+def _reshaped(x: dict) -> dict:
+    return {
+        "weights": {"dense/kernel": x["dense/kernel"].reshape(3, 4), "dense/bias": x["dense/bias"]}
+    }
+
+
+def _retyped(x: dict) -> dict:
+    return {"weights": {k: v.astype(np.float64) for k, v in x.items()}}
+
+
+def _poisoned(value: float):
+    def build(x: dict) -> dict:
+        bias = x["dense/bias"].copy()
+        bias[1] = value
+        return {"weights": {"dense/kernel": x["dense/kernel"], "dense/bias": bias}}
+
+    return build
+
+
+def _too_far(x: dict) -> dict:
+    return {"weights": {k: (v + 100).astype(v.dtype) for k, v in x.items()}}
+
+
+def _too_big(x: dict) -> dict:
+    return {"weights": {**x, "extra": np.zeros(400, np.float32)}}
+
+
+def _wrong_sha(x: dict) -> dict:
+    return {"weights": local_model(x, 0, 1), "sha256": "0" * 64}
+
+
+def _spoof_other(x: dict) -> dict:
+    return {"s3_key": keys.local_key("{task}", "b", 1, "stolen")}
+
+
+def _spoof_global(x: dict) -> dict:
+    return {"s3_key": keys.global_key("{task}", 1)}  # the global model itself: its SHA matches
+
+
+def _spoof_dots(x: dict) -> dict:
+    return {"s3_key": "{task}/local/a/../b/00000001-x.safetensors"}
+
+
+def _missing_object(x: dict) -> dict:
+    return {"s3_key": keys.local_key("{task}", "a", 1, "never-uploaded")}
+
+
+# id -> (build(x) -> submit overrides, reason, detail fragments)
+PAYLOADS: dict[str, tuple[Any, str, tuple[str, ...]]] = {
+    "pickle": (_pickle, "schema", ("pickle", "expected safetensors")),
+    "npy": (_npy, "schema", (".npy",)),
+    "truncated-safetensors": (_truncated, "schema", ("not valid safetensors",)),
+    "header-lies-about-size": (_lying_header, "schema", ("claims 1099511627776 bytes",)),
+    "wrong-tensor-names": (_renamed, "names", ("missing ['dense/bias']", "'dense/gamma'")),
+    "wrong-shape": (_reshaped, "shape", ("shape (3, 4)", "the global model has (4, 3)")),
+    "wrong-dtype": (_retyped, "dtype", ("dtype float64", "the global model has float32")),
+    "nan": (_poisoned(np.nan), "non_finite", ("1 NaN/Inf", "'dense/bias'")),
+    "inf": (_poisoned(-np.inf), "non_finite", ("1 NaN/Inf", "'dense/bias'")),
+    "norm-above-bound": (_too_far, "norm", ("L2 norm", f"at most {NORM_BOUND:g}")),
+    "above-size-limit": (_too_big, "too_large", (f"the limit is {MAX_BYTES}",)),
+    "sha256-mismatch": (_wrong_sha, "checksum", ("SHA-256", "the record says " + "0" * 64)),
+    "key-in-other-client-prefix": (_spoof_other, "spoofed_key", ("expected a key under",)),
+    "key-is-the-global-model": (_spoof_global, "spoofed_key", ("expected a key under",)),
+    "key-escapes-with-dots": (_spoof_dots, "spoofed_key", ("expected a key under",)),
+    "object-missing": (_missing_object, "registry", ("missing from the model bucket",)),
+}
+
+
+async def submit_case(client: ScriptedClient, notice: GlobalModelNotice, build, update_id=None):
+    x = await client.download(notice.s3_key)
+    over = build(x)
+    if "s3_key" in over:
+        over["s3_key"] = over["s3_key"].replace("{task}", notice.task_name)
+        over.setdefault("weights", local_model(x, client.index, notice.version))
+    return await client.submit(notice, update_id=update_id, **over)
+
+
+# --- async: one task at version 1, every case against it -------------------------------
+
+
+@pytest.fixture(scope="module")
+async def async_env(moto_server):
+    spec = StackSpec(prefix="badasync", clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
+    cfg = TaskConfig.parse(
+        {
+            "task_name": "bad-async",
+            "mode": "async",
+            "clients": list(CLIENTS),
+            "alpha": 0.5,
+            "max_staleness": 0,
+            "max_versions": 2,
+            "max_update_norm": NORM_BOUND,
+            "max_model_bytes": MAX_BYTES,
+        }
+    )
+    async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as stack:
+        store = store_for(stack)
+        arn = await start_task(store, stack.endpoints.state_machine_arn, cfg, initial_model())
+        clients = dict(zip(CLIENTS, clients_for(stack, CLIENTS, (5, 5, 5)), strict=True))
+        env = Env(stack, store, cfg.task_name, arn, clients)
+        # b's good update from version 0 makes version 1; every case runs against it
+        n0 = await notice_for(store, env.task)
+        await clients["b"].submit(n0)
+        accepted = await wait_verdict(store, env.task, keys.update_sk("b", "b-v00000000", None))
+        assert accepted["verdict"] == "accepted"
+        env.notes["head"] = await head_of(store, env.task)
+        env.notes["x1"] = codec.decode(env.notes["head"][2])
+        assert env.notes["head"][0] == 1
+        yield env
+
+
+async def assert_head_unchanged(env: Env) -> None:
+    assert await head_of(env.store, env.task) == env.notes["head"]
+    task = await env.store.get_task(env.task)
+    assert (task["absorbed"], task.get("finished")) == (1, None)
+
+
+@pytest.mark.parametrize("case", PAYLOADS)
+async def test_async_bad_payload_is_rejected_and_the_head_does_not_move(async_env, case):
+    # GIVEN the async task at version 1 WHEN client 'a' submits the bad payload
+    build, reason, details = PAYLOADS[case]
+    notice = await notice_for(async_env.store, async_env.task)
+    record = await submit_case(async_env.clients["a"], notice, build, update_id=f"case-{case}")
+    # THEN its item is rejected with the reason, the detail names task, client and problem
+    item = await wait_verdict(async_env.store, async_env.task, record.sk)
+    assert_rejected(item, reason, "'bad-async'", "'a'", *details)
+    # AND the head version, its SHA-256 and its bytes are what they were
+    await assert_head_unchanged(async_env)
+
+
+def _drop(field_name: str):
+    return lambda item: {k: v for k, v in item.items() if k != field_name}
+
+
+def _set(**values: Any):
+    return lambda item: {**item, **values}
+
+
+# id -> (mutate(valid item) -> item, reason, detail fragments)
+RECORDS: dict[str, tuple[Any, str, tuple[str, ...]]] = {
+    "missing-sha256": (_drop("sha256"), "schema", ("sha256: Field required",)),
+    "missing-base-version": (_drop("base_version"), "schema", ("base_version: Field required",)),
+    "schema-version-2": (_set(schema_version=2), "schema", ("schema_version 2 is not supported",)),
+    "num-examples-not-a-number": (_set(num_examples="many"), "schema", ("num_examples",)),
+    "negative-base-version": (_set(base_version=-1), "schema", ("base_version",)),
+    "metrics-not-numbers": (_set(metrics={"acc": "high"}), "schema", ("metrics.acc",)),
+    "unknown-field": (_set(owner="root"), "schema", ("owner: Extra inputs are not permitted",)),
+    "forged-server-attribute": (_set(seq=7), "schema", ("server-owned attribute(s) ['seq']",)),
+    "sort-key-of-another-update": (_set(update_id="other"), "schema", ("expected 'UPDATE#other'",)),
+    "round-id-on-async": (
+        _set(round_id=1, sk=keys.update_sk("a", "", 1)),
+        "schema",
+        ("task is async; round_id must be absent",),
+    ),
+    "stale-beyond-max-staleness": (_set(base_version=0), "stale", ("stale: 1 > 0",)),
+}
+
+
+async def put_raw(client: ScriptedClient, item: dict[str, Any]) -> None:
+    ddb = await client.aws.dynamodb()
+    await ddb.put_item(TableName=client.table, Item=serialize_item(item))
+
+
+async def valid_item(env: Env, client_id: str, update_id: str) -> dict[str, Any]:
+    """A correct update item for the head, its object uploaded: the cases spoil one thing."""
+    client, notice = env.clients[client_id], await notice_for(env.store, env.task)
+    blob = codec.encode(local_model(env.notes["x1"], client.index, notice.version))
+    key = keys.local_key(env.task, client_id, notice.version, update_id)
+    await (await client.aws.s3()).put_object(Bucket=client.bucket, Key=key, Body=blob)
+    return {
+        "task_name": env.task,
+        "sk": keys.update_sk(client_id, update_id, None),
+        "client_id": client_id,
+        "update_id": update_id,
+        "base_version": notice.version,
+        "s3_key": key,
+        "sha256": codec.sha256_bytes(blob),
+        "size_bytes": len(blob),
+        "num_examples": 5,
+        "metrics": {},
+    }
+
+
+@pytest.mark.parametrize("case", RECORDS)
+async def test_async_bad_record_is_rejected_and_the_head_does_not_move(async_env, case):
+    mutate, reason, details = RECORDS[case]
+    item = mutate(await valid_item(async_env, "a", f"rec-{case}"))
+    await put_raw(async_env.clients["a"], item)
+    decided = await wait_verdict(async_env.store, async_env.task, item["sk"])
+    assert_rejected(decided, reason, "'bad-async'", "'a'", *details)
+    await assert_head_unchanged(async_env)
+
+
+async def test_async_update_from_a_client_not_in_the_task_is_rejected(async_env):
+    base = async_env.clients["a"]
+    mallory = ScriptedClient(base.aws, base.bucket, base.table, base.queue_url, "mallory", 0, 5)
+    notice = await notice_for(async_env.store, async_env.task)
+    record = await mallory.submit(notice, local_model(async_env.notes["x1"], 0, 1))
+    item = await wait_verdict(async_env.store, async_env.task, record.sk)
+    assert_rejected(item, "unknown_client", "'mallory'", "not one of the task's clients", "'a'")
+    await assert_head_unchanged(async_env)
+
+
+async def test_async_update_for_a_task_that_does_not_exist_is_rejected(async_env):
+    notice = (await notice_for(async_env.store, async_env.task)).model_copy(
+        update={"task_name": "no-such-task"}
+    )
+    record = await async_env.clients["a"].submit(notice, local_model(async_env.notes["x1"], 0, 1))
+    item = await wait_verdict(async_env.store, "no-such-task", record.sk)
+    assert_rejected(item, "unknown_task", "'no-such-task' does not exist")
+    await assert_head_unchanged(async_env)
+
+
+async def test_async_good_update_after_all_that_is_exact_and_a_replay_after_the_end_is_refused(
+    async_env,
+):
+    env = async_env
+    # GIVEN every bad input above was refused WHEN c submits a good update from version 1
+    notice = await notice_for(env.store, env.task)
+    x1 = codec.decode(env.notes["head"][2])
+    record = await env.clients["c"].submit(notice)
+    assert (await wait_verdict(env.store, env.task, record.sk))["verdict"] == "accepted"
+    # THEN version 2 is x1 mixed with c's model at alpha 0.5, as if nothing bad had come
+    c_model = local_model(x1, 2, 1)
+    expected = {
+        k: (0.5 * x1[k].astype(np.float64) + 0.5 * c_model[k].astype(np.float64)).astype(np.float32)
+        for k in x1
+    }
+    assert (await wait_execution(env.stack, env.arn))["status"] == "SUCCEEDED"
+    final = await head_of(env.store, env.task)
+    assert final[0] == 2
+    got = codec.decode(final[2])
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
+    # AND b's earlier accepted update is intact
+    b_item = await env.store.get_item(env.task, keys.update_sk("b", "b-v00000000", None))
+    assert (b_item["verdict"], b_item["seq"], b_item["applied_version"]) == ("accepted", 1, 1)
+    # WHEN c's accepted update is replayed (same object, new id) after the task finished
+    replay = await env.clients["c"].submit(notice, c_model, update_id="c-replay")
+    item = await wait_verdict(env.store, env.task, replay.sk)
+    # THEN it is refused and the final model is untouched
+    assert_rejected(item, "task_finished", "'c-replay'", "'c'", "after the task finished")
+    assert await head_of(env.store, env.task) == final
+
+
+# --- sync: one round per case, 'a' bad and 'b', 'c' good --------------------------------
+
+SYNC_CASES = ("nan", "wrong-shape", "sha256-mismatch", "key-in-other-client-prefix", "pickle")
+ROUND_TIMEOUT_S = 6
+
+
+@pytest.fixture(scope="module")
+async def sync_env(moto_server):
+    spec = StackSpec(prefix="badsync", clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
+    cfg = TaskConfig.parse(
+        {
+            "task_name": "bad-sync",
+            "clients": list(CLIENTS),
+            "min_clients": 2,
+            # each case's round, then one round closed at its deadline without 'a'
+            "rounds": len(SYNC_CASES) + 1,
+            "round_timeout_s": ROUND_TIMEOUT_S,
+            "max_update_norm": NORM_BOUND,
+            "max_model_bytes": MAX_BYTES,
+        }
+    )
+    async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as stack:
+        store = store_for(stack)
+        arn = await start_task(store, stack.endpoints.state_machine_arn, cfg, initial_model())
+        clients = dict(zip(CLIENTS, clients_for(stack, CLIENTS, (10, 30, 60)), strict=True))
+        yield Env(stack, store, cfg.task_name, arn, clients, {"round": 0})
+
+
+async def round_notice(client: ScriptedClient, round_id: int) -> GlobalModelNotice:
+    for _ in range(60):
+        notice = await client.poll()
+        if notice is not None and notice.round_id == round_id:
+            return notice
+    raise AssertionError(f"client {client.client_id!r} saw no notice for round {round_id}")
+
+
+async def wait_head(store: ServerStore, task: str, version: int, timeout_s: float = 20) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if (await store.get_task(task))["head_version"] >= version:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{task} did not reach version {version}")
+
+
+@pytest.mark.parametrize("case", SYNC_CASES)
+async def test_sync_round_with_a_bad_update_is_fedavg_of_the_good_ones(sync_env, case):
+    env, r = sync_env, sync_env.notes["round"]
+    a, b, c = (env.clients[x] for x in CLIENTS)
+    notices = [await round_notice(x, r) for x in (a, b, c)]
+    x_r = codec.decode(await env.store.get_object(keys.global_key(env.task, r)))
+    # WHEN in round r 'a' submits the bad payload and 'b', 'c' train honestly
+    build, reason, details = PAYLOADS[case]
+    bad = await submit_case(a, notices[0], build)
+    await b.submit(notices[1])
+    await c.submit(notices[2])
+    # THEN a is rejected with its reason, and version r+1 is FedAvg of b and c alone
+    assert_rejected(await wait_verdict(env.store, env.task, bad.sk), reason, "'a'", *details)
+    await wait_head(env.store, env.task, r + 1)
+    expected = fedavg_by_hand([local_model(x_r, 1, r), local_model(x_r, 2, r)], (30, 60))
+    got = codec.decode(await env.store.get_object(keys.global_key(env.task, r + 1)))
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
+    round_item = await env.store.get_item(env.task, keys.round_sk(r))
+    assert round_item["members"] == [keys.update_sk(x, "", r) for x in ("b", "c")]
+    # AND version r's object is untouched
+    assert codec.sha256_bytes(codec.encode(x_r)) == codec.sha256_bytes(
+        await env.store.get_object(keys.global_key(env.task, r))
+    )
+    env.notes["round"] = r + 1
+
+
+async def test_sync_update_for_a_closed_round_and_after_the_end_are_refused(sync_env):
+    env, r = sync_env, sync_env.notes["round"]
+    a, b, c = (env.clients[x] for x in CLIENTS)
+    notices = [await round_notice(x, r) for x in (a, b, c)]
+    # GIVEN the last round closes at its deadline with b and c only (quorum 2)
+    await b.submit(notices[1])
+    await c.submit(notices[2])
+    assert (await wait_execution(env.stack, env.arn, timeout_s=ROUND_TIMEOUT_S + 20))[
+        "status"
+    ] == "SUCCEEDED"
+    final = await head_of(env.store, env.task)
+    assert final[0] == r + 1
+    # WHEN 'a' answers the closed round late
+    late = await a.submit(notices[0])
+    # THEN it is refused as a closed round, naming it; the final model stays
+    assert_rejected(
+        await wait_verdict(env.store, env.task, late.sk),
+        "closed_round",
+        "'a'",
+        "'bad-sync'",
+        f"after round {r} closed",
+    )
+    # WHEN 'a' replays its update as if for the next round, after the task finished
+    later = notices[0].model_copy(update={"round_id": r + 1, "version": r + 1})
+    replay = await a.submit(later, blob=await env.store.get_object(late.s3_key))
+    assert_rejected(
+        await wait_verdict(env.store, env.task, replay.sk),
+        "task_finished",
+        "'a'",
+        "after the task finished",
+    )
+    assert await head_of(env.store, env.task) == final
+    assert (await env.store.get_object(keys.final_key(env.task))) == final[2]
