@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import pickle
 import struct
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import pytest
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.messages import GlobalModelNotice
+from fedasync.local.events import LocalLambdaContext, sqs_record
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ClientSpec, StackSpec
 from fedasync.server.store import ServerStore, serialize_item
@@ -187,54 +189,10 @@ async def submit_case(client: ScriptedClient, notice: GlobalModelNotice, build, 
 # --- async: one task at version 1, every case against it -------------------------------
 
 
-@pytest.fixture(scope="module")
-async def async_env(moto_server):
-    spec = StackSpec(prefix="badasync", clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
-    cfg = TaskConfig.parse(
-        {
-            "task_name": "bad-async",
-            "mode": "async",
-            "clients": list(CLIENTS),
-            "alpha": 0.5,
-            "max_staleness": 0,
-            "max_versions": 2,
-            "max_update_norm": NORM_BOUND,
-            "max_model_bytes": MAX_BYTES,
-        }
-    )
-    async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as stack:
-        store = store_for(stack)
-        arn = await start_task(store, stack.endpoints.state_machine_arn, cfg, initial_model())
-        clients = dict(zip(CLIENTS, clients_for(stack, CLIENTS, (5, 5, 5)), strict=True))
-        env = Env(stack, store, cfg.task_name, arn, clients)
-        # b's good update from version 0 makes version 1; every case runs against it
-        n0 = await notice_for(store, env.task)
-        await clients["b"].submit(n0)
-        accepted = await wait_verdict(store, env.task, keys.update_sk("b", "b-v00000000", None))
-        assert accepted["verdict"] == "accepted"
-        env.notes["head"] = await head_of(store, env.task)
-        env.notes["x1"] = codec.decode(env.notes["head"][2])
-        assert env.notes["head"][0] == 1
-        yield env
-
-
 async def assert_head_unchanged(env: Env) -> None:
     assert await head_of(env.store, env.task) == env.notes["head"]
     task = await env.store.get_task(env.task)
     assert (task["absorbed"], task.get("finished")) == (1, None)
-
-
-@pytest.mark.parametrize("case", PAYLOADS)
-async def test_async_bad_payload_is_rejected_and_the_head_does_not_move(async_env, case):
-    # GIVEN the async task at version 1 WHEN client 'a' submits the bad payload
-    build, reason, details = PAYLOADS[case]
-    notice = await notice_for(async_env.store, async_env.task)
-    record = await submit_case(async_env.clients["a"], notice, build, update_id=f"case-{case}")
-    # THEN its item is rejected with the reason, the detail names task, client and problem
-    item = await wait_verdict(async_env.store, async_env.task, record.sk)
-    assert_rejected(item, reason, "'bad-async'", "'a'", *details)
-    # AND the head version, its SHA-256 and its bytes are what they were
-    await assert_head_unchanged(async_env)
 
 
 def _drop(field_name: str):
@@ -290,75 +248,195 @@ async def valid_item(env: Env, client_id: str, update_id: str) -> dict[str, Any]
     }
 
 
-@pytest.mark.parametrize("case", RECORDS)
-async def test_async_bad_record_is_rejected_and_the_head_does_not_move(async_env, case):
-    mutate, reason, details = RECORDS[case]
-    item = mutate(await valid_item(async_env, "a", f"rec-{case}"))
-    await put_raw(async_env.clients["a"], item)
-    decided = await wait_verdict(async_env.store, async_env.task, item["sk"])
-    assert_rejected(decided, reason, "'bad-async'", "'a'", *details)
-    await assert_head_unchanged(async_env)
-
-
-async def test_async_update_from_a_client_not_in_the_task_is_rejected(async_env):
-    base = async_env.clients["a"]
-    mallory = ScriptedClient(base.aws, base.bucket, base.table, base.queue_url, "mallory", 0, 5)
-    notice = await notice_for(async_env.store, async_env.task)
-    record = await mallory.submit(notice, local_model(async_env.notes["x1"], 0, 1))
-    item = await wait_verdict(async_env.store, async_env.task, record.sk)
-    assert_rejected(item, "unknown_client", "'mallory'", "not one of the task's clients", "'a'")
-    await assert_head_unchanged(async_env)
-
-
-async def test_async_update_for_a_task_that_does_not_exist_is_rejected(async_env):
-    notice = (await notice_for(async_env.store, async_env.task)).model_copy(
-        update={"task_name": "no-such-task"}
-    )
-    record = await async_env.clients["a"].submit(notice, local_model(async_env.notes["x1"], 0, 1))
-    item = await wait_verdict(async_env.store, "no-such-task", record.sk)
-    assert_rejected(item, "unknown_task", "'no-such-task' does not exist")
-    await assert_head_unchanged(async_env)
-
-
-async def test_async_good_update_after_all_that_is_exact_and_a_replay_after_the_end_is_refused(
-    async_env,
-):
-    env = async_env
-    # GIVEN every bad input above was refused WHEN c submits a good update from version 1
-    notice = await notice_for(env.store, env.task)
-    x1 = codec.decode(env.notes["head"][2])
-    record = await env.clients["c"].submit(notice)
-    assert (await wait_verdict(env.store, env.task, record.sk))["verdict"] == "accepted"
-    # THEN version 2 is x1 mixed with c's model at alpha 0.5, as if nothing bad had come
-    c_model = local_model(x1, 2, 1)
-    expected = {
-        k: (0.5 * x1[k].astype(np.float64) + 0.5 * c_model[k].astype(np.float64)).astype(np.float32)
-        for k in x1
-    }
-    assert (await wait_execution(env.stack, env.arn))["status"] == "SUCCEEDED"
-    final = await head_of(env.store, env.task)
-    assert final[0] == 2
-    got = codec.decode(final[2])
-    for name in expected:
-        np.testing.assert_array_equal(got[name], expected[name])
-    # AND b's earlier accepted update is intact
-    b_item = await env.store.get_item(env.task, keys.update_sk("b", "b-v00000000", None))
-    assert (b_item["verdict"], b_item["seq"], b_item["applied_version"]) == ("accepted", 1, 1)
-    # WHEN c's accepted update is replayed (same object, new id) after the task finished
-    replay = await env.clients["c"].submit(notice, c_model, update_id="c-replay")
-    item = await wait_verdict(env.store, env.task, replay.sk)
-    # THEN it is refused and the final model is untouched
-    assert_rejected(item, "task_finished", "'c-replay'", "'c'", "after the task finished")
-    assert await head_of(env.store, env.task) == final
-
-
 # --- sync: one round per case, 'a' bad and 'b', 'c' good --------------------------------
 
 SYNC_CASES = ("nan", "wrong-shape", "sha256-mismatch", "key-in-other-client-prefix", "pickle")
 ROUND_TIMEOUT_S = 6
 
 
-@pytest.fixture(scope="module")
+async def round_notice(client: ScriptedClient, round_id: int) -> GlobalModelNotice:
+    for _ in range(60):
+        notice = await client.poll()
+        if notice is not None and notice.round_id == round_id:
+            return notice
+    raise AssertionError(f"client {client.client_id!r} saw no notice for round {round_id}")
+
+
+async def wait_head(store: ServerStore, task: str, version: int, timeout_s: float = 20) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if (await store.get_task(task))["head_version"] >= version:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{task} did not reach version {version}")
+
+
+@pytest.fixture(scope="class")
+async def async_env(moto_server):
+    spec = StackSpec(prefix="badasync", clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
+    cfg = TaskConfig.parse(
+        {
+            "task_name": "bad-async",
+            "mode": "async",
+            "clients": list(CLIENTS),
+            "alpha": 0.5,
+            "max_staleness": 0,
+            "max_versions": 2,
+            "max_update_norm": NORM_BOUND,
+            "max_model_bytes": MAX_BYTES,
+        }
+    )
+    async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as stack:
+        store = store_for(stack)
+        arn = await start_task(store, stack.endpoints.state_machine_arn, cfg, initial_model())
+        clients = dict(zip(CLIENTS, clients_for(stack, CLIENTS, (5, 5, 5)), strict=True))
+        env = Env(stack, store, cfg.task_name, arn, clients)
+        # b's good update from version 0 makes version 1; every case runs against it
+        n0 = await notice_for(store, env.task)
+        await clients["b"].submit(n0)
+        accepted = await wait_verdict(store, env.task, keys.update_sk("b", "b-v00000000", None))
+        assert accepted["verdict"] == "accepted"
+        env.notes["head"] = await head_of(store, env.task)
+        env.notes["x1"] = codec.decode(env.notes["head"][2])
+        assert env.notes["head"][0] == 1
+        yield env
+
+
+class TestAsync:
+    """One async task at version 1; every case against it (cases run in file order)."""
+
+    @pytest.mark.parametrize("case", PAYLOADS)
+    async def test_async_bad_payload_is_rejected_and_the_head_does_not_move(self, async_env, case):
+        # GIVEN the async task at version 1 WHEN client 'a' submits the bad payload
+        build, reason, details = PAYLOADS[case]
+        notice = await notice_for(async_env.store, async_env.task)
+        record = await submit_case(async_env.clients["a"], notice, build, update_id=f"case-{case}")
+        # THEN its item is rejected with the reason, the detail names task, client and problem
+        item = await wait_verdict(async_env.store, async_env.task, record.sk)
+        assert_rejected(item, reason, "'bad-async'", "'a'", *details)
+        # AND the head version, its SHA-256 and its bytes are what they were
+        await assert_head_unchanged(async_env)
+
+    @pytest.mark.parametrize("case", RECORDS)
+    async def test_async_bad_record_is_rejected_and_the_head_does_not_move(self, async_env, case):
+        mutate, reason, details = RECORDS[case]
+        item = mutate(await valid_item(async_env, "a", f"rec-{case}"))
+        await put_raw(async_env.clients["a"], item)
+        decided = await wait_verdict(async_env.store, async_env.task, item["sk"])
+        assert_rejected(decided, reason, "'bad-async'", "'a'", *details)
+        await assert_head_unchanged(async_env)
+
+    async def test_async_update_from_a_client_not_in_the_task_is_rejected(self, async_env):
+        base = async_env.clients["a"]
+        mallory = ScriptedClient(base.aws, base.bucket, base.table, base.queue_url, "mallory", 0, 5)
+        notice = await notice_for(async_env.store, async_env.task)
+        record = await mallory.submit(notice, local_model(async_env.notes["x1"], 0, 1))
+        item = await wait_verdict(async_env.store, async_env.task, record.sk)
+        assert_rejected(item, "unknown_client", "'mallory'", "not one of the task's clients", "'a'")
+        await assert_head_unchanged(async_env)
+
+    async def test_async_update_for_a_task_that_does_not_exist_is_rejected(self, async_env):
+        notice = (await notice_for(async_env.store, async_env.task)).model_copy(
+            update={"task_name": "no-such-task"}
+        )
+        record = await async_env.clients["a"].submit(
+            notice, local_model(async_env.notes["x1"], 0, 1)
+        )
+        item = await wait_verdict(async_env.store, "no-such-task", record.sk)
+        assert_rejected(item, "unknown_task", "'no-such-task' does not exist")
+        await assert_head_unchanged(async_env)
+
+    async def test_async_good_update_after_all_that_is_exact_and_a_replay_after_the_end_is_refused(
+        self,
+        async_env,
+    ):
+        env = async_env
+        # GIVEN every bad input above was refused WHEN c submits a good update from version 1
+        notice = await notice_for(env.store, env.task)
+        x1 = codec.decode(env.notes["head"][2])
+        record = await env.clients["c"].submit(notice)
+        assert (await wait_verdict(env.store, env.task, record.sk))["verdict"] == "accepted"
+        # THEN version 2 is x1 mixed with c's model at alpha 0.5, as if nothing bad had come
+        c_model = local_model(x1, 2, 1)
+        expected = {
+            k: (0.5 * x1[k].astype(np.float64) + 0.5 * c_model[k].astype(np.float64)).astype(
+                np.float32
+            )
+            for k in x1
+        }
+        assert (await wait_execution(env.stack, env.arn))["status"] == "SUCCEEDED"
+        final = await head_of(env.store, env.task)
+        assert final[0] == 2
+        got = codec.decode(final[2])
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name])
+        # AND b's earlier accepted update is intact
+        b_item = await env.store.get_item(env.task, keys.update_sk("b", "b-v00000000", None))
+        assert (b_item["verdict"], b_item["seq"], b_item["applied_version"]) == ("accepted", 1, 1)
+        # WHEN c's accepted update is replayed (same object, new id) after the task finished
+        replay = await env.clients["c"].submit(notice, c_model, update_id="c-replay")
+        item = await wait_verdict(env.store, env.task, replay.sk)
+        # THEN it is refused and the final model is untouched
+        assert_rejected(item, "task_finished", "'c-replay'", "'c'", "after the task finished")
+        assert await head_of(env.store, env.task) == final
+
+    async def test_control_queue_junk_is_dropped_with_a_reason_and_spares_the_batch(
+        self, async_env, monkeypatch
+    ):
+        """server_lambdas/control.py: a message that can never parse is logged and dropped
+        (retrying cannot fix it); a well-formed one that fails is reported for retry and
+        then the DLQ; neither stops the other messages of the batch."""
+        from structlog.testing import capture_logs
+
+        from server_lambdas import control
+
+        env = async_env
+        for name, value in env.stack.endpoints.handler_env().items():
+            monkeypatch.setenv(name, value)
+        before = await head_of(env.store, env.task)
+        good = {"kind": "open_task", "task_name": env.task, "task_token": "tok-" + "x" * 40}
+        bodies = {
+            "not-json": "{this is not json",
+            "not-an-object": "[1, 2]",
+            "schema-version-2": json.dumps({**good, "schema_version": 2}),
+            "unknown-kind": json.dumps({**good, "kind": "explode"}),
+            "missing-token": json.dumps({k: v for k, v in good.items() if k != "task_token"}),
+            "ok-but-task-finished": json.dumps(good),  # handled: the open is ignored
+            "unknown-task": json.dumps({**good, "task_name": "no-such-task"}),
+        }
+        event = {
+            "Records": [
+                sqs_record(
+                    {"MessageId": mid, "ReceiptHandle": f"rh-{mid}", "Body": body},
+                    "arn:aws:sqs:us-east-1:123456789012:control",
+                    "us-east-1",
+                )
+                for mid, body in bodies.items()
+            ]
+        }
+        with capture_logs() as logged:
+            response = control.lambda_handler(event, LocalLambdaContext("control"))
+        # THEN only the well-formed message whose task is missing is kept for retry/DLQ
+        assert response == {"batchItemFailures": [{"itemIdentifier": "unknown-task"}]}
+        rejected = {e["message_id"]: e for e in logged if e["event"] == "control.rejected"}
+        assert set(rejected) == {
+            "not-json",
+            "not-an-object",
+            "schema-version-2",
+            "unknown-kind",
+            "missing-token",
+        }
+        assert all(e["reason"] == "schema" for e in rejected.values())
+        assert "not valid JSON" in rejected["not-json"]["detail"]
+        assert "schema_version 2 is not supported" in rejected["schema-version-2"]["detail"]
+        assert "kind" in rejected["unknown-kind"]["detail"]
+        assert "task_token: Field required" in rejected["missing-token"]["detail"]
+        failed = [e for e in logged if e["event"] == "control.failed"]
+        assert [e["task_name"] for e in failed] == ["no-such-task"]
+        # AND the global model did not move
+        assert await head_of(env.store, env.task) == before
+
+
+@pytest.fixture(scope="class")
 async def sync_env(moto_server):
     spec = StackSpec(prefix="badsync", clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
     cfg = TaskConfig.parse(
@@ -380,79 +458,65 @@ async def sync_env(moto_server):
         yield Env(stack, store, cfg.task_name, arn, clients, {"round": 0})
 
 
-async def round_notice(client: ScriptedClient, round_id: int) -> GlobalModelNotice:
-    for _ in range(60):
-        notice = await client.poll()
-        if notice is not None and notice.round_id == round_id:
-            return notice
-    raise AssertionError(f"client {client.client_id!r} saw no notice for round {round_id}")
+class TestSync:
+    """One FedAvg round per case; the async stack is gone by now (one stack exports the env)."""
 
+    @pytest.mark.parametrize("case", SYNC_CASES)
+    async def test_sync_round_with_a_bad_update_is_fedavg_of_the_good_ones(self, sync_env, case):
+        env, r = sync_env, sync_env.notes["round"]
+        a, b, c = (env.clients[x] for x in CLIENTS)
+        notices = [await round_notice(x, r) for x in (a, b, c)]
+        x_r = codec.decode(await env.store.get_object(keys.global_key(env.task, r)))
+        # WHEN in round r 'a' submits the bad payload and 'b', 'c' train honestly
+        build, reason, details = PAYLOADS[case]
+        bad = await submit_case(a, notices[0], build)
+        await b.submit(notices[1])
+        await c.submit(notices[2])
+        # THEN a is rejected with its reason, and version r+1 is FedAvg of b and c alone
+        assert_rejected(await wait_verdict(env.store, env.task, bad.sk), reason, "'a'", *details)
+        await wait_head(env.store, env.task, r + 1)
+        expected = fedavg_by_hand([local_model(x_r, 1, r), local_model(x_r, 2, r)], (30, 60))
+        got = codec.decode(await env.store.get_object(keys.global_key(env.task, r + 1)))
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name])
+        round_item = await env.store.get_item(env.task, keys.round_sk(r))
+        assert round_item["members"] == [keys.update_sk(x, "", r) for x in ("b", "c")]
+        # AND version r's object is untouched
+        assert codec.sha256_bytes(codec.encode(x_r)) == codec.sha256_bytes(
+            await env.store.get_object(keys.global_key(env.task, r))
+        )
+        env.notes["round"] = r + 1
 
-async def wait_head(store: ServerStore, task: str, version: int, timeout_s: float = 20) -> None:
-    for _ in range(int(timeout_s / 0.05)):
-        if (await store.get_task(task))["head_version"] >= version:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{task} did not reach version {version}")
-
-
-@pytest.mark.parametrize("case", SYNC_CASES)
-async def test_sync_round_with_a_bad_update_is_fedavg_of_the_good_ones(sync_env, case):
-    env, r = sync_env, sync_env.notes["round"]
-    a, b, c = (env.clients[x] for x in CLIENTS)
-    notices = [await round_notice(x, r) for x in (a, b, c)]
-    x_r = codec.decode(await env.store.get_object(keys.global_key(env.task, r)))
-    # WHEN in round r 'a' submits the bad payload and 'b', 'c' train honestly
-    build, reason, details = PAYLOADS[case]
-    bad = await submit_case(a, notices[0], build)
-    await b.submit(notices[1])
-    await c.submit(notices[2])
-    # THEN a is rejected with its reason, and version r+1 is FedAvg of b and c alone
-    assert_rejected(await wait_verdict(env.store, env.task, bad.sk), reason, "'a'", *details)
-    await wait_head(env.store, env.task, r + 1)
-    expected = fedavg_by_hand([local_model(x_r, 1, r), local_model(x_r, 2, r)], (30, 60))
-    got = codec.decode(await env.store.get_object(keys.global_key(env.task, r + 1)))
-    for name in expected:
-        np.testing.assert_array_equal(got[name], expected[name])
-    round_item = await env.store.get_item(env.task, keys.round_sk(r))
-    assert round_item["members"] == [keys.update_sk(x, "", r) for x in ("b", "c")]
-    # AND version r's object is untouched
-    assert codec.sha256_bytes(codec.encode(x_r)) == codec.sha256_bytes(
-        await env.store.get_object(keys.global_key(env.task, r))
-    )
-    env.notes["round"] = r + 1
-
-
-async def test_sync_update_for_a_closed_round_and_after_the_end_are_refused(sync_env):
-    env, r = sync_env, sync_env.notes["round"]
-    a, b, c = (env.clients[x] for x in CLIENTS)
-    notices = [await round_notice(x, r) for x in (a, b, c)]
-    # GIVEN the last round closes at its deadline with b and c only (quorum 2)
-    await b.submit(notices[1])
-    await c.submit(notices[2])
-    assert (await wait_execution(env.stack, env.arn, timeout_s=ROUND_TIMEOUT_S + 20))[
-        "status"
-    ] == "SUCCEEDED"
-    final = await head_of(env.store, env.task)
-    assert final[0] == r + 1
-    # WHEN 'a' answers the closed round late
-    late = await a.submit(notices[0])
-    # THEN it is refused as a closed round, naming it; the final model stays
-    assert_rejected(
-        await wait_verdict(env.store, env.task, late.sk),
-        "closed_round",
-        "'a'",
-        "'bad-sync'",
-        f"after round {r} closed",
-    )
-    # WHEN 'a' replays its update as if for the next round, after the task finished
-    later = notices[0].model_copy(update={"round_id": r + 1, "version": r + 1})
-    replay = await a.submit(later, blob=await env.store.get_object(late.s3_key))
-    assert_rejected(
-        await wait_verdict(env.store, env.task, replay.sk),
-        "task_finished",
-        "'a'",
-        "after the task finished",
-    )
-    assert await head_of(env.store, env.task) == final
-    assert (await env.store.get_object(keys.final_key(env.task))) == final[2]
+    async def test_sync_update_for_a_closed_round_and_after_the_end_are_refused(self, sync_env):
+        env, r = sync_env, sync_env.notes["round"]
+        a, b, c = (env.clients[x] for x in CLIENTS)
+        notices = [await round_notice(x, r) for x in (a, b, c)]
+        # GIVEN the last round closes at its deadline with b and c only (quorum 2)
+        await b.submit(notices[1])
+        await c.submit(notices[2])
+        assert (await wait_execution(env.stack, env.arn, timeout_s=ROUND_TIMEOUT_S + 20))[
+            "status"
+        ] == "SUCCEEDED"
+        final = await head_of(env.store, env.task)
+        assert final[0] == r + 1
+        # WHEN 'a' answers the closed round late
+        late = await a.submit(notices[0])
+        # THEN it is refused as a closed round, naming it; the final model stays
+        assert_rejected(
+            await wait_verdict(env.store, env.task, late.sk),
+            "closed_round",
+            "'a'",
+            "'bad-sync'",
+            f"after round {r} closed",
+        )
+        # WHEN 'a' replays its update as if for the next round, after the task finished
+        later = notices[0].model_copy(update={"round_id": r + 1, "version": r + 1})
+        replay = await a.submit(later, blob=await env.store.get_object(late.s3_key))
+        assert_rejected(
+            await wait_verdict(env.store, env.task, replay.sk),
+            "task_finished",
+            "'a'",
+            "after the task finished",
+        )
+        assert await head_of(env.store, env.task) == final
+        assert (await env.store.get_object(keys.final_key(env.task))) == final[2]
