@@ -38,11 +38,24 @@ def record_handler(record: DynamoDBRecord) -> None:
         raise
 
 
+def _keys(record: DynamoDBRecord) -> tuple[object, object] | None:
+    """(task_name, sk) of an INSERT; None for anything else, including a record that does
+    not parse: retrying cannot fix it, and failing it would hold the shard's later records."""
+    try:
+        if record.event_name is None or record.event_name.name != "INSERT":
+            return None
+        keys = (record.dynamodb.keys if record.dynamodb is not None else None) or {}
+        return keys.get("task_name"), keys.get("sk")
+    except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        log.warning("aggregate.skipped", reason="malformed_record", error=repr(exc)[:200])
+        return None
+
+
 def _handle(record: DynamoDBRecord) -> None:
-    if record.event_name is None or record.event_name.name != "INSERT" or record.dynamodb is None:
+    found = _keys(record)
+    if found is None:
         return
-    keys = record.dynamodb.keys or {}
-    task_name, sk = keys.get("task_name"), keys.get("sk")
+    task_name, sk = found
     if (
         not isinstance(task_name, str)
         or not isinstance(sk, str)
