@@ -238,8 +238,8 @@ def stop_command(
 ) -> None:
     """End a task now; its current global model becomes final.safetensors.
 
-    async: the execution ends SUCCEEDED. sync: the ASL has no early exit for rounds,
-    so the execution is stopped (ABORTED) after the final model is written.
+    The task's (async) or open round's (sync) wait is answered {"finished": true}: the
+    execution ends SUCCEEDED. Before any wait has started it is stopped (ABORTED).
 
     Example: fedasync task stop digits
     """

@@ -12,14 +12,11 @@ Stopping (`stop`):
 - async: `finish_task(reason="stopped")` with the completion token stored on the TASK
   item; the ASL's `IsTaskFinished` sees `finished: true` and the execution ends
   SUCCEEDED with the current global model as `final.safetensors`.
-- sync: the ASL cannot express "stop early": a round's callback either closes the round
-  (`closed: true`, and `MoreRounds` opens the next one until `rounds`) or fails the task
-  (`cause`). So the final model is written the same way (`finish_task`, which also sends
-  clients the final notice), the TASK item is marked STOPPED, and the execution is ended
-  with `StopExecution` (status ABORTED; the TASK item's `cause` names the final
-  version). The same path serves an async task whose token never appeared.
-  One Choice rule in `IsRoundClosed` (`$.round_result.finished == true` → RecordSucceeded)
-  would let sync stop by callback too.
+- sync: the same, with the open round's token: `IsRoundClosed` sends a
+  `{"finished": true}` answer to RecordSucceeded, so the execution ends SUCCEEDED.
+- no token yet (the execution has not reached its wait): the final model is written the
+  same way, the TASK item is marked STOPPED, and the execution is ended with
+  `StopExecution` (status ABORTED; the TASK item's `cause` names the final version).
 """
 
 from __future__ import annotations
@@ -247,7 +244,9 @@ async def status(
         "status": view.status,
         "version": view.head_version,
         "finished": view.finished,
+        "head_sha256": view.head_sha256,
         "final_version": item.get("final_version"),
+        "final_sha256": item.get("final_sha256"),
         "cause": item.get("cause"),
     }
     if cfg.mode == "sync":
@@ -305,7 +304,9 @@ async def stop(
     if view.finished or execution["status"] not in ("RUNNING", "UNKNOWN"):
         return {**_ended(item, view), "how": "already_ended", "execution": execution}
     token = await _wait_token(store, view, wait_s)
-    if view.cfg.mode == "async" and token is not None:
+    if token is not None:
+        # async: the task's completion token; sync: the open round's token, whose
+        # {"finished": true} answer ends the rounds loop (IsRoundClosed → RecordSucceeded)
         how = "callback"
         await finish_task(store, task_name, STOPPED_REASON, token=token)
     else:

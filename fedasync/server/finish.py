@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
 
-from fedasync.core import keys
+from fedasync.core import codec, keys
+from fedasync.core.errors import ChecksumMismatchError
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
 log = structlog.get_logger()
+_MAX_TRIES = 20
 
 
-async def finish_task(
-    store: ServerStore, task_name: str, reason: str, *, token: str | None
-) -> dict[str, Any]:
-    """Idempotent: the first caller writes the final model; every caller may answer a token."""
-    view = TaskView.from_item(task_name, await store.get_task(task_name))
-    if not view.finished:
-        data = await store.get_object(keys.global_key(task_name, view.head_version))
-        await store.put_object(keys.final_key(task_name), data, view.head_sha256)
+async def _decide(store: ServerStore, task_name: str, reason: str) -> TaskView:
+    """Fix the final version in one conditional write, against the head it was read with.
+
+    An update committed between the read and the write moves the head and fails the
+    condition, so the decision is taken again on the new head: the final model is always
+    the head at the moment the task was marked finished, never an older version. Every
+    later commit is refused (`attribute_not_exists(finished)` on the absorb transaction).
+    """
+    for _ in range(_MAX_TRIES):
+        view = TaskView.from_item(task_name, await store.get_task(task_name))
+        if view.finished:
+            return view
         op = store.update_op(
             task_name,
             keys.TASK_SK,
@@ -28,25 +35,38 @@ async def finish_task(
                 "finished": reason,
                 "final_version": view.head_version,
                 "final_sha256": view.head_sha256,
+                "finished_at": time.time(),
             },
-            condition="attribute_not_exists(#finished)",
+            condition="attribute_not_exists(#finished) AND #head_version = :head",
+            condition_values={":head": view.head_version},
         )
-        await store.update(op)
-        view = TaskView.from_item(task_name, await store.get_task(task_name))
-        log.info(
-            "task.finished",
-            reason=view.finished,
-            version=view.head_version,
-            sha256=view.head_sha256,
-        )
+        if await store.update(op):
+            log.info("task.finished", reason=reason, version=view.head_version)
+    raise RuntimeError(f"task {task_name!r}: the head kept moving while it was being finished")
+
+
+async def finish_task(
+    store: ServerStore, task_name: str, reason: str, *, token: str | None
+) -> dict[str, Any]:
+    """Idempotent: the first caller decides the final version; every caller (a retry after
+    a crash included) rewrites the same final object, repeats the notice and may answer a
+    token, so a crash between any two of these steps is completed by the next try."""
+    view = await _decide(store, task_name, reason)
     item = await store.get_task(task_name) or {}
     final_version = int(item.get("final_version", view.head_version))
+    final_sha = str(item.get("final_sha256", view.head_sha256))
+    data = await store.get_object(keys.global_key(task_name, final_version))
+    if codec.sha256_bytes(data) != final_sha:
+        raise ChecksumMismatchError(
+            f"task {task_name!r}: stored version {final_version} does not match its SHA-256"
+        )
+    await store.put_object(keys.final_key(task_name), data, final_sha)
     await store.publish(view.notice(final_version, final=True), view.cfg.clients)
     result = {
         "finished": True,
         "reason": view.finished,
         "version": final_version,
-        "sha256": item.get("final_sha256", view.head_sha256),
+        "sha256": final_sha,
     }
     if token:
         await store.send_success(token, result)

@@ -74,6 +74,7 @@ async def close_round(
     round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
     if round_item.get("closed"):
         result = dict(round_item.get("result") or {"closed": True, "round_id": round_id})
+        await _finish_if_last(store, view, result)
     else:
         members = await _claim_members(store, view, round_id)
         outcome = close_outcome(view.cfg, round_id, len(members), at_deadline=at_deadline)
@@ -145,6 +146,19 @@ async def _aggregate(
         committed=committed,
         sha256=sha,
     )
-    if new_version >= view.cfg.rounds:
-        await finish_task(store, view.task_name, "rounds", token=None)
+    await _finish_if_last(store, view, result)
     return result
+
+
+async def _finish_if_last(store: ServerStore, view: TaskView, result: dict[str, Any]) -> None:
+    if result.get("closed") and int(result.get("version", 0)) >= view.cfg.rounds:
+        await finish_task(store, view.task_name, "rounds", token=None)
+
+
+async def redo_closed(store: ServerStore, view: TaskView, round_id: int) -> None:
+    """A record of a round that has closed came again: a retry after a crash between the
+    round's commit and its callback. Do what may not have happened (final model, callback);
+    both are idempotent, and answering a spent token is harmless."""
+    round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+    if round_item.get("closed"):
+        await close_round(store, view, round_id, token=round_item.get("token"), at_deadline=False)

@@ -30,6 +30,7 @@ from tests.integration.test_server_sync import (
 )
 
 CLIENTS = ("a", "b", "c")
+KINDS = ("sync", "fedasync", "fedbuff")
 EXAMPLES = (10, 30, 60)
 ASYNC_UPDATES = (("a", 0), ("b", 1), ("c", 2), ("a", 3), ("b", 4), ("c", 5))
 

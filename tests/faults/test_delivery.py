@@ -11,20 +11,17 @@ import pytest
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
 from fedasync.server.tasks import start_task
-from tests.faults.harness import CLIENTS, EXAMPLES, Flaky, config, drive, next_notice, stack_for
+from tests.faults.harness import (
+    CLIENTS,
+    EXAMPLES,
+    KINDS,
+    Flaky,
+    config,
+    drive,
+    next_notice,
+    stack_for,
+)
 from tests.integration.test_server_sync import clients_for, initial_model, store_for, wait_execution
-
-KINDS = ("sync", "fedasync", "fedbuff")
-
-
-@pytest.fixture(scope="module")
-async def reference(moto_server):
-    """Each kind once, on a clean stack: one delivery per record, no failures."""
-    out = {}
-    async with stack_for(moto_server, "refdelivery") as stack:
-        for kind in KINDS:
-            out[kind] = await drive(stack, config(kind, f"ref-{kind}"))
-    return out
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -139,7 +139,7 @@ async def test_async_task_start_status_stop_ends_succeeded_with_final_model(
     assert "already ended" in twice.stdout
 
 
-async def test_sync_task_stop_writes_final_model_and_aborts_the_execution(
+async def test_sync_task_stop_writes_final_model_and_ends_the_execution_succeeded(
     stack, tmp_path, wait_until
 ):
     # GIVEN a sync task of 3 rounds whose round 0 is open
@@ -154,16 +154,15 @@ async def test_sync_task_stop_writes_final_model_and_aborts_the_execution(
     # WHEN the operator stops it
     stopped = await cli(stack, "task", "stop", "rounds", "--json")
 
-    # THEN v0 is final, the TASK item says STOPPED, clients hear the final notice, and the
-    # execution is ABORTED (the ASL has no early exit from rounds; see fedasync.taskctl)
+    # THEN v0 is final, clients hear the final notice, and the open round's wait is
+    # answered {"finished": true}: the execution ends SUCCEEDED with reason 'stopped'
     assert stopped.exit_code == 0, stopped.output
     out = json.loads(stopped.stdout)
-    assert (out["how"], out["reason"], out["final_version"]) == ("stop_execution", "stopped", 0)
+    assert (out["how"], out["reason"], out["final_version"]) == ("callback", "stopped", 0)
     sfn = await stack.aws.sfn()
-    assert (await sfn.describe_execution(executionArn=arn))["status"] == "ABORTED"
-    task = await store.get_task("rounds")
-    assert task["status"] == "STOPPED"
-    assert "final model is version 0" in task["cause"]
+    assert (await sfn.describe_execution(executionArn=arn))["status"] == "SUCCEEDED"
+    task = await wait_until(lambda: _status_is(store, "rounds", "SUCCEEDED"))
+    assert (task["finished"], task["final_version"]) == ("stopped", 0)
     final = await store.get_object(keys.final_key("rounds"))
     assert codec.sha256_bytes(final) == task["initial_sha256"]
     assert (await first_notice(a)).final
@@ -194,3 +193,8 @@ def test_every_command_has_help_with_an_example(command):
     result = CliRunner().invoke(app, [*command, "--help"])
     assert result.exit_code == 0
     assert "Example: fedasync " + " ".join(command) in result.output
+
+
+async def _status_is(store, task_name, status):
+    task = await store.get_task(task_name)
+    return task if task and task.get("status") == status else None
