@@ -97,6 +97,8 @@ class StackConfig(BaseModel):
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"stack config {str(path)!r} is unreadable: {exc}") from exc
+        if isinstance(data, dict):
+            data = _from_cdk_outputs(data)
         if endpoint_url is not None:
             data["endpoint_url"] = endpoint_url
         if region is not None:
@@ -105,6 +107,21 @@ class StackConfig(BaseModel):
             return cls.model_validate(data)
         except ValueError as exc:
             raise ConfigError(f"stack config {str(path)!r} is invalid: {exc}") from exc
+
+
+def _from_cdk_outputs(data: dict[str, Any]) -> dict[str, Any]:
+    """Accept `cdk deploy --outputs-file` as it is: {StackName: {TableName, BucketName, ...}}."""
+    stacks = [v for v in data.values() if isinstance(v, dict) and "TableName" in v]
+    if "table" in data or len(stacks) != 1:
+        return data
+    out = stacks[0]
+    return {
+        "region": out.get("Region", "us-east-1"),
+        "table": out["TableName"],
+        "bucket": out.get("BucketName"),
+        "topic_arn": out.get("TopicArn"),
+        "state_machine_arn": out.get("StateMachineArn"),
+    }
 
 
 def resolve_stack(
