@@ -13,6 +13,7 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
+from fedasync.core.decisions import VERDICT_ATTRIBUTES
 from fedasync.core.keys import UPDATE_PREFIX
 from fedasync.server.updates import on_update
 from server_lambdas._runtime import runtime
@@ -36,6 +37,14 @@ def record_handler(record: DynamoDBRecord) -> None:
     except Exception:
         _OrderGuard.failed = True
         raise
+
+
+def _forged(record: DynamoDBRecord) -> list[str]:
+    """Server-owned attributes already in the INSERT image: the client wrote them (the
+    server only adds a verdict to an existing item, a MODIFY). Names only, not values."""
+    ddb = record.raw_event.get("dynamodb")
+    image = ddb.get("NewImage") if isinstance(ddb, dict) else None
+    return sorted(set(image) & set(VERDICT_ATTRIBUTES)) if isinstance(image, dict) else []
 
 
 def _keys(record: DynamoDBRecord) -> tuple[object, object] | None:
@@ -62,8 +71,9 @@ def _handle(record: DynamoDBRecord) -> None:
         or not sk.startswith(UPDATE_PREFIX)
     ):
         return
+    forged = _forged(record)
     try:
-        runtime.run(lambda store: on_update(store, task_name, sk))
+        runtime.run(lambda store: on_update(store, task_name, sk, forged=forged))
     except Exception:
         log.exception("aggregate.failed", task_name=task_name, sk=sk)
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -17,7 +18,7 @@ from fedasync.core.decisions import (
     load_payload,
     parse_update_item,
 )
-from fedasync.core.errors import FedAsyncError
+from fedasync.core.errors import FedAsyncError, SchemaError
 from fedasync.core.messages import UpdateRecord
 from fedasync.server import async_task, rounds
 from fedasync.server.store import ServerStore
@@ -26,13 +27,21 @@ from fedasync.server.task_view import TaskView
 log = structlog.get_logger()
 
 
-async def on_update(store: ServerStore, task_name: str, sk: str) -> str:
-    """Returns the verdict ('accepted', 'rejected', or 'ignored' for a vanished item)."""
+async def on_update(
+    store: ServerStore, task_name: str, sk: str, *, forged: Sequence[str] = ()
+) -> str:
+    """Returns the verdict ('accepted', 'rejected', or 'ignored' for a vanished item).
+
+    `forged`: server-owned attributes the item already held when it was inserted (the
+    stream's INSERT image); such a verdict is the client's own, never trusted.
+    """
     item = await store.get_item(task_name, sk)
     if item is None:
         log.warning("update.vanished", task_name=task_name, sk=sk)
         return "ignored"
     with bound_contextvars(task_name=task_name, client_id=item.get("client_id"), sk=sk):
+        if forged:
+            item = await _reject_forged(store, task_name, sk, item, forged)
         if item.get("verdict"):
             await _after(store, task_name, item)
             return str(item["verdict"])
@@ -127,6 +136,25 @@ async def _reject(
     )
     await store.update(op)
     log.warning("update.rejected", reason=exc.reason, detail=detail)
+
+
+async def _reject_forged(
+    store: ServerStore, task_name: str, sk: str, item: dict[str, Any], forged: Sequence[str]
+) -> dict[str, Any]:
+    """Overwrite whatever verdict the client wrote; the same outcome on every redelivery."""
+    exc = SchemaError(
+        f"update item {sk!r} from client {item.get('client_id')!r} for task {task_name!r} "
+        f"was inserted with server-owned attribute(s) {list(forged)}; a client writes only "
+        "its record"
+    )
+    verdict: dict[str, Any] = {"verdict": "rejected", "reason": exc.reason, "detail": exc.message}
+    if not (item.get("verdict") == "rejected" and item.get("detail") == exc.message):
+        verdict["decided_at"] = time.time()
+    # Unconditional: the forged verdict must go. Stream order per task means no round
+    # claimed its members between this item's insert and now.
+    await store.update(store.update_op(task_name, sk, verdict))
+    log.warning("update.rejected", reason=exc.reason, detail=exc.message)
+    return {**item, **verdict}
 
 
 async def _after(store: ServerStore, task_name: str, item: dict[str, Any]) -> None:

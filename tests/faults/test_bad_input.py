@@ -250,7 +250,23 @@ async def valid_item(env: Env, client_id: str, update_id: str) -> dict[str, Any]
 
 # --- sync: one round per case, 'a' bad and 'b', 'c' good --------------------------------
 
-SYNC_CASES = ("nan", "wrong-shape", "sha256-mismatch", "key-in-other-client-prefix", "pickle")
+
+def _forged_verdict(x: dict) -> dict:
+    # a poisoned model whose item claims the server already accepted it
+    return {**_poisoned(np.nan)(x), "verdict": "accepted", "applied_version": 1}
+
+
+SYNC_ONLY = {
+    "forged-verdict": (_forged_verdict, "schema", ("server-owned attribute(s)", "'verdict'")),
+}
+SYNC_CASES = (
+    "nan",
+    "wrong-shape",
+    "sha256-mismatch",
+    "key-in-other-client-prefix",
+    "pickle",
+    "forged-verdict",
+)
 ROUND_TIMEOUT_S = 6
 
 
@@ -468,13 +484,13 @@ class TestSync:
         notices = [await round_notice(x, r) for x in (a, b, c)]
         x_r = codec.decode(await env.store.get_object(keys.global_key(env.task, r)))
         # WHEN in round r 'a' submits the bad payload and 'b', 'c' train honestly
-        build, reason, details = PAYLOADS[case]
+        build, reason, details = {**PAYLOADS, **SYNC_ONLY}[case]
         bad = await submit_case(a, notices[0], build)
         await b.submit(notices[1])
         await c.submit(notices[2])
         # THEN a is rejected with its reason, and version r+1 is FedAvg of b and c alone
+        await wait_head(env.store, env.task, r + 1)  # after a's record (stream order)
         assert_rejected(await wait_verdict(env.store, env.task, bad.sk), reason, "'a'", *details)
-        await wait_head(env.store, env.task, r + 1)
         expected = fedavg_by_hand([local_model(x_r, 1, r), local_model(x_r, 2, r)], (30, 60))
         got = codec.decode(await env.store.get_object(keys.global_key(env.task, r + 1)))
         for name in expected:
