@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.table import Table
 
@@ -70,6 +71,13 @@ def export(
     prefix: PrefixOpt = "fedasync",
     table: Annotated[str | None, typer.Option(envvar="FEDASYNC_TABLE")] = None,
     bucket: BucketOpt = None,
+    stack_config: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FEDASYNC_STACK_CONFIG",
+            help="Stack JSON (`local up`'s, or `cdk deploy --outputs-file`'s).",
+        ),
+    ] = None,
 ) -> None:
     """Write a task's ledger (every update, verdict, round and version) from its table.
 
@@ -79,6 +87,12 @@ def export(
     table_name, bucket_name = _where(prefix, table, bucket)
     target = out or Path(f"{name}.events.jsonl")
     try:
+        if stack_config is not None:
+            from fedasync.taskctl import StackConfig
+
+            stack = StackConfig.load(stack_config, endpoint, None)
+            table_name, bucket_name = table or stack.table, bucket or stack.bucket
+            endpoint = stack.endpoint_url
         events, copied = asyncio.run(
             _export(
                 name,
@@ -89,7 +103,7 @@ def export(
                 objects=objects,
             )
         )
-    except FedAsyncError as exc:
+    except (FedAsyncError, ClientError, BotoCoreError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     out_console.print(f"wrote {len(events)} events to {target}" + (
@@ -131,6 +145,10 @@ def replay_command(
     ] = None,
     endpoint: EndpointOpt = None,
     bucket: BucketOpt = None,
+    prefix: Annotated[
+        str | None,
+        typer.Option(envvar="FEDASYNC_PREFIX", help="Bucket from this stack prefix."),
+    ] = None,
 ) -> None:
     """Rebuild every global version from a ledger; exit 1 if any differs from the record.
 
@@ -146,14 +164,15 @@ def replay_command(
         with events_file.open(encoding="utf-8") as lines:
             events = parse_ledger(lines)
         with tempfile.TemporaryDirectory(prefix="fedasync-replay-") as scratch:
-            if objects is None and (endpoint or bucket):
+            if objects is None and (endpoint or bucket or prefix):
                 task = next((e for e in events if e["kind"] == "task"), {})
-                source = bucket or task.get("bucket") or StackSpec().bucket_name
+                named = StackSpec(prefix=prefix).bucket_name if prefix else None
+                source = bucket or named or task.get("bucket") or StackSpec().bucket_name
                 objects = Path(scratch)
                 asyncio.run(_fetch_objects(events, endpoint, str(source), objects))
             folder = objects or events_file.parent / "objects"
             result = replay(events, folder_loader(folder))
-    except (FedAsyncError, OSError) as exc:
+    except (FedAsyncError, OSError, ClientError, BotoCoreError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     _print_result(result)
