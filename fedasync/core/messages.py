@@ -27,7 +27,8 @@ class WireMessage(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: int = SCHEMA_VERSION
+    # strict: "1" or true is a different schema's spelling, not version 1
+    schema_version: int = Field(default=SCHEMA_VERSION, strict=True)
 
     @field_validator("schema_version")
     @classmethod

@@ -208,6 +208,8 @@ RECORDS: dict[str, tuple[Any, str, tuple[str, ...]]] = {
     "missing-sha256": (_drop("sha256"), "schema", ("sha256: Field required",)),
     "missing-base-version": (_drop("base_version"), "schema", ("base_version: Field required",)),
     "schema-version-2": (_set(schema_version=2), "schema", ("schema_version 2 is not supported",)),
+    "schema-version-as-text": (_set(schema_version="1"), "schema", ("schema_version",)),
+    "schema-version-as-bool": (_set(schema_version=True), "schema", ("schema_version",)),
     "num-examples-not-a-number": (_set(num_examples="many"), "schema", ("num_examples",)),
     "negative-base-version": (_set(base_version=-1), "schema", ("base_version",)),
     "metrics-not-numbers": (_set(metrics={"acc": "high"}), "schema", ("metrics.acc",)),
