@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -302,9 +303,11 @@ async def stack_rate(
     strategy: str, initial: dict[str, np.ndarray], blobs: list[bytes], clients: list[str]
 ) -> tuple[float, int]:
     """Accepted updates/s at the server, first record write to last verdict."""
-    name = f"absorb-{strategy}"
+    # moto's state is process-wide: a fresh prefix and task name per run
+    run = uuid.uuid4().hex[:8]
+    name = f"absorb-{strategy}-{run}"
     cfg = absorb_config(name, strategy, clients, len(blobs))
-    spec = StackSpec(clients=tuple(ClientSpec(client_id=c) for c in clients))
+    spec = StackSpec(prefix=f"b{run}", clients=tuple(ClientSpec(client_id=c) for c in clients))
     with tempfile.TemporaryDirectory() as tmp:
         async with EmbeddedStack(spec, event_log_path=Path(tmp) / "events.jsonl") as stack:
             e = stack.endpoints
@@ -408,7 +411,7 @@ def main() -> None:
         lengths = (
             {"fedavg": 6, "fedasync": 40, "fedbuff": 12}
             if args.quick
-            else {"fedavg": 10, "fedasync": 80, "fedbuff": 20}
+            else {"fedavg": 8, "fedasync": 70, "fedbuff": 16}
         )
         figures += bench_tta(seeds, lengths)
     if "overhead" in only:

@@ -15,6 +15,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from fedasync.core.decisions import VERDICT_ATTRIBUTES
 from fedasync.core.keys import UPDATE_PREFIX
+from fedasync.server.async_task import absorb_run
 from fedasync.server.updates import on_update
 from server_lambdas._runtime import runtime
 
@@ -60,17 +61,25 @@ def _keys(record: DynamoDBRecord) -> tuple[object, object] | None:
         return None
 
 
-def _handle(record: DynamoDBRecord) -> None:
-    found = _keys(record)
+def _work(found: tuple[object, object] | None) -> tuple[str, str] | None:
+    """(task_name, sk) of a new update record; None for everything else (our own writes)."""
     if found is None:
-        return
+        return None
     task_name, sk = found
     if (
         not isinstance(task_name, str)
         or not isinstance(sk, str)
         or not sk.startswith(UPDATE_PREFIX)
     ):
+        return None
+    return task_name, sk
+
+
+def _handle(record: DynamoDBRecord) -> None:
+    work = _work(_keys(record))
+    if work is None:
         return
+    task_name, sk = work
     forged = _forged(record)
     try:
         runtime.run(lambda store: on_update(store, task_name, sk, forged=forged))
@@ -79,8 +88,49 @@ def _handle(record: DynamoDBRecord) -> None:
         raise
 
 
+def _leading_run(records: list[Any]) -> tuple[str, list[str], list[int]]:
+    """The batch's leading new updates of one task: (task_name, sks, their positions).
+
+    Stops at the first record that does not parse: the one-by-one path deals with it."""
+    task, sks, positions = "", [], []
+    for position, raw in enumerate(records):
+        record = DynamoDBRecord(raw)
+        if record.event_name is None:
+            break
+        if record.event_name.name != "INSERT":
+            continue  # our own writes (MODIFY): nothing to do
+        keys = (record.dynamodb.keys if record.dynamodb is not None else None) or {}
+        work = _work((keys.get("task_name"), keys.get("sk")))
+        if work is None or (task and work[0] != task):
+            break
+        task = work[0]
+        sks.append(work[1])
+        positions.append(position)
+    return task, sks, positions
+
+
+def _absorb_leading_run(records: list[Any]) -> int:
+    """An async task's queued updates absorbed with one commit (`absorb_run`); returns how
+    many leading records are done. Anything unexpected leaves all to the one-by-one path."""
+    try:
+        task_name, sks, positions = _leading_run(records)
+        if len(sks) < 2:
+            return 0
+        decided = runtime.run(lambda store: absorb_run(store, task_name, sks))
+    except Exception:  # the one-by-one path redoes (idempotently) and reports it
+        log.exception("aggregate.run_failed")
+        return 0
+    return positions[decided - 1] + 1 if decided else 0
+
+
 def lambda_handler(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
     _OrderGuard.failed = False
+    records = event.get("Records") if isinstance(event, dict) else None
+    if isinstance(records, list) and records:
+        done = _absorb_leading_run(records)
+        if done == len(records):
+            return {"batchItemFailures": []}
+        event = {**event, "Records": records[done:]}
     return process_partial_response(
         event=event, record_handler=record_handler, processor=processor, context=context
     )

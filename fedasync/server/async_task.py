@@ -6,22 +6,32 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import structlog
 
 from fedasync.core import codec, keys
-from fedasync.core.asyncagg import Absorbed, absorb, stop_reason
+from fedasync.core.asyncagg import Absorbed, AsyncState, absorb, stop_reason
 from fedasync.core.codec import Weights
-from fedasync.core.decisions import check_running, describe, load_payload, metric_for_stop
-from fedasync.core.errors import ChecksumMismatchError
+from fedasync.core.decisions import (
+    check_running,
+    check_sender,
+    describe,
+    load_payload,
+    metric_for_stop,
+    parse_update_item,
+)
+from fedasync.core.errors import ChecksumMismatchError, FedAsyncError
 from fedasync.core.messages import UpdateRecord
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
 log = structlog.get_logger()
+# DynamoDB takes at most 100 items per transaction (the TASK item + one verdict each)
+MAX_RUN = 99
 
 
 async def open_task(store: ServerStore, view: TaskView, token: str) -> None:
@@ -100,61 +110,78 @@ async def _model(store: ServerStore, key: str, sha: str | None, who: str) -> Wei
     return weights
 
 
-async def absorb_update(
-    store: ServerStore, view: TaskView, record: UpdateRecord, item: dict[str, Any]
-) -> dict[str, Any]:
-    """Validate, apply, commit (task head + verdict in one transaction); the decided item."""
-    cfg, who = view.cfg, describe(record)
+@dataclass
+class _Head:
+    """The task's async head as one invocation advances it; committed in one transaction."""
+
+    view: TaskView
+    state: AsyncState
+    head_sha: str
+    buffer_sha: str | None
+    latest: dict[str, float]
+    values: dict[str, Any] = field(default_factory=dict)
+    produced: dict[int, Weights] = field(default_factory=dict)
+    produced_sha: dict[int, str] = field(default_factory=dict)
+    fresh: list[tuple[str, Weights]] = field(default_factory=list)
+    global_w: Weights | None = None
+    buffer_sum: Weights | None = None
+
+    @classmethod
+    def of(cls, view: TaskView) -> _Head:
+        return cls(view, view.state, view.head_sha256, view.buffer_sha256, view.latest_metrics)
+
+
+async def _base(store: ServerStore, head: _Head, version: int, who: str) -> Weights:
+    if version in head.produced:
+        return head.produced[version]
+    name = head.view.task_name
+    sha = (
+        head.view.head_sha256
+        if version == head.view.head_version
+        else CACHE.version_sha(name, version)
+    )
+    return await _model(store, keys.global_key(name, version), sha, who)
+
+
+async def _absorb_one(store: ServerStore, head: _Head, record: UpdateRecord) -> Absorbed:
+    """Validate one update against the head and absorb it (no writes yet)."""
+    view, who = head.view, describe(record)
+    cfg = view.cfg
     check_running(view.status, view.finished, record)
     needs_base = cfg.aggregation == "fedbuff" or cfg.max_update_norm is not None
     base_w = None
-    if needs_base and record.base_version <= view.head_version:
-        base_sha = (
-            view.head_sha256
-            if record.base_version == view.head_version
-            else CACHE.version_sha(cfg.task_name, record.base_version)
-        )
-        base_w = await _model(
-            store, keys.global_key(cfg.task_name, record.base_version), base_sha, who
-        )
+    if needs_base and record.base_version <= head.state.version:
+        base_w = await _base(store, head, record.base_version, who)
     data = await store.get_object(record.s3_key, max_bytes=cfg.max_model_bytes)
-    staleness = view.head_version - record.base_version
+    staleness = head.state.version - record.base_version
     if staleness > cfg.max_staleness or staleness < 0:
         base_w = None  # absorb() rejects it with the precise reason; skip the heavy checks
     client_w = load_payload(
         data, record, view.spec, cfg, base=base_w if cfg.max_update_norm else None
     )
-    global_w = await _model(
-        store, keys.global_key(cfg.task_name, view.head_version), view.head_sha256, who
-    )
-    buffer_sum = None
-    if view.state.buffered:
-        buffer_sum = await _model(
-            store, keys.buffer_key(cfg.task_name, view.state.absorbed), view.buffer_sha256, who
-        )
-    out = absorb(
-        view.state,
+    if head.global_w is None:
+        key = keys.global_key(cfg.task_name, head.state.version)
+        head.global_w = await _model(store, key, head.head_sha, who)
+    if head.state.buffered and head.buffer_sum is None:
+        key = keys.buffer_key(cfg.task_name, head.state.absorbed)
+        head.buffer_sum = await _model(store, key, head.buffer_sha, who)
+    return absorb(
+        head.state,
         cfg,
         base_version=record.base_version,
-        global_w=global_w,
+        global_w=head.global_w,
         client_w=client_w,
         base_w=base_w,
-        buffer_sum=buffer_sum,
+        buffer_sum=head.buffer_sum if head.state.buffered else None,
         who=who,
     )
-    return await _commit(store, view, record, item, out)
 
 
-async def _commit(
-    store: ServerStore, view: TaskView, record: UpdateRecord, item: dict[str, Any], out: Absorbed
+async def _advance(
+    store: ServerStore, head: _Head, record: UpdateRecord, out: Absorbed
 ) -> dict[str, Any]:
-    name = view.task_name
-    task_values: dict[str, Any] = {
-        "absorbed": out.state.absorbed,
-        "buffered": out.state.buffered,
-        "buffer_weight": out.state.buffer_weight,
-        "head_version": out.state.version,
-    }
+    """Write what the update produced (objects are immutable per version/seq); its verdict."""
+    name, cfg = head.view.task_name, head.view.cfg
     verdict: dict[str, Any] = {
         "verdict": "accepted",
         "seq": out.state.absorbed,
@@ -163,59 +190,131 @@ async def _commit(
         "applied_version": out.state.version,
         "decided_at": time.time(),
     }
-    new_head: str | None = None
-    cache: list[tuple[str, Weights]] = []
     if out.new_global is not None:
         blob = codec.encode(out.new_global)
-        new_head = codec.sha256_bytes(blob)
-        await store.put_object(keys.global_key(name, out.state.version), blob, new_head)
-        task_values.update(head_sha256=new_head, head_size=len(blob))
-        verdict["version_sha256"] = new_head  # the ledger's record of the version this produced
-        cache.append((new_head, out.new_global))
+        sha = codec.sha256_bytes(blob)
+        await store.put_object(keys.global_key(name, out.state.version), blob, sha)
+        head.values.update(head_sha256=sha, head_size=len(blob))
+        verdict["version_sha256"] = sha  # the ledger's record of the version this produced
+        head.fresh.append((sha, out.new_global))
+        head.produced[out.state.version] = out.new_global
+        head.produced_sha[out.state.version] = sha
+        head.global_w, head.head_sha, head.buffer_sum = out.new_global, sha, None
     if out.buffer_sum is not None:
         buffer_sum = {k: np.asarray(v, dtype=np.float64) for k, v in out.buffer_sum.items()}
         blob = codec.encode(buffer_sum)
         sha = codec.sha256_bytes(blob)
         await store.put_object(keys.buffer_key(name, out.state.absorbed), blob, sha)
-        task_values["buffer_sha256"] = sha
-        cache.append((sha, buffer_sum))
-    if view.cfg.target_metric is not None and view.cfg.target_metric.name in record.metrics:
-        task_values["latest_metrics"] = {
-            **view.latest_metrics,
-            record.client_id: record.metrics[view.cfg.target_metric.name],
-        }
+        head.values["buffer_sha256"] = sha
+        head.fresh.append((sha, buffer_sum))
+        head.buffer_sum, head.buffer_sha = buffer_sum, sha
+    if cfg.target_metric is not None and cfg.target_metric.name in record.metrics:
+        head.latest = {**head.latest, record.client_id: record.metrics[cfg.target_metric.name]}
+        head.values["latest_metrics"] = head.latest
+    head.state = out.state
+    head.values.update(
+        absorbed=out.state.absorbed,
+        buffered=out.state.buffered,
+        buffer_weight=out.state.buffer_weight,
+        head_version=out.state.version,
+    )
+    return verdict
+
+
+async def _commit(
+    store: ServerStore, head: _Head, decided: list[tuple[UpdateRecord, dict[str, Any], Absorbed]]
+) -> bool:
+    """TASK counters and every verdict in one conditional transaction (all or nothing)."""
+    view = head.view
     committed = await store.transact(
         [
             store.update_op(
-                name,
+                view.task_name,
                 keys.TASK_SK,
-                task_values,
+                head.values,
                 condition="#absorbed = :expected AND attribute_not_exists(#finished)",
                 condition_values={":expected": view.state.absorbed},
             ),
-            store.update_op(
-                name, str(item["sk"]), verdict, condition="attribute_not_exists(#verdict)"
+            *(
+                store.update_op(
+                    view.task_name, record.sk, verdict, condition="attribute_not_exists(#verdict)"
+                )
+                for record, verdict, _ in decided
             ),
         ]
     )
     if not committed:
+        return False
+    for sha, weights in head.fresh:
+        CACHE.put(sha, weights)
+    CACHE.committed(view.task_name, view.head_version, view.head_sha256)
+    for version, sha in head.produced_sha.items():
+        CACHE.committed(view.task_name, version, sha)
+    for record, _, out in decided:
+        log.info(
+            "update.accepted",
+            task_name=view.task_name,
+            client_id=record.client_id,
+            sk=record.sk,
+            staleness=out.staleness,
+            weight=round(out.weight, 6),
+            version=out.state.version,
+            advanced=out.advanced,
+            seq=out.state.absorbed,
+        )
+    return True
+
+
+async def absorb_update(
+    store: ServerStore, view: TaskView, record: UpdateRecord, item: dict[str, Any]
+) -> dict[str, Any]:
+    """Validate, apply, commit (task head + verdict in one transaction); the decided item."""
+    head = _Head.of(view)
+    out = await _absorb_one(store, head, record)
+    verdict = await _advance(store, head, record, out)
+    if not await _commit(store, head, [(record, verdict, out)]):
         # Another try committed first, or the task moved on: the stream redelivers and the
         # next attempt sees the verdict (done) or the new head (recomputes against it).
         raise RuntimeError(f"{describe(record)}: commit lost a race with another writer; retrying")
-    for sha, weights in cache:
-        CACHE.put(sha, weights)
-    CACHE.committed(name, view.head_version, view.head_sha256)
-    if new_head is not None:
-        CACHE.committed(name, out.state.version, new_head)
-    log.info(
-        "update.accepted",
-        staleness=out.staleness,
-        weight=round(out.weight, 6),
-        version=out.state.version,
-        advanced=out.advanced,
-        seq=out.state.absorbed,
-    )
     return {**item, **verdict}
+
+
+async def absorb_run(store: ServerStore, task_name: str, sks: list[str]) -> int:
+    """Absorb a run of one task's new update records (stream order) with one commit.
+
+    Byte for byte what one invocation per record would do, with one TASK read, one
+    transaction and one round of effects for the run. Stops before the first record that
+    is decided already, would be rejected, or comes after a stop condition; returns how
+    many it decided (a prefix: the caller hands the rest to `on_update`, one by one).
+    """
+    item = await store.get_task(task_name)
+    if item is None or len(sks) > MAX_RUN:
+        return 0
+    view = TaskView.from_item(task_name, item)
+    if view.cfg.mode != "async" or view.finished or view.status in ("SUCCEEDED", "FAILED"):
+        return 0
+    head, decided = _Head.of(view), []
+    last: dict[str, Any] = {}
+    for update in await store.get_items(task_name, sks):
+        if update is None or update.get("verdict"):
+            break
+        try:
+            record = parse_update_item(update)
+            check_sender(record, view.cfg)
+            out = await _absorb_one(store, head, record)
+        except FedAsyncError:
+            break  # the one-by-one path records the rejection with its reason
+        verdict = await _advance(store, head, record, out)
+        decided.append((record, verdict, out))
+        last = {**update, **verdict}
+        metric = metric_for_stop(view.cfg, head.latest)
+        if stop_reason(head.state, view.cfg, metric=metric) is not None:
+            break
+    if not decided or not await _commit(store, head, decided):
+        return 0
+    log.info("update.run_committed", task_name=task_name, updates=len(decided))
+    await after_accept(store, task_name, last)
+    return len(decided)
 
 
 async def after_accept(

@@ -94,6 +94,24 @@ class ServerStore:
         item = resp.get("Item")
         return deserialize_item(item) if item else None
 
+    async def get_items(self, task_name: str, sks: list[str]) -> list[dict[str, Any] | None]:
+        """Several items of one task in one strongly consistent BatchGetItem, in `sks` order."""
+        ddb = await self.aws.dynamodb()
+        found: dict[str, dict[str, Any]] = {}
+        request: dict[str, Any] = {
+            self.where.table: {
+                "Keys": [self._key(task_name, sk) for sk in dict.fromkeys(sks)],
+                "ConsistentRead": True,
+            }
+        }
+        while request:
+            resp = await ddb.batch_get_item(RequestItems=request)
+            for raw in resp.get("Responses", {}).get(self.where.table, []):
+                item = deserialize_item(raw)
+                found[str(item[TABLE_SORT_KEY])] = item
+            request = dict(resp.get("UnprocessedKeys") or {})
+        return [found.get(sk) for sk in sks]
+
     async def get_task(self, task_name: str) -> dict[str, Any] | None:
         return await self.get_item(task_name, TASK_SK)
 
