@@ -21,6 +21,7 @@ from fedasync.core.decisions import (
 from fedasync.core.errors import FedAsyncError, SchemaError
 from fedasync.core.messages import UpdateRecord
 from fedasync.server import async_task, rounds
+from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
@@ -167,6 +168,11 @@ async def _after(store: ServerStore, task_name: str, item: dict[str, Any]) -> No
         round_id = item.get("round_id")
         if isinstance(round_id, int) and round_id == view.head_version and not view.finished:
             await rounds.maybe_complete(store, view, round_id)
+        elif isinstance(round_id, int) and round_id == view.head_version - 1:
+            await rounds.redo_closed(store, view, round_id)
+    elif item.get("verdict") == "accepted" and view.finished:
+        # a retry after a crash in finish_task: the callback may not have gone out
+        await finish_task(store, task_name, view.finished, token=view.token)
     elif item.get("verdict") == "accepted":
         await async_task.after_accept(store, task_name, item, task=task)
 
