@@ -201,13 +201,9 @@ async def _advance(
         head.produced_sha[out.state.version] = sha
         head.global_w, head.head_sha, head.buffer_sum = out.new_global, sha, None
     if out.buffer_sum is not None:
-        buffer_sum = {k: np.asarray(v, dtype=np.float64) for k, v in out.buffer_sum.items()}
-        blob = codec.encode(buffer_sum)
-        sha = codec.sha256_bytes(blob)
-        await store.put_object(keys.buffer_key(name, out.state.absorbed), blob, sha)
-        head.values["buffer_sha256"] = sha
-        head.fresh.append((sha, buffer_sum))
-        head.buffer_sum, head.buffer_sha = buffer_sum, sha
+        # written once, at the commit: only the committed seq's buffer is ever read
+        head.buffer_sum = {k: np.asarray(v, dtype=np.float64) for k, v in out.buffer_sum.items()}
+        head.buffer_sha = None
     if cfg.target_metric is not None and cfg.target_metric.name in record.metrics:
         head.latest = {**head.latest, record.client_id: record.metrics[cfg.target_metric.name]}
         head.values["latest_metrics"] = head.latest
@@ -226,6 +222,13 @@ async def _commit(
 ) -> bool:
     """TASK counters and every verdict in one conditional transaction (all or nothing)."""
     view = head.view
+    if head.state.buffered and head.buffer_sha is None and head.buffer_sum is not None:
+        blob = codec.encode(head.buffer_sum)
+        head.buffer_sha = codec.sha256_bytes(blob)
+        key = keys.buffer_key(view.task_name, head.state.absorbed)
+        await store.put_object(key, blob, head.buffer_sha)
+        head.values["buffer_sha256"] = head.buffer_sha
+        head.fresh.append((head.buffer_sha, head.buffer_sum))
     committed = await store.transact(
         [
             store.update_op(
