@@ -75,9 +75,21 @@ def time_to(curve: list[dict[str, float]], target: float = TARGET_ACCURACY) -> f
     return next((p["seconds"] for p in curve if p["accuracy"] >= target), None)
 
 
+def isolated(fn: Any, *args: Any) -> Any:
+    """`fn(*args)` in a fresh process: moto's state is process-wide, so a second demo in the
+    same process would meet the first one's task, stream records and objects."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def run_arm(mode: str, strategy: str | None, seed: int, length: int, out: Path) -> dict[str, Any]:
     from fedasync.demo import DemoOptions, run_demo
 
+    logs.configure(level="WARNING")
     opts = DemoOptions(
         mode=mode,
         strategy=strategy,
@@ -102,7 +114,8 @@ def bench_tta(seeds: int, lengths: dict[str, int]) -> list[Figure]:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(seeds):
             for mode, strategy, label in ARMS:
-                summary = run_arm(mode, strategy, seed, lengths[label], Path(tmp) / label)
+                out = Path(tmp) / f"{label}-{seed}"
+                summary = isolated(run_arm, mode, strategy, seed, lengths[label], out)
                 t = time_to(summary["accuracy_curve"])
                 times[label].append(t)
                 print(
@@ -189,6 +202,7 @@ def stack_round_overhead(rounds: int, seed: int) -> float:
     import fedasync.demo as demo
     from client.trainers import get_trainer
 
+    logs.configure(level="WARNING")
     spans: list[tuple[float, float]] = []
     real = demo.get_trainer
     demo.get_trainer = lambda name="numpy", **kw: FitClock(get_trainer(name, **kw), spans)  # type: ignore[assignment]
@@ -235,7 +249,7 @@ def loop_round_overhead(rounds: int, seed: int) -> float:
 
 
 def bench_overhead(rounds: int, repeats: int) -> list[Figure]:
-    stack = median([stack_round_overhead(rounds, seed) for seed in range(repeats)])
+    stack = median([isolated(stack_round_overhead, rounds, seed) for seed in range(repeats)])
     loop = median([loop_round_overhead(rounds, seed) for seed in range(repeats)])
     return [
         Figure("sync_round_overhead_10_clients", stack, "s/round", loop, stack / loop, "<= 0.25 s")
