@@ -28,7 +28,22 @@ Three measurements, each printed next to a baseline measured in the same run:
    same arrays (`codec.decode` of the update, `absorb`, `codec.encode` of the new
    global/buffer), so `ratio` shows what the I/O and orchestration cost. Target >= 20/s.
 
-Results (medians), measured on 2026-11-25 on a 2-core machine: see RESULTS below.
+Results (medians), measured on 2026-11-25 on a 2-core machine (shared with other jobs,
+so expect +-25 % run to run), `--seeds 5`:
+
+    figure                           before        after              target
+    tta0.90 sync FedAvg              -             17.5 s (5/5)
+    tta0.90 FedAsync                 -             12.4 s (5/5), 0.71x sync
+    tta0.90 FedBuff                  never         never (1/5 seeds)  <= 0.33x sync
+    sync round overhead, 10 clients  2.45 s/round  1.00 s/round       <= 0.25 s
+                                     (plain loop baseline: 0.0007 s/round)
+    absorb FedAsync 1M params        6.3 upd/s     20.0 upd/s alone, 14.1 in the full run
+    absorb FedBuff 1M params         4.6 upd/s     24.4 upd/s alone, 18.2 in the full run
+                                     (pure core baseline: 115-170 upd/s)
+
+"before" is the server as of commit 942f646 run with this bench (the overhead figure
+then came from wall / rounds, slightly pessimistic). FedBuff climbs to ~0.86 and then
+collapses in most seeds, with the faster server too: not a speed problem (see the report).
 """
 
 from __future__ import annotations
