@@ -57,7 +57,8 @@ def demo(
     """
     from fedasync.demo import DemoOptions, run_demo
 
-    logs.configure(level="WARNING")
+    # rejections are counted in the summary; only errors interrupt the live view
+    logs.configure(level="ERROR")
     sigma = _parse_stragglers(stragglers)
     opts = DemoOptions(
         mode=mode,
