@@ -35,6 +35,8 @@ so expect +-25 % run to run), `--seeds 5`:
     tta0.90 sync FedAvg              -             17.5 s (5/5)
     tta0.90 FedAsync                 -             12.4 s (5/5), 0.71x sync
     tta0.90 FedBuff                  never         never (1/5 seeds)  <= 0.33x sync
+      after the demo set FedBuff's eta = K/N: sync 16.2 s, FedAsync 15.2 s (0.94x),
+      FedBuff 16.0 s (0.99x), every seed reaching 0.90
     sync round overhead, 10 clients  2.45 s/round  1.00 s/round       <= 0.25 s
                                      (plain loop baseline: 0.0007 s/round)
     absorb FedAsync 1M params        6.3 upd/s     20.0 upd/s alone, 14.1 in the full run
@@ -42,8 +44,9 @@ so expect +-25 % run to run), `--seeds 5`:
                                      (pure core baseline: 115-170 upd/s)
 
 "before" is the server as of commit 942f646 run with this bench (the overhead figure
-then came from wall / rounds, slightly pessimistic). FedBuff climbs to ~0.86 and then
-collapses in most seeds, with the faster server too: not a speed problem (see the report).
+then came from wall / rounds, slightly pessimistic). FedBuff at eta = 1 climbed to ~0.86
+and then drifted away (N/K server steps of a full step each per round of work); the demo
+now uses eta = K/N.
 """
 
 from __future__ import annotations
