@@ -46,7 +46,11 @@ class FedAvgAccumulator:
             for chunk in acc_chunks:
                 stop = start + chunk.size
                 scratch = self._scratch_for(chunk.size)
-                np.multiply(flat[start:stop], factor, out=scratch, dtype=np.float64)
+                # widen with a plain cast, then multiply in place: numpy's casting multiply
+                # (float32 in, float64 out) goes through small buffers and is ~1.5x slower;
+                # the products and the sum are the same, bit for bit
+                np.copyto(scratch, flat[start:stop])
+                np.multiply(scratch, factor, out=scratch)
                 np.add(chunk, scratch, out=chunk)
                 start = stop
         self.total_examples += num_examples
