@@ -69,12 +69,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _report import Figure, emit, median
 
 from fedasync import logs
+from fedasync.aws.records import serialize_item
 from fedasync.core import codec, keys
 from fedasync.core.asyncagg import AsyncState, absorb
 from fedasync.core.config import TaskConfig
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ClientSpec, StackSpec
-from fedasync.server.store import ServerStore, Where, serialize_item
+from fedasync.server.store import ServerStore, Where
 from fedasync.server.tasks import start_task
 
 TARGET_ACCURACY = 0.90

@@ -10,61 +10,25 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from fedasync.aws.session import AwsContext
+from fedasync.aws.records import deserialize_item, serialize_item
+from fedasync.aws.session import AwsContext, error_code
 from fedasync.core.errors import PayloadTooLargeError, RegistryError
 from fedasync.core.keys import TASK_SK
 from fedasync.core.messages import GlobalModelNotice
 from fedasync.resources import NOTICE_FILTER_ATTRIBUTE, TABLE_PARTITION_KEY, TABLE_SORT_KEY
 
-_SER = TypeSerializer()
-_DES = TypeDeserializer()
 # A callback for a token that is already spent is work already done, not an error.
 SPENT_TOKEN_ERRORS = ("InvalidToken", "TaskTimedOut", "TaskDoesNotExist")
-
-
-def _to_ddb(value: Any) -> Any:
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, dict):
-        return {k: _to_ddb(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_to_ddb(v) for v in value]
-    return value
-
-
-def _from_ddb(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: _from_ddb(v) for k, v in value.items()}
-    if isinstance(value, list | set):
-        return [_from_ddb(v) for v in value]
-    return value
-
-
-def serialize_item(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _SER.serialize(_to_ddb(v)) for k, v in item.items()}
-
-
-def deserialize_item(image: Mapping[str, Any]) -> dict[str, Any]:
-    """A DynamoDB image (stream NewImage or GetItem Item) as plain Python values."""
-    return {k: _from_ddb(_DES.deserialize(v)) for k, v in image.items()}
 
 
 def _names(condition: str) -> dict[str, str]:
     """Conditions name attributes as `#attr` (DynamoDB reserves many plain words)."""
     special = {"pk": TABLE_PARTITION_KEY, "sk": TABLE_SORT_KEY}
     return {f"#{w}": special.get(w, w) for w in re.findall(r"#([A-Za-z_][A-Za-z0-9_]*)", condition)}
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 @dataclass(frozen=True)
@@ -142,7 +106,7 @@ class ServerStore:
         try:
             await ddb.put_item(**kwargs)
         except ClientError as exc:
-            if _error_code(exc) == "ConditionalCheckFailedException":
+            if error_code(exc) == "ConditionalCheckFailedException":
                 return False
             raise
         return True
@@ -175,7 +139,7 @@ class ServerStore:
         try:
             await ddb.update_item(**op)
         except ClientError as exc:
-            if _error_code(exc) == "ConditionalCheckFailedException":
+            if error_code(exc) == "ConditionalCheckFailedException":
                 return False
             raise
         return True
@@ -186,7 +150,7 @@ class ServerStore:
         try:
             await ddb.transact_write_items(TransactItems=[{"Update": op} for op in ops])  # type: ignore[typeddict-item]
         except ClientError as exc:
-            if _error_code(exc) in (
+            if error_code(exc) in (
                 "TransactionCanceledException",
                 "ConditionalCheckFailedException",
             ):
@@ -201,7 +165,7 @@ class ServerStore:
         try:
             resp = await s3.get_object(Bucket=self.where.bucket, Key=key)
         except ClientError as exc:
-            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+            if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
                 raise RegistryError(f"object {key!r} is missing from the model bucket") from exc
             raise
         size = int(resp.get("ContentLength", 0))
@@ -243,7 +207,7 @@ class ServerStore:
         try:
             await sfn.send_task_success(taskToken=token, output=json.dumps(output))
         except ClientError as exc:
-            if _error_code(exc) in SPENT_TOKEN_ERRORS:
+            if error_code(exc) in SPENT_TOKEN_ERRORS:
                 return False
             raise
         return True
@@ -253,7 +217,7 @@ class ServerStore:
         try:
             await sfn.send_task_heartbeat(taskToken=token)
         except ClientError as exc:
-            if _error_code(exc) in SPENT_TOKEN_ERRORS:
+            if error_code(exc) in SPENT_TOKEN_ERRORS:
                 return False
             raise
         return True

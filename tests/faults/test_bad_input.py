@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fedasync.aws.records import serialize_item
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.messages import GlobalModelNotice
 from fedasync.local.events import LocalLambdaContext, sqs_record
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ClientSpec, StackSpec
-from fedasync.server.store import ServerStore, serialize_item
+from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 from fedasync.server.tasks import start_task
 from tests.integration.scripted import ScriptedClient, local_model

@@ -28,6 +28,7 @@ from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fedasync.aws.records import serialize_item
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import RECORD_FIELDS, check_sender, load_payload, parse_update_item
@@ -36,7 +37,6 @@ from fedasync.core.messages import UpdateRecord
 from fedasync.local.events import LocalLambdaContext
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ClientSpec, StackSpec
-from fedasync.server.store import serialize_item
 from fedasync.server.tasks import start_task
 from server_lambdas import aggregate
 from server_lambdas._runtime import runtime

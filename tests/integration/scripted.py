@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from botocore.exceptions import ClientError
 
+from fedasync.aws.records import serialize_item
 from fedasync.aws.session import AwsContext
 from fedasync.core import codec, keys
 from fedasync.core.messages import GlobalModelNotice, UpdateRecord
-from fedasync.server.store import serialize_item
 
 
 def local_model(

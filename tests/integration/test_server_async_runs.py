@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedasync.aws.records import serialize_item
 from fedasync.core import codec, keys
 from fedasync.core.asyncagg import AsyncState, absorb
 from fedasync.core.config import TaskConfig
-from fedasync.server.store import serialize_item
 from fedasync.server.tasks import start_task
 from tests.integration.test_server_async import make_stack
 from tests.integration.test_server_sync import initial_model, store_for, wait_execution
