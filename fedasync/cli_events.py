@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from botocore.exceptions import BotoCoreError, ClientError
@@ -17,6 +17,9 @@ from fedasync.core.errors import FedAsyncError
 from fedasync.core.ledger import Event, parse_ledger
 from fedasync.core.replay import ReplayResult, replay
 from fedasync.resources import StackSpec
+
+if TYPE_CHECKING:
+    from fedasync.taskctl import StackConfig
 
 events_app = typer.Typer(help="Export a task's event ledger.", no_args_is_help=True)
 out_console = Console()
@@ -38,19 +41,14 @@ BucketOpt = Annotated[
 ]
 
 
-def _where(prefix: str, table: str | None, bucket: str | None) -> tuple[str, str]:
-    spec = StackSpec(prefix=prefix)
-    return table or spec.table_name, bucket or spec.bucket_name
-
-
 async def _export(
-    name: str, *, endpoint: str | None, table: str, bucket: str, out: Path, objects: Path | None
+    name: str, *, stack: StackConfig, table: str, bucket: str, out: Path, objects: Path | None
 ) -> tuple[list[Event], int]:
     from fedasync.aws.session import AwsContext
     from fedasync.events import export_ledger, export_objects, write_ledger
     from fedasync.server.store import ServerStore, Where
 
-    async with AwsContext(endpoint) as aws:
+    async with AwsContext(stack.endpoint_url, stack.region) as aws:
         store = ServerStore(aws, Where(table=table, bucket=bucket, topic_arn=""))
         events = await export_ledger(store, name)
         write_ledger(events, out)
@@ -84,21 +82,19 @@ def export(
     Example: fedasync events export digits-fedavg --endpoint http://127.0.0.1:5000 --objects objs
     """
     logs.configure(level="WARNING")
-    table_name, bucket_name = _where(prefix, table, bucket)
     target = out or Path(f"{name}.events.jsonl")
     try:
-        if stack_config is not None:
-            from fedasync.taskctl import StackConfig
+        from fedasync.taskctl import resolve_stack
 
-            stack = StackConfig.load(stack_config, endpoint, None)
-            table_name, bucket_name = table or stack.table, bucket or stack.bucket
-            endpoint = stack.endpoint_url
+        stack = resolve_stack(
+            endpoint_url=endpoint, prefix=prefix, region=None, stack_config=stack_config
+        )
         events, copied = asyncio.run(
             _export(
                 name,
-                endpoint=endpoint,
-                table=table_name,
-                bucket=bucket_name,
+                stack=stack,
+                table=table or stack.table,
+                bucket=bucket or stack.bucket,
                 out=target,
                 objects=objects,
             )
