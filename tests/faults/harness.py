@@ -66,6 +66,19 @@ class Outcome:
     head_version: int
 
 
+def assert_same_as(got: Outcome, clean: Outcome) -> None:
+    """A run under faults ends like the clean one: SUCCEEDED, the same versions byte for
+    byte, and every update decided exactly once."""
+    assert got.status == clean.status == "SUCCEEDED", got.cause
+    assert got.version_sha256 == clean.version_sha256
+    assert got.final_sha256 == clean.final_sha256
+    assert (got.accepted, got.rejected, got.absorbed) == (
+        clean.accepted,
+        clean.rejected,
+        clean.absorbed,
+    )
+
+
 async def outcome_of(store: ServerStore, cfg: TaskConfig, desc: dict[str, Any]) -> Outcome:
     name = cfg.task_name
     task = await store.get_task(name) or {}
