@@ -22,6 +22,7 @@ a conflicting one is an error) and `fedasync.core.replay` orders by round and `s
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -138,12 +139,10 @@ def build_ledger(items: Iterable[Mapping[str, Any]], *, bucket: str | None = Non
                 ((r["round_id"], 2, 0.0, ""), _version(r["version"], r["sha256"], r["closed_at"]))
             )
     else:
+        # accepted updates by seq; a rejected one after the accepted it followed in time
+        accepted_at = sorted(u["decided_at"] or 0.0 for u in updates if u["seq"] is not None)
         for u in updates:
-            # accepted updates by seq; a rejected one after the accepted it followed in time
-            accepted_before = sum(
-                1 for a in updates
-                if a["seq"] is not None and (a["decided_at"] or 0.0) <= (u["decided_at"] or 0.0)
-            )  # fmt: skip
+            accepted_before = bisect.bisect_right(accepted_at, u["decided_at"] or 0.0)
             order = u["seq"] if u["seq"] is not None else accepted_before + 0.5
             body.append(((order, 0, u["decided_at"] or 0.0, u["sk"]), u))
             if u["version_sha256"] is not None and u["applied_version"] is not None:
