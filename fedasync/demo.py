@@ -185,20 +185,21 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
             status = await _wait_execution(stack, arn)
         done.set()
         curve = await evaluator
-        summary = await _summary(
-            store,
-            cfg=cfg,
-            opts=opts,
-            curve=curve,
-            status=status,
-            wall=time.monotonic() - t0,
-            events_path=events_path,
-        )
-        summary["client_updates"] = {r.client_id: len(r.updates) for r in reports}
+        wall = time.monotonic() - t0
         ledger = await export_ledger(store, cfg.task_name)
         write_ledger(ledger, events_path)
         objects = out / "objects"
         await export_objects(store, ledger, objects)
+    summary = _summary(
+        ledger,
+        cfg=cfg,
+        opts=opts,
+        curve=curve,
+        status=status,
+        wall=wall,
+        events_path=events_path,
+    )
+    summary["client_updates"] = {r.client_id: len(r.updates) for r in reports}
     summary["replay"] = _self_check(ledger, objects)
     summary["report_path"] = str(write_report(out, summary, ledger))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -259,8 +260,8 @@ async def _wait_execution(stack: EmbeddedStack, arn: str, timeout_s: float = 300
     return {"status": "RUNNING", "cause": f"still running after {timeout_s} s"}
 
 
-async def _summary(
-    store: ServerStore,
+def _summary(
+    ledger: list[dict[str, Any]],
     *,
     cfg: TaskConfig,
     opts: DemoOptions,
@@ -269,21 +270,18 @@ async def _summary(
     wall: float,
     events_path: Path,
 ) -> dict[str, Any]:
-    task = await store.get_task(cfg.task_name) or {}
-    updates = await store.query_prefix(cfg.task_name, keys.UPDATE_PREFIX)
+    """What the run did, read off its ledger (so the summary and events.jsonl agree)."""
+    updates = [e for e in ledger if e["kind"] == "update"]
+    versions = {int(e["version"]): str(e["sha256"]) for e in ledger if e["kind"] == "version"}
+    head = max(versions, default=0)
+    task = next(e for e in ledger if e["kind"] == "task")
+    final = next((e for e in ledger if e["kind"] == "final"), None)
     rejected = [
-        {
-            "client_id": u.get("client_id"),
-            "sk": u["sk"],
-            "reason": u.get("reason"),
-            "detail": u.get("detail"),
-        }
+        {"client_id": u["client_id"], "sk": u["sk"], "reason": u["reason"], "detail": u["detail"]}
         for u in updates
-        if u.get("verdict") == "rejected"
+        if u["verdict"] == "rejected"
     ]
-    staleness = [
-        int(u["staleness"]) for u in updates if u.get("verdict") == "accepted" and "staleness" in u
-    ]
+    accepted = [u for u in updates if u["verdict"] == "accepted"]
     return {
         "task_name": cfg.task_name,
         "mode": cfg.mode,
@@ -291,14 +289,15 @@ async def _summary(
         "clients": len(cfg.clients),
         "trainer": opts.trainer,
         "seed": opts.seed,
-        "versions": int(task.get("head_version", 0)),
+        "versions": head,
         "final_accuracy": curve[-1]["accuracy"] if curve else None,
         "accuracy_curve": curve,
         "wall_seconds": round(wall, 3),
-        "global_model_sha256": task.get("final_sha256") or task.get("head_sha256"),
-        "accepted_updates": sum(1 for u in updates if u.get("verdict") == "accepted"),
+        "global_model_sha256": (final or {}).get("sha256")
+        or versions.get(head, task["initial"]["sha256"]),
+        "accepted_updates": len(accepted),
         "rejected_updates": rejected,
-        "staleness": staleness,
+        "staleness": [int(u["staleness"]) for u in accepted if u["staleness"] is not None],
         "execution": status,
         "events_path": str(events_path),
     }
