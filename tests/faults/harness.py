@@ -9,6 +9,7 @@ version 0 (the stream keeps a partition's order), so the absorbed order is fixed
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,20 @@ class Outcome:
     rejected: int
     absorbed: int
     head_version: int
+
+
+async def all_decided(
+    store: ServerStore, task_name: str, *, count: int | None = None, timeout_s: float = 30
+) -> list[dict[str, Any]]:
+    """The task's update items once each has its verdict (and, given `count`, once that
+    many exist): updates still in flight when a run ends are waited for, never skipped."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        items = await store.query_prefix(task_name, keys.UPDATE_PREFIX)
+        if (count is None or len(items) == count) and all(i.get("verdict") for i in items):
+            return items
+        assert time.monotonic() < deadline, "updates left without a verdict"
+        await asyncio.sleep(0.2)
 
 
 def assert_same_as(got: Outcome, clean: Outcome) -> None:

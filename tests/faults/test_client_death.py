@@ -12,7 +12,14 @@ from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.messages import GlobalModelNotice
 from fedasync.server.tasks import start_task
-from tests.faults.harness import CLIENTS, EXAMPLES, answer_rounds, next_notice, stack_for
+from tests.faults.harness import (
+    CLIENTS,
+    EXAMPLES,
+    all_decided,
+    answer_rounds,
+    next_notice,
+    stack_for,
+)
 from tests.integration.scripted import ScriptedClient, local_model
 from tests.integration.test_server_sync import (
     clients_for,
@@ -100,7 +107,7 @@ async def test_a_dead_silo_leaves_nothing_partial_and_the_task_goes_on(
         desc = await wait_execution(stack, arn)
         # THEN the task ends SUCCEEDED without c (sync: closed by quorum at the deadline)
         assert desc["status"] == "SUCCEEDED", desc.get("cause")
-        updates = await _all_decided(store)
+        updates = await all_decided(store, "t")
         assert {u["client_id"] for u in updates} == {"a", "b"}
         accepted = [u for u in updates if u["verdict"] == "accepted"]
         assert len(accepted) == (2 if mode == "sync" else cfg.max_versions)
@@ -129,13 +136,3 @@ async def _submit_once(client: ScriptedClient) -> None:
     # then keep going on the newest version until the final notice
     while not (notice := await next_notice(client, "t")).final:
         await client.submit(notice, update_id=f"{client.client_id}-v{notice.version:08d}")
-
-
-async def _all_decided(store, timeout_s: float = 30) -> list[dict]:
-    """The task's update items once each has its verdict (a late one may still be in flight)."""
-    for _ in range(int(timeout_s / 0.2)):
-        updates = await store.query_prefix("t", keys.UPDATE_PREFIX)
-        if all(u.get("verdict") for u in updates):
-            return updates
-        await asyncio.sleep(0.2)
-    raise AssertionError("an update was left without a verdict")

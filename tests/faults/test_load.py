@@ -17,7 +17,7 @@ from fedasync.core.config import TaskConfig
 from fedasync.core.messages import GlobalModelNotice
 from fedasync.server.finish import finish_task
 from fedasync.server.tasks import start_task
-from tests.faults.harness import stack_for
+from tests.faults.harness import all_decided, stack_for
 from tests.integration.scripted import ScriptedClient
 from tests.integration.test_server_sync import initial_model, store_for, wait_execution
 
@@ -76,14 +76,7 @@ async def test_fifty_silos_lose_nothing_and_versions_stay_contiguous(moto_server
         total = sum(submitted.values())
 
         # THEN every submitted update gets exactly one verdict
-        async def all_decided():
-            items = await store.query_prefix("load", keys.UPDATE_PREFIX)
-            return items if len(items) == total and all(i.get("verdict") for i in items) else None
-
-        deadline = time.monotonic() + 120
-        while (items := await all_decided()) is None:
-            assert time.monotonic() < deadline, "updates left without a verdict"
-            await asyncio.sleep(0.5)
+        items = await all_decided(store, "load", count=total, timeout_s=120)
         verdicts = Counter(i["verdict"] for i in items)
         assert verdicts["accepted"] + verdicts["rejected"] == total == len(items)
         assert verdicts["accepted"] > 0
