@@ -178,10 +178,10 @@ def _replay_async(
         return
     state = AsyncState()
     buffer: Weights | None = None
+    needs_base = cfg.aggregation == "fedbuff" or cfg.max_update_norm is not None
     for update in accepted:
         record = _record(update)
         who = describe(record)
-        needs_base = cfg.aggregation == "fedbuff" or cfg.max_update_norm is not None
         base_w = codec.decode(versions[record.base_version]) if needs_base else None
         client_w = load_payload(
             load(record.s3_key), record, spec, cfg, base=base_w if cfg.max_update_norm else None
