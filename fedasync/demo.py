@@ -94,23 +94,39 @@ class DemoOptions:
 
 
 class StragglerTrainer:
-    """Wraps a trainer: each `fit` also takes `base_s` x a seeded lognormal(0, sigma) factor.
+    """Wraps a trainer: each update also takes `base_s` x a seeded lognormal(0, sigma) factor.
 
     Slow silos are the common case in cross-silo FL (uneven hardware, shared clusters);
     this makes them reproducible so sync and async runs can be compared on equal terms.
+    The client calls `fit` once per epoch, so one update is `fits_per_update` calls: the
+    factor is drawn on an update's first call and its delay is spread over the calls.
+    One silo's calls come one at a time (its trainer loop), so a counter is enough.
     """
 
-    def __init__(self, inner: Trainer, sigma: float, seed: int, base_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        inner: Trainer,
+        sigma: float,
+        seed: int,
+        base_s: float = 0.5,
+        fits_per_update: int = 1,
+    ) -> None:
         self.inner, self.name = inner, inner.name
         self._rng = random.Random(seed)  # noqa: S311 - simulated delays, not security
         self._sigma, self._base = sigma, base_s
+        self._fits_per_update = max(1, fits_per_update)
+        self._calls = 0
+        self._delay_s = 0.0
 
     def init_weights(self, seed: int) -> Weights:
         return self.inner.init_weights(seed)
 
     def fit(self, weights: Weights, x: Any, y: Any, *, epochs: int, seed: int) -> TrainResult:
         result = self.inner.fit(weights, x, y, epochs=epochs, seed=seed)
-        time.sleep(self._base * math.exp(self._rng.gauss(0.0, self._sigma)))
+        if self._calls % self._fits_per_update == 0:
+            self._delay_s = self._base * math.exp(self._rng.gauss(0.0, self._sigma))
+        self._calls += 1
+        time.sleep(self._delay_s / self._fits_per_update)
         return result
 
     def evaluate(self, weights: Weights, x: Any, y: Any) -> dict[str, float]:
@@ -158,6 +174,9 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
     deliveries_path.unlink(missing_ok=True)
     spec = StackSpec(clients=tuple(ClientSpec(client_id=c) for c in cfg.clients))
     trainer = get_trainer(opts.trainer)
+    # the data is ready before the clock starts: loading it is not the federation's time
+    silos = await asyncio.to_thread(_silo_data, opts)
+    test = await asyncio.to_thread(_test_split, opts)
     async with EmbeddedStack(spec, event_log_path=deliveries_path) as stack:
         e = stack.endpoints
         store = ServerStore(stack.aws, Where(table=e.table, bucket=e.bucket, topic_arn=e.topic_arn))
@@ -165,9 +184,7 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
         arn = await start_task(store, e.state_machine_arn, cfg, trainer.init_weights(opts.seed))
         done = asyncio.Event()
         evaluator = asyncio.create_task(
-            _evaluate_versions(
-                store, cfg=cfg, trainer=trainer, test=_test_split(opts), t0=t0, done=done
-            )
+            _evaluate_versions(store, cfg=cfg, trainer=trainer, test=test, t0=t0, done=done)
         )
         async with LiveView(store, cfg.task_name):
             reports = await asyncio.gather(
@@ -175,9 +192,7 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
                     run_client(
                         _client_config(opts, cfg, e, i),
                         trainer=_silo_trainer(trainer, opts, i),
-                        data=demo_silo(i, opts.clients, alpha=opts.dirichlet_alpha, seed=opts.seed)[
-                            0
-                        ],
+                        data=silos[i],
                     )
                     for i in range(opts.clients)
                 )
@@ -218,6 +233,13 @@ def _self_check(ledger: list[dict[str, Any]], objects: Path) -> dict[str, Any]:
     }
 
 
+def _silo_data(opts: DemoOptions) -> list[Dataset]:
+    return [
+        demo_silo(i, opts.clients, alpha=opts.dirichlet_alpha, seed=opts.seed)[0]
+        for i in range(opts.clients)
+    ]
+
+
 def _test_split(opts: DemoOptions) -> Dataset:
     return demo_silo(0, opts.clients, alpha=opts.dirichlet_alpha, seed=opts.seed)[1]
 
@@ -227,7 +249,11 @@ def _silo_trainer(trainer: Trainer, opts: DemoOptions, index: int) -> Trainer:
         return trainer
     sigma = opts.stragglers_sigma or 0.0
     return StragglerTrainer(
-        trainer, sigma, seed=opts.seed * 1000 + index, base_s=opts.train_seconds
+        trainer,
+        sigma,
+        seed=opts.seed * 1000 + index,
+        base_s=opts.train_seconds,
+        fits_per_update=opts.epochs,  # the client fits one epoch per call
     )
 
 
