@@ -106,7 +106,7 @@ async def test_state_machine_runs_the_asl_with_placeholders_filled(
     assert definition["States"]["StartTask"]["Parameters"]["TableName"] == endpoints.table
 
 
-async def test_embedded_stack_owns_its_server_and_restores_the_environment(
+async def test_embedded_stack_owns_its_server_and_state_and_restores_the_environment(
     moto_server: LocalMotoServer,
 ) -> None:
     # GIVEN the session's server and no handler environment
@@ -122,6 +122,9 @@ async def test_embedded_stack_owns_its_server_and_restores_the_environment(
         assert stack.endpoints.endpoint_url != moto_server.endpoint_url
         tables = await (await stack.aws.dynamodb()).list_tables()
         assert "own-table" in tables["TableNames"]
-    # AND afterwards the environment is back, MOTO_PORT again names the session's server
+    # AND afterwards the environment is back
     assert ENV_TABLE not in os.environ
-    assert os.environ["MOTO_PORT"] == str(moto_server.port)
+    # AND its server had state of its own: the session's server never saw that table
+    async with AwsContext(moto_server.endpoint_url) as session_aws:
+        tables = await (await session_aws.dynamodb()).list_tables()
+    assert "own-table" not in tables["TableNames"]

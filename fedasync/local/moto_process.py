@@ -1,0 +1,46 @@
+"""The moto server process: `python -m fedasync.local.moto_process HOST PORT`.
+
+Prints the bound port on stdout once it serves, then serves until its stdin closes: the
+parent closes it to stop the server, and the pipe also closes when the parent dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+
+
+def main(argv: list[str]) -> int:
+    host, port = argv[0], int(argv[1])
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    # what moto's ThreadedMotoServer does, with the bind in this thread: a port in use
+    # fails here, with its error, instead of leaving the parent waiting
+    app = DomainDispatcherApplication(create_backend_app)
+    server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
+    bound = int(server.server_address[1])
+    # moto's Step Functions engine calls the other services at localhost:$MOTO_PORT
+    os.environ["MOTO_PORT"] = str(bound)
+    thread = threading.Thread(target=server.serve_forever, name="moto-server", daemon=True)
+    thread.start()
+    print(bound, flush=True)
+    try:
+        sys.stdin.read()  # returns at EOF: stop requested, or the parent is gone
+    except KeyboardInterrupt:  # Ctrl-C in `local up` reaches the whole process group
+        pass
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
