@@ -15,8 +15,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from fedasync.core.decisions import VERDICT_ATTRIBUTES
 from fedasync.core.keys import UPDATE_PREFIX
-from fedasync.server.async_task import absorb_run
-from fedasync.server.updates import on_update
+from fedasync.server.updates import decide_run, on_update
 from server_lambdas._runtime import runtime
 
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
@@ -109,14 +108,15 @@ def _leading_run(records: list[Any]) -> tuple[str, list[str], list[int]]:
     return task, sks, positions
 
 
-def _absorb_leading_run(records: list[Any]) -> int:
-    """An async task's queued updates absorbed with one commit (`absorb_run`); returns how
-    many leading records are done. Anything unexpected leaves all to the one-by-one path."""
+def _decide_leading_run(records: list[Any]) -> int:
+    """A task's queued updates decided together (`decide_run`: one commit for an async
+    run, one round check for a sync one); returns how many leading records are done.
+    Anything unexpected leaves all to the one-by-one path."""
     try:
         task_name, sks, positions = _leading_run(records)
         if len(sks) < 2:
             return 0
-        decided = runtime.run(lambda store: absorb_run(store, task_name, sks))
+        decided = runtime.run(lambda store: decide_run(store, task_name, sks))
     except Exception:  # the one-by-one path redoes (idempotently) and reports it
         log.exception("aggregate.run_failed")
         return 0
@@ -127,7 +127,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> PartialItemFailureRes
     _OrderGuard.failed = False
     records = event.get("Records") if isinstance(event, dict) else None
     if isinstance(records, list) and records:
-        done = _absorb_leading_run(records)
+        done = _decide_leading_run(records)
         if done == len(records):
             return {"batchItemFailures": []}
         event = {**event, "Records": records[done:]}

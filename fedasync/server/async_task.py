@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from fedasync.core.decisions import (
 )
 from fedasync.core.errors import ChecksumMismatchError, FedAsyncError
 from fedasync.core.messages import UpdateRecord
+from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
@@ -47,52 +47,6 @@ async def open_task(store: ServerStore, view: TaskView, token: str) -> None:
         return
     await store.publish(view.notice(view.head_version), view.cfg.clients)
     log.info("task.opened", version=view.head_version)
-
-
-class ModelCache:
-    """Decoded models by SHA-256, so a warm container skips re-reading what it just wrote.
-
-    Only a hint: the state lives in S3 and DynamoDB, a miss reads S3 as a cold container
-    would, and an entry is used only for the SHA-256 the TASK item records (or that a
-    committed version recorded), so a hit is the same bytes a read would verify. Arrays
-    are read-only: nothing downstream may change a cached model in place.
-    """
-
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
-        self._models: OrderedDict[str, Weights] = OrderedDict()
-        self._versions: dict[tuple[str, int], str] = {}
-
-    def get(self, sha: str | None) -> Weights | None:
-        if sha is None or sha not in self._models:
-            return None
-        self._models.move_to_end(sha)
-        return self._models[sha]
-
-    def put(self, sha: str, weights: Weights) -> None:
-        size = codec.total_bytes(weights.values())
-        if size > self.max_bytes:
-            return
-        for array in weights.values():
-            array.setflags(write=False)
-        self._models[sha] = weights
-        self._models.move_to_end(sha)
-        while sum(codec.total_bytes(w.values()) for w in self._models.values()) > self.max_bytes:
-            self._models.popitem(last=False)
-
-    def version_sha(self, task_name: str, version: int) -> str | None:
-        return self._versions.get((task_name, version))
-
-    def committed(self, task_name: str, version: int, sha: str) -> None:
-        """Version `version` of `task_name` is `sha` (a committed head: immutable from now on)."""
-        self._versions[(task_name, version)] = sha
-
-    def clear(self) -> None:
-        self._models.clear()
-        self._versions.clear()
-
-
-CACHE = ModelCache()
 
 
 async def _model(store: ServerStore, key: str, sha: str | None, who: str) -> Weights:
@@ -282,19 +236,18 @@ async def absorb_update(
     return {**item, **verdict}
 
 
-async def absorb_run(store: ServerStore, task_name: str, sks: list[str]) -> int:
-    """Absorb a run of one task's new update records (stream order) with one commit.
+async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
+    """Absorb a run of one async task's new update records (stream order) with one commit.
 
-    Byte for byte what one invocation per record would do, with one TASK read, one
-    transaction and one round of effects for the run. Stops before the first record that
-    is decided already, would be rejected, or comes after a stop condition; returns how
-    many it decided (a prefix: the caller hands the rest to `on_update`, one by one).
+    Byte for byte what one invocation per record would do, with one TASK read (`view`),
+    one transaction and one round of effects for the run. Stops before the first record
+    that is decided already, would be rejected, or comes after a stop condition; returns
+    how many it decided (a prefix: the caller hands the rest to `on_update`, one by one).
     """
-    item = await store.get_task(task_name)
-    if item is None or len(sks) > MAX_RUN:
+    task_name = view.task_name
+    if len(sks) > MAX_RUN or view.cfg.mode != "async" or view.finished:
         return 0
-    view = TaskView.from_item(task_name, item)
-    if view.cfg.mode != "async" or view.finished or view.status in ("SUCCEEDED", "FAILED"):
+    if view.status in ("SUCCEEDED", "FAILED"):
         return 0
     head, decided = _Head.of(view), []
     last: dict[str, Any] = {}

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import structlog
 
 from fedasync.core import codec, keys
+from fedasync.core.codec import Weights
 from fedasync.core.decisions import (
     VERDICT_ATTRIBUTES,
     close_outcome,
+    describe,
     parse_update_item,
     round_complete,
 )
+from fedasync.core.errors import ChecksumMismatchError
 from fedasync.core.fedavg import FedAvgAccumulator
+from fedasync.core.messages import UpdateRecord
+from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
@@ -46,14 +52,17 @@ async def maybe_complete(store: ServerStore, view: TaskView, round_id: int) -> N
     decided = {str(i.get("client_id")) for i in items if i.get("verdict")}
     if not round_complete(view.cfg, decided):
         return
-    round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
-    token = round_item.get("token")
-    await close_round(store, view, round_id, token=token, at_deadline=False)
+    # every expected client is decided, so this query is the round's final word: the
+    # members claimed from it are what a fresh query would give
+    await close_round(store, view, round_id, token=None, at_deadline=False, items=items)
 
 
-async def _claim_members(store: ServerStore, view: TaskView, round_id: int) -> list[str]:
+async def _claim_members(
+    store: ServerStore, view: TaskView, round_id: int, items: list[dict[str, Any]] | None = None
+) -> list[str]:
     """Fix once which updates the round aggregates, so every retry computes the same bytes."""
-    items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
+    if items is None:
+        items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
     accepted = sorted(str(i["sk"]) for i in items if i.get("verdict") == "accepted")
     op = store.update_op(
         view.task_name,
@@ -68,15 +77,25 @@ async def _claim_members(store: ServerStore, view: TaskView, round_id: int) -> l
 
 
 async def close_round(
-    store: ServerStore, view: TaskView, round_id: int, *, token: str | None, at_deadline: bool
+    store: ServerStore,
+    view: TaskView,
+    round_id: int,
+    *,
+    token: str | None,
+    at_deadline: bool,
+    items: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Aggregate the round's accepted updates into version round_id + 1, or fail it."""
+    """Aggregate the round's accepted updates into version round_id + 1, or fail it.
+
+    `token`: the round's callback token (None: the one kept on the round item). `items`:
+    the round's update items when the caller has just queried them."""
     round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+    token = token or round_item.get("token")
     if round_item.get("closed"):
         result = dict(round_item.get("result") or {"closed": True, "round_id": round_id})
         await _finish_if_last(store, view, result)
     else:
-        members = await _claim_members(store, view, round_id)
+        members = await _claim_members(store, view, round_id, items)
         outcome = close_outcome(view.cfg, round_id, len(members), at_deadline=at_deadline)
         if outcome.closed:
             result = await _aggregate(store, view, round_id, members)
@@ -103,14 +122,41 @@ async def _aggregate(
     store: ServerStore, view: TaskView, round_id: int, members: list[str]
 ) -> dict[str, Any]:
     acc = FedAvgAccumulator(view.spec, who=f"round {round_id} of task {view.task_name!r}")
-    for sk in members:
-        item = await store.get_item(view.task_name, sk)
-        record = parse_update_item(
-            {k: v for k, v in (item or {}).items() if k not in VERDICT_ATTRIBUTES}
-        )
+    records = [
+        parse_update_item({k: v for k, v in (item or {}).items() if k not in VERDICT_ATTRIBUTES})
+        for item in await store.get_items(view.task_name, members)
+    ]
+
+    async def load(record: UpdateRecord) -> Weights:
+        """The update as validated at its verdict: from the cache, or read and re-checked
+        (an object rewritten since its verdict must not slip into the global model)."""
+        cached = CACHE.get(record.sha256)
+        if cached is not None:
+            return cached
         data = await store.get_object(record.s3_key, max_bytes=view.cfg.max_model_bytes)
-        acc.add(codec.decode(data, who=sk), record.num_examples, who=sk)
-        del data
+        if codec.sha256_bytes(data) != record.sha256:
+            raise ChecksumMismatchError(
+                f"{describe(record)}: object {record.s3_key!r} changed after the update was "
+                f"accepted (SHA-256 no longer {record.sha256}); round {round_id} cannot be "
+                "aggregated from it"
+            )
+        return codec.decode(data, who=record.sk)
+
+    # one model ahead: the next read overlaps this one's fold, and at most two models
+    # are held besides the accumulator
+    ahead: asyncio.Task[Weights] | None = None
+    try:
+        for index, record in enumerate(records):
+            current = ahead or asyncio.ensure_future(load(record))
+            ahead = (
+                asyncio.ensure_future(load(records[index + 1]))
+                if index + 1 < len(records)
+                else None
+            )
+            acc.add(await current, record.num_examples, who=record.sk)
+    finally:
+        if ahead is not None and not ahead.done():
+            ahead.cancel()
     new_version = round_id + 1
     blob = codec.encode(acc.result())
     sha = codec.sha256_bytes(blob)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +22,7 @@ from fedasync.core.decisions import (
 from fedasync.core.errors import FedAsyncError, SchemaError
 from fedasync.core.messages import UpdateRecord
 from fedasync.server import async_task, rounds
+from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
@@ -62,6 +64,79 @@ async def on_update(
         return str(item.get("verdict", "pending"))
 
 
+async def decide_run(store: ServerStore, task_name: str, sks: Sequence[str]) -> int:
+    """Decide a run of one task's new update records (stream order) together.
+
+    The same verdicts, bytes and effects as one `on_update` per record, with one TASK read
+    and one round of effects for the run. Decides a prefix and returns its length: it
+    stops before the first record that is decided already or would be rejected, and the
+    caller hands the rest to `on_update`, one by one (which records the reason).
+    """
+    item = await store.get_task(task_name)
+    if item is None or len(sks) > async_task.MAX_RUN:
+        return 0
+    view = TaskView.from_item(task_name, item)
+    if view.finished or view.status in ("SUCCEEDED", "FAILED"):
+        return 0
+    if view.cfg.mode == "async":
+        return await async_task.absorb_run(store, view, list(sks))
+    return await _accept_round_run(store, view, sks)
+
+
+async def _accept_round_run(store: ServerStore, view: TaskView, sks: Sequence[str]) -> int:
+    """Sync: accept the run's leading updates for the open round, then check the round once.
+
+    Each verdict is its own conditional write (independent, idempotent), written
+    concurrently; the round closes (or not) exactly as after the run's last verdict.
+    """
+    round_id = view.head_version
+    round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+    claimed = bool(round_item.get("members") or round_item.get("closed"))
+    base: Any = None
+    accepted: list[tuple[UpdateRecord, dict[str, Any]]] = []
+    for update in await store.get_items(view.task_name, list(sks)):
+        if update is None or update.get("verdict"):
+            break
+        try:
+            record = parse_update_item(update)
+            check_sender(record, view.cfg)
+            check_round(record, view.head_version, claimed)
+            check_running(view.status, view.finished, record)
+            if base is None:
+                base = await _base_for_norm(store, view, record)
+            data = await store.get_object(record.s3_key, max_bytes=view.cfg.max_model_bytes)
+            weights = load_payload(data, record, view.spec, view.cfg, base=base)
+            del data
+        except FedAsyncError:
+            break  # the one-by-one path records the rejection with its reason
+        accepted.append((record, update))
+        CACHE.put(record.sha256, weights)  # the round's close folds these moments later
+    if not accepted:
+        return 0
+    verdict = {"verdict": "accepted", "applied_version": round_id + 1, "decided_at": time.time()}
+    await asyncio.gather(
+        *(
+            store.update(
+                store.update_op(
+                    view.task_name, record.sk, verdict, condition="attribute_not_exists(#verdict)"
+                )
+            )
+            for record, _ in accepted
+        )
+    )
+    for record, _ in accepted:
+        log.info(
+            "update.accepted",
+            task_name=view.task_name,
+            client_id=record.client_id,
+            sk=record.sk,
+            round_id=round_id,
+            num_examples=record.num_examples,
+        )
+    await _after(store, view.task_name, {**accepted[-1][1], **verdict})
+    return len(accepted)
+
+
 async def _accept(
     store: ServerStore, view: TaskView, record: UpdateRecord, item: dict[str, Any]
 ) -> dict[str, Any] | None:
@@ -73,7 +148,7 @@ async def _accept(
         record, view.head_version, bool(round_item.get("members") or round_item.get("closed"))
     )
     check_running(view.status, view.finished, record)
-    load_payload(
+    weights = load_payload(
         await store.get_object(record.s3_key, max_bytes=view.cfg.max_model_bytes),
         record,
         view.spec,
@@ -89,6 +164,8 @@ async def _accept(
         view.task_name, record.sk, verdict, condition="attribute_not_exists(#verdict)"
     )
     written = await store.update(op)
+    if written:
+        CACHE.put(record.sha256, weights)  # the round's close folds it moments later
     log.info("update.accepted", round_id=record.round_id, num_examples=record.num_examples)
     return {**item, **verdict} if written else None
 
@@ -177,4 +254,4 @@ async def _after(store: ServerStore, task_name: str, item: dict[str, Any]) -> No
         await async_task.after_accept(store, task_name, item, task=task)
 
 
-__all__ = ["describe", "on_update"]
+__all__ = ["decide_run", "describe", "on_update"]

@@ -1,0 +1,106 @@
+"""A sync round's updates decided as one run (one stream batch): the one-by-one outcome."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedasync.core import codec, keys
+from fedasync.core.config import TaskConfig
+from fedasync.local.stack import EmbeddedStack
+from fedasync.resources import ClientSpec, StackSpec
+from fedasync.server.tasks import start_task
+from fedasync.server.updates import decide_run, on_update
+from tests.integration.scripted import local_model
+from tests.integration.test_server_async import first_notice
+from tests.integration.test_server_sync import (
+    CLIENTS,
+    EXAMPLES,
+    clients_for,
+    fedavg_by_hand,
+    initial_model,
+    store_for,
+    wait_execution,
+)
+
+
+def _config(name: str, min_clients: int = 3) -> TaskConfig:
+    return TaskConfig.parse(
+        {
+            "task_name": name,
+            "mode": "sync",
+            "clients": list(CLIENTS),
+            "rounds": 1,
+            "min_clients": min_clients,
+        }
+    )
+
+
+def _no_pump(moto_server, prefix) -> EmbeddedStack:
+    """The real ASL and control handler, but no stream pump: the test hands runs over."""
+    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
+    return EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url, aggregate_handler=None)
+
+
+async def _updates(store, name):
+    return {u["client_id"]: u for u in await store.query_prefix(name, keys.UPDATE_PREFIX)}
+
+
+async def test_a_whole_round_in_one_run_is_accepted_and_closed_with_fedavg(moto_server, prefix):
+    async with _no_pump(moto_server, prefix) as stack:
+        # GIVEN a sync task's open round and every client's update written back to back
+        store, cfg, x0 = store_for(stack), _config("run-all"), initial_model()
+        arn = await start_task(store, stack.endpoints.state_machine_arn, cfg, x0)
+        clients = clients_for(stack)
+        records = [await c.submit(await first_notice(c)) for c in clients]
+        sks = [keys.update_sk(r.client_id, r.update_id, r.round_id) for r in records]
+        # WHEN the stream batch is decided as one run
+        decided = await decide_run(store, cfg.task_name, sks)
+        # THEN all three are accepted for version 1, and the round closes with their FedAvg
+        assert decided == 3
+        updates = await _updates(store, cfg.task_name)
+        assert {c: (u["verdict"], u["applied_version"]) for c, u in updates.items()} == {
+            c: ("accepted", 1) for c in CLIENTS
+        }
+        desc = await wait_execution(stack, arn)
+        assert desc["status"] == "SUCCEEDED"
+        expected = fedavg_by_hand([local_model(x0, i, 0) for i in range(3)], EXAMPLES)
+        got = codec.decode(await store.get_object(keys.global_key(cfg.task_name, 1)))
+        for name, value in expected.items():
+            np.testing.assert_array_equal(got[name], value)
+        # AND a redelivery of the same batch decides nothing twice
+        assert await decide_run(store, cfg.task_name, sks) == 0
+
+
+async def test_a_run_stops_at_a_bad_update_and_the_rest_goes_one_by_one(moto_server, prefix):
+    async with _no_pump(moto_server, prefix) as stack:
+        # GIVEN an open round where the middle update of the batch is mis-shaped
+        store, cfg, x0 = store_for(stack), _config("run-bad", min_clients=2), initial_model()
+        arn = await start_task(store, stack.endpoints.state_machine_arn, cfg, x0)
+        a, b, c = clients_for(stack)
+        bad = {"dense/kernel": np.zeros((3, 4), np.float32), "dense/bias": np.zeros(3, np.float32)}
+        records = [
+            await a.submit(await first_notice(a)),
+            await b.submit(await first_notice(b), bad),
+            await c.submit(await first_notice(c)),
+        ]
+        sks = [keys.update_sk(r.client_id, r.update_id, r.round_id) for r in records]
+        # WHEN the batch is decided as a run, then the rest one by one (as the handler does)
+        decided = await decide_run(store, cfg.task_name, sks)
+        assert decided == 1  # the prefix before the bad update
+        updates = await _updates(store, cfg.task_name)
+        assert "verdict" not in updates[b.client_id] and "verdict" not in updates[c.client_id]
+        for sk in sks[decided:]:
+            await on_update(store, cfg.task_name, sk)
+        # THEN the bad one is rejected with its reason and the round closes without it
+        updates = await _updates(store, cfg.task_name)
+        assert updates[a.client_id]["verdict"] == updates[c.client_id]["verdict"] == "accepted"
+        assert updates[b.client_id]["verdict"] == "rejected"
+        assert updates[b.client_id]["reason"] == "shape"
+        assert "dense/kernel" in updates[b.client_id]["detail"]
+        assert (await wait_execution(stack, arn))["status"] == "SUCCEEDED"
+        expected = fedavg_by_hand(
+            [local_model(x0, 0, 0), local_model(x0, 2, 0)], (EXAMPLES[0], EXAMPLES[2])
+        )
+        got = codec.decode(await store.get_object(keys.global_key(cfg.task_name, 1)))
+        for name, value in expected.items():
+            np.testing.assert_array_equal(got[name], value)
