@@ -10,6 +10,28 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+WsgiApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
+
+
+def serialize_dynamodb(app: WsgiApp) -> WsgiApp:
+    """moto's DynamoDB backend is not thread-safe, and its server answers each request on
+    its own thread: a TransactWriteItems deep-copies the table (its rollback snapshot)
+    while other threads write to it ("dictionary changed size during iteration"), and a
+    rollback would restore a snapshot that misses their writes. DynamoDB applies each
+    request atomically; one lock over DynamoDB and DynamoDB Streams requests restores
+    that here. Other services (an SQS long poll may wait 20 s) are not held up by it."""
+    lock = threading.Lock()
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith("DynamoDB"):
+            with lock:
+                return list(app(environ, start_response))  # the body, built under the lock
+        return app(environ, start_response)
+
+    return wrapped
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +46,7 @@ def main(argv: list[str]) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     # what moto's ThreadedMotoServer does, with the bind in this thread: a port in use
     # fails here, with its error, instead of leaving the parent waiting
-    app = DomainDispatcherApplication(create_backend_app)
+    app = serialize_dynamodb(DomainDispatcherApplication(create_backend_app))
     server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
     bound = int(server.server_address[1])
     # moto's Step Functions engine calls the other services at localhost:$MOTO_PORT
