@@ -48,7 +48,10 @@ async def run_client(
             with _workdir(cfg.work_dir) as workdir, progress or DISABLED as shown:
                 state = RunState(cfg, bound, trainer, data, workdir, shown, eval_data)
                 log.info("client.started", trainer=trainer.name, num_examples=len(data))
-                await _run(state, stop_event or asyncio.Event())
+                try:
+                    await _run(state, stop_event or asyncio.Event())
+                finally:
+                    state.close()
                 if state.report.outcome == "final":
                     await final_beat(state)
                 log.info(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from client.config import ClientConfig
 from client.data import Dataset
@@ -14,6 +17,8 @@ from client.ports import ClientPorts
 from client.progress import Progress
 from client.trainers.base import Trainer
 from fedasync.core.messages import GlobalModelNotice, UpdateRecord
+
+T = TypeVar("T")
 
 Phase = Literal["idle", "downloading", "training", "uploading", "stopped"]
 Outcome = Literal["final", "stopped"]
@@ -69,9 +74,25 @@ class RunState:
     phases: dict[str, Phase] = field(default_factory=dict)  # per stage: trainer, uploader
     version: int | None = None
     report: ClientReport = field(init=False)
+    # The silo's own training thread. Not the loop's shared default executor: its few
+    # threads are shared by everything in the process (several silos in the demo, the
+    # embedded stack's handlers), and a long fit there would hold up the others.
+    compute: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         self.report = ClientReport(self.cfg.task_name, self.cfg.client_id)
+        self.compute = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"fedasync-train-{self.cfg.client_id}"
+        )
+
+    async def in_compute(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` on the silo's training thread; the loop keeps running."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.compute, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Release the training thread (a fit in progress finishes on its own)."""
+        self.compute.shutdown(wait=False, cancel_futures=True)
 
     @property
     def phase(self) -> Phase:

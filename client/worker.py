@@ -29,19 +29,22 @@ _RETRY_DELAY_S = 0.5
 
 
 def update_id_for(client_id: str, notice: GlobalModelNotice) -> str:
-    """Deterministic per (task, client, version): a redelivered notice maps to one record.
+    """Deterministic per notice: a redelivered notice maps to one record.
 
     Sync records are keyed by round and client already; async records only by update
-    id, so the client id is part of it there.
+    id, so the client id is part of it there, with the notice's go-ahead (`seq`).
     """
     if notice.round_id is not None:
         return f"r{notice.round_id:08d}"
-    return f"{client_id}-b{notice.version:08d}"
+    base = f"{client_id}-b{notice.version:08d}"
+    return base if notice.seq is None else f"{base}-s{notice.seq:08d}"
 
 
-def training_seed(seed: int, client_id: str, version: int) -> int:
-    """Same inputs, same local model: a retried upload carries the very same bytes."""
-    digest = hashlib.sha256(f"{seed}:{client_id}:{version}".encode()).digest()
+def training_seed(seed: int, client_id: str, version: int, seq: int | None = None) -> int:
+    """Same inputs, same local model: a retried upload carries the very same bytes. A new
+    go-ahead on the same version (`seq`) is new work: a new seed, new shuffles."""
+    text = f"{seed}:{client_id}:{version}" + ("" if seq is None else f":{seq}")
+    digest = hashlib.sha256(text.encode()).digest()
     return int.from_bytes(digest[:4], "big")
 
 
@@ -78,9 +81,10 @@ async def prepare_update(state: RunState, held: Held) -> PendingUpload | None:
         state.phases["trainer"] = "downloading"
         weights = await download_global(state, notice)
         state.phases["trainer"] = "training"
-        trained, num_examples, metrics = await train(state, weights, notice.version)
+        trained, num_examples, metrics = await train(state, weights, notice)
         del weights  # at most the global and the local model in memory, never more
-        path = state.workdir / f"local-{notice.version:08d}.safetensors"
+        # named per update: the previous one may still be uploading from its own file
+        path = state.workdir / f"local-{update_id}.safetensors"
         sha = await asyncio.to_thread(
             codec.write_file, trained, path, f"local model v{notice.version}"
         )
@@ -132,22 +136,22 @@ async def download_global(state: RunState, notice: GlobalModelNotice) -> Weights
 
 
 async def train(
-    state: RunState, weights: Weights, version: int
+    state: RunState, weights: Weights, notice: GlobalModelNotice
 ) -> tuple[Weights, int, dict[str, float]]:
     """One `fit` per epoch in a worker thread: progress per epoch, and a stop request
     takes effect at the next epoch boundary instead of after the whole run."""
-    cfg, data = state.cfg, state.data
-    seed = training_seed(cfg.seed, cfg.client_id, version)
+    cfg, data, version = state.cfg, state.data, notice.version
+    seed = training_seed(cfg.seed, cfg.client_id, version, notice.seq)
     num_examples, metrics = len(data), {}
     with state.progress.bar(f"train v{version}", cfg.epochs, "epochs") as advance:
         for epoch in range(cfg.epochs):
-            result = await asyncio.to_thread(
+            result = await state.in_compute(
                 state.trainer.fit, weights, data.x, data.y, epochs=1, seed=seed + epoch
             )
             weights, num_examples, metrics = result.weights, result.num_examples, result.metrics
             advance(1)
     if state.eval_data is not None:
-        scores = await asyncio.to_thread(
+        scores = await state.in_compute(
             state.trainer.evaluate, weights, state.eval_data.x, state.eval_data.y
         )
         metrics = {**metrics, **scores}

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,10 @@ class _Pump:
         self.event_log = event_log if event_log is not None else EventLog()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The pump's own "container": one thread, as Lambda runs one batch of a shard at a
+        # time. Not the loop's default executor, whose few threads the process shares
+        # (the demo's silos train there too): a batch must not wait behind their work.
+        self._container = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pump-{name}")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"pump:{self._name}")
@@ -74,6 +79,7 @@ class _Pump:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._container.shutdown(wait=False, cancel_futures=True)
         log.info("pump.stopped", pump=self._name)
 
     async def _run(self) -> None:
@@ -87,10 +93,11 @@ class _Pump:
         """Deliver one event (twice under fault injection); return the last outcome."""
         outcome: dict[str, Any] | BaseException | None = None
         for _ in range(2 if self.options.deliver_twice else 1):
-            await asyncio.to_thread(self.event_log.append, self.source, event)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._container, self.event_log.append, self.source, event)
             context = LocalLambdaContext(function_name=self._name)
             try:
-                outcome = await asyncio.to_thread(self._handler, event, context)
+                outcome = await loop.run_in_executor(self._container, self._handler, event, context)
             except Exception as error:  # a handler crash is a failed batch, as in Lambda
                 log.warning("pump.handler_failed", pump=self._name, error=repr(error))
                 outcome = error
