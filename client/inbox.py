@@ -5,6 +5,8 @@ every message carrying the same notice joins one entry (so a duplicate never bec
 second update), a notice older than one already taken is superseded (its messages are
 deleted: a newer global exists, training on the old one would only add staleness), and
 the trainer always takes the newest waiting notice. A final notice outranks everything.
+In async mode a notice also carries the server's update count (`seq`): the same version
+with a newer seq is a newer notice, so a silo that has finished trains again at once.
 """
 
 from __future__ import annotations
@@ -34,17 +36,18 @@ class Held:
         return self.notice.version
 
 
-def _rank(notice: GlobalModelNotice) -> tuple[bool, int]:
-    return (notice.final, notice.version)
+def _rank(notice: GlobalModelNotice) -> tuple[bool, int, int]:
+    """Final first, then the newest version, then (async) the newest go-ahead on it."""
+    return (notice.final, notice.version, -1 if notice.seq is None else notice.seq)
 
 
 class Inbox:
     """Shared by the poller (offers), the trainer (takes) and the heartbeat (receipts)."""
 
     def __init__(self) -> None:
-        self._waiting: dict[tuple[bool, int], Held] = {}
-        self._active: dict[tuple[bool, int], Held] = {}
-        self._floor: tuple[bool, int] | None = None  # rank of the newest notice taken
+        self._waiting: dict[tuple[bool, int, int], Held] = {}
+        self._active: dict[tuple[bool, int, int], Held] = {}
+        self._floor: tuple[bool, int, int] | None = None  # rank of the newest notice taken
         self._changed = asyncio.Event()
 
     def offer(self, notice: GlobalModelNotice, receipt: str) -> Offer:

@@ -11,7 +11,14 @@ import json
 import math
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedasync.core import keys
 from fedasync.core.config import CLIENT_ID_PATTERN, TASK_NAME_PATTERN
@@ -19,7 +26,7 @@ from fedasync.core.errors import SchemaError, UnknownClientError
 
 SCHEMA_VERSION = 1
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
-UPDATE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+UPDATE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,80}$"
 
 
 class WireMessage(BaseModel):
@@ -76,11 +83,22 @@ class GlobalModelNotice(WireMessage):
     sha256: str = Field(pattern=SHA256_PATTERN)
     size_bytes: int = Field(ge=0)
     final: bool = False
+    # async: how many updates the server had absorbed when it announced this model. The
+    # version moves only when the global model does (FedBuff: every K updates), so the
+    # same version with a new seq is a new go-ahead: a silo trains again, not idles.
+    seq: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _seq_is_async(self) -> Self:
+        if self.seq is not None and self.mode != "async":
+            raise ValueError("seq is for async notices; a sync notice names its round_id")
+        return self
 
     @property
     def idempotency_key(self) -> str:
+        seq = f"#s{self.seq:08d}" if self.seq is not None else ""
         suffix = "#final" if self.final else ""
-        return f"{self.task_name}#v{self.version:08d}{suffix}"
+        return f"{self.task_name}#v{self.version:08d}{seq}{suffix}"
 
 
 class UpdateRecord(WireMessage):

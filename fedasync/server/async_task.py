@@ -45,7 +45,8 @@ async def open_task(store: ServerStore, view: TaskView, token: str) -> None:
     if not await store.update(op):
         log.info("task.open_ignored", reason="finished")
         return
-    await store.publish(view.notice(view.head_version), view.cfg.clients)
+    notice = view.notice(view.head_version, seq=view.state.absorbed)
+    await store.publish(notice, view.cfg.clients)
     log.info("task.opened", version=view.head_version)
 
 
@@ -290,7 +291,10 @@ async def after_accept(
         int(item.get("applied_version", -1)) == view.head_version
         and int(item.get("seq", -1)) == view.state.absorbed
     ):
-        effects.append(store.publish(view.notice(view.head_version), view.cfg.clients))
+        # every accepted update is a go-ahead, also when the version stays (FedBuff
+        # between buffer flushes): a silo that has finished trains again on the head
+        notice = view.notice(view.head_version, seq=view.state.absorbed)
+        effects.append(store.publish(notice, view.cfg.clients))
     await asyncio.gather(*effects)
     reason = stop_reason(
         view.state, view.cfg, metric=metric_for_stop(view.cfg, view.latest_metrics)

@@ -73,8 +73,12 @@ class TaskView:
     def task_name(self) -> str:
         return self.cfg.task_name
 
-    def notice(self, version: int, *, final: bool = False) -> GlobalModelNotice:
-        """The notice for `version` (the head; or the final model once the task ended)."""
+    def notice(
+        self, version: int, *, final: bool = False, seq: int | None = None
+    ) -> GlobalModelNotice:
+        """The notice for `version` (the head; or the final model once the task ended).
+
+        `seq` (async): the updates absorbed so far; see `GlobalModelNotice.seq`."""
         name = self.cfg.task_name
         return GlobalModelNotice(
             task_name=name,
@@ -85,4 +89,5 @@ class TaskView:
             sha256=self.head_sha256,
             size_bytes=self.head_size,
             final=final,
+            seq=seq,
         )

@@ -35,12 +35,13 @@ def test_parts_below_the_s3_minimum_are_refused():
         ClientConfig(task_name="d", client_id="c", part_size=MIN_PART_BYTES - 1)
 
 
-def _notice(version: int, round_id: int | None) -> GlobalModelNotice:
+def _notice(version: int, round_id: int | None, seq: int | None = None) -> GlobalModelNotice:
     return GlobalModelNotice(
         task_name="digits",
         mode="sync" if round_id is not None else "async",
         version=version,
         round_id=round_id,
+        seq=seq,
         s3_key="k",
         sha256="ab" * 32,
         size_bytes=1,
@@ -52,22 +53,32 @@ def test_update_ids_are_stable_per_client_and_version_and_valid_record_keys():
     assert update_id_for("bank-3", _notice(4, 4)) == "r00000004"
     # async: the sort key is the update id alone, so it names the client
     assert update_id_for("bank-3", _notice(4, None)) == "bank-3-b00000004"
+    # async with the server's go-ahead count: a second update on the same version differs
+    assert update_id_for("bank-3", _notice(4, None, 9)) == "bank-3-b00000004-s00000009"
+    assert update_id_for("bank-3", _notice(4, None, 10)) != update_id_for(
+        "bank-3", _notice(4, None, 9)
+    )
     longest = "c" * 48
     record = UpdateRecord(
         task_name="digits",
         client_id=longest,
-        update_id=update_id_for(longest, _notice(7, None)),
+        update_id=update_id_for(longest, _notice(7, None, 99_999_999)),
         base_version=7,
         s3_key="k",
         sha256="ab" * 32,
         size_bytes=1,
         num_examples=1,
     )
-    assert record.sk == f"UPDATE#{longest}-b00000007"
+    assert record.sk == f"UPDATE#{longest}-b00000007-s99999999"
 
 
-def test_training_seed_depends_on_seed_client_and_version_only():
+def test_training_seed_depends_on_seed_client_version_and_go_ahead_only():
     assert training_seed(0, "a", 1) == training_seed(0, "a", 1)
+    assert training_seed(0, "a", 1, 3) == training_seed(0, "a", 1, 3)
+    assert (
+        len({training_seed(0, "a", 1), training_seed(0, "a", 1, 3), training_seed(0, "a", 1, 4)})
+        == 3
+    )
     assert (
         len(
             {

@@ -10,11 +10,14 @@ from client.inbox import Inbox, Offer
 from fedasync.core.messages import GlobalModelNotice
 
 
-def _notice(version: int, *, final: bool = False, mode: str = "async") -> GlobalModelNotice:
+def _notice(
+    version: int, *, final: bool = False, mode: str = "async", seq: int | None = None
+) -> GlobalModelNotice:
     return GlobalModelNotice(
         task_name="digits",
         mode=mode,
         version=version,
+        seq=seq,
         s3_key=f"digits/global/{version:08d}.safetensors",
         sha256="ab" * 32,
         size_bytes=10,
@@ -83,3 +86,26 @@ async def test_same_version_in_sync_and_async_is_one_entry(mode):
     inbox = Inbox()
     inbox.offer(_notice(2, mode=mode), "x")
     assert inbox.offer(_notice(2, mode=mode), "y") is Offer.JOINED
+
+
+async def test_a_new_go_ahead_on_the_same_version_is_new_work_and_the_newest_wins():
+    # GIVEN the trainer took version 5 at the server's 10th update (FedBuff: the version
+    # only moves every K updates)
+    inbox = Inbox()
+    inbox.offer(_notice(5, seq=10), "s10")
+    held, _ = await inbox.take_newest()
+    inbox.finish(held)
+    # WHEN later go-aheads on the same version arrive, one of them twice
+    assert inbox.offer(_notice(5, seq=10), "s10-again") is Offer.DONE
+    assert inbox.offer(_notice(5, seq=11), "s11") is Offer.NEW
+    assert inbox.offer(_notice(5, seq=12), "s12") is Offer.NEW
+    assert inbox.offer(_notice(5, seq=12), "s12-dup") is Offer.JOINED
+    # THEN the trainer goes again on the newest, and the older go-ahead is superseded
+    held, superseded = await inbox.take_newest()
+    assert (held.version, held.notice.seq, held.receipts) == (5, 12, ["s12", "s12-dup"])
+    assert [h.notice.seq for h in superseded] == [11]
+    # AND once a new version is taken, any go-ahead on the old one is done at once
+    assert inbox.offer(_notice(6, seq=13), "v6") is Offer.NEW
+    held, _ = await inbox.take_newest()
+    assert (held.version, held.notice.seq) == (6, 13)
+    assert inbox.offer(_notice(5, seq=14), "late") is Offer.DONE

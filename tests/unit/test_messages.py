@@ -85,3 +85,29 @@ def test_notice_and_heartbeat_keys():
     assert beat.sk == "HEARTBEAT#a"
     assert beat.alive_at(159.0)
     assert not beat.alive_at(160.0)
+
+
+def test_an_async_notice_key_names_its_go_ahead_and_a_sync_one_may_not_carry_one():
+    base = {
+        "task_name": "digits",
+        "version": 7,
+        "s3_key": "digits/global/00000007.safetensors",
+        "sha256": "ab" * 32,
+        "size_bytes": 1,
+    }
+    notice = GlobalModelNotice(mode="async", seq=12, **base)
+    assert notice.idempotency_key == "digits#v00000007#s00000012"
+    assert GlobalModelNotice.parse(notice.to_json()) == notice
+    with pytest.raises(SchemaError, match="seq is for async notices"):
+        GlobalModelNotice.parse(
+            json.dumps(
+                {
+                    **base,
+                    "mode": "sync",
+                    "round_id": 7,
+                    "seq": 1,
+                    "kind": "global_model",
+                    "schema_version": 1,
+                }
+            )
+        )
