@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import time
 from typing import Any
 
 import structlog
 
 from fedasync.core import codec, keys
-from fedasync.core.codec import Weights
 from fedasync.core.decisions import (
     VERDICT_ATTRIBUTES,
     close_outcome,
@@ -19,7 +18,6 @@ from fedasync.core.decisions import (
 )
 from fedasync.core.errors import ChecksumMismatchError
 from fedasync.core.fedavg import FedAvgAccumulator
-from fedasync.core.messages import UpdateRecord
 from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
@@ -127,36 +125,29 @@ async def _aggregate(
         for item in await store.get_items(view.task_name, members)
     ]
 
-    async def load(record: UpdateRecord) -> Weights:
-        """The update as validated at its verdict: from the cache, or read and re-checked
-        (an object rewritten since its verdict must not slip into the global model)."""
-        cached = CACHE.get(record.sha256)
-        if cached is not None:
-            return cached
-        data = await store.get_object(record.s3_key, max_bytes=view.cfg.max_model_bytes)
-        if codec.sha256_bytes(data) != record.sha256:
-            raise ChecksumMismatchError(
-                f"{describe(record)}: object {record.s3_key!r} changed after the update was "
-                f"accepted (SHA-256 no longer {record.sha256}); round {round_id} cannot be "
-                "aggregated from it"
-            )
-        return codec.decode(data, who=record.sk)
-
-    # one model ahead: the next read overlaps this one's fold, and at most two models
-    # are held besides the accumulator
-    ahead: asyncio.Task[Weights] | None = None
-    try:
-        for index, record in enumerate(records):
-            current = ahead or asyncio.ensure_future(load(record))
-            ahead = (
-                asyncio.ensure_future(load(records[index + 1]))
-                if index + 1 < len(records)
-                else None
-            )
-            acc.add(await current, record.num_examples, who=record.sk)
-    finally:
-        if ahead is not None and not ahead.done():
-            ahead.cancel()
+    # the updates as validated at their verdicts: from the cache (held here, so no
+    # eviction can take them midway), or read again, a few ahead, and re-checked (an
+    # object rewritten since its verdict must not slip into the global model)
+    cached = {record.sha256: CACHE.get(record.sha256) for record in records}
+    missing = [record for record in records if cached[record.sha256] is None]
+    objects = store.iter_objects(
+        [record.s3_key for record in missing], max_bytes=view.cfg.max_model_bytes
+    )
+    async with contextlib.aclosing(objects):
+        for record in records:
+            weights = cached[record.sha256]
+            if weights is None:
+                data = await anext(objects)
+                if codec.sha256_bytes(data) != record.sha256:
+                    raise ChecksumMismatchError(
+                        f"{describe(record)}: object {record.s3_key!r} changed after the "
+                        f"update was accepted (SHA-256 no longer {record.sha256}); round "
+                        f"{round_id} cannot be aggregated from it"
+                    )
+                weights = codec.decode(data, who=record.sk)
+                del data
+            acc.add(weights, record.num_examples, who=record.sk)
+            del weights
     new_version = round_id + 1
     blob = codec.encode(acc.result())
     sha = codec.sha256_bytes(blob)

@@ -6,9 +6,11 @@ after a crash finds the work done instead of doing it twice.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,6 +176,32 @@ class ServerStore:
             raise PayloadTooLargeError(f"object {key!r} is {size} bytes; the limit is {max_bytes}")
         async with resp["Body"] as body:
             return bytes(await body.read())
+
+    async def iter_objects(
+        self, keys: Sequence[str], *, max_bytes: int | None = None, ahead: int = 4
+    ) -> AsyncGenerator[bytes, None]:
+        """The objects at `keys`, in order, with up to `ahead` reads in flight: the reads
+        overlap the caller's work on earlier ones, and memory stays bounded. A failed read
+        raises at its position. Use with `contextlib.aclosing` when stopping early."""
+        pending: deque[asyncio.Task[bytes]] = deque()
+        queue = iter(keys)
+        try:
+            for key in queue:
+                pending.append(asyncio.ensure_future(self.get_object(key, max_bytes)))
+                if len(pending) >= ahead:
+                    break
+            while pending:
+                data = await pending.popleft()
+                following = next(queue, None)
+                if following is not None:
+                    pending.append(asyncio.ensure_future(self.get_object(following, max_bytes)))
+                yield data
+                del data
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:  # collect them, so no "exception was never retrieved" is left behind
+                await asyncio.gather(*pending, return_exceptions=True)
 
     async def put_object(self, key: str, data: bytes, sha256: str) -> None:
         s3 = await self.aws.s3()

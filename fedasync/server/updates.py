@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -92,8 +93,7 @@ async def _accept_round_run(store: ServerStore, view: TaskView, sks: Sequence[st
     round_id = view.head_version
     round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
     claimed = bool(round_item.get("members") or round_item.get("closed"))
-    base: Any = None
-    accepted: list[tuple[UpdateRecord, dict[str, Any]]] = []
+    candidates: list[tuple[UpdateRecord, dict[str, Any]]] = []
     for update in await store.get_items(view.task_name, list(sks)):
         if update is None or update.get("verdict"):
             break
@@ -102,15 +102,22 @@ async def _accept_round_run(store: ServerStore, view: TaskView, sks: Sequence[st
             check_sender(record, view.cfg)
             check_round(record, view.head_version, claimed)
             check_running(view.status, view.finished, record)
-            if base is None:
-                base = await _base_for_norm(store, view, record)
-            data = await store.get_object(record.s3_key, max_bytes=view.cfg.max_model_bytes)
-            weights = load_payload(data, record, view.spec, view.cfg, base=base)
-            del data
         except FedAsyncError:
             break  # the one-by-one path records the rejection with its reason
-        accepted.append((record, update))
-        CACHE.put(record.sha256, weights)  # the round's close folds these moments later
+        candidates.append((record, update))
+    accepted: list[tuple[UpdateRecord, dict[str, Any]]] = []
+    base = await _base_for_norm(store, view, candidates[0][0]) if candidates else None
+    objects = store.iter_objects(
+        [record.s3_key for record, _ in candidates], max_bytes=view.cfg.max_model_bytes
+    )
+    async with contextlib.aclosing(objects):
+        for record, update in candidates:
+            try:
+                weights = load_payload(await anext(objects), record, view.spec, view.cfg, base=base)
+            except FedAsyncError:
+                break
+            accepted.append((record, update))
+            CACHE.put(record.sha256, weights)  # the round's close folds these moments later
     if not accepted:
         return 0
     verdict = {"verdict": "accepted", "applied_version": round_id + 1, "decided_at": time.time()}
@@ -133,7 +140,8 @@ async def _accept_round_run(store: ServerStore, view: TaskView, sks: Sequence[st
             round_id=round_id,
             num_examples=record.num_examples,
         )
-    await _after(store, view.task_name, {**accepted[-1][1], **verdict})
+    # verdicts leave the TASK item as it was read: no need to read it again
+    await rounds.maybe_complete(store, view, round_id)
     return len(accepted)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
@@ -104,3 +105,50 @@ async def test_a_run_stops_at_a_bad_update_and_the_rest_goes_one_by_one(moto_ser
         got = codec.decode(await store.get_object(keys.global_key(cfg.task_name, 1)))
         for name, value in expected.items():
             np.testing.assert_array_equal(got[name], value)
+
+
+async def _tamper(stack, client, record) -> None:
+    """The silo rewrites its accepted object (its own prefix: its policy allows the put)."""
+    s3 = await stack.aws.s3()
+    forged = {"dense/kernel": np.full((4, 3), 9, np.float32), "dense/bias": np.ones(3, np.float32)}
+    await s3.put_object(Bucket=client.bucket, Key=record.s3_key, Body=codec.encode(forged))
+
+
+async def test_an_object_rewritten_after_its_verdict_never_enters_the_global_model(
+    moto_server, prefix
+):
+    from fedasync.core.errors import ChecksumMismatchError
+    from fedasync.server.cache import CACHE
+
+    async with _no_pump(moto_server, prefix) as stack:
+        # GIVEN a round where the first update is accepted, and its silo then rewrites it
+        store, cfg, x0 = store_for(stack), _config("run-rewrite"), initial_model()
+        await start_task(store, stack.endpoints.state_machine_arn, cfg, x0)
+        clients = clients_for(stack)
+        records = [await c.submit(await first_notice(c)) for c in clients]
+        sks = [keys.update_sk(r.client_id, r.update_id, r.round_id) for r in records]
+        assert await decide_run(store, cfg.task_name, sks[:1]) == 1
+        await _tamper(stack, clients[0], records[0])
+        # WHEN the round closes on a container that validated it (warm cache)
+        assert await decide_run(store, cfg.task_name, sks[1:]) == 2
+        # THEN version 1 is the FedAvg of the models as accepted, not of the rewrite
+        expected = fedavg_by_hand([local_model(x0, i, 0) for i in range(3)], EXAMPLES)
+        got = codec.decode(await store.get_object(keys.global_key(cfg.task_name, 1)))
+        for name, value in expected.items():
+            np.testing.assert_array_equal(got[name], value)
+
+    async with _no_pump(moto_server, f"{prefix}c") as stack:
+        # AND on a cold container the close reads the object again, finds the SHA-256
+        # changed and refuses to aggregate: the head stays where it was
+        store, cfg, x0 = store_for(stack), _config("run-rewrite-cold"), initial_model()
+        await start_task(store, stack.endpoints.state_machine_arn, cfg, x0)
+        clients = clients_for(stack)
+        records = [await c.submit(await first_notice(c)) for c in clients]
+        sks = [keys.update_sk(r.client_id, r.update_id, r.round_id) for r in records]
+        await on_update(store, cfg.task_name, sks[0])  # the one-by-one path caches it too
+        await _tamper(stack, clients[0], records[0])
+        CACHE.clear()
+        with pytest.raises(ChecksumMismatchError, match="changed after the update was accepted"):
+            await decide_run(store, cfg.task_name, sks[1:])
+        task = await store.get_task(cfg.task_name)
+        assert task["head_version"] == 0
