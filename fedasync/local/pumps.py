@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,32 +54,69 @@ class _Pump:
         options: PumpOptions,
         event_log: EventLog | None,
     ) -> None:
-        self._aws = aws
+        self._where = aws  # the endpoint and region; the pump opens its own clients
         self._handler = handler
         self._name = name
         self.options = options
         self.event_log = event_log if event_log is not None else EventLog()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._own_aws: AwsContext | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
         # The pump's own "container": one thread, as Lambda runs one batch of a shard at a
         # time. Not the loop's default executor, whose few threads the process shares
         # (the demo's silos train there too): a batch must not wait behind their work.
         self._container = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pump-{name}")
 
+    @property
+    def aws(self) -> AwsContext:
+        """The pump's own clients, on its own loop."""
+        if self._own_aws is None:
+            raise RuntimeError(f"pump {self._name!r} is not running")
+        return self._own_aws
+
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"pump:{self._name}")
+        """Run on a thread and event loop of its own, as Lambda's pollers run apart from
+        whatever writes to their sources: a busy caller loop (the demo's silos share one)
+        does not delay the pump's reads, and its reads do not load the caller's loop."""
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._serve(),), name=f"pump-loop-{self._name}", daemon=True
+        )
+        self._thread.start()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            async with AwsContext(self._where.endpoint_url, self._where.region) as aws:
+                self._own_aws = aws
+                self._task = asyncio.create_task(self._run(), name=f"pump:{self._name}")
+                self._ready.set()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:
+                    log.exception("pump.crashed", pump=self._name)
+        finally:
+            self._ready.set()
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Let the batch in flight finish (up to grace_s), then cancel the task."""
-        self._stopping.set()
-        if self._task is None:
+        """Let the batch in flight finish (up to grace_s), then cancel the pump."""
+        thread = self._thread
+        if thread is None:
             return
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(self._task), grace_s)
-        if not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await asyncio.to_thread(self._ready.wait, grace_s)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._stopping.set)
+        await asyncio.to_thread(thread.join, grace_s)
+        if thread.is_alive() and loop is not None and self._task is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._task.cancel)
+            await asyncio.to_thread(thread.join, grace_s)
         self._container.shutdown(wait=False, cancel_futures=True)
         log.info("pump.stopped", pump=self._name)
 
@@ -140,7 +178,7 @@ class StreamPump(_Pump):
         self._on_failure = on_failure
 
     async def _run(self) -> None:
-        streams = await self._aws.dynamodbstreams()
+        streams = await self.aws.dynamodbstreams()
         described = await streams.describe_stream(StreamArn=self.stream_arn)
         shards = [s["ShardId"] for s in described["StreamDescription"]["Shards"]]
         # moto keeps one shard per table; several would each keep their own order
@@ -159,7 +197,7 @@ class StreamPump(_Pump):
         while iterator and not self._stopping.is_set():
             page = await streams.get_records(ShardIterator=iterator, Limit=self.options.batch_size)
             records = [
-                stream_record(r, self.stream_arn, self._aws.region) for r in page.get("Records", [])
+                stream_record(r, self.stream_arn, self.aws.region) for r in page.get("Records", [])
             ]
             if records:
                 await self._process(records, shard_id, attempt=0)
@@ -241,7 +279,7 @@ class QueuePump(_Pump):
         self._wait_time_s = wait_time_s
 
     async def _run(self) -> None:
-        sqs = await self._aws.sqs()
+        sqs = await self.aws.sqs()
         attrs = await sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
         queue_arn = attrs["Attributes"]["QueueArn"]
         while not self._stopping.is_set():
@@ -254,7 +292,7 @@ class QueuePump(_Pump):
             )
             messages = page.get("Messages", [])
             if messages:
-                records = [sqs_record(dict(m), queue_arn, self._aws.region) for m in messages]
+                records = [sqs_record(dict(m), queue_arn, self.aws.region) for m in messages]
                 await self._settle(sqs, records)
 
     async def _settle(self, sqs: Any, records: list[dict[str, Any]]) -> None:

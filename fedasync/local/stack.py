@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import json
 import os
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -105,7 +106,7 @@ class EmbeddedStack:
                 load_handler(aggregate),
                 options=self._options,
                 event_log=self.event_log,
-                on_failure=self._send_failure,
+                on_failure=self._failure_sink(),
             )
             self.stream_pump.start()
         if control is not None:
@@ -133,6 +134,17 @@ class EmbeddedStack:
         if self._server is not None:
             await asyncio.to_thread(self._server.stop)
             self._server = None
+
+    def _failure_sink(self) -> Callable[[dict[str, Any]], Awaitable[None]]:
+        """The pump runs on its own loop; the stack's clients live on this one."""
+        loop = asyncio.get_running_loop()
+
+        def sink(info: dict[str, Any]) -> Awaitable[None]:
+            return asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(self._send_failure(info), loop)
+            )
+
+        return sink
 
     async def _send_failure(self, info: dict[str, Any]) -> None:
         # As Lambda's on-failure destination does: the batch's coordinates, not its records
