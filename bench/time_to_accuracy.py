@@ -28,25 +28,31 @@ Three measurements, each printed next to a baseline measured in the same run:
    same arrays (`codec.decode` of the update, `absorb`, `codec.encode` of the new
    global/buffer), so `ratio` shows what the I/O and orchestration cost. Target >= 20/s.
 
-Results (medians), measured on 2026-11-25 on a 2-core machine (shared with other jobs,
-so expect +-25 % run to run), `--seeds 5`:
+Results (medians), 2-core machine shared with other jobs (expect +-25 % run to run),
+`--seeds 5`. "first" is the server as of commit 942f646; "11-25" the first session's
+end (3105e12); "11-26" this one:
 
-    figure                           before        after              target
-    tta0.90 sync FedAvg              -             17.5 s (5/5)
-    tta0.90 FedAsync                 -             12.4 s (5/5), 0.71x sync
-    tta0.90 FedBuff                  never         never (1/5 seeds)  <= 0.33x sync
-      after the demo set FedBuff's eta = K/N: sync 16.2 s, FedAsync 15.2 s (0.94x),
-      FedBuff 16.0 s (0.99x), every seed reaching 0.90
-    sync round overhead, 10 clients  2.45 s/round  1.00 s/round       <= 0.25 s
+    figure                           first         11-25          11-26           target
+    tta0.90 sync FedAvg              -             16.2 s         11.6 s
+    tta0.90 FedAsync                 -             15.2 s, 0.94x  5.45 s, 0.47x
+    tta0.90 FedBuff                  never         16.0 s, 0.99x  5.81 s, 0.50x   <= 0.33x
+    sync round overhead, 10 clients  2.45 s/round  1.00 s/round   0.36-0.40 s     <= 0.25 s
                                      (plain loop baseline: 0.0007 s/round)
-    absorb FedAsync 1M params        6.3 upd/s     20.0 upd/s alone, 14.1 in the full run
-    absorb FedBuff 1M params         4.6 upd/s     24.4 upd/s alone, 18.2 in the full run
+    absorb FedAsync 1M, full run     6.3 upd/s     14.1 upd/s     21.3 upd/s      >= 20/s
+    absorb FedBuff 1M, full run      4.6 upd/s     18.2 upd/s     27.0 upd/s      >= 20/s
                                      (pure core baseline: 115-170 upd/s)
 
-"before" is the server as of commit 942f646 run with this bench (the overhead figure
-then came from wall / rounds, slightly pessimistic). FedBuff at eta = 1 climbed to ~0.86
-and then drifted away (N/K server steps of a full step each per round of work); the demo
-now uses eta = K/N.
+What moved the 11-26 figures: one straggler draw per update (it was one per epoch), each
+silo training on its own thread and each pump on its own thread and loop (the loop's
+6-thread default executor had 10 silos' fits and the handlers queued behind each other),
+moto in a child process, sync rounds decided per stream batch, and in async mode every
+accepted update is a go-ahead (a silo trains again on the head instead of waiting for the
+version to move). Sync's own figure moved too (16.2 -> 11.6 s), so the ratios compare
+against a faster baseline. What is left of a sync round is mostly the silos' requests:
+the demo's 10 silos share one event loop, whose requests then take 20-45 ms (median)
+against 3-10 ms from the handler's loop. FedBuff needs about 1.5-2x the client updates
+sync needs to reach 0.90 on this split (eta = K/N; K = 3 or 10 and eta = 1 tried on
+seeds 10-12, none better), which is what keeps it above 0.33x.
 """
 
 from __future__ import annotations

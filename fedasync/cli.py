@@ -37,7 +37,7 @@ def demo(
     rounds: Annotated[int, typer.Option(min=1, help="Sync rounds.")] = 10,
     max_versions: Annotated[
         int, typer.Option(min=1, help="Async: stop at this global version.")
-    ] = 40,
+    ] = 60,
     trainer: Annotated[str, typer.Option(help="numpy (softmax regression) or keras.")] = "numpy",
     stragglers: Annotated[
         str | None, typer.Option(help="lognormal:SIGMA slows each update by a seeded factor.")

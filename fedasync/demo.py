@@ -46,7 +46,7 @@ class DemoOptions:
     strategy: str | None = None
     clients: int = 5
     rounds: int = 10
-    max_versions: int = 40
+    max_versions: int = 60
     trainer: str = "numpy"
     stragglers_sigma: float | None = None
     # digits trains in milliseconds; real silos take seconds. A nominal compute time per

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from botocore.exceptions import ClientError
 
 from fedasync.aws.session import AwsContext
@@ -43,7 +44,7 @@ async def test_writes_racing_failed_transactions_are_never_lost(
             await ddb.put_item(TableName=table, Item={"pk": {"S": f"item-{i:04d}"}})
 
         async def failing_transaction(i: int) -> None:
-            try:
+            with pytest.raises(ClientError) as caught:
                 await ddb.transact_write_items(
                     TransactItems=[
                         {
@@ -61,8 +62,8 @@ async def test_writes_racing_failed_transactions_are_never_lost(
                         {"Put": {"TableName": table, "Item": {"pk": {"S": f"tx-{i:04d}"}}}},
                     ]
                 )
-            except ClientError as exc:
-                assert exc.response["Error"]["Code"] == "TransactionCanceledException"
+            # cancelled by its condition, not a server error
+            assert caught.value.response["Error"]["Code"] == "TransactionCanceledException"
 
         # WHEN plain writes and failing transactions run at the same time
         writes = 300

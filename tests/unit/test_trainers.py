@@ -114,3 +114,23 @@ def test_keras_trainer_has_the_numpy_trainers_tensor_names_and_learns(digits):
     assert keras_trainer.evaluate(np_weights, train.x, train.y)["accuracy"] == pytest.approx(
         np_score, abs=1e-3
     )
+
+
+def test_straggler_delay_is_one_lognormal_draw_per_update_spread_over_its_epochs(monkeypatch):
+    import math
+    import random
+
+    import fedasync.demo as demo
+
+    slept: list[float] = []
+    monkeypatch.setattr(demo.time, "sleep", slept.append)
+    inner = get_trainer("numpy")
+    straggler = demo.StragglerTrainer(inner, sigma=1.0, seed=7, base_s=0.5, fits_per_update=2)
+    w = inner.init_weights(0)
+    x = np.zeros((4, 64), np.float32)
+    y = np.array([0, 1, 2, 3])
+    for epoch in range(6):  # three updates of two epochs each
+        straggler.fit(w, x, y, epochs=1, seed=epoch)
+    rng = random.Random(7)
+    expected = [0.5 * math.exp(rng.gauss(0.0, 1.0)) for _ in range(3)]
+    assert slept == pytest.approx([d / 2 for d in expected for _ in range(2)])
