@@ -34,6 +34,43 @@ def serialize_dynamodb(app: WsgiApp) -> WsgiApp:
     return wrapped
 
 
+def snapshot_tables_once() -> None:
+    """moto's TransactWriteItems deep-copies the whole table (its items and its stream)
+    as a rollback snapshot once per operation of the transaction, before applying any:
+    the copies are identical and only one is kept. Take it once per table instead: the
+    same rollback, and a transaction of n operations costs one copy, not n (measured: the
+    copies were most of moto's CPU in a long async run, and grow with the table)."""
+    import copy
+
+    from moto.dynamodb import models
+    from moto.dynamodb.models.table import Table
+
+    class _CopyOncePerTable:
+        """Stands in for the `copy` module inside moto's DynamoDB backend."""
+
+        snapshots: dict[int, Any] | None = None  # per transaction (requests are serialized)
+
+        @classmethod
+        def deepcopy(cls, value: Any, memo: Any = None) -> Any:
+            if cls.snapshots is None or not isinstance(value, Table):
+                return copy.deepcopy(value, memo)
+            if id(value) not in cls.snapshots:
+                cls.snapshots[id(value)] = copy.deepcopy(value, memo)
+            return cls.snapshots[id(value)]
+
+    original = models.DynamoDBBackend.transact_write_items
+
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        _CopyOncePerTable.snapshots = {}
+        try:
+            original(self, transact_items)
+        finally:
+            _CopyOncePerTable.snapshots = None
+
+    models.copy = _CopyOncePerTable  # type: ignore[assignment,attr-defined]
+    models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
 def main(argv: list[str]) -> int:
     host, port = argv[0], int(argv[1])
     from moto.moto_server.werkzeug_app import (
@@ -44,6 +81,7 @@ def main(argv: list[str]) -> int:
     from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    snapshot_tables_once()  # safe only with DynamoDB requests serialized (below)
     # what moto's ThreadedMotoServer does, with the bind in this thread: a port in use
     # fails here, with its error, instead of leaving the parent waiting
     app = serialize_dynamodb(DomainDispatcherApplication(create_backend_app))

@@ -47,6 +47,8 @@ async def test_writes_racing_failed_transactions_are_never_lost(
             with pytest.raises(ClientError) as caught:
                 await ddb.transact_write_items(
                     TransactItems=[
+                        # applied first, then undone when the next one fails
+                        {"Put": {"TableName": table, "Item": {"pk": {"S": f"tx-{i:04d}"}}}},
                         {
                             "Update": {
                                 "TableName": table,
@@ -59,7 +61,6 @@ async def test_writes_racing_failed_transactions_are_never_lost(
                                 },
                             }
                         },
-                        {"Put": {"TableName": table, "Item": {"pk": {"S": f"tx-{i:04d}"}}}},
                     ]
                 )
             # cancelled by its condition, not a server error
