@@ -12,7 +12,6 @@ import contextlib
 import inspect
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,10 +64,6 @@ class _Pump:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
-        # The pump's own "container": one thread, as Lambda runs one batch of a shard at a
-        # time. Not the loop's default executor, whose few threads the process shares
-        # (the demo's silos train there too): a batch must not wait behind their work.
-        self._container = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pump-{name}")
 
     @property
     def aws(self) -> AwsContext:
@@ -80,7 +75,8 @@ class _Pump:
     def start(self) -> None:
         """Run on a thread and event loop of its own, as Lambda's pollers run apart from
         whatever writes to their sources: a busy caller loop (the demo's silos share one)
-        does not delay the pump's reads, and its reads do not load the caller's loop."""
+        does not delay the pump's reads, and its reads do not load the caller's loop. The
+        handler runs on that loop's own worker threads, shared with nothing else."""
         self._thread = threading.Thread(
             target=asyncio.run, args=(self._serve(),), name=f"pump-loop-{self._name}", daemon=True
         )
@@ -117,7 +113,6 @@ class _Pump:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._task.cancel)
             await asyncio.to_thread(thread.join, grace_s)
-        self._container.shutdown(wait=False, cancel_futures=True)
         log.info("pump.stopped", pump=self._name)
 
     async def _run(self) -> None:
@@ -131,11 +126,10 @@ class _Pump:
         """Deliver one event (twice under fault injection); return the last outcome."""
         outcome: dict[str, Any] | BaseException | None = None
         for _ in range(2 if self.options.deliver_twice else 1):
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._container, self.event_log.append, self.source, event)
+            await asyncio.to_thread(self.event_log.append, self.source, event)
             context = LocalLambdaContext(function_name=self._name)
             try:
-                outcome = await loop.run_in_executor(self._container, self._handler, event, context)
+                outcome = await asyncio.to_thread(self._handler, event, context)
             except Exception as error:  # a handler crash is a failed batch, as in Lambda
                 log.warning("pump.handler_failed", pump=self._name, error=repr(error))
                 outcome = error
