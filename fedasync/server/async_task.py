@@ -240,15 +240,14 @@ async def absorb_update(
 async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
     """Absorb a run of one async task's new update records (stream order) with one commit.
 
-    Byte for byte what one invocation per record would do, with one TASK read (`view`),
-    one transaction and one round of effects for the run. Stops before the first record
-    that is decided already, would be rejected, or comes after a stop condition; returns
-    how many it decided (a prefix: the caller hands the rest to `on_update`, one by one).
+    Byte for byte what one invocation per record would do, with one TASK read (`view`,
+    of a running task: `updates.decide_run` checks that and the run's length), one
+    transaction and one round of effects for the run. Stops before the first record that
+    is decided already, would be rejected, or comes after a stop condition; returns how
+    many it decided (a prefix: the caller hands the rest to `on_update`, one by one).
     """
     task_name = view.task_name
-    if len(sks) > MAX_RUN or view.cfg.mode != "async" or view.finished:
-        return 0
-    if view.status in ("SUCCEEDED", "FAILED"):
+    if view.cfg.mode != "async":
         return 0
     head, decided = _Head.of(view), []
     last: dict[str, Any] = {}
