@@ -175,8 +175,7 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
     spec = StackSpec(clients=tuple(ClientSpec(client_id=c) for c in cfg.clients))
     trainer = get_trainer(opts.trainer)
     # the data is ready before the clock starts: loading it is not the federation's time
-    silos = await asyncio.to_thread(_silo_data, opts)
-    test = await asyncio.to_thread(_test_split, opts)
+    silos, test = await asyncio.to_thread(_demo_data, opts)
     async with EmbeddedStack(spec, event_log_path=deliveries_path) as stack:
         e = stack.endpoints
         store = ServerStore(stack.aws, Where(table=e.table, bucket=e.bucket, topic_arn=e.topic_arn))
@@ -233,15 +232,13 @@ def _self_check(ledger: list[dict[str, Any]], objects: Path) -> dict[str, Any]:
     }
 
 
-def _silo_data(opts: DemoOptions) -> list[Dataset]:
-    return [
-        demo_silo(i, opts.clients, alpha=opts.dirichlet_alpha, seed=opts.seed)[0]
+def _demo_data(opts: DemoOptions) -> tuple[list[Dataset], Dataset]:
+    """Each silo's share of the digits training split, and the shared held-out split."""
+    splits = [
+        demo_silo(i, opts.clients, alpha=opts.dirichlet_alpha, seed=opts.seed)
         for i in range(opts.clients)
     ]
-
-
-def _test_split(opts: DemoOptions) -> Dataset:
-    return demo_silo(0, opts.clients, alpha=opts.dirichlet_alpha, seed=opts.seed)[1]
+    return [train for train, _ in splits], splits[0][1]
 
 
 def _silo_trainer(trainer: Trainer, opts: DemoOptions, index: int) -> Trainer:
