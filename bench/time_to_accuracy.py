@@ -87,6 +87,7 @@ from fedasync.aws.records import serialize_item
 from fedasync.core import codec, keys
 from fedasync.core.asyncagg import AsyncState, absorb
 from fedasync.core.config import TaskConfig
+from fedasync.core.messages import UpdateRecord
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ClientSpec, StackSpec
 from fedasync.server.store import ServerStore, Where
@@ -365,30 +366,28 @@ async def stack_rate(
             # the task is open once the completion token is kept
             while not (await store.get_task(name) or {}).get("token"):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-            items = []
+            records = []
             for i, blob in enumerate(blobs):
                 client = clients[i % len(clients)]
                 update_id = f"{client}-u{i:04d}"
                 key = keys.local_key(name, client, 0, update_id)
                 await store.put_object(key, blob, codec.sha256_bytes(blob))
-                items.append(
-                    {
-                        "task_name": name,
-                        "sk": keys.update_sk(client, update_id, None),
-                        "client_id": client,
-                        "update_id": update_id,
-                        "base_version": 0,
-                        "s3_key": key,
-                        "sha256": codec.sha256_bytes(blob),
-                        "size_bytes": len(blob),
-                        "num_examples": 100,
-                        "metrics": {},
-                    }
+                records.append(
+                    UpdateRecord(
+                        task_name=name,
+                        client_id=client,
+                        update_id=update_id,
+                        base_version=0,
+                        s3_key=key,
+                        sha256=codec.sha256_bytes(blob),
+                        size_bytes=len(blob),
+                        num_examples=100,
+                    )
                 )
             ddb = await stack.aws.dynamodb()
             t0 = time.time()
-            for item in items:
-                await ddb.put_item(TableName=e.table, Item=serialize_item(item))
+            for record in records:
+                await ddb.put_item(TableName=e.table, Item=serialize_item(record.item()))
             # poll the TASK counter (cheap), not the update items: the poll shares the server
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:

@@ -132,6 +132,10 @@ class UpdateRecord(WireMessage):
     def idempotency_key(self) -> str:
         return f"{self.task_name}#{self.sk}"
 
+    def item(self) -> dict[str, Any]:
+        """The record as its table item, key included: what a client writes."""
+        return {"sk": self.sk, **self.model_dump(exclude_none=True)}
+
     def check_key(self) -> None:
         """The object must lie under the client's own prefix: no spoofing another silo."""
         prefix = keys.local_prefix(self.task_name, self.client_id)

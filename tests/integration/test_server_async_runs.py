@@ -9,6 +9,7 @@ from fedasync.aws.records import serialize_item
 from fedasync.core import codec, keys
 from fedasync.core.asyncagg import AsyncState, absorb
 from fedasync.core.config import TaskConfig
+from fedasync.core.messages import UpdateRecord
 from fedasync.server.tasks import start_task
 from tests.integration.test_server_async import make_stack
 from tests.integration.test_server_sync import initial_model, store_for, wait_execution
@@ -68,20 +69,17 @@ async def test_updates_queued_together_give_the_one_by_one_bytes(
             key = keys.local_key(cfg.task_name, client, 0, update_id)
             blob = codec.encode(model)
             await store.put_object(key, blob, codec.sha256_bytes(blob))
-            items.append(
-                {
-                    "task_name": cfg.task_name,
-                    "sk": keys.update_sk(client, update_id, None),
-                    "client_id": client,
-                    "update_id": update_id,
-                    "base_version": 0,
-                    "s3_key": key,
-                    "sha256": codec.sha256_bytes(blob),
-                    "size_bytes": len(blob),
-                    "num_examples": 10,
-                    "metrics": {},
-                }
+            record = UpdateRecord(
+                task_name=cfg.task_name,
+                client_id=client,
+                update_id=update_id,
+                base_version=0,
+                s3_key=key,
+                sha256=codec.sha256_bytes(blob),
+                size_bytes=len(blob),
+                num_examples=10,
             )
+            items.append(record.item())
         ddb = await stack.aws.dynamodb()
         for item in items:
             await ddb.put_item(TableName=e.table, Item=serialize_item(item))

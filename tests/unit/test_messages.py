@@ -111,3 +111,22 @@ def test_an_async_notice_key_names_its_go_ahead_and_a_sync_one_may_not_carry_one
                 }
             )
         )
+
+
+def test_an_update_item_carries_its_key_and_parses_back_to_the_record():
+    from fedasync.core.decisions import parse_update_item
+
+    record = UpdateRecord(
+        task_name="digits",
+        client_id="bank-3",
+        update_id="bank-3-b00000002",
+        base_version=2,
+        s3_key="digits/local/bank-3/00000002-bank-3-b00000002.safetensors",
+        sha256="ab" * 32,
+        size_bytes=10,
+        num_examples=5,
+    )
+    item = record.item()
+    assert item["sk"] == "UPDATE#bank-3-b00000002"
+    assert "round_id" not in item  # absent, not null, as a client writes it
+    assert parse_update_item(item) == record
