@@ -72,14 +72,14 @@ async def prepare_update(state: RunState, held: Held) -> PendingUpload | None:
     round_or_base = notice.round_id if notice.round_id is not None else notice.version
     key = keys.local_key(cfg.task_name, cfg.client_id, round_or_base, update_id)
     sk = keys.update_sk(cfg.client_id, update_id, notice.round_id)
-    if await state.ports.update_exists(cfg.task_name, sk):
-        state.report.already_recorded += 1
-        await state.ports.delete(state.inbox.finish(held))
-        log.info("client.update_already_recorded", update_id=update_id)
-        return None
     try:
         state.phases["trainer"] = "downloading"
-        weights = await download_global(state, notice)
+        weights = await _download_unless_recorded(state, notice, sk)
+        if weights is None:
+            state.report.already_recorded += 1
+            await state.ports.delete(state.inbox.finish(held))
+            log.info("client.update_already_recorded", update_id=update_id)
+            return None
         state.phases["trainer"] = "training"
         trained, num_examples, metrics = await train(state, weights, notice)
         del weights  # at most the global and the local model in memory, never more
@@ -103,6 +103,34 @@ async def prepare_update(state: RunState, held: Held) -> PendingUpload | None:
         metrics=metrics,
     )
     return PendingUpload(held, record, path)
+
+
+async def _download_unless_recorded(
+    state: RunState, notice: GlobalModelNotice, sk: str
+) -> Weights | None:
+    """The global model, or None when this update's record exists (a redelivered notice).
+
+    Both are waits on the network and the answer is almost always "not recorded", so the
+    download starts while the record is looked up; a record found cancels it, and nothing
+    is trained. The lookup decides first: a download error counts only if it is needed."""
+    download = asyncio.ensure_future(download_global(state, notice))
+    try:
+        recorded = await state.ports.update_exists(state.cfg.task_name, sk)
+    except BaseException:
+        await _cancelled(download)
+        raise
+    if recorded:
+        await _cancelled(download)
+        return None
+    return await download
+
+
+async def _cancelled(task: asyncio.Future[Weights]) -> None:
+    """Cancel and wait it out; its outcome is not wanted (our own cancellation still is)."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: a failure of an unwanted download is not an error
 
 
 async def download_global(state: RunState, notice: GlobalModelNotice) -> Weights:

@@ -114,7 +114,7 @@ def _decide_leading_run(records: list[Any]) -> int:
     Anything unexpected leaves all to the one-by-one path."""
     try:
         task_name, sks, positions = _leading_run(records)
-        if len(sks) < 2:
+        if not sks:
             return 0
         decided = runtime.run(lambda store: decide_run(store, task_name, sks))
     except Exception:  # the one-by-one path redoes (idempotently) and reports it

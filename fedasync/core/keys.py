@@ -36,6 +36,14 @@ def update_sk(client_id: str, update_id: str, round_id: int | None) -> str:
     return f"{UPDATE_PREFIX}{update_id}"
 
 
+def round_of_update_sk(sk: str) -> int | None:
+    """The round of a sync update's sort key (`UPDATE#{round:08d}#{client}`), else None."""
+    head, sep, client = sk.removeprefix(UPDATE_PREFIX).partition("#")
+    if not (sk.startswith(UPDATE_PREFIX) and sep and client and len(head) == 8):
+        return None
+    return int(head) if head.isascii() and head.isdigit() else None
+
+
 def round_sk(round_id: int) -> str:
     return f"{ROUND_PREFIX}{round_id:08d}"
 

@@ -57,8 +57,11 @@ async def maybe_complete(store: ServerStore, view: TaskView, round_id: int) -> N
 
 async def _claim_members(
     store: ServerStore, view: TaskView, round_id: int, items: list[dict[str, Any]] | None = None
-) -> list[str]:
-    """Fix once which updates the round aggregates, so every retry computes the same bytes."""
+) -> tuple[list[str], dict[str, Any] | None]:
+    """Fix once which updates the round aggregates, so every retry computes the same bytes.
+
+    Returns the members, and the round item as it is now when an earlier try claimed them
+    (None when this call did, from `items`)."""
     if items is None:
         items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
     accepted = sorted(str(i["sk"]) for i in items if i.get("verdict") == "accepted")
@@ -69,9 +72,9 @@ async def _claim_members(
         condition="attribute_not_exists(#members)",
     )
     if await store.update(op):
-        return accepted
+        return accepted, None
     current = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
-    return [str(m) for m in current.get("members", [])]
+    return [str(m) for m in current.get("members", [])], current
 
 
 async def close_round(
@@ -82,21 +85,28 @@ async def close_round(
     token: str | None,
     at_deadline: bool,
     items: list[dict[str, Any]] | None = None,
+    round_item: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Aggregate the round's accepted updates into version round_id + 1, or fail it.
 
     `token`: the round's callback token (None: the one kept on the round item). `items`:
-    the round's update items when the caller has just queried them."""
-    round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+    the round's update items when the caller has just queried them. `round_item`: the
+    round item when the caller has just read it (a claim that fails reads it again)."""
+    if round_item is None:
+        round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+    members: list[str] = []
+    if not round_item.get("closed"):
+        members, current = await _claim_members(store, view, round_id, items)
+        if current is not None:  # claimed by an earlier try: the round as it is now
+            round_item, items = current, None
     token = token or round_item.get("token")
     if round_item.get("closed"):
         result = dict(round_item.get("result") or {"closed": True, "round_id": round_id})
         await _finish_if_last(store, view, result)
     else:
-        members = await _claim_members(store, view, round_id, items)
         outcome = close_outcome(view.cfg, round_id, len(members), at_deadline=at_deadline)
         if outcome.closed:
-            result = await _aggregate(store, view, round_id, members)
+            result = await _aggregate(store, view, round_id, members, items)
         else:
             result = {
                 "closed": False,
@@ -117,12 +127,22 @@ async def close_round(
 
 
 async def _aggregate(
-    store: ServerStore, view: TaskView, round_id: int, members: list[str]
+    store: ServerStore,
+    view: TaskView,
+    round_id: int,
+    members: list[str],
+    items: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """`items`: the round's items the members were claimed from (None: read them)."""
     acc = FedAvgAccumulator(view.spec, who=f"round {round_id} of task {view.task_name!r}")
+    by_sk: dict[str, dict[str, Any] | None] = {str(i.get("sk")): i for i in items or ()}
+    if not set(members) <= set(by_sk):
+        by_sk = dict(zip(members, await store.get_items(view.task_name, members), strict=True))
     records = [
-        parse_update_item({k: v for k, v in (item or {}).items() if k not in VERDICT_ATTRIBUTES})
-        for item in await store.get_items(view.task_name, members)
+        parse_update_item(
+            {k: v for k, v in (by_sk[sk] or {}).items() if k not in VERDICT_ATTRIBUTES}
+        )
+        for sk in members
     ]
 
     # the updates as validated at their verdicts: from the cache (held here, so no

@@ -19,6 +19,7 @@ from fedasync.core.decisions import (
     describe,
     load_payload,
     parse_update_item,
+    round_complete,
 )
 from fedasync.core.errors import FedAsyncError, SchemaError
 from fedasync.core.messages import UpdateRecord
@@ -73,28 +74,60 @@ async def decide_run(store: ServerStore, task_name: str, sks: Sequence[str]) -> 
     stops before the first record that is decided already or would be rejected, and the
     caller hands the rest to `on_update`, one by one (which records the reason).
     """
-    item = await store.get_task(task_name)
-    if item is None or len(sks) > async_task.MAX_RUN:
+    if len(sks) > async_task.MAX_RUN:
         return 0
-    view = TaskView.from_item(task_name, item)
+    along = _round_along(task_name, sks)
+    got = await store.get_items(task_name, [keys.TASK_SK, *along])
+    if got[0] is None:
+        return 0
+    view = TaskView.from_item(task_name, got[0])
+    CACHE.remember_roster(task_name, view.cfg.clients)
     if view.finished or view.status in ("SUCCEEDED", "FAILED"):
         return 0
     if view.cfg.mode == "async":
         return await async_task.absorb_run(store, view, list(sks))
-    return await _accept_round_run(store, view, sks)
+    read = dict(zip(along, got[1:], strict=True))
+    return await _accept_round_run(store, view, sks, read)
 
 
-async def _accept_round_run(store: ServerStore, view: TaskView, sks: Sequence[str]) -> int:
+def _round_along(task_name: str, sks: Sequence[str]) -> list[str]:
+    """What to read with the TASK item for a sync run, when a warm container knows the
+    task's roster: the round item and every rostered client's update in the run's round,
+    so the run needs no other read (nor a query) to decide and to see the round complete.
+    Only a guess (the round from the run's keys, the roster from an earlier read): the
+    caller uses it only if the TASK item agrees."""
+    roster = CACHE.roster(task_name)
+    round_id = keys.round_of_update_sk(sks[0]) if sks else None
+    if roster is None or round_id is None or len(roster) + len(sks) > _ROUND_READ_MAX:
+        return []
+    expected = [keys.update_sk(client, "", round_id) for client in roster]
+    return list(dict.fromkeys([keys.round_sk(round_id), *expected, *sks]))
+
+
+_ROUND_READ_MAX = 98  # with TASK and ROUND: one BatchGetItem (100 keys)
+
+
+async def _accept_round_run(
+    store: ServerStore, view: TaskView, sks: Sequence[str], read: dict[str, Any]
+) -> int:
     """Sync: accept the run's leading updates for the open round, then check the round once.
 
     Each verdict is its own conditional write (independent, idempotent), written
     concurrently; the round closes (or not) exactly as after the run's last verdict.
+    `read`: items read with the TASK item (`_round_along`), possibly none.
     """
     round_id = view.head_version
-    round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+    round_sk = keys.round_sk(round_id)
+    expected = {keys.update_sk(c, "", round_id): c for c in view.cfg.clients}
+    whole = round_sk in read and set(expected) <= set(read) and set(sks) <= set(read)
+    if whole:
+        round_item, updates = read[round_sk] or {}, [read[sk] for sk in sks]
+    else:
+        round_item = await store.get_item(view.task_name, round_sk) or {}
+        updates = await store.get_items(view.task_name, list(sks))
     claimed = bool(round_item.get("members") or round_item.get("closed"))
     candidates: list[tuple[UpdateRecord, dict[str, Any]]] = []
-    for update in await store.get_items(view.task_name, list(sks)):
+    for update in updates:
         if update is None or update.get("verdict"):
             break
         try:
@@ -106,31 +139,31 @@ async def _accept_round_run(store: ServerStore, view: TaskView, sks: Sequence[st
             break  # the one-by-one path records the rejection with its reason
         candidates.append((record, update))
     accepted: list[tuple[UpdateRecord, dict[str, Any]]] = []
+    writes: list[asyncio.Future[bool]] = []
+    verdict = {"verdict": "accepted", "applied_version": round_id + 1, "decided_at": time.time()}
     base = await _base_for_norm(store, view, candidates[0][0]) if candidates else None
     objects = store.iter_objects(
         [record.s3_key for record, _ in candidates], max_bytes=view.cfg.max_model_bytes
     )
-    async with contextlib.aclosing(objects):
-        for record, update in candidates:
-            try:
-                weights = load_payload(await anext(objects), record, view.spec, view.cfg, base=base)
-            except FedAsyncError:
-                break
-            accepted.append((record, update))
-            CACHE.put(record.sha256, weights)  # the round's close folds these moments later
-    if not accepted:
-        return 0
-    verdict = {"verdict": "accepted", "applied_version": round_id + 1, "decided_at": time.time()}
-    await asyncio.gather(
-        *(
-            store.update(
-                store.update_op(
+    try:
+        async with contextlib.aclosing(objects):
+            for record, update in candidates:
+                try:
+                    data = await anext(objects)
+                    weights = load_payload(data, record, view.spec, view.cfg, base=base)
+                except FedAsyncError:
+                    break
+                accepted.append((record, update))
+                CACHE.put(record.sha256, weights)  # the round's close folds these moments later
+                # written while the next object is read: every earlier update is valid too
+                op = store.update_op(
                     view.task_name, record.sk, verdict, condition="attribute_not_exists(#verdict)"
                 )
-            )
-            for record, _ in accepted
-        )
-    )
+                writes.append(asyncio.ensure_future(store.update(op)))
+    finally:
+        await asyncio.gather(*writes)  # a failed write raises here: the batch is retried
+    if not accepted:
+        return 0
     for record, _ in accepted:
         log.info(
             "update.accepted",
@@ -141,7 +174,25 @@ async def _accept_round_run(store: ServerStore, view: TaskView, sks: Sequence[st
             num_examples=record.num_examples,
         )
     # verdicts leave the TASK item as it was read: no need to read it again
-    await rounds.maybe_complete(store, view, round_id)
+    if not whole:
+        await rounds.maybe_complete(store, view, round_id)
+        return len(accepted)
+    # The round as it stands: its items as read, with the verdicts just written. Only
+    # this handler writes verdicts (one batch of a task at a time), so this is what a
+    # query would find now; an item inserted since has no verdict and decides nothing.
+    now = {sk: read[sk] for sk in expected if read[sk] is not None}
+    now.update({record.sk: {**update, **verdict} for record, update in accepted})
+    decided = {expected[sk] for sk, item in now.items() if item.get("verdict")}
+    if round_complete(view.cfg, decided):
+        await rounds.close_round(
+            store,
+            view,
+            round_id,
+            token=None,
+            at_deadline=False,
+            items=list(now.values()),
+            round_item=round_item,
+        )
     return len(accepted)
 
 
