@@ -455,9 +455,9 @@ def main() -> None:
     seeds = min(args.seeds, 2) if args.quick else args.seeds
     if "tta" in only:
         lengths = (
-            {"fedavg": 6, "fedasync": 40, "fedbuff": 12}
+            {"fedavg": 6, "fedasync": 40, "fedbuff": 30}
             if args.quick
-            else {"fedavg": 8, "fedasync": 70, "fedbuff": 16}
+            else {"fedavg": 8, "fedasync": 70, "fedbuff": 40}
         )
         figures += bench_tta(seeds, lengths)
     if "overhead" in only:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Collection
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ from fedasync.server.task_view import TaskView
 log = structlog.get_logger()
 # DynamoDB takes at most 100 items per transaction (the TASK item + one verdict each)
 MAX_RUN = 99
+WAITING = "waiting"  # TASK attribute: clients owed a go-ahead (a string set)
 
 
 async def open_task(store: ServerStore, view: TaskView, token: str) -> None:
@@ -192,6 +193,8 @@ async def _commit(
                 head.values,
                 condition="#absorbed = :expected AND attribute_not_exists(#finished)",
                 condition_values={":expected": view.state.absorbed},
+                # accepted: no longer waiting for a go-ahead (see `after_reject`)
+                delete_from_sets={WAITING: view.waiting & {r.client_id for r, _, _ in decided}},
             ),
             *(
                 store.update_op(
@@ -269,18 +272,40 @@ async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
     if not decided or not await _commit(store, head, decided):
         return 0
     log.info("update.run_committed", task_name=task_name, updates=len(decided))
-    await after_accept(store, task_name, last)
+    submitters = {record.client_id for record, _, _ in decided}
+    after = replace(
+        view,
+        head_version=head.state.version,
+        head_sha256=head.head_sha,
+        head_size=int(head.values.get("head_size", view.head_size)),
+        state=head.state,
+        latest_metrics=head.latest,
+        waiting=view.waiting - submitters,
+    )
+    await after_accept(store, task_name, last, view=after, submitters=submitters)
     return len(decided)
 
 
 async def after_accept(
-    store: ServerStore, task_name: str, item: dict[str, Any], task: dict[str, Any] | None = None
+    store: ServerStore,
+    task_name: str,
+    item: dict[str, Any],
+    task: dict[str, Any] | None = None,
+    *,
+    submitters: Collection[str] = (),
+    view: TaskView | None = None,
 ) -> None:
     """Effects after an accepted update; safe to repeat (a retry after a crash runs them again).
 
-    `task` is the TASK item if the caller read it after the verdict (else it is read here).
+    `task` is the TASK item if the caller read it after the verdict, `view` the task as
+    the caller just committed it (else the TASK item is read here); `submitters`: the clients whose updates the caller accepted (default: the
+    item's). The go-ahead goes to them and to the clients waiting after a rejection, not to
+    every client: a silo that is training needs no notice (it takes the newest when it is
+    done, and its own go-ahead comes when its update is absorbed), so a notice per update
+    to each of N silos would be N messages to receive and delete per update for nothing.
     """
-    view = TaskView.from_item(task_name, task or await store.get_task(task_name))
+    if view is None:
+        view = TaskView.from_item(task_name, task or await store.get_task(task_name))
     if view.finished:
         return
     effects: list[Awaitable[object]] = []
@@ -291,12 +316,34 @@ async def after_accept(
         and int(item.get("seq", -1)) == view.state.absorbed
     ):
         # every accepted update is a go-ahead, also when the version stays (FedBuff
-        # between buffer flushes): a silo that has finished trains again on the head
-        notice = view.notice(view.head_version, seq=view.state.absorbed)
-        effects.append(store.publish(notice, view.cfg.clients))
+        # between buffer flushes): its silo trains again on the head
+        recipients = set(submitters or [str(item.get("client_id"))]) | view.waiting
+        effects.append(_go_ahead(store, view, recipients))
     await asyncio.gather(*effects)
     reason = stop_reason(
         view.state, view.cfg, metric=metric_for_stop(view.cfg, view.latest_metrics)
     )
     if reason is not None:
         await finish_task(store, task_name, reason, token=view.token)
+
+
+async def after_reject(store: ServerStore, view: TaskView, item: dict[str, Any]) -> None:
+    """A silo whose update was rejected gets a go-ahead: at once when the head is newer
+    than the model it trained on (a stale update), else with the next accepted update's
+    (a notice it has trained on already would only find its own record). Idempotent."""
+    client = item.get("client_id")
+    if view.finished or view.cfg.mode != "async" or client not in view.cfg.clients:
+        return
+    base = item.get("base_version")
+    if isinstance(base, int) and base < view.head_version:
+        await _go_ahead(store, view, {client})
+        return
+    op = store.update_op(view.task_name, keys.TASK_SK, {}, add_to_sets={WAITING: [client]})
+    await store.update(op)
+    log.info("update.go_ahead_deferred", task_name=view.task_name, client_id=client)
+
+
+async def _go_ahead(store: ServerStore, view: TaskView, recipients: Collection[str]) -> None:
+    rostered = tuple(c for c in view.cfg.clients if c in recipients)
+    if rostered:
+        await store.publish(view.notice(view.head_version, seq=view.state.absorbed), rostered)

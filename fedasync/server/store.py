@@ -10,7 +10,7 @@ import asyncio
 import json
 import re
 from collections import deque
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,17 +120,39 @@ class ServerStore:
         values: Mapping[str, Any],
         condition: str | None = None,
         condition_values: Mapping[str, Any] | None = None,
+        *,
+        add_to_sets: Mapping[str, Collection[str]] | None = None,
+        delete_from_sets: Mapping[str, Collection[str]] | None = None,
     ) -> dict[str, Any]:
-        """An Update operation (for `update` or a transaction) setting `values`."""
+        """An Update operation (for `update` or a transaction) setting `values`, and adding
+        strings to (or deleting them from) string-set attributes; empty collections are
+        left out (DynamoDB has no empty set)."""
         names = {f"#a{i}": k for i, k in enumerate(values)}
-        exprs = {f":v{i}": v for i, v in enumerate(values.values())}
+        exprs: dict[str, Any] = {f":v{i}": v for i, v in enumerate(values.values())}
+        clauses = []
+        if values:
+            clauses.append("SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(values))))
+        for verb, sets in (("ADD", add_to_sets), ("DELETE", delete_from_sets)):
+            members = [(k, set(v)) for k, v in (sets or {}).items() if v]
+            for j, (name, strings) in enumerate(members):
+                names[f"#{verb.lower()}{j}"] = name
+                exprs[f":{verb.lower()}{j}"] = strings
+            if members:
+                clauses.append(
+                    f"{verb} "
+                    + ", ".join(
+                        f"#{verb.lower()}{j} :{verb.lower()}{j}" for j in range(len(members))
+                    )
+                )
+        if not clauses:
+            raise ValueError(f"update of {sk!r} in task {task_name!r} changes nothing")
         exprs.update(condition_values or {})
         condition = condition or "attribute_exists(#pk)"
         names.update(_names(condition))
         return {
             "TableName": self.where.table,
             "Key": self._key(task_name, sk),
-            "UpdateExpression": "SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(values))),
+            "UpdateExpression": " ".join(clauses),
             "ConditionExpression": condition,
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": serialize_item(exprs),

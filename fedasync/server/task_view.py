@@ -41,6 +41,8 @@ class TaskView:
     started_at: float | None
     latest_metrics: dict[str, float]
     head_size: int
+    # async: rostered clients whose last update was rejected and that wait for a go-ahead
+    waiting: frozenset[str] = frozenset()
 
     @classmethod
     def from_item(cls, task_name: str, item: dict[str, Any] | None) -> TaskView:
@@ -67,6 +69,7 @@ class TaskView:
                 str(k): float(v) for k, v in (item.get("latest_metrics") or {}).items()
             },
             head_size=int(item.get("head_size", 0)),
+            waiting=frozenset(str(c) for c in item.get("waiting") or ()),
         )
 
     @property

@@ -311,6 +311,8 @@ async def _after(store: ServerStore, task_name: str, item: dict[str, Any]) -> No
         await finish_task(store, task_name, view.finished, token=view.token)
     elif item.get("verdict") == "accepted":
         await async_task.after_accept(store, task_name, item, task=task)
+    elif item.get("verdict") == "rejected":
+        await async_task.after_reject(store, view, item)
 
 
 __all__ = ["decide_run", "describe", "on_update"]

@@ -33,6 +33,14 @@ async def first_notice(client):
             return notice
 
 
+async def go_ahead(client, after_version=0):
+    """The first notice past `after_version` (earlier ones, duplicates included, are skipped)."""
+    while True:
+        notice = await first_notice(client)
+        if notice.version > after_version:
+            return notice
+
+
 def mix(x, c, a):
     return {
         k: ((1 - a) * x[k].astype(np.float64) + a * c[k].astype(np.float64)).astype(np.float32)
@@ -93,13 +101,15 @@ async def test_fedasync_absorbs_in_arrival_order_rejects_stale_and_succeeds(
             got = codec.decode(await store.get_object(keys.global_key("fa", version)))
             for name in expected:
                 np.testing.assert_array_equal(got[name], expected[name])
-        # AND a third fresh update reaches max_versions: final model, SUCCEEDED
-        notice2 = a.seen[-1] if a.seen[-1].version == 2 else None
-        while notice2 is None or notice2.version != 2:
-            notice2 = await first_notice(a)
-        await a.submit(notice2)
+        # AND each silo has its go-ahead: a and b on the head once their update was absorbed
+        # (a's alone, or with b's when one stream batch held both), c (stale) on the head
+        # at once
+        na, nb, nc = [await go_ahead(x) for x in (a, b, c)]
+        assert (na.version in (1, 2), nb.version, nc.version) == (True, 2, 2)
+        # AND a third fresh update (c's, on version 2) reaches max_versions: SUCCEEDED
+        await c.submit(nc)
         desc = await wait_execution(stack, arn)
-        x3 = mix(x2, local_model(x2, 0, 2), 0.5)
+        x3 = mix(x2, local_model(x2, 2, 2), 0.5)
         final = codec.decode(await store.get_object(keys.final_key("fa")))
         for name in x3:
             np.testing.assert_array_equal(final[name], x3[name])
@@ -147,3 +157,45 @@ async def test_fedbuff_applies_the_weighted_mean_delta_every_k_updates(
         assert math.isclose(
             (await store.get_item("fb", keys.update_sk("b", "b-v00000000", None)))["weight"], 1.0
         )
+
+
+async def test_a_silo_rejected_on_the_head_waits_for_the_next_go_ahead(
+    moto_server, prefix, wait_until
+):
+    # GIVEN a FedAsync task of three silos
+    cfg = TaskConfig.parse(
+        {
+            "task_name": "wait",
+            "mode": "async",
+            "clients": list(CLIENTS),
+            "alpha": 0.5,
+            "max_versions": 2,
+        }
+    )
+    async with await make_stack(moto_server, prefix) as stack:
+        store = store_for(stack)
+        arn = await start_task(store, stack.endpoints.state_machine_arn, cfg, initial_model())
+        a, b, _ = clients_for(stack, CLIENTS, (5, 5, 5))
+        na, nb = await first_notice(a), await first_notice(b)
+        # WHEN a's update on the head is mis-shaped: a notice of that same head would only
+        # find a's own record, so a is owed the next go-ahead instead
+        bad = {"dense/kernel": np.zeros((3, 4), np.float32), "dense/bias": np.zeros(3, np.float32)}
+        await a.submit(na, bad)
+        rejected = await verdict(store, "wait", keys.update_sk("a", "a-v00000000", None), wait_until)
+        assert rejected["reason"] == "shape"
+
+        async def waiting():
+            task = await store.get_task("wait")
+            return task.get("waiting")
+
+        assert await wait_until(waiting, timeout_s=20) == {"a"}
+        # THEN b's accepted update gives both b and a a go-ahead on version 1
+        await b.submit(nb)
+        assert (await go_ahead(a)).version == (await go_ahead(b)).version == 1
+        # AND once a's next update is accepted it is owed nothing more
+        await a.submit(a.seen[-1])
+        desc = await wait_execution(stack, arn)
+        assert desc["status"] == "SUCCEEDED"
+        task = await store.get_task("wait")
+        assert "waiting" not in task  # the emptied set is gone, as DynamoDB does
+        assert task["head_version"] == 2
