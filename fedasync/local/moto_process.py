@@ -6,6 +6,7 @@ parent closes it to stop the server, and the pipe also closes when the parent di
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -82,6 +83,37 @@ def cache_module_list() -> None:
     backends.list_of_moto_modules = lambda: modules
 
 
+def reuse_step_functions_parts() -> None:
+    """moto's Step Functions engine makes a new boto3 client (and so a new connection, a
+    new server thread) for every service call a state makes, and parses every JSONPath
+    again (a yacc table read) each time it is evaluated: per sync round, several of each
+    on the path from one round's close to the next round's notice. Clients are thread
+    safe and parsed paths immutable: keep them (a client per region and service, made
+    under a lock, since a boto3 session is not safe to create clients from concurrently)."""
+    from moto.stepfunctions.parser.asl.component.common.path import result_path
+    from moto.stepfunctions.parser.asl.utils import boto_client, json_path
+
+    for module in (json_path, result_path):
+        module.parse = functools.lru_cache(maxsize=4096)(module.parse)  # type: ignore[attr-defined]
+
+    original = boto_client.boto_client_for
+    clients: dict[tuple[str, str], Any] = {}
+    lock = threading.Lock()
+
+    def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+        if state_credentials is not None:  # a role to assume: not ours to share
+            return original(region, service, state_credentials)
+        with lock:
+            if (region, service) not in clients:
+                clients[(region, service)] = original(region, service)
+            return clients[(region, service)]
+
+    boto_client.boto_client_for = boto_client_for
+    for module in list(sys.modules.values()):  # modules that imported it by name already
+        if getattr(module, "boto_client_for", None) is original:
+            setattr(module, "boto_client_for", boto_client_for)  # noqa: B010
+
+
 def main(argv: list[str]) -> int:
     host, port = argv[0], int(argv[1])
     from moto.moto_server.werkzeug_app import (
@@ -93,6 +125,7 @@ def main(argv: list[str]) -> int:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     cache_module_list()
+    reuse_step_functions_parts()
     snapshot_tables_once()  # safe only with DynamoDB requests serialized (below)
     # what moto's ThreadedMotoServer does, with the bind in this thread: a port in use
     # fails here, with its error, instead of leaving the parent waiting
