@@ -35,40 +35,94 @@ def serialize_dynamodb(app: WsgiApp) -> WsgiApp:
     return wrapped
 
 
-def snapshot_tables_once() -> None:
-    """moto's TransactWriteItems deep-copies the whole table (its items and its stream)
-    as a rollback snapshot once per operation of the transaction, before applying any:
-    the copies are identical and only one is kept. Take it once per table instead: the
-    same rollback, and a transaction of n operations costs one copy, not n (measured: the
-    copies were most of moto's CPU in a long async run, and grow with the table)."""
+def roll_back_in_place() -> None:
+    """moto's TransactWriteItems deep-copies each table it names (all its items and its
+    whole stream) before applying anything, and on failure puts the copy in the table's
+    place. Two problems:
+    - cost: the copy grows with the table and its stream; it was most of moto's CPU in a
+      long async run;
+    - a stale stream: a shard iterator holds the shard object, so after a rollback every
+      reader (our stream pump) keeps reading the old table's shard and never sees a
+      record written since.
+    Instead, before applying, keep what a transaction can change: a reference to every
+    item (a copy of only the items it names, which it may change in place) and the
+    stream's length. On failure put those back into the same table and shard objects.
+    Nothing else can run meanwhile: DynamoDB requests are serialized (below)."""
     import copy
+    from collections import defaultdict
 
     from moto.dynamodb import models
+    from moto.dynamodb.models.dynamo_type import DynamoType
     from moto.dynamodb.models.table import Table
 
-    class _CopyOncePerTable:
-        """Stands in for the `copy` module inside moto's DynamoDB backend."""
+    class _KeepTables:
+        """Stands in for the `copy` module inside moto's DynamoDB backend: while a
+        transaction runs, its "snapshot" of a table is the table itself, so its rollback
+        (putting the snapshot back) keeps the same object; ours restores the contents."""
 
-        snapshots: dict[int, Any] | None = None  # per transaction (requests are serialized)
+        active = False
 
         @classmethod
         def deepcopy(cls, value: Any, memo: Any = None) -> Any:
-            if cls.snapshots is None or not isinstance(value, Table):
-                return copy.deepcopy(value, memo)
-            if id(value) not in cls.snapshots:
-                cls.snapshots[id(value)] = copy.deepcopy(value, memo)
-            return cls.snapshots[id(value)]
+            if cls.active and isinstance(value, Table):
+                return value
+            return copy.deepcopy(value, memo)
+
+    def named_keys(table: Table, ops: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
+        keys = []
+        for op in ops:
+            key = op.get("Key") or op.get("Item") or {}
+            if table.hash_key_attr not in key:
+                continue
+            range_attr = table.range_key_attr
+            keys.append(
+                (
+                    DynamoType(key[table.hash_key_attr]),
+                    DynamoType(key[range_attr]) if range_attr and range_attr in key else None,
+                )
+            )
+        return keys
+
+    def keep(table: Table, ops: list[dict[str, Any]]) -> tuple[dict[Any, Any], int | None]:
+        ranged = table.range_key_attr is not None
+        items = {h: dict(v) if ranged else v for h, v in table.items.items()}
+        for h, r in named_keys(table, ops):
+            if ranged and r is not None and r in items.get(h, {}):
+                items[h][r] = copy.deepcopy(items[h][r])
+            elif not ranged and h in items:
+                items[h] = copy.deepcopy(items[h])
+        shard = table.stream_shard
+        return items, (len(shard.items) if shard is not None else None)
+
+    def put_back(table: Table, kept: tuple[dict[Any, Any], int | None]) -> None:
+        items, length = kept
+        table.items = defaultdict(dict, items)
+        if table.stream_shard is not None and length is not None:
+            del table.stream_shard.items[length:]
 
     original = models.DynamoDBBackend.transact_write_items
 
     def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
-        _CopyOncePerTable.snapshots = {}
+        ops: dict[str, list[dict[str, Any]]] = {}
+        for entry in transact_items:
+            for op in entry.values():
+                name = op.get("TableName") if isinstance(op, dict) else None
+                if isinstance(name, str) and name in self.tables:
+                    ops.setdefault(name, []).append(op)
+        kept = {name: keep(self.tables[name], table_ops) for name, table_ops in ops.items()}
+        tables = {name: self.tables[name] for name in kept}
+        _KeepTables.active = True
         try:
             original(self, transact_items)
+        except BaseException:
+            for name, state in kept.items():
+                self.tables[name] = tables[name]
+                put_back(tables[name], state)
+            raise
         finally:
-            _CopyOncePerTable.snapshots = None
+            _KeepTables.active = False
 
-    models.copy = _CopyOncePerTable  # type: ignore[assignment,attr-defined]
+    models.copy = _KeepTables  # type: ignore[assignment,attr-defined]
     models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
 
 
@@ -126,7 +180,7 @@ def main(argv: list[str]) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     cache_module_list()
     reuse_step_functions_parts()
-    snapshot_tables_once()  # safe only with DynamoDB requests serialized (below)
+    roll_back_in_place()  # safe only with DynamoDB requests serialized (below)
     # what moto's ThreadedMotoServer does, with the bind in this thread: a port in use
     # fails here, with its error, instead of leaving the parent waiting
     app = serialize_dynamodb(DomainDispatcherApplication(create_backend_app))
