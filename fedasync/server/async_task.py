@@ -298,11 +298,12 @@ async def after_accept(
     """Effects after an accepted update; safe to repeat (a retry after a crash runs them again).
 
     `task` is the TASK item if the caller read it after the verdict, `view` the task as
-    the caller just committed it (else the TASK item is read here); `submitters`: the clients whose updates the caller accepted (default: the
-    item's). The go-ahead goes to them and to the clients waiting after a rejection, not to
-    every client: a silo that is training needs no notice (it takes the newest when it is
-    done, and its own go-ahead comes when its update is absorbed), so a notice per update
-    to each of N silos would be N messages to receive and delete per update for nothing.
+    the caller just committed it (else the TASK item is read here); `submitters`: the
+    clients whose updates the caller accepted (default: the item's). The go-ahead goes to
+    them and to the clients waiting after a rejection, not to every client: a silo that is
+    training needs no notice (it takes the newest when it is done, and its own go-ahead
+    comes when its update is absorbed), so a notice per update to each of N silos would be
+    N messages to receive and delete per update for nothing.
     """
     if view is None:
         view = TaskView.from_item(task_name, task or await store.get_task(task_name))
