@@ -181,7 +181,9 @@ async def test_a_silo_rejected_on_the_head_waits_for_the_next_go_ahead(
         # find a's own record, so a is owed the next go-ahead instead
         bad = {"dense/kernel": np.zeros((3, 4), np.float32), "dense/bias": np.zeros(3, np.float32)}
         await a.submit(na, bad)
-        rejected = await verdict(store, "wait", keys.update_sk("a", "a-v00000000", None), wait_until)
+        rejected = await verdict(
+            store, "wait", keys.update_sk("a", "a-v00000000", None), wait_until
+        )
         assert rejected["reason"] == "shape"
 
         async def waiting():
