@@ -329,15 +329,15 @@ async def after_accept(
 
 
 async def after_reject(store: ServerStore, view: TaskView, item: dict[str, Any]) -> None:
-    """A silo whose update was rejected gets a go-ahead: at once when the head is newer
-    than the model it trained on (a stale update), else with the next accepted update's
-    (a notice it has trained on already would only find its own record). Idempotent."""
+    """A silo whose update was rejected is owed a go-ahead: it is added to the TASK item's
+    `waiting` set, served with the next accepted update's go-ahead and dropped from the set
+    when an update of its own is accepted. Not a notice at once: the head may be the very
+    model it trained on (a notice it would only find its own record for), and a publish
+    per rejection is what a flood of stale updates can least afford. Idempotent."""
     client = item.get("client_id")
     if view.finished or view.cfg.mode != "async" or client not in view.cfg.clients:
         return
-    base = item.get("base_version")
-    if isinstance(base, int) and base < view.head_version:
-        await _go_ahead(store, view, {client})
+    if client in view.waiting:
         return
     op = store.update_op(view.task_name, keys.TASK_SK, {}, add_to_sets={WAITING: [client]})
     await store.update(op)

@@ -19,7 +19,13 @@ from fedasync.core.config import TaskConfig
 from fedasync.core.messages import GlobalModelNotice
 from fedasync.local.pumps import Handler, PumpOptions
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import AGGREGATE_HANDLER, ClientSpec, StackSpec
+from fedasync.resources import (
+    AGGREGATE_HANDLER,
+    TABLE_PARTITION_KEY,
+    TABLE_SORT_KEY,
+    ClientSpec,
+    StackSpec,
+)
 from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
 from tests.integration.scripted import ScriptedClient
@@ -74,11 +80,45 @@ async def all_decided(
     many exist): updates still in flight when a run ends are waited for, never skipped."""
     deadline = time.monotonic() + timeout_s
     while True:
-        items = await store.query_prefix(task_name, keys.UPDATE_PREFIX)
-        if (count is None or len(items) == count) and all(i.get("verdict") for i in items):
-            return items
+        # counted first, read once they are all decided: reading every item five times a
+        # second would keep the (one-request-at-a-time) local DynamoDB busy serializing
+        # them, slowing the very handler being waited for as the items pile up
+        total, undecided = await _update_counts(store, task_name)
+        if (count is None or total == count) and undecided == 0:
+            items = await store.query_prefix(task_name, keys.UPDATE_PREFIX)
+            if (count is None or len(items) == count) and all(i.get("verdict") for i in items):
+                return items
         assert time.monotonic() < deadline, "updates left without a verdict"
         await asyncio.sleep(0.2)
+
+
+async def _update_counts(store: ServerStore, task_name: str) -> tuple[int, int]:
+    """(update items, those without a verdict) of a task, counted, not read."""
+    ddb = await store.aws.dynamodb()
+    kwargs: dict[str, Any] = {
+        "TableName": store.where.table,
+        "KeyConditionExpression": "#pk = :pk AND begins_with(#sk, :prefix)",
+        "FilterExpression": "attribute_not_exists(#verdict)",
+        "ExpressionAttributeNames": {
+            "#pk": TABLE_PARTITION_KEY,
+            "#sk": TABLE_SORT_KEY,
+            "#verdict": "verdict",
+        },
+        "ExpressionAttributeValues": {
+            ":pk": {"S": task_name},
+            ":prefix": {"S": keys.UPDATE_PREFIX},
+        },
+        "Select": "COUNT",
+        "ConsistentRead": True,
+    }
+    total = undecided = 0
+    while True:
+        page = await ddb.query(**kwargs)
+        total += int(page["ScannedCount"])
+        undecided += int(page["Count"])
+        if "LastEvaluatedKey" not in page:
+            return total, undecided
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def assert_same_as(got: Outcome, clean: Outcome) -> None:
