@@ -30,14 +30,14 @@ Three measurements, each printed next to a baseline measured in the same run:
 
 Results (medians), 2-core machine shared with other jobs (expect +-25 % run to run),
 `--seeds 5`. "first" is the server as of commit 942f646; "11-25" the first session's
-end (3105e12); "11-26" the second's (f02dff2); "11-26b" this one (two full runs):
+end (3105e12); "11-26" the second's (f02dff2); "11-26b" this one (three full runs):
 
     figure                           first         11-25          11-26           11-26b          target
     tta0.90 sync FedAvg              -             16.2 s         11.4-11.6 s     11.0-11.1 s
-    tta0.90 FedAsync                 -             15.2 s, 0.94x  5.45-5.48 s,    4.62-4.96 s,
-                                                                  0.47-0.48x      0.42-0.45x
-    tta0.90 FedBuff                  never         16.0 s, 0.99x  5.81-6.42 s,    2.62-2.67 s,    <= 0.33x
-                                                                  0.50-0.56x      0.24x
+    tta0.90 FedAsync                 -             15.2 s, 0.94x  5.45-5.48 s,    2.66-4.96 s,
+                                                                  0.47-0.48x      0.24-0.45x
+    tta0.90 FedBuff                  never         16.0 s, 0.99x  5.81-6.42 s,    2.62-2.76 s,    <= 0.33x
+                                                                  0.50-0.56x      0.24-0.25x
     sync round overhead, 10 clients  2.45 s/round  1.00 s/round   0.34 s          0.21-0.23 s     <= 0.25 s
                                      (plain loop baseline: 0.0007-0.0008 s/round)
     absorb FedAsync 1M, full run     6.3 upd/s     14.1 upd/s     26.1 upd/s      26.3-29.9       >= 20/s
