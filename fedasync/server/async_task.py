@@ -27,12 +27,11 @@ from fedasync.core.messages import UpdateRecord
 from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
-from fedasync.server.task_view import TaskView
+from fedasync.server.task_view import WAITING, TaskView
 
 log = structlog.get_logger()
 # DynamoDB takes at most 100 items per transaction (the TASK item + one verdict each)
 MAX_RUN = 99
-WAITING = "waiting"  # TASK attribute: clients owed a go-ahead (a string set)
 
 
 async def open_task(store: ServerStore, view: TaskView, token: str) -> None:
@@ -46,8 +45,7 @@ async def open_task(store: ServerStore, view: TaskView, token: str) -> None:
     if not await store.update(op):
         log.info("task.open_ignored", reason="finished")
         return
-    notice = view.notice(view.head_version, seq=view.state.absorbed)
-    await store.publish(notice, view.cfg.clients)
+    await _go_ahead(store, view, view.cfg.clients)
     log.info("task.opened", version=view.head_version)
 
 

@@ -44,15 +44,28 @@ async def open_round(store: ServerStore, view: TaskView, round_id: int, token: s
     log.info("round.opened", round_id=round_id)
 
 
-async def maybe_complete(store: ServerStore, view: TaskView, round_id: int) -> None:
-    """After a verdict: close the round once every expected client is decided."""
-    items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
+async def maybe_complete(
+    store: ServerStore,
+    view: TaskView,
+    round_id: int,
+    *,
+    items: list[dict[str, Any]] | None = None,
+    round_item: dict[str, Any] | None = None,
+) -> None:
+    """After a verdict: close the round once every expected client is decided.
+
+    `items`: the round's update items as they stand now, when the caller knows them (else
+    they are queried); `round_item`: the round item, when the caller has just read it."""
+    if items is None:
+        items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
     decided = {str(i.get("client_id")) for i in items if i.get("verdict")}
     if not round_complete(view.cfg, decided):
         return
-    # every expected client is decided, so this query is the round's final word: the
-    # members claimed from it are what a fresh query would give
-    await close_round(store, view, round_id, token=None, at_deadline=False, items=items)
+    # every expected client is decided, so these items are the round's final word: the
+    # members claimed from them are what a fresh query would give
+    await close_round(
+        store, view, round_id, token=None, at_deadline=False, items=items, round_item=round_item
+    )
 
 
 async def _claim_members(

@@ -27,6 +27,9 @@ def spec_from_json(text: str) -> ModelSpec:
         raise SchemaError(f"stored model spec is unreadable: {exc}") from exc
 
 
+WAITING = "waiting"  # async: clients owed a go-ahead after a rejection (a string set)
+
+
 @dataclass(frozen=True)
 class TaskView:
     cfg: TaskConfig
@@ -69,7 +72,7 @@ class TaskView:
                 str(k): float(v) for k, v in (item.get("latest_metrics") or {}).items()
             },
             head_size=int(item.get("head_size", 0)),
-            waiting=frozenset(str(c) for c in item.get("waiting") or ()),
+            waiting=frozenset(str(c) for c in item.get(WAITING) or ()),
         )
 
     @property

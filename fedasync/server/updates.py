@@ -19,7 +19,6 @@ from fedasync.core.decisions import (
     describe,
     load_payload,
     parse_update_item,
-    round_complete,
 )
 from fedasync.core.errors import FedAsyncError, SchemaError
 from fedasync.core.messages import UpdateRecord
@@ -118,7 +117,7 @@ async def _accept_round_run(
     """
     round_id = view.head_version
     round_sk = keys.round_sk(round_id)
-    expected = {keys.update_sk(c, "", round_id): c for c in view.cfg.clients}
+    expected = [keys.update_sk(c, "", round_id) for c in view.cfg.clients]
     whole = round_sk in read and set(expected) <= set(read) and set(sks) <= set(read)
     if whole:
         round_item, updates = read[round_sk] or {}, [read[sk] for sk in sks]
@@ -182,17 +181,9 @@ async def _accept_round_run(
     # query would find now; an item inserted since has no verdict and decides nothing.
     now = {sk: read[sk] for sk in expected if read[sk] is not None}
     now.update({record.sk: {**update, **verdict} for record, update in accepted})
-    decided = {expected[sk] for sk, item in now.items() if item.get("verdict")}
-    if round_complete(view.cfg, decided):
-        await rounds.close_round(
-            store,
-            view,
-            round_id,
-            token=None,
-            at_deadline=False,
-            items=list(now.values()),
-            round_item=round_item,
-        )
+    await rounds.maybe_complete(
+        store, view, round_id, items=list(now.values()), round_item=round_item
+    )
     return len(accepted)
 
 
