@@ -96,6 +96,7 @@ from fedasync.core import codec, keys
 from fedasync.core.asyncagg import AsyncState, absorb
 from fedasync.core.config import TaskConfig
 from fedasync.core.messages import UpdateRecord
+from fedasync.demo import DemoOptions
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ClientSpec, StackSpec
 from fedasync.server.store import ServerStore, Where
@@ -128,11 +129,12 @@ def isolated(fn: Any, *args: Any) -> Any:
         return pool.submit(fn, *args).result()
 
 
-def run_arm(mode: str, strategy: str | None, seed: int, length: int, out: Path) -> dict[str, Any]:
-    from fedasync.demo import DemoOptions, run_demo
-
-    logs.configure(level="WARNING")
-    opts = DemoOptions(
+def arm_options(
+    mode: str, strategy: str | None, seed: int, length: int = 1, out: Path | None = None
+) -> DemoOptions:
+    """An arm's demo: 10 silos, numpy trainer, Dirichlet(0.5), stragglers sigma = 1;
+    `length` rounds (sync) or versions (async). `tta_replica.py` replays the same."""
+    return DemoOptions(
         mode=mode,
         strategy=strategy,
         clients=10,
@@ -144,7 +146,13 @@ def run_arm(mode: str, strategy: str | None, seed: int, length: int, out: Path) 
         dirichlet_alpha=0.5,
         out=out,
     )
-    return asyncio.run(run_demo(opts))
+
+
+def run_arm(mode: str, strategy: str | None, seed: int, length: int, out: Path) -> dict[str, Any]:
+    from fedasync.demo import run_demo
+
+    logs.configure(level="WARNING")
+    return asyncio.run(run_demo(arm_options(mode, strategy, seed, length, out)))
 
 
 def median_or_inf(values: list[float | None]) -> float:

@@ -1,6 +1,6 @@
 """Time to accuracy in virtual time: what the algorithms need, with no stack at all.
 
-    python bench/tta_replica.py [--seeds 10-39] [--clients 10] [--json PATH]
+    python bench/tta_replica.py [--seeds 10-39] [--json PATH]
 
 A replica of `bench/time_to_accuracy.py`'s three arms with the orchestration taken out:
 the same data (`demo_silo`, Dirichlet 0.5), trainer (numpy, one `fit` per epoch with the
@@ -35,99 +35,84 @@ import math
 import random
 import statistics
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _report import Figure, emit
+from time_to_accuracy import ARMS, TARGET_ACCURACY, arm_options
 
-from client.data import Dataset, demo_silo
+from client.data import Dataset
 from client.trainers import get_trainer
 from client.worker import training_seed
 from fedasync.core.asyncagg import AsyncState, absorb
-from fedasync.core.config import TaskConfig
 from fedasync.core.errors import StaleUpdateError
 from fedasync.core.fedavg import FedAvgAccumulator
-from fedasync.demo import DemoOptions
+from fedasync.demo import DemoOptions, StragglerTrainer, demo_data
 
-TARGET = 0.90
-ARMS = (
-    ("sync", None, "fedavg"),
-    ("async", "fedasync", "fedasync"),
-    ("async", "fedbuff", "fedbuff"),
-)
 TRAINER = get_trainer("numpy")
+HORIZON_S = 60.0  # virtual seconds; an arm not at the target by then never reaches it
 
 
-@dataclass
-class Setting:
-    seed: int
-    clients: int
-    sigma: float = 1.0
-    base_s: float = 0.5
-    epochs: int = 2
-    horizon_s: float = 60.0
+class Silos:
+    """The demo's silos for one arm: their data, seeds and delay draws (`fedasync.demo`)."""
 
-    def config(self, mode: str, strategy: str | None) -> TaskConfig:
-        opts = DemoOptions(mode=mode, strategy=strategy, clients=self.clients, seed=self.seed)
-        return opts.task_config()
+    def __init__(self, opts: DemoOptions, data: list[Dataset]) -> None:
+        self.opts, self.data = opts, data
+        self.ids = opts.task_config().clients
+        self._delays = [random.Random(opts.silo_seed(i)) for i in range(opts.clients)]
 
-    def client_seed(self, i: int) -> int:
-        return self.seed * 1000 + i  # the demo's (`_client_config`, `_silo_trainer`)
+    def delay_s(self, i: int) -> float:
+        """Silo i's next update's delay, drawn as `StragglerTrainer` draws it."""
+        sigma = self.opts.stragglers_sigma or 0.0
+        return StragglerTrainer.draw_delay_s(self._delays[i], self.opts.train_seconds, sigma)
 
-
-def local_update(
-    weights: Any, silo: Dataset, s: Setting, i: int, version: int, seq: int | None
-) -> tuple[Any, int]:
-    """What `client.worker.train` does: one `fit` per epoch, the update's seed + epoch."""
-    seed = training_seed(s.client_seed(i), f"silo-{i}", version, seq)
-    num_examples = len(silo.y)
-    for epoch in range(s.epochs):
-        result = TRAINER.fit(weights, silo.x, silo.y, epochs=1, seed=seed + epoch)
-        weights, num_examples = result.weights, result.num_examples
-    return weights, num_examples
+    def update(self, weights: Any, i: int, version: int, seq: int | None) -> tuple[Any, int]:
+        """What `client.worker.train` does: one `fit` per epoch, the update's seed + epoch."""
+        seed = training_seed(self.opts.silo_seed(i), self.ids[i], version, seq)
+        silo, num_examples = self.data[i], len(self.data[i].y)
+        for epoch in range(self.opts.epochs):
+            result = TRAINER.fit(weights, silo.x, silo.y, epochs=1, seed=seed + epoch)
+            weights, num_examples = result.weights, result.num_examples
+        return weights, num_examples
 
 
 def accuracy(weights: Any, test: Dataset) -> float:
     return float(TRAINER.evaluate(weights, test.x, test.y)["accuracy"])
 
 
-def sync_time(s: Setting, silos: list[Dataset], test: Dataset) -> float | None:
-    delays = [random.Random(s.client_seed(i)) for i in range(s.clients)]
-    weights, now, round_id = TRAINER.init_weights(s.seed), 0.0, 0
-    while now <= s.horizon_s:
+def sync_time(silos: Silos, test: Dataset) -> float | None:
+    weights, now, round_id = TRAINER.init_weights(silos.opts.seed), 0.0, 0
+    while now <= HORIZON_S:
         acc = FedAvgAccumulator()
         slowest = 0.0
-        for i, silo in enumerate(silos):
-            local, n = local_update(weights, silo, s, i, round_id, None)
+        for i in range(len(silos.data)):
+            local, n = silos.update(weights, i, round_id, None)
             acc.add(local, n)
-            slowest = max(slowest, s.base_s * math.exp(delays[i].gauss(0.0, s.sigma)))
+            slowest = max(slowest, silos.delay_s(i))
         weights, now, round_id = acc.result(), now + slowest, round_id + 1
-        if accuracy(weights, test) >= TARGET:
+        if accuracy(weights, test) >= TARGET_ACCURACY:
             return now
     return None
 
 
-def async_time(s: Setting, strategy: str, silos: list[Dataset], test: Dataset) -> float | None:
-    cfg = s.config("async", strategy)
-    delays = [random.Random(s.client_seed(i)) for i in range(s.clients)]
+def async_time(silos: Silos, test: Dataset) -> float | None:
+    cfg = silos.opts.task_config()
     state, buffer_sum = AsyncState(), None
-    versions = {0: TRAINER.init_weights(s.seed)}
+    versions = {0: TRAINER.init_weights(silos.opts.seed)}
     queue: list[tuple[float, int, int, int]] = []  # (finish time, silo, base version, seq)
 
     def start(now: float, i: int) -> None:
-        delay = s.base_s * math.exp(delays[i].gauss(0.0, s.sigma))
-        heapq.heappush(queue, (now + delay, i, state.version, state.absorbed))
+        heapq.heappush(queue, (now + silos.delay_s(i), i, state.version, state.absorbed))
 
-    for i in range(s.clients):
+    for i in range(len(silos.data)):
         start(0.0, i)
     while queue:
         now, i, base, seq = heapq.heappop(queue)
-        if now > s.horizon_s:
+        if now > HORIZON_S:
             return None
-        local, _ = local_update(versions[base], silos[i], s, i, base, seq)
+        local, _ = silos.update(versions[base], i, base, seq)
         try:
             out = absorb(
                 state,
@@ -139,29 +124,24 @@ def async_time(s: Setting, strategy: str, silos: list[Dataset], test: Dataset) -
                 buffer_sum=buffer_sum,
             )
         except StaleUpdateError:
-            start(now, i)  # a stale silo is sent the head at once
+            start(now, i)  # stale: here it starts again at once (the stack: next go-ahead)
             continue
         state, buffer_sum = out.state, out.buffer_sum
         if out.new_global is not None:
             versions[state.version] = out.new_global
-            if accuracy(out.new_global, test) >= TARGET:
+            if accuracy(out.new_global, test) >= TARGET_ACCURACY:
                 return now
         start(now, i)
     return None
 
 
-def run(seeds: list[int], clients: int) -> dict[str, list[float | None]]:
+def run(seeds: list[int]) -> dict[str, list[float | None]]:
     times: dict[str, list[float | None]] = {label: [] for *_, label in ARMS}
     for seed in seeds:
-        s = Setting(seed=seed, clients=clients)
-        splits = [demo_silo(i, clients, alpha=0.5, seed=seed) for i in range(clients)]
-        silos, test = [train for train, _ in splits], splits[0][1]
+        data, test = demo_data(arm_options("sync", None, seed))
         for mode, strategy, label in ARMS:
-            t = (
-                sync_time(s, silos, test)
-                if mode == "sync"
-                else async_time(s, str(strategy), silos, test)
-            )
+            silos = Silos(arm_options(mode, strategy, seed), data)
+            t = sync_time(silos, test) if mode == "sync" else async_time(silos, test)
             times[label].append(t)
             print(f"seed {seed} {label}: {t if t is not None else 'never'}", file=sys.stderr)
     return times
@@ -175,10 +155,9 @@ def seed_range(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=seed_range, default=seed_range("10-39"))
-    parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    times = run(args.seeds, args.clients)
+    times = run(args.seeds)
     medians = {
         label: statistics.median(math.inf if t is None else t for t in values)
         for label, values in times.items()
@@ -186,7 +165,7 @@ def main() -> None:
     sync = medians["fedavg"]
     figures = [
         Figure(
-            f"replica_tta{TARGET:.2f}_{label} (reached "
+            f"replica_tta{TARGET_ACCURACY:.2f}_{label} (reached "
             f"{sum(t is not None for t in times[label])}/{len(args.seeds)})",
             value,
             "virtual s",

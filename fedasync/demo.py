@@ -59,6 +59,10 @@ class DemoOptions:
     task_name: str | None = None
     extra_config: dict[str, Any] = field(default_factory=dict)
 
+    def silo_seed(self, index: int) -> int:
+        """Silo `index`'s seed: its training seeds and its straggler delays derive from it."""
+        return self.seed * 1000 + index
+
     def task_config(self) -> TaskConfig:
         name = (
             self.task_name
@@ -121,13 +125,18 @@ class StragglerTrainer:
         self._calls = 0
         self._delay_s = 0.0
 
+    @staticmethod
+    def draw_delay_s(rng: random.Random, base_s: float, sigma: float) -> float:
+        """One update's delay: `base_s` x a lognormal(0, sigma) factor."""
+        return base_s * math.exp(rng.gauss(0.0, sigma))
+
     def init_weights(self, seed: int) -> Weights:
         return self.inner.init_weights(seed)
 
     def fit(self, weights: Weights, x: Any, y: Any, *, epochs: int, seed: int) -> TrainResult:
         result = self.inner.fit(weights, x, y, epochs=epochs, seed=seed)
         if self._calls % self._fits_per_update == 0:
-            self._delay_s = self._base * math.exp(self._rng.gauss(0.0, self._sigma))
+            self._delay_s = self.draw_delay_s(self._rng, self._base, self._sigma)
         self._calls += 1
         time.sleep(self._delay_s / self._fits_per_update)
         return result
@@ -178,7 +187,7 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
     spec = StackSpec(clients=tuple(ClientSpec(client_id=c) for c in cfg.clients))
     trainer = get_trainer(opts.trainer)
     # the data is ready before the clock starts: loading it is not the federation's time
-    silos, test = await asyncio.to_thread(_demo_data, opts)
+    silos, test = await asyncio.to_thread(demo_data, opts)
     async with EmbeddedStack(spec, event_log_path=deliveries_path) as stack:
         e = stack.endpoints
         store = ServerStore(stack.aws, Where(table=e.table, bucket=e.bucket, topic_arn=e.topic_arn))
@@ -257,7 +266,7 @@ def _self_check(ledger: list[dict[str, Any]], objects: Path) -> dict[str, Any]:
     }
 
 
-def _demo_data(opts: DemoOptions) -> tuple[list[Dataset], Dataset]:
+def demo_data(opts: DemoOptions) -> tuple[list[Dataset], Dataset]:
     """Each silo's share of the digits training split, and the shared held-out split."""
     splits = [
         demo_silo(i, opts.clients, alpha=opts.dirichlet_alpha, seed=opts.seed)
@@ -273,7 +282,7 @@ def _silo_trainer(trainer: Trainer, opts: DemoOptions, index: int) -> Trainer:
     return StragglerTrainer(
         trainer,
         sigma,
-        seed=opts.seed * 1000 + index,
+        seed=opts.silo_seed(index),
         base_s=opts.train_seconds,
         fits_per_update=opts.epochs,  # the client fits one epoch per call
     )
@@ -293,7 +302,7 @@ def _client_config(opts: DemoOptions, cfg: TaskConfig, e: Any, index: int) -> Cl
         visibility_timeout_s=60,
         wait_time_s=1,
         epochs=opts.epochs,
-        seed=opts.seed * 1000 + index,
+        seed=opts.silo_seed(index),
     )
 
 
