@@ -41,6 +41,15 @@ async def go_ahead(client, after_version=0):
             return notice
 
 
+async def owed_go_ahead(store, task, wait_until):
+    """The TASK item's `waiting` set once it is there (written just after a rejection)."""
+
+    async def waiting():
+        return (await store.get_task(task)).get("waiting")
+
+    return await wait_until(waiting, timeout_s=20)
+
+
 def mix(x, c, a):
     return {
         k: ((1 - a) * x[k].astype(np.float64) + a * c[k].astype(np.float64)).astype(np.float32)
@@ -105,11 +114,7 @@ async def test_fedasync_absorbs_in_arrival_order_rejects_stale_and_succeeds(
         # alone, or with b's when one stream batch held both); c, rejected, is owed one
         na, nb = await go_ahead(a), await go_ahead(b)
         assert (na.version in (1, 2), nb.version) == (True, 2)
-
-        async def owed():
-            return (await store.get_task("fa")).get("waiting")
-
-        assert await wait_until(owed, timeout_s=20) == {"c"}
+        assert await owed_go_ahead(store, "fa", wait_until) == {"c"}
         # AND a third fresh update (b's, on version 2) reaches max_versions: SUCCEEDED
         await b.submit(nb)
         desc = await wait_execution(stack, arn)
@@ -189,12 +194,7 @@ async def test_a_silo_rejected_on_the_head_waits_for_the_next_go_ahead(
             store, "wait", keys.update_sk("a", "a-v00000000", None), wait_until
         )
         assert rejected["reason"] == "shape"
-
-        async def waiting():
-            task = await store.get_task("wait")
-            return task.get("waiting")
-
-        assert await wait_until(waiting, timeout_s=20) == {"a"}
+        assert await owed_go_ahead(store, "wait", wait_until) == {"a"}
         # THEN b's accepted update gives both b and a a go-ahead on version 1
         await b.submit(nb)
         assert (await go_ahead(a)).version == (await go_ahead(b)).version == 1
