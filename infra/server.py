@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from aws_cdk import Annotations, Duration, Size
+from aws_cdk import Annotations, Arn, ArnFormat, Duration, Size, Stack
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -141,6 +141,30 @@ class ServerFunctions(Construct):
             sources.SqsEventSource(
                 messaging.control_queue, batch_size=5, report_batch_item_failures=True
             )
+        )
+        self._grant_history(self.control)
+
+    def _grant_history(self, function: lambda_.Function) -> None:
+        """A control message is acted on only if the task's execution sent it, which the
+        handler reads in the execution's history (fedasync/server/control.py)."""
+        role = function.role
+        if role is None:  # every function here has its own role (see _function)
+            raise ValueError(f"{function.node.path} has no role to grant the history to")
+        machine = Arn.split(self._state_machine.state_machine_arn, ArnFormat.COLON_RESOURCE_NAME)
+        executions = Stack.of(role).format_arn(
+            service="states",
+            resource="execution",
+            resource_name=f"{machine.resource_name}:*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(actions=["states:GetExecutionHistory"], resources=[executions])
+        )
+        acknowledge_wildcard_resource(
+            role,
+            executions,
+            "The control handler reads the history of this state machine's executions "
+            "(execution:<machine>:*); executions start at run time, one per task.",
         )
 
     def _function(

@@ -33,6 +33,12 @@ def _names(condition: str) -> dict[str, str]:
     return {f"#{w}": special.get(w, w) for w in re.findall(r"#([A-Za-z_][A-Za-z0-9_]*)", condition)}
 
 
+class ExecutionNotFoundError(RegistryError):
+    """The execution a task records is not one Step Functions knows."""
+
+    reason = "no_execution"
+
+
 @dataclass(frozen=True)
 class Where:
     """The deployment's resource names (from the handler environment)."""
@@ -271,3 +277,45 @@ class ServerStore:
                 return False
             raise
         return True
+
+    async def sent_messages(self, execution_arn: str) -> AsyncGenerator[dict[str, Any], None]:
+        """The message bodies the execution's SQS tasks sent, newest first (as the service
+        orders them; moto gives oldest first), read from its history: what Step Functions
+        itself recorded, so nobody but the execution can have put one there. A history
+        the service does not have raises `ExecutionNotFoundError`."""
+        sfn = await self.aws.sfn()
+        kwargs: dict[str, Any] = {
+            "executionArn": execution_arn,
+            "reverseOrder": True,
+            "maxResults": 1000,
+        }
+        while True:
+            try:
+                page = await sfn.get_execution_history(**kwargs)
+            except ClientError as exc:
+                if error_code(exc) in ("ExecutionDoesNotExist", "InvalidArn"):
+                    raise ExecutionNotFoundError(
+                        f"execution {execution_arn!r} is unknown to Step Functions"
+                    ) from exc
+                raise
+            for event in page.get("events", []):
+                body = _message_body(event.get("taskScheduledEventDetails") or {})
+                if body is not None:
+                    yield body
+            if not page.get("nextToken"):
+                return
+            kwargs["nextToken"] = page["nextToken"]
+
+
+def _message_body(details: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The `MessageBody` of a scheduled `sqs:sendMessage*` task (an object in the ASL; the
+    service may render it as JSON text), else None."""
+    if details.get("resourceType") != "sqs":
+        return None
+    try:
+        body = json.loads(str(details.get("parameters") or "{}")).get("MessageBody")
+        if isinstance(body, str):
+            body = json.loads(body)
+    except (ValueError, AttributeError):
+        return None
+    return body if isinstance(body, dict) else None
