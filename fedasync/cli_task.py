@@ -255,7 +255,11 @@ def stop_command(
             f"execution {out['execution']['status']}"
         )
     if out["execution"]["status"] == "RUNNING":
-        raise _fail(f"the execution of task {task_name!r} is still RUNNING after {wait} s")
+        raise _fail(
+            f"the execution of task {task_name!r} is still RUNNING after {wait} s: the final "
+            "model is published and its wait was answered (or stopped); waiting for the state "
+            f"machine to end it. Run `fedasync task stop {task_name}` again to check and retry"
+        )
 
 
 @local_app.callback()

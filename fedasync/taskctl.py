@@ -35,7 +35,7 @@ from fedasync.aws.session import AwsContext
 from fedasync.core import keys
 from fedasync.core.codec import Array
 from fedasync.core.config import TaskConfig
-from fedasync.core.errors import ConfigError, TaskNotFoundError
+from fedasync.core.errors import ConfigError, RegistryError, TaskNotFoundError
 from fedasync.local.provision import StackEndpoints
 from fedasync.resources import StackSpec
 from fedasync.server.finish import finish_task
@@ -309,7 +309,9 @@ async def stop(
 ) -> dict[str, Any]:
     """End the task with its current global model as final (see the module docstring).
 
-    Idempotent: stopping a task that already ended reports how it ended.
+    Retryable until it completes: while the execution runs, every stop does what is left
+    (the decision taken by an earlier stop, or by the server itself, stands). Stopping a
+    task whose execution has ended reports how it ended.
     """
     where = Where(table=stack.table, bucket=stack.bucket, topic_arn=await _topic_arn(aws, stack))
     store = ServerStore(aws, where)
@@ -318,22 +320,39 @@ async def stop(
         item.get("execution_arn") or _execution_arn(await _state_machine_arn(aws, stack), task_name)
     )
     execution = await _execution(aws, arn)
-    if view.finished or execution["status"] not in ("RUNNING", "UNKNOWN"):
+    if execution["status"] not in ("RUNNING", "UNKNOWN") or (
+        view.finished and execution["status"] == "UNKNOWN"
+    ):
         return {**_ended(item, view), "how": "already_ended", "execution": execution}
-    token = await _wait_token(store, view, wait_s)
-    if token is not None:
-        # async: the task's completion token; sync: the open round's token, whose
-        # {"finished": true} answer ends the rounds loop (IsRoundClosed → RecordSucceeded)
-        how = "callback"
-        await finish_task(store, task_name, STOPPED_REASON, token=token)
-    else:
-        how = "stop_execution"
-        await finish_task(store, task_name, STOPPED_REASON, token=None)
-        await _abort(aws, store, view, arn, token)
+    how = await _finish(aws, store, view, arn, wait_s)
     execution = await _wait_execution(aws, arn, wait_s)
     item = await store.get_task(task_name) or item
     log.info("task.stop", how=how, execution_status=execution["status"])
     return {**_ended(item, await _view(store, task_name)), "how": how, "execution": execution}
+
+
+async def _finish(
+    aws: AwsContext, store: ServerStore, view: TaskView, arn: str, wait_s: float
+) -> str:
+    """The stop's steps (decide, publish the final model, end the wait); how it ended the
+    wait. A task finished before (an earlier stop that could not complete, or the server's
+    own stop) is completed with the wait's token if there is one, without waiting for one."""
+    token = await _wait_token(store, view, 0 if view.finished else wait_s)
+    reason = view.finished or STOPPED_REASON
+    try:
+        await finish_task(store, view.task_name, reason, token=token)
+    except RegistryError as exc:
+        raise type(exc)(
+            f"{exc.message}; the stop is not complete and the execution keeps running: "
+            f"run `fedasync task stop {view.task_name}` again once the object is restored",
+            reason=exc.reason,
+        ) from exc
+    if token is not None:
+        return "resumed" if view.finished else "callback"
+    if reason != STOPPED_REASON:
+        return "resumed"  # the server's own finish: its execution ends by itself
+    await _abort(aws, store, view, arn, token)
+    return "stop_execution"
 
 
 async def _abort(

@@ -50,15 +50,26 @@ async def finish_task(
 ) -> dict[str, Any]:
     """Idempotent: the first caller decides the final version; every caller (a retry after
     a crash included) rewrites the same final object, repeats the notice and may answer a
-    token, so a crash between any two of these steps is completed by the next try."""
+    token, so a crash between any two of these steps is completed by the next try.
+
+    The recorded SHA-256 of the final version is the truth: a stored object that no longer
+    matches it is corrupt and is never published. Then `ChecksumMismatchError` says so and
+    what the finish waits for; the decision stands, and a later try completes it once the
+    object's bytes are back."""
     view = await _decide(store, task_name, reason)
     item = await store.get_task(task_name) or {}
     final_version = int(item.get("final_version", view.head_version))
     final_sha = str(item.get("final_sha256", view.head_sha256))
-    data = await store.get_object(keys.global_key(task_name, final_version))
+    key = keys.global_key(task_name, final_version)
+    data = await store.get_object(key)
     if codec.sha256_bytes(data) != final_sha:
+        log.error("task.final_corrupt", version=final_version, s3_key=key, sha256=final_sha)
         raise ChecksumMismatchError(
-            f"task {task_name!r}: stored version {final_version} does not match its SHA-256"
+            f"task {task_name!r} is finished ({view.finished}) at version {final_version}, "
+            f"but {key!r} no longer matches its recorded SHA-256 {final_sha}: the object was "
+            "rewritten after its commit and is corrupt, so it is not published as the final "
+            "model; the finish waits for that version's original bytes at that key, then "
+            "completes when retried"
         )
     await store.put_object(keys.final_key(task_name), data, final_sha)
     await store.publish(view.notice(final_version, final=True), view.cfg.clients)

@@ -401,9 +401,9 @@ class TestAsync:
     async def test_control_queue_junk_is_dropped_with_a_reason_and_spares_the_batch(
         self, async_env, monkeypatch
     ):
-        """server_lambdas/control.py: a message that can never parse is logged and dropped
-        (retrying cannot fix it); a well-formed one that fails is reported for retry and
-        then the DLQ; neither stops the other messages of the batch."""
+        """server_lambdas/control.py: a message that can never parse, one the task's
+        execution did not send and one for a task that does not exist are each logged with
+        their reason and dropped (retrying cannot fix them); none stops the others."""
         from structlog.testing import capture_logs
 
         from server_lambdas import control
@@ -412,6 +412,7 @@ class TestAsync:
         for name, value in env.stack.endpoints.handler_env().items():
             monkeypatch.setenv(name, value)
         before = await head_of(env.store, env.task)
+        task_before = await env.store.get_task(env.task)
         good = {"kind": "open_task", "task_name": env.task, "task_token": "tok-" + "x" * 40}
         bodies = {
             "not-json": "{this is not json",
@@ -419,7 +420,7 @@ class TestAsync:
             "schema-version-2": json.dumps({**good, "schema_version": 2}),
             "unknown-kind": json.dumps({**good, "kind": "explode"}),
             "missing-token": json.dumps({k: v for k, v in good.items() if k != "task_token"}),
-            "ok-but-task-finished": json.dumps(good),  # handled: the open is ignored
+            "well-formed-but-forged": json.dumps(good),
             "unknown-task": json.dumps({**good, "task_name": "no-such-task"}),
         }
         event = {
@@ -432,10 +433,11 @@ class TestAsync:
                 for mid, body in bodies.items()
             ]
         }
+        # WHEN the control handler gets a batch of them
         with capture_logs() as logged:
             response = control.lambda_handler(event, LocalLambdaContext("control"))
-        # THEN only the well-formed message whose task is missing is kept for retry/DLQ
-        assert response == {"batchItemFailures": [{"itemIdentifier": "unknown-task"}]}
+        # THEN none is kept for retry (and so none reaches the DLQ)
+        assert response == {"batchItemFailures": []}
         rejected = {e["message_id"]: e for e in logged if e["event"] == "control.rejected"}
         assert set(rejected) == {
             "not-json",
@@ -449,10 +451,17 @@ class TestAsync:
         assert "schema_version 2 is not supported" in rejected["schema-version-2"]["detail"]
         assert "kind" in rejected["unknown-kind"]["detail"]
         assert "task_token: Field required" in rejected["missing-token"]["detail"]
-        failed = [e for e in logged if e["event"] == "control.failed"]
-        assert [e["task_name"] for e in failed] == ["no-such-task"]
-        # AND the global model did not move
+        # AND the forged one and the one for a missing task are logged with their reason
+        [forged] = [e for e in logged if e["event"] == "control.forged"]
+        assert forged["reason"] == "not_sent_by_execution"
+        assert f"open_task for task {env.task!r} is not a message" in forged["detail"]
+        [dropped] = [e for e in logged if e["event"] == "control.dropped"]
+        assert dropped["reason"] == "unknown_task"
+        assert "names task 'no-such-task', which does not exist" in dropped["detail"]
+        assert not [e for e in logged if e["event"] == "control.failed"]
+        # AND the global model and the TASK item (its token included) did not change
         assert await head_of(env.store, env.task) == before
+        assert await env.store.get_task(env.task) == task_before
 
 
 @pytest.fixture(scope="class")

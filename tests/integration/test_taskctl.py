@@ -7,6 +7,7 @@ event loop, while the stack's pumps run on the test's loop.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from fedasync import logs
 from fedasync.cli import app
 from fedasync.core import codec, keys
+from fedasync.core.errors import FedAsyncError
 from fedasync.core.messages import Heartbeat
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ClientSpec, StackSpec
@@ -166,6 +168,79 @@ async def test_sync_task_stop_writes_final_model_and_ends_the_execution_succeede
     final = await store.get_object(keys.final_key("rounds"))
     assert codec.sha256_bytes(final) == task["initial_sha256"]
     assert (await first_notice(a)).final
+
+
+async def test_a_stop_that_cannot_publish_a_corrupt_head_says_why_and_completes_when_retried(
+    stack, tmp_path, wait_until
+):
+    # GIVEN an async task at version 1 (a's update), whose version-1 object is then
+    # rewritten in the bucket: the head SHA-256 the server recorded no longer matches it
+    config = write_config(tmp_path, "task.yaml", ASYNC_YAML.format(alpha=0.5))
+    started = await cli(stack, "task", "start", "--config", str(config), *SMALL_MODEL, "--json")
+    assert started.exit_code == 0, started.output
+    arn = json.loads(started.stdout)["execution_arn"]
+    store = store_for(stack)
+    a, _ = clients_for(stack, CLIENTS, (10, 10))
+    await a.submit(await first_notice(a))
+    await wait_until(lambda: _head_is(store, "ops", 1), timeout_s=20)
+    v1_key = keys.global_key("ops", 1)
+    v1 = await store.get_object(v1_key)
+    v1_sha = hashlib.sha256(v1).hexdigest()  # an independent hash of the committed bytes
+    assert (await store.get_task("ops"))["head_sha256"] == v1_sha
+    rewritten = codec.encode({"dense/kernel": np.ones((4, 3), np.float32)})
+    await store.put_object(v1_key, rewritten, hashlib.sha256(rewritten).hexdigest())
+    sfn = await stack.aws.sfn()
+
+    # WHEN the operator stops it, twice, while the object is still corrupt
+    for attempt in (1, 2):
+        stopped = await cli(stack, "task", "stop", "ops")
+        # THEN each says, in one error line and no traceback, what is wrong and what the
+        # stop waits for; it does not claim the execution is merely "still RUNNING"
+        assert stopped.exit_code == 1, (attempt, stopped.output)
+        [line] = stopped.stderr.strip().splitlines()
+        assert line.startswith("error: task 'ops' is finished (stopped) at version 1"), line
+        for fragment in (
+            f"'{v1_key}' no longer matches its recorded SHA-256 {v1_sha}",
+            "is corrupt, so it is not published as the final model",
+            "run `fedasync task stop ops` again once the object is restored",
+        ):
+            assert fragment in line, (attempt, line)
+        assert "Traceback" not in stopped.output and "still RUNNING" not in stopped.output
+        # AND the decision is kept, nothing corrupt is published, the execution still waits
+        task = await store.get_task("ops")
+        assert (task["finished"], task["final_version"], task["final_sha256"]) == (
+            "stopped",
+            1,
+            v1_sha,
+        )
+        with pytest.raises(FedAsyncError, match="missing from the model bucket"):
+            await store.get_object(keys.final_key("ops"))
+        assert (await sfn.describe_execution(executionArn=arn))["status"] == "RUNNING"
+
+    # WHEN the committed bytes are put back and the operator stops it once more
+    await store.put_object(v1_key, v1, v1_sha)
+    again = await cli(stack, "task", "stop", "ops", "--json")
+    # THEN the stop completes: version 1 is final.safetensors, the execution SUCCEEDED,
+    # and the silo hears the final notice
+    assert again.exit_code == 0, again.output
+    out = json.loads(again.stdout)
+    assert (out["how"], out["reason"], out["final_version"]) == ("resumed", "stopped", 1)
+    assert out["execution"]["status"] == "SUCCEEDED"
+    final = await store.get_object(keys.final_key("ops"))
+    assert hashlib.sha256(final).hexdigest() == v1_sha
+    notice = await go_ahead_final(a)
+    assert (notice.version, notice.sha256) == (1, v1_sha)
+
+
+async def go_ahead_final(client):
+    while not (notice := await first_notice(client)).final:
+        pass
+    return notice
+
+
+async def _head_is(store, task_name, version):
+    task = await store.get_task(task_name)
+    return task is not None and int(task["head_version"]) == version
 
 
 async def test_unknown_task_and_invalid_config_are_clear_errors(stack, tmp_path):
