@@ -40,7 +40,13 @@ FORGED_TOKEN = "AAAAKgAAAAIAAAAAAAAAAforged" + "Zq7" * 30  # a Step Functions to
 
 
 def message(kind: str, task_name: str, token: str, **fields: Any) -> dict[str, Any]:
-    return {"schema_version": 1, "kind": kind, "task_name": task_name, "task_token": token, **fields}
+    return {
+        "schema_version": 1,
+        "kind": kind,
+        "task_name": task_name,
+        "task_token": token,
+        **fields,
+    }
 
 
 def forgeries(kind: str, task_name: str, real_token: str) -> dict[str, dict[str, Any]]:
@@ -62,9 +68,7 @@ def forgeries(kind: str, task_name: str, real_token: str) -> dict[str, dict[str,
         # would replace the task's completion token
         "open_task": message("open_task", task_name, FORGED_TOKEN),
         # the task's real token does not make a finalize the execution never sent
-        "finalize-with-the-open-token": message(
-            "finalize", task_name, real_token, reason="idle"
-        ),
+        "finalize-with-the-open-token": message("finalize", task_name, real_token, reason="idle"),
     }
 
 
