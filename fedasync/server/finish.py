@@ -68,8 +68,7 @@ async def finish_task(
             f"task {task_name!r} is finished ({view.finished}) at version {final_version}, "
             f"but {key!r} no longer matches its recorded SHA-256 {final_sha}: the object was "
             "rewritten after its commit and is corrupt, so it is not published as the final "
-            "model; the finish waits for that version's original bytes at that key, then "
-            "completes when retried"
+            "model; the finish waits for that version's original bytes at that key"
         )
     await store.put_object(keys.final_key(task_name), data, final_sha)
     await store.publish(view.notice(final_version, final=True), view.cfg.clients)
