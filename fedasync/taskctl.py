@@ -17,6 +17,10 @@ Stopping (`stop`):
 - no token yet (the execution has not reached its wait): the final model is written the
   same way, the TASK item is marked STOPPED, and the execution is ended with
   `StopExecution` (status ABORTED; the TASK item's `cause` names the final version).
+- retryable: while the execution runs, a stop completes what an earlier one (or the
+  server's own finish) could not, keeping the final version it chose. A final version
+  whose object no longer matches its recorded SHA-256 is corrupt: nothing is published,
+  and the error names the object and what the stop waits for (its original bytes).
 """
 
 from __future__ import annotations
