@@ -8,8 +8,8 @@ import pytest
 from client.data import (
     Dataset,
     demo_silo,
-    hold_out,
     dirichlet_partition,
+    hold_out,
     load_csv,
     load_data,
     load_digits,
