@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from client.config import ClientConfig
-from client.data import Dataset, load_data
+from client.data import DEFAULT_EVAL_FRACTION, Dataset, hold_out, load_data
 from client.progress import Progress
 from client.run import run_client
 from client.signals import install_stop_handlers
@@ -71,6 +71,16 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
         ),
     ] = "digits",
     alpha: Annotated[float, typer.Option(help="Dirichlet alpha of the demo partition.")] = 0.5,
+    eval_fraction: Annotated[
+        float,
+        typer.Option(
+            envvar="FEDASYNC_EVAL_FRACTION",
+            min=0.0,
+            max=0.9,
+            help="Share of the data held out (per class, seeded) to score each global "
+            "model it receives: reported as eval_* metrics (0: none).",
+        ),
+    ] = DEFAULT_EVAL_FRACTION,
     seed: Annotated[int, typer.Option(envvar="FEDASYNC_SEED")] = 0,
     trainer: Annotated[
         str, typer.Option(envvar="FEDASYNC_TRAINER", help=f"One of {', '.join(sorted(TRAINERS))}.")
@@ -103,9 +113,9 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
             part_size=part_size_mb * _MiB,
             work_dir=work_dir,
         )
-        dataset = load_data(data, alpha=alpha, seed=seed)
+        dataset, held_out = hold_out(load_data(data, alpha=alpha, seed=seed), eval_fraction, seed)
         model = get_trainer(trainer, num_features=dataset.num_features, num_classes=num_classes)
-        report = asyncio.run(_main(cfg, model, dataset))
+        report = asyncio.run(_main(cfg, model, dataset, held_out))
     except (FedAsyncError, ValueError, ImportError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -115,13 +125,20 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
     )
 
 
-async def _main(cfg: ClientConfig, trainer: Trainer, dataset: Dataset) -> ClientReport:
+async def _main(
+    cfg: ClientConfig, trainer: Trainer, dataset: Dataset, held_out: Dataset | None
+) -> ClientReport:
     stop = asyncio.Event()
     uninstall = install_stop_handlers(stop)
     try:
         with Progress(sys.stderr.isatty()) as progress:
             return await run_client(
-                cfg, trainer=trainer, data=dataset, stop_event=stop, progress=progress
+                cfg,
+                trainer=trainer,
+                data=dataset,
+                eval_data=held_out,
+                stop_event=stop,
+                progress=progress,
             )
     finally:
         uninstall()

@@ -79,6 +79,23 @@ def train_test_split(
     return data.subset(train_idx), data.subset(test_idx)
 
 
+DEFAULT_EVAL_FRACTION = 0.2
+
+
+def hold_out(data: Dataset, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset | None]:
+    """A silo's own split: (train, held-out) with `fraction` of each class held out,
+    seeded; `fraction` 0 holds nothing out. The held-out part scores the global model
+    (`eval_*` metrics); too small a dataset to hold any example out gives None."""
+    if fraction == 0.0:
+        return data, None
+    train, held = train_test_split(data, fraction, seed)
+    if len(train) == 0:
+        raise ValueError(
+            f"--eval-fraction {fraction} of {len(data)} examples leaves none to train on"
+        )
+    return (train, held) if len(held) else (data, None)
+
+
 def dirichlet_partition(
     y: npt.NDArray[np.integer[Any]],
     n_clients: int,

@@ -48,6 +48,8 @@ class Inbox:
         self._waiting: dict[tuple[bool, int, int], Held] = {}
         self._active: dict[tuple[bool, int, int], Held] = {}
         self._floor: tuple[bool, int, int] | None = None  # rank of the newest notice taken
+        # released unfinished (see `release`): their redelivery is new again, not done
+        self._retry: set[tuple[bool, int, int]] = set()
         self._changed = asyncio.Event()
 
     def offer(self, notice: GlobalModelNotice, receipt: str) -> Offer:
@@ -56,8 +58,9 @@ class Inbox:
             if rank in pool:
                 pool[rank].receipts.append(receipt)
                 return Offer.JOINED
-        if self._floor is not None and rank <= self._floor:
+        if self._floor is not None and rank <= self._floor and rank not in self._retry:
             return Offer.DONE
+        self._retry.discard(rank)
         self._waiting[rank] = Held(notice, [receipt])
         self._changed.set()
         return Offer.NEW
@@ -72,12 +75,22 @@ class Inbox:
         superseded = list(self._waiting.values())
         self._waiting.clear()
         self._floor = rank
+        self._retry = {r for r in self._retry if r > rank}  # older ones are superseded
         self._active[rank] = held
         return held, superseded
 
     def finish(self, held: Held) -> list[str]:
         """The notice is fully handled; returns every receipt to delete."""
         self._active.pop(_rank(held.notice), None)
+        return list(held.receipts)
+
+    def release(self, held: Held) -> list[str]:
+        """Give a notice up unfinished (its model could not be fetched): its messages are
+        neither deleted nor kept invisible any longer, and when SQS delivers one again it
+        is taken as new, unless a newer notice has been taken meanwhile."""
+        rank = _rank(held.notice)
+        self._active.pop(rank, None)
+        self._retry.add(rank)
         return list(held.receipts)
 
     def receipts(self) -> list[str]:

@@ -26,6 +26,7 @@ from fedasync.core.messages import Heartbeat, UpdateRecord
 class ClientPorts(Protocol):
     async def receive(self) -> list[ReceivedMessage]: ...
     async def extend(self, receipts: Sequence[str]) -> None: ...
+    async def postpone(self, receipts: Sequence[str], delay_s: int) -> None: ...
     async def delete(self, receipts: Sequence[str]) -> None: ...
     async def download(self, key: str, sha256: str, dest: Path, on_bytes: Advance) -> int: ...
     async def upload(self, path: Path, key: str, sha256: str, on_bytes: Advance) -> None: ...
@@ -73,6 +74,12 @@ class AwsClientPorts:
                 self._queues.change_visibility(self.queue_url, r, self._cfg.visibility_timeout_s)
                 for r in receipts
             )
+        )
+
+    async def postpone(self, receipts: Sequence[str], delay_s: int) -> None:
+        """Let the messages come back in `delay_s` seconds (not at once, not never)."""
+        await asyncio.gather(
+            *(self._queues.change_visibility(self.queue_url, r, delay_s) for r in receipts)
         )
 
     async def delete(self, receipts: Sequence[str]) -> None:

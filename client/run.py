@@ -47,7 +47,12 @@ async def run_client(
             bound = ports or await AwsClientPorts.open(aws, cfg)
             with _workdir(cfg.work_dir) as workdir, progress or DISABLED as shown:
                 state = RunState(cfg, bound, trainer, data, workdir, shown, eval_data)
-                log.info("client.started", trainer=trainer.name, num_examples=len(data))
+                log.info(
+                    "client.started",
+                    trainer=trainer.name,
+                    num_examples=len(data),
+                    eval_examples=len(eval_data) if eval_data is not None else 0,
+                )
                 try:
                     await _run(state, stop_event or asyncio.Event())
                 finally:

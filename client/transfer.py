@@ -34,6 +34,14 @@ _WRITE_BATCH = 4 * 1024 * 1024
 _READ_CHUNK = 1024 * 1024
 
 
+class CorruptDownloadError(ChecksumMismatchError):
+    """A downloaded object's SHA-256 is not the one announced (both kept, for the log)."""
+
+    def __init__(self, message: str, *, key: str, expected: str, actual: str) -> None:
+        super().__init__(message)
+        self.key, self.expected, self.actual = key, expected, actual
+
+
 def _ignore(_: int) -> None:
     return None
 
@@ -167,8 +175,11 @@ async def download_file(
             await asyncio.to_thread(fh.close)
         got = digest.hexdigest()
         if got != sha256:
-            raise ChecksumMismatchError(
-                f"global model {key!r} has SHA-256 {got}; the notice announced {sha256}"
+            raise CorruptDownloadError(
+                f"global model {key!r} has SHA-256 {got}; the notice announced {sha256}",
+                key=key,
+                expected=sha256,
+                actual=got,
             )
         os.replace(partial, dest)
     finally:

@@ -12,20 +12,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
+from typing import Any
 
 import structlog
 from structlog.contextvars import bound_contextvars
 
 from client.inbox import Held
 from client.state import EndOfRun, PendingUpload, RunState
+from client.transfer import CorruptDownloadError
 from fedasync.core import codec, keys
 from fedasync.core.codec import Weights
-from fedasync.core.errors import ChecksumMismatchError
 from fedasync.core.messages import GlobalModelNotice, UpdateRecord
 
 log = structlog.get_logger()
 
 _RETRY_DELAY_S = 0.5
+# a notice whose model stays corrupt comes back after the visibility timeout, then twice
+# that, ... up to this (SQS moves it to the dead-letter queue after maxReceiveCount)
+MAX_POSTPONE_S = 900
+EVAL_PREFIX = "eval_"
 
 
 def update_id_for(client_id: str, notice: GlobalModelNotice) -> str:
@@ -59,9 +65,34 @@ async def trainer_loop(state: RunState) -> None:
             await state.uploads.put(EndOfRun(held))
             return
         with bound_contextvars(version=held.version, round_id=held.notice.round_id):
-            pending = await prepare_update(state, held)
+            try:
+                pending = await prepare_update(state, held)
+            except CorruptDownloadError as exc:
+                await give_back(state, held, exc)
+                continue
             if pending is not None:
                 await state.uploads.put(pending)
+
+
+async def give_back(state: RunState, held: Held, exc: CorruptDownloadError) -> None:
+    """The announced model failed its checksum: nothing is trained, the notice is kept
+    (not deleted) and comes back after a growing delay; the client waits for it or for a
+    newer notice. A bad object in S3 is the server's to fix, never a reason to exit."""
+    key = held.notice.idempotency_key
+    failures = state.corrupt_notices[key] = state.corrupt_notices.get(key, 0) + 1
+    delay = min(MAX_POSTPONE_S, state.cfg.visibility_timeout_s * 2 ** (failures - 1))
+    state.report.corrupt_downloads += 1
+    log.warning(
+        "client.download_corrupt",
+        notice_version=held.version,
+        seq=held.notice.seq,
+        s3_key=exc.key,
+        expected_sha256=exc.expected[:12],
+        actual_sha256=exc.actual[:12],
+        failures=failures,
+        retry_in_s=delay,
+    )
+    await state.ports.postpone(state.inbox.release(held), delay)
 
 
 async def prepare_update(state: RunState, held: Held) -> PendingUpload | None:
@@ -142,14 +173,17 @@ async def download_global(state: RunState, notice: GlobalModelNotice) -> Weights
             with state.progress.bar(f"download v{notice.version}", notice.size_bytes) as advance:
                 await state.ports.download(notice.s3_key, notice.sha256, path, advance)
             break
-        except ChecksumMismatchError as exc:
+        except CorruptDownloadError as exc:
             log.warning("client.download_checksum_mismatch", attempt=attempt, error=exc.message)
             if attempt == attempts:
-                raise ChecksumMismatchError(
+                raise CorruptDownloadError(
                     f"global model v{notice.version} of task {notice.task_name!r} "
                     f"({notice.s3_key!r}) failed SHA-256 verification {attempts} times: "
                     f"{exc.message}. The object in S3 is not the one the server announced; "
-                    "the notice is left on the queue and nothing was trained"
+                    "the notice is left on the queue and nothing was trained",
+                    key=exc.key,
+                    expected=exc.expected,
+                    actual=exc.actual,
                 ) from exc
             await asyncio.sleep(_RETRY_DELAY_S * attempt)
     try:
@@ -167,10 +201,17 @@ async def train(
     state: RunState, weights: Weights, notice: GlobalModelNotice
 ) -> tuple[Weights, int, dict[str, float]]:
     """One `fit` per epoch in a worker thread: progress per epoch, and a stop request
-    takes effect at the next epoch boundary instead of after the whole run."""
+    takes effect at the next epoch boundary instead of after the whole run.
+
+    With held-out data, the global model it was given is scored on it first: `eval_*`
+    metrics, what the server's `target_metric` reads (the silo's view of the model)."""
     cfg, data, version = state.cfg, state.data, notice.version
     seed = training_seed(cfg.seed, cfg.client_id, version, notice.seq)
-    num_examples, metrics = len(data), {}
+    num_examples, metrics, scores = len(data), {}, {}
+    if state.eval_data is not None:
+        scores = await state.in_compute(
+            state.trainer.evaluate, weights, state.eval_data.x, state.eval_data.y
+        )
     with state.progress.bar(f"train v{version}", cfg.epochs, "epochs") as advance:
         for epoch in range(cfg.epochs):
             result = await state.in_compute(
@@ -178,13 +219,31 @@ async def train(
             )
             weights, num_examples, metrics = result.weights, result.num_examples, result.metrics
             advance(1)
-    if state.eval_data is not None:
-        scores = await state.in_compute(
-            state.trainer.evaluate, weights, state.eval_data.x, state.eval_data.y
-        )
-        metrics = {**metrics, **scores}
+    metrics = finite_metrics({**metrics, **{EVAL_PREFIX + k: v for k, v in scores.items()}})
     log.info("client.trained", epochs=cfg.epochs, num_examples=num_examples, **metrics)
     return weights, num_examples, metrics
+
+
+def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics a record can carry: a NaN/Inf (or non-number) one is dropped with a
+    warning, and the update is still submitted; the server judges the weights."""
+    kept: dict[str, float] = {}
+    for name, value in metrics.items():
+        number = _as_float(value)
+        if number is None or not math.isfinite(number):
+            log.warning(
+                "client.metric_dropped", metric=name, value=repr(value), reason="non_finite"
+            )
+            continue
+        kept[name] = number
+    return kept
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 async def uploader_loop(state: RunState) -> None:

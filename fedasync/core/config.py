@@ -82,14 +82,33 @@ class StalenessFunction(BaseModel):
         return f"hinge({self.a:g}, {self.b:g})"
 
 
+EVAL_METRIC_PATTERN = r"^eval_[A-Za-z0-9_]{1,59}$"
+
+
 class TargetMetric(BaseModel):
-    """Stop an async task once a client-reported metric reaches a threshold."""
+    """Stop an async task once the silos' evaluation of the global model reaches a
+    threshold (see `fedasync.core.target`: a weighted median over a quorum of silos).
+
+    Only `eval_*` metrics qualify: each silo's score of the global model it received on
+    the part of its data it holds out (`--eval-fraction`). `train_*` metrics measure a
+    local model's fit to its own training data and would stop a task too early."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(min_length=1, max_length=64)
-    threshold: float
+    threshold: float = Field(allow_inf_nan=False)
     higher_is_better: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _an_eval_metric(cls, value: str) -> str:
+        if not re.match(EVAL_METRIC_PATTERN, value):
+            hint = "eval_" + value.removeprefix("train_")
+            raise ValueError(
+                f"target metric {value!r} is not an evaluation metric: clients report "
+                f"eval_* scores of the global model on held-out data; use e.g. {hint!r}"
+            )
+        return value
 
     def reached(self, value: float) -> bool:
         return value >= self.threshold if self.higher_is_better else value <= self.threshold
@@ -118,6 +137,8 @@ class TaskConfig(BaseModel):
     server_lr: float = Field(default=1.0, gt=0.0)
     max_versions: int = Field(default=100, ge=1)
     target_metric: TargetMetric | None = None
+    # distinct silos whose latest reports the target needs; default: more than half
+    target_quorum: int | None = Field(default=None, ge=1)
     heartbeat_s: int = Field(default=600, ge=1, le=31_536_000)
     deadline_s: int = Field(default=86_400, ge=1, le=31_536_000)
     # validation of every update
@@ -156,6 +177,21 @@ class TaskConfig(BaseModel):
     def quorum(self) -> int:
         """Updates a sync round needs to close at its deadline."""
         return self.min_clients if self.min_clients is not None else len(self.clients)
+
+    @model_validator(mode="after")
+    def _target_quorum_fits(self) -> Self:
+        if self.target_quorum is not None and self.target_quorum > len(self.clients):
+            raise ValueError(
+                f"target_quorum {self.target_quorum} exceeds the {len(self.clients)} listed "
+                "clients: the target metric could never stop the task"
+            )
+        return self
+
+    @property
+    def target_reporters(self) -> int:
+        """Distinct silos that must have reported before the target metric can stop an
+        async task: `target_quorum`, by default a majority of the task's clients."""
+        return self.target_quorum or len(self.clients) // 2 + 1
 
     @property
     def aggregation(self) -> str:

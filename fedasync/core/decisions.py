@@ -157,10 +157,3 @@ def close_outcome(
             f"update(s); {cfg.quorum} needed (min_clients)"
         ),
     )
-
-
-def metric_for_stop(cfg: TaskConfig, latest: Mapping[str, float]) -> float | None:
-    """The target metric: mean over clients of the latest value each reported."""
-    if cfg.target_metric is None or not latest:
-        return None
-    return sum(latest.values()) / len(latest)

@@ -22,8 +22,10 @@ a conflicting one is an error) and `fedasync.core.replay` orders by round and `s
 
 from __future__ import annotations
 
+import base64
 import bisect
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -65,30 +67,76 @@ def _task_event(task: Mapping[str, Any], bucket: str | None) -> Event:
     }
 
 
+def _int_or_none(value: Any) -> int | None:
+    """An integer the server wrote, or None: never a crash on what a silo put there."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _float_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def raw(value: Any) -> Any:
+    """A silo-written value as received, made JSON-safe, never coerced: bytes as base64,
+    sets as sorted lists, non-finite floats and other types as their text."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, bytes | bytearray):
+        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, Mapping):
+        return {str(k): raw(v) for k, v in value.items()}
+    if isinstance(value, set | frozenset):
+        return sorted((raw(v) for v in value), key=repr)
+    if isinstance(value, list | tuple):
+        return [raw(v) for v in value]
+    return str(value)
+
+
+# What the server writes on a rejected update; any other verdict attribute on it
+# (`seq`, `weight`, ...) was put there by the silo and is part of what it sent.
+_REJECTION_ATTRIBUTES = ("verdict", "reason", "detail", "decided_at")
+
+
 def _update_event(item: Mapping[str, Any]) -> Event:
+    """One update: the silo's fields as received (raw), the server's typed.
+
+    Only an accepted update carries the server's position (`seq`, `staleness`, `weight`,
+    `applied_version`, `version_sha256`); a rejected item may hold anything, since its
+    sender wrote it, and is carried as it was received so that export never fails."""
+    accepted = item.get("verdict") == "accepted"
+    server = VERDICT_ATTRIBUTES if accepted else _REJECTION_ATTRIBUTES
     record = {
-        k: v
-        for k, v in item.items()
-        if k not in VERDICT_ATTRIBUTES and k not in ("sk", "expires_at")
+        k: raw(v) for k, v in item.items() if k not in server and k not in ("sk", "expires_at")
     }
+    position = item if accepted else {}
     return {
         "kind": "update",
         "key": f"update:{item['sk']}",
         "sk": str(item["sk"]),
-        "client_id": item.get("client_id"),
-        "update_id": item.get("update_id"),
-        "round_id": _num(item.get("round_id")),
-        "base_version": _num(item.get("base_version")),
-        "num_examples": _num(item.get("num_examples")),
-        "verdict": item.get("verdict"),
-        "reason": item.get("reason"),
-        "detail": item.get("detail"),
-        "seq": _num(item.get("seq")),
-        "staleness": _num(item.get("staleness")),
-        "weight": _float(item.get("weight")),
-        "applied_version": _num(item.get("applied_version")),
-        "version_sha256": item.get("version_sha256"),
-        "decided_at": _float(item.get("decided_at")),
+        "client_id": raw(item.get("client_id")),
+        "update_id": raw(item.get("update_id")),
+        "round_id": raw(item.get("round_id")),
+        "base_version": raw(item.get("base_version")),
+        "num_examples": raw(item.get("num_examples")),
+        "verdict": raw(item.get("verdict")),
+        "reason": raw(item.get("reason")),
+        "detail": raw(item.get("detail")),
+        "seq": _int_or_none(position.get("seq")),
+        "staleness": _int_or_none(position.get("staleness")),
+        "weight": _float_or_none(position.get("weight")),
+        "applied_version": _int_or_none(position.get("applied_version")),
+        "version_sha256": raw(position.get("version_sha256")),
+        "decided_at": _float_or_none(item.get("decided_at")),
         "record": record,
     }
 
@@ -132,7 +180,8 @@ def build_ledger(items: Iterable[Mapping[str, Any]], *, bucket: str | None = Non
     body: list[tuple[tuple[float, int, float, str], Event]] = []
     if head["config"]["mode"] == "sync":
         for u in updates:
-            body.append(((u["round_id"] or 0, 0, u["decided_at"] or 0.0, u["sk"]), u))
+            round_id = _int_or_none(u["round_id"]) or 0  # a silo's junk sorts first
+            body.append(((round_id, 0, u["decided_at"] or 0.0, u["sk"]), u))
         for r in rounds:
             body.append(((r["round_id"], 1, 0.0, ""), r))
             body.append(

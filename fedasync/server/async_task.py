@@ -19,11 +19,11 @@ from fedasync.core.decisions import (
     check_sender,
     describe,
     load_payload,
-    metric_for_stop,
     parse_update_item,
 )
 from fedasync.core.errors import ChecksumMismatchError, FedAsyncError
 from fedasync.core.messages import UpdateRecord
+from fedasync.core.target import Report, target_value, with_report
 from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
@@ -72,7 +72,7 @@ class _Head:
     state: AsyncState
     head_sha: str
     buffer_sha: str | None
-    latest: dict[str, float]
+    latest: dict[str, Report]
     values: dict[str, Any] = field(default_factory=dict)
     produced: dict[int, Weights] = field(default_factory=dict)
     produced_sha: dict[int, str] = field(default_factory=dict)
@@ -158,9 +158,10 @@ async def _advance(
         # written once, at the commit: only the committed seq's buffer is ever read
         head.buffer_sum = {k: np.asarray(v, dtype=np.float64) for k, v in out.buffer_sum.items()}
         head.buffer_sha = None
-    if cfg.target_metric is not None and cfg.target_metric.name in record.metrics:
-        head.latest = {**head.latest, record.client_id: record.metrics[cfg.target_metric.name]}
-        head.values["latest_metrics"] = head.latest
+    reports = with_report(cfg, head.latest, record.client_id, record.metrics, record.num_examples)
+    if reports is not None:
+        head.latest = reports
+        head.values["latest_metrics"] = {c: r.item() for c, r in reports.items()}
     head.state = out.state
     head.values.update(
         absorbed=out.state.absorbed,
@@ -264,7 +265,7 @@ async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
         verdict = await _advance(store, head, record, out)
         decided.append((record, verdict, out))
         last = {**update, **verdict}
-        metric = metric_for_stop(view.cfg, head.latest)
+        metric = target_value(view.cfg, head.latest)
         if stop_reason(head.state, view.cfg, metric=metric) is not None:
             break
     if not decided or not await _commit(store, head, decided):
@@ -319,9 +320,7 @@ async def after_accept(
         recipients = set(submitters or [str(item.get("client_id"))]) | view.waiting
         effects.append(_go_ahead(store, view, recipients))
     await asyncio.gather(*effects)
-    reason = stop_reason(
-        view.state, view.cfg, metric=metric_for_stop(view.cfg, view.latest_metrics)
-    )
+    reason = stop_reason(view.state, view.cfg, metric=target_value(view.cfg, view.latest_metrics))
     if reason is not None:
         await finish_task(store, task_name, reason, token=view.token)
 

@@ -12,6 +12,7 @@ from fedasync.core.codec import ModelSpec, TensorSpec
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import SchemaError, TaskNotFoundError
 from fedasync.core.messages import GlobalModelNotice
+from fedasync.core.target import Report
 
 
 def spec_to_json(spec: ModelSpec) -> str:
@@ -42,7 +43,7 @@ class TaskView:
     token: str | None
     finished: str | None
     started_at: float | None
-    latest_metrics: dict[str, float]
+    latest_metrics: dict[str, Report]  # async: each silo's latest target-metric report
     head_size: int
     # async: rostered clients whose last update was rejected and that wait for a go-ahead
     waiting: frozenset[str] = frozenset()
@@ -69,7 +70,9 @@ class TaskView:
             finished=item.get("finished") or None,
             started_at=float(item["started_at"]) if item.get("started_at") is not None else None,
             latest_metrics={
-                str(k): float(v) for k, v in (item.get("latest_metrics") or {}).items()
+                str(k): r
+                for k, v in (item.get("latest_metrics") or {}).items()
+                if (r := Report.from_item(v)) is not None
             },
             head_size=int(item.get("head_size", 0)),
             waiting=frozenset(str(c) for c in item.get(WAITING) or ()),

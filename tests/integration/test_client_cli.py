@@ -70,6 +70,13 @@ async def test_sigterm_stops_the_silo_cleanly_and_logs_are_json_with_context(
     [uploaded] = [e for e in events if e["event"] == "client.update_uploaded"]
     assert (uploaded["task_name"], uploaded["client_id"], uploaded["version"]) == (TASK, CLIENT, 1)
     assert any(e["event"] == "client.stop_requested" for e in events)
+    # AND by default it held out a fifth of its data and scored the global model on it
+    [started] = [e for e in events if e["event"] == "client.started"]
+    held = started["eval_examples"]
+    assert 0.15 < held / (held + started["num_examples"]) < 0.25
+    [item] = await server.updates()
+    assert item["num_examples"] == started["num_examples"]
+    assert {"eval_accuracy", "eval_loss", "train_accuracy", "train_loss"} <= set(item["metrics"])
 
 
 def test_an_unknown_trainer_is_a_clear_error_not_a_traceback():

@@ -18,14 +18,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from client.config import ClientConfig
-from client.data import Dataset, demo_silo
+from client.data import Dataset, demo_silo, hold_out
 from client.run import run_client
+from client.trainers import TrainResult, get_trainer
 from client.trainers.numpy_trainer import NumpyTrainer
 from fedasync.aws.models import S3ModelRegistry
 from fedasync.aws.queues import SnsNotices
 from fedasync.aws.records import DynamoRecords
 from fedasync.core import codec, keys
-from fedasync.core.errors import ChecksumMismatchError
 from fedasync.core.messages import GlobalModelNotice, UpdateRecord
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ClientSpec, StackSpec
@@ -249,24 +249,138 @@ async def _count_at_least(server: Server, n: int) -> bool:
     return len(await server.updates()) >= n
 
 
-async def test_a_corrupted_global_model_is_refused_after_a_retry(stack, server, silo):
-    # GIVEN a notice whose SHA-256 does not match the object in S3
-    good = await server.put_global(1)
-    await server.publish(good.model_copy(update={"sha256": "0" * 64}))
-    # WHEN the client runs
-    with capture_logs() as logs, pytest.raises(ChecksumMismatchError) as raised:
-        await asyncio.wait_for(
-            run_client(config(stack), trainer=NumpyTrainer(), data=silo), RUN_TIMEOUT_S
+def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == name]
+
+
+async def test_a_corrupted_global_model_is_given_back_and_trained_once_repaired(
+    stack, server, silo, wait_until
+):
+    # GIVEN a notice for v1 whose object in S3 is not the model it announces
+    notice = await server.put_global(1)
+    good = await server.registry.get_bytes(notice.s3_key, sha256=notice.sha256)
+    bad = codec.encode(NumpyTrainer().init_weights(seed=99))
+    await server.registry.put_bytes(notice.s3_key, bad)
+    await server.publish(notice)
+    with capture_logs() as logs:
+        # WHEN the client runs and finds the checksum wrong
+        task = asyncio.create_task(run_client(config(stack), trainer=NumpyTrainer(), data=silo))
+        await wait_until(lambda: _events(logs, "client.download_corrupt"), timeout_s=RUN_TIMEOUT_S)
+        # THEN it is still running, nothing was trained, and the notice was not deleted
+        assert not task.done()
+        assert await server.updates() == []
+        assert sum(await server.queue_depth()) == 1
+        # WHEN the object is repaired THEN the redelivered notice is trained on
+        await server.registry.put_bytes(notice.s3_key, good)
+        await end_task_after(server, server.updates, wait_until, 1)
+        report = await asyncio.wait_for(task, RUN_TIMEOUT_S)
+    [corrupt] = _events(logs, "client.download_corrupt")
+    assert corrupt["log_level"] == "warning"
+    assert (corrupt["notice_version"], corrupt["s3_key"]) == (1, notice.s3_key)
+    assert corrupt["expected_sha256"] == notice.sha256[:12]
+    assert corrupt["actual_sha256"] == codec.sha256_bytes(bad)[:12]
+    assert (corrupt["failures"], corrupt["retry_in_s"]) == (1, 2)  # the visibility timeout
+    assert report.outcome == "final"
+    assert report.corrupt_downloads == 1
+    [item] = await server.updates()
+    assert (item["base_version"], item["num_examples"]) == (1, len(silo))
+    assert await server.queue_depth() == (0, 0)
+
+
+async def test_a_model_corrupt_for_good_is_retried_ever_more_slowly_and_a_newer_one_served(
+    stack, server, silo, wait_until
+):
+    # GIVEN a notice for v1 that announces a SHA-256 no object has
+    v1 = await server.put_global(1)
+    await server.publish(v1.model_copy(update={"sha256": "0" * 64}))
+    with capture_logs() as logs:
+        task = asyncio.create_task(run_client(config(stack), trainer=NumpyTrainer(), data=silo))
+        # WHEN it has failed twice
+        await wait_until(
+            lambda: len(_events(logs, "client.download_corrupt")) >= 2, timeout_s=RUN_TIMEOUT_S
         )
-    # THEN it tried twice, then failed with an error naming the object and the cause
-    mismatches = [e for e in logs if e["event"] == "client.download_checksum_mismatch"]
-    assert [e["attempt"] for e in mismatches] == [1, 2]
-    assert "failed SHA-256 verification 2 times" in str(raised.value)
-    assert good.s3_key in str(raised.value)
-    # AND nothing was recorded; the message stays, to be delivered again
-    assert await server.updates() == []
-    assert await server.local_objects() == []
-    assert sum(await server.queue_depth()) == 1
+        await asyncio.sleep(2)
+        # THEN it waited the visibility timeout (2 s), then twice that: no hot loop
+        corrupt = _events(logs, "client.download_corrupt")
+        assert [(e["failures"], e["retry_in_s"]) for e in corrupt] == [(1, 2), (2, 4)]
+        assert [e["attempt"] for e in _events(logs, "client.download_checksum_mismatch")] == [
+            1,
+            2,
+        ] * 2
+        # WHEN the server announces v2 THEN the client, still polling, trains on it
+        await server.publish(await server.put_global(2))
+        await end_task_after(server, server.updates, wait_until, 2)
+        report = await asyncio.wait_for(task, RUN_TIMEOUT_S)
+    assert report.outcome == "final"
+    assert [u.base_version for u in report.updates] == [2]
+    assert report.corrupt_downloads == 2
+
+
+class _NonFiniteMetrics(NumpyTrainer):
+    def fit(self, weights, x, y, *, epochs, seed):
+        result = super().fit(weights, x, y, epochs=epochs, seed=seed)
+        spoiled = {**result.metrics, "train_loss": float("nan"), "train_grad": float("inf")}
+        return TrainResult(result.weights, result.num_examples, spoiled)
+
+
+async def test_non_finite_metrics_are_dropped_with_a_warning_and_the_update_submitted(
+    stack, server, silo, wait_until
+):
+    # GIVEN a trainer whose loss comes out NaN (and another metric Inf)
+    await server.publish(await server.put_global(1))
+    with capture_logs() as logs:
+        # WHEN the client trains on a notice
+        task = asyncio.create_task(
+            run_client(config(stack), trainer=_NonFiniteMetrics(), data=silo)
+        )
+        await end_task_after(server, server.updates, wait_until, 1)
+        report = await asyncio.wait_for(task, RUN_TIMEOUT_S)
+    # THEN each bad metric is named in a warning, and the update is recorded without them
+    dropped = _events(logs, "client.metric_dropped")
+    assert sorted(e["metric"] for e in dropped) == ["train_grad", "train_loss"]
+    assert {e["log_level"] for e in dropped} == {"warning"}
+    assert report.outcome == "final"
+    [item] = await server.updates()
+    assert set(item["metrics"]) == {"train_accuracy"}
+
+
+def _scores_by_hand(weights: codec.Weights, data: Dataset) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of softmax(x W + b), written out here."""
+    logits = data.x.astype(np.float64) @ weights["dense/kernel"].astype(np.float64)
+    logits += weights["dense/bias"].astype(np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    picked = log_probs[np.arange(len(data)), data.y]
+    return float(np.mean(np.argmax(logits, axis=1) == data.y)), float(-np.mean(picked))
+
+
+@pytest.mark.parametrize("trainer_name", ["numpy", "keras"])
+async def test_a_silo_scores_the_global_model_it_receives_on_its_held_out_data(
+    stack, server, silo, wait_until, trainer_name
+):
+    if trainer_name == "keras":
+        pytest.importorskip("tensorflow")
+    # GIVEN a silo holding out a fifth of its data, and global v1 announced
+    train_part, held = hold_out(silo, 0.2, seed=0)
+    assert held is not None
+    v1 = NumpyTrainer().init_weights(seed=1)
+    await server.publish(await server.put_global(1, v1))
+    # WHEN it trains on v1
+    trainer = get_trainer(trainer_name)
+    task = asyncio.create_task(
+        run_client(config(stack), trainer=trainer, data=train_part, eval_data=held)
+    )
+    await end_task_after(server, server.updates, wait_until, 1)
+    await asyncio.wait_for(task, RUN_TIMEOUT_S)
+    # THEN its record carries eval_* scores of v1 on the held-out part, besides train_*
+    [item] = await server.updates()
+    accuracy, loss = _scores_by_hand(v1, held)
+    metrics = item["metrics"]
+    assert {"eval_accuracy", "eval_loss", "train_accuracy", "train_loss"} <= set(metrics)
+    assert metrics["eval_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert metrics["eval_loss"] == pytest.approx(loss, rel=1e-5)
+    # AND it trained on the rest only
+    assert item["num_examples"] == len(train_part) < len(silo)
 
 
 async def test_a_message_that_is_no_notice_is_left_for_the_dead_letter_queue(

@@ -109,3 +109,28 @@ async def test_a_new_go_ahead_on_the_same_version_is_new_work_and_the_newest_win
     held, _ = await inbox.take_newest()
     assert (held.version, held.notice.seq) == (6, 13)
     assert inbox.offer(_notice(5, seq=14), "late") is Offer.DONE
+
+
+async def test_a_released_notice_is_new_again_when_sqs_delivers_it_again():
+    # GIVEN the trainer took v2 and gave it back unfinished (its model failed its checksum)
+    inbox = Inbox()
+    inbox.offer(_notice(2), "r2")
+    held, _ = await inbox.take_newest()
+    assert inbox.release(held) == ["r2"]
+    # THEN its message is no longer kept invisible (nor deleted)
+    assert inbox.receipts() == []
+    # WHEN SQS delivers it again THEN it waits for the trainer once more
+    assert inbox.offer(_notice(2), "r2-again") is Offer.NEW
+    again, _ = await inbox.take_newest()
+    assert again.receipts == ["r2-again"]
+
+
+async def test_a_released_notice_overtaken_by_a_newer_one_is_done_when_it_comes_back():
+    # GIVEN v2 was given back, then v3 arrived and was taken
+    inbox = Inbox()
+    inbox.offer(_notice(2), "r2")
+    inbox.release((await inbox.take_newest())[0])
+    inbox.offer(_notice(3), "r3")
+    assert (await inbox.take_newest())[0].version == 3
+    # WHEN v2 comes back THEN it is done: a newer global exists
+    assert inbox.offer(_notice(2), "r2-again") is Offer.DONE

@@ -9,6 +9,7 @@ from client.data import (
     Dataset,
     demo_silo,
     dirichlet_partition,
+    hold_out,
     load_csv,
     load_data,
     load_digits,
@@ -134,3 +135,21 @@ def test_load_data_reads_paths_and_demo_specs(tmp_path):
 def test_dataset_rejects_mismatched_lengths():
     with pytest.raises(SchemaError, match="x of shape"):
         Dataset(np.zeros((3, 2), np.float32), np.zeros(2, np.int64))
+
+
+def test_a_silo_holds_out_a_seeded_share_of_each_class_for_evaluation():
+    # GIVEN 10 examples of each of two classes
+    data = Dataset(np.arange(20, dtype=np.float32).reshape(20, 1), np.repeat([0, 1], 10))
+    # WHEN a fifth is held out
+    train, held = hold_out(data, 0.2, seed=3)
+    # THEN 2 of each class are held out, disjoint from the 16 trained on, the same each time
+    assert held is not None
+    assert (len(train), len(held)) == (16, 4)
+    assert sorted(held.y.tolist()) == [0, 0, 1, 1]
+    assert not set(train.x[:, 0].tolist()) & set(held.x[:, 0].tolist())
+    np.testing.assert_array_equal(hold_out(data, 0.2, seed=3)[1].x, held.x)
+    # AND fraction 0 holds nothing out: the data is trained on as it is
+    assert hold_out(data, 0.0) == (data, None)
+    # AND a dataset too small to hold an example out trains on everything
+    tiny = Dataset(np.zeros((2, 1), np.float32), np.array([0, 1]))
+    assert hold_out(tiny, 0.2) == (tiny, None)

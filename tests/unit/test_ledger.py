@@ -114,3 +114,45 @@ def test_the_folder_loader_refuses_keys_that_escape_its_folder(tmp_path):
             load(hostile)
     with pytest.raises(RegistryError, match="is not in"):
         load("t1/missing")
+
+
+HOSTILE = {
+    "client_id": "b",
+    "update_id": "junk",
+    "num_examples": "many",
+    "round_id": "one",
+    "base_version": "zero",
+    "metrics": {"acc": "high"},
+    "blob": b"\x00\xff",
+    "tags": {"x", "y"},
+    # verdict attributes the silo put there itself (the server overwrote only its own)
+    "seq": "seven",
+    "weight": "heavy",
+    "applied_version": [1],
+    "verdict": "rejected",
+    "reason": "schema",
+    "detail": "UpdateRecord from client 'b' is malformed: num_examples: ...",
+    "decided_at": 1.7,
+}
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_rejected_item_is_carried_as_it_was_received(mode):
+    # GIVEN a task whose table holds a rejected item with strings where numbers belong
+    items = [*_items(mode), {"sk": "UPDATE#b-junk", **HOSTILE}]
+    # WHEN its ledger is built, written and read back
+    events = parse_ledger(dump_ledger(build_ledger(items)).splitlines())
+    # THEN the item is there with the silo's values as received, not coerced
+    [junk] = [e for e in events if e.get("sk") == "UPDATE#b-junk"]
+    assert (junk["num_examples"], junk["round_id"], junk["base_version"]) == ("many", "one", "zero")
+    assert (junk["verdict"], junk["reason"]) == ("rejected", "schema")
+    # AND nothing the silo wrote passes for the server's position
+    assert (junk["seq"], junk["weight"], junk["applied_version"]) == (None, None, None)
+    record = junk["record"]
+    assert (record["seq"], record["weight"], record["applied_version"]) == ("seven", "heavy", [1])
+    assert record["blob"] == {"base64": "AP8="}
+    assert record["tags"] == ["x", "y"]
+    assert record["metrics"] == {"acc": "high"}
+    # AND the server's own events are untouched by it
+    assert events == parse_ledger(dump_ledger(build_ledger(items)).splitlines())
+    assert [e["version"] for e in events if e["kind"] == "version"] == [1, 2]
