@@ -29,7 +29,10 @@ OTHER_SAFETENSORS_DTYPES: tuple[str, ...] = (
 )  # fmt: skip
 HEADER_MAX_DEPTH = 3  # {name: {"shape": [..]}}
 ORDER_MAX_DEPTH = 1  # ["name", ...]
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# a JSON string; an unterminated one runs to the end (json.loads refuses it there). The
+# closing quote is optional so no match is ever retried from a later quote: a header of
+# escaped quotes would otherwise cost quadratic time
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
 _OPEN_CLOSE = np.zeros(256, dtype=np.int8)
 _OPEN_CLOSE[[ord("{"), ord("[")]] = 1
 _OPEN_CLOSE[[ord("}"), ord("]")]] = -1

@@ -324,3 +324,17 @@ def test_nesting_depth_agrees_with_the_depth_of_the_parsed_value(tree):
     # strings full of brackets, quotes and escapes must not count
     assert nesting_depth(json.dumps(tree).encode()) == _depth_oracle(tree)
     assert nesting_depth(json.dumps(tree, ensure_ascii=False).encode()) == _depth_oracle(tree)
+
+
+def test_a_header_of_escaped_quotes_is_refused_in_linear_time(tmp_path):
+    # GIVEN a 2 MB header: one unterminated string of escaped quotes (a regex that retried
+    # from each quote would take hours on it)
+    import time
+
+    header = '{"a":"' + '\\"' * 1_000_000
+    start = time.monotonic()
+    # WHEN decoded THEN it is refused as not JSON, in well under the time a retry would take
+    for error in _decode_both_ways(_payload(header), tmp_path):
+        assert error.reason == "schema"
+        assert "safetensors header is not valid JSON" in error.message
+    assert time.monotonic() - start < 30

@@ -175,6 +175,7 @@ STRATEGIES = [
     {"alpha": 1.0},
     {"alpha": 0.6, "staleness": "polynomial(0.5)"},
     {"alpha": 0.9, "staleness": "hinge(10, 1)"},
+    {"alpha": 0.5, "staleness": "polynomial(1)", "max_update_norm": 1e30},
     {"strategy": "fedbuff", "buffer_size": 1, "server_lr": MAX_SERVER_LR},
     {"strategy": "fedbuff", "buffer_size": 2, "server_lr": 3.0},
     {"strategy": "fedbuff", "buffer_size": 3, "server_lr": 1.0, "max_update_norm": 1e30},
