@@ -61,8 +61,10 @@ def loads_bounded(text: bytes | str, max_depth: int, what: str, who: str) -> Any
         )
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except json.JSONDecodeError as exc:
         raise SchemaError(f"{who}: {what} is not valid JSON") from exc
+    except ValueError as exc:  # UnicodeDecodeError; an integer of over 4,300 digits
+        raise SchemaError(f"{who}: {what} is not valid JSON ({str(exc)[:120]})") from exc
 
 
 def parse_header(header: bytes, body_len: int, who: str) -> dict[str, str] | None:

@@ -172,6 +172,11 @@ def _deep_order(x: dict) -> dict:
     return _raw(json.dumps(header), blob[8 + n :])
 
 
+def _huge_integer(x: dict) -> dict:
+    entry = '{"dtype": "F32", "shape": [' + "9" * 5000 + '], "data_offsets": [0, 4]}'
+    return _raw('{"dense/kernel": ' + entry + "}", b"\0" * 4)
+
+
 def _overflowing_shape(x: dict) -> dict:
     entry = {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 4]}
     return _raw(json.dumps({"dense/kernel": entry}), b"\0" * 4)
@@ -217,6 +222,7 @@ PAYLOADS: dict[str, tuple[Any, str, tuple[str, ...]]] = {
     "deep-header": (_deep_header, "too_deep", (f"header nests {DEEP + 1} levels deep",)),
     "deep-order-metadata": (_deep_order, "too_deep", (f"order metadata nests {DEEP} levels",)),
     "overflowing-shape": (_overflowing_shape, "schema", ("needs 4835703278458516698824704",)),
+    "5000-digit-integer": (_huge_integer, "schema", ("Exceeds the limit (4300 digits)",)),
     "sha256-mismatch": (_wrong_sha, "checksum", ("SHA-256", "the record says " + "0" * 64)),
     "key-in-other-client-prefix": (_spoof_other, "spoofed_key", ("expected a key under",)),
     "key-is-the-global-model": (_spoof_global, "spoofed_key", ("expected a key under",)),

@@ -229,7 +229,9 @@ def header_edits(draw: st.DrawFn) -> bytes:
     name = draw(st.sampled_from(sorted(k for k in header if k != "__metadata__")))
     entry = header[name]
     what = draw(
-        st.sampled_from(["dtype", "shape", "offsets", "rename", "metadata", "junk", "deep"])
+        st.sampled_from(
+            ["dtype", "shape", "offsets", "rename", "metadata", "junk", "deep", "bigint"]
+        )
     )
     if what == "dtype":
         entry["dtype"] = draw(st.sampled_from([*SAFETENSORS_DTYPES, "Q", "", "f32"]))
@@ -238,6 +240,11 @@ def header_edits(draw: st.DrawFn) -> bytes:
             entry["data_offsets"] = [entry["data_offsets"][0], entry["data_offsets"][0] + n]
     elif what == "deep":
         return _deep(draw, header)
+    elif what == "bigint":  # more digits than Python parses (4,300): a bare ValueError once
+        digits = "9" * draw(st.sampled_from([4301, 5000, 100_000]))
+        spot = draw(st.sampled_from(["shape", "data_offsets"]))
+        text = json.dumps(header).replace(json.dumps(entry[spot]), f"[{digits}]", 1).encode()
+        return struct.pack("<Q", len(text)) + text + _body(BLOB)
     elif what == "shape":
         entry["shape"] = draw(st.lists(st.integers(-3, 2**40), max_size=4))
     elif what == "offsets":

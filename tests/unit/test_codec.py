@@ -338,3 +338,21 @@ def test_a_header_of_escaped_quotes_is_refused_in_linear_time(tmp_path):
         assert error.reason == "schema"
         assert "safetensors header is not valid JSON" in error.message
     assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("where", ["shape", "offsets", "order"])
+def test_an_integer_too_long_for_python_to_parse_is_a_schema_error(where, tmp_path):
+    # GIVEN a 5,000-digit integer (Python refuses to parse more than 4,300: ValueError)
+    big = "1" * 5000
+    entry = {"shape": f"[{big}]", "offsets": "[0, 4]"}
+    if where == "offsets":
+        entry = {"shape": "[1]", "offsets": f"[0, {big}]"}
+    meta = f'"__metadata__": {{"{codec.ORDER_KEY}": "[{big}]"}}, ' if where == "order" else ""
+    header = (
+        f'{{{meta}"w": {{"dtype": "F32", "shape": {entry["shape"]}, '
+        f'"data_offsets": {entry["offsets"]}}}}}'
+    )
+    # WHEN decoded THEN a SchemaError says the JSON cannot be read, never a bare ValueError
+    for error in _decode_both_ways(_payload(header, b"\0" * 4), tmp_path):
+        assert type(error) is SchemaError
+        assert "is not valid JSON (Exceeds the limit (4300 digits)" in error.message
