@@ -42,10 +42,10 @@ async def _buffered(store: ServerStore, view: TaskView) -> list[str]:
     first = view.state.absorbed - view.state.buffered + 1
     items = await store.query_prefix(view.task_name, keys.UPDATE_PREFIX)
     return sorted(
-        (str(i["sk"]) for i in items if i.get("verdict") == "accepted"
-         and first <= int(i.get("seq", 0)) <= view.state.absorbed),
-        key=lambda sk: sk,
-    )  # fmt: skip
+        str(i["sk"])
+        for i in items
+        if i.get("verdict") == "accepted" and first <= int(i.get("seq", 0)) <= view.state.absorbed
+    )
 
 
 async def _mark_discarded(

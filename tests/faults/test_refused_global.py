@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from fedasync import logs
 from fedasync.core import codec, keys
@@ -81,9 +82,10 @@ async def test_a_fedbuff_step_to_an_inf_global_is_refused_and_the_honest_silos_g
         await a.submit(na, huge(x0))
         sk_a = keys.update_sk("a", "a-v00000000", None)
         assert (await verdict(store, "inf", sk_a, wait_until))["verdict"] == "accepted"
-        await b.submit(nb, huge(x0))
         sk_b = keys.update_sk("b", "b-v00000000", None)
-        refused = await verdict(store, "inf", sk_b, wait_until)
+        with capture_logs() as logged:
+            await b.submit(nb, huge(x0))
+            refused = await verdict(store, "inf", sk_b, wait_until)
         # THEN b, whose update made the step, is rejected with the reason
         assert refused["verdict"] == "rejected"
         assert refused["reason"] == "global_non_finite"
@@ -91,6 +93,10 @@ async def test_a_fedbuff_step_to_an_inf_global_is_refused_and_the_honest_silos_g
                          "12 NaN/Inf value(s) in tensor 'dense/kernel'",
                          "the 1 update(s) buffered with it are dropped"):  # fmt: skip
             assert fragment in refused["detail"]
+        # AND the refusal is logged, naming the update and the buffer it dropped
+        events = [e for e in logged if e["event"] == "global.refused"]
+        assert [(e["reason"], e["sk"], e["discarded"], e["version"]) for e in events] == [
+            ("global_non_finite", sk_b, [sk_a], 0)]  # fmt: skip
         # AND a's buffered update keeps its verdict and seq, marked as discarded with b's step
         item_a = await store.get_item("inf", sk_a)
         assert (item_a["verdict"], item_a["seq"], item_a["discarded"]) == (
