@@ -329,6 +329,8 @@ SYNC_CASES = (
     "key-in-other-client-prefix",
     "pickle",
     "forged-verdict",
+    "bf16",
+    "deep-order-metadata",
 )
 ROUND_TIMEOUT_S = 6
 
