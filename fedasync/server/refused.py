@@ -30,6 +30,7 @@ from fedasync.core.codec import Weights
 from fedasync.core.errors import GlobalRefusedError
 from fedasync.core.globalcheck import check_new_global
 from fedasync.core.messages import UpdateRecord
+from fedasync.server.cache import CACHE
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
@@ -133,8 +134,10 @@ async def check_round(
     """`check_new_global` on a round's FedAvg (a weighted mean of moves within
     `max_update_norm` of version round_id moves it by at most that); the refusal, if any."""
     head = None
-    if view.cfg.max_update_norm is not None:
-        head = codec.decode(await store.get_object(keys.global_key(view.task_name, round_id)))
+    if view.cfg.max_update_norm is not None and round_id == view.head_version:
+        head = CACHE.get(view.head_sha256) or codec.decode(
+            await store.get_object(keys.global_key(view.task_name, round_id))
+        )
     try:
         check_new_global(
             candidate,
