@@ -201,6 +201,15 @@ def _status_table(out: dict[str, Any]) -> Table:
         (f"  {r['client_id']} {r['update_id']}", f"{r['reason']}: {r['detail']}")
         for r in updates["rejections"][-_SHOWN_REJECTIONS:]
     ]
+    refused = out.get("global_refused")
+    if refused:
+        rows.append(
+            (
+                "refused global model",
+                f"{refused['reason']} at version {refused['version']} "
+                f"({updates.get('discarded', 0)} accepted update(s) discarded): {refused['detail']}",
+            )
+        )
     rows.append(("execution", execution["status"]))
     if execution.get("cause"):
         rows.append(("execution cause", str(execution["cause"])))

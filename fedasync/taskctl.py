@@ -224,6 +224,7 @@ def _updates(items: list[dict[str, Any]]) -> dict[str, Any]:
         "accepted": sum(1 for i in items if i.get("verdict") == "accepted"),
         "rejected": len(rejected),
         "pending": sum(1 for i in items if not i.get("verdict")),
+        "discarded": sum(1 for i in items if i.get("discarded")),
         "rejections": rejected,
     }
 
@@ -269,6 +270,8 @@ async def status(
         "final_version": item.get("final_version"),
         "final_sha256": item.get("final_sha256"),
         "cause": item.get("cause"),
+        # the last new global model refused before commit (server/refused.py), if any
+        "global_refused": item.get("global_refused"),
     }
     if cfg.mode == "sync":
         rounds = await store.query_prefix(task_name, keys.ROUND_PREFIX)

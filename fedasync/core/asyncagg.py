@@ -21,12 +21,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
-from fedasync.core.codec import Array, Weights, check_compatible, spec_of
+from fedasync.core.codec import Array, Weights, check_compatible, delta_norm, spec_of
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import SchemaError, StaleUpdateError
+from fedasync.core.globalcheck import check_new_global
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,16 @@ def mix(global_w: Mapping[str, Array], client_w: Mapping[str, Array], alpha_t: f
         x64 = x.astype(np.float64)
         x64 *= 1.0 - alpha_t
         x64 += alpha_t * client_w[name].astype(np.float64)
-        out[name] = x64.astype(x.dtype)
+        out[name] = _array(x64, x.dtype)
     return out
+
+
+def _array(value: Array | np.generic, dtype: np.dtype[Any]) -> Array:
+    """An ndarray of `dtype` and the value's shape: numpy arithmetic on 0-d arrays returns
+    numpy scalars, which the codec (rightly) refuses as tensors. A cast that overflows
+    gives Inf without a warning: `check_new_global` refuses it, with a reason."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(value, dtype=dtype)
 
 
 def absorb_fedasync(
@@ -96,10 +106,29 @@ def absorb_fedasync(
     client_w: Mapping[str, Array],
     staleness: int,
     cfg: TaskConfig,
+    base_w: Mapping[str, Array] | None = None,
+    who: str = "update",
 ) -> Absorbed:
+    """Mix the client's model in; the candidate is checked (`check_new_global`) first.
+
+    With `max_update_norm` B and the base model, a legitimate step is at most
+    a_t * (B + |x_base - x_head|) long (see `fedasync.core.globalcheck`)."""
     alpha_t = fedasync_alpha(staleness, cfg)
+    new_global = mix(global_w, client_w, alpha_t)
+    bound = cfg.max_update_norm
+    max_step = (
+        alpha_t * (bound + delta_norm(base_w, global_w))
+        if bound is not None and base_w is not None
+        else None
+    )
+    check_new_global(
+        new_global,
+        global_w,
+        max_step=max_step,
+        who=f"{who}: its FedAsync step (alpha_t {alpha_t:.6g})",
+    )
     new_state = replace(state, version=state.version + 1, absorbed=state.absorbed + 1)
-    return Absorbed(new_state, staleness, alpha_t, new_global=mix(global_w, client_w, alpha_t))
+    return Absorbed(new_state, staleness, alpha_t, new_global=new_global)
 
 
 def absorb_fedbuff(
@@ -111,14 +140,18 @@ def absorb_fedbuff(
     buffer_sum: Mapping[str, Array] | None,
     staleness: int,
     cfg: TaskConfig,
+    who: str = "update",
 ) -> Absorbed:
-    """Add w * (x_client - x_base) to the buffer; at K buffered, take the server step."""
+    """Add w * (x_client - x_base) to the buffer; at K buffered, take the server step.
+
+    The step is checked (`check_new_global`; at most server_lr * max_update_norm long):
+    refused, it raises `GlobalRefusedError` naming the buffered updates it drops."""
     if state.buffered and buffer_sum is None:
         raise SchemaError(f"FedBuff state has {state.buffered} buffered deltas but no buffer sum")
     w = fedbuff_weight(staleness)
     summed: Weights = {}
     for name, x in client_w.items():
-        delta = x.astype(np.float64) - base_w[name].astype(np.float64)
+        delta = _array(x.astype(np.float64) - base_w[name].astype(np.float64), np.dtype(np.float64))
         delta *= w
         if state.buffered and buffer_sum is not None:
             delta += buffer_sum[name]
@@ -132,9 +165,24 @@ def absorb_fedbuff(
     step = cfg.server_lr / weight_sum
     new_global: Weights = {}
     for name, x in global_w.items():
-        new_global[name] = (x.astype(np.float64) + step * summed[name]).astype(x.dtype)
+        new_global[name] = _array(x.astype(np.float64) + step * summed[name], x.dtype)
+    bound = cfg.max_update_norm
+    check_new_global(
+        new_global,
+        global_w,
+        max_step=cfg.server_lr * bound if bound is not None else None,
+        who=f"{who}: the FedBuff step of {buffered} buffered update(s) (server_lr {cfg.server_lr:g})",
+        discarded=state.buffered,
+    )
     new_state = AsyncState(version=state.version + 1, absorbed=state.absorbed + 1)
     return Absorbed(new_state, staleness, w, new_global=new_global)
+
+
+def after_refusal(state: AsyncState) -> AsyncState:
+    """The state once a new global model was refused (`GlobalRefusedError`): the head stays
+    and a FedBuff buffer is dropped (its deltas made the refused step; kept, they would
+    refuse every step after it), so the next update starts a fresh buffer."""
+    return replace(state, buffered=0, buffer_weight=0.0)
 
 
 def absorb(
@@ -154,7 +202,13 @@ def absorb(
     check_compatible(client_w, spec_of(global_w), who)
     if cfg.aggregation == "fedasync":
         return absorb_fedasync(
-            state, global_w=global_w, client_w=client_w, staleness=staleness, cfg=cfg
+            state,
+            global_w=global_w,
+            client_w=client_w,
+            staleness=staleness,
+            cfg=cfg,
+            base_w=base_w,
+            who=who,
         )
     if cfg.aggregation == "fedbuff":
         if base_w is None:
@@ -167,6 +221,7 @@ def absorb(
             buffer_sum=buffer_sum,
             staleness=staleness,
             cfg=cfg,
+            who=who,
         )
     raise SchemaError(f"task {cfg.task_name!r} is {cfg.mode}/{cfg.aggregation}, not async")
 

@@ -32,6 +32,7 @@ from fedasync.core.errors import (
     PayloadTooLargeError,
     SchemaError,
 )
+from fedasync.core.stheader import ORDER_MAX_DEPTH, loads_bounded, parse_header
 
 Array = npt.NDArray[Any]
 Weights = dict[str, Array]
@@ -134,10 +135,7 @@ def _sniff(head: bytes, total: int, who: str) -> None:
 def _ordered(tensors: Mapping[str, Array], metadata: Mapping[str, str] | None, who: str) -> Weights:
     order: list[str] | None = None
     if metadata and ORDER_KEY in metadata:
-        try:
-            loaded = json.loads(metadata[ORDER_KEY])
-        except json.JSONDecodeError as exc:
-            raise SchemaError(f"{who}: tensor order metadata is not JSON") from exc
+        loaded = loads_bounded(metadata[ORDER_KEY], ORDER_MAX_DEPTH, "tensor order metadata", who)
         if isinstance(loaded, list) and sorted(map(str, loaded)) == sorted(tensors):
             order = [str(n) for n in loaded]
     names = order if order is not None else sorted(tensors)
@@ -146,13 +144,9 @@ def _ordered(tensors: Mapping[str, Array], metadata: Mapping[str, str] | None, w
     return out
 
 
-def _read_metadata(header: bytes, who: str) -> dict[str, str] | None:
-    try:
-        parsed = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SchemaError(f"{who}: safetensors header is not valid JSON") from exc
-    meta = parsed.get("__metadata__") if isinstance(parsed, dict) else None
-    return meta if isinstance(meta, dict) else None
+# what the safetensors library may raise on bytes our own header check let through;
+# KeyError: its dtype table (a dtype we did not check would otherwise escape bare)
+_LOAD_ERRORS = (SafetensorError, ValueError, TypeError, KeyError, OverflowError, MemoryError)
 
 
 def decode(data: bytes, *, max_bytes: int | None = None, who: str = "model") -> Weights:
@@ -161,10 +155,10 @@ def decode(data: bytes, *, max_bytes: int | None = None, who: str = "model") -> 
         raise PayloadTooLargeError(f"{who} is {len(data)} bytes; the limit is {max_bytes}")
     _sniff(data[:9], len(data), who)
     (header_len,) = struct.unpack("<Q", data[:8])
-    metadata = _read_metadata(data[8 : 8 + header_len], who)
+    metadata = parse_header(data[8 : 8 + header_len], len(data) - 8 - header_len, who)
     try:
         tensors = _st_load(data)
-    except (SafetensorError, ValueError, TypeError) as exc:
+    except _LOAD_ERRORS as exc:
         raise SchemaError(f"{who} is not valid safetensors: {exc}") from exc
     return _ordered({n: np.array(a) for n, a in tensors.items()}, metadata, who)
 
@@ -181,11 +175,11 @@ def read_file(
         _sniff(head, total, who)
         (header_len,) = struct.unpack("<Q", head[:8])
         fh.seek(8)
-        metadata = _read_metadata(fh.read(header_len), who)
+        metadata = parse_header(fh.read(header_len), total - 8 - header_len, who)
     try:
         with safe_open(str(path), framework="numpy") as st:
             tensors = {name: np.array(st.get_tensor(name)) for name in st.keys()}  # noqa: SIM118
-    except (SafetensorError, ValueError, TypeError, OSError) as exc:
+    except (*_LOAD_ERRORS, OSError) as exc:
         raise SchemaError(f"{who} is not valid safetensors: {exc}") from exc
     return _ordered(tensors, metadata, who)
 

@@ -29,6 +29,9 @@ STRATEGIES_BY_MODE: dict[str, tuple[str, ...]] = {
     "async": ("fedasync", "fedbuff"),
 }
 DEFAULT_MAX_MODEL_BYTES = 512 * 1024 * 1024
+# FedBuff's server step eta: 1 lands on the buffer's weighted mean delta; beyond 10x that
+# mean a step overshoots what any client proposed (and can overflow the model's dtype)
+MAX_SERVER_LR = 10.0
 
 _STALENESS_RE = re.compile(r"^\s*(constant|polynomial|hinge)\s*(?:\(([^)]*)\))?\s*$")
 
@@ -134,7 +137,7 @@ class TaskConfig(BaseModel):
     )
     max_staleness: int = Field(default=16, ge=0)
     buffer_size: int = Field(default=10, ge=1)
-    server_lr: float = Field(default=1.0, gt=0.0)
+    server_lr: float = Field(default=1.0, gt=0.0, le=MAX_SERVER_LR)
     max_versions: int = Field(default=100, ge=1)
     target_metric: TargetMetric | None = None
     # distinct silos whose latest reports the target needs; default: more than half

@@ -34,6 +34,8 @@ VERDICT_ATTRIBUTES = (
     "weight",
     "version_sha256",
     "decided_at",
+    "discarded",  # accepted, then dropped with a refused global model (server/refused.py)
+    "discarded_detail",
 )
 RECORD_FIELDS = frozenset(UpdateRecord.model_fields)
 

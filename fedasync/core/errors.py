@@ -53,6 +53,19 @@ class InvalidWeightsError(FedAsyncError, ValueError):
     reason = "invalid_weights"
 
 
+class GlobalRefusedError(InvalidWeightsError):
+    """Accepted updates would make a new global model that is not finite (`global_non_finite`)
+    or that moves further than the task's norm bound allows (`global_norm`); the head stays.
+
+    `discarded`: how many buffered (already accepted) updates a refused FedBuff step drops."""
+
+    reason = "global_non_finite"
+
+    def __init__(self, message: str, *, reason: str | None = None, discarded: int = 0) -> None:
+        super().__init__(message, reason=reason)
+        self.discarded = discarded
+
+
 class PayloadTooLargeError(SchemaError):
     """A model payload exceeds the size limit."""
 

@@ -39,12 +39,20 @@ KINDS = ("task", "update", "round", "version", "final")
 Event = dict[str, Any]
 
 
+# A rejected update's item may hold anything its client wrote (its `record` keeps it as
+# written): a field that is not a number is None in the event, never a failed export.
 def _num(value: Any) -> int | None:
-    return None if value is None else int(value)
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _task_event(task: Mapping[str, Any], bucket: str | None) -> Event:
@@ -137,6 +145,7 @@ def _update_event(item: Mapping[str, Any]) -> Event:
         "applied_version": _int_or_none(position.get("applied_version")),
         "version_sha256": raw(position.get("version_sha256")),
         "decided_at": _float_or_none(item.get("decided_at")),
+        "discarded": raw(item.get("discarded")),
         "record": record,
     }
 

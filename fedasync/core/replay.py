@@ -12,13 +12,13 @@ duplicated or in any order: events are keyed, rounds are taken by id, updates by
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from fedasync.core import codec
-from fedasync.core.asyncagg import AsyncState, absorb
+from fedasync.core.asyncagg import AsyncState, absorb, after_refusal
 from fedasync.core.codec import ModelSpec, TensorSpec, Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import describe, load_payload
@@ -202,6 +202,10 @@ def _replay_async(
         ):
             if theirs is not None and mine != int(theirs):
                 result.problems.append(f"{who}: {name} {mine} on replay, {theirs} recorded")
+        if update.get("discarded") and out.state.buffered == cfg.buffer_size - 1:
+            # the next update's step was refused with this buffer: the server dropped it
+            out = replace(out, state=after_refusal(out.state), buffer_sum=None)
+            buffer = None
         if out.new_global is not None:
             versions[out.state.version] = codec.encode(out.new_global)
         if out.buffer_sum is not None:

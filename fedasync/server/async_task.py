@@ -21,9 +21,10 @@ from fedasync.core.decisions import (
     load_payload,
     parse_update_item,
 )
-from fedasync.core.errors import ChecksumMismatchError, FedAsyncError
+from fedasync.core.errors import ChecksumMismatchError, FedAsyncError, GlobalRefusedError
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.target import Report, target_value, with_report
+from fedasync.server import refused
 from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
@@ -230,7 +231,10 @@ async def absorb_update(
 ) -> dict[str, Any]:
     """Validate, apply, commit (task head + verdict in one transaction); the decided item."""
     head = _Head.of(view)
-    out = await _absorb_one(store, head, record)
+    try:
+        out = await _absorb_one(store, head, record)
+    except GlobalRefusedError as exc:  # the head stays: the update is rejected with the cause
+        return await refused.refuse_async(store, view, record, item, exc)
     verdict = await _advance(store, head, record, out)
     if not await _commit(store, head, [(record, verdict, out)]):
         # Another try committed first, or the task moved on: the stream redelivers and the

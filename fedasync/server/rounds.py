@@ -18,6 +18,7 @@ from fedasync.core.decisions import (
 )
 from fedasync.core.errors import ChecksumMismatchError
 from fedasync.core.fedavg import FedAvgAccumulator
+from fedasync.server import refused
 from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
@@ -181,8 +182,11 @@ async def _aggregate(
                 del data
             acc.add(weights, record.num_examples, who=record.sk)
             del weights
-    new_version = round_id + 1
-    blob = codec.encode(acc.result())
+    new_version, candidate = round_id + 1, acc.result()
+    refusal = await refused.check_round(store, view, round_id, len(members), candidate)
+    if refusal is not None:  # the head stays; the round's result fails the task
+        return await refused.refuse_round(store, view, round_id, members, refusal)
+    blob = codec.encode(candidate)
     sha = codec.sha256_bytes(blob)
     await store.put_object(keys.global_key(view.task_name, new_version), blob, sha)
     result = {

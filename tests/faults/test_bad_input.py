@@ -26,6 +26,7 @@ from fedasync.aws.records import serialize_item
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.messages import GlobalModelNotice
+from fedasync.events import export_ledger
 from fedasync.local.events import LocalLambdaContext, sqs_record
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ClientSpec, StackSpec
@@ -43,7 +44,7 @@ from tests.integration.test_server_sync import (
 
 CLIENTS = ("a", "b", "c")
 NORM_BOUND = 20.0
-MAX_BYTES = 1024
+MAX_BYTES = 16384  # room for a 5,000-deep header
 
 
 @dataclass
@@ -134,7 +135,51 @@ def _too_far(x: dict) -> dict:
 
 
 def _too_big(x: dict) -> dict:
-    return {"weights": {**x, "extra": np.zeros(400, np.float32)}}
+    return {"weights": {**x, "extra": np.zeros(MAX_BYTES // 4, np.float32)}}
+
+
+def _raw(header: str, body: bytes = b"") -> dict:
+    text = header.encode()
+    return {"blob": struct.pack("<Q", len(text)) + text + body}
+
+
+def _dtype(name: str, itemsize: int):
+    """The model's tensors, declared in a safetensors dtype fedasync does not read."""
+
+    def build(x: dict) -> dict:
+        header, start = {}, 0
+        for key, arr in x.items():
+            header[key] = {"dtype": name, "shape": list(arr.shape),
+                           "data_offsets": [start, start + arr.size * itemsize]}  # fmt: skip
+            start += arr.size * itemsize
+        return _raw(json.dumps(header), b"\0" * start)
+
+    return build
+
+
+DEEP = 5000
+
+
+def _deep_header(x: dict) -> dict:
+    return _raw('{"dense/kernel":' + "[" * DEEP + "]" * DEEP + "}")
+
+
+def _deep_order(x: dict) -> dict:
+    blob = codec.encode(x)
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    header["__metadata__"][codec.ORDER_KEY] = "[" * DEEP + "]" * DEEP
+    return _raw(json.dumps(header), blob[8 + n :])
+
+
+def _huge_integer(x: dict) -> dict:
+    entry = '{"dtype": "F32", "shape": [' + "9" * 5000 + '], "data_offsets": [0, 4]}'
+    return _raw('{"dense/kernel": ' + entry + "}", b"\0" * 4)
+
+
+def _overflowing_shape(x: dict) -> dict:
+    entry = {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 4]}
+    return _raw(json.dumps({"dense/kernel": entry}), b"\0" * 4)
 
 
 def _wrong_sha(x: dict) -> dict:
@@ -170,6 +215,14 @@ PAYLOADS: dict[str, tuple[Any, str, tuple[str, ...]]] = {
     "inf": (_poisoned(-np.inf), "non_finite", ("1 NaN/Inf", "'dense/bias'")),
     "norm-above-bound": (_too_far, "norm", ("L2 norm", f"at most {NORM_BOUND:g}")),
     "above-size-limit": (_too_big, "too_large", (f"the limit is {MAX_BYTES}",)),
+    "bf16": (_dtype("BF16", 2), "unsupported_dtype", ("dtype 'BF16'", "does not support")),
+    "f8-e4m3": (_dtype("F8_E4M3", 1), "unsupported_dtype", ("dtype 'F8_E4M3'",)),
+    "f8-e5m2": (_dtype("F8_E5M2", 1), "unsupported_dtype", ("dtype 'F8_E5M2'",)),
+    "int64": (_dtype("I64", 8), "unsupported_dtype", ("dtype 'I64'",)),
+    "deep-header": (_deep_header, "too_deep", (f"header nests {DEEP + 1} levels deep",)),
+    "deep-order-metadata": (_deep_order, "too_deep", (f"order metadata nests {DEEP} levels",)),
+    "overflowing-shape": (_overflowing_shape, "schema", ("needs 4835703278458516698824704",)),
+    "5000-digit-integer": (_huge_integer, "schema", ("Exceeds the limit (4300 digits)",)),
     "sha256-mismatch": (_wrong_sha, "checksum", ("SHA-256", "the record says " + "0" * 64)),
     "key-in-other-client-prefix": (_spoof_other, "spoofed_key", ("expected a key under",)),
     "key-is-the-global-model": (_spoof_global, "spoofed_key", ("expected a key under",)),
@@ -190,10 +243,17 @@ async def submit_case(client: ScriptedClient, notice: GlobalModelNotice, build, 
 # --- async: one task at version 1, every case against it -------------------------------
 
 
+async def version_chain(store: ServerStore, task: str) -> dict[int, str]:
+    """The ledger's chain of global models: version -> SHA-256."""
+    return {e["version"]: e["sha256"] for e in await export_ledger(store, task)
+            if e["kind"] == "version"}  # fmt: skip
+
+
 async def assert_head_unchanged(env: Env) -> None:
     assert await head_of(env.store, env.task) == env.notes["head"]
     task = await env.store.get_task(env.task)
     assert (task["absorbed"], task.get("finished")) == (1, None)
+    assert await version_chain(env.store, env.task) == env.notes["chain"]
 
 
 def _drop(field_name: str):
@@ -269,6 +329,8 @@ SYNC_CASES = (
     "key-in-other-client-prefix",
     "pickle",
     "forged-verdict",
+    "bf16",
+    "deep-order-metadata",
 )
 ROUND_TIMEOUT_S = 6
 
@@ -317,6 +379,8 @@ async def async_env(moto_server):
         env.notes["head"] = await head_of(store, env.task)
         env.notes["x1"] = codec.decode(env.notes["head"][2])
         assert env.notes["head"][0] == 1
+        env.notes["chain"] = await version_chain(store, env.task)
+        assert env.notes["chain"] == {1: env.notes["head"][1]}
         yield env
 
 

@@ -32,7 +32,7 @@ from fedasync.aws.records import serialize_item
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import RECORD_FIELDS, check_sender, load_payload, parse_update_item
-from fedasync.core.errors import FedAsyncError
+from fedasync.core.errors import FedAsyncError, SchemaError
 from fedasync.core.messages import UpdateRecord
 from fedasync.local.events import LocalLambdaContext
 from fedasync.local.stack import EmbeddedStack
@@ -194,16 +194,57 @@ def _body(blob: bytes) -> bytes:
 HEADER = json.loads(BLOB[8 : 8 + struct.unpack("<Q", BLOB[:8])[0]])
 
 
+# every dtype the safetensors format defines, with its bytes per element (from the format)
+SAFETENSORS_DTYPES = {
+    "F16": 2, "F32": 4, "F64": 8, "BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2,
+    "U32": 4, "I32": 4, "U64": 8, "I64": 8, "BF16": 2, "C64": 8, "F8_E4M3": 1,
+    "F8_E5M2": 1, "F8_E8M0": 1, "F6_E2M3": 1, "F6_E3M2": 1, "F4": 1, "E8M0": 1,
+}  # fmt: skip
+
+
+def _deep(draw: st.DrawFn, header: dict[str, Any]) -> bytes:
+    """The header, or its fedasync.order metadata, with a value nested thousands deep."""
+    depth = draw(st.sampled_from([4, 5, 100, 1000, 5000, 20000]))
+    opener, closer = draw(st.sampled_from([("[", "]"), ('{"k":', "}")]))
+    deep = opener * depth + ("1" if opener != "[" else "") + closer * depth
+    where = draw(st.sampled_from(["entry", "shape", "metadata", "order"]))
+    name = sorted(k for k in header if k != "__metadata__")[0]
+    if where == "order":
+        header["__metadata__"][codec.ORDER_KEY] = deep
+        return _with_header(header, _body(BLOB))
+    marker = "__DEEP__"
+    if where == "entry":
+        header[name] = marker
+    elif where == "shape":
+        header[name]["shape"] = marker
+    else:
+        header["__metadata__"]["k"] = marker
+    text = json.dumps(header).replace(json.dumps(marker), deep).encode()
+    return struct.pack("<Q", len(text)) + text + _body(BLOB)
+
+
 @st.composite
 def header_edits(draw: st.DrawFn) -> bytes:
     header = json.loads(json.dumps(HEADER))
     name = draw(st.sampled_from(sorted(k for k in header if k != "__metadata__")))
     entry = header[name]
-    what = draw(st.sampled_from(["dtype", "shape", "offsets", "rename", "metadata", "junk"]))
-    if what == "dtype":
-        entry["dtype"] = draw(
-            st.sampled_from(["F64", "F16", "I64", "BOOL", "U8", "BF16", "F8_E4M3", "Q", ""])
+    what = draw(
+        st.sampled_from(
+            ["dtype", "shape", "offsets", "rename", "metadata", "junk", "deep", "bigint"]
         )
+    )
+    if what == "dtype":
+        entry["dtype"] = draw(st.sampled_from([*SAFETENSORS_DTYPES, "Q", "", "f32"]))
+        if draw(st.booleans()):  # offsets that fit the new dtype: only the dtype is wrong
+            n = int(np.prod(entry["shape"])) * SAFETENSORS_DTYPES.get(entry["dtype"], 4)
+            entry["data_offsets"] = [entry["data_offsets"][0], entry["data_offsets"][0] + n]
+    elif what == "deep":
+        return _deep(draw, header)
+    elif what == "bigint":  # more digits than Python parses (4,300): a bare ValueError once
+        digits = "9" * draw(st.sampled_from([4301, 5000, 100_000]))
+        spot = draw(st.sampled_from(["shape", "data_offsets"]))
+        text = json.dumps(header).replace(json.dumps(entry[spot]), f"[{digits}]", 1).encode()
+        return struct.pack("<Q", len(text)) + text + _body(BLOB)
     elif what == "shape":
         entry["shape"] = draw(st.lists(st.integers(-3, 2**40), max_size=4))
     elif what == "offsets":
@@ -285,7 +326,38 @@ def test_mutated_payloads_are_refused_or_decode_to_a_valid_model(data, honest_sh
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(data=mutated_payloads())
 def test_decode_alone_raises_only_schema_errors(data):
-    SEEN[f"decode:{outcome(codec.decode, data, max_bytes=CFG.max_model_bytes, who='fuzz')}"] += 1
+    error: SchemaError | None = None
+    try:
+        codec.decode(data, max_bytes=CFG.max_model_bytes, who="fuzz")
+    except SchemaError as exc:  # not KeyError, RecursionError, ValueError, nor another error
+        error = exc
+    assert error is None or error.message, "every rejection says what happened"
+    SEEN[f"decode:{error.reason if error else 'ok'}"] += 1
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(data=st.data())
+def test_every_dtype_and_any_nesting_depth_is_decoded_or_a_schema_error(data):
+    header = json.loads(json.dumps(HEADER))
+    # GIVEN the model's header nested deep somewhere, or a tensor of any safetensors dtype
+    if data.draw(st.sampled_from(["deep", "dtype"])) == "deep":
+        payload = _deep(data.draw, header)
+    else:
+        dtype = data.draw(st.sampled_from(sorted(SAFETENSORS_DTYPES)))
+        size = 12 * SAFETENSORS_DTYPES[dtype]
+        header = {"t": {"dtype": dtype, "shape": [4, 3], "data_offsets": [0, size]}}
+        payload = _with_header(header, b"\0" * size)
+    # WHEN it is decoded THEN it is a SchemaError with its reason, or a model fedasync reads
+    try:
+        weights = codec.decode(payload, who="fuzz")
+    except SchemaError as exc:
+        SEEN[f"decode:{exc.reason}"] += 1
+        reason = exc.reason
+    else:  # only the dtypes fedasync reads, at a depth a safetensors header can have
+        assert all(str(a.dtype) in codec.ACCEPTED_DTYPES for a in weights.values())
+        SEEN["decode:ok"] += 1
+        reason = "ok"
+    assert reason in ("ok", "unsupported_dtype", "too_deep")
 
 
 def test_pure_layer_saw_enough_inputs():
@@ -296,6 +368,7 @@ def test_pure_layer_saw_enough_inputs():
     # the fuzzers reached the interesting rejections, not only one kind
     reasons = {k.split(":", 1)[1] for k in SEEN}
     assert {"schema", "checksum", "unknown_client", "non_finite"} <= reasons
+    assert {"unsupported_dtype", "too_deep"} <= reasons
 
 
 # --- the real handler on a real stack ----------------------------------------------------

@@ -164,3 +164,195 @@ def test_norm_bound_measures_the_delta_from_the_base():
     with pytest.raises(InvalidWeightsError) as info:
         codec.check_norm(moved, base, 4.99, "u")
     assert info.value.reason == "norm"
+
+
+# --- hostile headers: every malformed payload is a SchemaError with a reason -------------
+
+# bytes per element, from the safetensors format's own table (not from the codec)
+SAFETENSORS_DTYPES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "U32": 4, "I32": 4, "U64": 8,
+    "I64": 8, "BF16": 2, "C64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+    "F6_E2M3": 1, "F6_E3M2": 1, "F4": 1, "E8M0": 1,
+}  # fmt: skip
+
+
+def _payload(header: dict | str, body: bytes = b"") -> bytes:
+    import json
+
+    text = (header if isinstance(header, str) else json.dumps(header)).encode()
+    return struct.pack("<Q", len(text)) + text + body
+
+
+def _decode_both_ways(data: bytes, tmp_path) -> list[SchemaError]:
+    """decode() and read_file() on the same bytes; each must raise SchemaError."""
+    errors = []
+    with pytest.raises(SchemaError) as info:
+        codec.decode(data, who="update from client 'x'")
+    errors.append(info.value)
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(SchemaError) as info:
+        codec.read_file(path, who="update from client 'x'")
+    errors.append(info.value)
+    return errors
+
+
+@pytest.mark.parametrize("dtype", sorted(SAFETENSORS_DTYPES))
+def test_every_safetensors_dtype_fedasync_does_not_read_is_a_schema_error(dtype, tmp_path):
+    # GIVEN a well-formed one-tensor payload of a dtype other than F16/F32/F64
+    size = SAFETENSORS_DTYPES[dtype] * 2
+    data = _payload({"t": {"dtype": dtype, "shape": [2], "data_offsets": [0, size]}}, b"\0" * size)
+    # WHEN it is decoded (bytes or file) THEN it is refused, naming the tensor and the dtype
+    for error in _decode_both_ways(data, tmp_path):
+        assert error.reason == "unsupported_dtype"
+        assert f"tensor 't' has dtype '{dtype}'" in error.message
+        assert "does not support" in error.message
+        assert "client 'x'" in error.message
+
+
+@pytest.mark.parametrize("dtype", ["", "F128", "float32", "f32", 7, None, ["F32"]])
+def test_a_dtype_that_is_not_a_safetensors_dtype_is_a_schema_error(dtype, tmp_path):
+    data = _payload({"t": {"dtype": dtype, "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)
+    for error in _decode_both_ways(data, tmp_path):
+        assert error.reason == "unsupported_dtype"
+        assert "not a safetensors dtype" in error.message
+
+
+def test_float16_is_still_read():
+    weights = {"h": np.array([1.5, -2.0], np.float16)}
+    assert codec.decode(codec.encode(weights))["h"].tobytes() == weights["h"].tobytes()
+
+
+DEEP = 5000
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        '{"t":' + "[" * DEEP + "]" * DEEP + "}",
+        '{"t":' + '{"a":' * DEEP + "1" + "}" * DEEP + "}",
+        '{"__metadata__":{"k":' + "[" * DEEP + "]" * DEEP + "}}",
+        '{"t": {"dtype": "F32", "shape": [[1]], "data_offsets": [0, 4]}}',  # 4 levels
+    ],
+    ids=["in-entry", "objects", "in-metadata", "one-too-deep"],
+)
+def test_a_deeply_nested_header_is_refused_before_parsing(header, tmp_path):
+    # GIVEN a header nested deeper than a safetensors header can be (3 levels)
+    data = _payload(header, b"\0" * 4)
+    # WHEN it is decoded THEN a SchemaError says how deep, never a RecursionError
+    for error in _decode_both_ways(data, tmp_path):
+        assert error.reason == "too_deep"
+        assert "safetensors header nests" in error.message
+        assert "at most 3 expected" in error.message
+
+
+@pytest.mark.parametrize(
+    "order",
+    ["[" * DEEP + "]" * DEEP, '[["w"]]', "[" * DEEP, '["w", {"a": 1}]'],
+    ids=["deep", "two-levels", "unclosed", "object-inside"],
+)
+def test_a_deeply_nested_order_metadata_is_refused(order, tmp_path):
+    # GIVEN a valid tensor whose fedasync.order metadata nests deeper than a list of names
+    header = {
+        "__metadata__": {codec.ORDER_KEY: order},
+        "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+    }
+    data = _payload(header, b"\0" * 4)
+    # WHEN decoded THEN the order is refused with its depth, never a RecursionError
+    for error in _decode_both_ways(data, tmp_path):
+        assert error.reason == "too_deep"
+        assert "tensor order metadata nests" in error.message
+
+
+@pytest.mark.parametrize(
+    ("entry", "fragment"),
+    [
+        ({"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 4]}, "needs 4835703278"),
+        ({"dtype": "F64", "shape": [2**62], "data_offsets": [0, 2**64]}, "within the 4 data"),
+        ({"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}, "expected a list of ints"),
+        ({"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}, "expected a list of ints"),
+        ({"dtype": "F32", "shape": [1.0], "data_offsets": [0, 4]}, "expected a list of ints"),
+        ({"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}, "do not hold that"),
+        ({"dtype": "F32", "shape": [1], "data_offsets": [0, 4, 8]}, "expected [begin, end]"),
+        ({"dtype": "F32", "shape": [1], "data_offsets": [-4, 0]}, "expected [begin, end]"),
+        ({"dtype": "F32", "shape": [1]}, "exactly dtype, shape, data_offsets"),
+        ([1, 2], "exactly dtype, shape, data_offsets"),
+    ],
+    ids=[
+        "shape-product-overflows",
+        "offset-beyond-u64",
+        "negative-dim",
+        "bool-dim",
+        "float-dim",
+        "reversed-offsets",
+        "three-offsets",
+        "negative-offset",
+        "no-offsets",
+        "entry-not-an-object",
+    ],
+)
+def test_sizes_and_offsets_that_do_not_add_up_are_schema_errors(entry, fragment, tmp_path):
+    data = _payload({"t": entry}, b"\0" * 4)
+    for error in _decode_both_ways(data, tmp_path):
+        assert error.reason == "schema"
+        assert fragment in error.message
+        assert "is not valid safetensors" in error.message
+
+
+def _depth_oracle(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth_oracle, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth_oracle, value), default=0)
+    return 0
+
+
+json_trees = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(tree=json_trees)
+def test_nesting_depth_agrees_with_the_depth_of_the_parsed_value(tree):
+    import json
+
+    from fedasync.core.stheader import nesting_depth
+
+    # strings full of brackets, quotes and escapes must not count
+    assert nesting_depth(json.dumps(tree).encode()) == _depth_oracle(tree)
+    assert nesting_depth(json.dumps(tree, ensure_ascii=False).encode()) == _depth_oracle(tree)
+
+
+def test_a_header_of_escaped_quotes_is_refused_in_linear_time(tmp_path):
+    # GIVEN a 2 MB header: one unterminated string of escaped quotes (a regex that retried
+    # from each quote would take hours on it)
+    import time
+
+    header = '{"a":"' + '\\"' * 1_000_000
+    start = time.monotonic()
+    # WHEN decoded THEN it is refused as not JSON, in well under the time a retry would take
+    for error in _decode_both_ways(_payload(header), tmp_path):
+        assert error.reason == "schema"
+        assert "safetensors header is not valid JSON" in error.message
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("where", ["shape", "offsets", "order"])
+def test_an_integer_too_long_for_python_to_parse_is_a_schema_error(where, tmp_path):
+    # GIVEN a 5,000-digit integer (Python refuses to parse more than 4,300: ValueError)
+    big = "1" * 5000
+    entry = {"shape": f"[{big}]", "offsets": "[0, 4]"}
+    if where == "offsets":
+        entry = {"shape": "[1]", "offsets": f"[0, {big}]"}
+    meta = f'"__metadata__": {{"{codec.ORDER_KEY}": "[{big}]"}}, ' if where == "order" else ""
+    header = (
+        f'{{{meta}"w": {{"dtype": "F32", "shape": {entry["shape"]}, '
+        f'"data_offsets": {entry["offsets"]}}}}}'
+    )
+    # WHEN decoded THEN a SchemaError says the JSON cannot be read, never a bare ValueError
+    for error in _decode_both_ways(_payload(header, b"\0" * 4), tmp_path):
+        assert type(error) is SchemaError
+        assert "is not valid JSON (Exceeds the limit (4300 digits)" in error.message

@@ -1,0 +1,192 @@
+"""A new global model was refused (`GlobalRefusedError`): keep the head, say why, go on.
+
+`check_new_global` runs on every candidate before anything is written. When it refuses:
+
+- async: the update that triggered the step is rejected with the reason
+  (`global_non_finite` or `global_norm`); a FedBuff step also drops its buffer (the
+  deltas that made the refused step would refuse every step after it): the buffered
+  updates keep their `accepted` verdict and `seq` (decisions already taken stay) and get
+  `discarded` = the reason, and the next update starts a fresh buffer
+  (`asyncagg.after_refusal`). The head stays; the silos are served as after any rejection.
+- sync: the round closes without a new version (`closed: false` with a readable cause)
+  and the state machine fails the task with that cause: every member was a validated
+  update, so no subset is to blame and a round without them has nothing to average.
+  The members get `discarded` = the reason.
+
+Either way the TASK item keeps the last refusal (`global_refused`), which `fedasync
+task status` shows. Every write is idempotent: a retry writes the same values.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+
+from fedasync.core import codec, keys
+from fedasync.core.asyncagg import after_refusal
+from fedasync.core.codec import Weights
+from fedasync.core.errors import GlobalRefusedError
+from fedasync.core.globalcheck import check_new_global
+from fedasync.core.messages import UpdateRecord
+from fedasync.server.cache import CACHE
+from fedasync.server.store import ServerStore
+from fedasync.server.task_view import TaskView
+
+log = structlog.get_logger()
+REFUSED = "global_refused"  # TASK item: the last refused global model, for `task status`
+
+
+async def _buffered(store: ServerStore, view: TaskView) -> list[str]:
+    """The sort keys of the updates in the head's FedBuff buffer (seqs absorbed-buffered+1..)."""
+    first = view.state.absorbed - view.state.buffered + 1
+    items = await store.query_prefix(view.task_name, keys.UPDATE_PREFIX)
+    return sorted(
+        str(i["sk"])
+        for i in items
+        if i.get("verdict") == "accepted" and first <= int(i.get("seq", 0)) <= view.state.absorbed
+    )
+
+
+async def _mark_discarded(
+    store: ServerStore, task_name: str, sks: list[str], exc: GlobalRefusedError
+) -> None:
+    for sk in sks:
+        op = store.update_op(
+            task_name,
+            sk,
+            {"discarded": exc.reason, "discarded_detail": exc.message[:2000]},
+            condition="#verdict = :accepted",
+            condition_values={":accepted": "accepted"},
+        )
+        await store.update(op)
+
+
+def _refusal(exc: GlobalRefusedError, version: int, sks: list[str]) -> dict[str, Any]:
+    return {
+        "reason": exc.reason,
+        "detail": exc.message[:2000],
+        "version": version,
+        "updates": sks,
+        "at": time.time(),
+    }
+
+
+async def refuse_async(
+    store: ServerStore,
+    view: TaskView,
+    record: UpdateRecord,
+    item: dict[str, Any],
+    exc: GlobalRefusedError,
+) -> dict[str, Any]:
+    """Reject the triggering update and drop the buffer, in one transaction with the TASK
+    item (conditional on the head as read); the decided item."""
+    dropped = await _buffered(store, view) if exc.discarded else []
+    await _mark_discarded(store, view.task_name, dropped, exc)
+    state = after_refusal(view.state)
+    verdict = {
+        "verdict": "rejected",
+        "reason": exc.reason,
+        "detail": exc.message[:2000],
+        "decided_at": time.time(),
+    }
+    committed = await store.transact(
+        [
+            store.update_op(
+                view.task_name,
+                keys.TASK_SK,
+                {
+                    "buffered": state.buffered,
+                    "buffer_weight": state.buffer_weight,
+                    REFUSED: _refusal(exc, view.head_version, [record.sk, *dropped]),
+                },
+                condition="#absorbed = :expected AND #buffered = :buffered AND "
+                "attribute_not_exists(#finished)",
+                condition_values={
+                    ":expected": view.state.absorbed,
+                    ":buffered": view.state.buffered,
+                },
+            ),
+            store.update_op(
+                view.task_name, record.sk, verdict, condition="attribute_not_exists(#verdict)"
+            ),
+        ]
+    )
+    if not committed:
+        raise RuntimeError(f"{exc.message}: the refusal lost a race with another writer; retrying")
+    log.warning(
+        "global.refused",
+        task_name=view.task_name,
+        reason=exc.reason,
+        version=view.head_version,
+        client_id=record.client_id,
+        sk=record.sk,
+        discarded=dropped,
+    )
+    log.warning("update.rejected", reason=exc.reason, detail=exc.message)
+    return {**item, **verdict}
+
+
+async def check_round(
+    store: ServerStore, view: TaskView, round_id: int, members: int, candidate: Weights
+) -> GlobalRefusedError | None:
+    """`check_new_global` on a round's FedAvg (a weighted mean of moves within
+    `max_update_norm` of version round_id moves it by at most that); the refusal, if any."""
+    head = None
+    if view.cfg.max_update_norm is not None and round_id == view.head_version:
+        head = CACHE.get(view.head_sha256) or codec.decode(
+            await store.get_object(keys.global_key(view.task_name, round_id))
+        )
+    try:
+        check_new_global(
+            candidate,
+            head or candidate,
+            max_step=view.cfg.max_update_norm if head is not None else None,
+            who=f"round {round_id} of task {view.task_name!r}: the FedAvg of its {members} "
+            "accepted update(s)",
+        )
+    except GlobalRefusedError as exc:
+        return exc
+    return None
+
+
+async def refuse_round(
+    store: ServerStore,
+    view: TaskView,
+    round_id: int,
+    members: list[str],
+    exc: GlobalRefusedError,
+) -> dict[str, Any]:
+    """Close the round without a new version; the result's cause fails the task."""
+    await _mark_discarded(store, view.task_name, members, exc)
+    cause = f"{exc.message}; the round closed without a new version"
+    result = {
+        "closed": False,
+        "round_id": round_id,
+        "arrived": len(members),
+        "needed": view.cfg.quorum,
+        "cause": cause,
+        "reason": exc.reason,
+    }
+    await store.transact(
+        [
+            store.update_op(
+                view.task_name, keys.TASK_SK, {REFUSED: _refusal(exc, round_id, members)}
+            ),
+            store.update_op(
+                view.task_name,
+                keys.round_sk(round_id),
+                {"closed": True, "result": result, "closed_at": time.time()},
+            ),
+        ]
+    )
+    log.warning(
+        "global.refused",
+        task_name=view.task_name,
+        reason=exc.reason,
+        round_id=round_id,
+        version=round_id,
+        members=members,
+    )
+    return result
