@@ -110,7 +110,7 @@ class AwsClientPorts:
         )
 
     async def update_exists(self, task_name: str, sk: str) -> bool:
-        return await self._records.get(task_name, sk) is not None
+        return await self._records.exists(task_name, sk)
 
     async def put_update(self, record: UpdateRecord) -> bool:
         """Write the record once; False if it already existed (a retry or a duplicate)."""

@@ -44,7 +44,7 @@ async def test_missing_task_is_task_not_found(records: DynamoRecords) -> None:
         await records.get_task("ghost")
 
 
-async def test_put_if_absent_applies_once_and_then_shows_the_current_item(
+async def test_put_if_absent_applies_once_and_reads_nothing_back(
     records: DynamoRecords,
 ) -> None:
     # GIVEN an update record written once
@@ -55,8 +55,19 @@ async def test_put_if_absent_applies_once_and_then_shows_the_current_item(
     # THEN the second write is refused as an outcome, not an exception, and nothing changed
     assert first.applied
     assert not second.applied
-    assert second.item is not None and second.item["num_examples"] == 10
+    # AND the refusal carries no item: a silo's role may not read one back (no ALL_OLD)
+    assert second.item is None
     assert (await records.get("digits", sk) or {})["num_examples"] == 10
+
+
+async def test_exists_answers_whether_a_record_is_there(records: DynamoRecords) -> None:
+    # GIVEN one update record
+    sk = keys.update_sk("bank-1", "u1", 0)
+    await records.put(Put("digits", sk, {"num_examples": 10, "client_id": "bank-1"}))
+    # WHEN a silo asks whether it (and another) exist
+    # THEN the answers are True and False
+    assert await records.exists("digits", sk)
+    assert not await records.exists("digits", keys.update_sk("bank-1", "u2", 1))
 
 
 async def test_version_counter_advances_only_from_the_expected_version(
