@@ -110,19 +110,6 @@ Write = Put | Update | Check
 class Records(Protocol):
     async def get(self, task_name: str, sk: str) -> Item | None: ...
     async def exists(self, task_name: str, sk: str) -> bool: ...
-    async def exists(self, task_name: str, sk: str) -> bool:
-        """Whether the item exists, learning nothing of what it holds: the projection names
-        only the key, which is all a silo's role may read (`dynamodb:Attributes`)."""
-        ddb = await self._aws.dynamodb()
-        got = await ddb.get_item(
-            TableName=self._table,
-            Key=_key(task_name, sk),
-            ConsistentRead=True,
-            ProjectionExpression="#pk, #sk",
-            ExpressionAttributeNames={"#pk": TABLE_PARTITION_KEY, "#sk": TABLE_SORT_KEY},
-        )
-        return "Item" in got
-
     async def get_task(self, task_name: str) -> Item: ...
     async def put(self, write: Put) -> WriteOutcome: ...
     async def update(self, write: Update) -> WriteOutcome: ...

@@ -18,9 +18,7 @@ from fedasync.resources import StackSpec
 EXPECTED_TAGS = [{"Key": "fedasync-kind", "Value": "local-update"}]
 
 
-@pytest.mark.parametrize(
-    "size", [1024, 2 * MIN_PART_BYTES + 1], ids=["single-put", "multipart"]
-)
+@pytest.mark.parametrize("size", [1024, 2 * MIN_PART_BYTES + 1], ids=["single-put", "multipart"])
 async def test_an_uploaded_local_update_is_tagged_for_expiry(
     aws: AwsContext, prefix: str, tmp_path: Path, size: int
 ) -> None:
