@@ -18,7 +18,7 @@ from client.config import ClientConfig
 from client.progress import Advance
 from fedasync.aws.queues import ReceivedMessage, SqsQueues
 from fedasync.aws.records import DynamoRecords, Put
-from fedasync.aws.session import AwsContext, error_code
+from fedasync.aws.session import AwsContext, error_code, object_missing
 from fedasync.core.errors import RegistryError
 from fedasync.core.messages import Heartbeat, UpdateRecord
 
@@ -91,7 +91,8 @@ class AwsClientPorts:
                 on_bytes=on_bytes,
             )
         except ClientError as error:
-            if error_code(error) not in ("NoSuchKey", "404"):
+            # the notice named it; a silo may not list the bucket, so 403 means missing too
+            if not object_missing(error, unlisted=True):
                 raise
             raise RegistryError(
                 f"global model {key!r} is missing from bucket {self._cfg.bucket_name!r}"
