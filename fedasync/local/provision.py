@@ -187,9 +187,10 @@ async def _queue(
 async def _subscribe(aws: AwsContext, topic_arn: str, queue_url: str, client_id: str) -> None:
     sns = await aws.sns()
     queue_arn = await _queue_arn(await aws.sqs(), queue_url)
-    existing = await sns.list_subscriptions_by_topic(TopicArn=topic_arn)
-    if any(s.get("Endpoint") == queue_arn for s in existing.get("Subscriptions", [])):
-        return  # re-provisioning must not double every notice
+    pages = sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn)
+    async for page in pages:  # 100 a page: a stack of more silos has several
+        if any(s.get("Endpoint") == queue_arn for s in page.get("Subscriptions", [])):
+            return  # re-provisioning must not double every notice
     await sns.subscribe(
         TopicArn=topic_arn,
         Protocol="sqs",

@@ -16,6 +16,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from fedasync.aws.batching import BATCH_GET_MAX_KEYS, drain_unprocessed
 from fedasync.aws.records import deserialize_item, serialize_item
 from fedasync.aws.session import AwsContext, error_code, object_missing
 from fedasync.core.errors import MissingObjectError, PayloadTooLargeError, RegistryError
@@ -61,21 +62,31 @@ class ServerStore:
         return deserialize_item(item) if item else None
 
     async def get_items(self, task_name: str, sks: list[str]) -> list[dict[str, Any] | None]:
-        """Several items of one task in one strongly consistent BatchGetItem, in `sks` order."""
+        """Several items of one task, strongly consistent, in `sks` order (None: absent).
+
+        BatchGetItem takes at most 100 keys: the keys go in batches of 100, and the keys a
+        batch leaves unprocessed (throttling, the 16 MB response limit) are asked again
+        with backoff (`drain_unprocessed`)."""
         ddb = await self.aws.dynamodb()
+        unique = list(dict.fromkeys(sks))
         found: dict[str, dict[str, Any]] = {}
-        request: dict[str, Any] = {
-            self.where.table: {
-                "Keys": [self._key(task_name, sk) for sk in dict.fromkeys(sks)],
-                "ConsistentRead": True,
-            }
-        }
-        while request:
+
+        async def batch_get(request: dict[str, Any]) -> dict[str, Any]:
             resp = await ddb.batch_get_item(RequestItems=request)
             for raw in resp.get("Responses", {}).get(self.where.table, []):
                 item = deserialize_item(raw)
                 found[str(item[TABLE_SORT_KEY])] = item
-            request = dict(resp.get("UnprocessedKeys") or {})
+            return dict(resp.get("UnprocessedKeys") or {})
+
+        for start in range(0, len(unique), BATCH_GET_MAX_KEYS):
+            chunk = unique[start : start + BATCH_GET_MAX_KEYS]
+            request = {
+                self.where.table: {
+                    "Keys": [self._key(task_name, sk) for sk in chunk],
+                    "ConsistentRead": True,
+                }
+            }
+            await drain_unprocessed(batch_get, request, what=f"items of task {task_name!r}")
         return [found.get(sk) for sk in sks]
 
     async def get_task(self, task_name: str) -> dict[str, Any] | None:

@@ -144,3 +144,27 @@ async def test_transaction_is_all_or_nothing_and_names_the_failed_write(
     )
     assert ok.applied
     assert (await records.get_task("digits"))["version"] == 4
+
+
+async def test_server_reads_more_items_than_one_batch_takes_in_order(
+    aws: AwsContext, prefix: str
+) -> None:
+    from fedasync.server.store import ServerStore, Where
+
+    # GIVEN 230 update items (BatchGetItem takes 100 keys a call; moto enforces it)
+    endpoints = await provision(aws, StackSpec(prefix=prefix))
+    records = DynamoRecords(aws, endpoints.table)
+    present = [keys.update_sk(f"c{i:03d}", "", 0) for i in range(230)]
+    for i, sk in enumerate(present):
+        await records.put(Put("digits", sk, {"client_id": f"c{i:03d}", "num_examples": i}))
+    store = ServerStore(aws, Where(table=endpoints.table, bucket=endpoints.bucket, topic_arn=""))
+    # WHEN the server reads them in reverse, with 20 absent keys and a repeat mixed in
+    absent = [keys.update_sk(f"x{i:03d}", "", 0) for i in range(20)]
+    wanted = [*reversed(present), *absent, present[5]]
+    got = await store.get_items("digits", wanted)
+    # THEN every answer is at its key's position: item i holds num_examples i, absent is None
+    assert [g["num_examples"] if g else None for g in got] == [
+        *range(229, -1, -1),
+        *([None] * 20),
+        5,
+    ]
