@@ -49,4 +49,3 @@ async def test_keys_still_unprocessed_after_the_last_retry_raise(monkeypatch) ->
     with pytest.raises(RuntimeError, match=r"items of task 'x': 1 key\(s\) still unprocessed"):
         await batching.drain_unprocessed(table, keys_request("a", "b"), what="items of task 'x'")
     assert len(table.requests) == 1 + batching.UNPROCESSED_RETRIES
-
