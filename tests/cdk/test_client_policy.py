@@ -245,6 +245,7 @@ SILO_OPERATIONS = {
     "s3:CreateMultipartUpload",
     "s3:UploadPart",
     "s3:CompleteMultipartUpload",
+    "s3:AbortMultipartUpload",
     "dynamodb:GetItem",
     "dynamodb:PutItem",
 }
@@ -269,6 +270,15 @@ async def _silo_session(ports: AwsClientPorts, admin: AwsContext, bucket: str, t
         path.write_bytes(b"w" * size)
         key = local_key(TASK, "hospital-a", 0, update_id)
         await ports.upload(path, key, hashlib.sha256(path.read_bytes()).hexdigest(), lambda _: 0)
+    # a multipart upload that fails midway (here: its progress callback) is aborted
+    path = tmp / "u3"
+    path.write_bytes(b"w" * (MIN_PART_BYTES + 1))
+
+    def broken(_: int) -> None:
+        raise RuntimeError("the disk went away")
+
+    with pytest.raises(ExceptionGroup):
+        await ports.upload(path, local_key(TASK, "hospital-a", 0, "u3"), "0" * 64, broken)
     record = UpdateRecord(
         task_name=TASK,
         client_id="hospital-a",
