@@ -197,7 +197,8 @@ class TaskConfig(BaseModel):
         if self.mode == "async" and self.heartbeat_s >= self.deadline_s:
             raise ValueError(
                 f"heartbeat_s ({self.heartbeat_s}) must be less than deadline_s "
-                f"({self.deadline_s}): the idle limit would never come before the deadline"
+                f"({self.deadline_s}): they are the OpenTask wait's HeartbeatSeconds and "
+                "TimeoutSeconds, and Step Functions requires the first below the second"
             )
         return self
 
