@@ -18,7 +18,7 @@ from client.config import ClientConfig
 from client.progress import Advance
 from fedasync.aws.queues import ReceivedMessage, SqsQueues
 from fedasync.aws.records import DynamoRecords, Put
-from fedasync.aws.session import AwsContext, error_code
+from fedasync.aws.session import AwsContext, error_code, object_missing
 from fedasync.core.errors import RegistryError
 from fedasync.core.messages import Heartbeat, UpdateRecord
 
@@ -98,7 +98,8 @@ class AwsClientPorts:
                 on_bytes=on_bytes,
             )
         except ClientError as error:
-            if error_code(error) not in ("NoSuchKey", "404"):
+            # the notice named it; a silo may not list the bucket, so 403 means missing too
+            if not object_missing(error, unlisted=True):
                 raise
             raise RegistryError(
                 f"global model {key!r} is missing from bucket {self._cfg.bucket_name!r}"
@@ -117,7 +118,7 @@ class AwsClientPorts:
         )
 
     async def update_exists(self, task_name: str, sk: str) -> bool:
-        return await self._records.get(task_name, sk) is not None
+        return await self._records.exists(task_name, sk)
 
     async def put_update(self, record: UpdateRecord) -> bool:
         """Write the record once; False if it already existed (a retry or a duplicate)."""

@@ -22,6 +22,7 @@ import structlog
 from client.progress import Advance
 from fedasync.aws.models import SHA256_METADATA as MODEL_SHA256_METADATA
 from fedasync.core.errors import ChecksumMismatchError, PayloadTooLargeError
+from fedasync.resources import LOCAL_UPDATE_TAGGING
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -67,7 +68,10 @@ async def upload_file(
     on_bytes: Advance | None = None,
     parts_in_flight: int = PARTS_IN_FLIGHT,
 ) -> None:
-    """Put `path` at `key` with its SHA-256 in the metadata; nothing visible on failure."""
+    """Put `path` at `key` with its SHA-256 in the metadata; nothing visible on failure.
+
+    The object is tagged as a local update (`LOCAL_UPDATE_TAGGING`): the bucket's
+    lifecycle rule expires local updates by that tag, and by nothing else."""
     size = await asyncio.to_thread(os.path.getsize, path)
     advance = on_bytes or _ignore
     metadata = {SHA256_METADATA: sha256}
@@ -78,12 +82,17 @@ async def upload_file(
             Key=key,
             Body=body,
             Metadata=metadata,
+            Tagging=LOCAL_UPDATE_TAGGING,
             ChecksumSHA256=_b64_sha256(body),
         )
         advance(size)
         return
     created = await s3.create_multipart_upload(
-        Bucket=bucket, Key=key, Metadata=metadata, ChecksumAlgorithm="SHA256"
+        Bucket=bucket,
+        Key=key,
+        Metadata=metadata,
+        Tagging=LOCAL_UPDATE_TAGGING,
+        ChecksumAlgorithm="SHA256",
     )
     upload = _Multipart(s3, bucket, key, created["UploadId"], advance)
     try:

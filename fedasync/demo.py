@@ -72,13 +72,16 @@ class DemoOptions:
             "task_name": name,
             "mode": self.mode,
             "clients": [f"silo-{i}" for i in range(self.clients)],
-            "rounds": self.rounds,
-            "round_timeout_s": 120,
-            "max_versions": self.max_versions,
-            "max_staleness": 4 * self.clients,
-            "heartbeat_s": 120,
-            "deadline_s": 600,
         }
+        if self.mode == "sync":  # each mode's own fields only: the others are refused
+            data.update(rounds=self.rounds, round_timeout_s=120)
+        else:
+            data.update(
+                max_versions=self.max_versions,
+                max_staleness=4 * self.clients,
+                heartbeat_s=120,
+                deadline_s=600,
+            )
         if self.strategy is not None and self.strategy != "fedavg":
             data["strategy"] = self.strategy
         if self.mode == "async":

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedasync.core.config import CLIENT_ID_PATTERN
+from fedasync.core.keys import UPDATE_PREFIX
 
 # DynamoDB single table
 TABLE_PARTITION_KEY = "task_name"
@@ -22,6 +24,33 @@ TTL_ATTRIBUTE = "expires_at"
 
 # SNS message attribute (String.Array of client ids) matched by each client's filter policy
 NOTICE_FILTER_ATTRIBUTE = "client_ids"
+
+# The tag a client puts on its local-model uploads. S3 lifecycle filters take a key
+# prefix or tags, and local keys start with the task name (`{task}/local/...`), so no
+# prefix can select them: the tag is the only handle the expiry rule has.
+LOCAL_UPDATE_TAG_KEY = "fedasync-kind"
+LOCAL_UPDATE_TAG_VALUE = "local-update"
+LOCAL_UPDATE_TAGGING = f"{LOCAL_UPDATE_TAG_KEY}={LOCAL_UPDATE_TAG_VALUE}"  # S3's `Tagging`
+
+# The aggregate function's work is the INSERT of an update item (`UPDATE_PREFIX`); every
+# other stream record (heartbeats, verdicts, TASK and ROUND writes) is our own or noise.
+# Lambda's event filter (FilterCriteria on the stream mapping) and the embedded
+# StreamPump both apply this one pattern, so no other record invokes the handler.
+AGGREGATE_STREAM_FILTER: dict[str, Any] = {
+    "eventName": ["INSERT"],
+    "dynamodb": {"Keys": {TABLE_SORT_KEY: {"S": [{"prefix": UPDATE_PREFIX}]}}},
+}
+
+# The control function and the waits it answers (CloseRound / Finalize `TimeoutSeconds`
+# in the ASL). Lambda's rule for SQS sources: the queue's visibility timeout at least
+# six times the function's timeout, so a batch still running is not handed out again.
+# A failed control message reappears after the visibility timeout; the waits leave room
+# for CONTROL_ATTEMPTS_WITHIN_WAIT attempts, each of which may run to the timeout:
+#   (attempts - 1) * visibility + timeout = 2 * 360 + 60 = 780 s <= 900 s.
+CONTROL_TIMEOUT_S = 60
+CONTROL_VISIBILITY_S = 6 * CONTROL_TIMEOUT_S
+CONTROL_WAIT_S = 900
+CONTROL_ATTEMPTS_WITHIN_WAIT = 3
 
 # The ASL file and the `${...}` placeholders it contains; both the embedded stack and
 # CDK `DefinitionSubstitutions` fill every one of them.

@@ -35,7 +35,7 @@ import structlog
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedasync.aws.session import AwsContext
+from fedasync.aws.session import AwsContext, error_code
 from fedasync.core import keys
 from fedasync.core.codec import Array
 from fedasync.core.config import TaskConfig
@@ -181,10 +181,44 @@ async def _task(store: ServerStore, task_name: str) -> tuple[dict[str, Any], Tas
     return item, TaskView.from_item(task_name, item)
 
 
+# How SQS says a queue does not exist (query and JSON protocols spell it differently)
+_NO_QUEUE_CODES = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+
+
+async def clients_without_queue(aws: AwsContext, stack: StackConfig, cfg: TaskConfig) -> list[str]:
+    """The task's clients that have no queue in the deployed stack (their notices would go
+    nowhere, and their rounds could never fill): from the stack config's queue list when it
+    has one, else by asking SQS for each client's queue by name."""
+    if stack.client_queue_urls:
+        return [c for c in cfg.clients if c not in stack.client_queue_urls]
+    spec = StackSpec(prefix=stack.prefix, region=stack.region)
+    sqs = await aws.sqs()
+
+    async def missing(client_id: str) -> bool:
+        try:
+            await sqs.get_queue_url(QueueName=spec.client_queue_name(client_id))
+        except ClientError as exc:
+            if error_code(exc) not in _NO_QUEUE_CODES:
+                raise
+            return True
+        return False
+
+    found = await asyncio.gather(*(missing(c) for c in cfg.clients))
+    return [c for c, gone in zip(cfg.clients, found, strict=True) if gone]
+
+
 async def start(
     aws: AwsContext, stack: StackConfig, cfg: TaskConfig, initial: dict[str, Array]
 ) -> dict[str, Any]:
-    """Create the task and start its execution; the same config again returns the same ARN."""
+    """Create the task and start its execution; the same config again returns the same ARN.
+    Refused (`ConfigError`, nothing created) if a client of the task has no queue."""
+    unknown = await clients_without_queue(aws, stack, cfg)
+    if unknown:
+        raise ConfigError(
+            f"task {cfg.task_name!r} names client(s) with no queue in stack "
+            f"{stack.prefix!r}: {', '.join(unknown)}; add them to the stack's clients "
+            "(infra/clients.yaml and `cdk deploy`, or `fedasync local up --clients`)"
+        )
     machine = await _state_machine_arn(aws, stack)
     arn = await start_task(_store(aws, stack), machine, cfg, initial)
     log.info("task.started", task_name=cfg.task_name, execution_arn=arn)

@@ -54,6 +54,7 @@ from infra.messaging import ClientQueue
 from infra.nag import acknowledge_wildcard_resource
 
 QUEUE_ACTIONS = (
+    "sqs:GetQueueUrl",  # a silo started without --queue-url finds its queue by name
     "sqs:ReceiveMessage",
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",

@@ -17,17 +17,19 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from fedasync.resources import ClientSpec, StackSpec
+# The local-update tag is defined beside the other shared names: the client sets it, the
+# lifecycle rule (infra/storage.py) and the client policy match it.
+from fedasync.resources import (  # noqa: F401 - re-exported for infra/
+    LOCAL_UPDATE_TAG_KEY,
+    LOCAL_UPDATE_TAG_VALUE,
+    ClientSpec,
+    StackSpec,
+)
 
 INFRA_DIR = Path(__file__).resolve().parent
 REPO_ROOT = INFRA_DIR.parent
 DEFAULT_CLIENTS_FILE = INFRA_DIR / "clients.yaml"
 
-# The tag a client puts on its local-model uploads. S3 lifecycle filters take a key
-# prefix or tags, and local keys start with the task name (`{task}/local/...`), so no
-# prefix can select them: the tag is the only handle the expiry rule has.
-LOCAL_UPDATE_TAG_KEY = "fedasync-kind"
-LOCAL_UPDATE_TAG_VALUE = "local-update"
 
 # An IAM principal a client role may trust: an account id, an account root, or an IAM
 # role/user ARN. Wildcards and service principals are refused on purpose.

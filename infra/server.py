@@ -24,7 +24,10 @@ from constructs import Construct
 
 from fedasync.resources import (
     AGGREGATE_HANDLER,
+    AGGREGATE_STREAM_FILTER,
     CONTROL_HANDLER,
+    CONTROL_TIMEOUT_S,
+    CONTROL_VISIBILITY_S,
     ENV_BUCKET,
     ENV_CONTROL_QUEUE_URL,
     ENV_TABLE,
@@ -36,10 +39,10 @@ from infra.messaging import Messaging
 from infra.nag import acknowledge, acknowledge_wildcard_resource
 
 RUNTIME = lambda_.Runtime(f"python{bundle.LAMBDA_PYTHON_VERSION}", lambda_.RuntimeFamily.PYTHON)
-CONTROL_TIMEOUT = Duration.seconds(60)
-# Lambda's advice for SQS sources: visibility at least six times the function timeout,
-# so a retried batch is not handed out again while the first attempt still runs.
-CONTROL_QUEUE_VISIBILITY = Duration.seconds(6 * 60)
+# fedasync.resources explains the values: visibility = 6 x timeout (Lambda's rule for SQS
+# sources), and the ASL's CloseRound/Finalize waits leave room for three attempts.
+CONTROL_TIMEOUT = Duration.seconds(CONTROL_TIMEOUT_S)
+CONTROL_QUEUE_VISIBILITY = Duration.seconds(CONTROL_VISIBILITY_S)
 AGGREGATE_TIMEOUT = Duration.minutes(10)
 STREAM_BATCH_SIZE = 10
 STREAM_RETRIES = 5
@@ -119,6 +122,8 @@ class ServerFunctions(Construct):
                 retry_attempts=STREAM_RETRIES,
                 report_batch_item_failures=True,
                 on_failure=sources.SqsDlq(messaging.aggregate_failures),
+                # only INSERTs of update items invoke it; the embedded pump applies the same
+                filters=[lambda_.FilterCriteria.filter(AGGREGATE_STREAM_FILTER)],
             )
         )
         acknowledge(

@@ -3,6 +3,10 @@
 Every write that decides something is conditional; a failed condition is an answer
 (`WriteOutcome.applied == False`, with the item as it stands when DynamoDB returns
 it), never an exception, so that redelivered events are no-ops, not crashes.
+
+A silo uses this port too, under its role (infra/client_access.py): `put` (never asking
+for values back, so a failed put returns no item) and `exists` (a GetItem projecting
+only the key). `get`, `update`, `query` and `transact` are the server's.
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ Write = Put | Update | Check
 
 class Records(Protocol):
     async def get(self, task_name: str, sk: str) -> Item | None: ...
+    async def exists(self, task_name: str, sk: str) -> bool: ...
     async def get_task(self, task_name: str) -> Item: ...
     async def put(self, write: Put) -> WriteOutcome: ...
     async def update(self, write: Update) -> WriteOutcome: ...
@@ -195,6 +200,19 @@ class DynamoRecords:
         )
         return deserialize_item(got["Item"]) if "Item" in got else None
 
+    async def exists(self, task_name: str, sk: str) -> bool:
+        """Whether the item exists, learning nothing of what it holds: the projection names
+        only the key, which is all a silo's role may read (`dynamodb:Attributes`)."""
+        ddb = await self._aws.dynamodb()
+        got = await ddb.get_item(
+            TableName=self._table,
+            Key=_key(task_name, sk),
+            ConsistentRead=True,
+            ProjectionExpression="#pk, #sk",
+            ExpressionAttributeNames={"#pk": TABLE_PARTITION_KEY, "#sk": TABLE_SORT_KEY},
+        )
+        return "Item" in got
+
     async def get_task(self, task_name: str) -> Item:
         item = await self.get(task_name, keys.TASK_SK)
         if item is None:
@@ -205,11 +223,12 @@ class DynamoRecords:
         return item
 
     async def put(self, write: Put) -> WriteOutcome:
+        """Put; a failed condition gives `applied=False` and no item. Nothing is asked
+        back (no ReturnValues, no ReturnValuesOnConditionCheckFailure): a silo's role may
+        write records but never read one, so whoever needs the item reads it itself."""
         ddb = await self._aws.dynamodb()
         params = _put_params(self._table, write)
-        return await self._conditional(
-            ddb.put_item(ReturnValuesOnConditionCheckFailure="ALL_OLD", **params), params["Item"]
-        )
+        return await self._conditional(ddb.put_item(**params), params["Item"])
 
     async def update(self, write: Update) -> WriteOutcome:
         ddb = await self._aws.dynamodb()

@@ -112,3 +112,18 @@ class AwsContext:
 def error_code(error: ClientError) -> str:
     """The service's error code ('ConditionalCheckFailedException', 'InvalidToken', ...)."""
     return str(error.response.get("Error", {}).get("Code", ""))
+
+
+# How S3 says a GET found no object. To a role without s3:ListBucket on the bucket (no
+# role of ours has it) S3 does not tell a missing key from a forbidden one: both are
+# 403 AccessDenied. Where the key was named by a silo, the two mean the same to us.
+NOT_FOUND_CODES = ("NoSuchKey", "404", "NotFound")
+UNLISTED_CODES = ("AccessDenied", "403")
+
+
+def object_missing(error: ClientError, *, unlisted: bool) -> bool:
+    """Whether an S3 read failed because the object is not there. `unlisted`: count a 403
+    as missing (the reader may not list the bucket, and the key is not its own to vouch
+    for); otherwise a 403 is a real permission problem and stays one."""
+    code = error_code(error)
+    return code in NOT_FOUND_CODES or (unlisted and code in UNLISTED_CODES)

@@ -33,6 +33,40 @@ DEFAULT_MAX_MODEL_BYTES = 512 * 1024 * 1024
 # mean a step overshoots what any client proposed (and can overflow the model's dtype)
 MAX_SERVER_LR = 10.0
 
+# Step Functions keeps at most 25,000 events in one execution's history, and a sync task
+# is one execution: its rounds are bounded by the events a round adds. Per state kind
+# (stepfunctions/fl_task.asl.json; tests/unit/test_config_limits.py walks the ASL and
+# counts them again):
+#   a waitForTaskToken Task: Entered, Scheduled, Started, Submitted, Succeeded|TimedOut,
+#     Exited = 6;  a dynamodb:updateItem Task: the same without Submitted = 5;
+#   a Pass or Choice state: Entered, Exited = 2;  a Fail state and the execution's own
+#     start or end: at most 2 and 1.
+# One round at worst (it runs to its deadline, and CloseRound is answered): OpenRound 6
+#   + CloseRound 6 + IsRoundClosed 2 + NextRound 2 + MoreRounds 2 = 18 (12 if on time).
+# Around the rounds: ExecutionStarted 1 + StartTask 5 + ChooseMode 2 + FirstRound 2, and
+#   at the end at most a failure's Pass 2 + RecordFailed 5 + TaskFailed 2 +
+#   ExecutionFailed 1 (a success takes 8) = 20.
+# So rounds <= (25,000 - 20) // 18 = 1387.
+SFN_HISTORY_EVENTS = 25_000
+EVENTS_PER_SYNC_ROUND = 18
+EVENTS_AROUND_ROUNDS = 20
+MAX_SYNC_ROUNDS = (SFN_HISTORY_EVENTS - EVENTS_AROUND_ROUNDS) // EVENTS_PER_SYNC_ROUND
+
+# Fields only one mode reads; set explicitly on a task of the other mode, they are refused
+# (`TaskConfig.parse`): they would be silently ignored, which is never what was meant.
+SYNC_ONLY_FIELDS = ("rounds", "min_clients", "round_timeout_s")
+ASYNC_ONLY_FIELDS = (
+    "alpha",
+    "staleness",
+    "max_staleness",
+    "buffer_size",
+    "server_lr",
+    "max_versions",
+    "target_metric",
+    "heartbeat_s",
+    "deadline_s",
+)
+
 _STALENESS_RE = re.compile(r"^\s*(constant|polynomial|hinge)\s*(?:\(([^)]*)\))?\s*$")
 
 
@@ -176,6 +210,27 @@ class TaskConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _within_aws_limits(self) -> Self:
+        if self.mode == "sync" and self.rounds > MAX_SYNC_ROUNDS:
+            raise ValueError(
+                f"rounds {self.rounds} exceeds {MAX_SYNC_ROUNDS}: a sync task is one Step "
+                f"Functions execution, whose history holds {SFN_HISTORY_EVENTS} events, "
+                f"and a round takes up to {EVENTS_PER_SYNC_ROUND}"
+            )
+        if self.mode == "async" and self.heartbeat_s >= self.deadline_s:
+            raise ValueError(
+                f"heartbeat_s ({self.heartbeat_s}) must be less than deadline_s "
+                f"({self.deadline_s}): they are the OpenTask wait's HeartbeatSeconds and "
+                "TimeoutSeconds, and Step Functions requires the first below the second"
+            )
+        return self
+
+    def fields_of_the_other_mode(self) -> list[str]:
+        """Fields set explicitly (`model_fields_set`) that this task's mode never reads."""
+        unused = ASYNC_ONLY_FIELDS if self.mode == "sync" else SYNC_ONLY_FIELDS
+        return [name for name in unused if name in self.model_fields_set]
+
     @property
     def quorum(self) -> int:
         """Updates a sync round needs to close at its deadline."""
@@ -204,9 +259,22 @@ class TaskConfig(BaseModel):
     def parse(cls, data: dict[str, Any]) -> TaskConfig:
         """Validate a mapping; errors name every bad field and what it allows."""
         try:
-            return cls.model_validate(data)
+            cfg = cls.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(_describe(exc, data.get("task_name"))) from exc
+        # here, not in a validator: a stored config (every field dumped) is read back too
+        unused = cfg.fields_of_the_other_mode()
+        if unused:
+            other = "async" if cfg.mode == "sync" else "sync"
+            raise ConfigError(
+                f"invalid config for task {cfg.task_name!r}:\n  "
+                + "\n  ".join(
+                    f"{name}: applies to {other} tasks only; this task is {cfg.mode} "
+                    "(remove it, or set mode)"
+                    for name in unused
+                )
+            )
+        return cfg
 
     def execution_input(self) -> dict[str, Any]:
         """The Step Functions execution input: the task as the state machine needs it."""

@@ -90,6 +90,13 @@ class RegistryError(FedAsyncError):
     reason = "registry"
 
 
+class MissingObjectError(RegistryError):
+    """The object a record names is not in the bucket (or not readable, which S3 says the
+    same way to a role without s3:ListBucket)."""
+
+    reason = "missing_object"
+
+
 class ChecksumMismatchError(RegistryError):
     """SHA-256 of the bytes differs from the one recorded."""
 

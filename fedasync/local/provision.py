@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from fedasync.aws.session import AwsContext
 from fedasync.resources import (
     ASL_PATH,
+    CONTROL_VISIBILITY_S,
     ENV_BUCKET,
     ENV_CONTROL_QUEUE_URL,
     ENV_ENDPOINT_URL,
@@ -31,9 +32,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-# The same values as infra/ (messaging.py, server.py); they belong in fedasync.resources
-# so that neither side can drift.
-CONTROL_VISIBILITY_S = 6 * 60
+# The same values as infra/ (messaging.py); the control queue's comes from
+# fedasync.resources, shared with infra/server.py, so neither side can drift.
 CLIENT_VISIBILITY_S = 5 * 60
 MAX_RECEIVE_COUNT = 5
 DLQ_RETENTION_S = 14 * 24 * 3600
@@ -187,9 +187,10 @@ async def _queue(
 async def _subscribe(aws: AwsContext, topic_arn: str, queue_url: str, client_id: str) -> None:
     sns = await aws.sns()
     queue_arn = await _queue_arn(await aws.sqs(), queue_url)
-    existing = await sns.list_subscriptions_by_topic(TopicArn=topic_arn)
-    if any(s.get("Endpoint") == queue_arn for s in existing.get("Subscriptions", [])):
-        return  # re-provisioning must not double every notice
+    pages = sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn)
+    async for page in pages:  # 100 a page: a stack of more silos has several
+        if any(s.get("Endpoint") == queue_arn for s in page.get("Subscriptions", [])):
+            return  # re-provisioning must not double every notice
     await sns.subscribe(
         TopicArn=topic_arn,
         Protocol="sqs",

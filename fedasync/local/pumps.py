@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ import structlog
 
 from fedasync.aws.session import AwsContext
 from fedasync.local.events import Event, EventLog, LocalLambdaContext, sqs_record, stream_record
+from fedasync.local.filters import check_pattern, matches
 
 log = structlog.get_logger()
 
@@ -33,9 +34,6 @@ class PumpOptions:
     max_retries: int = 5  # Lambda's MaximumRetryAttempts, per batch
     bisect_on_error: bool = True  # Lambda's BisectBatchOnFunctionError
     poll_interval_s: float = 0.05
-    # SQS: how long a failed message stays invisible before redelivery. Lambda leaves
-    # it to the queue's VisibilityTimeout; locally we shorten it so retries are quick.
-    retry_visibility_s: int = 1
     # Fault injection: deliver every batch twice (at-least-once made certain).
     deliver_twice: bool = False
 
@@ -165,9 +163,14 @@ class StreamPump(_Pump):
         options: PumpOptions | None = None,
         event_log: EventLog | None = None,
         on_failure: FailureSink | None = None,
+        filter_pattern: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(aws, handler, name, options or PumpOptions(), event_log)
         self.stream_arn = stream_arn
+        # the mapping's FilterCriteria: records it does not match never reach the handler
+        if filter_pattern is not None:
+            check_pattern(filter_pattern)
+        self._filter = filter_pattern
         self.failed_batches: list[dict[str, Any]] = []
         self._on_failure = on_failure
 
@@ -190,12 +193,13 @@ class StreamPump(_Pump):
         )["ShardIterator"]
         while iterator and not self._stopping.is_set():
             page = await streams.get_records(ShardIterator=iterator, Limit=self.options.batch_size)
-            records = [
-                stream_record(r, self.stream_arn, self.aws.region) for r in page.get("Records", [])
-            ]
+            raw = page.get("Records", [])
+            records = [stream_record(r, self.stream_arn, self.aws.region) for r in raw]
+            if self._filter is not None:
+                records = [r for r in records if matches(self._filter, r)]
             if records:
                 await self._process(records, shard_id, attempt=0)
-            else:
+            elif not raw:
                 await self._pause()
             iterator = page.get("NextShardIterator")
 
@@ -252,7 +256,12 @@ class StreamPump(_Pump):
 
 
 class QueuePump(_Pump):
-    """Feeds an SQS queue to a handler; failed messages are left to become visible again."""
+    """Feeds an SQS queue to a handler; failed messages are left to become visible again.
+
+    As Lambda does: a failed message is left alone, and comes back once the queue's
+    VisibilityTimeout has run out (the control queue's: `CONTROL_VISIBILITY_S`). No
+    quicker retry here, or the embedded stack would hide a wait that times out on AWS.
+    """
 
     source = "sqs"
 
@@ -299,9 +308,5 @@ class QueuePump(_Pump):
                 await sqs.delete_message(
                     QueueUrl=self.queue_url, ReceiptHandle=record["receiptHandle"]
                 )
-            else:
-                await sqs.change_message_visibility(
-                    QueueUrl=self.queue_url,
-                    ReceiptHandle=record["receiptHandle"],
-                    VisibilityTimeout=self.options.retry_visibility_s,
-                )
+            else:  # left to the queue's VisibilityTimeout (and its redrive to the DLQ)
+                log.info("pump.message_left", pump=self._name, message_id=record["messageId"])

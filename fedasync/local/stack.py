@@ -20,7 +20,12 @@ from fedasync.local.events import EventLog
 from fedasync.local.provision import StackEndpoints, provision
 from fedasync.local.pumps import Handler, PumpOptions, QueuePump, StreamPump
 from fedasync.local.server import LocalMotoServer
-from fedasync.resources import AGGREGATE_HANDLER, CONTROL_HANDLER, StackSpec
+from fedasync.resources import (
+    AGGREGATE_HANDLER,
+    AGGREGATE_STREAM_FILTER,
+    CONTROL_HANDLER,
+    StackSpec,
+)
 
 log = structlog.get_logger()
 
@@ -107,6 +112,7 @@ class EmbeddedStack:
                 options=self._options,
                 event_log=self.event_log,
                 on_failure=self._failure_sink(),
+                filter_pattern=AGGREGATE_STREAM_FILTER,
             )
             self.stream_pump.start()
         if control is not None:

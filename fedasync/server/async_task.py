@@ -107,7 +107,7 @@ async def _absorb_one(store: ServerStore, head: _Head, record: UpdateRecord) -> 
     base_w = None
     if needs_base and record.base_version <= head.state.version:
         base_w = await _base(store, head, record.base_version, who)
-    data = await store.get_object(record.s3_key, max_bytes=cfg.max_model_bytes)
+    data = await store.get_object(record.s3_key, max_bytes=cfg.max_model_bytes, named_by_silo=True)
     staleness = head.state.version - record.base_version
     if staleness > cfg.max_staleness or staleness < 0:
         base_w = None  # absorb() rejects it with the precise reason; skip the heavy checks

@@ -165,7 +165,9 @@ async def _aggregate(
     cached = {record.sha256: CACHE.get(record.sha256) for record in records}
     missing = [record for record in records if cached[record.sha256] is None]
     objects = store.iter_objects(
-        [record.s3_key for record in missing], max_bytes=view.cfg.max_model_bytes
+        [record.s3_key for record in missing],
+        max_bytes=view.cfg.max_model_bytes,
+        named_by_silo=True,
     )
     async with contextlib.aclosing(objects):
         for record in records:

@@ -16,9 +16,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from fedasync.aws.batching import BATCH_GET_MAX_KEYS, drain_unprocessed
 from fedasync.aws.records import deserialize_item, serialize_item
-from fedasync.aws.session import AwsContext, error_code
-from fedasync.core.errors import PayloadTooLargeError, RegistryError
+from fedasync.aws.session import AwsContext, error_code, object_missing
+from fedasync.core.errors import MissingObjectError, PayloadTooLargeError, RegistryError
 from fedasync.core.keys import TASK_SK
 from fedasync.core.messages import GlobalModelNotice
 from fedasync.resources import NOTICE_FILTER_ATTRIBUTE, TABLE_PARTITION_KEY, TABLE_SORT_KEY
@@ -67,21 +68,31 @@ class ServerStore:
         return deserialize_item(item) if item else None
 
     async def get_items(self, task_name: str, sks: list[str]) -> list[dict[str, Any] | None]:
-        """Several items of one task in one strongly consistent BatchGetItem, in `sks` order."""
+        """Several items of one task, strongly consistent, in `sks` order (None: absent).
+
+        BatchGetItem takes at most 100 keys: the keys go in batches of 100, and the keys a
+        batch leaves unprocessed (throttling, the 16 MB response limit) are asked again
+        with backoff (`drain_unprocessed`)."""
         ddb = await self.aws.dynamodb()
+        unique = list(dict.fromkeys(sks))
         found: dict[str, dict[str, Any]] = {}
-        request: dict[str, Any] = {
-            self.where.table: {
-                "Keys": [self._key(task_name, sk) for sk in dict.fromkeys(sks)],
-                "ConsistentRead": True,
-            }
-        }
-        while request:
+
+        async def batch_get(request: dict[str, Any]) -> dict[str, Any]:
             resp = await ddb.batch_get_item(RequestItems=request)
             for raw in resp.get("Responses", {}).get(self.where.table, []):
                 item = deserialize_item(raw)
                 found[str(item[TABLE_SORT_KEY])] = item
-            request = dict(resp.get("UnprocessedKeys") or {})
+            return dict(resp.get("UnprocessedKeys") or {})
+
+        for start in range(0, len(unique), BATCH_GET_MAX_KEYS):
+            chunk = unique[start : start + BATCH_GET_MAX_KEYS]
+            request = {
+                self.where.table: {
+                    "Keys": [self._key(task_name, sk) for sk in chunk],
+                    "ConsistentRead": True,
+                }
+            }
+            await drain_unprocessed(batch_get, request, what=f"items of task {task_name!r}")
         return [found.get(sk) for sk in sks]
 
     async def get_task(self, task_name: str) -> dict[str, Any] | None:
@@ -190,13 +201,22 @@ class ServerStore:
 
     # --- models in S3 -------------------------------------------------------------------
 
-    async def get_object(self, key: str, max_bytes: int | None = None) -> bytes:
+    async def get_object(
+        self, key: str, max_bytes: int | None = None, *, named_by_silo: bool = False
+    ) -> bytes:
+        """The object's bytes. `named_by_silo`: the key comes from an update record, so a
+        missing object is the silo's fault (`MissingObjectError`, the update is rejected),
+        whether S3 says 404 or, to our role without s3:ListBucket, 403."""
         s3 = await self.aws.s3()
         try:
             resp = await s3.get_object(Bucket=self.where.bucket, Key=key)
         except ClientError as exc:
-            if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-                raise RegistryError(f"object {key!r} is missing from the model bucket") from exc
+            if object_missing(exc, unlisted=named_by_silo):
+                error = MissingObjectError if named_by_silo else RegistryError
+                raise error(
+                    f"object {key!r} is missing from the model bucket "
+                    f"(S3 answered {error_code(exc)})"
+                ) from exc
             raise
         size = int(resp.get("ContentLength", 0))
         if max_bytes is not None and size > max_bytes:
@@ -206,7 +226,12 @@ class ServerStore:
             return bytes(await body.read())
 
     async def iter_objects(
-        self, keys: Sequence[str], *, max_bytes: int | None = None, ahead: int = 4
+        self,
+        keys: Sequence[str],
+        *,
+        max_bytes: int | None = None,
+        ahead: int = 4,
+        named_by_silo: bool = False,
     ) -> AsyncGenerator[bytes, None]:
         """The objects at `keys`, in order, with up to `ahead` reads in flight: the reads
         overlap the caller's work on earlier ones, and memory stays bounded. A failed read
@@ -215,14 +240,22 @@ class ServerStore:
         queue = iter(keys)
         try:
             for key in queue:
-                pending.append(asyncio.ensure_future(self.get_object(key, max_bytes)))
+                pending.append(
+                    asyncio.ensure_future(
+                        self.get_object(key, max_bytes, named_by_silo=named_by_silo)
+                    )
+                )
                 if len(pending) >= ahead:
                     break
             while pending:
                 data = await pending.popleft()
                 following = next(queue, None)
                 if following is not None:
-                    pending.append(asyncio.ensure_future(self.get_object(following, max_bytes)))
+                    pending.append(
+                        asyncio.ensure_future(
+                            self.get_object(following, max_bytes, named_by_silo=named_by_silo)
+                        )
+                    )
                 yield data
                 del data
         finally:

@@ -142,7 +142,9 @@ async def _accept_round_run(
     verdict = {"verdict": "accepted", "applied_version": round_id + 1, "decided_at": time.time()}
     base = await _base_for_norm(store, view, candidates[0][0]) if candidates else None
     objects = store.iter_objects(
-        [record.s3_key for record, _ in candidates], max_bytes=view.cfg.max_model_bytes
+        [record.s3_key for record, _ in candidates],
+        max_bytes=view.cfg.max_model_bytes,
+        named_by_silo=True,
     )
     try:
         async with contextlib.aclosing(objects):
@@ -199,7 +201,9 @@ async def _accept(
     )
     check_running(view.status, view.finished, record)
     weights = load_payload(
-        await store.get_object(record.s3_key, max_bytes=view.cfg.max_model_bytes),
+        await store.get_object(
+            record.s3_key, max_bytes=view.cfg.max_model_bytes, named_by_silo=True
+        ),
         record,
         view.spec,
         view.cfg,

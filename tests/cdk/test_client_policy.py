@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,8 +12,16 @@ from tests.cdk.support import TRAINER_ARN, Synth, require_cdk
 
 require_cdk()
 
+from client.config import MIN_PART_BYTES, ClientConfig  # noqa: E402
+from client.ports import AwsClientPorts  # noqa: E402
+from fedasync.aws.session import AwsContext  # noqa: E402
 from fedasync.core.keys import final_key, global_key, local_key  # noqa: E402
+from fedasync.core.messages import Heartbeat, UpdateRecord  # noqa: E402
+from fedasync.local.provision import provision  # noqa: E402
+from fedasync.local.server import LocalMotoServer  # noqa: E402
+from fedasync.resources import ClientSpec, StackSpec  # noqa: E402
 from infra.client_access import CLIENT_ITEM_ATTRIBUTES  # noqa: E402
+from tests.cdk.client_calls import CallRecorder, Resources, iam_requests  # noqa: E402
 from tests.cdk.policy_eval import ACCOUNT, REGION, Policy, Resolver  # noqa: E402
 
 pytestmark = pytest.mark.cdk
@@ -219,3 +229,114 @@ def test_each_role_is_assumable_by_its_configured_principal(
         "Effect": "Allow",
         "Principal": {"AWS": TRAINER_ARN},
     }
+
+
+# --- the calls a silo really makes ------------------------------------------------------
+
+# Every operation the silo's ports use (client/ports.py, client/transfer.py,
+# fedasync/aws/records.py, fedasync/aws/queues.py); the run below must make each one.
+SILO_OPERATIONS = {
+    "sqs:GetQueueUrl",
+    "sqs:ReceiveMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:DeleteMessage",
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:CreateMultipartUpload",
+    "s3:UploadPart",
+    "s3:CompleteMultipartUpload",
+    "s3:AbortMultipartUpload",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+}
+
+
+async def _silo_session(ports: AwsClientPorts, admin: AwsContext, bucket: str, tmp: Path) -> None:
+    """One silo's whole conversation with AWS, through its real ports."""
+    # a notice to receive, lease and delete; a global model to download (the server's part)
+    sqs = await admin.sqs()
+    await sqs.send_message(QueueUrl=ports.queue_url, MessageBody="{}")
+    model = b"global-model" * 100
+    sha = hashlib.sha256(model).hexdigest()
+    s3 = await admin.s3()
+    await s3.put_object(Bucket=bucket, Key=global_key(TASK, 0), Body=model)
+    messages = await ports.receive()
+    await ports.extend([m.receipt_handle for m in messages])
+    await ports.delete([m.receipt_handle for m in messages])
+    await ports.download(global_key(TASK, 0), sha, tmp / "global", lambda _: None)
+    # a small upload (one PutObject) and a large one (multipart)
+    for update_id, size in (("u1", 1000), ("u2", MIN_PART_BYTES + 1)):
+        path = tmp / update_id
+        path.write_bytes(b"w" * size)
+        key = local_key(TASK, "hospital-a", 0, update_id)
+        await ports.upload(path, key, hashlib.sha256(path.read_bytes()).hexdigest(), lambda _: 0)
+    # a multipart upload that fails midway (here: its progress callback) is aborted
+    path = tmp / "u3"
+    path.write_bytes(b"w" * (MIN_PART_BYTES + 1))
+
+    def broken(_: int) -> None:
+        raise RuntimeError("the disk went away")
+
+    with pytest.raises(ExceptionGroup):
+        await ports.upload(path, local_key(TASK, "hospital-a", 0, "u3"), "0" * 64, broken)
+    record = UpdateRecord(
+        task_name=TASK,
+        client_id="hospital-a",
+        update_id="u1",
+        base_version=0,
+        round_id=0,
+        s3_key=local_key(TASK, "hospital-a", 0, "u1"),
+        sha256="0" * 64,
+        size_bytes=1000,
+        num_examples=10,
+        metrics={"loss": 0.5},
+    )
+    assert not await ports.update_exists(TASK, record.sk)
+    assert await ports.put_update(record)
+    assert not await ports.put_update(record)  # a retry: refused by its condition
+    assert await ports.update_exists(TASK, record.sk)
+    await ports.put_heartbeat(
+        Heartbeat(task_name=TASK, client_id="hospital-a", sent_at=1.0, expires_at=31, version=0)
+    )
+
+
+async def test_every_call_a_silo_makes_is_one_its_role_allows(
+    default_synth: Synth,
+    policies: Any,
+    moto_server: LocalMotoServer,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    # GIVEN a local stack for hospital-a and its real ports, with every call recorded
+    spec = StackSpec(prefix=prefix, clients=(ClientSpec(client_id="hospital-a"),))
+    cfg = ClientConfig(
+        task_name=TASK,
+        client_id="hospital-a",
+        endpoint_url=moto_server.endpoint_url,
+        prefix=prefix,
+        part_size=MIN_PART_BYTES,
+    )
+    recorder = CallRecorder()
+    async with (
+        AwsContext(moto_server.endpoint_url) as admin,
+        AwsContext(moto_server.endpoint_url) as silo,
+    ):
+        endpoints = await provision(admin, spec)
+        await recorder.attach(silo)
+        # WHEN the silo receives a notice, downloads, uploads, records and heartbeats
+        ports = await AwsClientPorts.open(silo, cfg)
+        await _silo_session(ports, admin, endpoints.bucket, tmp_path)
+    # THEN it used every operation it has (so the check below covers them all) ...
+    assert recorder.operations() == SILO_OPERATIONS
+    # ... and the deployed role allows each call exactly as it was made
+    where = Resources(
+        object_arn=lambda key: bucket_object(default_synth, key),
+        queue_arn=lambda name: queue_arn(name.replace(prefix, "fedasync", 1)),
+        table_arn=TABLE_ARN,
+    )
+    policy = policies["hospital-a"]
+    for service, op, params in recorder.calls:
+        # no condition key names it, so IAM cannot allow it narrowly: a silo never asks
+        assert "ReturnValuesOnConditionCheckFailure" not in params, (service, op)
+        for action, resource, context in iam_requests(service, op, params, where):
+            assert policy.allows(action, resource, context), (action, resource, context)

@@ -15,8 +15,13 @@ from aws_cdk.assertions import Match, Template  # noqa: E402
 
 from fedasync.resources import (  # noqa: E402
     AGGREGATE_HANDLER,
+    AGGREGATE_STREAM_FILTER,
     ASL_PLACEHOLDERS,
+    CONTROL_ATTEMPTS_WITHIN_WAIT,
     CONTROL_HANDLER,
+    CONTROL_TIMEOUT_S,
+    CONTROL_VISIBILITY_S,
+    CONTROL_WAIT_S,
     ENV_BUCKET,
     ENV_CONTROL_QUEUE_URL,
     ENV_TABLE,
@@ -269,6 +274,53 @@ def test_event_sources_retry_bisect_and_report_partial_failures(default_synth: S
             "FunctionResponseTypes": ["ReportBatchItemFailures"],
         },
     )
+
+
+def test_only_inserts_of_update_items_invoke_the_aggregate_function(default_synth: Synth) -> None:
+    # GIVEN the stream's event source mapping
+    (mapping,) = [
+        r["Properties"]
+        for r in default_synth.resources("AWS::Lambda::EventSourceMapping").values()
+        if "StreamArn" in json.dumps(r["Properties"]["EventSourceArn"])
+    ]
+    # THEN it has one filter: INSERT events whose sort key starts with 'UPDATE#' (by hand,
+    # in Lambda's pattern syntax); heartbeats and the server's own writes invoke nothing
+    (only,) = mapping["FilterCriteria"]["Filters"]
+    assert json.loads(only["Pattern"]) == {
+        "eventName": ["INSERT"],
+        "dynamodb": {"Keys": {"sk": {"S": [{"prefix": "UPDATE#"}]}}},
+    }
+    # AND it is the pattern the embedded stack's stream pump applies
+    assert json.loads(only["Pattern"]) == AGGREGATE_STREAM_FILTER
+
+
+def test_control_timeouts_leave_three_attempts_within_the_waits(
+    default_synth: Synth, asl_text: str
+) -> None:
+    # GIVEN the control function, its queue and the ASL's waits for its answer
+    (function,) = [
+        r["Properties"]
+        for r in default_synth.resources("AWS::Lambda::Function").values()
+        if r["Properties"]["Handler"] == CONTROL_HANDLER
+    ]
+    queue_id = _logical_id(
+        default_synth, "AWS::SQS::Queue", QueueName=StackSpec().control_queue_name
+    )
+    queue = default_synth.template["Resources"][queue_id]["Properties"]
+    states = json.loads(asl_text)["States"]
+    timeout, visibility = function["Timeout"], queue["VisibilityTimeout"]
+    waits = {name: states[name]["TimeoutSeconds"] for name in ("CloseRound", "Finalize")}
+    # THEN the values are the shared ones: 60 s, 6 x 60 s (Lambda's rule), 900 s
+    assert (timeout, visibility) == (CONTROL_TIMEOUT_S, CONTROL_VISIBILITY_S) == (60, 360)
+    assert waits == {"CloseRound": CONTROL_WAIT_S, "Finalize": CONTROL_WAIT_S}
+    assert visibility >= 6 * timeout
+    # AND a failed message (back after `visibility`) gets two more attempts, each of which
+    # may run to the timeout, before the wait ends: 2 * 360 + 60 = 780 <= 900
+    assert (CONTROL_ATTEMPTS_WITHIN_WAIT - 1) * visibility + timeout <= CONTROL_WAIT_S
+    assert CONTROL_ATTEMPTS_WITHIN_WAIT == 3
+    # AND the causes the waits record name the wait they had
+    assert f"within {CONTROL_WAIT_S} s" in states["CloseRoundUnanswered"]["Parameters"]["cause.$"]
+    assert f"within {CONTROL_WAIT_S} s" in states["FinalizeUnanswered"]["Parameters"]["cause.$"]
 
 
 def test_server_roles_use_star_only_where_aws_has_no_resource_scope(default_synth: Synth) -> None:

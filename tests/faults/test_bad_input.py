@@ -227,7 +227,7 @@ PAYLOADS: dict[str, tuple[Any, str, tuple[str, ...]]] = {
     "key-in-other-client-prefix": (_spoof_other, "spoofed_key", ("expected a key under",)),
     "key-is-the-global-model": (_spoof_global, "spoofed_key", ("expected a key under",)),
     "key-escapes-with-dots": (_spoof_dots, "spoofed_key", ("expected a key under",)),
-    "object-missing": (_missing_object, "registry", ("missing from the model bucket",)),
+    "object-missing": (_missing_object, "missing_object", ("missing from the model bucket",)),
 }
 
 
@@ -331,6 +331,7 @@ SYNC_CASES = (
     "forged-verdict",
     "bf16",
     "deep-order-metadata",
+    "object-missing",
 )
 ROUND_TIMEOUT_S = 6
 

@@ -44,7 +44,7 @@ async def test_missing_task_is_task_not_found(records: DynamoRecords) -> None:
         await records.get_task("ghost")
 
 
-async def test_put_if_absent_applies_once_and_then_shows_the_current_item(
+async def test_put_if_absent_applies_once_and_reads_nothing_back(
     records: DynamoRecords,
 ) -> None:
     # GIVEN an update record written once
@@ -55,8 +55,19 @@ async def test_put_if_absent_applies_once_and_then_shows_the_current_item(
     # THEN the second write is refused as an outcome, not an exception, and nothing changed
     assert first.applied
     assert not second.applied
-    assert second.item is not None and second.item["num_examples"] == 10
+    # AND the refusal carries no item: a silo's role may not read one back (no ALL_OLD)
+    assert second.item is None
     assert (await records.get("digits", sk) or {})["num_examples"] == 10
+
+
+async def test_exists_answers_whether_a_record_is_there(records: DynamoRecords) -> None:
+    # GIVEN one update record
+    sk = keys.update_sk("bank-1", "u1", 0)
+    await records.put(Put("digits", sk, {"num_examples": 10, "client_id": "bank-1"}))
+    # WHEN a silo asks whether it (and another) exist
+    # THEN the answers are True and False
+    assert await records.exists("digits", sk)
+    assert not await records.exists("digits", keys.update_sk("bank-1", "u2", 1))
 
 
 async def test_version_counter_advances_only_from_the_expected_version(
@@ -133,3 +144,27 @@ async def test_transaction_is_all_or_nothing_and_names_the_failed_write(
     )
     assert ok.applied
     assert (await records.get_task("digits"))["version"] == 4
+
+
+async def test_server_reads_more_items_than_one_batch_takes_in_order(
+    aws: AwsContext, prefix: str
+) -> None:
+    from fedasync.server.store import ServerStore, Where
+
+    # GIVEN 230 update items (BatchGetItem takes 100 keys a call; moto enforces it)
+    endpoints = await provision(aws, StackSpec(prefix=prefix))
+    records = DynamoRecords(aws, endpoints.table)
+    present = [keys.update_sk(f"c{i:03d}", "", 0) for i in range(230)]
+    for i, sk in enumerate(present):
+        await records.put(Put("digits", sk, {"client_id": f"c{i:03d}", "num_examples": i}))
+    store = ServerStore(aws, Where(table=endpoints.table, bucket=endpoints.bucket, topic_arn=""))
+    # WHEN the server reads them in reverse, with 20 absent keys and a repeat mixed in
+    absent = [keys.update_sk(f"x{i:03d}", "", 0) for i in range(20)]
+    wanted = [*reversed(present), *absent, present[5]]
+    got = await store.get_items("digits", wanted)
+    # THEN every answer is at its key's position: item i holds num_examples i, absent is None
+    assert [g["num_examples"] if g else None for g in got] == [
+        *range(229, -1, -1),
+        *([None] * 20),
+        5,
+    ]

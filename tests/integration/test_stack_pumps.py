@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from pathlib import Path
@@ -13,7 +14,7 @@ from fedasync.aws.session import AwsContext
 from fedasync.local.events import EventLog
 from fedasync.local.provision import StackEndpoints, provision
 from fedasync.local.pumps import PumpOptions, QueuePump, StreamPump
-from fedasync.resources import StackSpec
+from fedasync.resources import AGGREGATE_STREAM_FILTER, StackSpec
 
 STREAM_RECORD_KEYS = {
     "eventID",
@@ -211,14 +212,18 @@ async def test_fault_injection_delivers_every_stream_batch_twice(
 
 
 async def test_queue_pump_deletes_successes_and_redelivers_partial_failures(
-    aws: AwsContext, endpoints: StackEndpoints, wait_until: Any
+    aws: AwsContext, prefix: str, wait_until: Any
 ) -> None:
-    # GIVEN three control messages and a handler that fails "two" once
+    # GIVEN a queue whose visibility timeout is 1 s, three messages, and a handler that
+    # fails "two" once
     sqs = await aws.sqs()
+    url = (
+        await sqs.create_queue(QueueName=f"{prefix}-quick", Attributes={"VisibilityTimeout": "1"})
+    )["QueueUrl"]
     for body in ("one", "two", "three"):
-        await sqs.send_message(QueueUrl=endpoints.control_queue_url, MessageBody=body)
+        await sqs.send_message(QueueUrl=url, MessageBody=body)
     handler = Recorder(fail_once={"two"})
-    pump = QueuePump(aws, endpoints.control_queue_url, handler)
+    pump = QueuePump(aws, url, handler)
     pump.start()
     try:
         # WHEN the pump receives them
@@ -234,5 +239,57 @@ async def test_queue_pump_deletes_successes_and_redelivers_partial_failures(
     second_two = [r for r in records if r["body"] == "two"][-1]
     assert second_two["attributes"]["ApproximateReceiveCount"] == "2"
     # AND nothing is left in the queue
-    left = await sqs.receive_message(QueueUrl=endpoints.control_queue_url, WaitTimeSeconds=0)
+    left = await sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)
     assert left.get("Messages", []) == []
+
+
+async def test_a_failed_control_message_waits_out_the_control_queues_visibility(
+    aws: AwsContext, endpoints: StackEndpoints, wait_until: Any
+) -> None:
+    # GIVEN the provisioned control queue: its visibility timeout is the deployed one
+    sqs = await aws.sqs()
+    url = endpoints.control_queue_url
+    attrs = await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"])
+    assert attrs["Attributes"]["VisibilityTimeout"] == "360"  # 6 x the 60 s function timeout
+    # WHEN the handler fails a control message
+    await sqs.send_message(QueueUrl=url, MessageBody="close")
+    handler = Recorder(fail_once={"close"})
+    pump = QueuePump(aws, url, handler)
+    pump.start()
+    try:
+        await wait_until(lambda: handler.delivered() == ["close"], timeout_s=10)
+        await asyncio.sleep(3)  # the old pump retried after 1 s
+    finally:
+        await pump.stop()
+    # THEN it is not handed out again within seconds, as on AWS: it stays in flight,
+    # invisible until the queue's visibility timeout runs out
+    assert handler.delivered() == ["close"]
+    counts = await sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+    )
+    assert counts["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"
+
+
+async def test_stream_pump_with_the_aggregate_filter_skips_heartbeats_and_our_writes(
+    aws: AwsContext, endpoints: StackEndpoints, wait_until: Any
+) -> None:
+    # GIVEN a stream pump with the aggregate mapping's filter
+    handler = Recorder()
+    pump = StreamPump(aws, endpoints.stream_arn, handler, filter_pattern=AGGREGATE_STREAM_FILTER)
+    pump.start()
+    try:
+        # WHEN a heartbeat, a TASK item, an update and then a verdict on it are written
+        await put(aws, endpoints.table, "HEARTBEAT#bank-1", status="training")
+        await put(aws, endpoints.table, "TASK", status="RUNNING")
+        await put(aws, endpoints.table, "UPDATE#00000000#bank-1")
+        await put(aws, endpoints.table, "UPDATE#00000000#bank-1", verdict="accepted")
+        await put(aws, endpoints.table, "HEARTBEAT#bank-1", status="uploading")
+        await put(aws, endpoints.table, "UPDATE#00000000#bank-2")
+        await wait_until(lambda: len(handler.delivered()) >= 2)
+        await asyncio.sleep(1)  # time for anything else to (wrongly) arrive
+    finally:
+        await pump.stop()
+    # THEN the handler was invoked for the two update INSERTs only
+    assert handler.delivered() == ["UPDATE#00000000#bank-1", "UPDATE#00000000#bank-2"]
+    records = [r for e in handler.events for r in e["Records"]]
+    assert {r["eventName"] for r in records} == {"INSERT"}

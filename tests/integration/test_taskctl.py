@@ -261,6 +261,34 @@ async def test_unknown_task_and_invalid_config_are_clear_errors(stack, tmp_path)
     assert "alpha: Input should be less than or equal to 1 (got 3)" in start.output
 
 
+@pytest.mark.parametrize("where", ["prefix", "stack-config"])
+async def test_a_task_naming_a_client_without_a_queue_is_refused_at_start(stack, tmp_path, where):
+    from fedasync.taskctl import StackConfig
+
+    # GIVEN a stack deployed for clients a and b, and a task for a, zed and b
+    config = write_config(
+        tmp_path, "t.yaml", "task_name: ghosts\nclients: [a, zed, b, yon]\nrounds: 1\n"
+    )
+    args = ["task", "start", "--config", str(config)]
+    if where == "stack-config":  # the queue list `local up` writes
+        names = StackConfig.from_endpoints(stack.endpoints, stack.spec.prefix)
+        stack_json = tmp_path / "stack.json"
+        stack_json.write_text(names.model_dump_json())
+        args += ["--stack-config", str(stack_json)]
+    # WHEN the operator starts it
+    result = await cli(stack, *args)
+    # THEN it exits 1 with one error line naming the clients that have no queue
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: task 'ghosts' names client(s) with no queue in stack {stack.spec.prefix!r}: "
+        "zed, yon; add them to the stack's clients (infra/clients.yaml and `cdk deploy`, "
+        "or `fedasync local up --clients`)"
+    ]
+    # AND nothing was created
+    assert await store_for(stack).get_task("ghosts") is None
+
+
 @pytest.mark.parametrize(
     "command", [["task", "start"], ["task", "status"], ["task", "stop"], ["local", "up"]]
 )

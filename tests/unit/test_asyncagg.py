@@ -158,7 +158,10 @@ def test_fedbuff_needs_its_buffer_sum_when_it_has_buffered():
 
 def test_stop_decision():
     c = cfg(
-        max_versions=5, deadline_s=100, target_metric={"name": "eval_accuracy", "threshold": 0.9}
+        max_versions=5,
+        heartbeat_s=30,  # below the deadline, as it must be
+        deadline_s=100,
+        target_metric={"name": "eval_accuracy", "threshold": 0.9},
     )
     assert stop_reason(AsyncState(version=4), c) is None
     assert stop_reason(AsyncState(version=5), c) == "max_versions"
