@@ -29,6 +29,10 @@ STRATEGIES_BY_MODE: dict[str, tuple[str, ...]] = {
     "async": ("fedasync", "fedbuff"),
 }
 DEFAULT_MAX_MODEL_BYTES = 512 * 1024 * 1024
+# A sanity bound on the examples one update may claim: FedAvg weighs by them, so without
+# a bound one silo saying 1e18 outweighs every other. 10^8 is above any one silo's
+# training set in a round that fits a Lambda; set it to what your silos really hold.
+DEFAULT_MAX_NUM_EXAMPLES = 100_000_000
 
 _STALENESS_RE = re.compile(r"^\s*(constant|polynomial|hinge)\s*(?:\(([^)]*)\))?\s*$")
 
@@ -123,6 +127,12 @@ class TaskConfig(BaseModel):
     # validation of every update
     max_update_norm: float | None = Field(default=None, gt=0.0)
     max_model_bytes: int = Field(default=DEFAULT_MAX_MODEL_BYTES, ge=64)
+    max_num_examples: int = Field(
+        default=DEFAULT_MAX_NUM_EXAMPLES,
+        ge=1,
+        le=2**53,
+        description="an update claiming more examples is rejected ('too_many_examples')",
+    )
 
     @field_validator("clients")
     @classmethod

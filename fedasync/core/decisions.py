@@ -66,7 +66,7 @@ def parse_update_item(item: Mapping[str, Any]) -> UpdateRecord:
 
 
 def check_sender(record: UpdateRecord, cfg: TaskConfig) -> None:
-    """Known client, own prefix, right mode."""
+    """Known client, own prefix, right mode, no more examples than the task allows."""
     if record.client_id not in cfg.clients:
         raise UnknownClientError(
             f"{describe(record)}: client {record.client_id!r} is not one of the task's clients "
@@ -77,6 +77,12 @@ def check_sender(record: UpdateRecord, cfg: TaskConfig) -> None:
         raise SchemaError(f"{describe(record)}: task is sync; the update must name its round_id")
     if cfg.mode == "async" and record.round_id is not None:
         raise SchemaError(f"{describe(record)}: task is async; round_id must be absent")
+    if record.num_examples > cfg.max_num_examples:
+        raise SchemaError(
+            f"{describe(record)} claims {record.num_examples} examples; the task allows at "
+            f"most {cfg.max_num_examples} (max_num_examples)",
+            reason="too_many_examples",
+        )
 
 
 def check_round(record: UpdateRecord, head_version: int, round_closed: bool) -> None:
@@ -155,6 +161,25 @@ def close_outcome(
         cause=(
             f"round {round_id} of task {cfg.task_name!r} closed {when} with {accepted} accepted "
             f"update(s); {cfg.quorum} needed (min_clients)"
+        ),
+    )
+
+
+def examples_outcome(
+    cfg: TaskConfig, round_id: int, records: list[UpdateRecord]
+) -> RoundOutcome | None:
+    """None when FedAvg can weigh the members; else why the round cannot close: every
+    accepted update reports 0 examples, and a weighted mean over a total of 0 has no value."""
+    if not records or sum(r.num_examples for r in records) > 0:
+        return None
+    return RoundOutcome(
+        False,
+        len(records),
+        cfg.quorum,
+        cause=(
+            f"round {round_id} of task {cfg.task_name!r} cannot be aggregated: its "
+            f"{len(records)} accepted update(s) report 0 examples in total; FedAvg needs "
+            "at least one example"
         ),
     )
 

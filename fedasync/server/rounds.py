@@ -11,8 +11,10 @@ import structlog
 from fedasync.core import codec, keys
 from fedasync.core.decisions import (
     VERDICT_ATTRIBUTES,
+    RoundOutcome,
     close_outcome,
     describe,
+    examples_outcome,
     parse_update_item,
     round_complete,
 )
@@ -121,13 +123,7 @@ async def close_round(
         if outcome.closed:
             result = await _aggregate(store, view, round_id, members, items)
         else:
-            result = {
-                "closed": False,
-                "round_id": round_id,
-                "arrived": outcome.arrived,
-                "needed": outcome.needed,
-                "cause": outcome.cause,
-            }
+            result = _not_closed(round_id, outcome)
             log.warning(
                 "round.quorum_missed",
                 round_id=round_id,
@@ -137,6 +133,17 @@ async def close_round(
     if token:
         await store.send_success(token, result)
     return result
+
+
+def _not_closed(round_id: int, outcome: RoundOutcome) -> dict[str, Any]:
+    """The callback output of a round that cannot close: the ASL fails the task with its cause."""
+    return {
+        "closed": False,
+        "round_id": round_id,
+        "arrived": outcome.arrived,
+        "needed": outcome.needed,
+        "cause": outcome.cause,
+    }
 
 
 async def _aggregate(
@@ -157,6 +164,10 @@ async def _aggregate(
         )
         for sk in members
     ]
+    no_examples = examples_outcome(view.cfg, round_id, records)
+    if no_examples is not None:
+        log.warning("round.no_examples", round_id=round_id, accepted=len(records))
+        return _not_closed(round_id, no_examples)
 
     # the updates as validated at their verdicts: from the cache (held here, so no
     # eviction can take them midway), or read again, a few ahead, and re-checked (an
