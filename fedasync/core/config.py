@@ -112,6 +112,13 @@ class TaskConfig(BaseModel):
     rounds: int = Field(default=5, ge=1, le=10_000)
     min_clients: int | None = Field(default=None, ge=1)
     round_timeout_s: int = Field(default=300, ge=1, le=31_536_000)
+    round_check_s: int = Field(
+        default=15,
+        ge=1,
+        le=31_536_000,
+        description="how often an open round checks its silos' heartbeats (a dead silo is "
+        "dropped and the round closes once every live silo is decided)",
+    )
     # async
     alpha: float = Field(default=0.6, gt=0.0, le=1.0)
     staleness: Annotated[StalenessFunction, BeforeValidator(_parse_staleness)] = Field(

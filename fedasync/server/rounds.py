@@ -46,6 +46,11 @@ async def open_round(store: ServerStore, view: TaskView, round_id: int, token: s
     log.info("round.opened", round_id=round_id)
 
 
+def is_sealed(round_item: dict[str, Any]) -> bool:
+    """The round takes no more updates: its close has begun (or is done)."""
+    return bool(round_item.get("sealed") or round_item.get("members") or round_item.get("closed"))
+
+
 async def maybe_complete(
     store: ServerStore,
     view: TaskView,
@@ -75,21 +80,63 @@ async def _claim_members(
 ) -> tuple[list[str], dict[str, Any] | None]:
     """Fix once which updates the round aggregates, so every retry computes the same bytes.
 
+    First the round is sealed: an accept that reads the round item from then on refuses
+    the update (`closed_round`). An accept that read it before the seal was of an item
+    that existed then, so the query after the seal finds it: if it has no verdict yet, a
+    conditional rejection races the accept's conditional verdict and exactly one wins,
+    so an update is accepted if and only if it is a member. `items`: the round's items as
+    the stream handler (the only writer of acceptances) knows them now; else queried.
+
     Returns the members, and the round item as it is now when an earlier try claimed them
-    (None when this call did, from `items`)."""
-    if items is None:
-        items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
-    accepted = sorted(str(i["sk"]) for i in items if i.get("verdict") == "accepted")
-    op = store.update_op(
+    (None when this call did)."""
+    round_sk = keys.round_sk(round_id)
+    seal = store.update_op(
         view.task_name,
-        keys.round_sk(round_id),
-        {"members": accepted, "round_id": round_id},
+        round_sk,
+        {"sealed": True, "round_id": round_id},
         condition="attribute_not_exists(#members)",
     )
-    if await store.update(op):
-        return accepted, None
-    current = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+    if await store.update(seal):
+        if items is None:
+            items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
+        items = [await _settle(store, view, round_id, item) for item in items]
+        accepted = sorted(str(i["sk"]) for i in items if i.get("verdict") == "accepted")
+        op = store.update_op(
+            view.task_name,
+            round_sk,
+            {"members": accepted, "round_id": round_id},
+            condition="attribute_not_exists(#members)",
+        )
+        if await store.update(op):
+            return accepted, None
+    current = await store.get_item(view.task_name, round_sk) or {}
     return [str(m) for m in current.get("members", [])], current
+
+
+async def _settle(
+    store: ServerStore, view: TaskView, round_id: int, item: dict[str, Any]
+) -> dict[str, Any]:
+    """A rostered client's undecided update in a sealed round: reject it as too late, unless
+    its accept wins the race (then the item as that accept wrote it)."""
+    if item.get("verdict") or item.get("client_id") not in view.cfg.clients:
+        return item  # decided, or a stranger's (never accepted; its own reason comes later)
+    detail = (
+        f"update item {item.get('sk')!r} from client {item.get('client_id')!r} for task "
+        f"{view.task_name!r} was still undecided when round {round_id} closed"
+    )
+    verdict = {
+        "verdict": "rejected",
+        "reason": "closed_round",
+        "detail": detail,
+        "decided_at": time.time(),
+    }
+    op = store.update_op(
+        view.task_name, str(item["sk"]), verdict, condition="attribute_not_exists(#verdict)"
+    )
+    if await store.update(op):
+        log.warning("update.rejected", sk=item.get("sk"), reason="closed_round", detail=detail)
+        return {**item, **verdict}
+    return await store.get_item(view.task_name, str(item["sk"])) or item
 
 
 async def close_round(
@@ -209,7 +256,7 @@ async def _aggregate(
                 view.task_name,
                 keys.TASK_SK,
                 {"head_version": new_version, "head_sha256": sha, "head_size": len(blob)},
-                condition="#head_version = :expected",
+                condition="#head_version = :expected AND attribute_not_exists(#finished)",
                 condition_values={":expected": round_id},
             ),
             store.update_op(
@@ -219,16 +266,32 @@ async def _aggregate(
             ),
         ]
     )
+    if not committed:
+        return await _committed_before(store, view, round_id)
     log.info(
-        "round.closed",
-        round_id=round_id,
-        version=new_version,
-        accepted=len(members),
-        committed=committed,
-        sha256=sha,
+        "round.closed", round_id=round_id, version=new_version, accepted=len(members), sha256=sha
     )
     await _finish_if_last(store, view, result)
     return result
+
+
+async def _committed_before(store: ServerStore, view: TaskView, round_id: int) -> dict[str, Any]:
+    """The commit's condition failed: an earlier try committed this round (its result, the
+    same bytes), or the task finished first (nothing more is applied to it)."""
+    round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+    if round_item.get("closed"):
+        result = dict(round_item.get("result") or {"closed": True, "round_id": round_id})
+        log.info("round.closed_already", round_id=round_id)
+        await _finish_if_last(store, view, result)
+        return result
+    task = await store.get_task(view.task_name) or {}
+    cause = (
+        f"round {round_id} of task {view.task_name!r} was not committed: the task had "
+        f"finished ({task.get('finished') or task.get('status')}) at version "
+        f"{task.get('head_version')}"
+    )
+    log.warning("round.commit_refused", round_id=round_id, cause=cause)
+    return {"closed": False, "round_id": round_id, "cause": cause}
 
 
 async def _finish_if_last(store: ServerStore, view: TaskView, result: dict[str, Any]) -> None:
