@@ -21,7 +21,7 @@ from fedasync.core.errors import (
     TaskFinishedError,
     UnknownClientError,
 )
-from fedasync.core.messages import UpdateRecord
+from fedasync.core.messages import Heartbeat, UpdateRecord
 
 # Attributes the server writes on an update item; a client may not set them.
 VERDICT_ATTRIBUTES = (
@@ -146,6 +146,29 @@ class RoundOutcome:
 def round_complete(cfg: TaskConfig, decided_clients: set[str]) -> bool:
     """Every expected client has an accepted or rejected update in the round."""
     return set(cfg.clients) <= decided_clients
+
+
+def lapsed(heartbeats: Mapping[str, Mapping[str, Any] | None], now: float) -> set[str]:
+    """The clients whose heartbeat says they are gone: it expired (`expires_at` passed) or
+    said `stopped`. A client with no heartbeat, or one that cannot be read, is not judged
+    dead: only a silo's own word (or its silence after it spoke) drops it."""
+    gone = set()
+    for client_id, item in heartbeats.items():
+        if item is None:
+            continue
+        try:
+            beat = Heartbeat.parse({k: v for k, v in item.items() if k != "sk"})
+        except SchemaError:
+            continue
+        if beat.client_id == client_id and (beat.status == "stopped" or not beat.alive_at(now)):
+            gone.add(client_id)
+    return gone
+
+
+def droppable(cfg: TaskConfig, undecided: set[str], accepted: int, dead: set[str]) -> bool:
+    """Close a round without its undecided clients: every one of them is dead, and the
+    updates accepted already meet the quorum (else the round waits for its deadline)."""
+    return bool(undecided) and undecided <= dead and accepted >= cfg.quorum and accepted > 0
 
 
 def close_outcome(

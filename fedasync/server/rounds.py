@@ -22,6 +22,7 @@ from fedasync.core.errors import ChecksumMismatchError
 from fedasync.core.fedavg import FedAvgAccumulator
 from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
+from fedasync.server.members import claim_members, dead_undecided
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
@@ -59,84 +60,52 @@ async def maybe_complete(
     items: list[dict[str, Any]] | None = None,
     round_item: dict[str, Any] | None = None,
 ) -> None:
-    """After a verdict: close the round once every expected client is decided.
+    """After a verdict (or at a `check_round`): close the round once every expected client
+    is decided, or once every live one is and the quorum is met (the dead are dropped).
 
     `items`: the round's update items as they stand now, when the caller knows them (else
     they are queried); `round_item`: the round item, when the caller has just read it."""
     if items is None:
         items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
     decided = {str(i.get("client_id")) for i in items if i.get("verdict")}
+    dropped: list[str] = []
     if not round_complete(view.cfg, decided):
-        return
-    # every expected client is decided, so these items are the round's final word: the
-    # members claimed from them are what a fresh query would give
+        dropped = await dead_undecided(store, view, items, decided)
+        if not dropped:
+            return
+    # every expected client is decided (or dead), so these items are the round's final
+    # word: the members claimed from them are what a fresh query would give
     await close_round(
-        store, view, round_id, token=None, at_deadline=False, items=items, round_item=round_item
+        store,
+        view,
+        round_id,
+        token=None,
+        at_deadline=False,
+        items=items,
+        round_item=round_item,
+        dropped=dropped,
     )
 
 
-async def _claim_members(
-    store: ServerStore, view: TaskView, round_id: int, items: list[dict[str, Any]] | None = None
-) -> tuple[list[str], dict[str, Any] | None]:
-    """Fix once which updates the round aggregates, so every retry computes the same bytes.
-
-    First the round is sealed: an accept that reads the round item from then on refuses
-    the update (`closed_round`). An accept that read it before the seal was of an item
-    that existed then, so the query after the seal finds it: if it has no verdict yet, a
-    conditional rejection races the accept's conditional verdict and exactly one wins,
-    so an update is accepted if and only if it is a member. `items`: the round's items as
-    the stream handler (the only writer of acceptances) knows them now; else queried.
-
-    Returns the members, and the round item as it is now when an earlier try claimed them
-    (None when this call did)."""
-    round_sk = keys.round_sk(round_id)
-    seal = store.update_op(
-        view.task_name,
-        round_sk,
-        {"sealed": True, "round_id": round_id},
-        condition="attribute_not_exists(#members)",
-    )
-    if await store.update(seal):
-        if items is None:
-            items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
-        items = [await _settle(store, view, round_id, item) for item in items]
-        accepted = sorted(str(i["sk"]) for i in items if i.get("verdict") == "accepted")
-        op = store.update_op(
-            view.task_name,
-            round_sk,
-            {"members": accepted, "round_id": round_id},
-            condition="attribute_not_exists(#members)",
-        )
-        if await store.update(op):
-            return accepted, None
-    current = await store.get_item(view.task_name, round_sk) or {}
-    return [str(m) for m in current.get("members", [])], current
-
-
-async def _settle(
-    store: ServerStore, view: TaskView, round_id: int, item: dict[str, Any]
-) -> dict[str, Any]:
-    """A rostered client's undecided update in a sealed round: reject it as too late, unless
-    its accept wins the race (then the item as that accept wrote it)."""
-    if item.get("verdict") or item.get("client_id") not in view.cfg.clients:
-        return item  # decided, or a stranger's (never accepted; its own reason comes later)
-    detail = (
-        f"update item {item.get('sk')!r} from client {item.get('client_id')!r} for task "
-        f"{view.task_name!r} was still undecided when round {round_id} closed"
-    )
-    verdict = {
-        "verdict": "rejected",
-        "reason": "closed_round",
-        "detail": detail,
-        "decided_at": time.time(),
-    }
+async def check_round(store: ServerStore, view: TaskView, round_id: int, token: str) -> None:
+    """A check of the open round (`check_round`, one per `round_check_s` of its wait): keep
+    the wait's new token, then close the round if every live silo is decided. A round
+    closed already answers with its result."""
     op = store.update_op(
-        view.task_name, str(item["sk"]), verdict, condition="attribute_not_exists(#verdict)"
+        view.task_name,
+        keys.round_sk(round_id),
+        {"token": token},
+        condition="attribute_exists(#pk) AND attribute_not_exists(#closed)",
     )
-    if await store.update(op):
-        log.warning("update.rejected", sk=item.get("sk"), reason="closed_round", detail=detail)
-        return {**item, **verdict}
-    return await store.get_item(view.task_name, str(item["sk"])) or item
+    if not await store.update(op):
+        round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+        if round_item.get("closed"):
+            await close_round(store, view, round_id, token=token, at_deadline=False)
+        else:
+            log.warning("round.check_ignored", round_id=round_id, reason="not_opened")
+        return
+    if round_id == view.head_version and not view.finished:
+        await maybe_complete(store, view, round_id)
 
 
 async def close_round(
@@ -148,17 +117,19 @@ async def close_round(
     at_deadline: bool,
     items: list[dict[str, Any]] | None = None,
     round_item: dict[str, Any] | None = None,
+    dropped: list[str] | None = None,
 ) -> dict[str, Any]:
     """Aggregate the round's accepted updates into version round_id + 1, or fail it.
 
     `token`: the round's callback token (None: the one kept on the round item). `items`:
     the round's update items when the caller has just queried them. `round_item`: the
-    round item when the caller has just read it (a claim that fails reads it again)."""
+    round item when the caller has just read it (a claim that fails reads it again).
+    `dropped`: the dead clients the round closes without (recorded in its result)."""
     if round_item is None:
         round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
     members: list[str] = []
     if not round_item.get("closed"):
-        members, current = await _claim_members(store, view, round_id, items)
+        members, current = await claim_members(store, view, round_id, items)
         if current is not None:  # claimed by an earlier try: the round as it is now
             round_item, items = current, None
     token = token or round_item.get("token")
@@ -168,7 +139,11 @@ async def close_round(
     else:
         outcome = close_outcome(view.cfg, round_id, len(members), at_deadline=at_deadline)
         if outcome.closed:
-            result = await _aggregate(store, view, round_id, members, items)
+            if dropped:
+                log.warning("round.silos_dropped", round_id=round_id, dropped=dropped)
+            result = await _aggregate(
+                store, view, round_id, members, items=items, dropped=dropped or []
+            )
         else:
             result = _not_closed(round_id, outcome)
             log.warning(
@@ -198,7 +173,9 @@ async def _aggregate(
     view: TaskView,
     round_id: int,
     members: list[str],
-    items: list[dict[str, Any]] | None = None,
+    *,
+    items: list[dict[str, Any]] | None,
+    dropped: list[str],
 ) -> dict[str, Any]:
     """`items`: the round's items the members were claimed from (None: read them)."""
     acc = FedAvgAccumulator(view.spec, who=f"round {round_id} of task {view.task_name!r}")
@@ -249,6 +226,7 @@ async def _aggregate(
         "version": new_version,
         "accepted": len(members),
         "sha256": sha,
+        **({"dropped": dropped} if dropped else {}),
     }
     committed = await store.transact(
         [
