@@ -108,9 +108,7 @@ async def test_a_silo_killed_mid_training_is_dropped_and_the_round_closes_early(
         assert not await store.query_prefix("dead", f"{keys.UPDATE_PREFIX}00000000#s4")
 
 
-async def test_one_rejected_update_counts_against_the_quorum_not_as_a_failure(
-    moto_server, prefix
-):
+async def test_one_rejected_update_counts_against_the_quorum_not_as_a_failure(moto_server, prefix):
     # GIVEN a 1-round sync task of 3 silos with the default quorum (2 of 3)
     clients_ids = ("a", "b", "c")
     cfg = TaskConfig.parse({"task_name": "nan", "clients": list(clients_ids), "rounds": 1})
