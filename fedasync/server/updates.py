@@ -180,8 +180,9 @@ async def _accept_round_run(
         await rounds.maybe_complete(store, view, round_id)
         return decided
     # The round as it stands: its items as read, with the verdicts just written. Only
-    # this handler writes verdicts (one batch of a task at a time), so this is what a
-    # query would find now; an item inserted since has no verdict and decides nothing.
+    # this handler accepts (one batch of a task at a time), and every verdict of the run
+    # was written (no close rejected one first), so this is what a query would find now
+    # of the accepted; an item inserted since has no verdict and decides nothing.
     now = {sk: read[sk] for sk in expected if read[sk] is not None}
     now.update({record.sk: {**update, **verdict} for record, update in accepted})
     await rounds.maybe_complete(
