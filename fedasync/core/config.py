@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal, Self
 
@@ -66,6 +67,20 @@ ASYNC_ONLY_FIELDS = (
     "heartbeat_s",
     "deadline_s",
 )
+
+# A sanity bound on the examples one update may claim: FedAvg weighs by them, so without
+# a bound one silo saying 1e18 outweighs every other. 10^8 is above any one silo's
+# training set in a round that fits a Lambda; set it to what your silos really hold.
+DEFAULT_MAX_NUM_EXAMPLES = 100_000_000
+
+# The default quorum of a sync round: half its clients, rounded up. Not all of them: one
+# silo that dies or sends garbage must not fail the task.
+QUORUM_FRACTION = 0.5
+
+
+def default_quorum(clients: int) -> int:
+    return max(1, math.ceil(QUORUM_FRACTION * clients))
+
 
 _STALENESS_RE = re.compile(r"^\s*(constant|polynomial|hinge)\s*(?:\(([^)]*)\))?\s*$")
 
@@ -162,8 +177,20 @@ class TaskConfig(BaseModel):
     strategy: Strategy | None = None
     # sync
     rounds: int = Field(default=5, ge=1, le=10_000)
-    min_clients: int | None = Field(default=None, ge=1)
+    min_clients: int | None = Field(
+        default=None,
+        ge=1,
+        description="accepted updates a sync round needs to close (the quorum); default "
+        "ceil(QUORUM_FRACTION * len(clients)), half the clients rounded up",
+    )
     round_timeout_s: int = Field(default=300, ge=1, le=31_536_000)
+    round_check_s: int = Field(
+        default=15,
+        ge=1,
+        le=31_536_000,
+        description="how often an open round checks its silos' heartbeats (a dead silo is "
+        "dropped and the round closes once every live silo is decided)",
+    )
     # async
     alpha: float = Field(default=0.6, gt=0.0, le=1.0)
     staleness: Annotated[StalenessFunction, BeforeValidator(_parse_staleness)] = Field(
@@ -181,6 +208,12 @@ class TaskConfig(BaseModel):
     # validation of every update
     max_update_norm: float | None = Field(default=None, gt=0.0)
     max_model_bytes: int = Field(default=DEFAULT_MAX_MODEL_BYTES, ge=64)
+    max_num_examples: int = Field(
+        default=DEFAULT_MAX_NUM_EXAMPLES,
+        ge=1,
+        le=2**53,
+        description="an update claiming more examples is rejected ('too_many_examples')",
+    )
 
     @field_validator("clients")
     @classmethod
@@ -203,7 +236,7 @@ class TaskConfig(BaseModel):
                 f"allowed: {', '.join(repr(s) for s in allowed)}"
             )
         if self.min_clients is None:
-            object.__setattr__(self, "min_clients", len(self.clients))
+            object.__setattr__(self, "min_clients", default_quorum(len(self.clients)))
         elif self.min_clients > len(self.clients):
             raise ValueError(
                 f"min_clients {self.min_clients} exceeds the {len(self.clients)} listed clients"
@@ -233,8 +266,18 @@ class TaskConfig(BaseModel):
 
     @property
     def quorum(self) -> int:
-        """Updates a sync round needs to close at its deadline."""
-        return self.min_clients if self.min_clients is not None else len(self.clients)
+        """Accepted updates a sync round needs to close (early, or at its deadline); a
+        rejected update counts against it, never as a failure of the task by itself."""
+        return (
+            self.min_clients if self.min_clients is not None else default_quorum(len(self.clients))
+        )
+
+    def round_clock(self) -> tuple[int, int]:
+        """(seconds per check, checks per round): the sync wait is cut into checks, each
+        ending with `check_round` (heartbeats read, dead silos dropped), and the deadline
+        falls at the end of the last one (round_timeout_s rounded up to whole checks)."""
+        ticks = -(-self.round_timeout_s // self.round_check_s)
+        return -(-self.round_timeout_s // ticks), ticks
 
     @model_validator(mode="after")
     def _target_quorum_fits(self) -> Self:
@@ -284,6 +327,8 @@ class TaskConfig(BaseModel):
             "rounds": self.rounds,
             "min_clients": self.quorum,
             "round_timeout_s": self.round_timeout_s,
+            "round_check_s": self.round_clock()[0],
+            "round_ticks": self.round_clock()[1],
             "heartbeat_s": self.heartbeat_s,
             "deadline_s": self.deadline_s,
         }

@@ -21,7 +21,7 @@ from fedasync.core.errors import (
     TaskFinishedError,
     UnknownClientError,
 )
-from fedasync.core.messages import UpdateRecord
+from fedasync.core.messages import Heartbeat, UpdateRecord
 
 # Attributes the server writes on an update item; a client may not set them.
 VERDICT_ATTRIBUTES = (
@@ -68,7 +68,7 @@ def parse_update_item(item: Mapping[str, Any]) -> UpdateRecord:
 
 
 def check_sender(record: UpdateRecord, cfg: TaskConfig) -> None:
-    """Known client, own prefix, right mode."""
+    """Known client, own prefix, right mode, no more examples than the task allows."""
     if record.client_id not in cfg.clients:
         raise UnknownClientError(
             f"{describe(record)}: client {record.client_id!r} is not one of the task's clients "
@@ -79,6 +79,12 @@ def check_sender(record: UpdateRecord, cfg: TaskConfig) -> None:
         raise SchemaError(f"{describe(record)}: task is sync; the update must name its round_id")
     if cfg.mode == "async" and record.round_id is not None:
         raise SchemaError(f"{describe(record)}: task is async; round_id must be absent")
+    if record.num_examples > cfg.max_num_examples:
+        raise SchemaError(
+            f"{describe(record)} claims {record.num_examples} examples; the task allows at "
+            f"most {cfg.max_num_examples} (max_num_examples)",
+            reason="too_many_examples",
+        )
 
 
 def check_round(record: UpdateRecord, head_version: int, round_closed: bool) -> None:
@@ -144,6 +150,29 @@ def round_complete(cfg: TaskConfig, decided_clients: set[str]) -> bool:
     return set(cfg.clients) <= decided_clients
 
 
+def lapsed(heartbeats: Mapping[str, Mapping[str, Any] | None], now: float) -> set[str]:
+    """The clients whose heartbeat says they are gone: it expired (`expires_at` passed) or
+    said `stopped`. A client with no heartbeat, or one that cannot be read, is not judged
+    dead: only a silo's own word (or its silence after it spoke) drops it."""
+    gone = set()
+    for client_id, item in heartbeats.items():
+        if item is None:
+            continue
+        try:
+            beat = Heartbeat.parse({k: v for k, v in item.items() if k != "sk"})
+        except SchemaError:
+            continue
+        if beat.client_id == client_id and (beat.status == "stopped" or not beat.alive_at(now)):
+            gone.add(client_id)
+    return gone
+
+
+def droppable(cfg: TaskConfig, undecided: set[str], accepted: int, dead: set[str]) -> bool:
+    """Close a round without its undecided clients: every one of them is dead, and the
+    updates accepted already meet the quorum (else the round waits for its deadline)."""
+    return bool(undecided) and undecided <= dead and accepted >= cfg.quorum and accepted > 0
+
+
 def close_outcome(
     cfg: TaskConfig, round_id: int, accepted: int, *, at_deadline: bool
 ) -> RoundOutcome:
@@ -159,3 +188,23 @@ def close_outcome(
             f"update(s); {cfg.quorum} needed (min_clients)"
         ),
     )
+
+
+def examples_outcome(
+    cfg: TaskConfig, round_id: int, records: list[UpdateRecord]
+) -> RoundOutcome | None:
+    """None when FedAvg can weigh the members; else why the round cannot close: every
+    accepted update reports 0 examples, and a weighted mean over a total of 0 has no value."""
+    if not records or sum(r.num_examples for r in records) > 0:
+        return None
+    return RoundOutcome(
+        False,
+        len(records),
+        cfg.quorum,
+        cause=(
+            f"round {round_id} of task {cfg.task_name!r} cannot be aggregated: its "
+            f"{len(records)} accepted update(s) report 0 examples in total; FedAvg needs "
+            "at least one example"
+        ),
+    )
+

@@ -178,7 +178,7 @@ class ControlMessage(WireMessage):
     and used by the server's own handlers, never taken from a client's record.
     """
 
-    kind: Literal["open_round", "close_round", "open_task", "finalize"]
+    kind: Literal["open_round", "check_round", "close_round", "open_task", "finalize"]
     task_name: str = Field(pattern=TASK_NAME_PATTERN)
     task_token: str = Field(min_length=1, max_length=4096)
     round_id: int | None = Field(default=None, ge=0)

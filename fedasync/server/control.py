@@ -68,6 +68,8 @@ async def on_control(store: ServerStore, msg: ControlMessage) -> None:
         view = TaskView.from_item(msg.task_name, item)
         if msg.kind == "open_round":
             await rounds.open_round(store, view, _round(msg), msg.task_token)
+        elif msg.kind == "check_round":
+            await rounds.check_round(store, view, _round(msg), msg.task_token)
         elif msg.kind == "close_round":
             await rounds.close_round(
                 store, view, _round(msg), token=msg.task_token, at_deadline=True

@@ -11,8 +11,10 @@ import structlog
 from fedasync.core import codec, keys
 from fedasync.core.decisions import (
     VERDICT_ATTRIBUTES,
+    RoundOutcome,
     close_outcome,
     describe,
+    examples_outcome,
     parse_update_item,
     round_complete,
 )
@@ -21,6 +23,7 @@ from fedasync.core.fedavg import FedAvgAccumulator
 from fedasync.server import refused
 from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
+from fedasync.server.members import claim_members, dead_undecided
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
@@ -45,6 +48,11 @@ async def open_round(store: ServerStore, view: TaskView, round_id: int, token: s
     log.info("round.opened", round_id=round_id)
 
 
+def is_sealed(round_item: dict[str, Any]) -> bool:
+    """The round takes no more updates: its close has begun (or is done)."""
+    return bool(round_item.get("sealed") or round_item.get("members") or round_item.get("closed"))
+
+
 async def maybe_complete(
     store: ServerStore,
     view: TaskView,
@@ -53,42 +61,52 @@ async def maybe_complete(
     items: list[dict[str, Any]] | None = None,
     round_item: dict[str, Any] | None = None,
 ) -> None:
-    """After a verdict: close the round once every expected client is decided.
+    """After a verdict (or at a `check_round`): close the round once every expected client
+    is decided, or once every live one is and the quorum is met (the dead are dropped).
 
     `items`: the round's update items as they stand now, when the caller knows them (else
     they are queried); `round_item`: the round item, when the caller has just read it."""
     if items is None:
         items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
     decided = {str(i.get("client_id")) for i in items if i.get("verdict")}
+    dropped: list[str] = []
     if not round_complete(view.cfg, decided):
-        return
-    # every expected client is decided, so these items are the round's final word: the
-    # members claimed from them are what a fresh query would give
+        dropped = await dead_undecided(store, view, items, decided)
+        if not dropped:
+            return
+    # every expected client is decided (or dead), so these items are the round's final
+    # word: the members claimed from them are what a fresh query would give
     await close_round(
-        store, view, round_id, token=None, at_deadline=False, items=items, round_item=round_item
+        store,
+        view,
+        round_id,
+        token=None,
+        at_deadline=False,
+        items=items,
+        round_item=round_item,
+        dropped=dropped,
     )
 
 
-async def _claim_members(
-    store: ServerStore, view: TaskView, round_id: int, items: list[dict[str, Any]] | None = None
-) -> tuple[list[str], dict[str, Any] | None]:
-    """Fix once which updates the round aggregates, so every retry computes the same bytes.
-
-    Returns the members, and the round item as it is now when an earlier try claimed them
-    (None when this call did, from `items`)."""
-    if items is None:
-        items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
-    accepted = sorted(str(i["sk"]) for i in items if i.get("verdict") == "accepted")
+async def check_round(store: ServerStore, view: TaskView, round_id: int, token: str) -> None:
+    """A check of the open round (`check_round`, one per `round_check_s` of its wait): keep
+    the wait's new token, then close the round if every live silo is decided. A round
+    closed already answers with its result."""
     op = store.update_op(
         view.task_name,
         keys.round_sk(round_id),
-        {"members": accepted, "round_id": round_id},
-        condition="attribute_not_exists(#members)",
+        {"token": token},
+        condition="attribute_exists(#pk) AND attribute_not_exists(#closed)",
     )
-    if await store.update(op):
-        return accepted, None
-    current = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
-    return [str(m) for m in current.get("members", [])], current
+    if not await store.update(op):
+        round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+        if round_item.get("closed"):
+            await close_round(store, view, round_id, token=token, at_deadline=False)
+        else:
+            log.warning("round.check_ignored", round_id=round_id, reason="not_opened")
+        return
+    if round_id == view.head_version and not view.finished:
+        await maybe_complete(store, view, round_id)
 
 
 async def close_round(
@@ -100,17 +118,19 @@ async def close_round(
     at_deadline: bool,
     items: list[dict[str, Any]] | None = None,
     round_item: dict[str, Any] | None = None,
+    dropped: list[str] | None = None,
 ) -> dict[str, Any]:
     """Aggregate the round's accepted updates into version round_id + 1, or fail it.
 
     `token`: the round's callback token (None: the one kept on the round item). `items`:
     the round's update items when the caller has just queried them. `round_item`: the
-    round item when the caller has just read it (a claim that fails reads it again)."""
+    round item when the caller has just read it (a claim that fails reads it again).
+    `dropped`: the dead clients the round closes without (recorded in its result)."""
     if round_item is None:
         round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
     members: list[str] = []
     if not round_item.get("closed"):
-        members, current = await _claim_members(store, view, round_id, items)
+        members, current = await claim_members(store, view, round_id, items)
         if current is not None:  # claimed by an earlier try: the round as it is now
             round_item, items = current, None
     token = token or round_item.get("token")
@@ -120,15 +140,13 @@ async def close_round(
     else:
         outcome = close_outcome(view.cfg, round_id, len(members), at_deadline=at_deadline)
         if outcome.closed:
-            result = await _aggregate(store, view, round_id, members, items)
+            if dropped:
+                log.warning("round.silos_dropped", round_id=round_id, dropped=dropped)
+            result = await _aggregate(
+                store, view, round_id, members, items=items, dropped=dropped or []
+            )
         else:
-            result = {
-                "closed": False,
-                "round_id": round_id,
-                "arrived": outcome.arrived,
-                "needed": outcome.needed,
-                "cause": outcome.cause,
-            }
+            result = _not_closed(round_id, outcome)
             log.warning(
                 "round.quorum_missed",
                 round_id=round_id,
@@ -140,12 +158,25 @@ async def close_round(
     return result
 
 
+def _not_closed(round_id: int, outcome: RoundOutcome) -> dict[str, Any]:
+    """The callback output of a round that cannot close: the ASL fails the task with its cause."""
+    return {
+        "closed": False,
+        "round_id": round_id,
+        "arrived": outcome.arrived,
+        "needed": outcome.needed,
+        "cause": outcome.cause,
+    }
+
+
 async def _aggregate(
     store: ServerStore,
     view: TaskView,
     round_id: int,
     members: list[str],
-    items: list[dict[str, Any]] | None = None,
+    *,
+    items: list[dict[str, Any]] | None,
+    dropped: list[str],
 ) -> dict[str, Any]:
     """`items`: the round's items the members were claimed from (None: read them)."""
     acc = FedAvgAccumulator(view.spec, who=f"round {round_id} of task {view.task_name!r}")
@@ -158,6 +189,10 @@ async def _aggregate(
         )
         for sk in members
     ]
+    no_examples = examples_outcome(view.cfg, round_id, records)
+    if no_examples is not None:
+        log.warning("round.no_examples", round_id=round_id, accepted=len(records))
+        return _not_closed(round_id, no_examples)
 
     # the updates as validated at their verdicts: from the cache (held here, so no
     # eviction can take them midway), or read again, a few ahead, and re-checked (an
@@ -197,6 +232,7 @@ async def _aggregate(
         "version": new_version,
         "accepted": len(members),
         "sha256": sha,
+        **({"dropped": dropped} if dropped else {}),
     }
     committed = await store.transact(
         [
@@ -204,7 +240,7 @@ async def _aggregate(
                 view.task_name,
                 keys.TASK_SK,
                 {"head_version": new_version, "head_sha256": sha, "head_size": len(blob)},
-                condition="#head_version = :expected",
+                condition="#head_version = :expected AND attribute_not_exists(#finished)",
                 condition_values={":expected": round_id},
             ),
             store.update_op(
@@ -214,16 +250,32 @@ async def _aggregate(
             ),
         ]
     )
+    if not committed:
+        return await _committed_before(store, view, round_id)
     log.info(
-        "round.closed",
-        round_id=round_id,
-        version=new_version,
-        accepted=len(members),
-        committed=committed,
-        sha256=sha,
+        "round.closed", round_id=round_id, version=new_version, accepted=len(members), sha256=sha
     )
     await _finish_if_last(store, view, result)
     return result
+
+
+async def _committed_before(store: ServerStore, view: TaskView, round_id: int) -> dict[str, Any]:
+    """The commit's condition failed: an earlier try committed this round (its result, the
+    same bytes), or the task finished first (nothing more is applied to it)."""
+    round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+    if round_item.get("closed"):
+        result = dict(round_item.get("result") or {"closed": True, "round_id": round_id})
+        log.info("round.closed_already", round_id=round_id)
+        await _finish_if_last(store, view, result)
+        return result
+    task = await store.get_task(view.task_name) or {}
+    cause = (
+        f"round {round_id} of task {view.task_name!r} was not committed: the task had "
+        f"finished ({task.get('finished') or task.get('status')}) at version "
+        f"{task.get('head_version')}"
+    )
+    log.warning("round.commit_refused", round_id=round_id, cause=cause)
+    return {"closed": False, "round_id": round_id, "cause": cause}
 
 
 async def _finish_if_last(store: ServerStore, view: TaskView, result: dict[str, Any]) -> None:

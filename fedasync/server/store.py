@@ -28,6 +28,33 @@ from fedasync.resources import NOTICE_FILTER_ATTRIBUTE, TABLE_PARTITION_KEY, TAB
 SPENT_TOKEN_ERRORS = ("InvalidToken", "TaskTimedOut", "TaskDoesNotExist")
 
 
+TRANSACT_TRIES = 5
+# Why DynamoDB may cancel a transaction that did nothing and may succeed if tried again
+# (TransactionCanceledException's CancellationReasons codes, and the plain error codes).
+RETRIED_CANCELLATIONS = frozenset(
+    {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded",
+     "RequestLimitExceeded"}
+)  # fmt: skip
+RETRIED_ERRORS = frozenset(
+    {"TransactionConflictException", "TransactionInProgressException", "ThrottlingException",
+     "ProvisionedThroughputExceededException", "RequestLimitExceeded", "InternalServerError"}
+)  # fmt: skip
+
+
+def transaction_failure(code: str, reasons: Sequence[str]) -> str:
+    """What a failed TransactWriteItems means: 'done' (a condition failed: another try did
+    the work), 'retry' (cancelled by contention or throttling: nothing was written), or
+    'raise' (anything else: a bug or a bad request, which trying again cannot fix)."""
+    if code == "ConditionalCheckFailedException":
+        return "done"
+    if code == "TransactionCanceledException":
+        if "ConditionalCheckFailed" in reasons:
+            return "done"
+        failed = {r for r in reasons if r not in ("None", "")}
+        return "retry" if failed and failed <= RETRIED_CANCELLATIONS else "raise"
+    return "retry" if code in RETRIED_ERRORS else "raise"
+
+
 def _names(condition: str) -> dict[str, str]:
     """Conditions name attributes as `#attr` (DynamoDB reserves many plain words)."""
     special = {"pk": TABLE_PARTITION_KEY, "sk": TABLE_SORT_KEY}
@@ -186,18 +213,24 @@ class ServerStore:
         return True
 
     async def transact(self, ops: list[dict[str, Any]]) -> bool:
-        """All or nothing; False when a condition failed (the work was done by another try)."""
+        """All or nothing; False only when a condition failed (the work was done by another
+        try). A transaction cancelled for any other reason (a conflict with a concurrent
+        write, throttling) did nothing: it is tried again, a few times, then raised."""
         ddb = await self.aws.dynamodb()
-        try:
-            await ddb.transact_write_items(TransactItems=[{"Update": op} for op in ops])  # type: ignore[typeddict-item]
-        except ClientError as exc:
-            if error_code(exc) in (
-                "TransactionCanceledException",
-                "ConditionalCheckFailedException",
-            ):
-                return False
-            raise
-        return True
+        for attempt in range(TRANSACT_TRIES):
+            try:
+                await ddb.transact_write_items(TransactItems=[{"Update": op} for op in ops])  # type: ignore[typeddict-item]
+            except ClientError as exc:
+                reasons = [str(r.get("Code")) for r in exc.response.get("CancellationReasons", [])]
+                verdict = transaction_failure(error_code(exc), reasons)
+                if verdict == "done":
+                    return False
+                if verdict == "raise" or attempt == TRANSACT_TRIES - 1:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+            else:
+                return True
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # --- models in S3 -------------------------------------------------------------------
 

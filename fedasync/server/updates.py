@@ -124,7 +124,7 @@ async def _accept_round_run(
     else:
         round_item = await store.get_item(view.task_name, round_sk) or {}
         updates = await store.get_items(view.task_name, list(sks))
-    claimed = bool(round_item.get("members") or round_item.get("closed"))
+    claimed = rounds.is_sealed(round_item)
     candidates: list[tuple[UpdateRecord, dict[str, Any]]] = []
     for update in updates:
         if update is None or update.get("verdict"):
@@ -162,9 +162,12 @@ async def _accept_round_run(
                 )
                 writes.append(asyncio.ensure_future(store.update(op)))
     finally:
-        await asyncio.gather(*writes)  # a failed write raises here: the batch is retried
+        written = await asyncio.gather(*writes)  # a failed write raises here: batch retried
+    decided = len(accepted)
+    # a verdict not written: a round closing meanwhile rejected that update first
+    accepted = [pair for pair, ok in zip(accepted, written, strict=True) if ok]
     if not accepted:
-        return 0
+        return decided
     for record, _ in accepted:
         log.info(
             "update.accepted",
@@ -175,18 +178,19 @@ async def _accept_round_run(
             num_examples=record.num_examples,
         )
     # verdicts leave the TASK item as it was read: no need to read it again
-    if not whole:
+    if not whole or len(accepted) < decided:
         await rounds.maybe_complete(store, view, round_id)
-        return len(accepted)
+        return decided
     # The round as it stands: its items as read, with the verdicts just written. Only
-    # this handler writes verdicts (one batch of a task at a time), so this is what a
-    # query would find now; an item inserted since has no verdict and decides nothing.
+    # this handler accepts (one batch of a task at a time), and every verdict of the run
+    # was written (no close rejected one first), so this is what a query would find now
+    # of the accepted; an item inserted since has no verdict and decides nothing.
     now = {sk: read[sk] for sk in expected if read[sk] is not None}
     now.update({record.sk: {**update, **verdict} for record, update in accepted})
     await rounds.maybe_complete(
         store, view, round_id, items=list(now.values()), round_item=round_item
     )
-    return len(accepted)
+    return decided
 
 
 async def _accept(
@@ -196,9 +200,7 @@ async def _accept(
     if view.cfg.mode == "async":
         return await async_task.absorb_update(store, view, record, item)
     round_item = await store.get_item(view.task_name, keys.round_sk(record.round_id or 0)) or {}
-    check_round(
-        record, view.head_version, bool(round_item.get("members") or round_item.get("closed"))
-    )
+    check_round(record, view.head_version, rounds.is_sealed(round_item))
     check_running(view.status, view.finished, record)
     weights = load_payload(
         await store.get_object(
@@ -217,11 +219,12 @@ async def _accept(
     op = store.update_op(
         view.task_name, record.sk, verdict, condition="attribute_not_exists(#verdict)"
     )
-    written = await store.update(op)
-    if written:
-        CACHE.put(record.sha256, weights)  # the round's close folds it moments later
+    # conditional: a round closing meanwhile may have rejected it first (rounds._settle)
+    if not await store.update(op):
+        return None
+    CACHE.put(record.sha256, weights)  # the round's close folds it moments later
     log.info("update.accepted", round_id=record.round_id, num_examples=record.num_examples)
-    return {**item, **verdict} if written else None
+    return {**item, **verdict}
 
 
 async def _base_for_norm(store: ServerStore, view: TaskView, record: UpdateRecord) -> Any:

@@ -19,7 +19,7 @@ import json
 import struct
 import uuid
 from collections import Counter
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException
 from typing import Any
 
 import numpy as np
@@ -31,8 +31,15 @@ from hypothesis import strategies as st
 from fedasync.aws.records import serialize_item
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
-from fedasync.core.decisions import RECORD_FIELDS, check_sender, load_payload, parse_update_item
+from fedasync.core.decisions import (
+    RECORD_FIELDS,
+    check_sender,
+    examples_outcome,
+    load_payload,
+    parse_update_item,
+)
 from fedasync.core.errors import FedAsyncError, SchemaError
+from fedasync.core.fedavg import fedavg
 from fedasync.core.messages import UpdateRecord
 from fedasync.local.events import LocalLambdaContext
 from fedasync.local.stack import EmbeddedStack
@@ -123,6 +130,15 @@ field_names = st.one_of(
 )
 
 
+# what a silo may claim: nothing, the bound and just past it, absurdly many, a negative
+hostile_examples = st.one_of(
+    st.sampled_from(
+        [0, 1, CFG.max_num_examples, CFG.max_num_examples + 1, 10**18, 2**63, 10**30, -1]
+    ),
+    st.integers(min_value=0, max_value=10**20),
+)
+
+
 @st.composite
 def junk_items(draw: st.DrawFn) -> dict[str, Any]:
     """A valid item with a few fields dropped, retyped, added or forged."""
@@ -140,8 +156,10 @@ def junk_items(draw: st.DrawFn) -> dict[str, Any]:
             item["schema_version"] = draw(st.sampled_from([0, 2, Decimal(2), "1", True]))
         return item
     for _ in range(draw(st.integers(1, 4))):
-        action = draw(st.sampled_from(["drop", "set", "add"]))
-        if action == "drop" and item:
+        action = draw(st.sampled_from(["drop", "set", "add", "examples"]))
+        if action == "examples":
+            item["num_examples"] = draw(hostile_examples)
+        elif action == "drop" and item:
             item.pop(draw(st.sampled_from(sorted(item))))
         elif action == "set" and item:
             item[draw(st.sampled_from(sorted(item)))] = draw(ddb_values)
@@ -176,6 +194,47 @@ def test_junk_update_items_are_refused_with_a_reason_never_a_crash(item):
         record = parse_update_item(item)
         assert record.client_id in CLIENTS
         assert record.s3_key.startswith(keys.local_prefix(TASK, record.client_id))
+        assert 0 <= record.num_examples <= CFG.max_num_examples
+
+
+@FUZZ
+@given(n=hostile_examples)
+def test_a_claimed_number_of_examples_is_within_the_bound_or_refused(n):
+    # GIVEN an otherwise valid update claiming n examples
+    item = {**good_item(), "num_examples": n}
+
+    def decide() -> None:
+        check_sender(parse_update_item(item), CFG)
+
+    # WHEN it is checked THEN it passes exactly when 0 <= n <= max_num_examples
+    result = outcome(decide)
+    SEEN[f"item:{result}"] += 1
+    if n < 0:
+        assert result == "schema"
+    elif n > CFG.max_num_examples:
+        assert result == "too_many_examples"
+    else:
+        assert result == "ok"
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(counts=st.lists(st.sampled_from([0, 0, 1, 7, CFG.max_num_examples]), min_size=1, max_size=6))
+def test_a_round_is_averaged_or_refused_with_a_cause_never_a_crash(counts):
+    # GIVEN a round's accepted updates claiming `counts` examples (all zero included)
+    records = [
+        parse_update_item({**good_item(update_id=f"u{i}"), "num_examples": n})
+        for i, n in enumerate(counts)
+    ]
+    # WHEN the round's close decides whether FedAvg can weigh them
+    refused = examples_outcome(CFG, 3, records)
+    SEEN[f"round:{'refused' if refused else 'ok'}"] += 1
+    # THEN all-zero is refused with a readable cause; otherwise the mean is finite
+    if sum(counts) == 0:
+        assert refused is not None and "report 0 examples in total" in (refused.cause or "")
+    else:
+        assert refused is None
+        mean = fedavg((MODEL, n) for n in counts)
+        assert all(np.isfinite(v).all() for v in mean.values())
 
 
 # --- mutated model payloads ------------------------------------------------------------------
@@ -367,7 +426,8 @@ def test_pure_layer_saw_enough_inputs():
     assert pure >= 1000
     # the fuzzers reached the interesting rejections, not only one kind
     reasons = {k.split(":", 1)[1] for k in SEEN}
-    assert {"schema", "checksum", "unknown_client", "non_finite"} <= reasons
+    assert {"schema", "checksum", "unknown_client", "non_finite", "too_many_examples"} <= reasons
+    assert SEEN["round:refused"] > 0 and SEEN["round:ok"] > 0
     assert {"unsupported_dtype", "too_deep"} <= reasons
 
 
@@ -403,8 +463,10 @@ async def fuzz_stack(moto_server):
 def _ddb_attr(value: Any) -> Any:
     try:
         return serialize_item({"v": value})["v"]
-    except (TypeError, ValueError, InvalidOperation):
-        return {"S": repr(value)}  # what DynamoDB cannot hold, an image cannot carry
+    except (TypeError, ValueError, DecimalException):
+        # what DynamoDB cannot hold (more than 38 digits: Inexact, Rounded), an image
+        # cannot carry
+        return {"S": repr(value)}
 
 
 key_values = st.one_of(
@@ -503,7 +565,7 @@ def test_fuzzed_update_items_written_to_the_table_go_through_the_pumps(fuzz_stac
         item["sk"] = f"UPDATE#fz-{n}"
     try:
         stored = runtime.run(lambda store: store.put_item(item))
-    except (ClientError, TypeError, ValueError, InvalidOperation):
+    except (ClientError, TypeError, ValueError, DecimalException):
         SEEN["table:unstorable"] += 1  # DynamoDB refuses it (NaN, empty set...): no stream record
         return
     if stored:

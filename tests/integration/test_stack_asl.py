@@ -65,7 +65,9 @@ def task_input(name: str, mode: str, **overrides: Any) -> dict[str, Any]:
         "heartbeat_s": 2,
         "deadline_s": 30,
     }
-    return {**task, **overrides}
+    task |= overrides
+    # one check per round unless a test asks for more (TaskConfig.round_clock)
+    return {"round_check_s": task["round_timeout_s"], "round_ticks": 1, **task}
 
 
 async def start(stack: EmbeddedStack, task: dict[str, Any], *, write_item: bool = True) -> str:
@@ -175,6 +177,52 @@ async def test_round_closed_at_timeout_with_quorum_moves_on(
         result = await finished(stack, arn)
         # THEN the task succeeds after CloseRound
         assert control.kinds() == [("open_round", 0), ("close_round", 0)]
+        assert result["status"] == "SUCCEEDED"
+
+
+async def test_a_round_wait_is_cut_into_checks_before_its_deadline(
+    moto_server: LocalMotoServer, prefix: str
+) -> None:
+    # GIVEN rounds that nobody closes before the deadline asks (checks go unanswered)
+    def answer(message: dict[str, Any]) -> dict[str, Any] | None:
+        return {"closed": True} if message["kind"] == "close_round" else None
+
+    control = ScriptedControl(answer)
+    async with embedded(moto_server, prefix, control) as stack:
+        # WHEN a 1-round task waits 3 checks of 1 s
+        task = task_input("ticks", "sync", rounds=1, round_timeout_s=3)
+        arn = await start(stack, {**task, "round_check_s": 1, "round_ticks": 3})
+        result = await finished(stack, arn)
+        # THEN the server was asked to check the round twice (each with a fresh token),
+        # then to close it at the deadline, and the task succeeded
+        assert control.kinds() == [
+            ("open_round", 0),
+            ("check_round", 0),
+            ("check_round", 0),
+            ("close_round", 0),
+        ]
+        assert len({m["task_token"] for m in control.messages}) == 4
+        assert result["status"] == "SUCCEEDED"
+
+
+async def test_a_check_may_close_the_round_early(moto_server: LocalMotoServer, prefix: str) -> None:
+    # GIVEN a server that closes round 0 at its first check (its dead silos dropped)
+    def answer(message: dict[str, Any]) -> dict[str, Any] | None:
+        return {"closed": True} if message["kind"] in ("check_round", "close_round") else None
+
+    control = ScriptedControl(answer)
+    async with embedded(moto_server, prefix, control) as stack:
+        # WHEN a 2-round task cut into 1 s checks of a 30 s deadline runs
+        task = task_input("early", "sync", rounds=2, round_timeout_s=30)
+        arn = await start(stack, {**task, "round_check_s": 1, "round_ticks": 30})
+        result = await finished(stack, arn, timeout_s=20)
+        # THEN each round closed at its first check, well before its deadline
+        assert control.kinds() == [
+            ("open_round", 0),
+            ("check_round", 0),
+            ("open_round", 1),
+            ("check_round", 1),
+        ]
         assert result["status"] == "SUCCEEDED"
 
 

@@ -63,7 +63,7 @@ def test_every_wait_for_token_state_has_a_timeout_and_catches_everything(
     waits = {
         n: s for n, s in asl["States"].items() if s.get("Resource", "").endswith(WAIT_FOR_TOKEN)
     }
-    assert set(waits) == {"OpenRound", "CloseRound", "OpenTask", "Finalize"}
+    assert set(waits) == {"OpenRound", "CheckRound", "CloseRound", "OpenTask", "Finalize"}
     for name, state in waits.items():
         assert "TimeoutSeconds" in state or "TimeoutSecondsPath" in state, name
         caught = {e for c in state["Catch"] for e in c["ErrorEquals"]}
@@ -82,9 +82,17 @@ def test_timeouts_of_the_open_states_lead_to_their_closing_state(asl: dict[str, 
             if {"States.Timeout", "States.HeartbeatTimeout"} & set(c["ErrorEquals"])
         }
 
-    assert on_timeout("OpenRound") == {"CloseRound"}
+    # a round's wait is cut into checks: each timeout counts one, the last leads to CloseRound
+    assert on_timeout("OpenRound") == on_timeout("CheckRound") == {"CountTick"}
+    assert states["CountTick"]["Next"] == "IsRoundDue"
+    due = states["IsRoundDue"]
+    assert [c["Next"] for c in due["Choices"]] == ["CheckRound"]
+    assert due["Choices"][0]["NumericLessThanEqualsPath"] == "$.round_ticks"
+    assert due["Default"] == "CloseRound"
+    assert states["OpenRound"]["TimeoutSecondsPath"] == "$.round_check_s"
+    assert states["CheckRound"]["TimeoutSecondsPath"] == "$.round_check_s"
+    assert states["CheckRound"]["Parameters"]["MessageBody"]["kind"] == "check_round"
     assert {states[s]["Next"] for s in on_timeout("OpenTask")} == {"Finalize"}
-    assert states["OpenRound"]["TimeoutSecondsPath"] == "$.round_timeout_s"
     assert states["OpenTask"]["TimeoutSecondsPath"] == "$.deadline_s"
     assert states["OpenTask"]["HeartbeatSecondsPath"] == "$.heartbeat_s"
 

@@ -6,11 +6,30 @@ from fedasync.core.config import StalenessFunction, TaskConfig
 from fedasync.core.errors import ConfigError
 
 
-def test_sync_defaults_to_fedavg_and_a_quorum_of_all_clients():
+def test_sync_defaults_to_fedavg_and_a_quorum_of_half_the_clients_rounded_up():
     cfg = TaskConfig.parse({"task_name": "digits", "clients": ["a", "b", "c"]})
     assert cfg.mode == "sync"
     assert cfg.aggregation == "fedavg"
-    assert cfg.quorum == 3
+    assert cfg.quorum == cfg.min_clients == 2
+    # 1 -> 1, 2 -> 1, 4 -> 2, 5 -> 3, 10 -> 5: never all of them once there are two
+    for n, quorum in ((1, 1), (2, 1), (4, 2), (5, 3), (10, 5)):
+        clients = [f"c{i}" for i in range(n)]
+        assert TaskConfig.parse({"task_name": "t", "clients": clients}).quorum == quorum
+
+
+@pytest.mark.parametrize(
+    ("timeout_s", "check_s", "clock"),
+    [(300, 15, (15, 20)), (3, 15, (3, 1)), (100, 15, (15, 7)), (60, 1, (1, 60)), (7, 7, (7, 1))],
+)
+def test_a_round_wait_is_cut_into_whole_checks_covering_its_timeout(timeout_s, check_s, clock):
+    # GIVEN round_timeout_s and round_check_s WHEN the wait is cut into checks
+    cfg = TaskConfig.parse(
+        {"task_name": "t", "clients": ["a"], "round_timeout_s": timeout_s, "round_check_s": check_s}
+    )
+    # THEN (seconds per check, checks) as computed by hand: ceil(T / C) checks of
+    # ceil(T / checks) s, never shorter than the timeout
+    assert cfg.round_clock() == clock
+    assert clock[0] * clock[1] >= timeout_s
 
 
 def test_async_defaults_to_fedasync():
@@ -74,6 +93,8 @@ def test_execution_input_carries_what_the_state_machine_reads():
         "rounds": 3,
         "min_clients": 1,
         "round_timeout_s": 300,
+        "round_check_s": 15,
+        "round_ticks": 20,
         "heartbeat_s": 600,
         "deadline_s": 86_400,
     }
