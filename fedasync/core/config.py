@@ -169,10 +169,14 @@ class TaskConfig(BaseModel):
         except ValidationError as exc:
             raise ConfigError(_describe(exc, data.get("task_name"))) from exc
 
-    def execution_input(self) -> dict[str, Any]:
-        """The Step Functions execution input: the task as the state machine needs it."""
+    def execution_input(self, start_round: int = 0) -> dict[str, Any]:
+        """The Step Functions execution input: the task as the state machine needs it.
+
+        `start_round` (sync): the first round this execution opens; a resumed task's
+        next round (`fedasync task resume`)."""
         return {
             "task_name": self.task_name,
+            "start_round": start_round,
             "mode": self.mode,
             "rounds": self.rounds,
             "min_clients": self.quorum,
