@@ -210,7 +210,15 @@ def _status_table(out: dict[str, Any]) -> Table:
                 f"({updates.get('discarded', 0)} accepted update(s) discarded): {refused['detail']}",
             )
         )
-    rows.append(("execution", execution["status"]))
+    rows.append(("execution", f"{execution['status']} (attempt {out['attempt']})"))
+    rows += [
+        (
+            f"  attempt {a['attempt']}",
+            f"{a['ended']}" + (f": {a['cause']}" if a.get("cause") else ""),
+        )
+        for a in out["attempts"]
+        if a.get("ended")
+    ]
     if execution.get("cause"):
         rows.append(("execution cause", str(execution["cause"])))
     for key, value in rows:
@@ -269,6 +277,35 @@ def stop_command(
             "model is published and its wait was answered (or stopped); waiting for the state "
             f"machine to end it. Run `fedasync task stop {task_name}` again to check and retry"
         )
+
+
+@task_app.command("resume")
+def resume_command(
+    task_name: TaskName,
+    endpoint: Endpoint = None,
+    prefix: Prefix = "fedasync",
+    region: Region = None,
+    stack_config: StackJson = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Continue a task whose execution was aborted, timed out or failed, in a new execution.
+
+    Sync: the next round after the last one closed; async: the head, its counters and
+    buffer as stored. The ledger runs on across attempts (`fedasync task status` lists them).
+
+    Example: fedasync task resume digits
+    """
+    logs.configure(level="WARNING")
+    stack = _stack(endpoint, prefix, region, stack_config)
+    out = _run(stack, lambda aws: taskctl.resume(aws, stack, task_name))
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    typer.echo(
+        f"task {task_name!r} resumed: attempt {out['attempt']} from version {out['version']} "
+        f"(the last attempt ended {out['after']})"
+    )
+    typer.echo(f"execution: {out['execution_arn']}")
 
 
 @local_app.callback()

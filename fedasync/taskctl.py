@@ -45,7 +45,12 @@ from fedasync.resources import StackSpec
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore, Where
 from fedasync.server.task_view import TaskView
-from fedasync.server.tasks import start_task
+from fedasync.server.tasks import (
+    attempt_execution_name,
+    current_execution_arn,
+    resume_task,
+    start_task,
+)
 
 log = structlog.get_logger()
 
@@ -165,8 +170,13 @@ async def _topic_arn(aws: AwsContext, stack: StackConfig) -> str:
     return (await (await aws.sns()).create_topic(Name=name))["TopicArn"]
 
 
-def _execution_arn(machine_arn: str, task_name: str) -> str:
-    return f"{machine_arn.replace(':stateMachine:', ':execution:')}:{task_name}"
+async def _execution_arn(aws: AwsContext, stack: StackConfig, item: dict[str, Any]) -> str:
+    """The execution of the task's current attempt: the one the TASK item records, unless a
+    resume has started a newer attempt that has not recorded itself yet."""
+    recorded = str(item.get("execution_arn") or "")
+    if recorded.endswith(f":{attempt_execution_name(item)}"):
+        return recorded
+    return current_execution_arn(await _state_machine_arn(aws, stack), item)
 
 
 async def _view(store: ServerStore, task_name: str) -> TaskView:
@@ -223,6 +233,13 @@ async def start(
     arn = await start_task(_store(aws, stack), machine, cfg, initial)
     log.info("task.started", task_name=cfg.task_name, execution_arn=arn)
     return {"task_name": cfg.task_name, "mode": cfg.mode, "execution_arn": arn}
+
+
+async def resume(aws: AwsContext, stack: StackConfig, task_name: str) -> dict[str, Any]:
+    """Start the task's next attempt (see `fedasync.server.tasks.resume_task`)."""
+    out = await resume_task(_store(aws, stack), await _state_machine_arn(aws, stack), task_name)
+    log.info("task.resumed", task_name=task_name, attempt=out["attempt"])
+    return out
 
 
 async def _execution(aws: AwsContext, arn: str) -> dict[str, Any]:
@@ -290,9 +307,7 @@ async def status(
     store = _store(aws, stack)
     item, view = await _task(store, task_name)
     cfg, now = view.cfg, time.time() if now is None else now
-    arn = item.get("execution_arn") or _execution_arn(
-        await _state_machine_arn(aws, stack), task_name
-    )
+    arn = await _execution_arn(aws, stack, item)
     out: dict[str, Any] = {
         "task_name": task_name,
         "mode": cfg.mode,
@@ -306,6 +321,8 @@ async def status(
         "cause": item.get("cause"),
         # the last new global model refused before commit (server/refused.py), if any
         "global_refused": item.get("global_refused"),
+        "attempt": view.attempt,
+        "attempts": [dict(a) for a in item.get("attempts") or []],
     }
     if cfg.mode == "sync":
         rounds = await store.query_prefix(task_name, keys.ROUND_PREFIX)
@@ -357,9 +374,7 @@ async def stop(
     where = Where(table=stack.table, bucket=stack.bucket, topic_arn=await _topic_arn(aws, stack))
     store = ServerStore(aws, where)
     item, view = await _task(store, task_name)
-    arn = str(
-        item.get("execution_arn") or _execution_arn(await _state_machine_arn(aws, stack), task_name)
-    )
+    arn = await _execution_arn(aws, stack, item)
     execution = await _execution(aws, arn)
     if execution["status"] not in ("RUNNING", "UNKNOWN") or (
         view.finished and execution["status"] == "UNKNOWN"

@@ -34,24 +34,34 @@ DEFAULT_MAX_MODEL_BYTES = 512 * 1024 * 1024
 # mean a step overshoots what any client proposed (and can overflow the model's dtype)
 MAX_SERVER_LR = 10.0
 
-# Step Functions keeps at most 25,000 events in one execution's history, and a sync task
-# is one execution: its rounds are bounded by the events a round adds. Per state kind
-# (stepfunctions/fl_task.asl.json; tests/unit/test_config_limits.py walks the ASL and
-# counts them again):
+# Step Functions keeps at most 25,000 events in one execution's history, and a sync task's
+# attempt is one execution: its rounds are bounded by the events a round adds. Per state
+# kind (stepfunctions/fl_task.asl.json; tests/unit/test_config_limits.py walks the ASL
+# and counts them again, tests/integration/test_stack_history.py checks them on moto):
 #   a waitForTaskToken Task: Entered, Scheduled, Started, Submitted, Succeeded|TimedOut,
 #     Exited = 6;  a dynamodb:updateItem Task: the same without Submitted = 5;
 #   a Pass or Choice state: Entered, Exited = 2;  a Fail state and the execution's own
 #     start or end: at most 2 and 1.
-# One round at worst (it runs to its deadline, and CloseRound is answered): OpenRound 6
-#   + CloseRound 6 + IsRoundClosed 2 + NextRound 2 + MoreRounds 2 = 18 (12 if on time).
+# A round closed on time: MoreRounds 2 + ResetRoundClock 2 + OpenRound 6 + IsRoundClosed 2
+#   + NextRound 2 = 14. At worst it runs to its deadline through all of its `round_ticks`
+#   checks: each check adds CountTick 2 + IsRoundDue 2, every one but the last a
+#   CheckRound 6, and the last the CloseRound 6 instead, so 14 + 10 x ticks events.
 # Around the rounds: ExecutionStarted 1 + StartTask 5 + ChooseMode 2 + FirstRound 2, and
-#   at the end at most a failure's Pass 2 + RecordFailed 5 + TaskFailed 2 +
-#   ExecutionFailed 1 (a success takes 8) = 20.
-# So rounds <= (25,000 - 20) // 18 = 1387.
+#   at the end at most MoreRounds 2 + RecordSucceeded 5 + TaskSucceeded 2 (a failure:
+#   QuorumMissed 2 + RecordFailed 5 + TaskFailed 2) + the execution's end 1 = 20.
+# So rounds <= (25,000 - 20) // (14 + 10 x ticks): 1040 with one check per round, 116
+# with the default 300-s round checked every 15 s.
 SFN_HISTORY_EVENTS = 25_000
-EVENTS_PER_SYNC_ROUND = 18
+EVENTS_PER_SYNC_ROUND = 14
+EVENTS_PER_ROUND_CHECK = 10
 EVENTS_AROUND_ROUNDS = 20
-MAX_SYNC_ROUNDS = (SFN_HISTORY_EVENTS - EVENTS_AROUND_ROUNDS) // EVENTS_PER_SYNC_ROUND
+
+
+def max_sync_rounds(ticks: int) -> int:
+    """The most rounds of `ticks` checks each that one execution's history holds."""
+    worst = EVENTS_PER_SYNC_ROUND + EVENTS_PER_ROUND_CHECK * ticks
+    return (SFN_HISTORY_EVENTS - EVENTS_AROUND_ROUNDS) // worst
+
 
 # Fields only one mode reads; set explicitly on a task of the other mode, they are refused
 # (`TaskConfig.parse`): they would be silently ignored, which is never what was meant.
@@ -245,11 +255,15 @@ class TaskConfig(BaseModel):
 
     @model_validator(mode="after")
     def _within_aws_limits(self) -> Self:
-        if self.mode == "sync" and self.rounds > MAX_SYNC_ROUNDS:
+        ticks = self.round_clock()[1]
+        if self.mode == "sync" and self.rounds > max_sync_rounds(ticks):
             raise ValueError(
-                f"rounds {self.rounds} exceeds {MAX_SYNC_ROUNDS}: a sync task is one Step "
-                f"Functions execution, whose history holds {SFN_HISTORY_EVENTS} events, "
-                f"and a round takes up to {EVENTS_PER_SYNC_ROUND}"
+                f"rounds {self.rounds} exceeds {max_sync_rounds(ticks)}: a sync task runs as "
+                f"one Step Functions execution, whose history holds {SFN_HISTORY_EVENTS} "
+                f"events, and a round of {ticks} check(s) (round_timeout_s "
+                f"{self.round_timeout_s} / round_check_s {self.round_check_s}) takes up to "
+                f"{EVENTS_PER_SYNC_ROUND + EVENTS_PER_ROUND_CHECK * ticks}; check less often "
+                "(round_check_s) or run the rest as a new task"
             )
         if self.mode == "async" and self.heartbeat_s >= self.deadline_s:
             raise ValueError(
@@ -319,10 +333,14 @@ class TaskConfig(BaseModel):
             )
         return cfg
 
-    def execution_input(self) -> dict[str, Any]:
-        """The Step Functions execution input: the task as the state machine needs it."""
+    def execution_input(self, start_round: int = 0) -> dict[str, Any]:
+        """The Step Functions execution input: the task as the state machine needs it.
+
+        `start_round` (sync): the first round this execution opens; a resumed task's
+        next round (`fedasync task resume`)."""
         return {
             "task_name": self.task_name,
+            "start_round": start_round,
             "mode": self.mode,
             "rounds": self.rounds,
             "min_clients": self.quorum,

@@ -207,4 +207,3 @@ def examples_outcome(
             "at least one example"
         ),
     )
-

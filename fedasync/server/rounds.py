@@ -46,6 +46,10 @@ async def open_round(store: ServerStore, view: TaskView, round_id: int, token: s
         return
     await store.publish(view.notice(round_id), view.cfg.clients)
     log.info("round.opened", round_id=round_id)
+    if view.attempt > 1:
+        # resumed: the round may have been complete when the last attempt ended, and then
+        # no new update would come to close it before its deadline
+        await maybe_complete(store, view, round_id)
 
 
 def is_sealed(round_item: dict[str, Any]) -> bool:

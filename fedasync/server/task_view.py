@@ -47,6 +47,8 @@ class TaskView:
     head_size: int
     # async: rostered clients whose last update was rejected and that wait for a go-ahead
     waiting: frozenset[str] = frozenset()
+    # the task's execution attempt (1, then one more per `fedasync task resume`)
+    attempt: int = 1
 
     @classmethod
     def from_item(cls, task_name: str, item: dict[str, Any] | None) -> TaskView:
@@ -76,6 +78,7 @@ class TaskView:
             },
             head_size=int(item.get("head_size", 0)),
             waiting=frozenset(str(c) for c in item.get(WAITING) or ()),
+            attempt=int(item.get("attempt", 1)),
         )
 
     @property

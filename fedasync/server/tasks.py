@@ -1,19 +1,52 @@
-"""Creating a task: upload global version 0, write the TASK item, start the execution."""
+"""Creating a task and resuming it: global version 0, the TASK item, one execution per attempt.
+
+A task runs as one Step Functions execution per *attempt*. Execution names are unique for
+90 days, so they are never just the task's name (a task deleted and created again under
+the same name would be refused for 90 days): each is `{task}-{incarnation}-{attempt}`,
+where the incarnation is 10 random hex digits drawn when the TASK item is created. A task
+whose execution was aborted, timed out or failed can be resumed: a new attempt continues
+from what the server committed (sync: the next round; async: the head, its counters and
+buffer as stored), and the ledger, built from the table, runs on across attempts.
+"""
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Mapping
+from typing import Any
 
+import structlog
 from botocore.exceptions import ClientError
 
+from fedasync.aws.session import error_code
 from fedasync.core import codec, keys
 from fedasync.core.codec import Array
 from fedasync.core.config import TaskConfig
-from fedasync.core.errors import ConfigError
+from fedasync.core.errors import ConfigError, FedAsyncError
 from fedasync.server.store import ServerStore
-from fedasync.server.task_view import spec_to_json
+from fedasync.server.task_view import TaskView, spec_to_json
+
+log = structlog.get_logger()
+
+# Execution statuses after which an attempt can be followed by another.
+RESUMABLE = ("ABORTED", "TIMED_OUT", "FAILED")
+
+
+class ResumeRefusedError(FedAsyncError):
+    """A task that cannot be resumed now: finished, still running, or not started."""
+
+    reason = "resume_refused"
+
+
+def execution_name(task_name: str, incarnation: str, attempt: int) -> str:
+    """At most 64 + 1 + 10 + 1 + 4 = 80 characters, Step Functions' limit."""
+    return f"{task_name}-{incarnation}-{attempt}"
+
+
+def execution_arn(state_machine_arn: str, name: str) -> str:
+    return f"{state_machine_arn.replace(':stateMachine:', ':execution:', 1)}:{name}"
 
 
 async def start_task(
@@ -37,20 +70,116 @@ async def start_task(
         "buffered": 0,
         "buffer_weight": 0.0,
         "created_at": time.time(),
+        "incarnation": secrets.token_hex(5),
+        "attempt": 1,
+        "attempts": [{"attempt": 1, "started_at": time.time()}],
     }
     if not await store.put_item(item, condition="attribute_not_exists(#sk)"):
         existing = await store.get_task(cfg.task_name) or {}
         if TaskConfig.model_validate_json(existing["config"]) != cfg:
             raise ConfigError(f"task {cfg.task_name!r} already exists with a different config")
+        item = existing
+    return await _start_attempt(store, state_machine_arn, item, cfg.execution_input())
+
+
+async def _start_attempt(
+    store: ServerStore, state_machine_arn: str, item: Mapping[str, Any], payload: dict[str, Any]
+) -> str:
+    """StartExecution for the TASK item's current attempt. The same name and input again
+    give the same running execution; a closed one is refused and its ARN returned."""
+    name = attempt_execution_name(item)
     sfn = await store.aws.sfn()
     try:
         resp = await sfn.start_execution(
-            stateMachineArn=state_machine_arn,
-            name=cfg.task_name,
-            input=json.dumps(cfg.execution_input()),
+            stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload)
         )
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "ExecutionAlreadyExists":
+        if error_code(exc) != "ExecutionAlreadyExists":
             raise
-        return f"{state_machine_arn.replace(':stateMachine:', ':execution:')}:{cfg.task_name}"
+        return execution_arn(state_machine_arn, name)
     return str(resp["executionArn"])
+
+
+async def resume_task(store: ServerStore, state_machine_arn: str, task_name: str) -> dict[str, Any]:
+    """Start the next attempt of a task whose execution ended without finishing it.
+
+    Retryable: the attempt counter moves once, conditionally on the attempt that was read,
+    and the current attempt's execution is (re)started under its own name, so a crash
+    between the two steps is completed by the next call."""
+    item = await store.get_task(task_name)
+    view = TaskView.from_item(task_name, item)
+    assert item is not None  # from_item raised otherwise
+    if view.finished:
+        raise ResumeRefusedError(
+            f"task {task_name!r} finished ({view.finished}) at version "
+            f"{item.get('final_version', view.head_version)}; there is nothing to resume"
+        )
+    attempt = int(item.get("attempt", 1))
+    ended = await _execution_status(store, current_execution_arn(state_machine_arn, item))
+    if ended == "RUNNING":
+        raise ResumeRefusedError(
+            f"task {task_name!r}: its execution (attempt {attempt}) is still RUNNING; "
+            "stop it first (`fedasync task stop`) or let it end"
+        )
+    if ended != "NONE":  # this attempt ran and ended: the next one
+        if ended not in RESUMABLE:
+            raise ResumeRefusedError(
+                f"task {task_name!r}: attempt {attempt} ended {ended}; only an execution "
+                f"that was {', '.join(RESUMABLE)} can be followed by another"
+            )
+        item = await _next_attempt(store, item, ended)
+    start_round = view.head_version if view.cfg.mode == "sync" else 0
+    arn = await _start_attempt(
+        store, state_machine_arn, item, view.cfg.execution_input(start_round=start_round)
+    )
+    log.info("task.resumed", attempt=item["attempt"], version=view.head_version, after=ended)
+    return {
+        "task_name": task_name,
+        "attempt": int(item["attempt"]),
+        "execution_arn": arn,
+        "version": view.head_version,
+        "after": ended,
+    }
+
+
+async def _next_attempt(store: ServerStore, item: dict[str, Any], ended: str) -> dict[str, Any]:
+    """attempt + 1, once (the condition names the attempt read); the cause and error the
+    last attempt left on the task move into its entry of the attempt list."""
+    task_name, attempt = str(item["task_name"]), int(item.get("attempt", 1))
+    history = [dict(a) for a in item.get("attempts") or [{"attempt": attempt}]]
+    history[-1].update({"ended": ended, **{k: item[k] for k in ("cause", "error") if item.get(k)}})
+    history.append({"attempt": attempt + 1, "started_at": time.time()})
+    op = store.update_op(
+        task_name,
+        keys.TASK_SK,
+        {"attempt": attempt + 1, "status": "RESUMING", "attempts": history},
+        condition="#attempt = :attempt AND attribute_not_exists(#finished)",
+        condition_values={":attempt": attempt},
+    )
+    op["UpdateExpression"] += " REMOVE #cause, #error"
+    op["ExpressionAttributeNames"].update({"#cause": "cause", "#error": "error"})
+    if not await store.update(op):
+        log.info("task.resume_raced", attempt=attempt)  # another resume moved it
+    return await store.get_task(task_name) or {}
+
+
+def attempt_execution_name(item: Mapping[str, Any]) -> str:
+    """The execution name of the TASK item's current attempt (a task created before
+    attempts existed ran as one execution named after the task)."""
+    if not item.get("incarnation"):
+        return str(item["task_name"])
+    return execution_name(str(item["task_name"]), str(item["incarnation"]), int(item["attempt"]))
+
+
+def current_execution_arn(state_machine_arn: str, item: Mapping[str, Any]) -> str:
+    return execution_arn(state_machine_arn, attempt_execution_name(item))
+
+
+async def _execution_status(store: ServerStore, arn: str) -> str:
+    sfn = await store.aws.sfn()
+    try:
+        return str((await sfn.describe_execution(executionArn=arn))["status"])
+    except ClientError as exc:
+        if error_code(exc) in ("ExecutionDoesNotExist", "InvalidArn"):
+            return "NONE"
+        raise

@@ -58,6 +58,7 @@ class ScriptedControl:
 def task_input(name: str, mode: str, **overrides: Any) -> dict[str, Any]:
     task = {
         "task_name": name,
+        "start_round": 0,
         "mode": mode,
         "rounds": 2,
         "min_clients": 2,

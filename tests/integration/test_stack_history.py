@@ -1,5 +1,5 @@
 """The history a sync task's execution writes, counted by moto's Step Functions engine:
-an independent check of the per-state counts behind `MAX_SYNC_ROUNDS`."""
+an independent check of the per-state counts behind `max_sync_rounds`."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ async def test_each_round_on_time_adds_the_events_the_asl_walk_counts(stack) -> 
     # GIVEN the counts from walking the ASL: around the rounds, and per round on time
     around = 1 + path_events(BEFORE_ROUNDS) + path_events(AFTER_ROUNDS_OK) + 1
     per_round = path_events(ROUND_ON_TIME)
-    assert (around, per_round) == (18, 12)
+    assert (around, per_round) == (20, 14)
     assert EVENTS_BY_KIND["callback"] == 6
     lengths = {}
     for rounds in (1, 3):
@@ -53,5 +53,5 @@ async def test_each_round_on_time_adds_the_events_the_asl_walk_counts(stack) -> 
         await asyncio.wait_for(asyncio.gather(*(run_client(c) for c in clients_for(stack))), 60)
         assert (await wait_execution(stack, arn))["status"] == "SUCCEEDED"
         lengths[rounds] = await history_length(stack, arn)
-    # THEN the histories are 18 + 12 x rounds events long: 30 and 54
-    assert lengths == {1: around + per_round, 3: around + 3 * per_round} == {1: 30, 3: 54}
+    # THEN the histories are 20 + 14 x rounds events long: 34 and 62
+    assert lengths == {1: around + per_round, 3: around + 3 * per_round} == {1: 34, 3: 62}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
 
 import numpy as np
@@ -82,7 +83,8 @@ async def test_async_task_start_status_stop_ends_succeeded_with_final_model(
     assert first.exit_code == 0, first.output
     assert again.exit_code == 0, again.output
     arn = json.loads(first.stdout)["execution_arn"]
-    assert arn.endswith(f":{stack.spec.prefix}-fl-task:ops")
+    # one execution per attempt, named {task}-{incarnation: 10 hex digits}-{attempt}
+    assert re.fullmatch(rf".*:execution:{stack.spec.prefix}-fl-task:ops-[0-9a-f]{{10}}-1", arn)
     assert json.loads(again.stdout)["execution_arn"] == arn
     # AND a different config under the same name is refused
     other = write_config(tmp_path, "other.yaml", ASYNC_YAML.format(alpha=0.3))

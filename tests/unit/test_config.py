@@ -89,6 +89,7 @@ def test_execution_input_carries_what_the_state_machine_reads():
     cfg = TaskConfig.parse({"task_name": "t", "clients": ["a", "b"], "min_clients": 1, "rounds": 3})
     assert cfg.execution_input() == {
         "task_name": "t",
+        "start_round": 0,
         "mode": "sync",
         "rounds": 3,
         "min_clients": 1,
@@ -98,3 +99,8 @@ def test_execution_input_carries_what_the_state_machine_reads():
         "heartbeat_s": 600,
         "deadline_s": 86_400,
     }
+
+
+def test_a_resumed_sync_task_starts_at_the_round_it_names():
+    cfg = TaskConfig.parse({"task_name": "t", "clients": ["a"], "rounds": 5})
+    assert cfg.execution_input(start_round=3)["start_round"] == 3

@@ -10,9 +10,10 @@ import pytest
 
 from fedasync.core.config import (
     EVENTS_AROUND_ROUNDS,
+    EVENTS_PER_ROUND_CHECK,
     EVENTS_PER_SYNC_ROUND,
-    MAX_SYNC_ROUNDS,
     TaskConfig,
+    max_sync_rounds,
 )
 from fedasync.core.errors import ConfigError
 from fedasync.resources import ASL_PATH
@@ -49,28 +50,44 @@ def path_events(path: list[str]) -> int:
     return sum(EVENTS_BY_KIND[_kind(states[name])] for name in path)
 
 
-# A round that runs to its deadline: OpenRound times out (its Catch), CloseRound answers
-ROUND_AT_DEADLINE = ["OpenRound", "CloseRound", "IsRoundClosed", "NextRound", "MoreRounds"]
-ROUND_ON_TIME = ["OpenRound", "IsRoundClosed", "NextRound", "MoreRounds"]
+def round_at_deadline(ticks: int) -> list[str]:
+    """A round that runs to its deadline: OpenRound's slice and every check time out,
+    then CloseRound answers."""
+    checks = ["CountTick", "IsRoundDue"] + ["CheckRound", "CountTick", "IsRoundDue"] * (ticks - 1)
+    return [
+        "MoreRounds", "ResetRoundClock", "OpenRound", *checks,
+        "CloseRound", "IsRoundClosed", "NextRound",
+    ]  # fmt: skip
+
+
+ROUND_ON_TIME = ["MoreRounds", "ResetRoundClock", "OpenRound", "IsRoundClosed", "NextRound"]
 BEFORE_ROUNDS = ["StartTask", "ChooseMode", "FirstRound"]
-AFTER_ROUNDS_OK = ["RecordSucceeded", "TaskSucceeded"]
+AFTER_ROUNDS_OK = ["MoreRounds", "RecordSucceeded", "TaskSucceeded"]
 AFTER_ROUNDS_FAILED = ["QuorumMissed", "RecordFailed", "TaskFailed"]
 
 
-def test_a_round_takes_at_most_18_history_events_and_the_task_20_more() -> None:
+def test_a_round_takes_14_plus_10_per_check_history_events_and_the_task_20_more() -> None:
     # GIVEN the ASL's sync loop WHEN its events are counted state by state
-    assert path_events([*ROUND_AT_DEADLINE, "OpenRound"]) - path_events(["OpenRound"]) == 18
-    assert path_events(ROUND_ON_TIME) == 12
-    path_events([*BEFORE_ROUNDS, "OpenRound"])  # checks they lead to the first round
+    for ticks in (1, 2, 20):
+        walk = [*round_at_deadline(ticks), "MoreRounds"]
+        assert path_events(walk) - path_events(["MoreRounds"]) == 14 + 10 * ticks
+    assert path_events(ROUND_ON_TIME) == 14
+    path_events([*BEFORE_ROUNDS, "MoreRounds"])  # checks they lead to the first round
     before = EXECUTION_START + path_events(BEFORE_ROUNDS)
     after = max(path_events(AFTER_ROUNDS_OK), path_events(AFTER_ROUNDS_FAILED)) + EXECUTION_END
     # THEN the config's constants are those counts
-    assert (EVENTS_PER_SYNC_ROUND, before + after) == (18, 20)
+    assert (EVENTS_PER_SYNC_ROUND, EVENTS_PER_ROUND_CHECK, before + after) == (14, 10, 20)
     assert before + after == EVENTS_AROUND_ROUNDS
-    # AND the largest task fits the 25,000-event history: 20 + 18 x 1387 = 24,986
-    assert MAX_SYNC_ROUNDS == 1387
-    assert EVENTS_AROUND_ROUNDS + EVENTS_PER_SYNC_ROUND * MAX_SYNC_ROUNDS <= 25_000
-    assert EVENTS_AROUND_ROUNDS + EVENTS_PER_SYNC_ROUND * (MAX_SYNC_ROUNDS + 1) > 25_000
+    # AND the largest task fits the 25,000-event history: with one check per round,
+    # 20 + 24 x 1040 = 24,980; with the default 20 checks, 20 + 214 x 116 = 24,844
+    assert (max_sync_rounds(1), max_sync_rounds(20)) == (1040, 116)
+    for ticks in (1, 20):
+        worst = 14 + 10 * ticks
+        assert (
+            20 + worst * max_sync_rounds(ticks)
+            <= 25_000
+            < 20 + worst * (max_sync_rounds(ticks) + 1)
+        )
 
 
 def base(**over: Any) -> dict[str, Any]:
@@ -78,11 +95,16 @@ def base(**over: Any) -> dict[str, Any]:
 
 
 def test_rounds_are_bounded_by_the_execution_history() -> None:
-    assert TaskConfig.parse(base(rounds=1387)).rounds == 1387
+    one_check = {"round_timeout_s": 60, "round_check_s": 60}
+    assert TaskConfig.parse(base(rounds=1040, **one_check)).rounds == 1040
     with pytest.raises(ConfigError) as info:
-        TaskConfig.parse(base(rounds=1388))
-    assert "rounds 1388 exceeds 1387" in info.value.message
+        TaskConfig.parse(base(rounds=1041, **one_check))
+    assert "rounds 1041 exceeds 1040" in info.value.message
     assert "history holds 25000 events" in info.value.message
+    # the default round (300 s, checked every 15 s: 20 checks) allows 116
+    assert TaskConfig.parse(base(rounds=116)).rounds == 116
+    with pytest.raises(ConfigError, match="rounds 117 exceeds 116"):
+        TaskConfig.parse(base(rounds=117))
 
 
 def test_an_async_idle_limit_must_come_before_the_deadline() -> None:
