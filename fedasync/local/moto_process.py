@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from fedasync.local import quotas
+
 WsgiApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 
 
@@ -181,9 +183,10 @@ def main(argv: list[str]) -> int:
     cache_module_list()
     reuse_step_functions_parts()
     roll_back_in_place()  # safe only with DynamoDB requests serialized (below)
+    quotas.install()
     # what moto's ThreadedMotoServer does, with the bind in this thread: a port in use
     # fails here, with its error, instead of leaving the parent waiting
-    app = serialize_dynamodb(DomainDispatcherApplication(create_backend_app))
+    app = serialize_dynamodb(quotas.enforce_quotas(DomainDispatcherApplication(create_backend_app)))
     server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
     bound = int(server.server_address[1])
     # moto's Step Functions engine calls the other services at localhost:$MOTO_PORT
