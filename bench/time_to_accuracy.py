@@ -99,7 +99,7 @@ from fedasync.core.messages import UpdateRecord
 from fedasync.demo import DemoOptions
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ClientSpec, StackSpec
-from fedasync.server.store import ServerStore, Where
+from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
 
 TARGET_ACCURACY = 0.90
@@ -375,9 +375,7 @@ async def stack_rate(
     with tempfile.TemporaryDirectory() as tmp:
         async with EmbeddedStack(spec, event_log_path=Path(tmp) / "events.jsonl") as stack:
             e = stack.endpoints
-            store = ServerStore(
-                stack.aws, Where(table=e.table, bucket=e.bucket, topic_arn=e.topic_arn)
-            )
+            store = ServerStore(stack.aws, e.where())
             await start_task(store, e.state_machine_arn, cfg, initial)
             # the task is open once the completion token is kept
             while not (await store.get_task(name) or {}).get("token"):  # noqa: ASYNC110

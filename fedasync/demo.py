@@ -34,7 +34,7 @@ from fedasync.live import LiveView
 from fedasync.local.stack import EmbeddedStack
 from fedasync.report import write_report
 from fedasync.resources import ClientSpec, StackSpec
-from fedasync.server.store import ServerStore, Where
+from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
 
 log = structlog.get_logger()
@@ -193,7 +193,7 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
     silos, test = await asyncio.to_thread(demo_data, opts)
     async with EmbeddedStack(spec, event_log_path=deliveries_path) as stack:
         e = stack.endpoints
-        store = ServerStore(stack.aws, Where(table=e.table, bucket=e.bucket, topic_arn=e.topic_arn))
+        store = ServerStore(stack.aws, e.where())
         t0, t0_wall = time.monotonic(), time.time()
         arn = await start_task(store, e.state_machine_arn, cfg, trainer.init_weights(opts.seed))
         done = asyncio.Event()

@@ -8,7 +8,11 @@ bucket), the CDK app lets CloudFormation pick it and publishes it as an output.
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,9 @@ TTL_ATTRIBUTE = "expires_at"
 
 # SNS message attribute (String.Array of client ids) matched by each client's filter policy
 NOTICE_FILTER_ATTRIBUTE = "client_ids"
+# SNS takes at most 200 subscriptions with a filter policy per topic (default quota): the
+# notices go out on topic shards, each client subscribed to one (see `topic_shard`).
+FILTER_POLICIES_PER_TOPIC = 200
 
 # The tag a client puts on its local-model uploads. S3 lifecycle filters take a key
 # prefix or tags, and local keys start with the task name (`{task}/local/...`), so no
@@ -62,6 +69,7 @@ ASL_PLACEHOLDERS = ("TableName", "ControlQueueUrl")
 ENV_TABLE = "FEDASYNC_TABLE"
 ENV_BUCKET = "FEDASYNC_BUCKET"
 ENV_TOPIC_ARN = "FEDASYNC_TOPIC_ARN"
+ENV_TOPIC_SHARDS = "FEDASYNC_TOPIC_SHARDS"
 ENV_CONTROL_QUEUE_URL = "FEDASYNC_CONTROL_QUEUE_URL"
 ENV_ENDPOINT_URL = "FEDASYNC_ENDPOINT_URL"
 ENV_REGION = "AWS_DEFAULT_REGION"
@@ -116,7 +124,12 @@ class StackSpec(BaseModel):
 
     @property
     def topic_name(self) -> str:
+        """Shard 0's name; shard i > 0 is `{topic_name}-{i}` (`shard_topic`)."""
         return f"{self.prefix}-global-model-ready"
+
+    @property
+    def topic_shards(self) -> int:
+        return topic_shard_count(self.client_ids)
 
     @property
     def control_queue_name(self) -> str:
@@ -139,6 +152,28 @@ class StackSpec(BaseModel):
     @property
     def client_ids(self) -> tuple[str, ...]:
         return tuple(c.client_id for c in self.clients)
+
+
+def topic_shard(client_id: str, shards: int) -> int:
+    """The topic shard a client is subscribed to: a hash of its id, so every party (the
+    handlers, the operator's CLI, the CDK app, the embedded stack) finds it from the shard
+    count alone, with no table of assignments to keep in step."""
+    digest = hashlib.sha256(client_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % shards
+
+
+def topic_shard_count(client_ids: Iterable[str], per_topic: int = FILTER_POLICIES_PER_TOPIC) -> int:
+    """The fewest shards that keep every topic within `per_topic` filtered subscriptions."""
+    ids = set(client_ids)
+    shards = max(1, math.ceil(len(ids) / per_topic))
+    while ids and max(Counter(topic_shard(c, shards) for c in ids).values()) > per_topic:
+        shards += 1
+    return shards
+
+
+def shard_topic(base: str, shard: int) -> str:
+    """Shard `shard`'s topic name or ARN from shard 0's (the names differ by a suffix)."""
+    return base if shard == 0 else f"{base}-{shard}"
 
 
 def notice_filter_policy(client_id: str) -> dict[str, list[str]]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,8 @@ class StackConfig(BaseModel):
     prefix: str = "fedasync"
     table: str
     bucket: str
-    topic_arn: str | None = None
+    topic_arn: str | None = None  # shard 0's
+    topic_shards: int | None = Field(default=None, ge=1)
     state_machine_arn: str | None = None
     state_machine_name: str | None = None
     client_queue_urls: dict[str, str] = Field(default_factory=dict)
@@ -95,6 +97,7 @@ class StackConfig(BaseModel):
             table=endpoints.table,
             bucket=endpoints.bucket,
             topic_arn=endpoints.topic_arn,
+            topic_shards=endpoints.topic_shards,
             state_machine_arn=endpoints.state_machine_arn,
             client_queue_urls=endpoints.client_queue_urls,
         )
@@ -129,6 +132,7 @@ def _from_cdk_outputs(data: dict[str, Any]) -> dict[str, Any]:
         "table": out["TableName"],
         "bucket": out.get("BucketName"),
         "topic_arn": out.get("TopicArn"),
+        "topic_shards": out.get("TopicShards"),
         "state_machine_arn": out.get("StateMachineArn"),
     }
 
@@ -162,12 +166,25 @@ async def _state_machine_arn(aws: AwsContext, stack: StackConfig) -> str:
     )
 
 
-async def _topic_arn(aws: AwsContext, stack: StackConfig) -> str:
-    if stack.topic_arn:
-        return stack.topic_arn
+async def _topics(aws: AwsContext, stack: StackConfig) -> tuple[str, int]:
+    """Shard 0's topic ARN and the number of shards: from the stack config, else found
+    among the account's topics by name (`{prefix}-global-model-ready` and its `-{i}`)."""
+    if stack.topic_arn and stack.topic_shards:
+        return stack.topic_arn, stack.topic_shards
     name = StackSpec(prefix=stack.prefix).topic_name
-    # CreateTopic is idempotent and returns the existing topic's ARN; no list paging needed
-    return (await (await aws.sns()).create_topic(Name=name))["TopicArn"]
+    shard_of = re.compile(rf"^{re.escape(name)}(?:-([1-9][0-9]*))?$")
+    found: dict[int, str] = {}
+    async for page in (await aws.sns()).get_paginator("list_topics").paginate():
+        for topic in page.get("Topics", []):
+            match = shard_of.match(topic["TopicArn"].rsplit(":", 1)[-1])
+            if match:
+                found[int(match.group(1) or 0)] = topic["TopicArn"]
+    if 0 not in found:
+        raise ConfigError(
+            f"no topic named {name!r} at {stack.endpoint_url or 'AWS'} "
+            f"(region {stack.region}); is the stack with prefix {stack.prefix!r} up?"
+        )
+    return stack.topic_arn or found[0], max(found) + 1
 
 
 async def _execution_arn(aws: AwsContext, stack: StackConfig, item: dict[str, Any]) -> str:
@@ -371,7 +388,8 @@ async def stop(
     (the decision taken by an earlier stop, or by the server itself, stands). Stopping a
     task whose execution has ended reports how it ended.
     """
-    where = Where(table=stack.table, bucket=stack.bucket, topic_arn=await _topic_arn(aws, stack))
+    topic_arn, shards = await _topics(aws, stack)
+    where = Where(table=stack.table, bucket=stack.bucket, topic_arn=topic_arn, topic_shards=shards)
     store = ServerStore(aws, where)
     item, view = await _task(store, task_name)
     arn = await _execution_arn(aws, stack, item)

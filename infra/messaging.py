@@ -1,4 +1,9 @@
-"""The notice path (SNS topic → one queue per client) and the server's own queues.
+"""The notice path (SNS topic shards → one queue per client) and the server's own queues.
+
+A topic takes at most 200 subscriptions with a filter policy (SNS's default quota), so
+notices go out on `spec.topic_shards` topics, each client subscribed to the shard its id
+hashes to (`fedasync.resources.topic_shard`); the server publishes to the shards that hold
+a notice's recipients.
 
 Every queue is created here, at deploy time, never by code at run time, so that every
 queue has its dead-letter queue, its encryption and its TLS-only policy.
@@ -15,7 +20,7 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from fedasync.resources import StackSpec, notice_filter_policy
+from fedasync.resources import StackSpec, notice_filter_policy, shard_topic, topic_shard
 
 DLQ_RETENTION = Duration.days(14)
 # The embedded stack (fedasync.local.provision) uses the same values.
@@ -76,13 +81,17 @@ class Messaging(Construct):
             description=f"{spec.prefix}: encrypts global-model notices at rest in SNS",
             enable_key_rotation=True,
         )
-        self.topic = sns.Topic(
-            self,
-            "GlobalModelReady",
-            topic_name=spec.topic_name,
-            master_key=self.topic_key,
-            enforce_ssl=True,
+        self.topics = tuple(
+            sns.Topic(
+                self,
+                shard_topic("GlobalModelReady", i),
+                topic_name=shard_topic(spec.topic_name, i),
+                master_key=self.topic_key,
+                enforce_ssl=True,
+            )
+            for i in range(spec.topic_shards)
         )
+        self.topic = self.topics[0]  # its ARN names every shard's (`shard_topic`)
         control_dlq = _queue(self, "ControlDlq", spec.control_dlq_name, retention=DLQ_RETENTION)
         self.control_queue = _queue(
             self,
@@ -125,7 +134,7 @@ class Messaging(Construct):
             attribute: sns.SubscriptionFilter.string_filter(allowlist=values)
             for attribute, values in notice_filter_policy(client_id).items()
         }
-        self.topic.add_subscription(
+        self.topics[topic_shard(client_id, len(self.topics))].add_subscription(
             subscriptions.SqsSubscription(
                 queue, raw_message_delivery=True, filter_policy=filter_policy
             )

@@ -32,6 +32,7 @@ from fedasync.resources import (
     ENV_CONTROL_QUEUE_URL,
     ENV_TABLE,
     ENV_TOPIC_ARN,
+    ENV_TOPIC_SHARDS,
     StackSpec,
 )
 from infra import bundle
@@ -101,6 +102,7 @@ class ServerFunctions(Construct):
             ENV_TABLE: table.table_name,
             ENV_BUCKET: bucket.bucket_name,
             ENV_TOPIC_ARN: messaging.topic.topic_arn,
+            ENV_TOPIC_SHARDS: str(len(messaging.topics)),
             ENV_CONTROL_QUEUE_URL: messaging.control_queue.queue_url,
         }
         self.aggregate = self._function(
@@ -230,7 +232,7 @@ class ServerFunctions(Construct):
         role.add_to_policy(iam.PolicyStatement(actions=list(OBJECT_ACTIONS), resources=[objects]))
         role.add_to_policy(
             iam.PolicyStatement(
-                actions=["sns:Publish"], resources=[self._messaging.topic.topic_arn]
+                actions=["sns:Publish"], resources=[t.topic_arn for t in self._messaging.topics]
             )
         )
         # Publishing to a KMS-encrypted topic needs the topic key, and only that key.

@@ -28,6 +28,7 @@ OUTPUT_REGION = "Region"
 OUTPUT_BUCKET = "BucketName"
 OUTPUT_TABLE = "TableName"
 OUTPUT_TOPIC = "TopicArn"
+OUTPUT_TOPIC_SHARDS = "TopicShards"
 OUTPUT_CONTROL_QUEUE = "ControlQueueUrl"
 OUTPUT_STATE_MACHINE = "StateMachineArn"
 CLIENT_QUEUE_URL = "ClientQueueUrl"
@@ -106,7 +107,12 @@ class FedAsyncStack(Stack):
         out(OUTPUT_REGION, Aws.REGION, "Region of every resource below")
         out(OUTPUT_BUCKET, self.storage.bucket.bucket_name, "Models bucket (S3)")
         out(OUTPUT_TABLE, self.storage.table.table_name, "Records table (DynamoDB)")
-        out(OUTPUT_TOPIC, self.messaging.topic.topic_arn, "Global-model notices (SNS)")
+        out(OUTPUT_TOPIC, self.messaging.topic.topic_arn, "Global-model notices (SNS), shard 0")
+        out(
+            OUTPUT_TOPIC_SHARDS,
+            str(len(self.messaging.topics)),
+            "Notice topic shards: shard i > 0 is the topic ARN above with the suffix -i",
+        )
         out(OUTPUT_CONTROL_QUEUE, self.messaging.control_queue.queue_url, "Control queue (SQS)")
         out(
             OUTPUT_STATE_MACHINE,

@@ -16,7 +16,14 @@ from typing import TypeVar
 
 from fedasync import logs
 from fedasync.aws.session import AwsContext
-from fedasync.resources import ENV_BUCKET, ENV_ENDPOINT_URL, ENV_REGION, ENV_TABLE, ENV_TOPIC_ARN
+from fedasync.resources import (
+    ENV_BUCKET,
+    ENV_ENDPOINT_URL,
+    ENV_REGION,
+    ENV_TABLE,
+    ENV_TOPIC_ARN,
+    ENV_TOPIC_SHARDS,
+)
 from fedasync.server.store import ServerStore, Where
 
 T = TypeVar("T")
@@ -49,6 +56,7 @@ class _Runtime:
             table=os.environ[ENV_TABLE],
             bucket=os.environ[ENV_BUCKET],
             topic_arn=os.environ[ENV_TOPIC_ARN],
+            topic_shards=int(os.environ.get(ENV_TOPIC_SHARDS, "1")),
         )
         return ServerStore(self._aws, where)
 

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from fedasync.local import quotas
+
 WsgiApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 
 
@@ -168,40 +170,6 @@ def reuse_step_functions_parts() -> None:
             setattr(module, "boto_client_for", boto_client_for)  # noqa: B010
 
 
-def publish_to_every_subscription() -> None:
-    """moto's `Topic.publish` delivers to the first page of the topic's subscriptions only
-    (it calls the paginated listing, 100 a page, and drops the next token): with more than
-    100 silos, silo 101 onwards never got a notice. SNS delivers to every subscription."""
-    from moto.moto_api._internal import mock_random
-    from moto.sns.models import Topic
-
-    def publish(
-        self: Any,
-        message: str,
-        *,
-        subject: str | None = None,
-        message_attributes: dict[str, Any] | None = None,
-        group_id: str | None = None,
-        deduplication_id: str | None = None,
-        message_structure: str | None = None,
-    ) -> str:
-        message_id = str(mock_random.uuid4())
-        for subscription in self.sns_backend._get_topic_subscriptions(self):
-            subscription.publish(
-                message,
-                message_id,
-                subject=subject,
-                message_attributes=message_attributes,
-                group_id=group_id,
-                deduplication_id=deduplication_id,
-                message_structure=message_structure,
-            )
-        self.sent_notifications.append((message_id, message, subject, message_attributes, group_id))
-        return message_id
-
-    Topic.publish = publish  # type: ignore[method-assign,assignment]
-
-
 def main(argv: list[str]) -> int:
     host, port = argv[0], int(argv[1])
     from moto.moto_server.werkzeug_app import (
@@ -215,10 +183,10 @@ def main(argv: list[str]) -> int:
     cache_module_list()
     reuse_step_functions_parts()
     roll_back_in_place()  # safe only with DynamoDB requests serialized (below)
-    publish_to_every_subscription()
+    quotas.install()
     # what moto's ThreadedMotoServer does, with the bind in this thread: a port in use
     # fails here, with its error, instead of leaving the parent waiting
-    app = serialize_dynamodb(DomainDispatcherApplication(create_backend_app))
+    app = serialize_dynamodb(quotas.enforce_quotas(DomainDispatcherApplication(create_backend_app)))
     server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
     bound = int(server.server_address[1])
     # moto's Step Functions engine calls the other services at localhost:$MOTO_PORT

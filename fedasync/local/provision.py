@@ -19,13 +19,17 @@ from fedasync.resources import (
     ENV_REGION,
     ENV_TABLE,
     ENV_TOPIC_ARN,
+    ENV_TOPIC_SHARDS,
     TABLE_PARTITION_KEY,
     TABLE_SORT_KEY,
     TTL_ATTRIBUTE,
     StackSpec,
     notice_filter_policy,
+    shard_topic,
     substitute_asl,
+    topic_shard,
 )
+from fedasync.server.store import Where
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
@@ -51,7 +55,8 @@ class StackEndpoints(BaseModel):
     bucket: str
     table: str
     stream_arn: str
-    topic_arn: str
+    topic_arn: str  # shard 0's; shard i's is `shard_topic(topic_arn, i)`
+    topic_shards: int = 1
     control_queue_url: str
     control_dlq_url: str
     aggregate_failures_url: str  # on-failure destination of the stream mapping
@@ -59,12 +64,23 @@ class StackEndpoints(BaseModel):
     client_dlq_urls: dict[str, str]
     state_machine_arn: str
 
+    def where(self) -> Where:
+        """What the server's store needs of this deployment (the handlers read the same
+        from `handler_env`)."""
+        return Where(
+            table=self.table,
+            bucket=self.bucket,
+            topic_arn=self.topic_arn,
+            topic_shards=self.topic_shards,
+        )
+
     def handler_env(self) -> dict[str, str]:
         """The environment the server handlers read (CDK sets the same on each Lambda)."""
         env = {
             ENV_TABLE: self.table,
             ENV_BUCKET: self.bucket,
             ENV_TOPIC_ARN: self.topic_arn,
+            ENV_TOPIC_SHARDS: str(self.topic_shards),
             ENV_CONTROL_QUEUE_URL: self.control_queue_url,
             ENV_REGION: self.region,
         }
@@ -81,7 +97,13 @@ async def provision(aws: AwsContext, spec: StackSpec) -> StackEndpoints:
     control_dlq = await _queue(sqs, spec.control_dlq_name, retention_s=DLQ_RETENTION_S)
     control = await _queue(sqs, spec.control_queue_name, CONTROL_VISIBILITY_S, control_dlq)
     failures = await _queue(sqs, f"{spec.prefix}-aggregate-failures", retention_s=DLQ_RETENTION_S)
-    topic_arn = (await (await aws.sns()).create_topic(Name=spec.topic_name))["TopicArn"]
+    shards = spec.topic_shards
+    sns = await aws.sns()
+    topics = [
+        (await sns.create_topic(Name=shard_topic(spec.topic_name, i)))["TopicArn"]
+        for i in range(shards)
+    ]
+    subscribed = {topic: await _subscriptions(aws, topic) for topic in topics}
     client_urls: dict[str, str] = {}
     dlq_urls: dict[str, str] = {}
     for client_id in spec.client_ids:
@@ -91,7 +113,7 @@ async def provision(aws: AwsContext, spec: StackSpec) -> StackEndpoints:
         client_urls[client_id] = await _queue(
             sqs, spec.client_queue_name(client_id), CLIENT_VISIBILITY_S, dlq_urls[client_id]
         )
-        await _subscribe(aws, topic_arn, client_urls[client_id], client_id)
+        await _subscribe(aws, topics, subscribed, client_urls[client_id], client_id)
     machine_arn = await _state_machine(aws, spec, table, control)
     endpoints = StackEndpoints(
         endpoint_url=aws.endpoint_url,
@@ -99,7 +121,8 @@ async def provision(aws: AwsContext, spec: StackSpec) -> StackEndpoints:
         bucket=bucket,
         table=table,
         stream_arn=stream_arn,
-        topic_arn=topic_arn,
+        topic_arn=topics[0],
+        topic_shards=shards,
         control_queue_url=control,
         control_dlq_url=control_dlq,
         aggregate_failures_url=failures,
@@ -184,22 +207,50 @@ async def _queue(
     return response["QueueUrl"]
 
 
-async def _subscribe(aws: AwsContext, topic_arn: str, queue_url: str, client_id: str) -> None:
+async def _subscriptions(aws: AwsContext, topic_arn: str) -> dict[str, str]:
+    """A topic's subscriptions, endpoint -> subscription ARN (every page)."""
+    sns = await aws.sns()
+    found: dict[str, str] = {}
+    token: str | None = None
+    while True:
+        page = await sns.list_subscriptions_by_topic(
+            TopicArn=topic_arn, **({"NextToken": token} if token else {})
+        )
+        for sub in page.get("Subscriptions", []):
+            found[sub["Endpoint"]] = sub["SubscriptionArn"]
+        token = page.get("NextToken")
+        if not token:
+            return found
+
+
+async def _subscribe(
+    aws: AwsContext,
+    topics: list[str],
+    subscribed: dict[str, dict[str, str]],
+    queue_url: str,
+    client_id: str,
+) -> None:
+    """Subscribe the client's queue to its own shard, and to no other (a stack
+    re-provisioned with more clients may have more shards: its queue moves)."""
     sns = await aws.sns()
     queue_arn = await _queue_arn(await aws.sqs(), queue_url)
-    pages = sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn)
-    async for page in pages:  # 100 a page: a stack of more silos has several
-        if any(s.get("Endpoint") == queue_arn for s in page.get("Subscriptions", [])):
-            return  # re-provisioning must not double every notice
-    await sns.subscribe(
-        TopicArn=topic_arn,
+    own = topics[topic_shard(client_id, len(topics))]
+    for topic in topics:
+        if topic != own and queue_arn in subscribed[topic]:
+            await sns.unsubscribe(SubscriptionArn=subscribed[topic].pop(queue_arn))
+    if queue_arn in subscribed[own]:
+        return  # re-provisioning must not double every notice
+    response = await sns.subscribe(
+        TopicArn=own,
         Protocol="sqs",
         Endpoint=queue_arn,
         Attributes={
             "RawMessageDelivery": "true",
             "FilterPolicy": json.dumps(notice_filter_policy(client_id)),
         },
+        ReturnSubscriptionArn=True,
     )
+    subscribed[own][queue_arn] = response["SubscriptionArn"]
 
 
 async def _state_machine(aws: AwsContext, spec: StackSpec, table: str, control_url: str) -> str:

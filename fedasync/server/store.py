@@ -22,7 +22,13 @@ from fedasync.aws.session import AwsContext, error_code, object_missing
 from fedasync.core.errors import MissingObjectError, PayloadTooLargeError, RegistryError
 from fedasync.core.keys import TASK_SK
 from fedasync.core.messages import GlobalModelNotice
-from fedasync.resources import NOTICE_FILTER_ATTRIBUTE, TABLE_PARTITION_KEY, TABLE_SORT_KEY
+from fedasync.resources import (
+    NOTICE_FILTER_ATTRIBUTE,
+    TABLE_PARTITION_KEY,
+    TABLE_SORT_KEY,
+    shard_topic,
+    topic_shard,
+)
 
 # A callback for a token that is already spent is work already done, not an error.
 SPENT_TOKEN_ERRORS = ("InvalidToken", "TaskTimedOut", "TaskDoesNotExist")
@@ -73,7 +79,8 @@ class Where:
 
     table: str
     bucket: str
-    topic_arn: str
+    topic_arn: str  # shard 0's; the others are `shard_topic(topic_arn, i)`
+    topic_shards: int = 1
 
 
 class ServerStore:
@@ -310,17 +317,26 @@ class ServerStore:
     # --- notices and callbacks ---------------------------------------------------------------
 
     async def publish(self, notice: GlobalModelNotice, client_ids: tuple[str, ...]) -> None:
+        """One publish per topic shard that holds a recipient, naming only its own."""
         sns = await self.aws.sns()
-        await sns.publish(
-            TopicArn=self.where.topic_arn,
-            Message=notice.to_json(),
-            MessageAttributes={
-                NOTICE_FILTER_ATTRIBUTE: {
-                    "DataType": "String.Array",
-                    "StringValue": json.dumps(list(client_ids)),
-                },
-                "task_name": {"DataType": "String", "StringValue": notice.task_name},
-            },
+        shards: dict[int, list[str]] = {}
+        for client_id in client_ids:
+            shards.setdefault(topic_shard(client_id, self.where.topic_shards), []).append(client_id)
+        await asyncio.gather(
+            *(
+                sns.publish(
+                    TopicArn=shard_topic(self.where.topic_arn, shard),
+                    Message=notice.to_json(),
+                    MessageAttributes={
+                        NOTICE_FILTER_ATTRIBUTE: {
+                            "DataType": "String.Array",
+                            "StringValue": json.dumps(recipients),
+                        },
+                        "task_name": {"DataType": "String", "StringValue": notice.task_name},
+                    },
+                )
+                for shard, recipients in sorted(shards.items())
+            )
         )
 
     async def send_success(self, token: str, output: Mapping[str, Any]) -> bool:

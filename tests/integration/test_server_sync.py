@@ -11,7 +11,7 @@ from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ClientSpec, StackSpec
-from fedasync.server.store import ServerStore, Where
+from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
 from tests.integration.scripted import ScriptedClient, local_model
 
@@ -48,7 +48,7 @@ async def stack(moto_server, prefix):
 
 def store_for(stack: EmbeddedStack) -> ServerStore:
     e = stack.endpoints
-    return ServerStore(stack.aws, Where(table=e.table, bucket=e.bucket, topic_arn=e.topic_arn))
+    return ServerStore(stack.aws, e.where())
 
 
 def clients_for(stack: EmbeddedStack, ids=CLIENTS, examples=EXAMPLES) -> list[ScriptedClient]:
