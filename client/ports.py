@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 from client import transfer
 from client.config import ClientConfig
 from client.progress import Advance
+from client.transfer import MISSING, CorruptDownloadError
 from fedasync.aws.queues import ReceivedMessage, SqsQueues
 from fedasync.aws.records import DynamoRecords, Put
 from fedasync.aws.session import AwsContext, error_code, object_missing
@@ -101,8 +102,13 @@ class AwsClientPorts:
             # the notice named it; a silo may not list the bucket, so 403 means missing too
             if not object_missing(error, unlisted=True):
                 raise
-            raise RegistryError(
-                f"global model {key!r} is missing from bucket {self._cfg.bucket_name!r}"
+            # the announced object is not there: for the silo the same as a wrong one (the
+            # notice is given back and comes again), never a reason to exit
+            raise CorruptDownloadError(
+                f"global model {key!r} is missing from bucket {self._cfg.bucket_name!r}",
+                key=key,
+                expected=sha256,
+                actual=MISSING,
             ) from error
 
     async def upload(self, path: Path, key: str, sha256: str, on_bytes: Advance) -> None:

@@ -35,8 +35,12 @@ _WRITE_BATCH = 4 * 1024 * 1024
 _READ_CHUNK = 1024 * 1024
 
 
+MISSING = "missing"  # the `actual` of an announced object that is not in the bucket
+
+
 class CorruptDownloadError(ChecksumMismatchError):
-    """A downloaded object's SHA-256 is not the one announced (both kept, for the log)."""
+    """A downloaded object's SHA-256 is not the one announced (both kept, for the log), or
+    the object is not there at all (`actual` is `MISSING`)."""
 
     def __init__(self, message: str, *, key: str, expected: str, actual: str) -> None:
         super().__init__(message)

@@ -20,7 +20,7 @@ from structlog.contextvars import bound_contextvars
 
 from client.inbox import Held
 from client.state import EndOfRun, PendingUpload, RunState
-from client.transfer import CorruptDownloadError
+from client.transfer import MISSING, CorruptDownloadError
 from fedasync.core import codec, keys
 from fedasync.core.codec import Weights
 from fedasync.core.messages import GlobalModelNotice, UpdateRecord
@@ -176,9 +176,14 @@ async def download_global(state: RunState, notice: GlobalModelNotice) -> Weights
         except CorruptDownloadError as exc:
             log.warning("client.download_checksum_mismatch", attempt=attempt, error=exc.message)
             if attempt == attempts:
+                what = (
+                    "was missing from the bucket"
+                    if exc.actual == MISSING
+                    else "failed SHA-256 verification"
+                )
                 raise CorruptDownloadError(
                     f"global model v{notice.version} of task {notice.task_name!r} "
-                    f"({notice.s3_key!r}) failed SHA-256 verification {attempts} times: "
+                    f"({notice.s3_key!r}) {what} {attempts} times: "
                     f"{exc.message}. The object in S3 is not the one the server announced; "
                     "the notice is left on the queue and nothing was trained",
                     key=exc.key,

@@ -287,6 +287,34 @@ async def test_a_corrupted_global_model_is_given_back_and_trained_once_repaired(
     assert await server.queue_depth() == (0, 0)
 
 
+async def test_a_missing_global_model_is_given_back_and_trained_once_it_is_there(
+    stack, server, silo, wait_until
+):
+    # GIVEN a notice for v1 whose object is not (yet, or no longer) in the bucket
+    notice = await server.put_global(1)
+    good = await server.registry.get_bytes(notice.s3_key, sha256=notice.sha256)
+    s3 = await stack.aws.s3()
+    await s3.delete_object(Bucket=stack.endpoints.bucket, Key=notice.s3_key)
+    await server.publish(notice)
+    with capture_logs() as logs:
+        # WHEN the client runs and cannot find it
+        task = asyncio.create_task(run_client(config(stack), trainer=NumpyTrainer(), data=silo))
+        await wait_until(lambda: _events(logs, "client.download_corrupt"), timeout_s=RUN_TIMEOUT_S)
+        # THEN it keeps running, trained nothing, and kept the notice
+        assert not task.done()
+        assert await server.updates() == []
+        assert sum(await server.queue_depth()) == 1
+        # WHEN the object is put back THEN the redelivered notice is trained on
+        await server.registry.put_bytes(notice.s3_key, good)
+        await end_task_after(server, server.updates, wait_until, 1)
+        report = await asyncio.wait_for(task, RUN_TIMEOUT_S)
+    [missing] = _events(logs, "client.download_corrupt")
+    assert (missing["s3_key"], missing["actual_sha256"]) == (notice.s3_key, "missing")
+    assert report.outcome == "final" and report.corrupt_downloads == 1
+    [item] = await server.updates()
+    assert item["base_version"] == 1
+
+
 async def test_a_model_corrupt_for_good_is_retried_ever_more_slowly_and_a_newer_one_served(
     stack, server, silo, wait_until
 ):
