@@ -51,8 +51,20 @@ class Inbox:
         # released unfinished (see `release`): their redelivery is new again, not done
         self._retry: set[tuple[bool, int, int]] = set()
         self._changed = asyncio.Event()
+        self._incarnation: str | None = None  # of the task whose notices these are
+
+    @property
+    def incarnation(self) -> str | None:
+        return self._incarnation
 
     def offer(self, notice: GlobalModelNotice, receipt: str) -> Offer:
+        if notice.incarnation is not None and notice.incarnation != self._incarnation:
+            if self._incarnation is not None:
+                # the task was created again under its name (a new stack, say): its
+                # versions start over, so nothing taken before ranks above them
+                self._floor, self._retry = None, set()
+                self._waiting.clear()
+            self._incarnation = notice.incarnation
         rank = _rank(notice)
         for pool in (self._active, self._waiting):
             if rank in pool:

@@ -55,7 +55,14 @@ async def on_message(state: RunState, message: ReceivedMessage) -> None:
     if notice.task_name != state.cfg.task_name:  # another run of this silo will take it
         log.info("client.notice_other_task", notice_task=notice.task_name)
         return
+    before = state.inbox.incarnation
     offer = state.inbox.offer(notice, message.receipt_handle)
+    if before is not None and state.inbox.incarnation != before:
+        log.warning(
+            "client.task_recreated",
+            detail=f"task {notice.task_name!r} was created again (a new stack?); its "
+            "versions start over and this silo serves the new one",
+        )
     fields = {"notice_version": notice.version, "final": notice.final}
     if offer is Offer.DONE:
         await state.ports.delete([message.receipt_handle])

@@ -408,6 +408,8 @@ def _banner(spec: StackSpec, url: str, stack_json: Path, task_yaml: Path) -> str
     lines = [
         f"embedded stack {spec.prefix!r} on {url} (clients: {', '.join(spec.client_ids)})",
         f"stack config: {stack_json}",
+        "a new, empty stack: nothing of an earlier `fedasync local up` is kept (tasks, models,",
+        "queues); a silo still running from one serves the tasks started here",
         "",
         "# in every other terminal:",
         *(f"export {k}={v}" for k, v in env.items()),

@@ -87,6 +87,10 @@ class GlobalModelNotice(WireMessage):
     # version moves only when the global model does (FedBuff: every K updates), so the
     # same version with a new seq is a new go-ahead: a silo trains again, not idles.
     seq: int | None = Field(default=None, ge=0)
+    # which creation of the task this is (the TASK item's random incarnation): a task
+    # created again under the same name (a new embedded stack, a recreated table) starts
+    # at version 0 again, and its notices must not pass for ones a silo already handled
+    incarnation: str | None = Field(default=None, pattern=r"^[0-9a-f]{1,32}$")
 
     @model_validator(mode="after")
     def _seq_is_async(self) -> Self:
@@ -98,7 +102,8 @@ class GlobalModelNotice(WireMessage):
     def idempotency_key(self) -> str:
         seq = f"#s{self.seq:08d}" if self.seq is not None else ""
         suffix = "#final" if self.final else ""
-        return f"{self.task_name}#v{self.version:08d}{seq}{suffix}"
+        task = f"{self.task_name}@{self.incarnation}" if self.incarnation else self.task_name
+        return f"{task}#v{self.version:08d}{seq}{suffix}"
 
 
 class UpdateRecord(WireMessage):

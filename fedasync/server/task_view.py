@@ -49,6 +49,7 @@ class TaskView:
     waiting: frozenset[str] = frozenset()
     # the task's execution attempt (1, then one more per `fedasync task resume`)
     attempt: int = 1
+    incarnation: str | None = None  # the TASK item's: see GlobalModelNotice.incarnation
 
     @classmethod
     def from_item(cls, task_name: str, item: dict[str, Any] | None) -> TaskView:
@@ -79,6 +80,7 @@ class TaskView:
             head_size=int(item.get("head_size", 0)),
             waiting=frozenset(str(c) for c in item.get(WAITING) or ()),
             attempt=int(item.get("attempt", 1)),
+            incarnation=str(item["incarnation"]) if item.get("incarnation") else None,
         )
 
     @property
@@ -102,4 +104,5 @@ class TaskView:
             size_bytes=self.head_size,
             final=final,
             seq=seq,
+            incarnation=self.incarnation,
         )

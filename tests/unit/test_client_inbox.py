@@ -134,3 +134,20 @@ async def test_a_released_notice_overtaken_by_a_newer_one_is_done_when_it_comes_
     assert (await inbox.take_newest())[0].version == 3
     # WHEN v2 comes back THEN it is done: a newer global exists
     assert inbox.offer(_notice(2), "r2-again") is Offer.DONE
+
+
+async def test_a_task_created_again_under_its_name_starts_over():
+    # GIVEN a silo that has taken v5 of task 'digits' (incarnation aa)
+    inbox = Inbox()
+    old = _notice(5).model_copy(update={"incarnation": "aa"})
+    assert inbox.offer(old, "r5") is Offer.NEW
+    await inbox.take_newest()
+    assert inbox.offer(_notice(3).model_copy(update={"incarnation": "aa"}), "r3") is Offer.DONE
+    # WHEN the task is created again (a new stack: incarnation bb) and announces v0
+    fresh = _notice(0).model_copy(update={"incarnation": "bb"})
+    # THEN v0 is new work, not "already handled" behind v5 of the old task
+    assert inbox.offer(fresh, "r0") is Offer.NEW
+    held, superseded = await inbox.take_newest()
+    assert (held.version, held.notice.incarnation, superseded) == (0, "bb", [])
+    # AND its key names the incarnation, so the two never collapse into one
+    assert fresh.idempotency_key == "digits@bb#v00000000"
