@@ -1,0 +1,92 @@
+"""Orchestration cost per silo of a sync round, at 10, 100 and 250 silos, side by side.
+
+    python bench/scale.py [--silos 10 100 250] [--rounds 3] [--json PATH]
+
+Each silo is a scripted client (tests/integration/scripted.py) that answers a round's
+notice at once with a small model: no training, so a round's time, from its ROUND item's
+`opened_at` to its `closed_at`, is all orchestration: the notice's fan-out over the topic
+shards, every silo's receive, download, upload and record, the verdicts and the close.
+The figure is the median over rounds of that time divided by the number of silos; the
+baseline is the same figure at the first (smallest) count, measured in the same run, so
+the ratio says how flat the cost per silo stays (target: flat, and <= 30 ms per silo per
+round at 100 silos). 250 silos take two topic shards (200 filter policies per topic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._report import Figure, emit, median
+from fedasync import logs
+from fedasync.aws.session import AwsContext
+from fedasync.core import keys
+from fedasync.core.config import TaskConfig
+from fedasync.local.stack import EmbeddedStack
+from fedasync.resources import ClientSpec, StackSpec
+from fedasync.server.store import ServerStore
+from fedasync.server.tasks import start_task
+from tests.faults.harness import answer_rounds
+from tests.integration.scripted import ScriptedClient
+from tests.integration.test_server_sync import initial_model
+
+
+async def per_silo_round_seconds(silos: int, rounds: int) -> list[float]:
+    ids = tuple(f"silo-{i:03d}" for i in range(silos))
+    spec = StackSpec(prefix=f"scale{silos}", clients=tuple(ClientSpec(client_id=c) for c in ids))
+    cfg = TaskConfig.parse(
+        {"task_name": f"scale-{silos}", "clients": list(ids), "rounds": rounds,
+         "round_timeout_s": 600, "round_check_s": 600}
+    )  # fmt: skip
+    async with EmbeddedStack(spec) as stack:
+        e = stack.endpoints
+        store = ServerStore(stack.aws, e.where())
+        await start_task(store, e.state_machine_arn, cfg, initial_model())
+        async with AsyncExitStack() as own:
+            # each silo has its own connections, as separate silos do (one shared pool
+            # of 50 would queue 250 long polls behind each other)
+            contexts = [await own.enter_async_context(AwsContext(e.endpoint_url)) for _ in ids]
+            clients = [
+                ScriptedClient(aws, e.bucket, e.table, e.client_queue_urls[c], c, i, 10)
+                for i, (aws, c) in enumerate(zip(contexts, ids, strict=True))
+            ]
+            await asyncio.wait_for(
+                asyncio.gather(*(answer_rounds(c, cfg.task_name) for c in clients)), 900
+            )
+        spans = []
+        for r in range(rounds):
+            item = await store.get_item(cfg.task_name, keys.round_sk(r)) or {}
+            spans.append((float(item["closed_at"]) - float(item["opened_at"])) / silos)
+        return spans
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--silos", type=int, nargs="+", default=[10, 100, 250])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", dest="json_path", default=None)
+    args = parser.parse_args()
+    logs.configure(level="WARNING")
+    results = {n: median(asyncio.run(per_silo_round_seconds(n, args.rounds))) for n in args.silos}
+    base_n = min(results)
+    figures = [
+        Figure(
+            f"sync_round_orchestration_per_silo_{n}_silos",
+            1000 * results[n],
+            "ms/silo",
+            1000 * results[base_n],
+            results[n] / results[base_n],
+            "<= 30 ms at 100 silos; flat per silo" if n == 100 else "flat per silo",
+        )
+        for n in args.silos
+    ]
+    emit(figures, args.json_path)
+
+
+if __name__ == "__main__":
+    main()
