@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -33,6 +35,22 @@ LOCAL_CLIENT_CONFIG = CLIENT_CONFIG.merge(
 )
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """One principal's access key (the embedded stack gives each principal its own)."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+
+
+# The credentials an AwsContext made without explicit ones uses (None: the session's
+# own chain). The embedded stack's pumps set it for the handlers they run, so that a
+# handler, as on Lambda, calls AWS as its function's role.
+principal_credentials: contextvars.ContextVar[Credentials | None] = contextvars.ContextVar(
+    "principal_credentials", default=None
+)
+
+
 @functools.cache
 def shared_session() -> aioboto3.Session:
     """The process's session: credentials are resolved once, clients share it."""
@@ -46,9 +64,15 @@ class AwsContext:
     closed when the block exits.
     """
 
-    def __init__(self, endpoint_url: str | None = None, region: str = "us-east-1") -> None:
+    def __init__(
+        self,
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        credentials: Credentials | None = None,
+    ) -> None:
         self.endpoint_url = endpoint_url
         self.region = region
+        self.credentials = credentials or principal_credentials.get()
         self._stack: AsyncExitStack | None = None
         self._clients: dict[str, Any] = {}
 
@@ -73,12 +97,19 @@ class AwsContext:
             raise RuntimeError("AwsContext is not open; use `async with AwsContext(...)`")
         client = self._clients.get(service)
         if client is None:
+            keys: dict[str, str] = {}
+            if self.credentials is not None:
+                keys = {
+                    "aws_access_key_id": self.credentials.access_key_id,
+                    "aws_secret_access_key": self.credentials.secret_access_key,
+                }
             client = await self._stack.enter_async_context(
                 shared_session().client(
                     service,  # type: ignore[call-overload]
                     region_name=self.region,
                     endpoint_url=self.endpoint_url,
                     config=CLIENT_CONFIG if self.endpoint_url is None else LOCAL_CLIENT_CONFIG,
+                    **keys,
                 )
             )
             self._clients[service] = client
@@ -103,6 +134,10 @@ class AwsContext:
     async def sfn(self) -> SFNClient:
         client: SFNClient = await self._client("stepfunctions")
         return client
+
+    async def iam(self) -> Any:
+        # The embedded stack's provisioning is its only user (principals and their keys).
+        return await self._client("iam")
 
     async def dynamodbstreams(self) -> Any:
         # No stubs are installed for DynamoDB Streams; the embedded pump is its only user.

@@ -15,6 +15,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 WsgiApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
+# The header and environment variables the parent (`fedasync.local.server`) uses.
+ADMIN_HEADER = "X-Fedasync-Admin"
+ENV_ADMIN_TOKEN = "FEDASYNC_MOTO_ADMIN_TOKEN"  # noqa: S105 - a variable name
+ENV_AUDIT_LOG = "FEDASYNC_AUDIT_LOG"
 
 
 def serialize_dynamodb(app: WsgiApp) -> WsgiApp:
@@ -31,6 +35,66 @@ def serialize_dynamodb(app: WsgiApp) -> WsgiApp:
             with lock:
                 return list(app(environ, start_response))  # the body, built under the lock
         return app(environ, start_response)
+
+    return wrapped
+
+
+def guard_management(app: WsgiApp, token: str) -> WsgiApp:
+    """moto's management endpoints (`/moto-api/...`: reset, config, seeding) answer only
+    requests carrying the token the parent process made up and passed in our environment:
+    no principal of the stack can reset it or turn its checks off."""
+    import hmac
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if str(environ.get("PATH_INFO", "")).startswith("/moto-api"):
+            given = str(environ.get("HTTP_" + ADMIN_HEADER.upper().replace("-", "_"), ""))
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                start_response("403 Forbidden", [("Content-Type", "text/plain")])
+                return [b"moto-api is reserved to the embedded stack's own process\n"]
+        return app(environ, start_response)
+
+    return wrapped
+
+
+def record_calls(app: WsgiApp, path: str) -> WsgiApp:
+    """Append, per request, what IAM would authorise for it (`fedasync.local.calls`) to
+    the JSON-lines file at `path`: the call audit's input."""
+    import io
+    import json
+
+    from fedasync.local.calls import authorisations, signer
+
+    lock = threading.Lock()
+    sink = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the server's life
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        body = b""
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        query = str(environ.get("QUERY_STRING", ""))
+        wanted = signer(environ).service != "s3" or "tagging" in query or "delete" in query
+        if length and wanted:
+            body = environ["wsgi.input"].read(length)
+            environ["wsgi.input"] = io.BytesIO(body)
+        status: list[int] = []
+
+        def recording_start(code: str, headers: Any, *rest: Any) -> Any:
+            status.append(int(code.split(maxsplit=1)[0]))
+            return start_response(code, headers, *rest)
+
+        out = list(app(environ, recording_start))
+        try:
+            calls = authorisations(environ, body)
+        except Exception as error:  # a request we cannot parse is recorded as such
+            calls = []
+            line = {"type": "unparsed", "path": environ.get("PATH_INFO"), "error": repr(error)}
+            with lock:
+                sink.write(json.dumps(line) + "\n")
+        with lock:
+            for call in calls:
+                record = call.to_json() | {"status": status[0] if status else 0}
+                sink.write(json.dumps(record) + "\n")
+            sink.flush()
+        return out
 
     return wrapped
 
@@ -184,6 +248,10 @@ def main(argv: list[str]) -> int:
     # what moto's ThreadedMotoServer does, with the bind in this thread: a port in use
     # fails here, with its error, instead of leaving the parent waiting
     app = serialize_dynamodb(DomainDispatcherApplication(create_backend_app))
+    if os.environ.get(ENV_AUDIT_LOG):
+        app = record_calls(app, os.environ[ENV_AUDIT_LOG])
+    if os.environ.get(ENV_ADMIN_TOKEN):
+        app = guard_management(app, os.environ.pop(ENV_ADMIN_TOKEN))
     server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
     bound = int(server.server_address[1])
     # moto's Step Functions engine calls the other services at localhost:$MOTO_PORT

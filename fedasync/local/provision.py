@@ -9,7 +9,8 @@ import structlog
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
-from fedasync.aws.session import AwsContext
+from fedasync.aws.session import AwsContext, Credentials
+from fedasync.local.principals import create_principals
 from fedasync.resources import (
     ASL_PATH,
     ENV_BUCKET,
@@ -58,6 +59,8 @@ class StackEndpoints(BaseModel):
     client_queue_urls: dict[str, str]
     client_dlq_urls: dict[str, str]
     state_machine_arn: str
+    # principal name (`client:<id>`, `aggregate`, ...) -> its own access key
+    principals: dict[str, Credentials] = {}
 
     def handler_env(self) -> dict[str, str]:
         """The environment the server handlers read (CDK sets the same on each Lambda)."""
@@ -93,6 +96,7 @@ async def provision(aws: AwsContext, spec: StackSpec) -> StackEndpoints:
         )
         await _subscribe(aws, topic_arn, client_urls[client_id], client_id)
     machine_arn = await _state_machine(aws, spec, table, control)
+    principals = await create_principals(aws, spec)
     endpoints = StackEndpoints(
         endpoint_url=aws.endpoint_url,
         region=aws.region,
@@ -106,6 +110,7 @@ async def provision(aws: AwsContext, spec: StackSpec) -> StackEndpoints:
         client_queue_urls=client_urls,
         client_dlq_urls=dlq_urls,
         state_machine_arn=machine_arn,
+        principals=principals,
     )
     log.info("stack.provisioned", prefix=spec.prefix, clients=len(spec.clients))
     return endpoints

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 import urllib.request
@@ -18,6 +19,8 @@ from types import TracebackType
 from typing import IO, Self
 
 import structlog
+
+from fedasync.local.moto_process import ADMIN_HEADER, ENV_ADMIN_TOKEN
 
 log = structlog.get_logger()
 
@@ -48,6 +51,8 @@ class LocalMotoServer:
         self._requested_port = port
         self._process: subprocess.Popen[str] | None = None
         self._port: int | None = None
+        # Only this process knows it: the child's /moto-api/* answers no one else.
+        self._admin_token = secrets.token_urlsafe(24)
 
     @property
     def port(self) -> int:
@@ -74,7 +79,7 @@ class LocalMotoServer:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", ENV_ADMIN_TOKEN: self._admin_token},
         )
         self._process = process
         try:
@@ -90,7 +95,7 @@ class LocalMotoServer:
         request = urllib.request.Request(  # noqa: S310 - loopback URL built above
             f"{self.endpoint_url}{path}",
             data=body,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", ADMIN_HEADER: self._admin_token},
             method="POST",
         )
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310

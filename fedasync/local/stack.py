@@ -15,7 +15,7 @@ from typing import Any, Self, cast
 
 import structlog
 
-from fedasync.aws.session import AwsContext
+from fedasync.aws.session import AwsContext, Credentials
 from fedasync.local.events import EventLog
 from fedasync.local.provision import StackEndpoints, provision
 from fedasync.local.pumps import Handler, PumpOptions, QueuePump, StreamPump
@@ -66,6 +66,7 @@ class EmbeddedStack:
         self.stream_pump: StreamPump | None = None
         self.control_pump: QueuePump | None = None
         self._endpoints: StackEndpoints | None = None
+        self._principal_aws: dict[str, AwsContext] = {}
         self.aws = AwsContext(endpoint_url, self.spec.region)
 
     @property
@@ -98,10 +99,14 @@ class EmbeddedStack:
         await self._exit.enter_async_context(self.aws)
         self._endpoints = await provision(self.aws, self.spec)
         self._export_env(self._endpoints.handler_env())
+        for principal in self._endpoints.principals:
+            self._principal_aws[principal] = await self._exit.enter_async_context(
+                self._as(principal)
+            )
         aggregate, control = self._handlers["aggregate"], self._handlers["control"]
         if aggregate is not None:
             self.stream_pump = StreamPump(
-                self.aws,
+                self._as("aggregate"),
                 self._endpoints.stream_arn,
                 load_handler(aggregate),
                 options=self._options,
@@ -111,7 +116,7 @@ class EmbeddedStack:
             self.stream_pump.start()
         if control is not None:
             self.control_pump = QueuePump(
-                self.aws,
+                self._as("control"),
                 self._endpoints.control_queue_url,
                 load_handler(control),
                 options=replace(self._options, batch_size=CONTROL_BATCH_SIZE),
@@ -119,6 +124,22 @@ class EmbeddedStack:
             )
             self.control_pump.start()
         log.info("stack.started", endpoint_url=self._endpoint_url, prefix=self.spec.prefix)
+
+    def credentials(self, principal: str) -> Credentials:
+        """A principal's own access key (`client:<id>`, `aggregate`, `operator`, ...)."""
+        try:
+            return self.endpoints.principals[principal]
+        except KeyError:
+            known = ", ".join(sorted(self.endpoints.principals))
+            raise KeyError(f"no principal {principal!r} in this stack (known: {known})") from None
+
+    def _as(self, principal: str) -> AwsContext:
+        return AwsContext(self._endpoint_url, self.spec.region, self.credentials(principal))
+
+    def principal_aws(self, principal: str) -> AwsContext:
+        """An open AwsContext (on this loop) signing as `principal`, closed with the stack."""
+        self.credentials(principal)  # a clear error for an unknown principal
+        return self._principal_aws[principal]
 
     async def _stop(self) -> None:
         for pump in (self.stream_pump, self.control_pump):
