@@ -107,6 +107,8 @@ class StackArns:
     control_queue: str
     aggregate_failures: str
     state_machine: str
+    # the state machine's executions: arn:...:execution:{state machine name}:*
+    executions: str = ""
 
 
 def _allow(
@@ -206,3 +208,33 @@ def event_source_statements(function: str, arns: StackArns) -> list[Json]:
     if function == "control":
         return [_allow(CONSUME_ACTIONS, [arns.control_queue])]
     raise ValueError(f"no event source for function {function!r}")
+
+
+# --- the operator (`fedasync task ...`, `fedasync events ...`) ----------------------------
+
+OPERATOR_TABLE_ACTIONS = (
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:Query",
+)
+OPERATOR_OBJECT_ACTIONS = ("s3:GetObject", "s3:PutObject")
+
+
+def operator_statements(arns: StackArns) -> list[Json]:
+    """Start, watch, stop and export tasks: the TASK item, global and final models, the
+    task's execution, the final notice and the callback of a stop."""
+    return [
+        _allow(OPERATOR_TABLE_ACTIONS, [arns.table], "ManageTaskItems"),
+        _allow(OPERATOR_OBJECT_ACTIONS, [f"{arns.bucket}/*"], "ReadAndSeedModels"),
+        _allow(BUCKET_ACTIONS, [arns.bucket], "TellMissingModelsApart"),
+        _allow(("states:StartExecution",), [arns.state_machine], "StartTasks"),
+        _allow(
+            ("states:DescribeExecution", "states:StopExecution"),
+            [arns.executions],
+            "WatchAndStopTasks",
+        ),
+        # A stop answers the open round's or task's callback (as the functions do).
+        _allow(("states:SendTaskSuccess",), [arns.state_machine], "AnswerTheOpenCallback"),
+        _allow(("sns:Publish",), [arns.topic], "AnnounceTheFinalModel"),
+    ]
