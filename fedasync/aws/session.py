@@ -147,3 +147,17 @@ class AwsContext:
 def error_code(error: ClientError) -> str:
     """The service's error code ('ConditionalCheckFailedException', 'InvalidToken', ...)."""
     return str(error.response.get("Error", {}).get("Code", ""))
+
+
+ACCESS_DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "AuthorizationError"})
+
+
+def refusal_message(error: ClientError, principal: str | None) -> str:
+    """One line for a refused call: who was refused what (AWS's message names the
+    action and the resource), or the service's message for any other error."""
+    message = str(error.response.get("Error", {}).get("Message", "")) or str(error)
+    operation = getattr(error, "operation_name", "") or "a call"
+    if error_code(error) in ACCESS_DENIED_CODES:
+        who = f"{principal} is" if principal else "this identity is"
+        return f"{who} not allowed {operation}: {message} (missing permission; see infra/README.md)"
+    return f"AWS refused {operation}: {error_code(error)}: {message}"

@@ -7,6 +7,7 @@ parent closes it to stop the server, and the pipe also closes when the parent di
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
@@ -19,6 +20,13 @@ WsgiApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 ADMIN_HEADER = "X-Fedasync-Admin"
 ENV_ADMIN_TOKEN = "FEDASYNC_MOTO_ADMIN_TOKEN"  # noqa: S105 - a variable name
 ENV_AUDIT_LOG = "FEDASYNC_AUDIT_LOG"
+ENV_ENFORCE_IAM = "FEDASYNC_ENFORCE_IAM"
+ACCOUNT = "123456789012"
+ADMIN_USER = "fedasync-stack-admin"
+ENGINE_USER = "fedasync-stepfunctions-engine"
+_ALL = json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+)
 
 
 def serialize_dynamodb(app: WsgiApp) -> WsgiApp:
@@ -94,6 +102,43 @@ def record_calls(app: WsgiApp, path: str) -> WsgiApp:
                 record = call.to_json() | {"status": status[0] if status else 0}
                 sink.write(json.dumps(record) + "\n")
             sink.flush()
+        return out
+
+    return wrapped
+
+
+class Identities:
+    """The server's own identities, made in this process (never over HTTP): the stack
+    admin, whose key only the parent learns (provisioning, the tests' oracles), and the
+    key moto's Step Functions engine signs its states' service calls with. A reset
+    (`/moto-api/reset`, which only the parent may call) drops every user; they come back
+    with the same keys."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, tuple[str, str]] = {}
+
+    def ensure(self) -> None:
+        from moto.iam.models import iam_backends
+
+        backend = iam_backends[ACCOUNT]["global"]
+        for user in (ADMIN_USER, ENGINE_USER):
+            if user in backend.users:
+                continue
+            backend.create_user("us-east-1", user)
+            # the engine acts for every state machine of the server: it may do what any
+            # of them may; the call audit judges each call by the state machine's role
+            backend.put_user_policy(user, "all", _ALL)
+            key = backend.create_access_key(user)
+            if user in self.keys:  # after a reset: the same key as before
+                key.access_key_id, key.secret_access_key = self.keys[user]
+            self.keys[user] = (key.access_key_id, key.secret_access_key)
+
+
+def recreate_after_reset(app: WsgiApp, identities: Identities) -> WsgiApp:
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        out = list(app(environ, start_response))
+        if str(environ.get("PATH_INFO", "")).startswith("/moto-api/reset"):
+            identities.ensure()
         return out
 
     return wrapped
@@ -201,7 +246,21 @@ def cache_module_list() -> None:
     backends.list_of_moto_modules = lambda: modules
 
 
-def reuse_step_functions_parts() -> None:
+def _resigned(client: Any, region: str, service: str, key: tuple[str, str]) -> Any:
+    """The same client as moto's engine makes, signing with `key`."""
+    import boto3
+
+    return boto3.client(
+        service,
+        region_name=region,
+        endpoint_url=client.meta.endpoint_url,
+        aws_access_key_id=key[0],
+        aws_secret_access_key=key[1],
+        config=client.meta.config,
+    )
+
+
+def reuse_step_functions_parts(engine_key: tuple[str, str] | None = None) -> None:
     """moto's Step Functions engine makes a new boto3 client (and so a new connection, a
     new server thread) for every service call a state makes, and parses every JSONPath
     again (a yacc table read) each time it is evaluated: per sync round, several of each
@@ -223,13 +282,21 @@ def reuse_step_functions_parts() -> None:
             return original(region, service, state_credentials)
         with lock:
             if (region, service) not in clients:
-                clients[(region, service)] = original(region, service)
+                client = original(region, service)
+                if engine_key is not None:  # moto's own is a fixed, unknown "ak"
+                    client = _resigned(client, region, service, engine_key)
+                clients[(region, service)] = client
             return clients[(region, service)]
 
     boto_client.boto_client_for = boto_client_for
     for module in list(sys.modules.values()):  # modules that imported it by name already
         if getattr(module, "boto_client_for", None) is original:
             setattr(module, "boto_client_for", boto_client_for)  # noqa: B010
+
+
+def _announce_engine(path: str, access_key: str) -> None:
+    with open(path, "a", encoding="utf-8") as sink:
+        sink.write(json.dumps({"type": "engine", "access_key": access_key}) + "\n")
 
 
 def main(argv: list[str]) -> int:
@@ -243,13 +310,23 @@ def main(argv: list[str]) -> int:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     cache_module_list()
-    reuse_step_functions_parts()
+    identities = Identities()
+    identities.ensure()
+    reuse_step_functions_parts(identities.keys[ENGINE_USER])
+    if os.environ.get(ENV_ENFORCE_IAM) == "1":
+        from moto import settings
+
+        # moto's IAM access control: every request must be signed by a known key and
+        # be allowed by its user's policies (actions; resources for S3 and SQS)
+        settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
     roll_back_in_place()  # safe only with DynamoDB requests serialized (below)
     # what moto's ThreadedMotoServer does, with the bind in this thread: a port in use
     # fails here, with its error, instead of leaving the parent waiting
     app = serialize_dynamodb(DomainDispatcherApplication(create_backend_app))
+    app = recreate_after_reset(app, identities)
     if os.environ.get(ENV_AUDIT_LOG):
         app = record_calls(app, os.environ[ENV_AUDIT_LOG])
+        _announce_engine(os.environ[ENV_AUDIT_LOG], identities.keys[ENGINE_USER][0])
     if os.environ.get(ENV_ADMIN_TOKEN):
         app = guard_management(app, os.environ.pop(ENV_ADMIN_TOKEN))
     server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
@@ -258,7 +335,8 @@ def main(argv: list[str]) -> int:
     os.environ["MOTO_PORT"] = str(bound)
     thread = threading.Thread(target=server.serve_forever, name="moto-server", daemon=True)
     thread.start()
-    print(bound, flush=True)
+    admin_key, admin_secret = identities.keys[ADMIN_USER]
+    print(json.dumps({"port": bound, "admin": [admin_key, admin_secret]}), flush=True)
     try:
         sys.stdin.read()  # returns at EOF: stop requested, or the parent is gone
     except KeyboardInterrupt:  # Ctrl-C in `local up` reaches the whole process group

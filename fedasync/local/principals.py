@@ -19,12 +19,16 @@ import structlog
 from botocore.exceptions import ClientError
 
 from fedasync.aws.session import AwsContext, Credentials
-from fedasync.local.moto_process import ENV_AUDIT_LOG
+from fedasync.local.moto_process import ACCOUNT, ENV_AUDIT_LOG
+from fedasync.policy import definitions
+from fedasync.policy.definitions import Json, StackArns
 from fedasync.resources import StackSpec
 
 log = structlog.get_logger()
 
-SERVER_PRINCIPALS = ("aggregate", "control", "state-machine", "operator")
+# The state machine has no key here: moto's Step Functions engine signs its states'
+# calls with a key of its own (fedasync.local.moto_process), which the audit attributes.
+SERVER_PRINCIPALS = ("aggregate", "control", "operator")
 CLIENT_PREFIX = "client:"
 
 
@@ -40,8 +44,62 @@ def user_name(spec: StackSpec, principal: str) -> str:
     return f"{spec.prefix}-{principal.replace(':', '-')}"
 
 
-async def create_principals(aws: AwsContext, spec: StackSpec) -> dict[str, Credentials]:
-    """A user and a fresh access key per principal (older keys of a re-provision go)."""
+def stack_arns(spec: StackSpec, stream_arn: str) -> StackArns:
+    where = f"{spec.region}:{ACCOUNT}"
+    return StackArns(
+        table=f"arn:aws:dynamodb:{where}:table/{spec.table_name}",
+        stream=stream_arn,
+        bucket=f"arn:aws:s3:::{spec.bucket_name}",
+        topic=f"arn:aws:sns:{where}:{spec.topic_name}",
+        control_queue=f"arn:aws:sqs:{where}:{spec.control_queue_name}",
+        aggregate_failures=f"arn:aws:sqs:{where}:{spec.prefix}-aggregate-failures",
+        state_machine=f"arn:aws:states:{where}:stateMachine:{spec.state_machine_name}",
+        executions=f"arn:aws:states:{where}:execution:{spec.state_machine_name}:*",
+    )
+
+
+def policy_of(principal: str, spec: StackSpec, arns: StackArns) -> list[Json]:
+    """The principal's statements, from the definition the CDK stack uses."""
+    if principal.startswith(CLIENT_PREFIX):
+        client_id = principal.removeprefix(CLIENT_PREFIX)
+        queue = f"arn:aws:sqs:{spec.region}:{ACCOUNT}:{spec.client_queue_name(client_id)}"
+        return definitions.client_statements(client_id, queue, arns)
+    if principal == "operator":
+        return definitions.operator_statements(arns)
+    return [
+        *definitions.server_statements(arns),
+        *definitions.event_source_statements(principal, arns),
+    ]
+
+
+# moto's access control checks resources only for these services (the others see "*");
+# and it evaluates no condition keys of ours.
+_RESOURCE_CHECKED = ("s3", "sqs")
+
+
+def enforceable(statements: list[Json]) -> list[Json]:
+    """What moto can enforce of `statements`, erring towards allowing (the call audit
+    judges the rest exactly): conditions dropped from Allows, conditional Denies
+    dropped, resources of services moto does not scope widened to "*"."""
+    out = []
+    for statement in statements:
+        if statement["Effect"] == "Deny" and "Condition" in statement:
+            continue
+        projected = {k: v for k, v in statement.items() if k != "Condition"}
+        services = {str(a).split(":")[0] for a in projected["Action"]}
+        if not services <= set(_RESOURCE_CHECKED):
+            if projected["Effect"] == "Deny":
+                continue  # a Deny on "*" would deny far more than the deployed one
+            projected["Resource"] = "*"
+        out.append(projected)
+    return out
+
+
+async def create_principals(
+    aws: AwsContext, spec: StackSpec, arns: StackArns
+) -> dict[str, Credentials]:
+    """A user, its policy and a fresh access key per principal (a re-provision replaces
+    the older keys)."""
     iam: Any = await aws.iam()
     out: dict[str, Credentials] = {}
     for principal in principal_names(spec):
@@ -53,6 +111,13 @@ async def create_principals(aws: AwsContext, spec: StackSpec) -> dict[str, Crede
                 raise
             for key in (await iam.list_access_keys(UserName=name))["AccessKeyMetadata"]:
                 await iam.delete_access_key(UserName=name, AccessKeyId=key["AccessKeyId"])
+        document = {
+            "Version": "2012-10-17",
+            "Statement": enforceable(policy_of(principal, spec, arns)),
+        }
+        await iam.put_user_policy(
+            UserName=name, PolicyName="fedasync", PolicyDocument=json.dumps(document)
+        )
         key = (await iam.create_access_key(UserName=name))["AccessKey"]
         out[principal] = Credentials(key["AccessKeyId"], key["SecretAccessKey"])
     _announce(spec, out)

@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
 from fedasync.aws.session import AwsContext, Credentials
-from fedasync.local.principals import create_principals
+from fedasync.local.principals import create_principals, stack_arns
 from fedasync.resources import (
     ASL_PATH,
     ENV_BUCKET,
@@ -96,7 +96,7 @@ async def provision(aws: AwsContext, spec: StackSpec) -> StackEndpoints:
         )
         await _subscribe(aws, topic_arn, client_urls[client_id], client_id)
     machine_arn = await _state_machine(aws, spec, table, control)
-    principals = await create_principals(aws, spec)
+    principals = await create_principals(aws, spec, stack_arns(spec, stream_arn))
     endpoints = StackEndpoints(
         endpoint_url=aws.endpoint_url,
         region=aws.region,

@@ -20,7 +20,8 @@ from typing import IO, Self
 
 import structlog
 
-from fedasync.local.moto_process import ADMIN_HEADER, ENV_ADMIN_TOKEN
+from fedasync.aws.session import Credentials
+from fedasync.local.moto_process import ADMIN_HEADER, ENV_ADMIN_TOKEN, ENV_ENFORCE_IAM
 
 log = structlog.get_logger()
 
@@ -46,8 +47,17 @@ class LocalMotoServer:
     pipe to its parent), so a crashed parent never leaves a server behind.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, enforce_iam: bool | None = None
+    ) -> None:
+        """`enforce_iam`: moto's IAM access control on (every request signed by a known
+        key, allowed by its principal's policies); None: `FEDASYNC_ENFORCE_IAM=1`."""
         self._host = host
+        self.enforce_iam = (
+            os.environ.get(ENV_ENFORCE_IAM) == "1" if enforce_iam is None else enforce_iam
+        )
+        # The stack admin's key (provisioning, test oracles): only this process holds it.
+        self.admin_credentials: Credentials | None = None
         self._requested_port = port
         self._process: subprocess.Popen[str] | None = None
         self._port: int | None = None
@@ -79,12 +89,24 @@ class LocalMotoServer:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", ENV_ADMIN_TOKEN: self._admin_token},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                ENV_ADMIN_TOKEN: self._admin_token,
+                ENV_ENFORCE_IAM: "1" if self.enforce_iam else "0",
+            },
         )
         self._process = process
         try:
-            self._port = _read_port(process, self._host, self._requested_port)
+            self._port, self.admin_credentials = _read_port(
+                process, self._host, self._requested_port
+            )
             self._configure()
+            if self.enforce_iam and self.admin_credentials is not None:
+                # this process is the stack's own: what signs without a principal's
+                # key (provisioning, test oracles) signs as the admin
+                os.environ["AWS_ACCESS_KEY_ID"] = self.admin_credentials.access_key_id
+                os.environ["AWS_SECRET_ACCESS_KEY"] = self.admin_credentials.secret_access_key
         except BaseException:
             self.stop()
             raise
@@ -140,8 +162,11 @@ class LocalMotoServer:
         self.stop()
 
 
-def _read_port(process: subprocess.Popen[str], host: str, requested: int) -> int:
-    """The child prints its bound port once it serves (or exits if it cannot bind)."""
+def _read_port(
+    process: subprocess.Popen[str], host: str, requested: int
+) -> tuple[int, Credentials]:
+    """The child prints its bound port and the admin's key once it serves (or exits if
+    it cannot bind)."""
     import selectors
 
     stdout: IO[str] | None = process.stdout
@@ -155,10 +180,12 @@ def _read_port(process: subprocess.Popen[str], host: str, requested: int) -> int
                 f"within {_START_TIMEOUT_S:.0f} s"
             )
     line = stdout.readline().strip()
-    if not line.isdigit():
+    try:
+        started = json.loads(line)
+        return int(started["port"]), Credentials(*started["admin"])
+    except (ValueError, KeyError, TypeError):
         code = process.poll()
         raise MotoServerError(
             f"the moto server on {host}:{requested or '(any port)'} failed to start"
             + (f" (exit code {code}; see its error above)" if code is not None else "")
-        )
-    return int(line)
+        ) from None

@@ -54,6 +54,8 @@ class EmbeddedStack:
         control_handler: Handler | str | None = CONTROL_HANDLER,
         pump_options: PumpOptions | None = None,
         event_log_path: Path | None = None,
+        enforce_iam: bool | None = None,
+        admin_credentials: Credentials | None = None,
     ) -> None:
         self.spec = spec or StackSpec()
         self._endpoint_url = endpoint_url
@@ -67,7 +69,10 @@ class EmbeddedStack:
         self.control_pump: QueuePump | None = None
         self._endpoints: StackEndpoints | None = None
         self._principal_aws: dict[str, AwsContext] = {}
-        self.aws = AwsContext(endpoint_url, self.spec.region)
+        self._enforce_iam = enforce_iam
+        # the stack's own identity (provisioning): the server's admin when it is ours
+        self._admin = admin_credentials
+        self.aws = AwsContext(endpoint_url, self.spec.region, admin_credentials)
 
     @property
     def endpoints(self) -> StackEndpoints:
@@ -93,9 +98,10 @@ class EmbeddedStack:
 
     async def _start(self) -> None:
         if self._endpoint_url is None:
-            self._server = LocalMotoServer()
+            self._server = LocalMotoServer(enforce_iam=self._enforce_iam)
             self._endpoint_url = await asyncio.to_thread(self._server.start)
-            self.aws = AwsContext(self._endpoint_url, self.spec.region)
+            self._admin = self._admin or self._server.admin_credentials
+            self.aws = AwsContext(self._endpoint_url, self.spec.region, self._admin)
         await self._exit.enter_async_context(self.aws)
         self._endpoints = await provision(self.aws, self.spec)
         self._export_env(self._endpoints.handler_env())

@@ -86,14 +86,15 @@ def client_ids(lines: Iterable[Mapping[str, Any]]) -> list[str]:
     )
 
 
-# moto's Step Functions engine signs every service call of a state with this fixed key
-# (moto/stepfunctions/parser/asl/utils/boto_client.py); the stack is the resource's.
+# moto's Step Functions engine signs its states' service calls with a key of its own
+# (announced in an `engine` line; moto's default is the fixed "ak"): the stack whose
+# state machine made the call is the one the resource belongs to.
 ENGINE_KEY = "ak"
 _STACK_RESOURCE = re.compile(r"[:/]([a-z][a-z0-9-]*?)-(?:table|control)$")
 
 
-def _engine(call: Mapping[str, Any]) -> Owner | None:
-    if call.get("access_key") != ENGINE_KEY:
+def _engine(call: Mapping[str, Any], engine_keys: set[str]) -> Owner | None:
+    if call.get("access_key") not in engine_keys:
         return None
     match = _STACK_RESOURCE.search(str(call["resource"]))
     region = str(call["resource"]).split(":")[3] if str(call["resource"]).count(":") > 3 else ""
@@ -143,6 +144,7 @@ class _Auditor:
         # principal kind -> (statement key, action) pairs some allowed call used
         self.used_statements: dict[str, set[tuple[str, str]]] = defaultdict(set)
         self.test = "(before any test)"
+        self.engine_keys = {ENGINE_KEY}
 
     def read(self, line: Mapping[str, Any]) -> None:
         kind_ = line.get("type")
@@ -150,6 +152,8 @@ class _Auditor:
             self.owners[line["access_key"]] = Owner(
                 line["principal"], line["prefix"], line["region"]
             )
+        elif kind_ == "engine":
+            self.engine_keys.add(str(line["access_key"]))
         elif kind_ == "test":
             self.test = str(line["nodeid"])
         elif kind_ == "expect":
@@ -158,7 +162,7 @@ class _Auditor:
             self.report.unparsed += 1
         elif kind_ == "call":
             self.report.calls += 1
-            owner = self.owners.get(str(line["access_key"])) or _engine(line)
+            owner = self.owners.get(str(line["access_key"])) or _engine(line, self.engine_keys)
             if owner is None:
                 self.report.harness_calls += 1
             else:
