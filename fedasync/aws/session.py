@@ -152,12 +152,26 @@ def error_code(error: ClientError) -> str:
 ACCESS_DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "AuthorizationError"})
 
 
+def denial(error: ClientError) -> str | None:
+    """The refusal's message if `error` is an authorisation refusal, else None. (moto
+    answers a refused SQS JSON call in XML; botocore then reports code "403".)"""
+    details = error.response.get("Error", {})
+    message = str(details.get("Message", ""))
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if "<Message>" in message:
+        message = message.split("<Message>", 1)[1].split("</Message>", 1)[0]
+    if error_code(error) in ACCESS_DENIED_CODES or (status == 403 and "authoriz" in message):
+        return message or "Access Denied"
+    return None
+
+
 def refusal_message(error: ClientError, principal: str | None) -> str:
-    """One line for a refused call: who was refused what (AWS's message names the
-    action and the resource), or the service's message for any other error."""
-    message = str(error.response.get("Error", {}).get("Message", "")) or str(error)
+    """One line for a failed call: who was refused which operation (AWS's message names
+    the permission where it can), or the service's error for anything else."""
     operation = getattr(error, "operation_name", "") or "a call"
-    if error_code(error) in ACCESS_DENIED_CODES:
-        who = f"{principal} is" if principal else "this identity is"
-        return f"{who} not allowed {operation}: {message} (missing permission; see infra/README.md)"
+    refused = denial(error)
+    if refused is not None:
+        who = principal or "this identity"
+        return f"{who} may not call {operation} (missing permission): {refused}"
+    message = error.response.get("Error", {}).get("Message", "")
     return f"AWS refused {operation}: {error_code(error)}: {message}"
