@@ -246,6 +246,14 @@ def cache_module_list() -> None:
     backends.list_of_moto_modules = lambda: modules
 
 
+def _user_key(user_name: str) -> tuple[str, str] | None:
+    from moto.iam.models import iam_backends
+
+    user = iam_backends[ACCOUNT]["global"].users.get(user_name)
+    active = [k for k in (user.access_keys if user else []) if k.status == "Active"]
+    return (active[-1].access_key_id, active[-1].secret_access_key) if active else None
+
+
 def _resigned(client: Any, region: str, service: str, key: tuple[str, str]) -> Any:
     """The same client as moto's engine makes, signing with `key`."""
     import boto3
@@ -274,19 +282,24 @@ def reuse_step_functions_parts(engine_key: tuple[str, str] | None = None) -> Non
         module.parse = functools.lru_cache(maxsize=4096)(module.parse)  # type: ignore[attr-defined]
 
     original = boto_client.boto_client_for
-    clients: dict[tuple[str, str], Any] = {}
+    clients: dict[tuple[str, str, str], Any] = {}
     lock = threading.Lock()
 
     def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
-        if state_credentials is not None:  # a role to assume: not ours to share
-            return original(region, service, state_credentials)
+        # moto signs with a fixed, unknown "ak" whatever the role; sign as the user named
+        # like the state machine's role (the stack's state machine principal) if there
+        # is one, else as the engine
+        role = str(getattr(state_credentials, "role_arn", "") or "")
+        key = _user_key(role.rsplit("/", 1)[-1]) if role else None
+        key = key or engine_key
         with lock:
-            if (region, service) not in clients:
+            cache_key = (region, service, key[0] if key else "")
+            if cache_key not in clients:
                 client = original(region, service)
-                if engine_key is not None:  # moto's own is a fixed, unknown "ak"
-                    client = _resigned(client, region, service, engine_key)
-                clients[(region, service)] = client
-            return clients[(region, service)]
+                if key is not None:
+                    client = _resigned(client, region, service, key)
+                clients[cache_key] = client
+            return clients[cache_key]
 
     boto_client.boto_client_for = boto_client_for
     for module in list(sys.modules.values()):  # modules that imported it by name already

@@ -21,14 +21,15 @@ from botocore.exceptions import ClientError
 from fedasync.aws.session import AwsContext, Credentials
 from fedasync.local.moto_process import ACCOUNT, ENV_AUDIT_LOG
 from fedasync.policy import definitions
+from fedasync.policy.asl import required_actions
 from fedasync.policy.definitions import Json, StackArns
-from fedasync.resources import StackSpec
+from fedasync.resources import ASL_PATH, StackSpec
 
 log = structlog.get_logger()
 
-# The state machine has no key here: moto's Step Functions engine signs its states'
-# calls with a key of its own (fedasync.local.moto_process), which the audit attributes.
-SERVER_PRINCIPALS = ("aggregate", "control", "operator")
+# moto's Step Functions engine signs a state's service calls with the key of the user
+# named like the state machine's role (fedasync.local.moto_process): `state-machine`'s.
+SERVER_PRINCIPALS = ("aggregate", "control", "state-machine", "operator")
 CLIENT_PREFIX = "client:"
 
 
@@ -66,6 +67,9 @@ def policy_of(principal: str, spec: StackSpec, arns: StackArns) -> list[Json]:
         return definitions.client_statements(client_id, queue, arns)
     if principal == "operator":
         return definitions.operator_statements(arns)
+    if principal == "state-machine":
+        definition = json.loads(ASL_PATH.read_text(encoding="utf-8"))
+        return definitions.state_machine_statements(required_actions(definition), arns)
     return [
         *definitions.server_statements(arns),
         *definitions.event_source_statements(principal, arns),
@@ -75,6 +79,7 @@ def policy_of(principal: str, spec: StackSpec, arns: StackArns) -> list[Json]:
 # moto's access control checks resources only for these services (the others see "*");
 # and it evaluates no condition keys of ours.
 _RESOURCE_CHECKED = ("s3", "sqs")
+_TRANSACTION_ITEMS = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem")
 
 
 def enforceable(statements: list[Json]) -> list[Json]:
@@ -86,6 +91,11 @@ def enforceable(statements: list[Json]) -> list[Json]:
         if statement["Effect"] == "Deny" and "Condition" in statement:
             continue
         projected = {k: v for k, v in statement.items() if k != "Condition"}
+        actions = list(projected["Action"])
+        # moto authorises a transaction as the (non-)action dynamodb:TransactWriteItems;
+        # IAM authorises each item as the PutItem / UpdateItem / ConditionCheckItem it is
+        if projected["Effect"] == "Allow" and set(actions) & set(_TRANSACTION_ITEMS):
+            projected["Action"] = [*actions, "dynamodb:TransactWriteItems"]
         services = {str(a).split(":")[0] for a in projected["Action"]}
         if not services <= set(_RESOURCE_CHECKED):
             if projected["Effect"] == "Deny":

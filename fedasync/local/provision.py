@@ -38,7 +38,9 @@ CONTROL_VISIBILITY_S = 6 * 60
 CLIENT_VISIBILITY_S = 5 * 60
 MAX_RECEIVE_COUNT = 5
 DLQ_RETENTION_S = 14 * 24 * 3600
-# moto checks only the shape of a role ARN; real stacks get theirs from CDK.
+# moto checks only the shape of a role ARN; real stacks get theirs from CDK. Its name is
+# the state machine principal's user name (fedasync.local.principals.user_name): moto's
+# engine signs the state machine's calls with that user's key.
 _LOCAL_ROLE_ARN = "arn:aws:iam::123456789012:role/{prefix}-state-machine"
 
 

@@ -210,6 +210,26 @@ def event_source_statements(function: str, arns: StackArns) -> list[Json]:
     raise ValueError(f"no event source for function {function!r}")
 
 
+# --- the state machine -------------------------------------------------------------------
+
+
+def state_machine_statements(actions: set[str], arns: StackArns) -> list[Json]:
+    """The ASL's integrations (`fedasync.policy.asl.required_actions`), each service on
+    the one resource it may touch: SQS the control queue, DynamoDB the table. Any other
+    service fails here until someone decides what it may touch."""
+    scopes = {"sqs": arns.control_queue, "dynamodb": arns.table}
+    grouped: dict[str, list[str]] = {}
+    for action in sorted(actions):
+        service = action.split(":")[0]
+        if service not in scopes:
+            raise ValueError(
+                f"the ASL calls {action}; the state machine role grants only "
+                f"{sorted(scopes)} integrations: add a scoped grant in fedasync/policy/definitions.py"
+            )
+        grouped.setdefault(service, []).append(action)
+    return [_allow(tuple(a), [scopes[service]]) for service, a in grouped.items()]
+
+
 # --- the operator (`fedasync task ...`, `fedasync events ...`) ----------------------------
 
 OPERATOR_TABLE_ACTIONS = (
