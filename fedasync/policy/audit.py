@@ -233,14 +233,16 @@ def _statement_key(statement: Statement) -> str:
 def _generic(resource: str, origin: str) -> str:
     if not origin.startswith(CLIENT_PREFIX):
         return resource
-    client = origin.removeprefix(CLIENT_PREFIX)
-    return resource.replace(f"/{client}/", "/<self>/").replace(f"-{client}", "-<self>")
+    client = re.escape(origin.removeprefix(CLIENT_PREFIX))
+    generic = re.sub(f"/{client}/", "/<self>/", resource)
+    return re.sub(f"-client-{client}(?=$|-dlq$)", "-client-<self>", generic)
 
 
 # Granted for AWS services to act on the role's behalf (Lambda's log delivery, the event
 # source mapping's ListStreams, SNS's use of the topic key, Step Functions' logging and
 # tracing): no request of ours makes them, so the audit cannot see them used.
-SERVICE_ACTIONS = ("logs:*", "xray:*", "kms:*", "dynamodb:ListStreams")
+# s3:ListBucket likewise: S3 consults it to answer a missing key with 404, not 403.
+SERVICE_ACTIONS = ("logs:*", "xray:*", "kms:*", "dynamodb:ListStreams", "s3:ListBucket")
 
 
 def _unused(
