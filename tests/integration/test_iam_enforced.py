@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
+from typer.testing import CliRunner
 
+from fedasync import logs
 from fedasync.aws.session import AwsContext, denial, refusal_message
+from fedasync.cli import app
 from fedasync.core import keys
 from fedasync.local.principals import stack_arns
 from fedasync.local.stack import EmbeddedStack
@@ -30,6 +33,7 @@ SILOS = ("silo-0", "silo-1")
 
 @pytest.fixture(scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedStack]:
+    logs.configure(level="WARNING")  # bind the real stderr before CliRunner swaps it
     spec = StackSpec(prefix="enforced", clients=tuple(ClientSpec(client_id=c) for c in SILOS))
     async with EmbeddedStack(
         spec, enforce_iam=True, aggregate_handler=None, control_handler=None
@@ -154,3 +158,21 @@ async def test_silo0_honest_round_trip_succeeds(stack: EmbeddedStack, stack_conf
     # THEN every step went through, and the object is there, as the server reads it
     stored = await (await admin_s3.get_object(Bucket=bucket, Key=own))["Body"].read()
     assert stored == b"global+silo-0"
+
+
+def test_a_refused_client_run_ends_in_one_error_line(stack_config: Path) -> None:
+    # GIVEN silo-0's stack config entry, pointed at silo-1's queue
+    data = json.loads(stack_config.read_text())
+    other_queue = data["clients"]["silo-1"]["queue_url"]
+    args = ["client", "run", "--task", TASK, "--client-id", "silo-0", "--trainer", "numpy"]
+    args += ["--stack-config", str(stack_config), "--queue-url", other_queue]
+    expect_refused("client:silo-0", "sqs:ReceiveMessage", "*:enforced-client-silo-1")
+    # WHEN it runs THEN it exits 1 with one line naming the principal and the permission
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: client silo-0 may not call ReceiveMessage (missing permission): User: "
+        "arn:aws:iam::123456789012:user/enforced-client-silo-0 is not authorized to "
+        "perform: sqs:ReceiveMessage"
+    )
+    assert "Traceback" not in result.output
