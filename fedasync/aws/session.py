@@ -51,6 +51,15 @@ principal_credentials: contextvars.ContextVar[Credentials | None] = contextvars.
 )
 
 
+_default_credentials: list[Credentials] = []
+
+
+def use_by_default(credentials: Credentials) -> None:
+    """Sign with `credentials` where nothing else is given (no explicit key, none set for
+    the task): the embedded stack's own process signs as its admin under enforcement."""
+    _default_credentials[:] = [credentials]
+
+
 @functools.cache
 def shared_session() -> aioboto3.Session:
     """The process's session: credentials are resolved once, clients share it."""
@@ -72,7 +81,11 @@ class AwsContext:
     ) -> None:
         self.endpoint_url = endpoint_url
         self.region = region
-        self.credentials = credentials or principal_credentials.get()
+        self.credentials = (
+            credentials
+            or principal_credentials.get()
+            or (_default_credentials[0] if _default_credentials else None)
+        )
         self._stack: AsyncExitStack | None = None
         self._clients: dict[str, Any] = {}
 

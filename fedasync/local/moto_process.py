@@ -21,6 +21,7 @@ ADMIN_HEADER = "X-Fedasync-Admin"
 ENV_ADMIN_TOKEN = "FEDASYNC_MOTO_ADMIN_TOKEN"  # noqa: S105 - a variable name
 ENV_AUDIT_LOG = "FEDASYNC_AUDIT_LOG"
 ENV_ENFORCE_IAM = "FEDASYNC_ENFORCE_IAM"
+ENV_ADMIN_KEY = "FEDASYNC_MOTO_ADMIN_KEY"
 ACCOUNT = "123456789012"
 ADMIN_USER = "fedasync-stack-admin"
 ENGINE_USER = "fedasync-stepfunctions-engine"
@@ -114,7 +115,8 @@ class Identities:
     (`/moto-api/reset`, which only the parent may call) drops every user; they come back
     with the same keys."""
 
-    def __init__(self) -> None:
+    def __init__(self, admin: tuple[str, str] | None) -> None:
+        self.admin = admin
         self.keys: dict[str, tuple[str, str]] = {}
 
     def ensure(self) -> None:
@@ -129,8 +131,11 @@ class Identities:
             # of them may; the call audit judges each call by the state machine's role
             backend.put_user_policy(user, "all", _ALL)
             key = backend.create_access_key(user)
-            if user in self.keys:  # after a reset: the same key as before
-                key.access_key_id, key.secret_access_key = self.keys[user]
+            wanted = self.keys.get(user) or (self.admin if user == ADMIN_USER else None)
+            if wanted is not None:  # the parent's admin key; after a reset, the same keys
+                backend.access_keys.pop(key.physical_resource_id, None)
+                key.access_key_id, key.secret_access_key = wanted
+                backend.access_keys[key.physical_resource_id] = key
             self.keys[user] = (key.access_key_id, key.secret_access_key)
 
 
@@ -323,7 +328,8 @@ def main(argv: list[str]) -> int:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     cache_module_list()
-    identities = Identities()
+    given = os.environ.pop(ENV_ADMIN_KEY, "")
+    identities = Identities(tuple(given.split(":", 1)) if ":" in given else None)  # type: ignore[arg-type]
     identities.ensure()
     reuse_step_functions_parts(identities.keys[ENGINE_USER])
     if os.environ.get(ENV_ENFORCE_IAM) == "1":

@@ -9,6 +9,7 @@ each server has its own state, as separate endpoints do.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -20,8 +21,13 @@ from typing import IO, Self
 
 import structlog
 
-from fedasync.aws.session import Credentials
-from fedasync.local.moto_process import ADMIN_HEADER, ENV_ADMIN_TOKEN, ENV_ENFORCE_IAM
+from fedasync.aws.session import Credentials, use_by_default
+from fedasync.local.moto_process import (
+    ADMIN_HEADER,
+    ENV_ADMIN_KEY,
+    ENV_ADMIN_TOKEN,
+    ENV_ENFORCE_IAM,
+)
 
 log = structlog.get_logger()
 
@@ -38,6 +44,14 @@ _STOP_TIMEOUT_S = 10.0
 
 class MotoServerError(RuntimeError):
     """The moto server process did not start, or stopped on its own."""
+
+
+@functools.cache
+def _process_admin() -> Credentials:
+    """One stack-admin key per process, shared by every server it starts: whatever signs
+    from the environment (provisioning, test oracles) then works with each of them.
+    ("AKIARZPUZDIK": how moto's key ids begin in account 123456789012.)"""
+    return Credentials("AKIARZPUZDIK" + secrets.token_hex(4).upper(), secrets.token_urlsafe(30))
 
 
 class LocalMotoServer:
@@ -94,6 +108,9 @@ class LocalMotoServer:
                 "PYTHONUNBUFFERED": "1",
                 ENV_ADMIN_TOKEN: self._admin_token,
                 ENV_ENFORCE_IAM: "1" if self.enforce_iam else "0",
+                ENV_ADMIN_KEY: ":".join(
+                    (_process_admin().access_key_id, _process_admin().secret_access_key)
+                ),
             },
         )
         self._process = process
@@ -105,8 +122,7 @@ class LocalMotoServer:
             if self.enforce_iam and self.admin_credentials is not None:
                 # this process is the stack's own: what signs without a principal's
                 # key (provisioning, test oracles) signs as the admin
-                os.environ["AWS_ACCESS_KEY_ID"] = self.admin_credentials.access_key_id
-                os.environ["AWS_SECRET_ACCESS_KEY"] = self.admin_credentials.secret_access_key
+                use_by_default(self.admin_credentials)
         except BaseException:
             self.stop()
             raise
