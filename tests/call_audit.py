@@ -3,7 +3,8 @@
 Before any test, it points `FEDASYNC_AUDIT_LOG` at a fresh file: every moto server the
 run starts (the session's, a `fedasync local up` subprocess's) appends what each request
 asks IAM for, and every provisioning whose key is whose. At the end of the run it
-synthesizes the CDK template once (with every client id the run used), judges every
+synthesizes the CDK template once (two stand-in clients: every client is judged as
+"itself", every other client of its stack as "another"), judges every
 call of a stack principal by that principal's policies, prints the actions each
 principal used, the refusals and the grants no call used, and fails the run on a
 refusal. `--call-audit=off` (or FEDASYNC_CALL_AUDIT=off) turns it off.
@@ -62,6 +63,7 @@ def expect_refused(principal: str, action: str, resource: str) -> None:
 
 
 def _statements(client_ids: list[str]) -> Any:
+    """The template's statements per principal, its clients the audit's stand-ins."""
     from tests.cdk.support import require_cdk
 
     try:
@@ -97,21 +99,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = _STATE.get("path")
     if path is None:
         return
-    from fedasync.policy.audit import audit, client_ids, read_lines, render
+    from fedasync.policy.audit import TemplateClients, audit, read_lines, render
 
     lines = read_lines(path)
     if not any(line.get("type") == "principal" for line in lines):
         _STATE["summary"] = ["call audit: no embedded stack ran; nothing to judge"]
         return
     try:
-        statements = _statements(client_ids(lines))
+        stand_ins = TemplateClients()
+        statements = _statements([stand_ins.me, stand_ins.other])
     except Exception as error:  # say so loudly: an unjudged run is no evidence
         _STATE["summary"] = [
             "CALL AUDIT NOT DONE: " + str(error),
             f"  {sum(1 for x in lines if x.get('type') == 'call')} recorded calls were not judged",
         ]
         return
-    report = audit(lines, statements, TEMPLATE_PREFIX)
+    report = audit(lines, statements, TEMPLATE_PREFIX, stand_ins)
     _STATE["summary"] = [*render(report), f"(recorded in {path})"]
     if not report.ok:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -121,12 +121,35 @@ def _resource(call: Mapping[str, Any], owner: Owner, template_prefix: str) -> st
     return to_template(resource, owner, template_prefix)
 
 
+@dataclass(frozen=True)
+class TemplateClients:
+    """The template's two stand-in clients: every client is judged as `me` (its own id
+    renamed so in the resources it names), any other client of its stack as `other`.
+    Client roles differ only by the id, and one template per run with every client id
+    a run uses would pass CloudFormation's 500-resource limit."""
+
+    me: str = "audit-self"
+    other: str = "audit-other"
+
+
+def rename_clients(
+    resource: str, me: str | None, clients: Iterable[str], to: TemplateClients
+) -> str:
+    for client in sorted(clients, key=len, reverse=True):
+        stand_in = to.me if client == me else to.other
+        c = re.escape(client)
+        resource = re.sub(f"/local/{c}/", f"/local/{stand_in}/", resource)
+        resource = re.sub(f"-client-{c}(?=$|-dlq$)", f"-client-{stand_in}", resource)
+    return resource
+
+
 def audit(
     lines: Iterable[Mapping[str, Any]],
     statements: Mapping[str, tuple[Statement, ...]],
     template_prefix: str,
+    stand_ins: TemplateClients | None = None,
 ) -> AuditReport:
-    auditor = _Auditor(statements, template_prefix)
+    auditor = _Auditor(statements, template_prefix, stand_ins)
     for line in lines:
         auditor.read(line)
     auditor.report.unused = _unused(statements, auditor.used_statements)
@@ -135,9 +158,14 @@ def audit(
 
 class _Auditor:
     def __init__(
-        self, statements: Mapping[str, tuple[Statement, ...]], template_prefix: str
+        self,
+        statements: Mapping[str, tuple[Statement, ...]],
+        template_prefix: str,
+        stand_ins: TemplateClients | None,
     ) -> None:
         self.statements, self.template_prefix = statements, template_prefix
+        self.stand_ins = stand_ins
+        self.stack_clients: dict[str, set[str]] = defaultdict(set)  # prefix -> client ids
         self.report = AuditReport()
         self.owners: dict[str, Owner] = {}
         self.expected: list[tuple[str, str, str]] = []
@@ -152,6 +180,9 @@ class _Auditor:
             self.owners[line["access_key"]] = Owner(
                 line["principal"], line["prefix"], line["region"]
             )
+            if str(line["principal"]).startswith(CLIENT_PREFIX):
+                client = str(line["principal"]).removeprefix(CLIENT_PREFIX)
+                self.stack_clients[line["prefix"]].add(client)
         elif kind_ == "engine":
             self.engine_keys.add(str(line["access_key"]))
         elif kind_ == "test":
@@ -175,11 +206,25 @@ class _Auditor:
                 return True
         return False
 
+    def _as_template(self, call: Mapping[str, Any], owner: Owner) -> tuple[str, str]:
+        """The principal whose template statements judge the call, and the resource."""
+        resource = _resource(call, owner, self.template_prefix)
+        if self.stand_ins is None:
+            return owner.principal, resource
+        me = (
+            owner.principal.removeprefix(CLIENT_PREFIX)
+            if kind(owner.principal) == "client"
+            else None
+        )
+        resource = rename_clients(resource, me, self.stack_clients[owner.prefix], self.stand_ins)
+        judged = CLIENT_PREFIX + self.stand_ins.me if me is not None else owner.principal
+        return judged, resource
+
     def _judge(self, call: Mapping[str, Any], owner: Owner) -> None:
         principal, action = owner.principal, str(call["action"])
-        resource = _resource(call, owner, self.template_prefix)
+        judged, resource = self._as_template(call, owner)
         request = Request(principal, action, resource, call.get("context") or {})
-        decision = evaluate(self.statements.get(principal, ()), request)
+        decision = evaluate(self.statements.get(judged, ()), request)
         is_expected = self._expected(principal, action, str(call["resource"]))
         report = self.report
         if decision.allowed:
@@ -194,7 +239,7 @@ class _Auditor:
         if is_expected:
             report.expected_refusals += 1
             return
-        reason = _reason(principal, self.statements, decision)
+        reason = _reason(judged, self.statements, decision)
         key = (kind(principal), action, _shape(resource, owner), reason)
         refusal = report.refusals.get(key)
         if refusal is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedasync.policy.audit import audit, render
+from fedasync.policy.audit import TemplateClients, audit, rename_clients, render
 from fedasync.policy.evaluate import Statement
 
 TABLE = "arn:aws:dynamodb:us-east-1:123456789012:table/{}-table"
@@ -122,3 +122,50 @@ def test_a_principal_without_a_policy_in_the_template_is_refused_everything() ->
     )
     (refusal,) = report.refusals.values()
     assert "no policy for principal 'operator'" in refusal.reason
+
+
+def test_clients_are_judged_as_the_templates_stand_ins() -> None:
+    # GIVEN a template with two stand-in clients, 'audit-self' and 'audit-other'
+    stand_ins = TemplateClients()
+    queue = QUEUE.format("fedasync", "audit-self")
+    silo = (
+        Statement.from_json({"Effect": "Allow", "Action": "sqs:ReceiveMessage", "Resource": queue}),
+        Statement.from_json(
+            {
+                "Effect": "Allow",
+                "Action": "s3:PutObject",
+                "Resource": "arn:aws:s3:::fedasync-models/*/local/audit-self/*",
+            }
+        ),
+    )
+    template = {"client:audit-self": silo}
+    other = {
+        "type": "principal",
+        "access_key": "K1",
+        "principal": "client:silo-1",
+        "prefix": "t123",
+        "region": "us-east-1",
+    }
+    # WHEN silo-0 uses its own queue and prefix THEN allowed; silo-1's THEN refused
+    own = [
+        call("sqs:ReceiveMessage", QUEUE.format("t123", "silo-0")),
+        call("s3:PutObject", "arn:aws:s3:::t123-models/d/local/silo-0/1.safetensors"),
+    ]
+    assert audit([other, *lines(*own)], template, "fedasync", stand_ins).ok
+    theirs = call("s3:PutObject", "arn:aws:s3:::t123-models/d/local/silo-1/1.safetensors")
+    report = audit([other, *lines(theirs)], template, "fedasync", stand_ins)
+    (refusal,) = report.refusals.values()
+    assert refusal.principal == "client:silo-0"
+    assert refusal.resource == "arn:aws:s3:::fedasync-models/d/local/audit-other/1.safetensors"
+
+
+def test_renaming_touches_whole_client_ids_only() -> None:
+    to = TemplateClients()
+    renamed = rename_clients(QUEUE.format("p", "c"), "c", ["c", "cc"], to)
+    assert renamed == QUEUE.format("p", "audit-self")
+    assert rename_clients(QUEUE.format("p", "cc") + "-dlq", "c", ["c", "cc"], to) == (
+        QUEUE.format("p", "audit-other") + "-dlq"
+    )
+    assert rename_clients("arn:aws:s3:::b/t/local/cc/x", "c", ["c", "cc"], to).endswith(
+        "/local/audit-other/x"
+    )
