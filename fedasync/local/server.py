@@ -65,10 +65,10 @@ class LocalMotoServer:
         self, host: str = "127.0.0.1", port: int = 0, *, enforce_iam: bool | None = None
     ) -> None:
         """`enforce_iam`: moto's IAM access control on (every request signed by a known
-        key, allowed by its principal's policies); None: `FEDASYNC_ENFORCE_IAM=1`."""
+        key, allowed by its principal's policies); None: on unless `FEDASYNC_ENFORCE_IAM=0`."""
         self._host = host
         self.enforce_iam = (
-            os.environ.get(ENV_ENFORCE_IAM) == "1" if enforce_iam is None else enforce_iam
+            os.environ.get(ENV_ENFORCE_IAM, "1") != "0" if enforce_iam is None else enforce_iam
         )
         # The stack admin's key (provisioning, test oracles): only this process holds it.
         self.admin_credentials: Credentials | None = None
