@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from fedasync.local.moto_process import ENV_AUDIT_LOG
+from fedasync.local.moto_iam import ENV_AUDIT_LOG
 
 TEMPLATE_PREFIX = "fedasync"
 _STATE: dict[str, Any] = {}

@@ -19,7 +19,7 @@ import structlog
 from botocore.exceptions import ClientError
 
 from fedasync.aws.session import AwsContext, Credentials
-from fedasync.local.moto_process import ACCOUNT, ENV_AUDIT_LOG
+from fedasync.local.moto_iam import ACCOUNT, ENV_AUDIT_LOG
 from fedasync.policy import definitions
 from fedasync.policy.asl import required_actions
 from fedasync.policy.definitions import Json, StackArns

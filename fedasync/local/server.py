@@ -22,7 +22,7 @@ from typing import IO, Self
 import structlog
 
 from fedasync.aws.session import Credentials, use_by_default
-from fedasync.local.moto_process import (
+from fedasync.local.moto_iam import (
     ADMIN_HEADER,
     ENV_ADMIN_KEY,
     ENV_ADMIN_TOKEN,
