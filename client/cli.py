@@ -1,7 +1,8 @@
 """`fedasync client run`: one silo, configured by flags or environment variables.
 
-Credentials come only from the standard AWS chain (environment, profile, instance or
-task role); nothing here reads or accepts a secret.
+Credentials come from the standard AWS chain (environment, profile, instance or task
+role), or, with `--stack-config`, from the silo's own entry in the stack config that
+`fedasync local up` writes (its queue URL and access key). No flag takes a secret.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from botocore.exceptions import ClientError
 
 from client.config import ClientConfig
 from client.data import DEFAULT_EVAL_FRACTION, Dataset, hold_out, load_data
@@ -20,7 +22,8 @@ from client.run import run_client
 from client.signals import install_stop_handlers
 from client.state import ClientReport
 from client.trainers import DEFAULT_TRAINER, TRAINERS, Trainer, get_trainer
-from fedasync import logs
+from fedasync import logs, taskctl
+from fedasync.aws.session import refusal_message
 from fedasync.core.errors import FedAsyncError
 from fedasync.resources import ENV_BUCKET, ENV_ENDPOINT_URL, ENV_TABLE
 
@@ -93,19 +96,27 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
     ] = 60,
     part_size_mb: Annotated[int, typer.Option(help="Multipart upload part size (>= 5).")] = 8,
     work_dir: Annotated[Path | None, typer.Option(help="Where models are staged.")] = None,
+    stack_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--stack-config",
+            envvar="FEDASYNC_STACK_CONFIG",
+            help="The stack JSON `local up` wrote: the endpoint, names, and this silo's "
+            "queue URL and access key.",
+        ),
+    ] = None,
 ) -> None:
     """Run one silo until the task ends or SIGINT/SIGTERM (twice: at once)."""
     logs.configure()
     try:
+        given = {"endpoint_url": endpoint, "queue_url": queue_url, "bucket": bucket, "table": table}
+        located = _from_stack_config(stack_config, client_id, given)
         cfg = ClientConfig(
             task_name=task,
             client_id=client_id,
-            endpoint_url=endpoint,
             region=region,
             prefix=prefix,
-            queue_url=queue_url,
-            bucket=bucket,
-            table=table,
+            **located,
             epochs=epochs,
             seed=seed,
             heartbeat_interval_s=heartbeat_interval,
@@ -119,10 +130,51 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
     except (FedAsyncError, ValueError, ImportError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    except (ClientError, ExceptionGroup) as exc:
+        refused = _client_error(exc)
+        if refused is None:
+            raise
+        typer.echo(f"error: {refusal_message(refused, f'client {client_id}')}", err=True)
+        raise typer.Exit(1) from exc
     typer.echo(
         f"client {report.client_id!r}, task {report.task_name!r}: {report.outcome}; "
         f"{len(report.updates)} update(s) uploaded, {report.superseded} notice(s) superseded"
     )
+
+
+def _client_error(exc: BaseException) -> ClientError | None:
+    """The AWS error behind a failed run (the run's task group wraps it)."""
+    if isinstance(exc, ClientError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _client_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _from_stack_config(
+    path: Path | None, client_id: str, given: dict[str, str | None]
+) -> dict[str, object]:
+    """Flags win; the stack config fills what they leave out, and gives the key."""
+    if path is None:
+        return dict(given)
+    stack = taskctl.StackConfig.load(path, given["endpoint_url"], None)
+    out: dict[str, object] = {
+        "endpoint_url": stack.endpoint_url,
+        "bucket": given["bucket"] or stack.bucket,
+        "table": given["table"] or stack.table,
+        "queue_url": given["queue_url"] or stack.client_queue_urls.get(client_id),
+    }
+    access = stack.clients.get(client_id)
+    if stack.clients and access is None:
+        raise ValueError(f"stack config {str(path)!r} has no entry for client {client_id!r}")
+    if access is not None:
+        out["queue_url"] = given["queue_url"] or access.queue_url
+        out["aws_access_key_id"] = access.aws_access_key_id
+        out["aws_secret_access_key"] = access.aws_secret_access_key
+    return out
 
 
 async def _main(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from fedasync.core.config import CLIENT_ID_PATTERN, DEFAULT_MAX_MODEL_BYTES, TASK_NAME_PATTERN
 from fedasync.resources import StackSpec
@@ -27,6 +27,10 @@ class ClientConfig(BaseModel):
     queue_url: str | None = None
     bucket: str | None = None
     table: str | None = None
+    # the silo's own access key (the embedded stack's stack config carries one per
+    # client); None: the default credential chain (an assumed client role on AWS)
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
     # pacing
     heartbeat_interval_s: float = Field(default=10.0, gt=0.0)
     heartbeat_ttl_s: int | None = Field(default=None, ge=1)

@@ -16,6 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from client.inbox import Offer
 from client.state import RunState
 from fedasync.aws.queues import ReceivedMessage
+from fedasync.aws.session import denial
 from fedasync.core.errors import SchemaError
 from fedasync.core.messages import GlobalModelNotice
 
@@ -30,6 +31,10 @@ async def poll_loop(state: RunState) -> None:
         try:
             messages = await state.ports.receive()
         except (ClientError, BotoCoreError, OSError) as exc:
+            if isinstance(exc, ClientError) and denial(exc) is not None:
+                # a refusal does not heal by waiting: end the run, saying what was refused
+                log.error("client.refused", operation=exc.operation_name, reason=denial(exc))
+                raise
             failures += 1
             delay = min(_MAX_BACKOFF_S, 0.5 * 2**failures)
             log.warning("client.poll_failed", error=str(exc), retry_in_s=delay)

@@ -26,7 +26,7 @@ from client.progress import DISABLED, Progress
 from client.state import ClientReport, RunState
 from client.trainers.base import Trainer
 from client.worker import trainer_loop, uploader_loop
-from fedasync.aws.session import AwsContext
+from fedasync.aws.session import AwsContext, Credentials
 
 log = structlog.get_logger()
 
@@ -43,7 +43,7 @@ async def run_client(
 ) -> ClientReport:
     """Run one silo until its task ends or `stop_event` is set; report what it did."""
     with bound_contextvars(task_name=cfg.task_name, client_id=cfg.client_id):
-        async with AwsContext(cfg.endpoint_url, cfg.region) as aws:
+        async with AwsContext(cfg.endpoint_url, cfg.region, _credentials(cfg)) as aws:
             bound = ports or await AwsClientPorts.open(aws, cfg)
             with _workdir(cfg.work_dir) as workdir, progress or DISABLED as shown:
                 state = RunState(cfg, bound, trainer, data, workdir, shown, eval_data)
@@ -65,6 +65,12 @@ async def run_client(
                     updates=len(state.report.updates),
                 )
                 return state.report
+
+
+def _credentials(cfg: ClientConfig) -> Credentials | None:
+    if cfg.aws_access_key_id is None or cfg.aws_secret_access_key is None:
+        return None
+    return Credentials(cfg.aws_access_key_id, cfg.aws_secret_access_key.get_secret_value())
 
 
 async def _run(state: RunState, stop_event: asyncio.Event) -> None:

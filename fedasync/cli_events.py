@@ -48,7 +48,8 @@ async def _export(
     from fedasync.events import export_ledger, export_objects, write_ledger
     from fedasync.server.store import ServerStore, Where
 
-    async with AwsContext(stack.endpoint_url, stack.region) as aws:
+    operator = stack.operator.credentials() if stack.operator is not None else None
+    async with AwsContext(stack.endpoint_url, stack.region, operator) as aws:
         store = ServerStore(aws, Where(table=table, bucket=bucket, topic_arn=""))
         events = await export_ledger(store, name)
         write_ledger(events, out)

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedasync import logs, taskctl
-from fedasync.aws.session import AwsContext
+from fedasync.aws.session import AwsContext, refusal_message
 from fedasync.core import codec
 from fedasync.core.codec import Weights
 from fedasync.core.config import TaskConfig
@@ -69,7 +69,8 @@ def _run(stack: taskctl.StackConfig, work: Callable[[AwsContext], Awaitable[T]])
     """Run one operation on an `AwsContext`; known failures become `error:` and exit 1."""
 
     async def main() -> T:
-        async with AwsContext(stack.endpoint_url, stack.region) as aws:
+        operator = stack.operator.credentials() if stack.operator is not None else None
+        async with AwsContext(stack.endpoint_url, stack.region, operator) as aws:
             return await work(aws)
 
     try:
@@ -77,7 +78,7 @@ def _run(stack: taskctl.StackConfig, work: Callable[[AwsContext], Awaitable[T]])
     except FedAsyncError as exc:
         raise _fail(exc.message) from exc
     except ClientError as exc:
-        raise _fail(f"AWS refused the call: {exc}") from exc
+        raise _fail(refusal_message(exc, "operator" if stack.operator else None)) from exc
     except BotoCoreError as exc:
         where = stack.endpoint_url or f"AWS ({stack.region})"
         raise _fail(f"cannot reach {where}: {exc}") from exc

@@ -291,6 +291,17 @@ def _silo_trainer(trainer: Trainer, opts: DemoOptions, index: int) -> Trainer:
     )
 
 
+def _client_keys(e: Any, client_id: str) -> dict[str, Any]:
+    """The silo's own access key, when the stack gave it one."""
+    credentials = e.principals.get(f"client:{client_id}")
+    if credentials is None:
+        return {}
+    return {
+        "aws_access_key_id": credentials.access_key_id,
+        "aws_secret_access_key": credentials.secret_access_key,
+    }
+
+
 def _client_config(opts: DemoOptions, cfg: TaskConfig, e: Any, index: int) -> ClientConfig:
     client_id = cfg.clients[index]
     return ClientConfig(
@@ -301,6 +312,7 @@ def _client_config(opts: DemoOptions, cfg: TaskConfig, e: Any, index: int) -> Cl
         queue_url=e.client_queue_urls[client_id],
         bucket=e.bucket,
         table=e.table,
+        **_client_keys(e, client_id),
         heartbeat_interval_s=5.0,
         visibility_timeout_s=60,
         wait_time_s=1,

@@ -36,7 +36,7 @@ import structlog
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedasync.aws.session import AwsContext, error_code
+from fedasync.aws.session import AwsContext, Credentials, error_code
 from fedasync.core import keys
 from fedasync.core.codec import Array
 from fedasync.core.config import TaskConfig
@@ -59,6 +59,22 @@ STOPPED_REASON = "stopped"
 _POLL_S = 0.2
 
 
+class PrincipalKeys(BaseModel):
+    """One principal's own access key (the embedded stack gives each principal one)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    aws_access_key_id: str
+    aws_secret_access_key: str = Field(repr=False)
+
+    def credentials(self) -> Credentials:
+        return Credentials(self.aws_access_key_id, self.aws_secret_access_key)
+
+
+class ClientAccess(PrincipalKeys):
+    queue_url: str
+
+
 class StackConfig(BaseModel):
     """Where one deployment's resources are (the JSON `--stack-config` reads and writes)."""
 
@@ -74,6 +90,9 @@ class StackConfig(BaseModel):
     state_machine_arn: str | None = None
     state_machine_name: str | None = None
     client_queue_urls: dict[str, str] = Field(default_factory=dict)
+    # what `local up` writes: each silo's queue and key, the operator's key
+    clients: dict[str, ClientAccess] = Field(default_factory=dict)
+    operator: PrincipalKeys | None = None
 
     @classmethod
     def from_prefix(cls, prefix: str, endpoint_url: str | None, region: str) -> StackConfig:
@@ -100,6 +119,18 @@ class StackConfig(BaseModel):
             topic_shards=endpoints.topic_shards,
             state_machine_arn=endpoints.state_machine_arn,
             client_queue_urls=endpoints.client_queue_urls,
+            clients={
+                client_id: ClientAccess(
+                    queue_url=url, **_keys(endpoints.principals.get(f"client:{client_id}"))
+                )
+                for client_id, url in endpoints.client_queue_urls.items()
+                if f"client:{client_id}" in endpoints.principals
+            },
+            operator=(
+                PrincipalKeys(**_keys(endpoints.principals["operator"]))
+                if "operator" in endpoints.principals
+                else None
+            ),
         )
 
     @classmethod
@@ -119,6 +150,15 @@ class StackConfig(BaseModel):
             return cls.model_validate(data)
         except ValueError as exc:
             raise ConfigError(f"stack config {str(path)!r} is invalid: {exc}") from exc
+
+
+def _keys(credentials: Credentials | None) -> dict[str, str]:
+    if credentials is None:
+        return {}
+    return {
+        "aws_access_key_id": credentials.access_key_id,
+        "aws_secret_access_key": credentials.secret_access_key,
+    }
 
 
 def _from_cdk_outputs(data: dict[str, Any]) -> dict[str, Any]:

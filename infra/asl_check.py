@@ -23,11 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fedasync.policy.asl import iter_states, required_actions
+from fedasync.policy.asl import sub_machines as _sub_machines
+
 WAIT_FOR_TOKEN = ".waitForTaskToken"  # noqa: S105 - an ASL resource suffix, not a secret
 _TERMINAL_TYPES = frozenset({"Succeed", "Fail", "Choice"})
-_INTEGRATION_PREFIX = "arn:aws:states:::"
-# Optimised integrations whose IAM action is not just the API name capitalised.
-_SPECIAL_ACTIONS = {"lambda:invoke": "lambda:InvokeFunction"}
+
+__all__ = ["check_asl", "iter_states", "required_actions"]
 
 
 def _targets(state: dict[str, Any]) -> Iterator[tuple[str, Any]]:
@@ -42,14 +44,6 @@ def _targets(state: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     for i, catch in enumerate(state.get("Catch") or []):
         if isinstance(catch, dict):
             yield f"Catch[{i}].Next", catch.get("Next")
-
-
-def _sub_machines(state: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    for i, branch in enumerate(state.get("Branches") or []):
-        yield f"Branches[{i}]", branch
-    for key in ("ItemProcessor", "Iterator"):
-        if isinstance(state.get(key), dict):
-            yield key, state[key]
 
 
 def _check_task(where: str, state: dict[str, Any]) -> list[str]:
@@ -109,31 +103,6 @@ def _check_machine(machine: Any, scope: str) -> list[str]:
 def check_asl(definition: dict[str, Any]) -> list[str]:
     """Every structural problem of an ASL definition (empty when it is sound)."""
     return _check_machine(definition, "")
-
-
-def iter_states(machine: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for state in (machine.get("States") or {}).values():
-        if isinstance(state, dict):
-            yield state
-            for _, sub in _sub_machines(state):
-                yield from iter_states(sub)
-
-
-def required_actions(definition: dict[str, Any]) -> set[str]:
-    """IAM actions behind the definition's `arn:aws:states:::service:api[.pattern]` tasks."""
-    actions = set()
-    for state in iter_states(definition):
-        resource = state.get("Resource")
-        if state.get("Type") != "Task" or not isinstance(resource, str):
-            continue
-        if not resource.startswith(_INTEGRATION_PREFIX):
-            continue
-        integration = resource.removeprefix(_INTEGRATION_PREFIX).removeprefix("aws-sdk:")
-        service, _, api = integration.partition(":")
-        api = api.split(".")[0]
-        key = f"{service}:{api}"
-        actions.add(_SPECIAL_ACTIONS.get(key, f"{service}:{api[:1].upper()}{api[1:]}"))
-    return actions
 
 
 def main(argv: list[str]) -> int:

@@ -42,46 +42,22 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from fedasync.core.messages import Heartbeat, UpdateRecord
-from fedasync.resources import (
-    TABLE_PARTITION_KEY,
-    TABLE_SORT_KEY,
-    TTL_ATTRIBUTE,
-    ClientSpec,
+from fedasync.policy import definitions
+from fedasync.policy.definitions import (
+    CLIENT_ITEM_ATTRIBUTES,
+    DEEPER_THAN_GLOBAL,
+    DEEPER_THAN_LOCAL,
+    StackArns,
 )
+from fedasync.resources import ClientSpec
 from infra.config import LOCAL_UPDATE_TAG_KEY
 from infra.messaging import ClientQueue
 from infra.nag import acknowledge_wildcard_resource
 
-QUEUE_ACTIONS = (
-    "sqs:GetQueueUrl",  # a silo started without --queue-url finds its queue by name
-    "sqs:ReceiveMessage",
-    "sqs:DeleteMessage",
-    "sqs:ChangeMessageVisibility",
-    "sqs:GetQueueAttributes",
-)
-# s3:PutObject authorises PutObject, CreateMultipartUpload, UploadPart and
-# CompleteMultipartUpload alike.
-UPLOAD_ACTIONS = ("s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts")
-TAG_ACTIONS = ("s3:PutObjectTagging",)
-DOWNLOAD_ACTIONS = ("s3:GetObject",)
-TABLE_WRITE_ACTIONS = ("dynamodb:PutItem",)
-TABLE_CHECK_ACTIONS = ("dynamodb:GetItem",)
+__all__ = ["CLIENT_ITEM_ATTRIBUTES", "DEEPER_THAN_GLOBAL", "DEEPER_THAN_LOCAL", "ClientRoles"]
 
-# Attribute names a client's items may carry: the wire models' fields plus the keys.
-CLIENT_ITEM_ATTRIBUTES = tuple(
-    sorted(
-        {TABLE_PARTITION_KEY, TABLE_SORT_KEY, TTL_ATTRIBUTE}
-        | set(UpdateRecord.model_fields)
-        | set(Heartbeat.model_fields)
-    )
-)
-
-# IAM's `*` matches '/', so these patterns catch keys with more segments than the
-# layout has: local objects are `{task}/local/{client}/{file}` (3 slashes), readable
-# objects `{task}/global/{file}` or `{task}/final.safetensors` (at most 2).
-DEEPER_THAN_LOCAL = "*/*/*/*/*"
-DEEPER_THAN_GLOBAL = "*/*/*/*"
+if LOCAL_UPDATE_TAG_KEY != definitions.LOCAL_UPDATE_TAG_KEY:  # one tag, two homes
+    raise ValueError("infra.config.LOCAL_UPDATE_TAG_KEY differs from fedasync.policy's")
 
 
 @dataclass(frozen=True)
@@ -91,77 +67,26 @@ class ClientAccess:
 
 
 def local_objects(bucket: s3.IBucket, client_id: str) -> str:
-    return bucket.arn_for_objects(f"*/local/{client_id}/*")
+    return definitions.local_objects(bucket.bucket_arn, client_id)
 
 
 def client_policy(
     client_id: str, queue: ClientQueue, bucket: s3.IBucket, table: dynamodb.ITable
 ) -> iam.PolicyDocument:
-    own_local = local_objects(bucket, client_id)
+    """`fedasync.policy.definitions.client_statements`, with this stack's ARNs."""
+    arns = StackArns(
+        table=table.table_arn,
+        stream="",
+        bucket=bucket.bucket_arn,
+        topic="",
+        control_queue="",
+        aggregate_failures="",
+        state_machine="",
+    )
     return iam.PolicyDocument(
         statements=[
-            iam.PolicyStatement(
-                sid="ReceiveOwnNotices",
-                actions=list(QUEUE_ACTIONS),
-                resources=[queue.queue.queue_arn],
-            ),
-            iam.PolicyStatement(
-                sid="UploadOwnLocalModels", actions=list(UPLOAD_ACTIONS), resources=[own_local]
-            ),
-            iam.PolicyStatement(
-                sid="TagOwnLocalModelsForExpiry",
-                actions=list(TAG_ACTIONS),
-                resources=[own_local],
-                conditions={
-                    "ForAllValues:StringEquals": {"s3:RequestObjectTagKeys": [LOCAL_UPDATE_TAG_KEY]}
-                },
-            ),
-            iam.PolicyStatement(
-                sid="DenyWritesOutsideTheKeyLayout",
-                effect=iam.Effect.DENY,
-                actions=[*UPLOAD_ACTIONS, *TAG_ACTIONS],
-                resources=[bucket.arn_for_objects(DEEPER_THAN_LOCAL)],
-            ),
-            iam.PolicyStatement(
-                sid="DownloadGlobalModels",
-                actions=list(DOWNLOAD_ACTIONS),
-                resources=[
-                    bucket.arn_for_objects("*/global/*"),
-                    bucket.arn_for_objects("*/final.safetensors"),
-                ],
-            ),
-            iam.PolicyStatement(
-                sid="DenyReadsOutsideTheKeyLayout",
-                effect=iam.Effect.DENY,
-                actions=list(DOWNLOAD_ACTIONS),
-                resources=[bucket.arn_for_objects(DEEPER_THAN_GLOBAL)],
-            ),
-            iam.PolicyStatement(
-                sid="WriteRecords",
-                actions=list(TABLE_WRITE_ACTIONS),
-                resources=[table.table_arn],
-                conditions={
-                    "ForAllValues:StringEquals": {
-                        "dynamodb:Attributes": list(CLIENT_ITEM_ATTRIBUTES)
-                    },
-                    "StringEqualsIfExists": {"dynamodb:ReturnValues": "NONE"},
-                },
-            ),
-            # The client asks "is my update already recorded?" before training again. It
-            # may learn that a key exists, never what an item holds: the request must
-            # name its projection (Null: false), and project only the key.
-            iam.PolicyStatement(
-                sid="CheckRecordExists",
-                actions=list(TABLE_CHECK_ACTIONS),
-                resources=[table.table_arn],
-                conditions={
-                    "Null": {"dynamodb:Attributes": "false"},
-                    "ForAllValues:StringEquals": {
-                        "dynamodb:Attributes": [TABLE_PARTITION_KEY, TABLE_SORT_KEY]
-                    },
-                    "StringEqualsIfExists": {"dynamodb:Select": "SPECIFIC_ATTRIBUTES"},
-                },
-            ),
+            iam.PolicyStatement.from_json(statement)
+            for statement in definitions.client_statements(client_id, queue.queue.queue_arn, arns)
         ]
     )
 

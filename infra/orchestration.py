@@ -19,6 +19,7 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from fedasync.policy import definitions
 from fedasync.resources import ASL_PLACEHOLDERS, StackSpec, substitute_asl
 from infra.asl_check import required_actions
 from infra.nag import acknowledge
@@ -77,11 +78,18 @@ class Orchestration(Construct):
             assumed_by=iam.ServicePrincipal("states.amazonaws.com"),
             description=f"{spec.state_machine_name}: the SDK integrations its ASL calls",
         )
-        scopes = {"sqs": control_queue.queue_arn, "dynamodb": table.table_arn}
-        for service, actions in actions_by_service(parse_definition(definition)).items():
-            self.role.add_to_policy(
-                iam.PolicyStatement(actions=actions, resources=[scopes[service]])
-            )
+        arns = definitions.StackArns(
+            table=table.table_arn,
+            stream="",
+            bucket="",
+            topic="",
+            control_queue=control_queue.queue_arn,
+            aggregate_failures="",
+            state_machine="",
+        )
+        actions = required_actions(parse_definition(definition))
+        for statement in definitions.state_machine_statements(actions, arns):
+            self.role.add_to_policy(iam.PolicyStatement.from_json(statement))
         self.state_machine = sfn.StateMachine(
             self,
             "StateMachine",

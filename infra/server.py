@@ -22,6 +22,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from fedasync.policy import definitions
 from fedasync.resources import (
     AGGREGATE_HANDLER,
     AGGREGATE_STREAM_FILTER,
@@ -48,21 +49,10 @@ AGGREGATE_TIMEOUT = Duration.minutes(10)
 STREAM_BATCH_SIZE = 10
 STREAM_RETRIES = 5
 
-# TransactWriteItems is not an IAM action: each item of a transaction is authorised as
-# the PutItem / UpdateItem / ConditionCheckItem it contains.
-TABLE_ACTIONS = (
-    "dynamodb:GetItem",
-    "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
-    "dynamodb:Query",
-    "dynamodb:ConditionCheckItem",
-)
-OBJECT_ACTIONS = (
-    "s3:GetObject",
-    "s3:PutObject",
-    "s3:AbortMultipartUpload",
-    "s3:ListMultipartUploadParts",
-)
+# The explicit grants (table, bucket, topic, task callbacks) are
+# `fedasync.policy.definitions.server_statements`; the embedded stack grants the same.
+TABLE_ACTIONS = definitions.TABLE_ACTIONS
+OBJECT_ACTIONS = definitions.OBJECT_ACTIONS
 
 
 def lambda_code(scope: Construct, bundle_dir: Path) -> lambda_.Code:
@@ -164,9 +154,12 @@ class ServerFunctions(Construct):
             resource_name=f"{machine.resource_name}:*",
             arn_format=ArnFormat.COLON_RESOURCE_NAME,
         )
-        role.add_to_policy(
-            iam.PolicyStatement(actions=["states:GetExecutionHistory"], resources=[executions])
-        )
+        arns = definitions.StackArns(
+            table="", stream="", bucket="", topic="", control_queue="",
+            aggregate_failures="", state_machine="", executions=executions,
+        )  # fmt: skip
+        for statement in definitions.control_statements(arns):
+            role.add_to_policy(iam.PolicyStatement.from_json(statement))
         acknowledge_wildcard_resource(
             role,
             executions,
@@ -226,19 +219,20 @@ class ServerFunctions(Construct):
 
     def _grant_server_access(self, role: iam.Role) -> None:
         objects = self._bucket.arn_for_objects("*")
-        role.add_to_policy(
-            iam.PolicyStatement(actions=list(TABLE_ACTIONS), resources=[self._table.table_arn])
+        arns = definitions.StackArns(
+            table=self._table.table_arn,
+            stream=self._table.table_stream_arn or "",
+            bucket=self._bucket.bucket_arn,
+            topic=self._messaging.topic.topic_arn,
+            topics=tuple(t.topic_arn for t in self._messaging.topics),
+            control_queue=self._messaging.control_queue.queue_arn,
+            aggregate_failures=self._messaging.aggregate_failures.queue_arn,
+            state_machine=self._state_machine.state_machine_arn,
         )
-        role.add_to_policy(iam.PolicyStatement(actions=list(OBJECT_ACTIONS), resources=[objects]))
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["sns:Publish"], resources=[t.topic_arn for t in self._messaging.topics]
-            )
-        )
+        for statement in definitions.server_statements(arns):
+            role.add_to_policy(iam.PolicyStatement.from_json(statement))
         # Publishing to a KMS-encrypted topic needs the topic key, and only that key.
         self._messaging.topic_key.grant(role, "kms:GenerateDataKey", "kms:Decrypt")
-        # SendTask* are authorised against the state machine's ARN (CDK's grant does that).
-        self._state_machine.grant_task_response(role)
         acknowledge_wildcard_resource(
             role,
             objects,

@@ -18,6 +18,7 @@ from infra.bundle import BUNDLE_DIR
 from infra.client_access import ClientRoles
 from infra.config import DeploymentConfig
 from infra.messaging import Messaging
+from infra.operator_access import OperatorAccess
 from infra.orchestration import Orchestration
 from infra.server import CONTROL_QUEUE_VISIBILITY, ServerFunctions, lambda_code
 from infra.storage import Storage
@@ -31,6 +32,7 @@ OUTPUT_TOPIC = "TopicArn"
 OUTPUT_TOPIC_SHARDS = "TopicShards"
 OUTPUT_CONTROL_QUEUE = "ControlQueueUrl"
 OUTPUT_STATE_MACHINE = "StateMachineArn"
+OUTPUT_OPERATOR_POLICY = "OperatorPolicyArn"
 CLIENT_QUEUE_URL = "ClientQueueUrl"
 CLIENT_ROLE_ARN = "ClientRoleArn"
 
@@ -86,6 +88,15 @@ class FedAsyncStack(Stack):
             bucket=self.storage.bucket,
             table=self.storage.table,
         )
+        self.operator = OperatorAccess(
+            self,
+            "Operator",
+            spec=spec,
+            bucket=self.storage.bucket,
+            table=self.storage.table,
+            topics=self.messaging.topics,
+            state_machine=self.orchestration.state_machine,
+        )
         self._outputs()
 
     @staticmethod
@@ -118,6 +129,11 @@ class FedAsyncStack(Stack):
             OUTPUT_STATE_MACHINE,
             self.orchestration.state_machine.state_machine_arn,
             "FL task state machine; `fedasync task start` starts executions of it",
+        )
+        out(
+            OUTPUT_OPERATOR_POLICY,
+            self.operator.policy.managed_policy_arn,
+            "Managed policy to attach to whoever runs `fedasync task` / `fedasync events`",
         )
         roles = {access.client_id: access.role for access in self.client_roles.roles}
         for queue in self.messaging.clients:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from fedasync import logs
-from fedasync.aws.session import AwsContext
+from fedasync.aws.session import AwsContext, Credentials, principal_credentials
 from fedasync.resources import (
     ENV_BUCKET,
     ENV_ENDPOINT_URL,
@@ -33,8 +33,9 @@ class _Runtime:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._aws: AwsContext | None = None
-        self._key: tuple[str | None, str] | None = None
+        # One context per (endpoint, region, credentials): on Lambda there is one; the
+        # embedded stack runs both functions in one process, each as its own role.
+        self._contexts: dict[tuple[str | None, str, Credentials | None], AwsContext] = {}
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -45,32 +46,35 @@ class _Runtime:
             self._loop = loop
         return self._loop
 
-    async def _store(self) -> ServerStore:
-        key = (os.environ.get(ENV_ENDPOINT_URL) or None, os.environ.get(ENV_REGION, "us-east-1"))
-        if self._aws is None or self._key != key:
-            if self._aws is not None:
-                await self._aws.__aexit__(None, None, None)
-            self._aws = await AwsContext(key[0], key[1]).__aenter__()
-            self._key = key
+    async def _store(self, credentials: Credentials | None) -> ServerStore:
+        endpoint = os.environ.get(ENV_ENDPOINT_URL) or None
+        key = (endpoint, os.environ.get(ENV_REGION, "us-east-1"), credentials)
+        aws = self._contexts.get(key)
+        if aws is None:
+            for stale in [k for k in self._contexts if k[:2] != key[:2]]:
+                await self._contexts.pop(stale).__aexit__(None, None, None)
+            aws = await AwsContext(key[0], key[1], credentials).__aenter__()
+            self._contexts[key] = aws
         where = Where(
             table=os.environ[ENV_TABLE],
             bucket=os.environ[ENV_BUCKET],
             topic_arn=os.environ[ENV_TOPIC_ARN],
             topic_shards=int(os.environ.get(ENV_TOPIC_SHARDS, "1")),
         )
-        return ServerStore(self._aws, where)
+        return ServerStore(aws, where)
 
     def close(self) -> None:
         """Close the clients (at interpreter exit, or when a test tears its stack down)."""
-        loop, aws = self._loop, self._aws
-        self._aws = self._key = None
-        if loop is None or aws is None or loop.is_closed():
+        loop, contexts = self._loop, list(self._contexts.values())
+        self._contexts.clear()
+        if loop is None or loop.is_closed():
             return
-        future = asyncio.run_coroutine_threadsafe(aws.__aexit__(None, None, None), loop)
-        try:
-            future.result(timeout=5)
-        except Exception:  # best effort at shutdown
-            future.cancel()
+        for aws in contexts:
+            future = asyncio.run_coroutine_threadsafe(aws.__aexit__(None, None, None), loop)
+            try:
+                future.result(timeout=5)
+            except Exception:  # best effort at shutdown
+                future.cancel()
 
     def run(self, work: Callable[[ServerStore], Awaitable[T]]) -> T:
         """Run `work(store)` on the container's loop and wait for it (called from handlers)."""
@@ -78,8 +82,10 @@ class _Runtime:
         with self._lock:
             loop = self._ensure_loop()
 
+        credentials = principal_credentials.get()  # the calling thread's, not the loop's
+
         async def job() -> T:
-            return await work(await self._store())
+            return await work(await self._store(credentials))
 
         return asyncio.run_coroutine_threadsafe(job(), loop).result()
 

@@ -13,6 +13,8 @@ import pytest
 from fedasync.aws.session import AwsContext
 from fedasync.local.server import LocalMotoServer
 
+pytest_plugins = ["tests.call_audit"]
+
 Waiter = Callable[..., Awaitable[Any]]
 
 

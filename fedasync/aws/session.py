@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -33,6 +35,31 @@ LOCAL_CLIENT_CONFIG = CLIENT_CONFIG.merge(
 )
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """One principal's access key (the embedded stack gives each principal its own)."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+
+
+# The credentials an AwsContext made without explicit ones uses (None: the session's
+# own chain). The embedded stack's pumps set it for the handlers they run, so that a
+# handler, as on Lambda, calls AWS as its function's role.
+principal_credentials: contextvars.ContextVar[Credentials | None] = contextvars.ContextVar(
+    "principal_credentials", default=None
+)
+
+
+_default_credentials: list[Credentials] = []
+
+
+def use_by_default(credentials: Credentials) -> None:
+    """Sign with `credentials` where nothing else is given (no explicit key, none set for
+    the task): the embedded stack's own process signs as its admin under enforcement."""
+    _default_credentials[:] = [credentials]
+
+
 @functools.cache
 def shared_session() -> aioboto3.Session:
     """The process's session: credentials are resolved once, clients share it."""
@@ -46,9 +73,19 @@ class AwsContext:
     closed when the block exits.
     """
 
-    def __init__(self, endpoint_url: str | None = None, region: str = "us-east-1") -> None:
+    def __init__(
+        self,
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        credentials: Credentials | None = None,
+    ) -> None:
         self.endpoint_url = endpoint_url
         self.region = region
+        self.credentials = (
+            credentials
+            or principal_credentials.get()
+            or (_default_credentials[0] if _default_credentials else None)
+        )
         self._stack: AsyncExitStack | None = None
         self._clients: dict[str, Any] = {}
 
@@ -73,12 +110,19 @@ class AwsContext:
             raise RuntimeError("AwsContext is not open; use `async with AwsContext(...)`")
         client = self._clients.get(service)
         if client is None:
+            keys: dict[str, str] = {}
+            if self.credentials is not None:
+                keys = {
+                    "aws_access_key_id": self.credentials.access_key_id,
+                    "aws_secret_access_key": self.credentials.secret_access_key,
+                }
             client = await self._stack.enter_async_context(
                 shared_session().client(
                     service,  # type: ignore[call-overload]
                     region_name=self.region,
                     endpoint_url=self.endpoint_url,
                     config=CLIENT_CONFIG if self.endpoint_url is None else LOCAL_CLIENT_CONFIG,
+                    **keys,
                 )
             )
             self._clients[service] = client
@@ -104,6 +148,10 @@ class AwsContext:
         client: SFNClient = await self._client("stepfunctions")
         return client
 
+    async def iam(self) -> Any:
+        # The embedded stack's provisioning is its only user (principals and their keys).
+        return await self._client("iam")
+
     async def dynamodbstreams(self) -> Any:
         # No stubs are installed for DynamoDB Streams; the embedded pump is its only user.
         return await self._client("dynamodbstreams")
@@ -127,3 +175,31 @@ def object_missing(error: ClientError, *, unlisted: bool) -> bool:
     for); otherwise a 403 is a real permission problem and stays one."""
     code = error_code(error)
     return code in NOT_FOUND_CODES or (unlisted and code in UNLISTED_CODES)
+
+
+ACCESS_DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "AuthorizationError"})
+
+
+def denial(error: ClientError) -> str | None:
+    """The refusal's message if `error` is an authorisation refusal, else None. (moto
+    answers a refused SQS JSON call in XML; botocore then reports code "403".)"""
+    details = error.response.get("Error", {})
+    message = str(details.get("Message", ""))
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if "<Message>" in message:
+        message = message.split("<Message>", 1)[1].split("</Message>", 1)[0]
+    if error_code(error) in ACCESS_DENIED_CODES or (status == 403 and "authoriz" in message):
+        return message or "Access Denied"
+    return None
+
+
+def refusal_message(error: ClientError, principal: str | None) -> str:
+    """One line for a failed call: who was refused which operation (AWS's message names
+    the permission where it can), or the service's error for anything else."""
+    operation = getattr(error, "operation_name", "") or "a call"
+    refused = denial(error)
+    if refused is not None:
+        who = principal or "this identity"
+        return f"{who} may not call {operation} (missing permission): {refused}"
+    message = error.response.get("Error", {}).get("Message", "")
+    return f"AWS refused {operation}: {error_code(error)}: {message}"

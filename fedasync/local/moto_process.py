@@ -1,22 +1,37 @@
 """The moto server process: `python -m fedasync.local.moto_process HOST PORT`.
 
-Prints the bound port on stdout once it serves, then serves until its stdin closes: the
-parent closes it to stop the server, and the pipe also closes when the parent dies.
+Prints `{"port": ..., "admin": [key id, secret]}` on stdout once it serves (the stack
+admin's key, for the parent alone), then serves until its stdin closes: the parent
+closes it to stop the server, and the pipe also closes when the parent dies.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from fedasync.local import quotas
-
-WsgiApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
+from fedasync.local.moto_iam import (
+    ADMIN_USER,
+    ENGINE_USER,
+    ENV_ADMIN_KEY,
+    ENV_ADMIN_TOKEN,
+    ENV_AUDIT_LOG,
+    ENV_ENFORCE_IAM,
+    Identities,
+    WsgiApp,
+    announce_engine,
+    guard_management,
+    record_calls,
+    recreate_after_reset,
+    user_key,
+)
 
 
 def serialize_dynamodb(app: WsgiApp) -> WsgiApp:
@@ -139,7 +154,21 @@ def cache_module_list() -> None:
     backends.list_of_moto_modules = lambda: modules
 
 
-def reuse_step_functions_parts() -> None:
+def _resigned(client: Any, region: str, service: str, key: tuple[str, str]) -> Any:
+    """The same client as moto's engine makes, signing with `key`."""
+    import boto3
+
+    return boto3.client(
+        service,
+        region_name=region,
+        endpoint_url=client.meta.endpoint_url,
+        aws_access_key_id=key[0],
+        aws_secret_access_key=key[1],
+        config=client.meta.config,
+    )
+
+
+def reuse_step_functions_parts(engine_key: tuple[str, str] | None = None) -> None:
     """moto's Step Functions engine makes a new boto3 client (and so a new connection, a
     new server thread) for every service call a state makes, and parses every JSONPath
     again (a yacc table read) each time it is evaluated: per sync round, several of each
@@ -153,16 +182,24 @@ def reuse_step_functions_parts() -> None:
         module.parse = functools.lru_cache(maxsize=4096)(module.parse)  # type: ignore[attr-defined]
 
     original = boto_client.boto_client_for
-    clients: dict[tuple[str, str], Any] = {}
+    clients: dict[tuple[str, str, str], Any] = {}
     lock = threading.Lock()
 
     def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
-        if state_credentials is not None:  # a role to assume: not ours to share
-            return original(region, service, state_credentials)
+        # moto signs with a fixed, unknown "ak" whatever the role; sign as the user named
+        # like the state machine's role (the stack's state machine principal) if there
+        # is one, else as the engine
+        role = str(getattr(state_credentials, "role_arn", "") or "")
+        key = user_key(role.rsplit("/", 1)[-1]) if role else None
+        key = key or engine_key
         with lock:
-            if (region, service) not in clients:
-                clients[(region, service)] = original(region, service)
-            return clients[(region, service)]
+            cache_key = (region, service, key[0] if key else "")
+            if cache_key not in clients:
+                client = original(region, service)
+                if key is not None:
+                    client = _resigned(client, region, service, key)
+                clients[cache_key] = client
+            return clients[cache_key]
 
     boto_client.boto_client_for = boto_client_for
     for module in list(sys.modules.values()):  # modules that imported it by name already
@@ -181,19 +218,35 @@ def main(argv: list[str]) -> int:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     cache_module_list()
-    reuse_step_functions_parts()
+    given = os.environ.pop(ENV_ADMIN_KEY, "")
+    identities = Identities(tuple(given.split(":", 1)) if ":" in given else None)  # type: ignore[arg-type]
+    identities.ensure()
+    reuse_step_functions_parts(identities.keys[ENGINE_USER])
+    if os.environ.get(ENV_ENFORCE_IAM) == "1":
+        from moto import settings
+
+        # moto's IAM access control: every request must be signed by a known key and
+        # be allowed by its user's policies (actions; resources for S3 and SQS)
+        settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
     roll_back_in_place()  # safe only with DynamoDB requests serialized (below)
     quotas.install()
     # what moto's ThreadedMotoServer does, with the bind in this thread: a port in use
     # fails here, with its error, instead of leaving the parent waiting
     app = serialize_dynamodb(quotas.enforce_quotas(DomainDispatcherApplication(create_backend_app)))
+    app = recreate_after_reset(app, identities)
+    if os.environ.get(ENV_AUDIT_LOG):
+        app = record_calls(app, os.environ[ENV_AUDIT_LOG])
+        announce_engine(os.environ[ENV_AUDIT_LOG], identities.keys[ENGINE_USER][0])
+    if os.environ.get(ENV_ADMIN_TOKEN):
+        app = guard_management(app, os.environ.pop(ENV_ADMIN_TOKEN))
     server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
     bound = int(server.server_address[1])
     # moto's Step Functions engine calls the other services at localhost:$MOTO_PORT
     os.environ["MOTO_PORT"] = str(bound)
     thread = threading.Thread(target=server.serve_forever, name="moto-server", daemon=True)
     thread.start()
-    print(bound, flush=True)
+    admin_key, admin_secret = identities.keys[ADMIN_USER]
+    print(json.dumps({"port": bound, "admin": [admin_key, admin_secret]}), flush=True)
     try:
         sys.stdin.read()  # returns at EOF: stop requested, or the parent is gone
     except KeyboardInterrupt:  # Ctrl-C in `local up` reaches the whole process group

@@ -9,7 +9,8 @@ import structlog
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
-from fedasync.aws.session import AwsContext
+from fedasync.aws.session import AwsContext, Credentials
+from fedasync.local.principals import create_principals, stack_arns
 from fedasync.resources import (
     ASL_PATH,
     CONTROL_VISIBILITY_S,
@@ -41,7 +42,9 @@ log = structlog.get_logger()
 CLIENT_VISIBILITY_S = 5 * 60
 MAX_RECEIVE_COUNT = 5
 DLQ_RETENTION_S = 14 * 24 * 3600
-# moto checks only the shape of a role ARN; real stacks get theirs from CDK.
+# moto checks only the shape of a role ARN; real stacks get theirs from CDK. Its name is
+# the state machine principal's user name (fedasync.local.principals.user_name): moto's
+# engine signs the state machine's calls with that user's key.
 _LOCAL_ROLE_ARN = "arn:aws:iam::123456789012:role/{prefix}-state-machine"
 
 
@@ -63,6 +66,8 @@ class StackEndpoints(BaseModel):
     client_queue_urls: dict[str, str]
     client_dlq_urls: dict[str, str]
     state_machine_arn: str
+    # principal name (`client:<id>`, `aggregate`, ...) -> its own access key
+    principals: dict[str, Credentials] = {}
 
     def where(self) -> Where:
         """What the server's store needs of this deployment (the handlers read the same
@@ -115,6 +120,7 @@ async def provision(aws: AwsContext, spec: StackSpec) -> StackEndpoints:
         )
         await _subscribe(aws, topics, subscribed, client_urls[client_id], client_id)
     machine_arn = await _state_machine(aws, spec, table, control)
+    principals = await create_principals(aws, spec, stack_arns(spec, stream_arn))
     endpoints = StackEndpoints(
         endpoint_url=aws.endpoint_url,
         region=aws.region,
@@ -129,6 +135,7 @@ async def provision(aws: AwsContext, spec: StackSpec) -> StackEndpoints:
         client_queue_urls=client_urls,
         client_dlq_urls=dlq_urls,
         state_machine_arn=machine_arn,
+        principals=principals,
     )
     log.info("stack.provisioned", prefix=spec.prefix, clients=len(spec.clients))
     return endpoints

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from fedasync.aws.session import AwsContext
+from fedasync.aws.session import AwsContext, principal_credentials
 from fedasync.local.events import Event, EventLog, LocalLambdaContext, sqs_record, stream_record
 from fedasync.local.filters import check_pattern, matches
 
@@ -51,7 +51,8 @@ class _Pump:
         options: PumpOptions,
         event_log: EventLog | None,
     ) -> None:
-        self._where = aws  # the endpoint and region; the pump opens its own clients
+        # the endpoint, region and credentials; the pump opens its own clients
+        self._where = aws
         self._handler = handler
         self._name = name
         self.options = options
@@ -82,8 +83,12 @@ class _Pump:
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # The event source mapping reads as the function's role, and the handler runs as
+        # it: every task and worker thread of this loop inherits these credentials.
+        principal_credentials.set(self._where.credentials)
         try:
-            async with AwsContext(self._where.endpoint_url, self._where.region) as aws:
+            where = self._where
+            async with AwsContext(where.endpoint_url, where.region, where.credentials) as aws:
                 self._own_aws = aws
                 self._task = asyncio.create_task(self._run(), name=f"pump:{self._name}")
                 self._ready.set()

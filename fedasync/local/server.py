@@ -9,8 +9,10 @@ each server has its own state, as separate endpoints do.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import secrets
 import subprocess
 import sys
 import urllib.request
@@ -18,6 +20,14 @@ from types import TracebackType
 from typing import IO, Self
 
 import structlog
+
+from fedasync.aws.session import Credentials, use_by_default
+from fedasync.local.moto_iam import (
+    ADMIN_HEADER,
+    ENV_ADMIN_KEY,
+    ENV_ADMIN_TOKEN,
+    ENV_ENFORCE_IAM,
+)
 
 log = structlog.get_logger()
 
@@ -36,6 +46,14 @@ class MotoServerError(RuntimeError):
     """The moto server process did not start, or stopped on its own."""
 
 
+@functools.cache
+def _process_admin() -> Credentials:
+    """One stack-admin key per process, shared by every server it starts: whatever signs
+    from the environment (provisioning, test oracles) then works with each of them.
+    ("AKIARZPUZDIK": how moto's key ids begin in account 123456789012.)"""
+    return Credentials("AKIARZPUZDIK" + secrets.token_hex(4).upper(), secrets.token_urlsafe(30))
+
+
 class LocalMotoServer:
     """moto's server on a loopback port (free by default), in a child process.
 
@@ -43,11 +61,22 @@ class LocalMotoServer:
     pipe to its parent), so a crashed parent never leaves a server behind.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, enforce_iam: bool | None = None
+    ) -> None:
+        """`enforce_iam`: moto's IAM access control on (every request signed by a known
+        key, allowed by its principal's policies); None: on unless `FEDASYNC_ENFORCE_IAM=0`."""
         self._host = host
+        self.enforce_iam = (
+            os.environ.get(ENV_ENFORCE_IAM, "1") != "0" if enforce_iam is None else enforce_iam
+        )
+        # The stack admin's key (provisioning, test oracles): only this process holds it.
+        self.admin_credentials: Credentials | None = None
         self._requested_port = port
         self._process: subprocess.Popen[str] | None = None
         self._port: int | None = None
+        # Only this process knows it: the child's /moto-api/* answers no one else.
+        self._admin_token = secrets.token_urlsafe(24)
 
     @property
     def port(self) -> int:
@@ -74,12 +103,26 @@ class LocalMotoServer:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                ENV_ADMIN_TOKEN: self._admin_token,
+                ENV_ENFORCE_IAM: "1" if self.enforce_iam else "0",
+                ENV_ADMIN_KEY: ":".join(
+                    (_process_admin().access_key_id, _process_admin().secret_access_key)
+                ),
+            },
         )
         self._process = process
         try:
-            self._port = _read_port(process, self._host, self._requested_port)
+            self._port, self.admin_credentials = _read_port(
+                process, self._host, self._requested_port
+            )
             self._configure()
+            if self.enforce_iam and self.admin_credentials is not None:
+                # this process is the stack's own: what signs without a principal's
+                # key (provisioning, test oracles) signs as the admin
+                use_by_default(self.admin_credentials)
         except BaseException:
             self.stop()
             raise
@@ -90,7 +133,7 @@ class LocalMotoServer:
         request = urllib.request.Request(  # noqa: S310 - loopback URL built above
             f"{self.endpoint_url}{path}",
             data=body,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", ADMIN_HEADER: self._admin_token},
             method="POST",
         )
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
@@ -135,8 +178,11 @@ class LocalMotoServer:
         self.stop()
 
 
-def _read_port(process: subprocess.Popen[str], host: str, requested: int) -> int:
-    """The child prints its bound port once it serves (or exits if it cannot bind)."""
+def _read_port(
+    process: subprocess.Popen[str], host: str, requested: int
+) -> tuple[int, Credentials]:
+    """The child prints its bound port and the admin's key once it serves (or exits if
+    it cannot bind)."""
     import selectors
 
     stdout: IO[str] | None = process.stdout
@@ -150,10 +196,12 @@ def _read_port(process: subprocess.Popen[str], host: str, requested: int) -> int
                 f"within {_START_TIMEOUT_S:.0f} s"
             )
     line = stdout.readline().strip()
-    if not line.isdigit():
+    try:
+        started = json.loads(line)
+        return int(started["port"]), Credentials(*started["admin"])
+    except (ValueError, KeyError, TypeError):
         code = process.poll()
         raise MotoServerError(
             f"the moto server on {host}:{requested or '(any port)'} failed to start"
             + (f" (exit code {code}; see its error above)" if code is not None else "")
-        )
-    return int(line)
+        ) from None

@@ -15,7 +15,7 @@ from typing import Any, Self, cast
 
 import structlog
 
-from fedasync.aws.session import AwsContext
+from fedasync.aws.session import AwsContext, Credentials
 from fedasync.local.events import EventLog
 from fedasync.local.provision import StackEndpoints, provision
 from fedasync.local.pumps import Handler, PumpOptions, QueuePump, StreamPump
@@ -59,6 +59,8 @@ class EmbeddedStack:
         control_handler: Handler | str | None = CONTROL_HANDLER,
         pump_options: PumpOptions | None = None,
         event_log_path: Path | None = None,
+        enforce_iam: bool | None = None,
+        admin_credentials: Credentials | None = None,
     ) -> None:
         self.spec = spec or StackSpec()
         self._endpoint_url = endpoint_url
@@ -71,7 +73,11 @@ class EmbeddedStack:
         self.stream_pump: StreamPump | None = None
         self.control_pump: QueuePump | None = None
         self._endpoints: StackEndpoints | None = None
-        self.aws = AwsContext(endpoint_url, self.spec.region)
+        self._principal_aws: dict[str, AwsContext] = {}
+        self._enforce_iam = enforce_iam
+        # the stack's own identity (provisioning): the server's admin when it is ours
+        self._admin = admin_credentials
+        self.aws = AwsContext(endpoint_url, self.spec.region, admin_credentials)
 
     @property
     def endpoints(self) -> StackEndpoints:
@@ -97,16 +103,21 @@ class EmbeddedStack:
 
     async def _start(self) -> None:
         if self._endpoint_url is None:
-            self._server = LocalMotoServer()
+            self._server = LocalMotoServer(enforce_iam=self._enforce_iam)
             self._endpoint_url = await asyncio.to_thread(self._server.start)
-            self.aws = AwsContext(self._endpoint_url, self.spec.region)
+            self._admin = self._admin or self._server.admin_credentials
+            self.aws = AwsContext(self._endpoint_url, self.spec.region, self._admin)
         await self._exit.enter_async_context(self.aws)
         self._endpoints = await provision(self.aws, self.spec)
         self._export_env(self._endpoints.handler_env())
+        for principal in self._endpoints.principals:
+            self._principal_aws[principal] = await self._exit.enter_async_context(
+                self._as(principal)
+            )
         aggregate, control = self._handlers["aggregate"], self._handlers["control"]
         if aggregate is not None:
             self.stream_pump = StreamPump(
-                self.aws,
+                self._as("aggregate"),
                 self._endpoints.stream_arn,
                 load_handler(aggregate),
                 options=self._options,
@@ -117,7 +128,7 @@ class EmbeddedStack:
             self.stream_pump.start()
         if control is not None:
             self.control_pump = QueuePump(
-                self.aws,
+                self._as("control"),
                 self._endpoints.control_queue_url,
                 load_handler(control),
                 options=replace(self._options, batch_size=CONTROL_BATCH_SIZE),
@@ -125,6 +136,22 @@ class EmbeddedStack:
             )
             self.control_pump.start()
         log.info("stack.started", endpoint_url=self._endpoint_url, prefix=self.spec.prefix)
+
+    def credentials(self, principal: str) -> Credentials:
+        """A principal's own access key (`client:<id>`, `aggregate`, `operator`, ...)."""
+        try:
+            return self.endpoints.principals[principal]
+        except KeyError:
+            known = ", ".join(sorted(self.endpoints.principals))
+            raise KeyError(f"no principal {principal!r} in this stack (known: {known})") from None
+
+    def _as(self, principal: str) -> AwsContext:
+        return AwsContext(self._endpoint_url, self.spec.region, self.credentials(principal))
+
+    def principal_aws(self, principal: str) -> AwsContext:
+        """An open AwsContext (on this loop) signing as `principal`, closed with the stack."""
+        self.credentials(principal)  # a clear error for an unknown principal
+        return self._principal_aws[principal]
 
     async def _stop(self) -> None:
         for pump in (self.stream_pump, self.control_pump):

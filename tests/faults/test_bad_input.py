@@ -29,10 +29,12 @@ from fedasync.core.messages import GlobalModelNotice
 from fedasync.events import export_ledger
 from fedasync.local.events import LocalLambdaContext, sqs_record
 from fedasync.local.stack import EmbeddedStack
+from fedasync.policy.definitions import CLIENT_ITEM_ATTRIBUTES
 from fedasync.resources import ClientSpec, StackSpec
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 from fedasync.server.tasks import start_task
+from tests.call_audit import expect_refused
 from tests.integration.scripted import ScriptedClient, local_model
 from tests.integration.test_server_sync import (
     clients_for,
@@ -234,6 +236,9 @@ PAYLOADS: dict[str, tuple[Any, str, tuple[str, ...]]] = {
 async def submit_case(client: ScriptedClient, notice: GlobalModelNotice, build, update_id=None):
     x = await client.download(notice.s3_key)
     over = build(x)
+    if set(over) - {"weights", "blob"} - set(CLIENT_ITEM_ATTRIBUTES):
+        # a forged attribute: the deployed role refuses the put (see put_raw)
+        expect_refused(f"client:{client.client_id}", "dynamodb:PutItem", f"*:table/{client.table}")
     if "s3_key" in over:
         over["s3_key"] = over["s3_key"].replace("{task}", notice.task_name)
         over.setdefault("weights", local_model(x, client.index, notice.version))
@@ -287,6 +292,11 @@ RECORDS: dict[str, tuple[Any, str, tuple[str, ...]]] = {
 
 
 async def put_raw(client: ScriptedClient, item: dict[str, Any]) -> None:
+    if set(item) - set(CLIENT_ITEM_ATTRIBUTES):
+        # the deployed role refuses this put (dynamodb:Attributes); moto cannot tell, so
+        # the server's own validation is tested here, and the call audit holds IAM to it
+        table = f"*:table/{client.table}"
+        expect_refused(f"client:{client.client_id}", "dynamodb:PutItem", table)
     ddb = await client.aws.dynamodb()
     await ddb.put_item(TableName=client.table, Item=serialize_item(item))
 
@@ -411,7 +421,10 @@ class TestAsync:
 
     async def test_async_update_from_a_client_not_in_the_task_is_rejected(self, async_env):
         base = async_env.clients["a"]
-        mallory = ScriptedClient(base.aws, base.bucket, base.table, base.queue_url, "mallory", 0, 5)
+        # mallory has no role in this stack: the harness writes for it (IAM would stop
+        # an outsider at the door; the server must reject the record all the same)
+        outsider = async_env.stack.aws
+        mallory = ScriptedClient(outsider, base.bucket, base.table, base.queue_url, "mallory", 0, 5)
         notice = await notice_for(async_env.store, async_env.task)
         record = await mallory.submit(notice, local_model(async_env.notes["x1"], 0, 1))
         item = await wait_verdict(async_env.store, async_env.task, record.sk)

@@ -7,8 +7,11 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from client.cli import client_app
+from fedasync.taskctl import StackConfig
 from tests.integration.test_client_run import (  # noqa: F401 - fixtures
     CLIENT,
     RUN_TIMEOUT_S,
@@ -19,6 +22,15 @@ from tests.integration.test_client_run import (  # noqa: F401 - fixtures
 )
 
 _LAUNCH = "import sys; from client.cli import client_app; sys.exit(client_app())"
+
+
+def _stack_config(stack) -> str:
+    """What `local up` writes: the silo signs with its own key from it."""
+    path = Path(tempfile.mkdtemp()) / "stack.json"
+    path.write_text(
+        StackConfig.from_endpoints(stack.endpoints, stack.spec.prefix).model_dump_json()
+    )
+    return str(path)
 
 
 def _command(stack) -> list[str]:
@@ -43,6 +55,8 @@ def _command(stack) -> list[str]:
         "0.5",
         "--visibility-timeout",
         "2",
+        "--stack-config",
+        _stack_config(stack),
     ]
 
 

@@ -58,6 +58,10 @@ def config(stack: EmbeddedStack, **over: Any) -> ClientConfig:
         "heartbeat_interval_s": 0.5,
         "visibility_timeout_s": 2,
         "wait_time_s": 1,
+        # as a silo is told (the stack config, CDK outputs): its role may not look it up
+        "queue_url": stack.endpoints.client_queue_urls[CLIENT],
+        "aws_access_key_id": stack.credentials(f"client:{CLIENT}").access_key_id,
+        "aws_secret_access_key": stack.credentials(f"client:{CLIENT}").secret_access_key,
     }
     return ClientConfig(**(fields | over))
 

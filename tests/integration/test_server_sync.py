@@ -54,7 +54,9 @@ def store_for(stack: EmbeddedStack) -> ServerStore:
 def clients_for(stack: EmbeddedStack, ids=CLIENTS, examples=EXAMPLES) -> list[ScriptedClient]:
     e = stack.endpoints
     return [
-        ScriptedClient(stack.aws, e.bucket, e.table, e.client_queue_urls[c], c, i, n)
+        ScriptedClient(
+            stack.principal_aws(f"client:{c}"), e.bucket, e.table, e.client_queue_urls[c], c, i, n
+        )
         for i, (c, n) in enumerate(zip(ids, examples, strict=True))
     ]
 

@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 
 from fedasync.aws.callbacks import CallbackOutcome, SfnCallbacks
+from fedasync.aws.session import principal_credentials
 from fedasync.local.server import LocalMotoServer
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ENV_ENDPOINT_URL, ENV_REGION, StackSpec
@@ -32,10 +33,14 @@ class ScriptedControl:
         self.messages: list[dict[str, Any]] = []
 
     def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        # as the control function's role, which the pump runs this handler as
+        credentials = principal_credentials.get()
         sfn = boto3.client(
             "stepfunctions",
             endpoint_url=os.environ[ENV_ENDPOINT_URL],
             region_name=os.environ[ENV_REGION],
+            aws_access_key_id=credentials.access_key_id if credentials else None,
+            aws_secret_access_key=credentials.secret_access_key if credentials else None,
         )
         for record in event["Records"]:
             body = json.loads(record["body"])

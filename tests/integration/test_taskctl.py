@@ -10,7 +10,9 @@ import asyncio
 import hashlib
 import json
 import re
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from fedasync.core.errors import FedAsyncError
 from fedasync.core.messages import Heartbeat
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ClientSpec, StackSpec
+from fedasync.taskctl import StackConfig
 from tests.integration.test_server_async import first_notice
 from tests.integration.test_server_sync import clients_for, store_for
 
@@ -38,8 +41,12 @@ async def stack(moto_server, prefix):
 
 
 def cli(stack: EmbeddedStack, *args: str):
+    # as an operator runs it: with the stack config `local up` writes (the operator's key)
+    config = StackConfig.from_endpoints(stack.endpoints, stack.spec.prefix)
+    path = Path(tempfile.mkdtemp()) / "stack.json"
+    path.write_text(config.model_dump_json(exclude_none=True))
     where = ["--endpoint", str(stack.endpoints.endpoint_url), "--prefix", stack.spec.prefix]
-    return asyncio.to_thread(CliRunner().invoke, app, [*args, *where])
+    return asyncio.to_thread(CliRunner().invoke, app, [*args, *where, "--stack-config", str(path)])
 
 
 def write_config(tmp_path, name: str, text: str):
