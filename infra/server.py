@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from aws_cdk import Annotations, Arn, ArnFormat, Duration, Size, Stack
+from aws_cdk import Annotations, Aws, Duration, Size
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -86,6 +86,7 @@ class ServerFunctions(Construct):
         state_machine: sfn.IStateMachine,
     ) -> None:
         super().__init__(scope, construct_id)
+        self._spec = spec
         self._bucket, self._table, self._messaging = bucket, table, messaging
         self._state_machine = state_machine
         environment = {
@@ -147,12 +148,10 @@ class ServerFunctions(Construct):
         role = function.role
         if role is None:  # every function here has its own role (see _function)
             raise ValueError(f"{function.node.path} has no role to grant the history to")
-        machine = Arn.split(self._state_machine.state_machine_arn, ArnFormat.COLON_RESOURCE_NAME)
-        executions = Stack.of(role).format_arn(
-            service="states",
-            resource="execution",
-            resource_name=f"{machine.resource_name}:*",
-            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        # the ARN written out from the machine's name: the call audit reads it as it is
+        executions = (
+            f"arn:{Aws.PARTITION}:states:{Aws.REGION}:{Aws.ACCOUNT_ID}:execution:"
+            f"{self._spec.state_machine_name}:*"
         )
         arns = definitions.StackArns(
             table="", stream="", bucket="", topic="", control_queue="",
