@@ -45,7 +45,12 @@ ASYNC_UPDATES = (("a", 0), ("b", 1), ("c", 2), ("a", 3), ("b", 4), ("c", 5))
 def config(kind: str, name: str) -> TaskConfig:
     base: dict[str, Any] = {"task_name": name, "clients": list(CLIENTS)}
     if kind == "sync":
-        return TaskConfig.parse({**base, "mode": "sync", "rounds": 2, "round_timeout_s": 60})
+        # one check per round (at its deadline): no check_round, with its fresh token on
+        # the ROUND item, lands in the middle of a test that compares items or counts
+        # the control messages handled
+        return TaskConfig.parse(
+            {**base, "mode": "sync", "rounds": 2, "round_timeout_s": 60, "round_check_s": 60}
+        )
     strategy = {"fedasync": {}, "fedbuff": {"strategy": "fedbuff", "buffer_size": 2}}[kind]
     versions = len(ASYNC_UPDATES) // (2 if kind == "fedbuff" else 1)
     return TaskConfig.parse(

@@ -21,7 +21,9 @@ from fedasync.cli import app
 from fedasync.core import keys
 from fedasync.core.config import TaskConfig
 from fedasync.local.stack import EmbeddedStack
+from fedasync.policy.definitions import CLIENT_ITEM_ATTRIBUTES
 from fedasync.server.tasks import start_task
+from tests.call_audit import expect_refused
 from tests.faults.harness import (
     ASYNC_UPDATES,
     CLIENTS,
@@ -86,7 +88,8 @@ JUNK: dict[str, dict[str, Any]] = {
 
 
 async def _write_junk(clients: dict[str, ScriptedClient], task: str) -> int:
-    """Silo 'a' puts update items with strings where numbers belong (its role may)."""
+    """Silo 'a' puts update items with strings where numbers belong (its role may), and
+    one with server-owned attributes (its role may not: the audit is told so)."""
     a = clients["a"]
     ddb = await a.aws.dynamodb()
     for update_id, spoiled in JUNK.items():
@@ -103,6 +106,8 @@ async def _write_junk(clients: dict[str, ScriptedClient], task: str) -> int:
             "metrics": {},
             **spoiled,
         }
+        if set(item) - set(CLIENT_ITEM_ATTRIBUTES):
+            expect_refused("client:a", "dynamodb:PutItem", f"*:table/{a.table}")
         await ddb.put_item(TableName=a.table, Item=serialize_item(item))
     return len(JUNK)
 
@@ -169,7 +174,7 @@ HUGE = 1e100  # within DynamoDB's number range: what a silo can actually write
 
 
 def _with_target(name: str) -> TaskConfig:
-    base = config("fedasync", name).model_dump(mode="json")
+    base = config("fedasync", name).model_dump(mode="json", exclude_unset=True)
     return TaskConfig.parse({**base, "target_metric": {"name": "eval_accuracy", "threshold": 0.9}})
 
 
