@@ -83,7 +83,9 @@ async def test_stopping_mid_upload_leaves_no_object_no_record_and_the_message_re
     # GIVEN a 20 MiB model whose multipart upload is in flight (part 1 sent, the rest stalled)
     trainer = ShiftTrainer()
     await server.publish(await server.put_global(1, trainer.init_weights(0)))
-    cfg = config(stack, part_size=MIN_PART_BYTES)
+    # a lease of 6 s (not 2): the stop, the abort and the 1.5-s heartbeat check below all
+    # fit inside the last one even on a loaded machine, so "still in flight" is exact
+    cfg = config(stack, part_size=MIN_PART_BYTES, visibility_timeout_s=6)
     ports = StallingPorts(stack.aws, cfg, server.queue_url)
     ports.part_sent = asyncio.Event()
     stop = asyncio.Event()
