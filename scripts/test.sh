@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
-install_extras "dev,cdk,tf"
+install_extras "dev,cdk,tf,torch"
 # The Lambda bundle (numpy + our code, no TensorFlow; pip, no Docker) for tests/cdk.
 .venv/bin/python infra/bundle.py >/dev/null 2>&1 ||
     echo "warning: the Lambda bundle could not be built; its test will be skipped" >&2
