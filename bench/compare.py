@@ -1,0 +1,119 @@
+"""Two commits side by side in one run: the same bench, interleaved, on each commit's code.
+
+    python bench/compare.py --base COMMIT [--head COMMIT|WORKTREE] [--repeats 3]
+                            [--only overhead absorb] [--quick] [--json PATH]
+
+A change that must be "no worse than before" (the server redesign: sync round overhead and
+async absorb rates) is judged here, not against a figure from another day: the machine is
+shared and noisy, so both sides are measured in one run, alternating base, head, base, head,
+... so that a slow minute hurts both alike. Each side runs its *own* copy of
+`bench/time_to_accuracy.py` on its own code (a detached `git worktree` of the base commit,
+`PYTHONPATH` set to the tree), so a bench script that changed with the code is measured as
+it was then. The figure is the median over the repeats of each side's own median; `ratio`
+is head / base, and `target` says which way is better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import Figure, emit
+
+REPO = Path(__file__).resolve().parents[1]
+HIGHER_IS_BETTER = ("absorb_rate",)
+
+
+def checkout(commit: str, into: Path) -> Path:
+    """A detached worktree of `commit` (removed at the end of the run)."""
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(into), commit],
+        check=True,
+    )
+    return into
+
+
+def run_side(tree: Path, only: list[str], quick: bool) -> dict[str, float]:
+    """One run of the tree's own time-to-accuracy bench; its figures by name."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "figures.json"
+        cmd = [sys.executable, "bench/time_to_accuracy.py", "--only", *only, "--json", str(out)]
+        if quick:
+            cmd.append("--quick")
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
+        return {f["name"]: float(f["value"]) for f in json.loads(out.read_text())}
+
+
+def compare(base: dict[str, list[float]], head: dict[str, list[float]]) -> list[Figure]:
+    figures = []
+    for name in sorted(set(base) & set(head)):
+        b, h = statistics.median(base[name]), statistics.median(head[name])
+        better = "higher" if name.startswith(HIGHER_IS_BETTER) else "lower"
+        figures.append(
+            Figure(
+                name,
+                h,
+                "s/round" if better == "lower" else "upd/s",
+                b,
+                h / b,
+                f"{better} is better; head vs base",
+            )
+        )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--base", required=True, help="the commit measured as the baseline")
+    parser.add_argument("--head", default=str(REPO), help="a commit, or a tree (default: this one)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--only", nargs="+", choices=("overhead", "absorb"), default=["overhead", "absorb"]
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", dest="json_path")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="fedasync-compare-"))
+    trees: list[Path] = []
+    try:
+        base_tree = checkout(args.base, scratch / "base")
+        trees.append(base_tree)
+        head_path = Path(args.head)
+        if head_path.is_dir():
+            head_tree = head_path.resolve()
+        else:
+            head_tree = checkout(args.head, scratch / "head")
+            trees.append(head_tree)
+        seen: dict[str, dict[str, list[float]]] = {"base": {}, "head": {}}
+        for i in range(args.repeats):
+            order = [("base", base_tree), ("head", head_tree)]
+            for side, tree in order if i % 2 == 0 else order[::-1]:
+                print(f"repeat {i + 1}/{args.repeats}: {side} ({tree})", file=sys.stderr)
+                for name, value in run_side(tree, args.only, args.quick).items():
+                    seen[side].setdefault(name, []).append(value)
+        for side in ("base", "head"):
+            for name, values in seen[side].items():
+                shown = ", ".join(f"{v:.4g}" for v in values)
+                print(f"{side} {name}: {shown}", file=sys.stderr)
+        emit(compare(seen["base"], seen["head"]), args.json_path)
+    finally:
+        for tree in trees:
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False
+            )
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
