@@ -5,7 +5,7 @@
 
 Three measurements, each printed next to a baseline measured in the same run:
 
-1. Time to 0.90 held-out accuracy (`fedasync.demo.run_demo`, numpy trainer on digits):
+1. Time to 0.90 held-out accuracy (`fedasync.ops.demo.run_demo`, numpy trainer on digits):
    sync FedAvg vs FedAsync vs FedBuff, 10 clients, Dirichlet(0.5) split, stragglers with
    a seeded lognormal(0, sigma=1) factor on a nominal 0.5 s of compute per update, one
    run per seed. Figure: the median over seeds of the first `seconds` of the accuracy
@@ -96,8 +96,8 @@ from fedasync.core import codec, keys
 from fedasync.core.asyncagg import AsyncState, absorb
 from fedasync.core.config import TaskConfig
 from fedasync.core.messages import UpdateRecord
-from fedasync.demo import DemoOptions
 from fedasync.local.stack import EmbeddedStack
+from fedasync.ops.demo import DemoOptions
 from fedasync.resources import ClientSpec, StackSpec
 from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
@@ -149,7 +149,7 @@ def arm_options(
 
 
 def run_arm(mode: str, strategy: str | None, seed: int, length: int, out: Path) -> dict[str, Any]:
-    from fedasync.demo import run_demo
+    from fedasync.ops.demo import run_demo
 
     logs.configure(level="WARNING")
     return asyncio.run(run_demo(arm_options(mode, strategy, seed, length, out)))
@@ -249,7 +249,7 @@ def clipped(spans: list[tuple[float, float]], a: float, b: float) -> list[tuple[
 
 def stack_round_overhead(rounds: int, seed: int) -> float:
     """Median over rounds of (round span - time any client was inside fit)."""
-    import fedasync.demo as demo
+    import fedasync.ops.demo as demo
     from client.trainers import get_trainer
 
     logs.configure(level="WARNING")

@@ -49,14 +49,14 @@ from client.worker import training_seed
 from fedasync.core.asyncagg import AsyncState, absorb
 from fedasync.core.errors import StaleUpdateError
 from fedasync.core.fedavg import FedAvgAccumulator
-from fedasync.demo import DemoOptions, StragglerTrainer, demo_data
+from fedasync.ops.demo import DemoOptions, StragglerTrainer, demo_data
 
 TRAINER = get_trainer("numpy")
 HORIZON_S = 60.0  # virtual seconds; an arm not at the target by then never reaches it
 
 
 class Silos:
-    """The demo's silos for one arm: their data, seeds and delay draws (`fedasync.demo`)."""
+    """The demo's silos for one arm: their data, seeds and delay draws (`fedasync.ops.demo`)."""
 
     def __init__(self, opts: DemoOptions, data: list[Dataset]) -> None:
         self.opts, self.data = opts, data

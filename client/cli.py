@@ -22,9 +22,10 @@ from client.run import run_client
 from client.signals import install_stop_handlers
 from client.state import ClientReport
 from client.trainers import DEFAULT_TRAINER, TRAINERS, Trainer, get_trainer
-from fedasync import logs, taskctl
+from fedasync import logs
 from fedasync.aws.session import refusal_message
 from fedasync.core.errors import FedAsyncError
+from fedasync.ops import taskctl
 from fedasync.resources import ENV_BUCKET, ENV_ENDPOINT_URL, ENV_TABLE
 
 client_app = typer.Typer(

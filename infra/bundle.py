@@ -44,7 +44,9 @@ FIXED_MTIME = 315532800
 
 # (source relative to the repo, parts of its path to leave out)
 SOURCES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("fedasync", ("local",)),  # the embedded stack needs moto, which the Lambda does not
+    # the embedded stack needs moto, which the Lambda does not; the operator tools and the
+    # CLI run on an operator's machine, never in a Lambda
+    ("fedasync", ("local", "ops", "cli")),
     ("server_lambdas", ()),
 )
 SKIPPED_NAMES = frozenset({"__pycache__", ".pytest_cache", ".mypy_cache", "requirements.txt"})

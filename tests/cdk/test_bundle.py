@@ -50,6 +50,8 @@ def test_sources_are_staged_without_the_embedded_stack_or_caches(tmp_path: Path)
     bundle.stage_sources(tmp_path)
     assert (tmp_path / "fedasync" / "resources.py").is_file()
     assert not (tmp_path / "fedasync" / "local").exists()
+    assert not (tmp_path / "fedasync" / "ops").exists()
+    assert not (tmp_path / "fedasync" / "cli").exists()
     assert not list(tmp_path.rglob("__pycache__"))
     assert not list(tmp_path.rglob("*.pyc"))
 

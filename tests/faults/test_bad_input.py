@@ -26,9 +26,9 @@ from fedasync.aws.records import serialize_item
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.messages import GlobalModelNotice
-from fedasync.events import export_ledger
 from fedasync.local.events import LocalLambdaContext, sqs_record
 from fedasync.local.stack import EmbeddedStack
+from fedasync.ops.events import export_ledger
 from fedasync.policy.definitions import CLIENT_ITEM_ATTRIBUTES
 from fedasync.resources import ClientSpec, StackSpec
 from fedasync.server.store import ServerStore

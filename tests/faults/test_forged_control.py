@@ -19,8 +19,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from fedasync.core import keys
-from fedasync.events import export_ledger
 from fedasync.local.stack import EmbeddedStack
+from fedasync.ops.events import export_ledger
 from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
 from tests.faults.harness import (

@@ -21,7 +21,7 @@ from fedasync.core.config import TaskConfig
 from fedasync.core.errors import RegistryError
 from fedasync.core.fedavg import FedAvgAccumulator
 from fedasync.core.replay import replay
-from fedasync.events import export_ledger, export_objects, folder_loader
+from fedasync.ops.events import export_ledger, export_objects, folder_loader
 from fedasync.server.tasks import start_task
 from tests.integration.scripted import local_model
 from tests.integration.test_server_async import first_notice, make_stack, verdict

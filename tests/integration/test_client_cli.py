@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from client.cli import client_app
-from fedasync.taskctl import StackConfig
+from fedasync.ops.taskctl import StackConfig
 from tests.integration.test_client_run import (  # noqa: F401 - fixtures
     CLIENT,
     RUN_TIMEOUT_S,

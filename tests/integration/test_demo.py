@@ -19,7 +19,7 @@ from safetensors.numpy import load as st_load
 from typer.testing import CliRunner
 
 from fedasync.cli import app
-from fedasync.demo import DemoOptions, run_demo
+from fedasync.ops.demo import DemoOptions, run_demo
 
 CASES = {
     "sync": ("sync", None, 3, {"rounds": 3}),

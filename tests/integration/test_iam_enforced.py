@@ -21,10 +21,10 @@ from fedasync.cli import app
 from fedasync.core import keys
 from fedasync.local.principals import stack_arns
 from fedasync.local.stack import EmbeddedStack
+from fedasync.ops.taskctl import StackConfig
 from fedasync.policy.definitions import client_statements
 from fedasync.policy.evaluate import Request, Statement, evaluate
 from fedasync.resources import ClientSpec, StackSpec
-from fedasync.taskctl import StackConfig
 from tests.call_audit import expect_refused
 
 TASK = "digits"

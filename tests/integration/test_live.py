@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from fedasync.core import keys
 from fedasync.core.config import TaskConfig
-from fedasync.live import LiveView
+from fedasync.ops.live import LiveView
 from fedasync.server.store import ServerStore, Where
 from fedasync.server.tasks import start_task
 from tests.integration.test_server_sync import (

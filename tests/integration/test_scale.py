@@ -18,7 +18,7 @@ from client.data import Dataset
 from client.run import run_client
 from client.trainers import get_trainer
 from fedasync.core.config import TaskConfig
-from fedasync.events import export_ledger
+from fedasync.ops.events import export_ledger
 from fedasync.resources import topic_shard
 from fedasync.server.tasks import start_task
 from tests.faults.harness import stack_for

@@ -18,11 +18,11 @@ from fedasync.cli import app
 from fedasync.core import keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.replay import replay
-from fedasync.events import export_ledger, export_objects, folder_loader
 from fedasync.local.stack import EmbeddedStack
+from fedasync.ops.events import export_ledger, export_objects, folder_loader
+from fedasync.ops.taskctl import StackConfig
 from fedasync.resources import ClientSpec, StackSpec
 from fedasync.server.tasks import start_task
-from fedasync.taskctl import StackConfig
 from tests.faults.harness import next_notice
 from tests.integration.test_server_sync import (
     clients_for,

@@ -24,8 +24,8 @@ from fedasync.core import codec, keys
 from fedasync.core.errors import FedAsyncError
 from fedasync.core.messages import Heartbeat
 from fedasync.local.stack import EmbeddedStack
+from fedasync.ops.taskctl import StackConfig
 from fedasync.resources import ClientSpec, StackSpec
-from fedasync.taskctl import StackConfig
 from tests.integration.test_server_async import first_notice
 from tests.integration.test_server_sync import clients_for, store_for
 
@@ -272,7 +272,7 @@ async def test_unknown_task_and_invalid_config_are_clear_errors(stack, tmp_path)
 
 @pytest.mark.parametrize("where", ["prefix", "stack-config"])
 async def test_a_task_naming_a_client_without_a_queue_is_refused_at_start(stack, tmp_path, where):
-    from fedasync.taskctl import StackConfig
+    from fedasync.ops.taskctl import StackConfig
 
     # GIVEN a stack deployed for clients a and b, and a task for a, zed and b
     config = write_config(

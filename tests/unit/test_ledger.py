@@ -10,7 +10,7 @@ import pytest
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import RegistryError, SchemaError
 from fedasync.core.ledger import build_ledger, dump_ledger, parse_ledger
-from fedasync.events import folder_loader, object_keys
+from fedasync.ops.events import folder_loader, object_keys
 
 SHA = "ab" * 32
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fedasync.report import contributions, round_durations, staleness, write_report
+from fedasync.ops.report import contributions, round_durations, staleness, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "<script>alert(1)</script>$x$"

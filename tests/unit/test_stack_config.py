@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fedasync.core.errors import ConfigError
-from fedasync.taskctl import StackConfig
+from fedasync.ops.taskctl import StackConfig
 
 
 def test_cdk_outputs_file_is_read_as_a_stack_config(tmp_path):

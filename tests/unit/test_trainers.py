@@ -120,7 +120,7 @@ def test_straggler_delay_is_one_lognormal_draw_per_update_spread_over_its_epochs
     import math
     import random
 
-    import fedasync.demo as demo
+    import fedasync.ops.demo as demo
 
     slept: list[float] = []
     monkeypatch.setattr(demo.time, "sleep", slept.append)

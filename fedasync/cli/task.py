@@ -1,6 +1,6 @@
 """`fedasync task start|status|stop` and `fedasync local up`: the operator's commands.
 
-The logic lives in `fedasync.taskctl` (plain data in, plain data out); this module parses
+The logic lives in `fedasync.ops.taskctl` (plain data in, plain data out); this module parses
 flags, runs it and renders the result. Errors print one `error: ...` line and exit 1.
 """
 
@@ -20,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.table import Table
 
-from fedasync import logs, taskctl
+from fedasync import logs
 from fedasync.aws.session import AwsContext, refusal_message
 from fedasync.core import codec
 from fedasync.core.codec import Weights
@@ -28,6 +28,7 @@ from fedasync.core.config import TaskConfig
 from fedasync.core.errors import ConfigError, FedAsyncError
 from fedasync.local.server import LocalMotoServer
 from fedasync.local.stack import EmbeddedStack
+from fedasync.ops import taskctl
 from fedasync.resources import ENV_ENDPOINT_URL, ClientSpec, StackSpec
 
 T = TypeVar("T")

@@ -19,7 +19,7 @@ from fedasync.core.replay import ReplayResult, replay
 from fedasync.resources import StackSpec
 
 if TYPE_CHECKING:
-    from fedasync.taskctl import StackConfig
+    from fedasync.ops.taskctl import StackConfig
 
 events_app = typer.Typer(help="Export a task's event ledger.", no_args_is_help=True)
 out_console = Console()
@@ -45,7 +45,7 @@ async def _export(
     name: str, *, stack: StackConfig, table: str, bucket: str, out: Path, objects: Path | None
 ) -> tuple[list[Event], int]:
     from fedasync.aws.session import AwsContext
-    from fedasync.events import export_ledger, export_objects, write_ledger
+    from fedasync.ops.events import export_ledger, export_objects, write_ledger
     from fedasync.server.store import ServerStore, Where
 
     operator = stack.operator.credentials() if stack.operator is not None else None
@@ -85,7 +85,7 @@ def export(
     logs.configure(level="WARNING")
     target = out or Path(f"{name}.events.jsonl")
     try:
-        from fedasync.taskctl import resolve_stack
+        from fedasync.ops.taskctl import resolve_stack
 
         stack = resolve_stack(
             endpoint_url=endpoint, prefix=prefix, region=None, stack_config=stack_config
@@ -111,7 +111,7 @@ async def _fetch_objects(
     events: list[Event], endpoint: str | None, bucket: str, folder: Path
 ) -> None:
     from fedasync.aws.session import AwsContext
-    from fedasync.events import export_objects
+    from fedasync.ops.events import export_objects
     from fedasync.server.store import ServerStore, Where
 
     async with AwsContext(endpoint) as aws:
@@ -155,7 +155,7 @@ def replay_command(
     Example: fedasync replay runs/digits-fedavg/events.jsonl
     """
     logs.configure(level="WARNING")
-    from fedasync.events import folder_loader
+    from fedasync.ops.events import folder_loader
 
     try:
         with events_file.open(encoding="utf-8") as lines:

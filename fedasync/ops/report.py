@@ -1,6 +1,6 @@
 """`report.html`: one demo run as a static page, with its plots as PNGs beside it.
 
-Reads the run's summary (`fedasync.demo`) and its ledger (one dict per line of
+Reads the run's summary (`fedasync.ops.demo`) and its ledger (one dict per line of
 `events.jsonl`) and draws what a person wants to see at a glance: accuracy against time
 and against version, what each client contributed, how stale async updates were and how
 long sync rounds took. Missing data omits a plot with a note; it never fails the run.

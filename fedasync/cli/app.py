@@ -55,7 +55,7 @@ def demo(
 
     Example: fedasync demo --mode async --strategy fedbuff --clients 8 --stragglers lognormal:1
     """
-    from fedasync.demo import DemoOptions, run_demo
+    from fedasync.ops.demo import DemoOptions, run_demo
 
     # rejections are counted in the summary; only errors interrupt the live view
     logs.configure(level="ERROR")
@@ -117,14 +117,14 @@ def _print_summary(summary: dict[str, object]) -> None:
 
 
 def _mount_events() -> None:
-    from fedasync.cli_events import events_app, replay_command
+    from fedasync.cli.events import events_app, replay_command
 
     app.add_typer(events_app, name="events")
     app.command("replay")(replay_command)
 
 
 def _mount_task() -> None:
-    from fedasync.cli_task import local_app, task_app
+    from fedasync.cli.task import local_app, task_app
 
     app.add_typer(task_app, name="task")
     app.add_typer(local_app, name="local")

@@ -29,10 +29,10 @@ from fedasync.core import codec, keys
 from fedasync.core.codec import Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.replay import replay
-from fedasync.events import export_ledger, export_objects, folder_loader, write_ledger
-from fedasync.live import LiveView
 from fedasync.local.stack import EmbeddedStack
-from fedasync.report import write_report
+from fedasync.ops.events import export_ledger, export_objects, folder_loader, write_ledger
+from fedasync.ops.live import LiveView
+from fedasync.ops.report import write_report
 from fedasync.resources import ClientSpec, StackSpec
 from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
