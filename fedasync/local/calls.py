@@ -15,27 +15,18 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
-from xml.etree import ElementTree
+
+from fedasync.local.call import Call
+from fedasync.local.calls_s3 import s3_calls
+
+__all__ = ["Call", "authorisations", "signer"]
 
 ACCOUNT = "123456789012"
 PARTITION_KEY = "task_name"  # fedasync.resources.TABLE_PARTITION_KEY (stdlib only here)
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/[^/]+/([^/]+)/([^/]+)/")
-
-
-@dataclass(frozen=True)
-class Call:
-    access_key: str
-    action: str
-    resource: str
-    context: dict[str, Any] = field(default_factory=dict)
-    status: int = 0
-    note: str = ""  # e.g. "implied by ReturnValuesOnConditionCheckFailure=ALL_OLD"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"type": "call", **asdict(self)}
 
 
 @dataclass(frozen=True)
@@ -67,7 +58,7 @@ def authorisations(environ: Mapping[str, Any], body: bytes) -> list[Call]:
         payload = _json(body)
         return [_with_key(c, signed) for c in _json_protocol(service, operation, payload, signed)]
     if signed.service == "s3":
-        return [_with_key(c, signed) for c in _s3(environ, body, signed)]
+        return [_with_key(c, signed) for c in s3_calls(environ, body)]
     form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
     if "Action" in form:
         return [_with_key(c, signed) for c in _query_protocol(signed.service, form, signed)]
@@ -221,121 +212,3 @@ def _query_protocol(service: str, form: Mapping[str, str], signed: _Signed) -> I
         yield Call("", f"sqs:{action}", _queue_arn(form, signed))
     else:
         yield Call("", f"{service}:{action}", "*")
-
-
-# --- S3 (REST) ---------------------------------------------------------------------------
-
-_BUCKET_GET = {
-    "uploads": "ListBucketMultipartUploads",
-    "versions": "ListBucketVersions",
-    "location": "GetBucketLocation",
-}
-_OBJECT_SUBRESOURCE = {
-    "tagging": "ObjectTagging",
-    "acl": "ObjectAcl",
-    "retention": "ObjectRetention",
-}
-
-
-def _s3(environ: Mapping[str, Any], body: bytes, signed: _Signed) -> Iterator[Call]:
-    method = str(environ.get("REQUEST_METHOD", "GET"))
-    query = parse_qs(str(environ.get("QUERY_STRING", "")), keep_blank_values=True)
-    bucket, _, key = unquote(str(environ.get("PATH_INFO", "/"))).lstrip("/").partition("/")
-    if not bucket:
-        yield Call("", "s3:ListAllMyBuckets", "*")
-        return
-    if not key:
-        yield from _s3_bucket(method, query, bucket, body)
-        return
-    arn = f"arn:aws:s3:::{bucket}/{key}"
-    sub = next((s for s in _OBJECT_SUBRESOURCE if s in query), None)
-    tag_header = environ.get("HTTP_X_AMZ_TAGGING")
-    if sub is not None:
-        verb = {"PUT": "Put", "GET": "Get", "DELETE": "Delete"}.get(method, method)
-        context = (
-            {"s3:RequestObjectTagKeys": _tag_keys(body)}
-            if sub == "tagging" and verb == "Put"
-            else {}
-        )
-        yield Call("", f"s3:{verb}{_OBJECT_SUBRESOURCE[sub]}", arn, context)
-    elif (
-        method in ("PUT", "POST")
-        and "uploadId" not in query
-        and "partNumber" not in query
-        and "HTTP_X_AMZ_COPY_SOURCE" in environ
-    ):
-        source = unquote(str(environ["HTTP_X_AMZ_COPY_SOURCE"])).lstrip("/").split("?")[0]
-        yield Call("", "s3:GetObject", f"arn:aws:s3:::{source}", note="copy source")
-        yield Call("", "s3:PutObject", arn)
-    elif method in ("PUT", "POST"):
-        yield Call("", "s3:PutObject", arn)
-        if tag_header:
-            keys = sorted(parse_qs(str(tag_header), keep_blank_values=True))
-            yield Call(
-                "",
-                "s3:PutObjectTagging",
-                arn,
-                {"s3:RequestObjectTagKeys": keys},
-                note="x-amz-tagging on upload",
-            )
-    elif method == "DELETE":
-        yield Call("", "s3:AbortMultipartUpload" if "uploadId" in query else "s3:DeleteObject", arn)
-    elif "uploadId" in query:
-        yield Call("", "s3:ListMultipartUploadParts", arn)
-    else:
-        yield Call("", "s3:GetObjectVersion" if "versionId" in query else "s3:GetObject", arn)
-
-
-def _s3_bucket(
-    method: str, query: Mapping[str, list[str]], bucket: str, body: bytes
-) -> Iterator[Call]:
-    arn = f"arn:aws:s3:::{bucket}"
-    if method == "POST" and "delete" in query:
-        for key in _xml_values(body, "Key"):
-            yield Call("", "s3:DeleteObject", f"{arn}/{key}", note="DeleteObjects")
-        return
-    sub = next(
-        (
-            s
-            for s in query
-            if s
-            not in (
-                "list-type",
-                "prefix",
-                "delimiter",
-                "max-keys",
-                "continuation-token",
-                "start-after",
-                "encoding-type",
-                "fetch-owner",
-                "marker",
-            )
-        ),
-        None,
-    )
-    if method in ("GET", "HEAD") and sub is None:
-        context = {
-            f"s3:{k}": v[0] for k, v in query.items() if k in ("prefix", "delimiter", "max-keys")
-        }
-        yield Call("", "s3:ListBucket", arn, context)
-    elif method == "GET" and sub in _BUCKET_GET:
-        yield Call("", f"s3:{_BUCKET_GET[sub]}", arn)
-    elif method == "PUT" and sub is None:
-        yield Call("", "s3:CreateBucket", arn)
-    elif method == "DELETE" and sub is None:
-        yield Call("", "s3:DeleteBucket", arn)
-    else:
-        verb = {"PUT": "Put", "GET": "Get", "DELETE": "Delete"}.get(method, method)
-        yield Call("", f"s3:{verb}Bucket{(sub or '').capitalize()}", arn)
-
-
-def _xml_values(body: bytes, tag: str) -> list[str]:
-    try:
-        root = ElementTree.fromstring(body or b"<x/>")  # noqa: S314 - our own clients' bodies
-    except ElementTree.ParseError:
-        return []
-    return [e.text or "" for e in root.iter() if e.tag.rsplit("}", 1)[-1] == tag]
-
-
-def _tag_keys(body: bytes) -> list[str]:
-    return sorted(set(_xml_values(body, "Key")))

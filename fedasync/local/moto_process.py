@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from fedasync.local import quotas
+from fedasync.local import moto_limits, quotas
 from fedasync.local.moto_iam import (
     ADMIN_USER,
     ENGINE_USER,
@@ -229,7 +229,7 @@ def main(argv: list[str]) -> int:
         # be allowed by its user's policies (actions; resources for S3 and SQS)
         settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
     roll_back_in_place()  # safe only with DynamoDB requests serialized (below)
-    quotas.install()
+    moto_limits.install()
     # what moto's ThreadedMotoServer does, with the bind in this thread: a port in use
     # fails here, with its error, instead of leaving the parent waiting
     app = serialize_dynamodb(quotas.enforce_quotas(DomainDispatcherApplication(create_backend_app)))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,22 +18,23 @@ from typing import Any
 import numpy as np
 import structlog
 
-from client.config import ClientConfig
-from client.data import Dataset, demo_silo
+from client.data import Dataset
 from client.run import run_client
 from client.trainers import get_trainer
-from client.trainers.base import Trainer, TrainResult
+from client.trainers.base import Trainer
 from fedasync.core import codec, keys
-from fedasync.core.codec import Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.replay import replay
 from fedasync.local.stack import EmbeddedStack
+from fedasync.ops.demo_silos import StragglerTrainer, client_config, demo_data, silo_trainer
 from fedasync.ops.events import export_ledger, export_objects, folder_loader, write_ledger
 from fedasync.ops.live import LiveView
 from fedasync.ops.report import write_report
 from fedasync.resources import ClientSpec, StackSpec
 from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
+
+__all__ = ["DemoOptions", "StragglerTrainer", "demo_data", "run_demo"]
 
 log = structlog.get_logger()
 
@@ -103,51 +102,6 @@ class DemoOptions:
         return TaskConfig.parse(data)
 
 
-class StragglerTrainer:
-    """Wraps a trainer: each update also takes `base_s` x a seeded lognormal(0, sigma) factor.
-
-    Slow silos are the common case in cross-silo FL (uneven hardware, shared clusters);
-    this makes them reproducible so sync and async runs can be compared on equal terms.
-    The client calls `fit` once per epoch, so one update is `fits_per_update` calls: the
-    factor is drawn on an update's first call and its delay is spread over the calls.
-    One silo's calls come one at a time (its trainer loop), so a counter is enough.
-    """
-
-    def __init__(
-        self,
-        inner: Trainer,
-        sigma: float,
-        seed: int,
-        base_s: float = 0.5,
-        fits_per_update: int = 1,
-    ) -> None:
-        self.inner, self.name = inner, inner.name
-        self._rng = random.Random(seed)  # noqa: S311 - simulated delays, not security
-        self._sigma, self._base = sigma, base_s
-        self._fits_per_update = max(1, fits_per_update)
-        self._calls = 0
-        self._delay_s = 0.0
-
-    @staticmethod
-    def draw_delay_s(rng: random.Random, base_s: float, sigma: float) -> float:
-        """One update's delay: `base_s` x a lognormal(0, sigma) factor."""
-        return base_s * math.exp(rng.gauss(0.0, sigma))
-
-    def init_weights(self, seed: int) -> Weights:
-        return self.inner.init_weights(seed)
-
-    def fit(self, weights: Weights, x: Any, y: Any, *, epochs: int, seed: int) -> TrainResult:
-        result = self.inner.fit(weights, x, y, epochs=epochs, seed=seed)
-        if self._calls % self._fits_per_update == 0:
-            self._delay_s = self.draw_delay_s(self._rng, self._base, self._sigma)
-        self._calls += 1
-        time.sleep(self._delay_s / self._fits_per_update)
-        return result
-
-    def evaluate(self, weights: Weights, x: Any, y: Any) -> dict[str, float]:
-        return self.inner.evaluate(weights, x, y)
-
-
 async def _evaluate_versions(
     store: ServerStore,
     *,
@@ -204,8 +158,8 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
             reports = await asyncio.gather(
                 *(
                     run_client(
-                        _client_config(opts, cfg, e, i),
-                        trainer=_silo_trainer(trainer, opts, i),
+                        client_config(opts, cfg, e, i),
+                        trainer=silo_trainer(trainer, opts, i),
                         data=silos[i],
                     )
                     for i in range(opts.clients)
@@ -267,58 +221,6 @@ def _self_check(ledger: list[dict[str, Any]], objects: Path) -> dict[str, Any]:
         "problems": result.problems + [f"version {c.version} differs" for c in result.mismatches],
         "objects_path": str(objects),
     }
-
-
-def demo_data(opts: DemoOptions) -> tuple[list[Dataset], Dataset]:
-    """Each silo's share of the digits training split, and the shared held-out split."""
-    splits = [
-        demo_silo(i, opts.clients, alpha=opts.dirichlet_alpha, seed=opts.seed)
-        for i in range(opts.clients)
-    ]
-    return [train for train, _ in splits], splits[0][1]
-
-
-def _silo_trainer(trainer: Trainer, opts: DemoOptions, index: int) -> Trainer:
-    if not opts.train_seconds:
-        return trainer
-    sigma = opts.stragglers_sigma or 0.0
-    return StragglerTrainer(
-        trainer,
-        sigma,
-        seed=opts.silo_seed(index),
-        base_s=opts.train_seconds,
-        fits_per_update=opts.epochs,  # the client fits one epoch per call
-    )
-
-
-def _client_keys(e: Any, client_id: str) -> dict[str, Any]:
-    """The silo's own access key, when the stack gave it one."""
-    credentials = e.principals.get(f"client:{client_id}")
-    if credentials is None:
-        return {}
-    return {
-        "aws_access_key_id": credentials.access_key_id,
-        "aws_secret_access_key": credentials.secret_access_key,
-    }
-
-
-def _client_config(opts: DemoOptions, cfg: TaskConfig, e: Any, index: int) -> ClientConfig:
-    client_id = cfg.clients[index]
-    return ClientConfig(
-        task_name=cfg.task_name,
-        client_id=client_id,
-        endpoint_url=e.endpoint_url,
-        region=e.region,
-        queue_url=e.client_queue_urls[client_id],
-        bucket=e.bucket,
-        table=e.table,
-        **_client_keys(e, client_id),
-        heartbeat_interval_s=5.0,
-        visibility_timeout_s=60,
-        wait_time_s=1,
-        epochs=opts.epochs,
-        seed=opts.silo_seed(index),
-    )
 
 
 async def _wait_execution(stack: EmbeddedStack, arn: str, timeout_s: float = 300) -> dict[str, Any]:
