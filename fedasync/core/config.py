@@ -16,7 +16,22 @@ from pydantic import (
     model_validator,
 )
 
+from fedasync.core.config_parts import (
+    EVAL_METRIC_PATTERN,
+    StalenessFunction,
+    TargetMetric,
+    parse_staleness,
+)
 from fedasync.core.errors import ConfigError
+
+__all__ = [
+    "CLIENT_ID_PATTERN",
+    "EVAL_METRIC_PATTERN",
+    "TASK_NAME_PATTERN",
+    "StalenessFunction",
+    "TargetMetric",
+    "TaskConfig",
+]
 
 # What S3 keys, DynamoDB keys and Step Functions execution names all accept:
 # no '/', no '#', no spaces; the execution is named after the task.
@@ -92,90 +107,6 @@ def default_quorum(clients: int) -> int:
     return max(1, math.ceil(QUORUM_FRACTION * clients))
 
 
-_STALENESS_RE = re.compile(r"^\s*(constant|polynomial|hinge)\s*(?:\(([^)]*)\))?\s*$")
-
-
-def _parse_staleness(value: Any) -> Any:
-    """Accept `"constant"`, `"polynomial(0.5)"`, `"hinge(10, 4)"` or a mapping."""
-    if not isinstance(value, str):
-        return value
-    match = _STALENESS_RE.match(value)
-    if match is None:
-        raise ValueError(
-            f"staleness {value!r} is not one of 'constant', 'polynomial(a)', 'hinge(a, b)'"
-        )
-    kind, args = match.group(1), match.group(2)
-    numbers = [float(x) for x in args.split(",")] if args and args.strip() else []
-    names = {"constant": [], "polynomial": ["a"], "hinge": ["a", "b"]}[kind]
-    if len(numbers) != len(names):
-        raise ValueError(f"staleness {kind!r} takes {len(names)} argument(s) {names}")
-    return {"kind": kind, **dict(zip(names, numbers, strict=True))}
-
-
-class StalenessFunction(BaseModel):
-    """s(staleness) from FedAsync (Xie et al. 2019, §5.2).
-
-    constant: s = 1; polynomial: s = (1 + staleness)^(-a);
-    hinge: s = 1 if staleness <= b else 1 / (a * (staleness - b) + 1).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["constant", "polynomial", "hinge"] = "constant"
-    a: float = Field(default=0.5, ge=0.0)
-    b: float = Field(default=4.0, ge=0.0)
-
-    def weight(self, staleness: int) -> float:
-        if staleness < 0:
-            raise ValueError(f"staleness must be >= 0, got {staleness}")
-        if self.kind == "constant":
-            return 1.0
-        if self.kind == "polynomial":
-            return float((1.0 + staleness) ** (-self.a))
-        if staleness <= self.b:
-            return 1.0
-        return 1.0 / (self.a * (staleness - self.b) + 1.0)
-
-    def __str__(self) -> str:
-        if self.kind == "constant":
-            return "constant"
-        if self.kind == "polynomial":
-            return f"polynomial({self.a:g})"
-        return f"hinge({self.a:g}, {self.b:g})"
-
-
-EVAL_METRIC_PATTERN = r"^eval_[A-Za-z0-9_]{1,59}$"
-
-
-class TargetMetric(BaseModel):
-    """Stop an async task once the silos' evaluation of the global model reaches a
-    threshold (see `fedasync.core.target`: a weighted median over a quorum of silos).
-
-    Only `eval_*` metrics qualify: each silo's score of the global model it received on
-    the part of its data it holds out (`--eval-fraction`). `train_*` metrics measure a
-    local model's fit to its own training data and would stop a task too early."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field(min_length=1, max_length=64)
-    threshold: float = Field(allow_inf_nan=False)
-    higher_is_better: bool = True
-
-    @field_validator("name")
-    @classmethod
-    def _an_eval_metric(cls, value: str) -> str:
-        if not re.match(EVAL_METRIC_PATTERN, value):
-            hint = "eval_" + value.removeprefix("train_")
-            raise ValueError(
-                f"target metric {value!r} is not an evaluation metric: clients report "
-                f"eval_* scores of the global model on held-out data; use e.g. {hint!r}"
-            )
-        return value
-
-    def reached(self, value: float) -> bool:
-        return value >= self.threshold if self.higher_is_better else value <= self.threshold
-
-
 class TaskConfig(BaseModel):
     """One federated task, sync (FedAvg rounds) or async (FedAsync / FedBuff)."""
 
@@ -203,7 +134,7 @@ class TaskConfig(BaseModel):
     )
     # async
     alpha: float = Field(default=0.6, gt=0.0, le=1.0)
-    staleness: Annotated[StalenessFunction, BeforeValidator(_parse_staleness)] = Field(
+    staleness: Annotated[StalenessFunction, BeforeValidator(parse_staleness)] = Field(
         default_factory=StalenessFunction
     )
     max_staleness: int = Field(default=16, ge=0)

@@ -1,0 +1,92 @@
+"""Parts of a task's configuration with their own rules: the staleness function of
+FedAsync and the target metric of an async task (`fedasync.core.config` composes them)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_STALENESS_RE = re.compile(r"^\s*(constant|polynomial|hinge)\s*(?:\(([^)]*)\))?\s*$")
+
+
+def parse_staleness(value: Any) -> Any:
+    """Accept `"constant"`, `"polynomial(0.5)"`, `"hinge(10, 4)"` or a mapping."""
+    if not isinstance(value, str):
+        return value
+    match = _STALENESS_RE.match(value)
+    if match is None:
+        raise ValueError(
+            f"staleness {value!r} is not one of 'constant', 'polynomial(a)', 'hinge(a, b)'"
+        )
+    kind, args = match.group(1), match.group(2)
+    numbers = [float(x) for x in args.split(",")] if args and args.strip() else []
+    names = {"constant": [], "polynomial": ["a"], "hinge": ["a", "b"]}[kind]
+    if len(numbers) != len(names):
+        raise ValueError(f"staleness {kind!r} takes {len(names)} argument(s) {names}")
+    return {"kind": kind, **dict(zip(names, numbers, strict=True))}
+
+
+class StalenessFunction(BaseModel):
+    """s(staleness) from FedAsync (Xie et al. 2019, §5.2).
+
+    constant: s = 1; polynomial: s = (1 + staleness)^(-a);
+    hinge: s = 1 if staleness <= b else 1 / (a * (staleness - b) + 1).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["constant", "polynomial", "hinge"] = "constant"
+    a: float = Field(default=0.5, ge=0.0)
+    b: float = Field(default=4.0, ge=0.0)
+
+    def weight(self, staleness: int) -> float:
+        if staleness < 0:
+            raise ValueError(f"staleness must be >= 0, got {staleness}")
+        if self.kind == "constant":
+            return 1.0
+        if self.kind == "polynomial":
+            return float((1.0 + staleness) ** (-self.a))
+        if staleness <= self.b:
+            return 1.0
+        return 1.0 / (self.a * (staleness - self.b) + 1.0)
+
+    def __str__(self) -> str:
+        if self.kind == "constant":
+            return "constant"
+        if self.kind == "polynomial":
+            return f"polynomial({self.a:g})"
+        return f"hinge({self.a:g}, {self.b:g})"
+
+
+EVAL_METRIC_PATTERN = r"^eval_[A-Za-z0-9_]{1,59}$"
+
+
+class TargetMetric(BaseModel):
+    """Stop an async task once the silos' evaluation of the global model reaches a
+    threshold (see `fedasync.core.target`: a weighted median over a quorum of silos).
+
+    Only `eval_*` metrics qualify: each silo's score of the global model it received on
+    the part of its data it holds out (`--eval-fraction`). `train_*` metrics measure a
+    local model's fit to its own training data and would stop a task too early."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    threshold: float = Field(allow_inf_nan=False)
+    higher_is_better: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _an_eval_metric(cls, value: str) -> str:
+        if not re.match(EVAL_METRIC_PATTERN, value):
+            hint = "eval_" + value.removeprefix("train_")
+            raise ValueError(
+                f"target metric {value!r} is not an evaluation metric: clients report "
+                f"eval_* scores of the global model on held-out data; use e.g. {hint!r}"
+            )
+        return value
+
+    def reached(self, value: float) -> bool:
+        return value >= self.threshold if self.higher_is_better else value <= self.threshold
