@@ -112,7 +112,7 @@ def tensor_names(model: Any) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     seen: set[str] = set()
     for var in model.weights:
-        if not np.dtype(var.dtype).kind == "f":
+        if np.dtype(var.dtype).kind != "f":
             continue
         path = str(getattr(var, "path", var.name))
         name = path.removeprefix(prefix)
