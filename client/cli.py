@@ -134,7 +134,7 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
     logs.configure()
     try:
         given = {"endpoint_url": endpoint, "queue_url": queue_url, "bucket": bucket, "table": table}
-        located = _from_stack_config(stack_config, client_id, given)
+        located = locate(stack_config, client_id, given)
         cfg = ClientConfig(
             task_name=task,
             client_id=client_id,
@@ -190,7 +190,7 @@ def _client_error(exc: BaseException) -> ClientError | None:
     return None
 
 
-def _from_stack_config(
+def locate(
     path: Path | None, client_id: str, given: dict[str, str | None]
 ) -> dict[str, object]:
     """Flags win; the stack config fills what they leave out, and gives the key."""

@@ -15,6 +15,7 @@ from client.config import ClientConfig
 from client.data import Dataset, demo_silo, hold_out
 from client.run import run_client
 from client.trainers import get_trainer
+from fedasync.aws.records import DynamoRecords
 from fedasync.core import keys
 from fedasync.core.config import TaskConfig
 from fedasync.local.stack import EmbeddedStack
@@ -24,6 +25,11 @@ from tests.integration.test_server_sync import store_for, wait_execution
 
 pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.tf
+
+import keras  # noqa: E402 - only once TensorFlow is known to be there
+
+from client.trainers.keras_model import get_weights  # noqa: E402
+from examples import keras_callback as keras_callback_example  # noqa: E402
 
 SILOS = tuple(f"silo-{i}" for i in range(5))
 CNN = "examples.keras_cnn:factory"
@@ -46,6 +52,10 @@ def silo_config(stack: EmbeddedStack, task: str, client_id: str, **over: Any) ->
         "wait_time_s": 1,
     }
     return ClientConfig(**(fields | over))
+
+
+async def store_records(stack: EmbeddedStack, task: str) -> list[dict[str, Any]]:
+    return await DynamoRecords(stack.aws, stack.endpoints.table).query(task, keys.UPDATE_PREFIX)
 
 
 def cnn_accuracy(weights: dict[str, np.ndarray], data: Dataset) -> float:
@@ -112,3 +122,70 @@ async def test_a_users_functional_cnn_reaches_90_percent_on_the_silos_held_out_s
     scores = [cnn_accuracy(final, held) for _, held in splits]
     sizes = [len(held) for _, held in splits]
     assert np.average(scores, weights=sizes) >= 0.90, scores
+
+
+class WeightsAtEpochStart(keras.callbacks.Callback):
+    """What the model starts each epoch from (runs after the federated callback)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[dict[str, np.ndarray]] = []
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self.seen.append(get_weights(self.model))
+
+
+async def test_the_callback_joins_an_async_task_from_model_fit(moto_server, prefix):
+    # GIVEN an async FedAsync task over one silo that ends at version 4
+    cfg = TaskConfig.parse(
+        {"task_name": "digits-fit", "mode": "async", "clients": ["silo-0"], "max_versions": 4,
+         "max_staleness": 4, "heartbeat_s": 120, "deadline_s": 600}
+    )  # fmt: skip
+    initial = get_trainer(CNN, seed=0).init_weights(0)
+    spec = StackSpec(prefix=prefix, clients=(ClientSpec(client_id="silo-0"),))
+    async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as stack:
+        store = store_for(stack)
+        arn = await start_task(store, stack.endpoints.state_machine_arn, cfg, initial)
+        probe = WeightsAtEpochStart()
+        # WHEN the user's own script runs model.fit(tf.data, epochs=30) with the callback
+        model, history, federated = await asyncio.wait_for(
+            asyncio.to_thread(
+                keras_callback_example.train,
+                cfg.task_name,
+                "silo-0",
+                data="digits:0/2",
+                epochs=30,
+                callbacks=[probe],
+                config=silo_config(stack, cfg.task_name, "silo-0", heartbeat_interval_s=0.5,
+                                   visibility_timeout_s=10),
+            ),
+            300,
+        )  # fmt: skip
+        desc = await wait_execution(stack, arn, 60)
+        records = await store_records(stack, cfg.task_name)
+        globals_ = [
+            st_load(await store.get_object(keys.global_key(cfg.task_name, v)))
+            for v in range(len(records))
+        ]
+        final = st_load(await store.get_object(keys.final_key(cfg.task_name)))
+        task = await store.get_task(cfg.task_name)
+    # THEN the task succeeded, ending at version 4
+    assert desc["status"] == "SUCCEEDED"
+    assert int(task["head_version"]) == 4
+    report = federated.report
+    assert report is not None and report.outcome == "final"
+    # AND the silo submitted once per epoch, each time on the newest global model (the
+    # server's go-ahead on version 4, sent before it saw it was the last, may add a 5th,
+    # refused as late)
+    epochs = len(history.history["loss"])
+    assert sorted(r["base_version"] for r in records) == list(range(epochs))
+    assert 4 <= epochs <= 5 and federated.submitted == epochs
+    # AND each epoch started from the global model that followed the last submission
+    for epoch, start in enumerate(probe.seen):
+        for name, tensor in globals_[epoch].items():
+            np.testing.assert_array_equal(start[name], tensor)
+    # AND fit stopped when the task ended (not after 30 epochs), holding the final model
+    for name, tensor in final.items():
+        np.testing.assert_array_equal(get_weights(model)[name], tensor)
+    # AND heartbeats went on while fit ran
+    assert len(report.heartbeats) >= 2
