@@ -190,9 +190,7 @@ def _client_error(exc: BaseException) -> ClientError | None:
     return None
 
 
-def locate(
-    path: Path | None, client_id: str, given: dict[str, str | None]
-) -> dict[str, object]:
+def locate(path: Path | None, client_id: str, given: dict[str, str | None]) -> dict[str, object]:
     """Flags win; the stack config fills what they leave out, and gives the key."""
     if path is None:
         return dict(given)

@@ -77,7 +77,7 @@ def _import_factory(path: str, what: str) -> TrainerFactory:
             f"--trainer {what!r}: module {module_name!r} does not import "
             f"({type(exc).__name__}: {exc}); searched {cwd!r} and the installed packages"
         ) from exc
-    factory = module
+    factory: Any = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
         if factory is None:

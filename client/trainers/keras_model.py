@@ -69,7 +69,7 @@ class KerasModelTrainer:
             keras.utils.set_random_seed(seed)
             set_weights(self.model, weights)
             if self.data is not None:
-                history = self.model.fit(self.data, epochs=epochs, verbose=0)
+                history = self.model.fit(self.data, epochs=epochs, shuffle=False, verbose=0)
                 count = self._count_examples()
             else:
                 inputs = model_input(self.model, x)

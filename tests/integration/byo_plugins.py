@@ -9,11 +9,11 @@ from client.trainers.base import TrainResult
 from client.trainers.numpy_trainer import NumpyTrainer
 from fedasync.core.codec import ModelSpec, Weights
 
-SEEN: list[tuple[ModelSpec | None, dict[str, Any]]] = []  # what each factory call was given
+calls: list[tuple[ModelSpec | None, dict[str, Any]]] = []  # what each factory call was given
 
 
 def numpy_factory(spec: ModelSpec | None, options: Mapping[str, Any]) -> NumpyTrainer:
-    SEEN.append((spec, dict(options)))
+    calls.append((spec, dict(options)))
     return NumpyTrainer(int(options.get("num_features", 64)), int(options.get("num_classes", 10)))
 
 
