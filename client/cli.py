@@ -25,6 +25,7 @@ from client.trainers import (
     DEFAULT_TRAINER,
     ENTRY_POINT_GROUP,
     TRAINERS,
+    PluginTrainer,
     Trainer,
     get_trainer,
     is_builtin,
@@ -174,7 +175,8 @@ def _trainer(name: str, pairs: list[str], dataset: Dataset, num_classes: int, se
     if is_builtin(name):
         if pairs:
             raise ValueError(f"--trainer-option is for plugins; {name!r} is built in")
-        return get_trainer(name, **options)
+        # checked against the task's model on first use, as a plugin is
+        return PluginTrainer(name, lambda _spec, _opts: get_trainer(name, **options), options)
     return get_trainer(name, **{**options, "seed": seed, **parse_options(pairs)})
 
 

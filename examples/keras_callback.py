@@ -22,6 +22,7 @@ import tensorflow as tf
 from client.data import load_data
 from client.keras_callback import FederatedCallback
 from examples.keras_cnn import build_model
+from fedasync import logs
 
 
 def digits_dataset(spec: str, batch_size: int, seed: int = 0) -> Any:
@@ -72,6 +73,7 @@ def main() -> None:
         default=Path(os.environ.get("FEDASYNC_STACK_CONFIG", ".fedasync/stack.json")),
     )
     args = parser.parse_args()
+    logs.configure()  # as `fedasync client run`: JSON lines off a terminal
     every: str | int = args.every if args.every == "epoch" else int(args.every)
     _, history, federated = train(
         args.task, args.client_id, data=args.data, epochs=args.epochs, every=every,
