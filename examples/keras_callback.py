@@ -55,6 +55,7 @@ def train(
         digits_dataset(data, batch_size),
         epochs=epochs,
         callbacks=[federated, *(callbacks or [])],
+        shuffle=False,  # the pipeline shuffles (Keras would only warn it cannot)
         verbose=0,
     )
     return model, history, federated

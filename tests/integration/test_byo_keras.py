@@ -189,3 +189,53 @@ async def test_the_callback_joins_an_async_task_from_model_fit(moto_server, pref
         np.testing.assert_array_equal(get_weights(model)[name], tensor)
     # AND heartbeats went on while fit ran
     assert len(report.heartbeats) >= 2
+
+
+async def test_the_callback_waits_for_each_round_of_a_sync_task_beside_a_plugin_silo(
+    moto_server, prefix
+):
+    # GIVEN a sync task of 3 rounds over two silos: silo-0 joins from its own model.fit
+    # (the callback), silo-1 runs the client with the same model as a trainer plugin
+    cfg = TaskConfig.parse(
+        {"task_name": "digits-mixed", "mode": "sync", "clients": ["silo-0", "silo-1"],
+         "rounds": 3, "round_timeout_s": 300}
+    )  # fmt: skip
+    initial = get_trainer(CNN, seed=0).init_weights(0)
+    spec = StackSpec(prefix=prefix, clients=(ClientSpec(client_id="silo-0"),
+                                             ClientSpec(client_id="silo-1")))  # fmt: skip
+    async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as stack:
+        store = store_for(stack)
+        arn = await start_task(store, stack.endpoints.state_machine_arn, cfg, initial)
+        probe = WeightsAtEpochStart()
+        fitting = asyncio.to_thread(
+            keras_callback_example.train, cfg.task_name, "silo-0", data="digits:0/2",
+            epochs=30, callbacks=[probe],
+            config=silo_config(stack, cfg.task_name, "silo-0", visibility_timeout_s=10),
+        )  # fmt: skip
+        plugin_silo = run_client(
+            silo_config(stack, cfg.task_name, "silo-1"),
+            trainer=get_trainer(CNN, num_features=64, num_classes=10, seed=1),
+            data=demo_silo(1, 2, seed=0)[0],
+        )
+        # WHEN both run until the task ends
+        (model, history, federated), other = await asyncio.wait_for(
+            asyncio.gather(fitting, plugin_silo), 300
+        )
+        desc = await wait_execution(stack, arn, 60)
+        rounds = [
+            st_load(await store.get_object(keys.global_key(cfg.task_name, r))) for r in range(3)
+        ]
+        final = st_load(await store.get_object(keys.final_key(cfg.task_name)))
+    # THEN the task succeeded, each silo in each round
+    assert desc["status"] == "SUCCEEDED"
+    assert federated.report is not None and federated.report.outcome == "final"
+    assert sorted(u.round_id for u in federated.report.updates) == [0, 1, 2]
+    assert sorted(u.round_id for u in other.updates) == [0, 1, 2]
+    # AND fit ran one epoch per round, each from that round's global model, and stopped
+    # at the end holding the final model
+    assert len(history.history["loss"]) == 3
+    for epoch, start in enumerate(probe.seen):
+        for name, tensor in rounds[epoch].items():
+            np.testing.assert_array_equal(start[name], tensor)
+    for name, tensor in final.items():
+        np.testing.assert_array_equal(get_weights(model)[name], tensor)
