@@ -21,7 +21,16 @@ from client.progress import Progress
 from client.run import run_client
 from client.signals import install_stop_handlers
 from client.state import ClientReport
-from client.trainers import DEFAULT_TRAINER, TRAINERS, Trainer, get_trainer
+from client.trainers import (
+    DEFAULT_TRAINER,
+    ENTRY_POINT_GROUP,
+    TRAINERS,
+    PluginTrainer,
+    Trainer,
+    get_trainer,
+    is_builtin,
+    parse_options,
+)
 from fedasync import logs
 from fedasync.aws.session import refusal_message
 from fedasync.core.errors import FedAsyncError
@@ -87,8 +96,24 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
     ] = DEFAULT_EVAL_FRACTION,
     seed: Annotated[int, typer.Option(envvar="FEDASYNC_SEED")] = 0,
     trainer: Annotated[
-        str, typer.Option(envvar="FEDASYNC_TRAINER", help=f"One of {', '.join(sorted(TRAINERS))}.")
+        str,
+        typer.Option(
+            envvar="FEDASYNC_TRAINER",
+            help=f"{', '.join(sorted(TRAINERS))}, an installed plugin (entry point group "
+            f"{ENTRY_POINT_GROUP}), or package.module:factory (your own; see README).",
+        ),
     ] = DEFAULT_TRAINER,
+    trainer_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trainer-option",
+            help="KEY=VALUE passed to a plugin's factory in its options (repeatable).",
+        ),
+    ] = None,
+    max_train_failures: Annotated[
+        int,
+        typer.Option(min=1, help="Stop after the trainer raises for this many notices in a row."),
+    ] = 3,
     num_classes: Annotated[int, typer.Option(help="Classes of the model.")] = 10,
     epochs: Annotated[int, typer.Option(envvar="FEDASYNC_EPOCHS")] = 1,
     heartbeat_interval: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 10.0,
@@ -111,7 +136,7 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
     logs.configure()
     try:
         given = {"endpoint_url": endpoint, "queue_url": queue_url, "bucket": bucket, "table": table}
-        located = _from_stack_config(stack_config, client_id, given)
+        located = locate(stack_config, client_id, given)
         cfg = ClientConfig(
             task_name=task,
             client_id=client_id,
@@ -124,9 +149,10 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
             visibility_timeout_s=visibility_timeout,
             part_size=part_size_mb * _MiB,
             work_dir=work_dir,
+            max_train_failures=max_train_failures,
         )
         dataset, held_out = hold_out(load_data(data, alpha=alpha, seed=seed), eval_fraction, seed)
-        model = get_trainer(trainer, num_features=dataset.num_features, num_classes=num_classes)
+        model = _trainer(trainer, trainer_option or [], dataset, num_classes, seed)
         report = asyncio.run(_main(cfg, model, dataset, held_out))
     except (FedAsyncError, ValueError, ImportError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -143,6 +169,18 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
     )
 
 
+def _trainer(name: str, pairs: list[str], dataset: Dataset, num_classes: int, seed: int) -> Trainer:
+    """A built-in gets the data's shape; a plugin's factory also the seed and the user's
+    own options (imported now: a path that does not import stops here, at once)."""
+    options: dict[str, object] = {"num_features": dataset.num_features, "num_classes": num_classes}
+    if is_builtin(name):
+        if pairs:
+            raise ValueError(f"--trainer-option is for plugins; {name!r} is built in")
+        # checked against the task's model on first use, as a plugin is
+        return PluginTrainer(name, lambda _spec, _opts: get_trainer(name, **options), options)
+    return get_trainer(name, **{**options, "seed": seed, **parse_options(pairs)})
+
+
 def _client_error(exc: BaseException) -> ClientError | None:
     """The AWS error behind a failed run (the run's task group wraps it)."""
     if isinstance(exc, ClientError):
@@ -155,9 +193,7 @@ def _client_error(exc: BaseException) -> ClientError | None:
     return None
 
 
-def _from_stack_config(
-    path: Path | None, client_id: str, given: dict[str, str | None]
-) -> dict[str, object]:
+def locate(path: Path | None, client_id: str, given: dict[str, str | None]) -> dict[str, object]:
     """Flags win; the stack config fills what they leave out, and gives the key."""
     if path is None:
         return dict(given)

@@ -39,6 +39,9 @@ class ClientConfig(BaseModel):
     # training
     epochs: int = Field(default=1, ge=1)
     seed: int = 0
+    # the trainer raising for this many notices in a row ends the run (each is given back
+    # to the queue for a retry first): a broken trainer must not spin, nor upload
+    max_train_failures: int = Field(default=3, ge=1)
     # transfers
     part_size: int = Field(default=DEFAULT_PART_BYTES, ge=MIN_PART_BYTES)
     download_attempts: int = Field(default=2, ge=1)

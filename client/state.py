@@ -37,6 +37,7 @@ class ClientReport:
     duplicates: int = 0
     rejected_notices: int = 0
     corrupt_downloads: int = 0  # notices given back: their model failed its checksum
+    train_failures: int = 0  # notices given back: the trainer raised
     heartbeats: list[float] = field(default_factory=list)  # monotonic send time, written beats
     heartbeat_latencies: list[float] = field(default_factory=list)  # seconds to write each
     final_notice: GlobalModelNotice | None = None
@@ -75,6 +76,7 @@ class RunState:
     phases: dict[str, Phase] = field(default_factory=dict)  # per stage: trainer, uploader
     version: int | None = None
     corrupt_notices: dict[str, int] = field(default_factory=dict)  # failures per notice
+    train_failures: int = 0  # notices in a row whose training raised
     report: ClientReport = field(init=False)
     # The silo's own training thread. Not the loop's shared default executor: its few
     # threads are shared by everything in the process (several silos in the demo, the

@@ -20,6 +20,7 @@ from structlog.contextvars import bound_contextvars
 
 from client.inbox import Held
 from client.state import EndOfRun, PendingUpload, RunState
+from client.training import TrainingFailed, call_trainer, retry_later
 from client.transfer import MISSING, CorruptDownloadError
 from fedasync.core import codec, keys
 from fedasync.core.codec import Weights
@@ -70,6 +71,10 @@ async def trainer_loop(state: RunState) -> None:
             except CorruptDownloadError as exc:
                 await give_back(state, held, exc)
                 continue
+            except TrainingFailed as exc:
+                await retry_later(state, held, exc)
+                continue
+            state.train_failures = 0
             if pending is not None:
                 await state.uploads.put(pending)
 
@@ -214,13 +219,13 @@ async def train(
     seed = training_seed(cfg.seed, cfg.client_id, version, notice.seq)
     num_examples, metrics, scores = len(data), {}, {}
     if state.eval_data is not None:
-        scores = await state.in_compute(
-            state.trainer.evaluate, weights, state.eval_data.x, state.eval_data.y
+        scores = await call_trainer(
+            state, state.trainer.evaluate, weights, state.eval_data.x, state.eval_data.y
         )
     with state.progress.bar(f"train v{version}", cfg.epochs, "epochs") as advance:
         for epoch in range(cfg.epochs):
-            result = await state.in_compute(
-                state.trainer.fit, weights, data.x, data.y, epochs=1, seed=seed + epoch
+            result = await call_trainer(
+                state, state.trainer.fit, weights, data.x, data.y, epochs=1, seed=seed + epoch
             )
             weights, num_examples, metrics = result.weights, result.num_examples, result.metrics
             advance(1)
