@@ -130,6 +130,13 @@ def _mount_task() -> None:
     app.add_typer(local_app, name="local")
 
 
+def _mount_schema() -> None:
+    from fedasync.schema_cli import schema_app
+
+    app.add_typer(schema_app, name="schema")
+
+
 _mount_client()
 _mount_events()
 _mount_task()
+_mount_schema()
