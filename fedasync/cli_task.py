@@ -26,6 +26,7 @@ from fedasync.core import codec
 from fedasync.core.codec import Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import ConfigError, FedAsyncError
+from fedasync.core.initial import check_initial
 from fedasync.local.server import LocalMotoServer
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ENV_ENDPOINT_URL, ClientSpec, StackSpec
@@ -110,14 +111,25 @@ def load_task_config(path: Path) -> TaskConfig:
 
 
 def _initial_model(
-    init_model: Path | None, trainer: str, seed: int, num_features: int, num_classes: int
+    cfg: TaskConfig,
+    init_model: Path | None,
+    trainer: str,
+    seed: int,
+    num_features: int,
+    num_classes: int,
 ) -> Weights:
+    """The user's weights (`--initial-weights`), else a built-in trainer's; checked once
+    against the task (names, dtypes, finite, max_model_bytes) before anything is created."""
     if init_model is not None:
-        return codec.read_file(init_model, who=f"initial model {str(init_model)!r}")
-    from client.trainers import get_trainer  # the operator may not have the client installed
+        who = f"initial weights {str(init_model)!r}"
+        weights = codec.read_file(init_model, max_bytes=cfg.max_model_bytes, who=who)
+    else:
+        from client.trainers import get_trainer  # the operator may not have the client
 
-    model = get_trainer(trainer, num_features=num_features, num_classes=num_classes)
-    return model.init_weights(seed)
+        model = get_trainer(trainer, num_features=num_features, num_classes=num_classes)
+        weights, who = model.init_weights(seed), f"the {trainer} trainer's initial model"
+    check_initial(weights, cfg, who)
+    return weights
 
 
 @task_app.command("start")
@@ -128,10 +140,17 @@ def start_command(
     region: Region = None,
     stack_config: StackJson = None,
     init_model: Annotated[
-        Path | None, typer.Option(help="Initial global model (.safetensors).")
+        Path | None,
+        typer.Option(
+            "--initial-weights",
+            "--init-model",
+            help="The task's model (.safetensors, e.g. from `fedasync model export`): its "
+            "tensor names, shapes and dtypes are what every update must match.",
+        ),
     ] = None,
     trainer: Annotated[
-        str, typer.Option(help="Without --init-model: numpy or keras initialises the model.")
+        str,
+        typer.Option(help="Without --initial-weights: numpy or keras initialises the model."),
     ] = "numpy",
     seed: Annotated[int, typer.Option(help="Seed of the initial model.")] = 0,
     num_features: Annotated[int, typer.Option(help="Model inputs (digits: 64).")] = 64,
@@ -140,13 +159,13 @@ def start_command(
 ) -> None:
     """Create a task from a YAML config and start its execution (idempotent).
 
-    Example: fedasync task start --config task.yaml --endpoint http://127.0.0.1:4566
+    Example: fedasync task start --config task.yaml --initial-weights model.safetensors
     """
     logs.configure(level="WARNING")
     stack = _stack(endpoint, prefix, region, stack_config)
     try:
         cfg = load_task_config(config)
-        initial = _initial_model(init_model, trainer, seed, num_features, num_classes)
+        initial = _initial_model(cfg, init_model, trainer, seed, num_features, num_classes)
     except (FedAsyncError, ValueError, ImportError) as exc:
         raise _fail(str(exc)) from exc
     out = _run(stack, lambda aws: taskctl.start(aws, stack, cfg, initial))
