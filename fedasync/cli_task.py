@@ -26,6 +26,7 @@ from fedasync.core import codec
 from fedasync.core.codec import Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import ConfigError, FedAsyncError
+from fedasync.core.evals import describe_means
 from fedasync.core.initial import check_initial
 from fedasync.local.server import LocalMotoServer
 from fedasync.local.stack import EmbeddedStack
@@ -221,6 +222,11 @@ def _status_table(out: dict[str, Any]) -> Table:
         (f"  {r['client_id']} {r['update_id']}", f"{r['reason']}: {r['detail']}")
         for r in updates["rejections"][-_SHOWN_REJECTIONS:]
     ]
+    evaluation = out.get("evaluation") or []
+    rows += [
+        ("silo evaluation" if i == 0 else "", describe_means(entry, out["mode"]))
+        for i, entry in enumerate(evaluation[-_SHOWN_EVALUATIONS:])
+    ]
     refused = out.get("global_refused")
     if refused:
         rows.append(
@@ -247,6 +253,7 @@ def _status_table(out: dict[str, Any]) -> Table:
 
 
 _SHOWN_REJECTIONS = 3  # the table shows the latest few; --json lists them all
+_SHOWN_EVALUATIONS = 3  # rounds / versions: the latest few (--json: every one)
 
 
 def _finished(out: dict[str, Any]) -> str:

@@ -15,12 +15,15 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from fedasync import taskctl
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
+from fedasync.events import export_ledger
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ClientSpec, StackSpec
 from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
+from fedasync.taskctl import StackConfig
 from tests.integration.test_server_sync import wait_execution
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "foreign_client.py"
@@ -128,6 +131,18 @@ async def test_two_foreign_silos_run_a_sync_task_to_the_end(stack):
         assert outcome.final["s3_key"] == "fx/final.safetensors"
     final = await store.get_object(keys.final_key("fx"))
     assert codec.sha256_bytes(final) == outcomes[0].final["sha256"]
+    # AND the silos' eval_loss (mean |target - w| over the tensors of the model received)
+    # is kept per round, weighted 100:300. By hand, round 0: a 2, b 2.25 -> 2.1875;
+    # round 1 (w/2 - 1/4): a 1.4375, b 1.1875 -> 1.25. In `task status` and the ledger
+    status = await taskctl.status(
+        stack.aws, StackConfig.from_endpoints(stack.endpoints, stack.spec.prefix), "fx"
+    )
+    ledger = [e for e in await export_ledger(store, "fx") if e["kind"] == "evaluation"]
+    for entries in (status["evaluation"], ledger):
+        assert [e["version"] for e in entries] == [0, 1]
+        means = [e["metrics"]["eval_loss"] for e in entries]
+        assert [m["mean"] for m in means] == [pytest.approx(2.1875), pytest.approx(1.25)]
+        assert [(m["num_examples"], m["silos"]) for m in means] == [(400, 2), (400, 2)]
 
 
 async def test_a_foreign_silo_runs_an_async_task_to_max_versions(stack):
