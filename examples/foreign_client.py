@@ -33,6 +33,10 @@ Weights = dict[str, np.ndarray]
 Train = Callable[[Weights], tuple[Weights, int, dict[str, float]]]
 
 
+class UnusableModelError(Exception):
+    """The announced global model is missing or not the one announced."""
+
+
 @dataclass(frozen=True)
 class Silo:
     """Where the silo's resources are, and its own keys (§8)."""
@@ -146,18 +150,30 @@ class ForeignClient:
             self.delete(mine)
             self.heartbeat("stopped", newest["version"])
             return True
-        self.work(newest)
+        try:
+            self.work(newest, mine)
+        except UnusableModelError as exc:  # §1.5: nothing trained; the notice comes back later
+            print(f"warning: {exc}; the notice is kept", file=sys.stderr)
+            self.visibility(mine, self.silo.visibility_s)
+            return False
         self.floor = self.rank(newest)
-        self.delete(mine)  # only now: the record is written (§6)
+        self.delete(mine)  # only now: the record is written (§1.5)
         return False
 
     def delete(self, receipts: list[str]) -> None:
         for receipt in receipts:
             self.sqs.delete_message(QueueUrl=self.silo.queue_url, ReceiptHandle=receipt)
 
+    def visibility(self, receipts: list[str], seconds: int) -> None:
+        """Keep the messages of the notice in hand invisible (or let them back in `seconds`)."""
+        for receipt in receipts:
+            self.sqs.change_message_visibility(
+                QueueUrl=self.silo.queue_url, ReceiptHandle=receipt, VisibilityTimeout=seconds
+            )
+
     # --- §2 the update -------------------------------------------------------------------
 
-    def work(self, notice: dict[str, Any]) -> None:
+    def work(self, notice: dict[str, Any], receipts: list[str]) -> None:
         s, version, round_id = self.silo, int(notice["version"]), notice.get("round_id")
         if round_id is not None:  # sync (§2.3)
             update_id, sk = f"r{round_id:08d}", f"UPDATE#{round_id:08d}#{s.client_id}"
@@ -169,8 +185,12 @@ class ForeignClient:
             self.outcome.already_recorded += 1
             return
         self.heartbeat("downloading", version)
-        trained, num_examples, metrics = self.train(self.download(notice))
+        weights = self.download(notice)
+        self.heartbeat("training", version)
+        self.visibility(receipts, self.silo.visibility_s)  # a long step: re-arm the lease
+        trained, num_examples, metrics = self.train(weights)
         self.heartbeat("uploading", version)
+        self.visibility(receipts, self.silo.visibility_s)
         blob = bytes(st_save(trained, metadata={"fedasync.order": json.dumps(list(trained))}))
         sha = hashlib.sha256(blob).hexdigest()
         key = f"{s.task_name}/local/{s.client_id}/{round_id if round_id is not None else version:08d}-{update_id}.safetensors"
@@ -219,9 +239,15 @@ class ForeignClient:
 
     def download(self, notice: dict[str, Any]) -> Weights:
         """§4: the announced object, its SHA-256 checked before a byte is parsed."""
-        blob = self.s3.get_object(Bucket=self.silo.bucket, Key=notice["s3_key"])["Body"].read()
+        try:
+            got = self.s3.get_object(Bucket=self.silo.bucket, Key=notice["s3_key"])
+        except ClientError as exc:  # no ListBucket: a missing object answers 403 (§4)
+            if exc.response["Error"]["Code"] not in ("AccessDenied", "NoSuchKey", "404"):
+                raise
+            raise UnusableModelError(f"{notice['s3_key']} is not in the bucket") from exc
+        blob = got["Body"].read()
         if hashlib.sha256(blob).hexdigest() != notice["sha256"]:
-            raise ValueError(f"{notice['s3_key']}: SHA-256 differs from the notice's")
+            raise UnusableModelError(f"{notice['s3_key']}: SHA-256 differs from the notice's")
         tensors = st_load(blob)
         header_len = int.from_bytes(blob[:8], "little")
         meta = json.loads(blob[8 : 8 + header_len]).get("__metadata__") or {}

@@ -27,7 +27,7 @@ from fedasync.core.codec import Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import ConfigError, FedAsyncError
 from fedasync.core.evals import describe_means
-from fedasync.core.initial import check_initial
+from fedasync.core.initial import check_initial, check_size
 from fedasync.local.server import LocalMotoServer
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ENV_ENDPOINT_URL, ClientSpec, StackSpec
@@ -123,7 +123,10 @@ def _initial_model(
     against the task (names, dtypes, finite, max_model_bytes) before anything is created."""
     if init_model is not None:
         who = f"initial weights {str(init_model)!r}"
-        weights = codec.read_file(init_model, max_bytes=cfg.max_model_bytes, who=who)
+        if not init_model.is_file():
+            raise ConfigError(f"{who} does not exist (or is not a file)")
+        check_size(init_model.stat().st_size, cfg, who)  # a model too big is refused unread
+        weights = codec.read_file(init_model, who=who)
     else:
         from client.trainers import get_trainer  # the operator may not have the client
 

@@ -98,7 +98,7 @@ def from_torch(path: Path) -> Exported:
     except Exception as exc:  # an unpickling refusal, a corrupt zip, ...
         raise SchemaError(
             f"torch file {str(path)!r} is not a state_dict torch loads with weights_only=True "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+            f"({type(exc).__name__}); "
             "save `model.state_dict()`, not the module"
         ) from exc
     state = loaded.get("state_dict", loaded) if isinstance(loaded, Mapping) else loaded

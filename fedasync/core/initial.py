@@ -39,9 +39,14 @@ def check_initial(weights: Mapping[str, Array], cfg: TaskConfig, who: str) -> in
             )
     codec.check_finite(weights, who)
     size = len(codec.encode(weights, who))
+    check_size(size, cfg, who)
+    return size
+
+
+def check_size(size: int, cfg: TaskConfig, who: str) -> None:
+    """A model over `max_model_bytes` could never be sent: every update would be refused."""
     if size > cfg.max_model_bytes:
         raise PayloadTooLargeError(
             f"{who} is {size} bytes as safetensors; task {cfg.task_name!r} allows "
             f"{cfg.max_model_bytes} (max_model_bytes): raise it, or every update would be refused"
         )
-    return size

@@ -149,3 +149,31 @@ def test_an_update_unlike_the_task_model_is_refused_naming_the_first_tensor_that
         codec.validate(update, spec, "update 'u' from client 'a' for task 't'")
     # THEN the message names the first tensor that differs, in the model's order
     assert first in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda d: d / "nope.safetensors", "does not exist (or is not a file)"),
+        (
+            lambda d: codec.write_file({"w": np.zeros(100, np.float32)}, d / "m.st") and d / "m.st",
+            "allows 64 (max_model_bytes)",
+        ),
+    ],
+    ids=["missing", "too-large"],
+)
+def test_task_start_refuses_unusable_initial_weights_before_any_aws_call(tmp_path, make, says):
+    # GIVEN a task config allowing 64-byte models, and a missing or a 400+-byte model file
+    (tmp_path / "task.yaml").write_text("task_name: t\nclients: [a]\nmax_model_bytes: 64\n")
+    model = make(tmp_path)
+    # WHEN the task is started from it (no stack is reachable at this endpoint)
+    result = CliRunner().invoke(
+        app,
+        ["task", "start", "--config", str(tmp_path / "task.yaml"), "--initial-weights",
+         str(model), "--endpoint", "http://127.0.0.1:9"],
+    )  # fmt: skip
+    # THEN one error line names the file and what is wrong, exit 1
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: initial weights {str(model)!r} ")
+    assert says in lines[0]
