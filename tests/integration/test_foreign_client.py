@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 
 from fedasync import taskctl
+from fedasync.aws.models import S3ModelRegistry
+from fedasync.aws.queues import SnsNotices
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
+from fedasync.core.messages import GlobalModelNotice
 from fedasync.events import export_ledger
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ClientSpec, StackSpec
@@ -171,3 +174,56 @@ async def test_a_foreign_silo_runs_an_async_task_to_max_versions(stack):
     assert all("round_id" not in u for u in outcome.updates)
     assert all(u["update_id"].startswith("a-b0000000") for u in outcome.updates)
     assert outcome.final["version"] == 3 and outcome.final["final"] is True
+
+
+@pytest.fixture
+async def bare_stack(moto_server, prefix):
+    """No server handlers: the test plays the server (globals in S3, notices on SNS)."""
+    spec = StackSpec(prefix=prefix, clients=(ClientSpec(client_id="a"),))
+    async with EmbeddedStack(
+        spec, endpoint_url=moto_server.endpoint_url, aggregate_handler=None, control_handler=None
+    ) as running:
+        yield running
+
+
+async def test_a_notice_whose_model_is_corrupt_is_kept_not_trained_and_a_newer_one_wins(
+    bare_stack, wait_until
+):
+    stack = bare_stack
+    registry = S3ModelRegistry(stack.aws, stack.endpoints.bucket)
+
+    async def announce(version: int, *, sha: str | None = None, final: bool = False) -> None:
+        key = keys.final_key("fz") if final else keys.global_key("fz", version)
+        stored = await registry.put_bytes(key, codec.encode(initial_model()))
+        notice = GlobalModelNotice(
+            task_name="fz", mode="async", version=version, seq=None if final else version,
+            s3_key=key, sha256=sha or stored.sha256, size_bytes=stored.size_bytes, final=final,
+        )  # fmt: skip
+        await SnsNotices(stack.aws).publish(stack.endpoints.topic_arn, notice.to_json(), ["a"])
+
+    # GIVEN a notice for version 0 whose announced SHA-256 is not the object's
+    await announce(0, sha="0" * 64)
+    silo = fc.ForeignClient(silo_of(stack, "fz", "a"), fc.nudge_towards(1.0))
+    run = asyncio.ensure_future(asyncio.to_thread(silo.run, RUN_TIMEOUT_S))
+    sqs = await stack.aws.sqs()
+
+    async def in_flight() -> bool:
+        attrs = await sqs.get_queue_attributes(
+            QueueUrl=stack.endpoints.client_queue_urls["a"],
+            AttributeNames=["ApproximateNumberOfMessagesNotVisible"],
+        )
+        return attrs["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"
+
+    # WHEN the silo receives it
+    await wait_until(in_flight, timeout_s=30)
+    # THEN nothing is trained or uploaded, and the message is kept (in flight, not deleted)
+    await asyncio.sleep(1.0)
+    assert silo.outcome.updates == [] and await in_flight()
+    # AND WHEN a sound version 1 and then the final notice come, version 1 is trained on
+    # (the kept notice, older, would be deleted unacted when it comes back) and it ends
+    await announce(1)
+    await wait_until(lambda: silo.outcome.updates, timeout_s=30)
+    await announce(2, final=True)
+    outcome = await asyncio.wait_for(run, RUN_TIMEOUT_S)
+    assert [u["base_version"] for u in outcome.updates] == ["1"]
+    assert outcome.final is not None and outcome.final["final"] is True
