@@ -105,6 +105,8 @@ def test_unknown_suffix_is_a_clear_error(tmp_path):
         export_model(tmp_path / "m.onnx")
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_keras_file_exports_by_variable_path_and_the_cli_writes_safetensors(tmp_path):
     # GIVEN a functional Keras model with a Conv2D layer, saved as .keras
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
