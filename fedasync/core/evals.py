@@ -10,7 +10,9 @@ about the version named in `base_version`. Per version and metric the server kee
     mean = sum(num_examples_i * value_i) / sum(num_examples_i)
 
 over the *accepted* updates that report the metric (a rejected record's figures are the
-word of a sender the server refused). The weight is the record's `num_examples`, the only
+word of a sender the server refused), one report per silo and version: an async silo may
+train twice on one version (FedBuff's go-ahead before the version moves), and scoring the
+same model twice must not give it twice the say; its first report in key order counts. The weight is the record's `num_examples`, the only
 example count a record carries, bounded by `max_num_examples`. Non-finite values, values
 that are not numbers and records claiming no examples do not count. The stop rule of an
 async task (`target_metric`) uses the robust weighted median of `fedasync.core.target`
@@ -53,7 +55,8 @@ def eval_means(updates: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     that has any eval report, oldest first:
     `{"version": v, "metrics": {name: {"mean", "num_examples", "silos"}}}`."""
     sums: dict[int, dict[str, _Sums]] = {}
-    for item in updates:
+    # key order, so that which of a silo's reports counts never depends on input order
+    for item in sorted(updates, key=lambda i: str(i.get("sk", ""))):
         if item.get("verdict") != "accepted":
             continue
         nested = item.get("record")  # a ledger event carries the record as received
@@ -67,9 +70,12 @@ def eval_means(updates: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             if not str(name).startswith(EVAL_PREFIX) or value is None:
                 continue
             acc = sums.setdefault(version, {}).setdefault(str(name), _Sums())
+            client = str(record.get("client_id"))
+            if client in acc.silos:
+                continue  # one report per silo and version (async: one per go-ahead on it)
             acc.weighted += examples * value
             acc.examples += examples
-            acc.silos.add(str(record.get("client_id")))
+            acc.silos.add(client)
     return [
         {
             "version": version,
