@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from fedasync import logs
 from fedasync.cli import app
 from fedasync.core import codec
 from fedasync.core.config import TaskConfig
@@ -165,6 +166,7 @@ def test_an_update_unlike_the_task_model_is_refused_naming_the_first_tensor_that
     ids=["missing", "too-large"],
 )
 def test_task_start_refuses_unusable_initial_weights_before_any_aws_call(tmp_path, make, says):
+    logs.configure(level="WARNING")  # bind the real stderr before CliRunner swaps it
     # GIVEN a task config allowing 64-byte models, and a missing or a 400+-byte model file
     (tmp_path / "task.yaml").write_text("task_name: t\nclients: [a]\nmax_model_bytes: 64\n")
     model = make(tmp_path)
