@@ -130,6 +130,15 @@ def _mount_task() -> None:
     app.add_typer(local_app, name="local")
 
 
+def _mount_protocol() -> None:
+    from fedasync.cli.model import model_app
+    from fedasync.cli.schema import schema_app
+
+    app.add_typer(schema_app, name="schema")
+    app.add_typer(model_app, name="model")
+
+
 _mount_client()
 _mount_events()
 _mount_task()
+_mount_protocol()

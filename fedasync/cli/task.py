@@ -26,6 +26,8 @@ from fedasync.core import codec
 from fedasync.core.codec import Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import ConfigError, FedAsyncError
+from fedasync.core.evals import describe_means
+from fedasync.core.initial import check_initial, check_size
 from fedasync.local.server import LocalMotoServer
 from fedasync.local.stack import EmbeddedStack
 from fedasync.ops import taskctl
@@ -111,14 +113,28 @@ def load_task_config(path: Path) -> TaskConfig:
 
 
 def _initial_model(
-    init_model: Path | None, trainer: str, seed: int, num_features: int, num_classes: int
+    cfg: TaskConfig,
+    init_model: Path | None,
+    trainer: str,
+    seed: int,
+    num_features: int,
+    num_classes: int,
 ) -> Weights:
+    """The user's weights (`--initial-weights`), else a built-in trainer's; checked once
+    against the task (names, dtypes, finite, max_model_bytes) before anything is created."""
     if init_model is not None:
-        return codec.read_file(init_model, who=f"initial model {str(init_model)!r}")
-    from client.trainers import get_trainer  # the operator may not have the client installed
+        who = f"initial weights {str(init_model)!r}"
+        if not init_model.is_file():
+            raise ConfigError(f"{who} does not exist (or is not a file)")
+        check_size(init_model.stat().st_size, cfg, who)  # a model too big is refused unread
+        weights = codec.read_file(init_model, who=who)
+    else:
+        from client.trainers import get_trainer  # the operator may not have the client
 
-    model = get_trainer(trainer, num_features=num_features, num_classes=num_classes)
-    return model.init_weights(seed)
+        model = get_trainer(trainer, num_features=num_features, num_classes=num_classes)
+        weights, who = model.init_weights(seed), f"the {trainer} trainer's initial model"
+    check_initial(weights, cfg, who)
+    return weights
 
 
 @task_app.command("start")
@@ -129,10 +145,17 @@ def start_command(
     region: Region = None,
     stack_config: StackJson = None,
     init_model: Annotated[
-        Path | None, typer.Option(help="Initial global model (.safetensors).")
+        Path | None,
+        typer.Option(
+            "--initial-weights",
+            "--init-model",
+            help="The task's model (.safetensors, e.g. from `fedasync model export`): its "
+            "tensor names, shapes and dtypes are what every update must match.",
+        ),
     ] = None,
     trainer: Annotated[
-        str, typer.Option(help="Without --init-model: numpy or keras initialises the model.")
+        str,
+        typer.Option(help="Without --initial-weights: numpy or keras initialises the model."),
     ] = "numpy",
     seed: Annotated[int, typer.Option(help="Seed of the initial model.")] = 0,
     num_features: Annotated[int, typer.Option(help="Model inputs (digits: 64).")] = 64,
@@ -141,13 +164,13 @@ def start_command(
 ) -> None:
     """Create a task from a YAML config and start its execution (idempotent).
 
-    Example: fedasync task start --config task.yaml --endpoint http://127.0.0.1:4566
+    Example: fedasync task start --config task.yaml --initial-weights model.safetensors
     """
     logs.configure(level="WARNING")
     stack = _stack(endpoint, prefix, region, stack_config)
     try:
         cfg = load_task_config(config)
-        initial = _initial_model(init_model, trainer, seed, num_features, num_classes)
+        initial = _initial_model(cfg, init_model, trainer, seed, num_features, num_classes)
     except (FedAsyncError, ValueError, ImportError) as exc:
         raise _fail(str(exc)) from exc
     out = _run(stack, lambda aws: taskctl.start(aws, stack, cfg, initial))
@@ -203,6 +226,11 @@ def _status_table(out: dict[str, Any]) -> Table:
         (f"  {r['client_id']} {r['update_id']}", f"{r['reason']}: {r['detail']}")
         for r in updates["rejections"][-_SHOWN_REJECTIONS:]
     ]
+    evaluation = out.get("evaluation") or []
+    rows += [
+        ("silo evaluation" if i == 0 else "", describe_means(entry, out["mode"]))
+        for i, entry in enumerate(evaluation[-_SHOWN_EVALUATIONS:])
+    ]
     refused = out.get("global_refused")
     if refused:
         rows.append(
@@ -229,6 +257,7 @@ def _status_table(out: dict[str, Any]) -> Table:
 
 
 _SHOWN_REJECTIONS = 3  # the table shows the latest few; --json lists them all
+_SHOWN_EVALUATIONS = 3  # rounds / versions: the latest few (--json: every one)
 
 
 def _finished(out: dict[str, Any]) -> str:

@@ -191,8 +191,16 @@ def check_compatible(weights: Mapping[str, Array], spec: ModelSpec, who: str) ->
     if sorted(got) != sorted(expected):
         missing = sorted(set(expected) - set(got))
         extra = sorted(set(got) - set(expected))
+        # the first difference in the model's own order: what a user fixes first
+        first = next((n for n in expected if n not in weights), None)
+        lead = (
+            f"tensor {first!r} of the global model is missing"
+            if first is not None
+            else f"tensor {next(n for n in got if n not in set(expected))!r} is not in the global model"
+        )
         raise IncompatibleUpdateError(
-            f"{who} has tensors that differ from the global model: missing {missing}, unexpected {extra}",
+            f"{who}: {lead}; its tensors differ from the global model: missing {missing}, "
+            f"unexpected {extra}",
             reason="names",
         )
     for t in spec:

@@ -11,6 +11,8 @@ is those items turned into JSON lines, one event per line, each with a stable `k
     {"kind": "update", ...}   the client's record, verdict, reason, seq, staleness, weight
     {"kind": "round", ...}    sync: round id, members (sort keys), version, SHA-256
     {"kind": "version", ...}  every committed global version and its SHA-256
+    {"kind": "evaluation", ...} per base version: the example-weighted mean of each eval_*
+                              metric the accepted updates report (`fedasync.core.evals`)
     {"kind": "final", ...}    the final version, its SHA-256 and why the task ended
 
 The same function builds it from the embedded stack at the end of a run and from a real
@@ -33,9 +35,10 @@ from fedasync.core import keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import VERDICT_ATTRIBUTES
 from fedasync.core.errors import SchemaError
+from fedasync.core.evals import eval_means
 
 LEDGER_SCHEMA_VERSION = 1
-KINDS = ("task", "update", "round", "version", "final")
+KINDS = ("task", "update", "round", "version", "evaluation", "final")
 Event = dict[str, Any]
 
 
@@ -171,6 +174,21 @@ def _version(version: int, sha: str, at: float | None) -> Event:
             "committed_at": at}  # fmt: skip
 
 
+def _evaluation_events(updates: list[Event], head: Event) -> list[Event]:
+    """Derived, not reacted to (replay skips them): what the silos said of each version."""
+    sync = head["config"]["mode"] == "sync"
+    return [
+        {
+            "kind": "evaluation",
+            "key": f"evaluation:{entry['version']}",
+            "version": entry["version"],
+            "round_id": entry["version"] if sync else None,
+            "metrics": entry["metrics"],
+        }
+        for entry in eval_means(updates)
+    ]
+
+
 def build_ledger(items: Iterable[Mapping[str, Any]], *, bucket: str | None = None) -> list[Event]:
     """All items of one task (any order) → its ledger, in application order."""
     by_sk = {str(i["sk"]): i for i in items}
@@ -208,7 +226,7 @@ def build_ledger(items: Iterable[Mapping[str, Any]], *, bucket: str | None = Non
                     ((order, 1, 0.0, ""), _version(u["applied_version"], u["version_sha256"], u["decided_at"]))
                 )  # fmt: skip
     body.sort(key=lambda pair: pair[0])
-    events = [head, *(event for _, event in body)]
+    events = [head, *(event for _, event in body), *_evaluation_events(updates, head)]
     if task.get("finished"):
         events.append(
             {

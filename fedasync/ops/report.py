@@ -30,6 +30,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from fedasync.ops.report_evals import evaluation_html, evaluation_plot, silo_evaluation
+
 DPI = 110
 ACCEPTED, REJECTED, LINE = "#2a9d8f", "#e76f51", "#264653"
 LABEL_CHARS = 24
@@ -328,19 +330,38 @@ def _figure_html(plot: Plot) -> str:
     )
 
 
-def render_html(summary: Mapping[str, Any], plots: list[Plot]) -> str:
+def render_html(summary: Mapping[str, Any], plots: list[Plot], ledger: Iterable[Any] = ()) -> str:
     title = f"fedasync report: {summary.get('task_name')}"
+    rows = silo_evaluation(ledger)
+    evals = evaluation_html(rows, summary.get("mode"))
+    if rows:  # drawn by write_report beside the others; no "omitted" note without data
+        evals += _figure_html(Plot(EVAL_PLOT, "Evaluation at the silos", Figure()))
     return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
         f"<h1>{_e(title)}</h1>{_header(summary)}"
         f"<h2>Rejected updates</h2>{_rejections(summary)}"
+        f"<h2>Evaluation at the silos</h2>{evals}"
         f"<h2>Plots</h2>{''.join(_figure_html(p) for p in plots)}"
         f"<h2>Raw data</h2><p><code>summary.json</code> and <code>events.jsonl</code> in "
         f"this folder; client contributions per summary: "
         f"<code>{_e(json.dumps(summary.get('client_updates') or {}, sort_keys=True))}</code>"
         f"</p></body></html>\n"
     )
+
+
+EVAL_PLOT = "silo_evaluation"
+
+
+def _write_evaluation_plot(png: Path, summary: Mapping[str, Any], ledger: list[Any]) -> None:
+    rows = silo_evaluation(ledger)
+    png.unlink(missing_ok=True)
+    if not rows:
+        return
+    try:
+        evaluation_plot(rows, summary.get("mode")).savefig(png, dpi=DPI, facecolor="white")
+    except Exception as exc:  # a by-product, as every plot: never the end of a run
+        log.warning("report.plot_failed", plot=EVAL_PLOT, error=f"{type(exc).__name__}: {exc}")
 
 
 def write_report(out_dir: Path, summary: dict[str, Any], ledger: list[dict[str, Any]]) -> Path:
@@ -354,6 +375,7 @@ def write_report(out_dir: Path, summary: dict[str, Any], ledger: list[dict[str, 
             png.unlink(missing_ok=True)  # a plot from an earlier run in this folder is stale
         else:
             plot.figure.savefig(png, dpi=DPI, facecolor="white")
+    _write_evaluation_plot(plots_dir / f"{EVAL_PLOT}.png", summary, ledger)
     page = out_dir / "report.html"
-    page.write_text(render_html(summary, plots), encoding="utf-8")
+    page.write_text(render_html(summary, plots, ledger), encoding="utf-8")
     return page

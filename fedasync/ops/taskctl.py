@@ -41,6 +41,7 @@ from fedasync.core import keys
 from fedasync.core.codec import Array
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import ConfigError, RegistryError, TaskNotFoundError
+from fedasync.core.evals import eval_means
 from fedasync.local.provision import StackEndpoints
 from fedasync.resources import StackSpec
 from fedasync.server.finish import finish_task
@@ -390,7 +391,10 @@ async def status(
         out["max_versions"] = cfg.max_versions
         out["absorbed"] = view.state.absorbed
     out["clients"] = _clients(cfg, await store.query_prefix(task_name, keys.HEARTBEAT_PREFIX), now)
-    out["updates"] = _updates(await store.query_prefix(task_name, keys.UPDATE_PREFIX))
+    updates = await store.query_prefix(task_name, keys.UPDATE_PREFIX)
+    out["updates"] = _updates(updates)
+    # per round (sync) / version (async): the example-weighted mean of each eval_* metric
+    out["evaluation"] = eval_means(updates)
     out["execution"] = await _execution(aws, str(arn))
     return out
 
