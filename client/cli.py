@@ -69,8 +69,8 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
         str,
         typer.Option(
             envvar="FEDASYNC_DATA",
-            help="A .npz (x, y) or .csv (label last) file, or digits[:INDEX/N] for a demo "
-            "Dirichlet partition.",
+            help="A .npz (x, y) or .csv (label last) file, an image folder (one sub-folder "
+            "per class), or digits[:INDEX/N] for a demo Dirichlet partition.",
         ),
     ] = "digits",
     alpha: Annotated[float, typer.Option(help="Dirichlet alpha of the demo partition.")] = 0.5,
@@ -89,6 +89,14 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
         str, typer.Option(envvar="FEDASYNC_TRAINER", help=f"One of {', '.join(sorted(TRAINERS))}.")
     ] = DEFAULT_TRAINER,
     num_classes: Annotated[int, typer.Option(help="Classes of the model.")] = 10,
+    loss: Annotated[
+        str,
+        typer.Option(
+            envvar="FEDASYNC_LOSS",
+            help="The task's loss: cross_entropy (integer labels) or mse (regression: "
+            "float targets; the numpy trainer only).",
+        ),
+    ] = "cross_entropy",
     epochs: Annotated[int, typer.Option(envvar="FEDASYNC_EPOCHS")] = 1,
     heartbeat_interval: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 10.0,
     visibility_timeout: Annotated[
@@ -124,8 +132,14 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
             part_size=part_size_mb * _MiB,
             work_dir=work_dir,
         )
-        dataset, held_out = hold_out(load_data(data, alpha=alpha, seed=seed), eval_fraction, seed)
-        model = get_trainer(trainer, num_features=dataset.num_features, num_classes=num_classes)
+        regression = _regression(loss, trainer)
+        loaded = load_data(data, alpha=alpha, seed=seed, regression=regression)
+        dataset, held_out = hold_out(loaded, eval_fraction, seed)
+        outputs = (1 if dataset.y.ndim == 1 else dataset.y.shape[1]) if regression else num_classes
+        options = {"loss": "mse"} if regression else {}
+        model = get_trainer(
+            trainer, num_features=dataset.num_features, num_classes=outputs, **options
+        )
         report = asyncio.run(_main(cfg, model, dataset, held_out))
     except (FedAsyncError, ValueError, ImportError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -140,6 +154,14 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
         f"client {report.client_id!r}, task {report.task_name!r}: {report.outcome}; "
         f"{len(report.updates)} update(s) uploaded, {report.superseded} notice(s) superseded"
     )
+
+
+def _regression(loss: str, trainer: str) -> bool:
+    if loss not in ("cross_entropy", "mse"):
+        raise ValueError(f"--loss {loss!r} is not one of cross_entropy, mse")
+    if loss == "mse" and trainer != "numpy":
+        raise ValueError(f"--loss mse: the {trainer} trainer classifies; use --trainer numpy")
+    return loss == "mse"
 
 
 def _client_error(exc: BaseException) -> ClientError | None:
