@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from client.config import ClientConfig
 from client.data import DEFAULT_EVAL_FRACTION, from_torch, hold_out, load_data
 from client.run import run_client
 from client.trainers.torch_trainer import TorchTrainer
+from fedasync import logs
 from fedasync.core import codec
 
 NUM_FEATURES, NUM_CLASSES, HIDDEN = 64, 10, 32
@@ -101,13 +103,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     p_init.add_argument("out", type=Path)
     p_init.add_argument("--seed", type=int, default=0)
     p_run = sub.add_parser("run", help="run one silo with a torch DataLoader")
-    p_run.add_argument("--stack-config", type=Path, required=True)
+    env_stack = os.environ.get("FEDASYNC_STACK_CONFIG")  # as `client run`, which `local up` sets
+    p_run.add_argument("--stack-config", type=Path, default=env_stack, required=not env_stack)
     p_run.add_argument("--task", required=True)
     p_run.add_argument("--client-id", required=True)
     p_run.add_argument("--data", default="digits")
     p_run.add_argument("--epochs", type=int, default=1)
     p_run.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    logs.configure()  # as `client run`: JSON lines on stderr off a TTY
     if args.command == "init":
         print(f"wrote {args.out} sha256={init(args.out, seed=args.seed)}")
         return
