@@ -157,3 +157,18 @@ def test_a_task_names_its_loss_and_a_regression_task_has_no_accuracy_target() ->
     # AND an unknown loss names the field
     with pytest.raises(ConfigError, match="loss: Input should be 'cross_entropy' or 'mse'"):
         TaskConfig.parse({**base, "loss": "hinge"})
+
+
+def test_the_numpy_trainer_takes_images_flattened(tmp_path) -> None:
+    # GIVEN an image folder of two classes of 2x2 images (sorted: bright = 0, dark = 1)
+    for i in range(4):
+        _png(tmp_path / "bright" / f"{i}.png", [[255, 200 + i], [220, 255]])
+        _png(tmp_path / "dark" / f"{i}.png", [[0, 10 + i], [30, 0]])
+    data = load_image_folder(tmp_path)
+    # WHEN the numpy trainer (4 inputs, 2 classes) trains on the (8, 2, 2, 1) images
+    trainer = NumpyTrainer(data.num_features, 2)
+    result = trainer.fit(trainer.init_weights(0), data.x, data.y, epochs=20, seed=0)
+    # THEN its kernel has one row per pixel and it separates the two classes
+    assert data.num_features == 4
+    assert result.weights["dense/kernel"].shape == (4, 2)
+    assert trainer.evaluate(result.weights, data.x, data.y)["accuracy"] == 1.0
