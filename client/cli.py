@@ -79,8 +79,8 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
         str,
         typer.Option(
             envvar="FEDASYNC_DATA",
-            help="A .npz (x, y) or .csv (label last) file, or digits[:INDEX/N] for a demo "
-            "Dirichlet partition.",
+            help="A .npz (x, y) or .csv (label last) file, an image folder (one sub-folder "
+            "per class), or digits[:INDEX/N] for a demo Dirichlet partition.",
         ),
     ] = "digits",
     alpha: Annotated[float, typer.Option(help="Dirichlet alpha of the demo partition.")] = 0.5,
@@ -115,6 +115,14 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
         typer.Option(min=1, help="Stop after the trainer raises for this many notices in a row."),
     ] = 3,
     num_classes: Annotated[int, typer.Option(help="Classes of the model.")] = 10,
+    loss: Annotated[
+        str,
+        typer.Option(
+            envvar="FEDASYNC_LOSS",
+            help="The task's loss: cross_entropy (integer labels) or mse (regression: "
+            "float targets; the numpy trainer only).",
+        ),
+    ] = "cross_entropy",
     epochs: Annotated[int, typer.Option(envvar="FEDASYNC_EPOCHS")] = 1,
     heartbeat_interval: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 10.0,
     visibility_timeout: Annotated[
@@ -151,8 +159,11 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
             work_dir=work_dir,
             max_train_failures=max_train_failures,
         )
-        dataset, held_out = hold_out(load_data(data, alpha=alpha, seed=seed), eval_fraction, seed)
-        model = _trainer(trainer, trainer_option or [], dataset, num_classes, seed)
+        regression = _regression(loss, trainer)
+        loaded = load_data(data, alpha=alpha, seed=seed, regression=regression)
+        dataset, held_out = hold_out(loaded, eval_fraction, seed)
+        outputs = (1 if dataset.y.ndim == 1 else dataset.y.shape[1]) if regression else num_classes
+        model = _trainer(trainer, trainer_option or [], dataset, outputs, seed=seed, loss=loss)
         report = asyncio.run(_main(cfg, model, dataset, held_out))
     except (FedAsyncError, ValueError, ImportError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -169,16 +180,28 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
     )
 
 
-def _trainer(name: str, pairs: list[str], dataset: Dataset, num_classes: int, seed: int) -> Trainer:
-    """A built-in gets the data's shape; a plugin's factory also the seed and the user's
-    own options (imported now: a path that does not import stops here, at once)."""
+def _trainer(
+    name: str, pairs: list[str], dataset: Dataset, num_classes: int, *, seed: int, loss: str
+) -> Trainer:
+    """A built-in gets the data's shape (and the loss, for regression); a plugin's factory
+    also the seed, the loss and the user's own options (imported now: a path that does not
+    import stops here, at once)."""
     options: dict[str, object] = {"num_features": dataset.num_features, "num_classes": num_classes}
     if is_builtin(name):
         if pairs:
             raise ValueError(f"--trainer-option is for plugins; {name!r} is built in")
+        built = {**options, **({"loss": "mse"} if loss == "mse" else {})}
         # checked against the task's model on first use, as a plugin is
-        return PluginTrainer(name, lambda _spec, _opts: get_trainer(name, **options), options)
-    return get_trainer(name, **{**options, "seed": seed, **parse_options(pairs)})
+        return PluginTrainer(name, lambda _spec, _opts: get_trainer(name, **built), options)
+    return get_trainer(name, **{**options, "seed": seed, "loss": loss, **parse_options(pairs)})
+
+
+def _regression(loss: str, trainer: str) -> bool:
+    if loss not in ("cross_entropy", "mse"):
+        raise ValueError(f"--loss {loss!r} is not one of cross_entropy, mse")
+    if loss == "mse" and is_builtin(trainer) and trainer != "numpy":
+        raise ValueError(f"--loss mse: the {trainer} trainer classifies; use --trainer numpy")
+    return loss == "mse"
 
 
 def _client_error(exc: BaseException) -> ClientError | None:

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from client.datacheck import check_data_fits
 from client.inbox import Held
 from client.state import EndOfRun, PendingUpload, RunState
 from client.training import TrainingFailed, call_trainer, retry_later
@@ -218,6 +219,8 @@ async def train(
     cfg, data, version = state.cfg, state.data, notice.version
     seed = training_seed(cfg.seed, cfg.client_id, version, notice.seq)
     num_examples, metrics, scores = len(data), {}, {}
+    # data that cannot fit the task's model stops the run here: nothing trained or sent
+    await state.in_compute(check_data_fits, state.trainer, weights, data, cfg.task_name)
     if state.eval_data is not None:
         scores = await call_trainer(
             state, state.trainer.evaluate, weights, state.eval_data.x, state.eval_data.y

@@ -40,6 +40,10 @@ CLIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
 
 Mode = Literal["sync", "async"]
 Strategy = Literal["fedavg", "fedasync", "fedbuff"]
+# what every silo's trainer minimises: classification (cross-entropy, reporting loss and
+# accuracy) or regression (mean squared error, reporting loss, no accuracy)
+Loss = Literal["cross_entropy", "mse"]
+CLASSIFICATION_ONLY_METRICS = ("eval_accuracy",)
 STRATEGIES_BY_MODE: dict[str, tuple[str, ...]] = {
     "sync": ("fedavg",),
     "async": ("fedasync", "fedbuff"),
@@ -116,6 +120,10 @@ class TaskConfig(BaseModel):
     mode: Mode = "sync"
     clients: tuple[str, ...] = Field(min_length=1)
     strategy: Strategy | None = None
+    loss: Loss = Field(
+        default="cross_entropy",
+        description="what the silos minimise: cross_entropy (classes) or mse (regression)",
+    )
     # sync
     rounds: int = Field(default=5, ge=1, le=10_000)
     min_clients: int | None = Field(
@@ -230,6 +238,17 @@ class TaskConfig(BaseModel):
             raise ValueError(
                 f"target_quorum {self.target_quorum} exceeds the {len(self.clients)} listed "
                 "clients: the target metric could never stop the task"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _target_fits_the_loss(self) -> Self:
+        name = self.target_metric.name if self.target_metric is not None else None
+        if self.loss == "mse" and name in CLASSIFICATION_ONLY_METRICS:
+            raise ValueError(
+                f"target metric {name!r} needs classes; a regression task (loss 'mse') "
+                "reports eval_loss and eval_mae: use e.g. {'name': 'eval_loss', "
+                "'threshold': ..., 'higher_is_better': false}"
             )
         return self
 

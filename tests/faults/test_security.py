@@ -36,7 +36,7 @@ from tests.integration.test_server_sync import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SCANNED = ("fedasync", "client", "server_lambdas", "infra")
+SCANNED = ("fedasync", "client", "server_lambdas", "infra", "examples")
 SKIPPED_DIRS = {"build", "cdk.out", "node_modules", "__pycache__", ".venv"}
 
 # --- no pickle --------------------------------------------------------------------------
