@@ -79,6 +79,7 @@ AGGREGATE_HANDLER = "server_lambdas.aggregate.lambda_handler"
 CONTROL_HANDLER = "server_lambdas.control.lambda_handler"
 
 _CLIENT_ID_RE = re.compile(CLIENT_ID_PATTERN)
+ROLE_NAME_MAX = 64  # IAM's limit on a role name
 
 
 class ClientSpec(BaseModel):
@@ -148,6 +149,24 @@ class StackSpec(BaseModel):
 
     def client_dlq_name(self, client_id: str) -> str:
         return f"{self.prefix}-client-{client_id}-dlq"
+
+    # A client finds its queue and its role by these rules from the prefix (the stack is
+    # `{prefix}-server`), its id, the region and the account: the CDK stack names them so
+    # and has no output per client (which would cap a stack at ~80 clients).
+    def client_queue_url(self, client_id: str, account: str) -> str:
+        name = self.client_queue_name(client_id)
+        return f"https://sqs.{self.region}.amazonaws.com/{account}/{name}"
+
+    def client_role_name(self, client_id: str) -> str:
+        """`{prefix}-client-{id}`; past IAM's 64 characters, cut to 55 plus a hash of it."""
+        name = f"{self.prefix}-client-{client_id}"
+        if len(name) <= ROLE_NAME_MAX:
+            return name
+        digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+        return f"{name[: ROLE_NAME_MAX - 9]}-{digest}"
+
+    def client_role_arn(self, client_id: str, account: str, partition: str = "aws") -> str:
+        return f"arn:{partition}:iam::{account}:role/{self.client_role_name(client_id)}"
 
     @property
     def client_ids(self) -> tuple[str, ...]:

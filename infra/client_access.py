@@ -49,7 +49,7 @@ from fedasync.policy.definitions import (
     DEEPER_THAN_LOCAL,
     StackArns,
 )
-from fedasync.resources import ClientSpec
+from fedasync.resources import ClientSpec, StackSpec
 from infra.config import LOCAL_UPDATE_TAG_KEY
 from infra.messaging import ClientQueue
 from infra.nag import acknowledge_wildcard_resource
@@ -106,12 +106,14 @@ class ClientRoles(Construct):
         scope: Construct,
         construct_id: str,
         *,
+        spec: StackSpec,
         clients: tuple[ClientSpec, ...],
         queues: tuple[ClientQueue, ...],
         bucket: s3.IBucket,
         table: dynamodb.ITable,
     ) -> None:
         super().__init__(scope, construct_id)
+        self._spec = spec
         by_id = {q.client_id: q for q in queues}
         self.roles = tuple(self._role(c, by_id[c.client_id], bucket, table) for c in clients)
 
@@ -121,6 +123,8 @@ class ClientRoles(Construct):
         role = iam.Role(
             self,
             f"Client-{client.client_id}",
+            # named by the rule a client computes its role ARN with (StackSpec)
+            role_name=self._spec.client_role_name(client.client_id),
             assumed_by=_trust(client),
             description=f"fedasync client {client.client_id}: its queue, its S3 prefix, its records",
             inline_policies={"client": client_policy(client.client_id, queue, bucket, table)},

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aws_cdk import Acknowledgment, Duration, RemovalPolicy, Validations
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
-from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
@@ -103,7 +103,8 @@ class Messaging(Construct):
         )
         self.control_dlq = control_dlq
         self.aggregate_failures = self._failure_queue(spec)
-        self.clients = tuple(self._client_queue(spec, c) for c in spec.client_ids)
+        # the clients' queues live in nested stacks (infra/client_stacks.py), made by
+        # `client_queue` below
 
     def _failure_queue(self, spec: StackSpec) -> sqs.Queue:
         queue = _queue(
@@ -119,24 +120,45 @@ class Messaging(Construct):
         )
         return queue
 
-    def _client_queue(self, spec: StackSpec, client_id: str) -> ClientQueue:
-        scope = Construct(self, f"Client-{client_id}")
-        dlq = _queue(scope, "Dlq", spec.client_dlq_name(client_id), retention=DLQ_RETENTION)
-        queue = _queue(
-            scope,
-            "Queue",
-            spec.client_queue_name(client_id),
-            dead_letter=dlq,
-            max_receives=MAX_RECEIVE_COUNT,
-            visibility=CLIENT_VISIBILITY,
+
+def client_queue(
+    scope: Construct, spec: StackSpec, client_id: str, topics: tuple[sns.ITopic, ...]
+) -> ClientQueue:
+    """A client's queue and dead-letter queue, subscribed to its topic shard (the
+    subscription and the queue policy that lets SNS deliver land in `scope`'s stack)."""
+    scope = Construct(scope, f"Client-{client_id}")
+    dlq = _queue(scope, "Dlq", spec.client_dlq_name(client_id), retention=DLQ_RETENTION)
+    queue = _queue(
+        scope,
+        "Queue",
+        spec.client_queue_name(client_id),
+        dead_letter=dlq,
+        max_receives=MAX_RECEIVE_COUNT,
+        visibility=CLIENT_VISIBILITY,
+    )
+    filter_policy = {
+        attribute: sns.SubscriptionFilter.string_filter(allowlist=values)
+        for attribute, values in notice_filter_policy(client_id).items()
+    }
+    topic = topics[topic_shard(client_id, len(topics))]
+    # What `SqsSubscription` makes, written out: it would also make the nested stack
+    # depend on its parent (the topic's), which CDK refuses.
+    queue.add_to_resource_policy(
+        iam.PolicyStatement(
+            principals=[iam.ServicePrincipal("sns.amazonaws.com")],
+            actions=["sqs:SendMessage"],
+            resources=[queue.queue_arn],
+            conditions={"ArnEquals": {"aws:SourceArn": topic.topic_arn}},
         )
-        filter_policy = {
-            attribute: sns.SubscriptionFilter.string_filter(allowlist=values)
-            for attribute, values in notice_filter_policy(client_id).items()
-        }
-        self.topics[topic_shard(client_id, len(self.topics))].add_subscription(
-            subscriptions.SqsSubscription(
-                queue, raw_message_delivery=True, filter_policy=filter_policy
-            )
-        )
-        return ClientQueue(client_id=client_id, queue=queue, dlq=dlq)
+    )
+    subscription = sns.Subscription(
+        scope,
+        "Subscription",
+        topic=topic,
+        endpoint=queue.queue_arn,
+        protocol=sns.SubscriptionProtocol.SQS,
+        raw_message_delivery=True,
+        filter_policy=filter_policy,
+    )
+    subscription.node.add_dependency(queue)  # the queue policy lets SNS deliver first
+    return ClientQueue(client_id=client_id, queue=queue, dlq=dlq)

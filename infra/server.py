@@ -22,12 +22,12 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from fedasync.limits import AGGREGATE_LIMITS, CONTROL_LIMITS
 from fedasync.policy import definitions
 from fedasync.resources import (
     AGGREGATE_HANDLER,
     AGGREGATE_STREAM_FILTER,
     CONTROL_HANDLER,
-    CONTROL_TIMEOUT_S,
     CONTROL_VISIBILITY_S,
     ENV_BUCKET,
     ENV_CONTROL_QUEUE_URL,
@@ -43,9 +43,10 @@ from infra.nag import acknowledge, acknowledge_wildcard_resource
 RUNTIME = lambda_.Runtime(f"python{bundle.LAMBDA_PYTHON_VERSION}", lambda_.RuntimeFamily.PYTHON)
 # fedasync.resources explains the values: visibility = 6 x timeout (Lambda's rule for SQS
 # sources), and the ASL's CloseRound/Finalize waits leave room for three attempts.
-CONTROL_TIMEOUT = Duration.seconds(CONTROL_TIMEOUT_S)
+# Timeouts and memory sizes are fedasync.limits': the embedded stack enforces the same.
+CONTROL_TIMEOUT = Duration.seconds(int(CONTROL_LIMITS.timeout_s))
 CONTROL_QUEUE_VISIBILITY = Duration.seconds(CONTROL_VISIBILITY_S)
-AGGREGATE_TIMEOUT = Duration.minutes(10)
+AGGREGATE_TIMEOUT = Duration.seconds(int(AGGREGATE_LIMITS.timeout_s))
 STREAM_BATCH_SIZE = 10
 STREAM_RETRIES = 5
 
@@ -103,7 +104,7 @@ class ServerFunctions(Construct):
             code,
             environment,
             timeout=AGGREGATE_TIMEOUT,
-            memory_mb=3008,
+            memory_mb=AGGREGATE_LIMITS.memory_mb,
             reserved_concurrency=1,
         )
         self.aggregate.add_event_source(
@@ -132,7 +133,7 @@ class ServerFunctions(Construct):
             code,
             environment,
             timeout=CONTROL_TIMEOUT,
-            memory_mb=1024,
+            memory_mb=CONTROL_LIMITS.memory_mb,
             reserved_concurrency=None,
         )
         self.control.add_event_source(

@@ -1,13 +1,15 @@
 """The fedasync server stack: storage, messaging, state machine, functions, client roles.
 
 Outputs carry what `fedasync task start` (bucket, table, state machine) and
-`fedasync client run` (region, bucket, table, the client's queue URL and role ARN)
-need; `cdk deploy --outputs-file outputs.json` writes them to a file.
+`fedasync client run` (region, bucket, table) need; `cdk deploy --outputs-file
+outputs.json` writes them to a file. A client's queue URL and role ARN follow from the
+prefix, its id, the region and the account (`StackSpec.client_queue_url` /
+`client_role_arn`); the clients live in nested stacks (infra/client_stacks.py).
 """
 
 from __future__ import annotations
 
-import re
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from aws_cdk import Aws, CfnOutput, Stack
 from constructs import Construct
 
 from infra.bundle import BUNDLE_DIR
-from infra.client_access import ClientRoles
+from infra.client_stacks import ClientStack, client_stacks
 from infra.config import DeploymentConfig
 from infra.messaging import Messaging
 from infra.operator_access import OperatorAccess
@@ -23,9 +25,9 @@ from infra.orchestration import Orchestration
 from infra.server import CONTROL_QUEUE_VISIBILITY, ServerFunctions, lambda_code
 from infra.storage import Storage
 
-# Output keys: a client's outputs are `{CLIENT_QUEUE_URL}{Id}` / `{CLIENT_ROLE_ARN}{Id}`
-# with Id the client id in PascalCase (outputs allow only letters and digits).
 OUTPUT_REGION = "Region"
+OUTPUT_ACCOUNT = "AccountId"
+OUTPUT_PREFIX = "Prefix"
 OUTPUT_BUCKET = "BucketName"
 OUTPUT_TABLE = "TableName"
 OUTPUT_TOPIC = "TopicArn"
@@ -33,13 +35,6 @@ OUTPUT_TOPIC_SHARDS = "TopicShards"
 OUTPUT_CONTROL_QUEUE = "ControlQueueUrl"
 OUTPUT_STATE_MACHINE = "StateMachineArn"
 OUTPUT_OPERATOR_POLICY = "OperatorPolicyArn"
-CLIENT_QUEUE_URL = "ClientQueueUrl"
-CLIENT_ROLE_ARN = "ClientRoleArn"
-
-
-def output_id(client_id: str) -> str:
-    """`hospital-a` -> `HospitalA`; ids that collide this way are refused at synth."""
-    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[-_]", client_id) if part)
 
 
 class FedAsyncStack(Stack):
@@ -55,7 +50,7 @@ class FedAsyncStack(Stack):
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         spec = config.spec
-        self._check_output_ids(spec.client_ids)
+        self.spec = spec
         self.storage = Storage(
             self, "Storage", spec=spec, local_update_expiry_days=config.local_update_expiry_days
         )
@@ -80,11 +75,10 @@ class FedAsyncStack(Stack):
             messaging=self.messaging,
             state_machine=self.orchestration.state_machine,
         )
-        self.client_roles = ClientRoles(
+        self.client_stacks: tuple[ClientStack, ...] = client_stacks(
             self,
-            "ClientRoles",
-            clients=spec.clients,
-            queues=self.messaging.clients,
+            spec=spec,
+            topics=self.messaging.topics,
             bucket=self.storage.bucket,
             table=self.storage.table,
         )
@@ -99,17 +93,16 @@ class FedAsyncStack(Stack):
         )
         self._outputs()
 
-    @staticmethod
-    def _check_output_ids(client_ids: tuple[str, ...]) -> None:
-        seen: dict[str, str] = {}
-        for client_id in client_ids:
-            key = output_id(client_id)
-            if key in seen:
-                raise ValueError(
-                    f"client ids {seen[key]!r} and {client_id!r} both give output id {key!r}; "
-                    "rename one"
-                )
-            seen[key] = client_id
+    def nested_templates(self, assembly_dir: str | Path) -> dict[str, dict[str, Any]]:
+        """The synthesized template of each client nested stack, by the logical id of its
+        `AWS::CloudFormation::Stack` resource in this stack's template."""
+        return {
+            self.get_logical_id(nested.nested_stack_resource): json.loads(
+                (Path(assembly_dir) / nested.template_file).read_text(encoding="utf-8")
+            )
+            for nested in self.client_stacks
+            if nested.nested_stack_resource is not None
+        }
 
     def _outputs(self) -> None:
         def out(key: str, value: str, description: str) -> None:
@@ -135,16 +128,15 @@ class FedAsyncStack(Stack):
             self.operator.policy.managed_policy_arn,
             "Managed policy to attach to whoever runs `fedasync task` / `fedasync events`",
         )
-        roles = {access.client_id: access.role for access in self.client_roles.roles}
-        for queue in self.messaging.clients:
-            key = output_id(queue.client_id)
-            out(
-                f"{CLIENT_QUEUE_URL}{key}",
-                queue.queue.queue_url,
-                f"Notice queue of client {queue.client_id}",
-            )
-            out(
-                f"{CLIENT_ROLE_ARN}{key}",
-                roles[queue.client_id].role_arn,
-                f"Role client {queue.client_id} assumes",
-            )
+        out(
+            OUTPUT_ACCOUNT,
+            Aws.ACCOUNT_ID,
+            "Account of every resource; with Prefix and Region "
+            "a client computes its queue URL and role ARN",
+        )
+        out(
+            OUTPUT_PREFIX,
+            self.spec.prefix,
+            "Name prefix: client c's queue is {Prefix}-client-c, "
+            "its role {Prefix}-client-c (hashed past 64 characters)",
+        )

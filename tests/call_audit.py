@@ -87,11 +87,13 @@ def _statements(client_ids: list[str]) -> Any:
         asl_definition=ASL_PATH.read_text(encoding="utf-8"),
         bundle_dir=out / "no-bundle",
     )
-    template = app.synth().get_stack_by_name(stack.stack_name).template
+    assembly = app.synth()
+    template = assembly.get_stack_by_name(stack.stack_name).template
+    nested = stack.nested_templates(assembly.directory)  # the clients' roles
     spec = StackSpec(
         prefix=TEMPLATE_PREFIX, clients=tuple(ClientSpec(client_id=c) for c in client_ids)
     )
-    return principal_statements(template, spec)
+    return principal_statements(template, spec, nested=nested)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -40,6 +40,15 @@ BucketOpt = Annotated[
     typer.Option(envvar="FEDASYNC_BUCKET", help="Model bucket (default: from the prefix)."),
 ]
 
+StackConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="FEDASYNC_STACK_CONFIG",
+        help="Stack JSON (`local up`'s, or `cdk deploy --outputs-file`'s); its operator "
+        "keys sign the calls.",
+    ),
+]
+
 
 async def _export(
     name: str, *, stack: StackConfig, table: str, bucket: str, out: Path, objects: Path | None
@@ -70,13 +79,7 @@ def export(
     prefix: PrefixOpt = "fedasync",
     table: Annotated[str | None, typer.Option(envvar="FEDASYNC_TABLE")] = None,
     bucket: BucketOpt = None,
-    stack_config: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="FEDASYNC_STACK_CONFIG",
-            help="Stack JSON (`local up`'s, or `cdk deploy --outputs-file`'s).",
-        ),
-    ] = None,
+    stack_config: StackConfigOpt = None,
 ) -> None:
     """Write a task's ledger (every update, verdict, round and version) from its table.
 
@@ -108,13 +111,16 @@ def export(
 
 
 async def _fetch_objects(
-    events: list[Event], endpoint: str | None, bucket: str, folder: Path
+    events: list[Event], stack: StackConfig, bucket: str, folder: Path
 ) -> None:
     from fedasync.aws.session import AwsContext
     from fedasync.ops.events import export_objects
     from fedasync.server.store import ServerStore, Where
 
-    async with AwsContext(endpoint) as aws:
+    # as the other operator commands: the operator's keys from the stack config, else the
+    # default chain (AWS_PROFILE & co. on AWS)
+    operator = stack.operator.credentials() if stack.operator is not None else None
+    async with AwsContext(stack.endpoint_url, stack.region, operator) as aws:
         await export_objects(
             ServerStore(aws, Where(table="", bucket=bucket, topic_arn="")), events, folder
         )
@@ -146,11 +152,14 @@ def replay_command(
         str | None,
         typer.Option(envvar="FEDASYNC_PREFIX", help="Bucket from this stack prefix."),
     ] = None,
+    stack_config: StackConfigOpt = None,
 ) -> None:
     """Rebuild every global version from a ledger; exit 1 if any differs from the record.
 
     Objects come from --objects DIR, or from the bucket at --endpoint (a real deployment
-    when no endpoint is given but --bucket is), or from objects/ next to the ledger.
+    when no endpoint is given but --bucket is), or from objects/ next to the ledger. The
+    bucket is read as the operator: with the stack config's operator keys, else with the
+    default credential chain.
 
     Example: fedasync replay runs/digits-fedavg/events.jsonl
     """
@@ -161,12 +170,22 @@ def replay_command(
         with events_file.open(encoding="utf-8") as lines:
             events = parse_ledger(lines)
         with tempfile.TemporaryDirectory(prefix="fedasync-replay-") as scratch:
-            if objects is None and (endpoint or bucket or prefix):
+            if objects is None and (endpoint or bucket or prefix or stack_config):
+                from fedasync.ops.taskctl import resolve_stack
+
+                stack = resolve_stack(
+                    endpoint_url=endpoint,
+                    prefix=prefix or "fedasync",
+                    region=None,
+                    stack_config=stack_config,
+                )
                 task = next((e for e in events if e["kind"] == "task"), {})
                 named = StackSpec(prefix=prefix).bucket_name if prefix else None
+                if stack_config is not None:
+                    named = named or stack.bucket
                 source = bucket or named or task.get("bucket") or StackSpec().bucket_name
                 objects = Path(scratch)
-                asyncio.run(_fetch_objects(events, endpoint, str(source), objects))
+                asyncio.run(_fetch_objects(events, stack, str(source), objects))
             folder = objects or events_file.parent / "objects"
             result = replay(events, folder_loader(folder))
     except (FedAsyncError, OSError, ClientError, BotoCoreError) as exc:

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedasync import logs
-from fedasync.aws.session import AwsContext, refusal_message
+from fedasync.aws.session import AwsContext, Credentials, refusal_message
 from fedasync.core import codec
 from fedasync.core.codec import Weights
 from fedasync.core.config import TaskConfig
@@ -399,7 +399,9 @@ async def _serve(spec: StackSpec, port: int, stack_json: Path) -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            typer.echo(_banner(spec, url, stack_json, task_yaml))
+            operator = stack.credentials("operator")
+            logs.remember_secret(operator.secret_access_key)  # never in a log line
+            typer.echo(_banner(spec, url, stack_json, task_yaml, operator))
             await stop.wait()
             typer.echo("stopping the embedded stack…")
     finally:
@@ -426,13 +428,19 @@ def _example_task(spec: StackSpec) -> dict[str, Any]:
     }
 
 
-def _banner(spec: StackSpec, url: str, stack_json: Path, task_yaml: Path) -> str:
+def _banner(
+    spec: StackSpec, url: str, stack_json: Path, task_yaml: Path, operator: Credentials
+) -> str:
+    # The stack enforces IAM per principal: invented keys are refused. The fedasync CLIs
+    # sign with the stack config's keys (each silo's, the operator's); these exports are
+    # the operator's, for the aws CLI or boto3 in those terminals. They are printed on the
+    # user's terminal only, for a throwaway local stack, and masked in every log line.
     env = {
         ENV_ENDPOINT_URL: url,
         "FEDASYNC_PREFIX": spec.prefix,
         "FEDASYNC_STACK_CONFIG": str(stack_json),
-        "AWS_ACCESS_KEY_ID": "testing",  # moto accepts any credentials; boto3 wants some
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ACCESS_KEY_ID": operator.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": operator.secret_access_key,
         "AWS_DEFAULT_REGION": spec.region,
     }
     n = len(spec.client_ids)
@@ -442,7 +450,9 @@ def _banner(spec: StackSpec, url: str, stack_json: Path, task_yaml: Path) -> str
         "a new, empty stack: nothing of an earlier `fedasync local up` is kept (tasks, models,",
         "queues); a silo still running from one serves the tasks started here",
         "",
-        "# in every other terminal:",
+        "# in every other terminal (the fedasync CLIs sign with the stack config's keys; the",
+        "# AWS_* keys are the operator's, for the aws CLI / boto3: this local stack's own,",
+        "# shown on this terminal only and never logged; each silo's are in the stack config):",
         *(f"export {k}={v}" for k, v in env.items()),
         "",
         f"# start a task (example config: {task_yaml}):",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -75,6 +76,7 @@ class LocalLambdaContext:
     memory_limit_in_mb: int = 512
     timeout_s: float = 900.0
     aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def invoked_function_arn(self) -> str:
@@ -85,7 +87,8 @@ class LocalLambdaContext:
         return "$LATEST"
 
     def get_remaining_time_in_millis(self) -> int:
-        return int(self.timeout_s * 1000)
+        left = self.timeout_s - (time.monotonic() - self.started)
+        return max(0, int(left * 1000))
 
 
 class EventLog:

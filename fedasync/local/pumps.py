@@ -1,8 +1,9 @@
 """Lambda event source mappings without Docker: a DynamoDB stream pump and an SQS pump.
 
 Each pump is an asyncio task that reads its source, builds the event Lambda would
-deliver (`fedasync.local.events`), calls a Lambda-style handler in a worker thread, and
-applies Lambda's rules: partial batch failures, retries, bisection, at-least-once.
+deliver (`fedasync.local.events`), calls a Lambda-style handler in a thread of its own
+within the function's timeout and memory size (`fedasync.local.invoke`), and applies
+Lambda's rules: partial batch failures, retries, bisection, at-least-once.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from typing import Any
 import structlog
 
 from fedasync.aws.session import AwsContext, principal_credentials
+from fedasync.limits import FunctionLimits, limits_for
 from fedasync.local.events import Event, EventLog, LocalLambdaContext, sqs_record, stream_record
 from fedasync.local.filters import check_pattern, matches
+from fedasync.local.invoke import invoke_limited
 
 log = structlog.get_logger()
 
@@ -50,11 +53,16 @@ class _Pump:
         name: str,
         options: PumpOptions,
         event_log: EventLog | None,
+        *,
+        limits: FunctionLimits | None = None,
     ) -> None:
         # the endpoint, region and credentials; the pump opens its own clients
         self._where = aws
         self._handler = handler
         self._name = name
+        # the deployed function's timeout and memory size (fedasync.limits), unless a
+        # test gives its own
+        self.limits = limits if limits is not None else limits_for(name)
         self.options = options
         self.event_log = event_log if event_log is not None else EventLog()
         self._stopping = asyncio.Event()
@@ -130,9 +138,15 @@ class _Pump:
         outcome: dict[str, Any] | BaseException | None = None
         for _ in range(2 if self.options.deliver_twice else 1):
             await asyncio.to_thread(self.event_log.append, self.source, event)
-            context = LocalLambdaContext(function_name=self._name)
+            context = LocalLambdaContext(
+                function_name=self._name,
+                memory_limit_in_mb=self.limits.memory_mb,
+                timeout_s=self.limits.timeout_s,
+            )
             try:
-                outcome = await asyncio.to_thread(self._handler, event, context)
+                outcome = await invoke_limited(
+                    self._handler, event, context, self.limits, function=self._name
+                )
             except Exception as error:  # a handler crash is a failed batch, as in Lambda
                 log.warning("pump.handler_failed", pump=self._name, error=repr(error))
                 outcome = error
@@ -169,8 +183,9 @@ class StreamPump(_Pump):
         event_log: EventLog | None = None,
         on_failure: FailureSink | None = None,
         filter_pattern: Mapping[str, Any] | None = None,
+        limits: FunctionLimits | None = None,
     ) -> None:
-        super().__init__(aws, handler, name, options or PumpOptions(), event_log)
+        super().__init__(aws, handler, name, options or PumpOptions(), event_log, limits=limits)
         self.stream_arn = stream_arn
         # the mapping's FilterCriteria: records it does not match never reach the handler
         if filter_pattern is not None:
@@ -280,8 +295,9 @@ class QueuePump(_Pump):
         options: PumpOptions | None = None,
         event_log: EventLog | None = None,
         wait_time_s: int = 1,
+        limits: FunctionLimits | None = None,
     ) -> None:
-        super().__init__(aws, handler, name, options or PumpOptions(), event_log)
+        super().__init__(aws, handler, name, options or PumpOptions(), event_log, limits=limits)
         self.queue_url = queue_url
         # short long-polls so that stop() is honoured within a second
         self._wait_time_s = wait_time_s

@@ -6,7 +6,7 @@ import asyncio
 import importlib
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import Any, Self, cast
 import structlog
 
 from fedasync.aws.session import AwsContext, Credentials
+from fedasync.limits import FunctionLimits, limits_for
 from fedasync.local.events import EventLog
 from fedasync.local.provision import StackEndpoints, provision
 from fedasync.local.pumps import Handler, PumpOptions, QueuePump, StreamPump
@@ -61,11 +62,17 @@ class EmbeddedStack:
         event_log_path: Path | None = None,
         enforce_iam: bool | None = None,
         admin_credentials: Credentials | None = None,
+        function_limits: Mapping[str, FunctionLimits] | None = None,
     ) -> None:
         self.spec = spec or StackSpec()
         self._endpoint_url = endpoint_url
         self._handlers = {"aggregate": aggregate_handler, "control": control_handler}
         self._options = pump_options or PumpOptions()
+        # each function's deployed timeout and memory size; a test may give tighter ones
+        self._limits = {
+            name: (function_limits or {}).get(name, limits_for(name))
+            for name in ("aggregate", "control")
+        }
         self.event_log = EventLog(event_log_path)
         self._server: LocalMotoServer | None = None
         self._exit = AsyncExitStack()
@@ -124,6 +131,7 @@ class EmbeddedStack:
                 event_log=self.event_log,
                 on_failure=self._failure_sink(),
                 filter_pattern=AGGREGATE_STREAM_FILTER,
+                limits=self._limits["aggregate"],
             )
             self.stream_pump.start()
         if control is not None:
@@ -133,6 +141,7 @@ class EmbeddedStack:
                 load_handler(control),
                 options=replace(self._options, batch_size=CONTROL_BATCH_SIZE),
                 event_log=self.event_log,
+                limits=self._limits["control"],
             )
             self.control_pump.start()
         log.info("stack.started", endpoint_url=self._endpoint_url, prefix=self.spec.prefix)

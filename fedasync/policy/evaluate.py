@@ -147,6 +147,17 @@ def evaluate(statements: Iterable[Statement], request: Request) -> Decision:
     return Decision(bool(allows), allowed_by=tuple(allows), near_misses=tuple(misses))
 
 
+def could_allow(statements: Iterable[Statement], action: str, resource: str) -> bool:
+    """The over-approximation: whether *some* request context could get `action` on
+    `resource` through. Every Allow counts as if its conditions held, and a conditional
+    Deny as if it did not apply; so False is a proof that no context whatsoever is
+    allowed (what "a client can never write another client's prefix" needs)."""
+    covering = [s for s in statements if s.covers(action, resource)]
+    if any(s.effect == "Deny" and not s.conditions for s in covering):
+        return False
+    return any(s.effect == "Allow" for s in covering)
+
+
 # --- conditions ---------------------------------------------------------------------
 
 

@@ -31,10 +31,16 @@ def _listify(value: Any) -> list[Any]:
 
 class Resolver:
     def __init__(
-        self, template: Mapping[str, Any], spec: StackSpec, account: str = ACCOUNT
+        self,
+        template: Mapping[str, Any],
+        spec: StackSpec,
+        account: str = ACCOUNT,
+        parameters: Mapping[str, Any] | None = None,
     ) -> None:
         self.resources: Mapping[str, Any] = template["Resources"]
         self.spec, self.account, self.region = spec, account, spec.region
+        # a nested stack's parameters, as its parent passes them (already resolved)
+        self.parameters: Mapping[str, Any] = parameters or {}
         self.pseudo = {
             "AWS::Partition": "aws",
             "AWS::AccountId": account,
@@ -78,6 +84,8 @@ class Resolver:
     def ref(self, logical_id: str) -> str:
         if logical_id in self.pseudo:
             return self.pseudo[logical_id]
+        if logical_id in self.parameters:
+            return str(self.parameters[logical_id])
         kind = self.resources[logical_id]["Type"]
         where = f"{self.region}:{self.account}"
         if kind == "AWS::SNS::Topic":
@@ -156,18 +164,24 @@ def principal_roles(template: Mapping[str, Any], spec: StackSpec) -> dict[str, s
 
 
 def principal_statements(
-    template: Mapping[str, Any], spec: StackSpec, account: str = ACCOUNT
+    template: Mapping[str, Any],
+    spec: StackSpec,
+    account: str = ACCOUNT,
+    nested: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, tuple[Statement, ...]]:
-    """Every principal's statements: the inline and attached policies of its role."""
+    """Every principal's statements: the inline and attached policies of its role, in the
+    template and in its nested stacks' templates (`nested`: by the logical id of their
+    `AWS::CloudFormation::Stack` resource; the clients' roles live there)."""
     resolver = Resolver(template, spec, account)
-    out: dict[str, tuple[Statement, ...]] = {}
-    for principal, role_id in principal_roles(template, spec).items():
-        statements = [
-            Statement.from_json(resolver.resolve(s), origin=principal)
-            for doc in _documents_of(template, role_id)
-            for s in _listify(doc["Statement"])
-        ]
-        out[principal] = tuple(statements)
+    out = _role_statements(template, spec, resolver)
+    for logical_id, child in (nested or {}).items():
+        given = template["Resources"][logical_id].get("Properties", {}).get("Parameters", {})
+        values = {name: resolver.resolve(value) for name, value in given.items()}
+        child_resolver = Resolver(child, spec, account, parameters=values)
+        for principal, statements in _role_statements(child, spec, child_resolver).items():
+            if principal in out:
+                raise ValueError(f"principal {principal!r} has a role in two templates")
+            out[principal] = statements
     for resource in template["Resources"].values():
         props = resource.get("Properties", {})
         if resource["Type"] == "AWS::IAM::ManagedPolicy" and str(
@@ -178,3 +192,16 @@ def principal_statements(
                 for s in _listify(props["PolicyDocument"]["Statement"])
             )
     return out
+
+
+def _role_statements(
+    template: Mapping[str, Any], spec: StackSpec, resolver: Resolver
+) -> dict[str, tuple[Statement, ...]]:
+    return {
+        principal: tuple(
+            Statement.from_json(resolver.resolve(s), origin=principal)
+            for doc in _documents_of(template, role_id)
+            for s in _listify(doc["Statement"])
+        )
+        for principal, role_id in principal_roles(template, spec).items()
+    }

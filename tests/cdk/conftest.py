@@ -42,7 +42,10 @@ def synth(tmp_path_factory: pytest.TempPathFactory, asl_text: str) -> Callable[.
             )
             assembly = app.synth()
             template = assembly.get_stack_by_name(stack.stack_name).template
-            cache[key] = Synth(app=app, stack=stack, template=template, outdir=outdir)
+            nested = stack.nested_templates(assembly.directory)
+            cache[key] = Synth(
+                app=app, stack=stack, template=template, outdir=outdir, nested=nested
+            )
         return cache[key]
 
     return run

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +60,21 @@ def require_cdk() -> None:
 
 @dataclass(frozen=True)
 class Synth:
-    """One synthesised app: the app, its stack, the template as a dict, the out dir."""
+    """One synthesised app: the app, its stack, the template as a dict, the out dir, and
+    the clients' nested stacks' templates (by their logical id in the template)."""
 
     app: Any
     stack: Any
     template: dict[str, Any]
     outdir: Path
+    nested: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def all_resources(self, cfn_type: str) -> dict[str, dict[str, Any]]:
+        """`resources`, across the template and its nested stacks' templates."""
+        found = self.resources(cfn_type)
+        for template in self.nested.values():
+            found.update({k: r for k, r in template["Resources"].items() if r["Type"] == cfn_type})
+        return found
 
     def resources(self, cfn_type: str) -> dict[str, dict[str, Any]]:
         return {k: r for k, r in self.template["Resources"].items() if r["Type"] == cfn_type}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,46 +20,50 @@ from fedasync.core.keys import final_key, global_key, local_key  # noqa: E402
 from fedasync.core.messages import Heartbeat, UpdateRecord  # noqa: E402
 from fedasync.local.provision import provision  # noqa: E402
 from fedasync.local.server import LocalMotoServer  # noqa: E402
+from fedasync.policy.evaluate import Request, Statement, could_allow, evaluate  # noqa: E402
+from fedasync.policy.template import ACCOUNT, Resolver, principal_statements  # noqa: E402
 from fedasync.resources import ClientSpec, StackSpec  # noqa: E402
 from infra.client_access import CLIENT_ITEM_ATTRIBUTES  # noqa: E402
 from tests.cdk.client_calls import CallRecorder, Resources, iam_requests  # noqa: E402
-from tests.cdk.policy_eval import ACCOUNT, REGION, Policy, Resolver  # noqa: E402
 
 pytestmark = pytest.mark.cdk
 
 TASK = "digits"
 CLIENTS = ("hospital-a", "bank-b", "datacentre-c")
+SPEC = StackSpec(clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
+REGION = SPEC.region
 
 
-def _role_id(synth: Synth, client_id: str) -> str:
+@dataclass(frozen=True)
+class Policy:
+    """A client role's statements, as the call audit reads them from the template."""
+
+    statements: tuple[Statement, ...]
+
+    def allows(self, action: str, resource: str, context: dict[str, Any] | None = None) -> bool:
+        """With a context: IAM's decision. Without: whether any context could get it
+        through (`could_allow`), so False proves no condition whatsoever helps."""
+        if context is None:
+            return could_allow(self.statements, action, resource)
+        return evaluate(self.statements, Request("client", action, resource, context)).allowed
+
+
+def _role(synth: Synth, client_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The client's role resource and the (nested) template that holds it."""
     wanted = f"fedasync client {client_id}:"
-    (logical_id,) = [
-        k
-        for k, r in synth.resources("AWS::IAM::Role").items()
-        if r["Properties"].get("Description", "").startswith(wanted)
+    (found,) = [
+        (r, template)
+        for template in (synth.template, *synth.nested.values())
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::IAM::Role"
+        and r["Properties"].get("Description", "").startswith(wanted)
     ]
-    return logical_id
-
-
-def client_policy(synth: Synth, client_id: str) -> Policy:
-    """Everything the role can do: its inline policies plus any policy attached to it."""
-    role_id = _role_id(synth, client_id)
-    role = synth.template["Resources"][role_id]["Properties"]
-    documents = [p["PolicyDocument"] for p in role.get("Policies", [])]
-    for policy in synth.resources("AWS::IAM::Policy").values():
-        if {"Ref": role_id} in policy["Properties"].get("Roles", []):
-            documents.append(policy["Properties"]["PolicyDocument"])
-    assert not role.get("ManagedPolicyArns"), "client roles carry no managed policies"
-    return Policy.from_documents(documents, Resolver(synth.template))
+    return found
 
 
 def bucket_object(synth: Synth, key: str) -> str:
-    (bucket_id,) = [
-        k
-        for k, r in synth.resources("AWS::S3::Bucket").items()
-        if "VersioningConfiguration" in r["Properties"]
-    ]
-    return f"{Resolver(synth.template).arn(bucket_id)}/{key}"
+    # the models bucket as the audit's resolver names it (the embedded stack's name)
+    return f"arn:aws:s3:::{SPEC.bucket_name}/{key}"
 
 
 def queue_arn(name: str) -> str:
@@ -74,7 +79,8 @@ GOOD_PUT = {
 
 @pytest.fixture(scope="module")
 def policies(default_synth: Synth) -> dict[str, Policy]:
-    return {c: client_policy(default_synth, c) for c in CLIENTS}
+    statements = principal_statements(default_synth.template, SPEC, nested=default_synth.nested)
+    return {c: Policy(statements[f"client:{c}"]) for c in CLIENTS}
 
 
 # --- S3 -------------------------------------------------------------------------------
@@ -194,10 +200,9 @@ def test_a_client_may_check_a_key_exists_but_never_read_an_item(policies: Any) -
 def test_client_roles_reach_nothing_else(default_synth: Synth, policies: Any) -> None:
     for policy in policies.values():
         for statement in policy.statements:
-            resources = statement["Resource"]
-            assert "*" not in (resources if isinstance(resources, list) else [resources])
-            actions = statement["Action"]
-            assert not any("*" in a for a in (actions if isinstance(actions, list) else [actions]))
+            assert statement.not_actions is None and statement.not_resources is None
+            assert "*" not in statement.resources
+            assert not any("*" in a for a in statement.actions)
         for action, resource in (
             ("states:SendTaskSuccess", "*"),
             ("sns:Publish", "*"),
@@ -217,12 +222,12 @@ def test_each_role_is_assumable_by_its_configured_principal(
 ) -> None:
     # GIVEN no principal in infra/clients.yaml THEN the deploying account's root is trusted
     for client in CLIENTS:
-        role = default_synth.template["Resources"][_role_id(default_synth, client)]
+        role, template = _role(default_synth, client)
         (statement,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
-        principal = Resolver(default_synth.template).resolve(statement["Principal"])
+        principal = Resolver(template, SPEC).resolve(statement["Principal"])
         assert principal == {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}
     # GIVEN a principal in another account THEN exactly that principal, never '*'
-    role = solo_synth.template["Resources"][_role_id(solo_synth, "lab-1")]
+    role, _ = _role(solo_synth, "lab-1")
     (statement,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
     assert statement == {
         "Action": "sts:AssumeRole",

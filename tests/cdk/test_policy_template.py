@@ -26,7 +26,7 @@ MACHINE = ARN.format("states", "stateMachine:fedasync-fl-task")
 
 @pytest.fixture(scope="module")
 def statements(default_synth: Synth) -> dict:
-    return principal_statements(default_synth.template, SPEC)
+    return principal_statements(default_synth.template, SPEC, nested=default_synth.nested)
 
 
 def allowed(statements: dict, principal: str, action: str, resource: str, **context) -> bool:

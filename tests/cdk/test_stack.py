@@ -33,7 +33,6 @@ from fedasync.resources import (  # noqa: E402
     notice_filter_policy,
 )
 from infra.asl_check import required_actions  # noqa: E402
-from infra.stack import CLIENT_QUEUE_URL, CLIENT_ROLE_ARN, output_id  # noqa: E402
 
 pytestmark = pytest.mark.cdk
 
@@ -45,7 +44,7 @@ SERVER_ROLES = 3  # state machine, aggregate, control
 def _logical_id(synth: Synth, cfn_type: str, **props: Any) -> str:
     (found,) = [
         k
-        for k, r in synth.resources(cfn_type).items()
+        for k, r in synth.all_resources(cfn_type).items()
         if all(r["Properties"].get(p) == v for p, v in props.items())
     ]
     return found
@@ -60,11 +59,19 @@ def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
 def test_resource_counts_follow_the_client_count(
     fixture: str, clients: int, request: pytest.FixtureRequest
 ) -> None:
-    template = Template.from_json(request.getfixturevalue(fixture).template)
-    template.resource_count_is("AWS::SQS::Queue", SERVER_QUEUES + 2 * clients)
-    template.resource_count_is("AWS::SQS::QueuePolicy", SERVER_QUEUES + 2 * clients)
-    template.resource_count_is("AWS::SNS::Subscription", clients)
-    template.resource_count_is("AWS::IAM::Role", SERVER_ROLES + clients)
+    synth = request.getfixturevalue(fixture)
+    template = Template.from_json(synth.template)
+    # the server's own resources in the stack, the clients' in one nested stack
+    template.resource_count_is("AWS::SQS::Queue", SERVER_QUEUES)
+    template.resource_count_is("AWS::SQS::QueuePolicy", SERVER_QUEUES)
+    template.resource_count_is("AWS::SNS::Subscription", 0)
+    template.resource_count_is("AWS::IAM::Role", SERVER_ROLES)
+    template.resource_count_is("AWS::CloudFormation::Stack", 1)
+    (nested,) = [Template.from_json(t) for t in synth.nested.values()]
+    nested.resource_count_is("AWS::SQS::Queue", 2 * clients)
+    nested.resource_count_is("AWS::SQS::QueuePolicy", 2 * clients)
+    nested.resource_count_is("AWS::SNS::Subscription", clients)
+    nested.resource_count_is("AWS::IAM::Role", clients)
     for cfn_type, count in (
         ("AWS::SNS::Topic", 1),
         ("AWS::DynamoDB::Table", 1),
@@ -89,6 +96,10 @@ def test_everything_is_encrypted_at_rest(default_synth: Synth) -> None:
         "AWS::SNS::Topic", {"KmsMasterKeyId": {"Fn::GetAtt": [Match.any_value(), "Arn"]}}
     )
     template.all_resources_properties("AWS::SQS::Queue", {"SqsManagedSseEnabled": True})
+    for nested in default_synth.nested.values():  # the clients' queues
+        Template.from_json(nested).all_resources_properties(
+            "AWS::SQS::Queue", {"SqsManagedSseEnabled": True}
+        )
     template.all_resources_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
 
 
@@ -134,7 +145,7 @@ def test_every_resource_policy_is_tls_only_and_never_open(default_synth: Synth) 
         "AWS::KMS::Key": "KeyPolicy",
     }
     for cfn_type, field in policies.items():
-        for logical_id, resource in default_synth.resources(cfn_type).items():
+        for logical_id, resource in default_synth.all_resources(cfn_type).items():
             statements = _statements(resource["Properties"][field])
             for statement in statements:
                 principal = statement.get("Principal")
@@ -147,7 +158,7 @@ def test_every_resource_policy_is_tls_only_and_never_open(default_synth: Synth) 
                 and s.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}
                 for s in statements
             ), f"{logical_id} does not refuse plain HTTP"
-    for role in default_synth.resources("AWS::IAM::Role").values():
+    for role in default_synth.all_resources("AWS::IAM::Role").values():
         for statement in _statements(role["Properties"]["AssumeRolePolicyDocument"]):
             assert statement["Principal"] not in ("*", {"AWS": "*"})
 
@@ -156,7 +167,8 @@ def test_each_client_queue_is_subscribed_with_its_filter_and_has_a_dlq(
     default_synth: Synth,
 ) -> None:
     spec = StackSpec()
-    template = Template.from_json(default_synth.template)
+    (nested,) = default_synth.nested.values()
+    template = Template.from_json(nested)
     for client in DEFAULT_CLIENTS:
         queue_id = _logical_id(
             default_synth, "AWS::SQS::Queue", QueueName=spec.client_queue_name(client)
@@ -346,6 +358,8 @@ def test_outputs_give_clients_and_operators_what_they_need(default_synth: Synth)
     outputs = default_synth.template["Outputs"]
     for key in (
         "Region",
+        "AccountId",
+        "Prefix",
         "BucketName",
         "TableName",
         "TopicArn",
@@ -353,6 +367,32 @@ def test_outputs_give_clients_and_operators_what_they_need(default_synth: Synth)
         "StateMachineArn",
     ):
         assert key in outputs
+    # no output per client: a client's queue and role follow from the names
+    assert not [k for k in outputs if k.startswith(("ClientQueueUrl", "ClientRoleArn"))]
+    assert all("Outputs" not in t for t in default_synth.nested.values())
+
+
+def test_client_queues_and_roles_carry_the_names_a_client_computes(default_synth: Synth) -> None:
+    # GIVEN the default stack (prefix fedasync) WHEN its client resources are read
+    spec = StackSpec()
+    roles = {
+        r["Properties"]["RoleName"]
+        for r in default_synth.all_resources("AWS::IAM::Role").values()
+        if "RoleName" in r["Properties"]
+    }
+    queues = {
+        r["Properties"]["QueueName"]
+        for r in default_synth.all_resources("AWS::SQS::Queue").values()
+    }
+    # THEN each client's role and queue are named as StackSpec computes them, which for
+    # hospital-a in account 111122223333 of eu-west-1 gives, written out by hand:
     for client in DEFAULT_CLIENTS:
-        assert f"{CLIENT_QUEUE_URL}{output_id(client)}" in outputs
-        assert f"{CLIENT_ROLE_ARN}{output_id(client)}" in outputs
+        assert spec.client_role_name(client) in roles
+        assert spec.client_queue_name(client) in queues
+    eu = StackSpec(region="eu-west-1")
+    assert eu.client_role_arn("hospital-a", "111122223333") == (
+        "arn:aws:iam::111122223333:role/fedasync-client-hospital-a"
+    )
+    assert eu.client_queue_url("hospital-a", "111122223333") == (
+        "https://sqs.eu-west-1.amazonaws.com/111122223333/fedasync-client-hospital-a"
+    )

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ require_cdk()
 import aws_cdk as cdk  # noqa: E402
 from aws_cdk import aws_s3 as s3  # noqa: E402
 
-from fedasync.resources import ASL_PATH  # noqa: E402
+from fedasync.policy.template import principal_statements  # noqa: E402
+from fedasync.resources import ASL_PATH, ClientSpec, StackSpec  # noqa: E402
 from infra.config import INFRA_DIR  # noqa: E402
 from infra.nag import add_nag  # noqa: E402
 
@@ -71,19 +73,67 @@ def test_every_acknowledgement_gives_a_specific_reason(default_synth: Synth) -> 
         assert len(reason) >= 60, f"{where}: reason too thin: {reason!r}"
 
 
-def test_cfn_lint_reports_no_errors(default_synth: Synth) -> None:
+def _cfn_lint(synth: Synth) -> list[str]:
+    """cfn-lint's findings on the stack's template and each nested stack's template."""
     from cfnlint.api import lint_file
 
-    template = default_synth.outdir / f"{default_synth.stack.artifact_id}.template.json"
-    matches = lint_file(template)
-    errors = [str(m) for m in matches if m.rule.id.startswith("E")]
-    assert errors == []
-    unexpected = [
-        str(m)
-        for m in matches
-        if not m.rule.id.startswith("E") and m.rule.id not in TOLERATED_CFN_LINT_WARNINGS
+    files = [synth.outdir / f"{synth.stack.artifact_id}.template.json"]
+    files += [synth.outdir / nested.template_file for nested in synth.stack.client_stacks]
+    return [
+        f"{path.name}: {m}"
+        for path in files
+        for m in lint_file(path)
+        if m.rule.id.startswith("E") or m.rule.id not in TOLERATED_CFN_LINT_WARNINGS
     ]
-    assert unexpected == []
+
+
+def test_cfn_lint_reports_no_errors(default_synth: Synth) -> None:
+    assert len(default_synth.stack.client_stacks) == 1
+    assert _cfn_lint(default_synth) == []
+
+
+# CloudFormation's per-template quotas
+MAX_RESOURCES, MAX_OUTPUTS, MAX_PARAMETERS = 500, 200, 200
+
+
+@pytest.mark.slow
+def test_two_hundred_clients_synthesize_within_cloudformations_limits(
+    synth: Callable[..., Synth],
+) -> None:
+    # GIVEN 200 clients (one stack stopped at ~80: 6 resources per client, 500 per stack)
+    clients = [f"silo-{i:03d}" for i in range(200)]
+    # WHEN the app is synthesized (the synth itself fails on any cdk-nag finding)
+    big = synth(clients=",".join(clients))
+    # THEN the clients sit in ceil(200 / 75) = 3 nested stacks of 75, 75 and 50 clients,
+    # 6 resources each (queue, DLQ, two queue policies, subscription, role), no outputs
+    counts = [len(t["Resources"]) for t in big.nested.values()]
+    assert counts == [450, 450, 300]
+    templates = [big.template, *big.nested.values()]
+    for template in templates:
+        assert len(template["Resources"]) < MAX_RESOURCES
+        assert len(template.get("Outputs", {})) < MAX_OUTPUTS
+        assert len(template.get("Parameters", {})) < MAX_PARAMETERS
+    assert len(big.template["Outputs"]) == 10  # no output per client
+    # AND every client has its role, named by the rule, with its own statements
+    roles = {
+        r["Properties"]["RoleName"] for r in big.all_resources("AWS::IAM::Role").values()
+        if "RoleName" in r["Properties"]
+    }  # fmt: skip
+    assert roles == {f"fedasync-client-{c}" for c in clients}
+    assert _nag_violations(big.outdir) == []
+    assert _cfn_lint(big) == []
+    # AND the audit reads every client's policy from its nested stack, each exactly as
+    # tight as the first one's but for the id (silo-000 in Clients0, silo-199 in Clients2)
+    spec = StackSpec(clients=tuple(ClientSpec(client_id=c) for c in clients))
+    statements = principal_statements(big.template, spec, nested=big.nested)
+    assert {p for p in statements if p.startswith("client:")} == {f"client:{c}" for c in clients}
+    first = statements["client:silo-000"]
+    for client in ("silo-074", "silo-075", "silo-199"):
+        renamed = [
+            repr(s).replace("silo-000", client).replace("client:silo-000", f"client:{client}")
+            for s in first
+        ]
+        assert [repr(s) for s in statements[f"client:{client}"]] == renamed
 
 
 @pytest.mark.skipif(not ASL_PATH.is_file(), reason="stepfunctions/fl_task.asl.json not written yet")
@@ -107,4 +157,7 @@ def test_python_app_py_synthesises_on_its_own_into_cdk_outdir(tmp_path: Path) ->
     )
     assert done.returncode == 0, done.stderr[-3000:]
     template = json.loads((tmp_path / "FedAsyncServer.template.json").read_text(encoding="utf-8"))
-    assert {"ClientQueueUrlAlpha", "ClientQueueUrlBeta"} <= set(template["Outputs"])
+    assert {"Region", "AccountId", "Prefix", "BucketName"} <= set(template["Outputs"])
+    assert [r["Type"] for r in template["Resources"].values()].count(
+        "AWS::CloudFormation::Stack"
+    ) == 1  # the two clients' nested stack

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from fedasync.cli import app
+from fedasync.ops.taskctl import StackConfig
 from tests.faults.harness import config, drive, stack_for
+from tests.integration.test_local_up import clean_env, run
 
 
 @pytest.mark.parametrize("kind", ["sync", "fedbuff"])
@@ -56,3 +59,36 @@ def test_exporting_an_unknown_task_is_a_clear_error(moto_server, tmp_path):
     )
     assert result.exit_code == 2
     assert "error:" in result.output
+
+
+async def test_replay_from_the_bucket_signs_as_the_operator_of_the_stack_config(
+    moto_server, prefix, tmp_path
+):
+    # GIVEN a finished task, its exported ledger, and the stack config `local up` writes
+    async with stack_for(moto_server, prefix) as stack:
+        outcome = await drive(stack, config("sync", "signed"))
+        names = StackConfig.from_endpoints(stack.endpoints, stack.spec.prefix)
+        stack_json = tmp_path / "stack.json"
+        stack_json.write_text(names.model_dump_json(exclude_none=True))
+        ledger = tmp_path / "signed.jsonl"
+        where = ["--stack-config", str(stack_json)]
+        exported = await asyncio.to_thread(
+            CliRunner().invoke, app, ["events", "export", "signed", "--out", str(ledger), *where]
+        )
+        assert exported.exit_code == 0, exported.output
+        # WHEN it is replayed straight from the bucket in a terminal whose default
+        # credentials are invented (as any key but a principal's is, under enforcement)
+        invented = {"AWS_ACCESS_KEY_ID": "AKIAINVENTED0000", "AWS_SECRET_ACCESS_KEY": "x" * 40}
+        # (PYTHONPATH: this checkout's code, whatever the environment has installed)
+        env = {**clean_env(), **invented, "PYTHONPATH": str(Path(__file__).parents[2])}
+        runs = [
+            await asyncio.to_thread(run, ["replay", str(ledger), *args], env, tmp_path, 90)
+            for args in (where, ["--endpoint", stack.endpoints.endpoint_url])
+        ]
+    # THEN with the stack config it signs as the operator and rebuilds the final model;
+    # with the endpoint alone it signs with the invented keys and is refused, one error line
+    signed, unsigned = runs
+    assert signed.returncode == 0, signed.stderr
+    assert f"final sha256: {outcome.final_sha256}" in signed.stdout
+    assert unsigned.returncode == 2, unsigned.stdout + unsigned.stderr
+    assert unsigned.stderr.startswith("error:"), unsigned.stderr

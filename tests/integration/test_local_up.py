@@ -27,10 +27,12 @@ def free_port() -> int:
 
 
 def clean_env() -> dict[str, str]:
-    """This process's environment without the test session's own stack settings."""
-    return {
+    """This process's environment without the test session's own stack settings; the
+    children import this checkout's code (PYTHONPATH), not whatever is installed."""
+    env = {
         k: v for k, v in os.environ.items() if not k.startswith("FEDASYNC_") and k != "MOTO_PORT"
     }
+    return {**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
 class StackProcess:
@@ -127,6 +129,9 @@ def test_local_up_serves_separate_client_processes_through_a_sync_task(tmp_path)
         names = json.loads((tmp_path / "stack.json").read_text())
         assert names["table"] == "lu-table"
         assert set(names["client_queue_urls"]) == {"silo-0", "silo-1"}
+        # AND the AWS_* exports are the operator's own keys (invented ones are refused)
+        assert env["AWS_ACCESS_KEY_ID"] == names["operator"]["aws_access_key_id"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == names["operator"]["aws_secret_access_key"]
 
         # WHEN the operator starts a 2-round task and two silos run in separate processes
         (tmp_path / "task.yaml").write_text(TASK_YAML)

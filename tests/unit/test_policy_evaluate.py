@@ -16,6 +16,7 @@ from fedasync.policy.evaluate import (
     Statement,
     UnsupportedConditionError,
     condition_holds,
+    could_allow,
     evaluate,
     glob,
 )
@@ -170,3 +171,33 @@ def test_an_unmodelled_operator_is_refused_not_ignored() -> None:
 def test_a_statement_needs_effect_allow_or_deny() -> None:
     with pytest.raises(ValueError, match="neither Allow nor Deny"):
         Statement.from_json({"Effect": "allow", "Action": "*", "Resource": "*"})
+
+
+def test_could_allow_over_approximates_conditions() -> None:
+    # GIVEN an Allow under a condition, a conditional Deny and an unconditional Deny
+    bucket = "arn:aws:s3:::b"
+    statements = [
+        Statement.from_json(
+            {
+                "Effect": "Allow",
+                "Action": "s3:PutObject",
+                "Resource": f"{bucket}/*",
+                "Condition": {"StringEquals": {"s3:x-amz-acl": "private"}},
+            }
+        ),
+        Statement.from_json(
+            {
+                "Effect": "Deny",
+                "Action": "s3:PutObject",
+                "Resource": f"{bucket}/tmp/*",
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }
+        ),
+        Statement.from_json({"Effect": "Deny", "Action": "s3:*", "Resource": f"{bucket}/locked/*"}),
+    ]
+    # THEN some context gets a put through under the conditional Allow, even where a
+    # conditional Deny may apply; none under the unconditional Deny, nor where no Allow is
+    assert could_allow(statements, "s3:PutObject", f"{bucket}/a")
+    assert could_allow(statements, "s3:PutObject", f"{bucket}/tmp/a")
+    assert not could_allow(statements, "s3:PutObject", f"{bucket}/locked/a")
+    assert not could_allow(statements, "s3:GetObject", f"{bucket}/a")
