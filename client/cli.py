@@ -22,9 +22,10 @@ from client.run import run_client
 from client.signals import install_stop_handlers
 from client.state import ClientReport
 from client.trainers import DEFAULT_TRAINER, TRAINERS, Trainer, get_trainer
-from fedasync import logs, taskctl
+from fedasync import logs
 from fedasync.aws.session import refusal_message
 from fedasync.core.errors import FedAsyncError
+from fedasync.deployment import Deployment
 from fedasync.resources import ENV_BUCKET, ENV_ENDPOINT_URL, ENV_TABLE
 
 client_app = typer.Typer(
@@ -110,12 +111,12 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
     logs.configure()
     try:
         given = {"endpoint_url": endpoint, "queue_url": queue_url, "bucket": bucket, "table": table}
+        if stack_config is None:
+            given |= {"region": region, "prefix": prefix}
         located = _from_stack_config(stack_config, client_id, given)
         cfg = ClientConfig(
             task_name=task,
             client_id=client_id,
-            region=region,
-            prefix=prefix,
             **located,
             epochs=epochs,
             seed=seed,
@@ -160,20 +161,15 @@ def _from_stack_config(
     """Flags win; the stack config fills what they leave out, and gives the key."""
     if path is None:
         return dict(given)
-    stack = taskctl.StackConfig.load(path, given["endpoint_url"], None)
-    out: dict[str, object] = {
-        "endpoint_url": stack.endpoint_url,
-        "bucket": given["bucket"] or stack.bucket,
-        "table": given["table"] or stack.table,
-        "queue_url": given["queue_url"] or stack.client_queue_urls.get(client_id),
-    }
-    access = stack.clients.get(client_id)
-    if stack.clients and access is None:
+    deployment = Deployment.load(path, given.pop("endpoint_url"), None)
+    out: dict[str, object] = {"deployment": deployment}
+    out |= {name: value for name, value in given.items() if value is not None}
+    keys = deployment.principals.get(f"client:{client_id}")
+    if keys is None and any(p.startswith("client:") for p in deployment.principals):
         raise ValueError(f"stack config {str(path)!r} has no entry for client {client_id!r}")
-    if access is not None:
-        out["queue_url"] = given["queue_url"] or access.queue_url
-        out["aws_access_key_id"] = access.aws_access_key_id
-        out["aws_secret_access_key"] = access.aws_secret_access_key
+    if keys is not None:
+        out["aws_access_key_id"] = keys.access_key_id
+        out["aws_secret_access_key"] = keys.secret_access_key
     return out
 
 

@@ -44,7 +44,7 @@ class AwsClientPorts:
         self._cfg = cfg
         self.queue_url = queue_url
         self._queues = SqsQueues(aws)
-        self._records = DynamoRecords(aws, cfg.table_name)
+        self._records = DynamoRecords(aws, cfg.deployment.table)
 
     @classmethod
     async def open(cls, aws: AwsContext, cfg: ClientConfig) -> AwsClientPorts:
@@ -57,7 +57,7 @@ class AwsClientPorts:
             except ClientError as error:
                 raise RegistryError(
                     f"client {cfg.client_id!r} has no queue {cfg.queue_name!r} "
-                    f"({error_code(error)}); is it listed in the stack (prefix {cfg.prefix!r})?"
+                    f"({error_code(error)}); is it listed in the stack (prefix {cfg.deployment.prefix!r})?"
                 ) from error
         return cls(aws, cfg, url)
 
@@ -91,7 +91,7 @@ class AwsClientPorts:
         try:
             return await transfer.download_file(
                 s3,
-                self._cfg.bucket_name,
+                self._cfg.deployment.bucket,
                 key,
                 dest,
                 sha256=sha256,
@@ -105,7 +105,7 @@ class AwsClientPorts:
             # the announced object is not there: for the silo the same as a wrong one (the
             # notice is given back and comes again), never a reason to exit
             raise CorruptDownloadError(
-                f"global model {key!r} is missing from bucket {self._cfg.bucket_name!r}",
+                f"global model {key!r} is missing from bucket {self._cfg.deployment.bucket!r}",
                 key=key,
                 expected=sha256,
                 actual=MISSING,
@@ -115,7 +115,7 @@ class AwsClientPorts:
         s3 = await self._aws.s3()
         await transfer.upload_file(
             s3,
-            self._cfg.bucket_name,
+            self._cfg.deployment.bucket,
             key,
             path,
             sha256=sha256,

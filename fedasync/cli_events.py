@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from botocore.exceptions import BotoCoreError, ClientError
@@ -16,10 +16,7 @@ from fedasync import logs
 from fedasync.core.errors import FedAsyncError
 from fedasync.core.ledger import Event, parse_ledger
 from fedasync.core.replay import ReplayResult, replay
-from fedasync.resources import StackSpec
-
-if TYPE_CHECKING:
-    from fedasync.taskctl import StackConfig
+from fedasync.deployment import Deployment
 
 events_app = typer.Typer(help="Export a task's event ledger.", no_args_is_help=True)
 out_console = Console()
@@ -42,15 +39,14 @@ BucketOpt = Annotated[
 
 
 async def _export(
-    name: str, *, stack: StackConfig, table: str, bucket: str, out: Path, objects: Path | None
+    name: str, *, stack: Deployment, out: Path, objects: Path | None
 ) -> tuple[list[Event], int]:
     from fedasync.aws.session import AwsContext
     from fedasync.events import export_ledger, export_objects, write_ledger
-    from fedasync.server.store import ServerStore, Where
+    from fedasync.server.store import ServerStore
 
-    operator = stack.operator.credentials() if stack.operator is not None else None
-    async with AwsContext(stack.endpoint_url, stack.region, operator) as aws:
-        store = ServerStore(aws, Where(table=table, bucket=bucket, topic_arn=""))
+    async with AwsContext(stack.endpoint_url, stack.region, stack.credentials("operator")) as aws:
+        store = ServerStore(aws, stack)
         events = await export_ledger(store, name)
         write_ledger(events, out)
         copied = await export_objects(store, events, objects) if objects is not None else 0
@@ -93,9 +89,9 @@ def export(
         events, copied = asyncio.run(
             _export(
                 name,
-                stack=stack,
-                table=table or stack.table,
-                bucket=bucket or stack.bucket,
+                stack=stack.model_copy(
+                    update={"table": table or stack.table, "bucket": bucket or stack.bucket}
+                ),
                 out=target,
                 objects=objects,
             )
@@ -112,12 +108,10 @@ async def _fetch_objects(
 ) -> None:
     from fedasync.aws.session import AwsContext
     from fedasync.events import export_objects
-    from fedasync.server.store import ServerStore, Where
+    from fedasync.server.store import ServerStore
 
     async with AwsContext(endpoint) as aws:
-        await export_objects(
-            ServerStore(aws, Where(table="", bucket=bucket, topic_arn="")), events, folder
-        )
+        await export_objects(ServerStore(aws, Deployment(bucket=bucket)), events, folder)
 
 
 def _print_result(result: ReplayResult) -> None:
@@ -163,8 +157,8 @@ def replay_command(
         with tempfile.TemporaryDirectory(prefix="fedasync-replay-") as scratch:
             if objects is None and (endpoint or bucket or prefix):
                 task = next((e for e in events if e["kind"] == "task"), {})
-                named = StackSpec(prefix=prefix).bucket_name if prefix else None
-                source = bucket or named or task.get("bucket") or StackSpec().bucket_name
+                named = Deployment(prefix=prefix).bucket if prefix else None
+                source = bucket or named or task.get("bucket") or Deployment().bucket
                 objects = Path(scratch)
                 asyncio.run(_fetch_objects(events, endpoint, str(source), objects))
             folder = objects or events_file.parent / "objects"

@@ -29,11 +29,12 @@ from fedasync.core import codec, keys
 from fedasync.core.codec import Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.replay import replay
+from fedasync.deployment import Deployment
 from fedasync.events import export_ledger, export_objects, folder_loader, write_ledger
 from fedasync.live import LiveView
 from fedasync.local.stack import EmbeddedStack
 from fedasync.report import write_report
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
 
@@ -187,15 +188,17 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
     events_path = out / "events.jsonl"
     deliveries_path = out / "deliveries.jsonl"
     deliveries_path.unlink(missing_ok=True)
-    spec = StackSpec(clients=tuple(ClientSpec(client_id=c) for c in cfg.clients))
+    spec = Deployment(clients=tuple(ClientSpec(client_id=c) for c in cfg.clients))
     trainer = get_trainer(opts.trainer)
     # the data is ready before the clock starts: loading it is not the federation's time
     silos, test = await asyncio.to_thread(demo_data, opts)
     async with EmbeddedStack(spec, event_log_path=deliveries_path) as stack:
         e = stack.endpoints
-        store = ServerStore(stack.aws, e.where())
+        store = ServerStore(stack.aws, e)
         t0, t0_wall = time.monotonic(), time.time()
-        arn = await start_task(store, e.state_machine_arn, cfg, trainer.init_weights(opts.seed))
+        arn = await start_task(
+            store, e.require("state_machine_arn"), cfg, trainer.init_weights(opts.seed)
+        )
         done = asyncio.Event()
         evaluator = asyncio.create_task(
             _evaluate_versions(store, cfg=cfg, trainer=trainer, test=test, t0=t0, done=done)
@@ -307,11 +310,7 @@ def _client_config(opts: DemoOptions, cfg: TaskConfig, e: Any, index: int) -> Cl
     return ClientConfig(
         task_name=cfg.task_name,
         client_id=client_id,
-        endpoint_url=e.endpoint_url,
-        region=e.region,
-        queue_url=e.client_queue_urls[client_id],
-        bucket=e.bucket,
-        table=e.table,
+        deployment=e.model_copy(update={"principals": {}}),  # the silo's own key only:
         **_client_keys(e, client_id),
         heartbeat_interval_s=5.0,
         visibility_timeout_s=60,

@@ -20,7 +20,8 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from fedasync.resources import StackSpec, notice_filter_policy, shard_topic, topic_shard
+from fedasync.deployment import Deployment
+from fedasync.resources import notice_filter_policy, shard_topic, topic_shard
 
 DLQ_RETENTION = Duration.days(14)
 # The embedded stack (fedasync.local.provision) uses the same values.
@@ -72,7 +73,7 @@ class Messaging(Construct):
     """Topic + per-client queues, the control queue, the stream's failure queue."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, spec: StackSpec, control_visibility: Duration
+        self, scope: Construct, construct_id: str, *, spec: Deployment, control_visibility: Duration
     ) -> None:
         super().__init__(scope, construct_id)
         self.topic_key = kms.Key(
@@ -105,7 +106,7 @@ class Messaging(Construct):
         self.aggregate_failures = self._failure_queue(spec)
         self.clients = tuple(self._client_queue(spec, c) for c in spec.client_ids)
 
-    def _failure_queue(self, spec: StackSpec) -> sqs.Queue:
+    def _failure_queue(self, spec: Deployment) -> sqs.Queue:
         queue = _queue(
             self, "AggregateFailures", f"{spec.prefix}-aggregate-failures", retention=DLQ_RETENTION
         )
@@ -119,7 +120,7 @@ class Messaging(Construct):
         )
         return queue
 
-    def _client_queue(self, spec: StackSpec, client_id: str) -> ClientQueue:
+    def _client_queue(self, spec: Deployment, client_id: str) -> ClientQueue:
         scope = Construct(self, f"Client-{client_id}")
         dlq = _queue(scope, "Dlq", spec.client_dlq_name(client_id), retention=DLQ_RETENTION)
         queue = _queue(

@@ -70,8 +70,9 @@ def _statements(client_ids: list[str]) -> Any:
         require_cdk()
     except pytest.skip.Exception as skipped:
         raise RuntimeError(f"the CDK template cannot be synthesized: {skipped}") from None
+    from fedasync.deployment import Deployment
     from fedasync.policy.template import principal_statements
-    from fedasync.resources import ASL_PATH, ClientSpec, StackSpec
+    from fedasync.resources import ASL_PATH, ClientSpec
     from infra.app import build_app
 
     out = Path(tempfile.mkdtemp(prefix="fedasync-audit-cdk-"))
@@ -88,7 +89,7 @@ def _statements(client_ids: list[str]) -> Any:
         bundle_dir=out / "no-bundle",
     )
     template = app.synth().get_stack_by_name(stack.stack_name).template
-    spec = StackSpec(
+    spec = Deployment(
         prefix=TEMPLATE_PREFIX, clients=tuple(ClientSpec(client_id=c) for c in client_ids)
     )
     return principal_statements(template, spec)

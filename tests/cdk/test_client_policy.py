@@ -19,7 +19,7 @@ from fedasync.core.keys import final_key, global_key, local_key  # noqa: E402
 from fedasync.core.messages import Heartbeat, UpdateRecord  # noqa: E402
 from fedasync.local.provision import provision  # noqa: E402
 from fedasync.local.server import LocalMotoServer  # noqa: E402
-from fedasync.resources import ClientSpec, StackSpec  # noqa: E402
+from fedasync.resources import ClientSpec, Deployment  # noqa: E402
 from infra.client_access import CLIENT_ITEM_ATTRIBUTES  # noqa: E402
 from tests.cdk.client_calls import CallRecorder, Resources, iam_requests  # noqa: E402
 from tests.cdk.policy_eval import ACCOUNT, REGION, Policy, Resolver  # noqa: E402
@@ -308,7 +308,7 @@ async def test_every_call_a_silo_makes_is_one_its_role_allows(
     tmp_path: Path,
 ) -> None:
     # GIVEN a local stack for hospital-a and its real ports, with every call recorded
-    spec = StackSpec(prefix=prefix, clients=(ClientSpec(client_id="hospital-a"),))
+    spec = Deployment(prefix=prefix, clients=(ClientSpec(client_id="hospital-a"),))
     cfg = ClientConfig(
         task_name=TASK,
         client_id="hospital-a",

@@ -10,11 +10,11 @@ require_cdk()
 
 from fedasync.policy.evaluate import Request, evaluate  # noqa: E402
 from fedasync.policy.template import principal_statements  # noqa: E402
-from fedasync.resources import ClientSpec, StackSpec  # noqa: E402
+from fedasync.resources import ClientSpec, Deployment  # noqa: E402
 
 pytestmark = pytest.mark.cdk
 
-SPEC = StackSpec(
+SPEC = Deployment(
     prefix="fedasync",
     clients=tuple(ClientSpec(client_id=c) for c in ("hospital-a", "bank-b", "datacentre-c")),
 )

@@ -13,6 +13,7 @@ require_cdk()
 
 from aws_cdk.assertions import Match, Template  # noqa: E402
 
+from fedasync.deployment import Deployment  # noqa: E402
 from fedasync.resources import (  # noqa: E402
     AGGREGATE_HANDLER,
     AGGREGATE_STREAM_FILTER,
@@ -29,7 +30,6 @@ from fedasync.resources import (  # noqa: E402
     TABLE_PARTITION_KEY,
     TABLE_SORT_KEY,
     TTL_ATTRIBUTE,
-    StackSpec,
     notice_filter_policy,
 )
 from infra.asl_check import required_actions  # noqa: E402
@@ -114,7 +114,7 @@ def test_table_keys_stream_ttl_and_recovery_come_from_resources(default_synth: S
     Template.from_json(default_synth.template).has_resource_properties(
         "AWS::DynamoDB::Table",
         {
-            "TableName": StackSpec().table_name,
+            "TableName": Deployment().table,
             "KeySchema": [
                 {"AttributeName": TABLE_PARTITION_KEY, "KeyType": "HASH"},
                 {"AttributeName": TABLE_SORT_KEY, "KeyType": "RANGE"},
@@ -155,7 +155,7 @@ def test_every_resource_policy_is_tls_only_and_never_open(default_synth: Synth) 
 def test_each_client_queue_is_subscribed_with_its_filter_and_has_a_dlq(
     default_synth: Synth,
 ) -> None:
-    spec = StackSpec()
+    spec = Deployment()
     template = Template.from_json(default_synth.template)
     for client in DEFAULT_CLIENTS:
         queue_id = _logical_id(
@@ -195,7 +195,7 @@ def test_state_machine_is_the_asl_file_inlined_with_every_placeholder(
     assert props["DefinitionString"] == asl_text
     table_id = _logical_id(default_synth, "AWS::DynamoDB::Table")
     queue_id = _logical_id(
-        default_synth, "AWS::SQS::Queue", QueueName=StackSpec().control_queue_name
+        default_synth, "AWS::SQS::Queue", QueueName=Deployment().control_queue_name
     )
     assert props["DefinitionSubstitutions"] == {
         "TableName": {"Ref": table_id},
@@ -265,7 +265,7 @@ def test_event_sources_retry_bisect_and_report_partial_failures(default_synth: S
         },
     )
     control_id = _logical_id(
-        default_synth, "AWS::SQS::Queue", QueueName=StackSpec().control_queue_name
+        default_synth, "AWS::SQS::Queue", QueueName=Deployment().control_queue_name
     )
     template.has_resource_properties(
         "AWS::Lambda::EventSourceMapping",
@@ -304,7 +304,7 @@ def test_control_timeouts_leave_three_attempts_within_the_waits(
         if r["Properties"]["Handler"] == CONTROL_HANDLER
     ]
     queue_id = _logical_id(
-        default_synth, "AWS::SQS::Queue", QueueName=StackSpec().control_queue_name
+        default_synth, "AWS::SQS::Queue", QueueName=Deployment().control_queue_name
     )
     queue = default_synth.template["Resources"][queue_id]["Properties"]
     states = json.loads(asl_text)["States"]

@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 from client.cli import client_app
-from fedasync.taskctl import StackConfig
 from tests.integration.test_client_run import (  # noqa: F401 - fixtures
     CLIENT,
     RUN_TIMEOUT_S,
@@ -28,7 +27,7 @@ def _stack_config(stack) -> str:
     """What `local up` writes: the silo signs with its own key from it."""
     path = Path(tempfile.mkdtemp()) / "stack.json"
     path.write_text(
-        StackConfig.from_endpoints(stack.endpoints, stack.spec.prefix).model_dump_json()
+        stack.endpoints.model_dump_json()
     )
     return str(path)
 

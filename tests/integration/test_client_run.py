@@ -27,8 +27,9 @@ from fedasync.aws.queues import SnsNotices
 from fedasync.aws.records import DynamoRecords
 from fedasync.core import codec, keys
 from fedasync.core.messages import GlobalModelNotice, UpdateRecord
+from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 
 TASK = "digits"
 CLIENT = "silo-a"
@@ -37,7 +38,7 @@ RUN_TIMEOUT_S = 25
 
 @pytest.fixture
 async def stack(moto_server, prefix) -> AsyncIterator[EmbeddedStack]:
-    spec = StackSpec(prefix=prefix, clients=(ClientSpec(client_id=CLIENT),))
+    spec = Deployment(prefix=prefix, clients=(ClientSpec(client_id=CLIENT),))
     async with EmbeddedStack(
         spec, endpoint_url=moto_server.endpoint_url, aggregate_handler=None, control_handler=None
     ) as running:

@@ -68,7 +68,7 @@ class StallingPorts(AwsClientPorts):
         s3 = StalledS3(await self._aws.s3(), self.part_sent)
         await transfer.upload_file(
             s3,
-            self._cfg.bucket_name,
+            self._cfg.deployment.bucket,
             key,
             path,
             sha256=sha256,
@@ -163,7 +163,7 @@ async def test_an_upload_that_fails_is_aborted_and_the_run_reports_the_error(
             s3 = BrokenS3(await self._aws.s3(), asyncio.Event())
             await transfer.upload_file(
                 s3,
-                self._cfg.bucket_name,
+                self._cfg.deployment.bucket,
                 key,
                 path,
                 sha256=sha256,

@@ -19,12 +19,12 @@ from fedasync import logs
 from fedasync.aws.session import AwsContext, denial, refusal_message
 from fedasync.cli import app
 from fedasync.core import keys
+from fedasync.deployment import Deployment
 from fedasync.local.principals import stack_arns
 from fedasync.local.stack import EmbeddedStack
 from fedasync.policy.definitions import client_statements
 from fedasync.policy.evaluate import Request, Statement, evaluate
-from fedasync.resources import ClientSpec, StackSpec
-from fedasync.taskctl import StackConfig
+from fedasync.resources import ClientSpec
 from tests.call_audit import expect_refused
 
 TASK = "digits"
@@ -34,7 +34,7 @@ SILOS = ("silo-0", "silo-1")
 @pytest.fixture(scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedStack]:
     logs.configure(level="WARNING")  # bind the real stderr before CliRunner swaps it
-    spec = StackSpec(prefix="enforced", clients=tuple(ClientSpec(client_id=c) for c in SILOS))
+    spec = Deployment(prefix="enforced", clients=tuple(ClientSpec(client_id=c) for c in SILOS))
     async with EmbeddedStack(
         spec, enforce_iam=True, aggregate_handler=None, control_handler=None
     ) as running:
@@ -45,7 +45,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Embed
 def stack_config(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> Path:
     # what `fedasync local up --stack-config PATH` writes
     path = tmp_path_factory.mktemp("stack") / "stack.json"
-    config = StackConfig.from_endpoints(stack.endpoints, stack.spec.prefix)
+    config = stack.endpoints
     path.write_text(config.model_dump_json(exclude_none=True))
     return path
 

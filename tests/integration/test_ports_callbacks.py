@@ -14,13 +14,13 @@ from fedasync.aws.queues import SqsQueues
 from fedasync.aws.records import DynamoRecords, Put
 from fedasync.aws.session import AwsContext
 from fedasync.core import keys
-from fedasync.local.provision import StackEndpoints, provision
-from fedasync.resources import StackSpec
+from fedasync.deployment import Deployment
+from fedasync.local.provision import provision
 
 
 @pytest.fixture
-async def endpoints(aws: AwsContext, prefix: str) -> StackEndpoints:
-    return await provision(aws, StackSpec(prefix=prefix))
+async def endpoints(aws: AwsContext, prefix: str) -> Deployment:
+    return await provision(aws, Deployment(prefix=prefix))
 
 
 async def finished(callbacks: SfnCallbacks, arn: str) -> Execution:
@@ -32,7 +32,7 @@ async def finished(callbacks: SfnCallbacks, arn: str) -> Execution:
 
 
 async def start_async_task(
-    aws: AwsContext, endpoints: StackEndpoints, name: str, **overrides: Any
+    aws: AwsContext, endpoints: Deployment, name: str, **overrides: Any
 ) -> tuple[str, dict[str, Any]]:
     """Start an async task; return its execution ARN and its open_task control message."""
     await DynamoRecords(aws, endpoints.table).put(Put(name, keys.TASK_SK, {"status": "PENDING"}))
@@ -54,7 +54,7 @@ async def start_async_task(
 
 
 async def test_success_is_delivered_once_and_a_repeat_is_already_done(
-    aws: AwsContext, endpoints: StackEndpoints
+    aws: AwsContext, endpoints: Deployment
 ) -> None:
     callbacks = SfnCallbacks(aws)
     arn, message = await start_async_task(aws, endpoints, "digits")
@@ -80,7 +80,7 @@ async def test_success_is_delivered_once_and_a_repeat_is_already_done(
 
 
 async def test_failure_fails_the_execution_readably(
-    aws: AwsContext, endpoints: StackEndpoints
+    aws: AwsContext, endpoints: Deployment
 ) -> None:
     callbacks = SfnCallbacks(aws)
     arn, message = await start_async_task(aws, endpoints, "broken")
@@ -92,7 +92,7 @@ async def test_failure_fails_the_execution_readably(
 
 
 async def test_starting_the_same_execution_twice_returns_the_first(
-    aws: AwsContext, endpoints: StackEndpoints
+    aws: AwsContext, endpoints: Deployment
 ) -> None:
     callbacks = SfnCallbacks(aws)
     arn, message = await start_async_task(aws, endpoints, "twice")

@@ -9,17 +9,18 @@ import pytest
 
 from fedasync.aws.queues import SnsNotices, SqsQueues
 from fedasync.aws.session import AwsContext
-from fedasync.local.provision import StackEndpoints, provision
-from fedasync.resources import NOTICE_FILTER_ATTRIBUTE, ClientSpec, StackSpec
+from fedasync.deployment import Deployment
+from fedasync.local.provision import provision
+from fedasync.resources import NOTICE_FILTER_ATTRIBUTE, ClientSpec
 
 
 @pytest.fixture
-async def endpoints(aws: AwsContext, prefix: str) -> StackEndpoints:
-    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in "abc"))
+async def endpoints(aws: AwsContext, prefix: str) -> Deployment:
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in "abc"))
     return await provision(aws, spec)
 
 
-async def test_send_receive_delete(aws: AwsContext, endpoints: StackEndpoints) -> None:
+async def test_send_receive_delete(aws: AwsContext, endpoints: Deployment) -> None:
     queues = SqsQueues(aws)
     url = endpoints.client_queue_urls["a"]
     sent = await queues.send(url, '{"kind": "x"}')
@@ -30,7 +31,7 @@ async def test_send_receive_delete(aws: AwsContext, endpoints: StackEndpoints) -
 
 
 async def test_long_poll_returns_as_soon_as_a_message_arrives(
-    aws: AwsContext, endpoints: StackEndpoints
+    aws: AwsContext, endpoints: Deployment
 ) -> None:
     # GIVEN a client long-polling an empty queue for up to 10 s
     queues = SqsQueues(aws)
@@ -47,7 +48,7 @@ async def test_long_poll_returns_as_soon_as_a_message_arrives(
 
 
 async def test_visibility_can_be_ended_and_the_message_comes_back(
-    aws: AwsContext, endpoints: StackEndpoints
+    aws: AwsContext, endpoints: Deployment
 ) -> None:
     queues = SqsQueues(aws)
     url = endpoints.client_queue_urls["c"]
@@ -60,7 +61,7 @@ async def test_visibility_can_be_ended_and_the_message_comes_back(
 
 
 async def test_a_stale_receipt_is_an_outcome_not_a_crash(
-    aws: AwsContext, endpoints: StackEndpoints
+    aws: AwsContext, endpoints: Deployment
 ) -> None:
     queues = SqsQueues(aws)
     url = endpoints.client_queue_urls["a"]
@@ -69,7 +70,7 @@ async def test_a_stale_receipt_is_an_outcome_not_a_crash(
 
 
 async def test_a_notice_reaches_exactly_the_clients_it_names(
-    aws: AwsContext, endpoints: StackEndpoints
+    aws: AwsContext, endpoints: Deployment
 ) -> None:
     # GIVEN clients a, b, c each subscribed with their filter policy
     notices, queues = SnsNotices(aws), SqsQueues(aws)
@@ -88,5 +89,5 @@ async def test_a_notice_reaches_exactly_the_clients_it_names(
     assert got["a"][0].message_attributes[NOTICE_FILTER_ATTRIBUTE] == '["a", "c"]'
 
 
-async def test_a_notice_to_nobody_is_not_sent(aws: AwsContext, endpoints: StackEndpoints) -> None:
+async def test_a_notice_to_nobody_is_not_sent(aws: AwsContext, endpoints: Deployment) -> None:
     assert await SnsNotices(aws).publish(endpoints.topic_arn, "x", []) is None

@@ -15,13 +15,13 @@ from fedasync.aws.records import (
 from fedasync.aws.session import AwsContext
 from fedasync.core import keys
 from fedasync.core.errors import TaskNotFoundError
+from fedasync.deployment import Deployment
 from fedasync.local.provision import provision
-from fedasync.resources import StackSpec
 
 
 @pytest.fixture
 async def records(aws: AwsContext, prefix: str) -> DynamoRecords:
-    endpoints = await provision(aws, StackSpec(prefix=prefix))
+    endpoints = await provision(aws, Deployment(prefix=prefix))
     return DynamoRecords(aws, endpoints.table)
 
 
@@ -152,7 +152,7 @@ async def test_server_reads_more_items_than_one_batch_takes_in_order(
     from fedasync.server.store import ServerStore, Where
 
     # GIVEN 230 update items (BatchGetItem takes 100 keys a call; moto enforces it)
-    endpoints = await provision(aws, StackSpec(prefix=prefix))
+    endpoints = await provision(aws, Deployment(prefix=prefix))
     records = DynamoRecords(aws, endpoints.table)
     present = [keys.update_sk(f"c{i:03d}", "", 0) for i in range(230)]
     for i, sk in enumerate(present):

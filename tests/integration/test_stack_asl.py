@@ -17,9 +17,10 @@ import boto3
 
 from fedasync.aws.callbacks import CallbackOutcome, SfnCallbacks
 from fedasync.aws.session import principal_credentials
+from fedasync.deployment import Deployment
 from fedasync.local.server import LocalMotoServer
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import ENV_ENDPOINT_URL, ENV_REGION, StackSpec
+from fedasync.resources import ENV_ENDPOINT_URL, ENV_REGION
 
 Answer = Callable[[dict[str, Any]], dict[str, Any] | None]
 
@@ -116,7 +117,7 @@ async def task_item(stack: EmbeddedStack, name: str) -> dict[str, Any]:
 
 def embedded(moto_server: LocalMotoServer, prefix: str, control: ScriptedControl) -> EmbeddedStack:
     return EmbeddedStack(
-        StackSpec(prefix=prefix),
+        Deployment(prefix=prefix),
         endpoint_url=moto_server.endpoint_url,
         aggregate_handler=None,
         control_handler=control,
