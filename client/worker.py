@@ -20,7 +20,7 @@ from structlog.contextvars import bound_contextvars
 
 from client.inbox import Held
 from client.state import EndOfRun, PendingUpload, RunState
-from client.transfer import MISSING, CorruptDownloadError
+from fedasync.aws.objects import MISSING, CorruptDownloadError
 from fedasync.core import codec, keys
 from fedasync.core.codec import Weights
 from fedasync.core.messages import GlobalModelNotice, UpdateRecord

@@ -25,6 +25,7 @@ from client.data import Dataset, demo_silo
 from client.run import run_client
 from client.trainers import get_trainer
 from client.trainers.base import Trainer, TrainResult
+from fedasync.aws.executions import SfnExecutions
 from fedasync.core import codec, keys
 from fedasync.core.codec import Weights
 from fedasync.core.config import TaskConfig
@@ -321,12 +322,12 @@ def _client_config(opts: DemoOptions, cfg: TaskConfig, e: Any, index: int) -> Cl
 
 
 async def _wait_execution(stack: EmbeddedStack, arn: str, timeout_s: float = 300) -> dict[str, Any]:
-    sfn = await stack.aws.sfn()
+    executions = SfnExecutions(stack.aws)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        desc = await sfn.describe_execution(executionArn=arn)
-        if desc["status"] != "RUNNING":
-            return {"status": desc["status"], "cause": desc.get("cause")}
+        desc = await executions.describe(arn)
+        if not desc.running:
+            return {"status": desc.status, "cause": desc.cause}
         await asyncio.sleep(0.1)
     return {"status": "RUNNING", "cause": f"still running after {timeout_s} s"}
 

@@ -26,7 +26,6 @@ Stopping (`stop`):
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,10 @@ from typing import Any
 import structlog
 from botocore.exceptions import ClientError
 
-from fedasync.aws.session import AwsContext, error_code
+from fedasync.aws.executions import SfnExecutions
+from fedasync.aws.notices import find_topics
+from fedasync.aws.queues import SqsQueues
+from fedasync.aws.session import AwsContext
 from fedasync.core import keys
 from fedasync.core.codec import Array
 from fedasync.core.config import TaskConfig
@@ -74,11 +76,9 @@ async def _state_machine_arn(aws: AwsContext, stack: Deployment) -> str:
     if stack.state_machine_arn:
         return stack.state_machine_arn
     name = stack.state_machine_name
-    sfn = await aws.sfn()
-    async for page in sfn.get_paginator("list_state_machines").paginate():
-        for machine in page["stateMachines"]:
-            if machine["name"] == name:
-                return machine["stateMachineArn"]
+    found = await SfnExecutions(aws).find_state_machine(name)
+    if found is not None:
+        return found
     raise ConfigError(
         f"no state machine named {name!r} at {stack.endpoint_url or 'AWS'} "
         f"(region {stack.region}); is the stack with prefix {stack.prefix!r} up?"
@@ -91,13 +91,7 @@ async def _topics(aws: AwsContext, stack: Deployment) -> tuple[str, int]:
     if stack.topic_arn and "topic_shards" in stack.model_fields_set:
         return stack.topic_arn, stack.topic_shards
     name = stack.topic_name
-    shard_of = re.compile(rf"^{re.escape(name)}(?:-([1-9][0-9]*))?$")
-    found: dict[int, str] = {}
-    async for page in (await aws.sns()).get_paginator("list_topics").paginate():
-        for topic in page.get("Topics", []):
-            match = shard_of.match(topic["TopicArn"].rsplit(":", 1)[-1])
-            if match:
-                found[int(match.group(1) or 0)] = topic["TopicArn"]
+    found = await find_topics(aws, name)
     if 0 not in found:
         raise ConfigError(
             f"no topic named {name!r} at {stack.endpoint_url or 'AWS'} "
@@ -127,27 +121,16 @@ async def _task(store: ServerStore, task_name: str) -> tuple[dict[str, Any], Tas
     return item, TaskView.from_item(task_name, item)
 
 
-# How SQS says a queue does not exist (query and JSON protocols spell it differently)
-_NO_QUEUE_CODES = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
-
-
 async def clients_without_queue(aws: AwsContext, stack: Deployment, cfg: TaskConfig) -> list[str]:
     """The task's clients that have no queue in the deployed stack (their notices would go
     nowhere, and their rounds could never fill): from the stack config's queue list when it
     has one, else by asking SQS for each client's queue by name."""
     if stack.client_queue_urls:
         return [c for c in cfg.clients if c not in stack.client_queue_urls]
-    spec = Deployment(prefix=stack.prefix, region=stack.region)
-    sqs = await aws.sqs()
+    queues = SqsQueues(aws)
 
     async def missing(client_id: str) -> bool:
-        try:
-            await sqs.get_queue_url(QueueName=spec.client_queue_name(client_id))
-        except ClientError as exc:
-            if error_code(exc) not in _NO_QUEUE_CODES:
-                raise
-            return True
-        return False
+        return await queues.url_of(stack.client_queue_name(client_id)) is None
 
     found = await asyncio.gather(*(missing(c) for c in cfg.clients))
     return [c for c, gone in zip(cfg.clients, found, strict=True) if gone]
@@ -179,18 +162,17 @@ async def resume(aws: AwsContext, stack: Deployment, task_name: str) -> dict[str
 
 
 async def _execution(aws: AwsContext, arn: str) -> dict[str, Any]:
-    sfn = await aws.sfn()
     try:
-        desc = await sfn.describe_execution(executionArn=arn)
+        desc = await SfnExecutions(aws).describe(arn)
     except ClientError as exc:
         return {"arn": arn, "status": "UNKNOWN", "error": str(exc)}
     return {
         "arn": arn,
-        "status": desc["status"],
-        "started": desc["startDate"].isoformat(),
-        "stopped": desc["stopDate"].isoformat() if desc.get("stopDate") else None,
-        "error": desc.get("error"),
-        "cause": desc.get("cause"),
+        "status": desc.status,
+        "started": desc.started.isoformat() if desc.started else None,
+        "stopped": desc.stopped.isoformat() if desc.stopped else None,
+        "error": desc.error,
+        "cause": desc.cause,
     }
 
 
@@ -370,12 +352,7 @@ async def _abort(
         condition_values={":starting": "STARTING", ":running": "RUNNING"},
     )
     await store.update(op)
-    sfn = await aws.sfn()
-    try:
-        await sfn.stop_execution(executionArn=arn, error="Stopped", cause=cause)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "ExecutionDoesNotExist":
-            raise
+    await SfnExecutions(aws).stop(arn, error="Stopped", cause=cause)
     if token is not None:
         await store.send_success(token, {"stopped": True, "cause": cause})
 

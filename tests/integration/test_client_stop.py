@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from client import transfer
 from client.config import MIN_PART_BYTES
 from client.data import Dataset
 from client.ports import AwsClientPorts
 from client.progress import Advance
 from client.run import run_client
 from client.trainers.base import TrainResult
+from fedasync.aws import transfer
 from fedasync.core.codec import Weights
 from tests.integration.test_client_run import (  # noqa: F401 - fixtures
     RUN_TIMEOUT_S,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from client.config import MIN_PART_BYTES
-from client.transfer import upload_file
 from fedasync.aws.session import AwsContext
+from fedasync.aws.transfer import upload_file
 from fedasync.core.keys import local_key
 from fedasync.deployment import Deployment
 from fedasync.local.provision import provision
