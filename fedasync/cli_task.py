@@ -27,6 +27,7 @@ from fedasync.core.codec import Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import ConfigError, FedAsyncError
 from fedasync.deployment import Deployment
+from fedasync.local.principals import CLIENT_PREFIX
 from fedasync.local.server import LocalMotoServer
 from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ENV_ENDPOINT_URL, ClientSpec
@@ -381,8 +382,15 @@ async def _serve(spec: Deployment, port: int, stack_json: Path) -> None:
 
 
 def _write_files(deployment: Deployment, stack_json: Path) -> Path:
-    """The stack JSON for `--stack-config`, and an example task config beside it."""
-    deployment.save(stack_json)
+    """The stack JSON for `--stack-config`, and an example task config beside it. Of the
+    keys, only those a user's process signs with: the silos' and the operator's (the
+    server's roles stay inside the stack)."""
+    handed_out = {
+        name: key
+        for name, key in deployment.principals.items()
+        if name == "operator" or name.startswith(CLIENT_PREFIX)
+    }
+    deployment.model_copy(update={"principals": handed_out}).save(stack_json)
     task_yaml = stack_json.parent / "task.yaml"
     task_yaml.write_text(yaml.safe_dump(_example_task(deployment), sort_keys=False))
     return task_yaml

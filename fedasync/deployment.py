@@ -35,17 +35,18 @@ from fedasync.resources import (
 
 PREFIX_PATTERN = r"^[a-z][a-z0-9-]{0,23}$"
 
-# `cdk deploy --outputs-file` names (infra/stack.py's CfnOutput ids) -> Deployment fields
-CDK_OUTPUTS = {
-    "Region": "region",
-    "BucketName": "bucket",
-    "TableName": "table",
-    "TopicArn": "topic_arn",
-    "TopicShards": "topic_shards",
-    "ControlQueueUrl": "control_queue_url",
-    "StateMachineArn": "state_machine_arn",
+# The CDK stack's outputs (infra/stack.py's CfnOutput ids, what `cdk deploy --outputs-file`
+# writes) for the Deployment fields they fill: one table for the writer and the reader.
+CDK_OUTPUT_IDS = {
+    "region": "Region",
+    "bucket": "BucketName",
+    "table": "TableName",
+    "topic_arn": "TopicArn",
+    "topic_shards": "TopicShards",
+    "control_queue_url": "ControlQueueUrl",
+    "state_machine_arn": "StateMachineArn",
 }
-CDK_CLIENT_QUEUE_URL = "ClientQueueUrl"  # + the client's output id (infra.config.output_id)
+CDK_CLIENT_QUEUE_URL = "ClientQueueUrl"  # + the client's output id (infra.stack.output_id)
 
 
 def _derived(data: dict[str, Any]) -> dict[str, Any]:
@@ -221,7 +222,7 @@ def from_cdk_outputs(data: dict[str, Any]) -> dict[str, Any]:
         return data
     outputs = stacks[0]
     fields: dict[str, Any] = {
-        field: outputs[key] for key, field in CDK_OUTPUTS.items() if key in outputs
+        field: outputs[key] for field, key in CDK_OUTPUT_IDS.items() if key in outputs
     }
     # the output ids drop the client id's dashes; the queue URL ends with its name
     fields["client_queue_urls"] = {

@@ -14,6 +14,7 @@ from typing import Any
 from aws_cdk import Aws, CfnOutput, Stack
 from constructs import Construct
 
+from fedasync.deployment import CDK_CLIENT_QUEUE_URL, CDK_OUTPUT_IDS
 from infra.bundle import BUNDLE_DIR
 from infra.client_access import ClientRoles
 from infra.config import DeploymentConfig
@@ -23,17 +24,12 @@ from infra.orchestration import Orchestration
 from infra.server import CONTROL_QUEUE_VISIBILITY, ServerFunctions, lambda_code
 from infra.storage import Storage
 
-# Output keys: a client's outputs are `{CLIENT_QUEUE_URL}{Id}` / `{CLIENT_ROLE_ARN}{Id}`
-# with Id the client id in PascalCase (outputs allow only letters and digits).
-OUTPUT_REGION = "Region"
-OUTPUT_BUCKET = "BucketName"
-OUTPUT_TABLE = "TableName"
-OUTPUT_TOPIC = "TopicArn"
-OUTPUT_TOPIC_SHARDS = "TopicShards"
-OUTPUT_CONTROL_QUEUE = "ControlQueueUrl"
-OUTPUT_STATE_MACHINE = "StateMachineArn"
+# Output keys: the deployment's coordinates under the ids `fedasync.deployment` reads
+# back (`Deployment.load` of `cdk deploy --outputs-file`); a client's outputs are
+# `{CLIENT_QUEUE_URL}{Id}` / `{CLIENT_ROLE_ARN}{Id}` with Id the client id in PascalCase
+# (outputs allow only letters and digits).
 OUTPUT_OPERATOR_POLICY = "OperatorPolicyArn"
-CLIENT_QUEUE_URL = "ClientQueueUrl"
+CLIENT_QUEUE_URL = CDK_CLIENT_QUEUE_URL
 CLIENT_ROLE_ARN = "ClientRoleArn"
 
 
@@ -111,25 +107,33 @@ class FedAsyncStack(Stack):
                 )
             seen[key] = client_id
 
+    def _deployment_outputs(self) -> dict[str, tuple[str, str]]:
+        """The `Deployment` fields this stack fills, with their values and descriptions."""
+        return {
+            "region": (Aws.REGION, "Region of every resource below"),
+            "bucket": (self.storage.bucket.bucket_name, "Models bucket (S3)"),
+            "table": (self.storage.table.table_name, "Records table (DynamoDB)"),
+            "topic_arn": (self.messaging.topic.topic_arn, "Global-model notices (SNS), shard 0"),
+            "topic_shards": (
+                str(len(self.messaging.topics)),
+                "Notice topic shards: shard i > 0 is the topic ARN above with the suffix -i",
+            ),
+            "control_queue_url": (
+                self.messaging.control_queue.queue_url,
+                "Control queue (SQS)",
+            ),
+            "state_machine_arn": (
+                self.orchestration.state_machine.state_machine_arn,
+                "FL task state machine; `fedasync task start` starts executions of it",
+            ),
+        }
+
     def _outputs(self) -> None:
         def out(key: str, value: str, description: str) -> None:
             CfnOutput(self, key, value=value, description=description)
 
-        out(OUTPUT_REGION, Aws.REGION, "Region of every resource below")
-        out(OUTPUT_BUCKET, self.storage.bucket.bucket_name, "Models bucket (S3)")
-        out(OUTPUT_TABLE, self.storage.table.table_name, "Records table (DynamoDB)")
-        out(OUTPUT_TOPIC, self.messaging.topic.topic_arn, "Global-model notices (SNS), shard 0")
-        out(
-            OUTPUT_TOPIC_SHARDS,
-            str(len(self.messaging.topics)),
-            "Notice topic shards: shard i > 0 is the topic ARN above with the suffix -i",
-        )
-        out(OUTPUT_CONTROL_QUEUE, self.messaging.control_queue.queue_url, "Control queue (SQS)")
-        out(
-            OUTPUT_STATE_MACHINE,
-            self.orchestration.state_machine.state_machine_arn,
-            "FL task state machine; `fedasync task start` starts executions of it",
-        )
+        for field, (value, description) in self._deployment_outputs().items():
+            out(CDK_OUTPUT_IDS[field], value, description)
         out(
             OUTPUT_OPERATOR_POLICY,
             self.operator.policy.managed_policy_arn,

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from botocore.exceptions import ClientError
 
+from fedasync.aws.executions import execution_arn_for
 from fedasync.aws.session import AwsContext, Credentials
 from fedasync.deployment import Deployment
 from fedasync.local.moto_iam import ACCOUNT, ENV_AUDIT_LOG
@@ -48,6 +49,7 @@ def user_name(spec: Deployment, principal: str) -> str:
 
 def stack_arns(spec: Deployment, stream_arn: str) -> StackArns:
     where = f"{spec.region}:{ACCOUNT}"
+    machine = f"arn:aws:states:{where}:stateMachine:{spec.state_machine_name}"
     return StackArns(
         table=f"arn:aws:dynamodb:{where}:table/{spec.table}",
         stream=stream_arn,
@@ -58,9 +60,9 @@ def stack_arns(spec: Deployment, stream_arn: str) -> StackArns:
             for i in range(spec.topic_shards)
         ),
         control_queue=f"arn:aws:sqs:{where}:{spec.control_queue_name}",
-        aggregate_failures=f"arn:aws:sqs:{where}:{spec.prefix}-aggregate-failures",
-        state_machine=f"arn:aws:states:{where}:stateMachine:{spec.state_machine_name}",
-        executions=f"arn:aws:states:{where}:execution:{spec.state_machine_name}:*",
+        aggregate_failures=f"arn:aws:sqs:{where}:{spec.aggregate_failures_name}",
+        state_machine=machine,
+        executions=execution_arn_for(machine, "*"),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ require_cdk()
 
 from aws_cdk.assertions import Match, Template  # noqa: E402
 
-from fedasync.deployment import Deployment  # noqa: E402
+from fedasync.deployment import CDK_OUTPUT_IDS, Deployment  # noqa: E402
 from fedasync.resources import (  # noqa: E402
     AGGREGATE_HANDLER,
     AGGREGATE_STREAM_FILTER,
@@ -356,3 +357,19 @@ def test_outputs_give_clients_and_operators_what_they_need(default_synth: Synth)
     for client in DEFAULT_CLIENTS:
         assert f"{CLIENT_QUEUE_URL}{output_id(client)}" in outputs
         assert f"{CLIENT_ROLE_ARN}{output_id(client)}" in outputs
+
+
+def test_the_outputs_file_reads_back_as_the_deployment(
+    default_synth: Synth, tmp_path: Path
+) -> None:
+    # GIVEN the outputs as `cdk deploy --outputs-file` writes them: each output's value
+    # (here the template's token, rendered as text stands in for the deployed value)
+    outputs = {k: json.dumps(v["Value"]) for k, v in default_synth.template["Outputs"].items()}
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps({"FedasyncStack": {**outputs, "TopicShards": "1"}}))
+    # WHEN the CLI loads it
+    deployment = Deployment.load(path)
+    # THEN every coordinate the stack publishes lands on its Deployment field
+    for field in ("bucket", "table", "topic_arn", "control_queue_url", "state_machine_arn"):
+        assert getattr(deployment, field) == outputs[CDK_OUTPUT_IDS[field]], field
+    assert deployment.topic_shards == 1
