@@ -19,7 +19,12 @@ class Storage(Construct):
     """S3 for weights, DynamoDB for records: both kept when the stack is deleted."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, spec: Deployment, local_update_expiry_days: int
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        spec: Deployment,
+        local_update_expiry_days: int,
     ) -> None:
         super().__init__(scope, construct_id)
         self.access_logs = self._access_log_bucket()

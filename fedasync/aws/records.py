@@ -68,7 +68,6 @@ def item_key(task_name: str, sk: str) -> dict[str, Any]:
     return {TABLE_PARTITION_KEY: {"S": task_name}, TABLE_SORT_KEY: {"S": sk}}
 
 
-
 # --- conditions and transactions --------------------------------------------------------
 
 TRANSACT_TRIES = 5

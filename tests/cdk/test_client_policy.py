@@ -17,9 +17,10 @@ from client.ports import AwsClientPorts  # noqa: E402
 from fedasync.aws.session import AwsContext  # noqa: E402
 from fedasync.core.keys import final_key, global_key, local_key  # noqa: E402
 from fedasync.core.messages import Heartbeat, UpdateRecord  # noqa: E402
+from fedasync.deployment import Deployment  # noqa: E402
 from fedasync.local.provision import provision  # noqa: E402
 from fedasync.local.server import LocalMotoServer  # noqa: E402
-from fedasync.resources import ClientSpec, Deployment  # noqa: E402
+from fedasync.resources import ClientSpec  # noqa: E402
 from infra.client_access import CLIENT_ITEM_ATTRIBUTES  # noqa: E402
 from tests.cdk.client_calls import CallRecorder, Resources, iam_requests  # noqa: E402
 from tests.cdk.policy_eval import ACCOUNT, REGION, Policy, Resolver  # noqa: E402
@@ -233,7 +234,7 @@ def test_each_role_is_assumable_by_its_configured_principal(
 
 # --- the calls a silo really makes ------------------------------------------------------
 
-# Every operation the silo's ports use (client/ports.py, client/transfer.py,
+# Every operation the silo's ports use (client/ports.py, fedasync/aws/objects.py and transfer.py,
 # fedasync/aws/records.py, fedasync/aws/queues.py); the run below must make each one.
 SILO_OPERATIONS = {
     "sqs:GetQueueUrl",

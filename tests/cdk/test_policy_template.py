@@ -8,9 +8,10 @@ from tests.cdk.support import Synth, require_cdk
 
 require_cdk()
 
+from fedasync.deployment import Deployment  # noqa: E402
 from fedasync.policy.evaluate import Request, evaluate  # noqa: E402
 from fedasync.policy.template import principal_statements  # noqa: E402
-from fedasync.resources import ClientSpec, Deployment  # noqa: E402
+from fedasync.resources import ClientSpec  # noqa: E402
 
 pytestmark = pytest.mark.cdk
 

@@ -26,9 +26,7 @@ _LAUNCH = "import sys; from client.cli import client_app; sys.exit(client_app())
 def _stack_config(stack) -> str:
     """What `local up` writes: the silo signs with its own key from it."""
     path = Path(tempfile.mkdtemp()) / "stack.json"
-    path.write_text(
-        stack.endpoints.model_dump_json()
-    )
+    path.write_text(stack.endpoints.model_dump_json())
     return str(path)
 
 
