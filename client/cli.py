@@ -162,7 +162,8 @@ def _from_stack_config(
     if path is None:
         return dict(given)
     deployment = Deployment.load(path, given.pop("endpoint_url"), None)
-    out: dict[str, object] = {"deployment": deployment}
+    # the silo keeps its own key only, not the others' the file hands out
+    out: dict[str, object] = {"deployment": deployment.model_copy(update={"principals": {}})}
     out |= {name: value for name, value in given.items() if value is not None}
     keys = deployment.principals.get(f"client:{client_id}")
     if keys is None and any(p.startswith("client:") for p in deployment.principals):
