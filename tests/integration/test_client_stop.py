@@ -140,7 +140,7 @@ async def test_a_stopped_silo_restarted_delivers_the_update_it_abandoned(
     # THEN the update is delivered exactly once, complete
     [record] = report.updates
     assert len(await server.updates()) == 1
-    stored = await server.registry.get_bytes(record.s3_key, sha256=record.sha256)
+    stored = await server.get_bytes(record.s3_key, record.sha256)
     assert len(stored) == record.size_bytes > 4 * MIN_PART_BYTES
 
 
