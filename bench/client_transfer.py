@@ -7,9 +7,9 @@ a time, and a moto server runs in its own process (it keeps objects in memory, w
 must not count against the client). Each measured operation then runs in a fresh
 child process, so the variants cannot inflate each other:
 
-- upload, ours: `client.transfer.upload_file`, multipart, per-part SHA-256;
+- upload, ours: `fedasync.aws.transfer.upload_file`, multipart, per-part SHA-256;
 - upload, baseline: `path.read_bytes()` then one aioboto3 `put_object`;
-- download, ours: `client.transfer.download_file`, streamed to disk with SHA-256;
+- download, ours: `fedasync.aws.transfer.download_file`, streamed to disk with SHA-256;
 - download, baseline: `get_object(...)["Body"].read()` then `write_bytes`.
 
 The child imports everything, opens its S3 client and makes one request, then takes
@@ -194,8 +194,8 @@ def _sampled_peak() -> Iterator[Callable[[], int]]:
 
 
 async def _operation(variant: str, s3: Any, path: Path, sha256: str) -> None:
-    from client import transfer
     from client.config import DEFAULT_PART_BYTES
+    from fedasync.aws import transfer
 
     key = f"{variant}/model.safetensors"
     dest = path.with_name(f"{variant}.safetensors")
@@ -242,7 +242,7 @@ def child(argv: list[str]) -> None:
 
 
 async def _prepare(endpoint: str, path: Path, sha256: str) -> None:
-    from client import transfer
+    from fedasync.aws import transfer
     from fedasync.aws.session import AwsContext
 
     async with AwsContext(endpoint) as aws:

@@ -27,8 +27,9 @@ from fedasync import logs
 from fedasync.aws.session import AwsContext
 from fedasync.core import keys
 from fedasync.core.config import TaskConfig
+from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
 from tests.faults.harness import answer_rounds
@@ -38,14 +39,14 @@ from tests.integration.test_server_sync import initial_model
 
 async def per_silo_round_seconds(silos: int, rounds: int) -> list[float]:
     ids = tuple(f"silo-{i:03d}" for i in range(silos))
-    spec = StackSpec(prefix=f"scale{silos}", clients=tuple(ClientSpec(client_id=c) for c in ids))
+    spec = Deployment(prefix=f"scale{silos}", clients=tuple(ClientSpec(client_id=c) for c in ids))
     cfg = TaskConfig.parse(
         {"task_name": f"scale-{silos}", "clients": list(ids), "rounds": rounds,
          "round_timeout_s": 600, "round_check_s": 600}
     )  # fmt: skip
     async with EmbeddedStack(spec) as stack:
         e = stack.endpoints
-        store = ServerStore(stack.aws, e.where())
+        store = ServerStore(stack.aws, e)
         await start_task(store, e.state_machine_arn, cfg, initial_model())
         async with AsyncExitStack() as own:
             # each silo has its own connections, as separate silos do (one shared pool

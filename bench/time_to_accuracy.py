@@ -96,9 +96,10 @@ from fedasync.core import codec, keys
 from fedasync.core.asyncagg import AsyncState, absorb
 from fedasync.core.config import TaskConfig
 from fedasync.core.messages import UpdateRecord
+from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
 from fedasync.ops.demo import DemoOptions
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
 
@@ -371,11 +372,11 @@ async def stack_rate(
     run = uuid.uuid4().hex[:8]
     name = f"absorb-{strategy}-{run}"
     cfg = absorb_config(name, strategy, clients, len(blobs))
-    spec = StackSpec(prefix=f"b{run}", clients=tuple(ClientSpec(client_id=c) for c in clients))
+    spec = Deployment(prefix=f"b{run}", clients=tuple(ClientSpec(client_id=c) for c in clients))
     with tempfile.TemporaryDirectory() as tmp:
         async with EmbeddedStack(spec, event_log_path=Path(tmp) / "events.jsonl") as stack:
             e = stack.endpoints
-            store = ServerStore(stack.aws, e.where())
+            store = ServerStore(stack.aws, e)
             await start_task(store, e.state_machine_arn, cfg, initial)
             # the task is open once the completion token is kept
             while not (await store.get_task(name) or {}).get("token"):  # noqa: ASYNC110

@@ -34,7 +34,7 @@ from client.trainers import (
 from fedasync import logs
 from fedasync.aws.session import refusal_message
 from fedasync.core.errors import FedAsyncError
-from fedasync.ops import taskctl
+from fedasync.deployment import Deployment
 from fedasync.resources import ENV_BUCKET, ENV_ENDPOINT_URL, ENV_TABLE
 
 client_app = typer.Typer(
@@ -144,12 +144,12 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
     logs.configure()
     try:
         given = {"endpoint_url": endpoint, "queue_url": queue_url, "bucket": bucket, "table": table}
+        if stack_config is None:
+            given |= {"region": region, "prefix": prefix}
         located = locate(stack_config, client_id, given)
         cfg = ClientConfig(
             task_name=task,
             client_id=client_id,
-            region=region,
-            prefix=prefix,
             **located,
             epochs=epochs,
             seed=seed,
@@ -220,20 +220,16 @@ def locate(path: Path | None, client_id: str, given: dict[str, str | None]) -> d
     """Flags win; the stack config fills what they leave out, and gives the key."""
     if path is None:
         return dict(given)
-    stack = taskctl.StackConfig.load(path, given["endpoint_url"], None)
-    out: dict[str, object] = {
-        "endpoint_url": stack.endpoint_url,
-        "bucket": given["bucket"] or stack.bucket,
-        "table": given["table"] or stack.table,
-        "queue_url": given["queue_url"] or stack.client_queue_urls.get(client_id),
-    }
-    access = stack.clients.get(client_id)
-    if stack.clients and access is None:
+    deployment = Deployment.load(path, given.pop("endpoint_url"), None)
+    # the silo keeps its own key only, not the others' the file hands out
+    out: dict[str, object] = {"deployment": deployment.model_copy(update={"principals": {}})}
+    out |= {name: value for name, value in given.items() if value is not None}
+    keys = deployment.principals.get(f"client:{client_id}")
+    if keys is None and any(p.startswith("client:") for p in deployment.principals):
         raise ValueError(f"stack config {str(path)!r} has no entry for client {client_id!r}")
-    if access is not None:
-        out["queue_url"] = given["queue_url"] or access.queue_url
-        out["aws_access_key_id"] = access.aws_access_key_id
-        out["aws_secret_access_key"] = access.aws_secret_access_key
+    if keys is not None:
+        out["aws_access_key_id"] = keys.access_key_id
+        out["aws_secret_access_key"] = keys.secret_access_key
     return out
 
 

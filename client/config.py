@@ -3,30 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from fedasync.core.config import CLIENT_ID_PATTERN, DEFAULT_MAX_MODEL_BYTES, TASK_NAME_PATTERN
-from fedasync.resources import StackSpec
+from fedasync.deployment import Deployment
 
 # S3 refuses multipart parts under 5 MiB (except the last); 8 MiB matches the AWS CLI.
 MIN_PART_BYTES = 5 * 1024 * 1024
 DEFAULT_PART_BYTES = 8 * 1024 * 1024
+# the deployment's coordinates as flat fields (CLI flags, older callers)
+FLAT_FIELDS = frozenset({"endpoint_url", "region", "prefix", "bucket", "table", "queue_url"})
 
 
 class ClientConfig(BaseModel):
-    """One silo's run. Resource names default to those of the stack named by `prefix`."""
+    """One silo's run: who it is, where its stack is (`deployment`), how it paces itself.
+
+    The stack's coordinates may also be given flat (`endpoint_url`, `region`, `prefix`,
+    `bucket`, `table`, `queue_url`, as the CLI flags are): they fill the deployment."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     task_name: str = Field(pattern=TASK_NAME_PATTERN)
     client_id: str = Field(pattern=CLIENT_ID_PATTERN)
-    endpoint_url: str | None = None
-    region: str = "us-east-1"
-    prefix: str = "fedasync"
-    queue_url: str | None = None
-    bucket: str | None = None
-    table: str | None = None
+    deployment: Deployment = Field(default_factory=Deployment)
     # the silo's own access key (the embedded stack's stack config carries one per
     # client); None: the default credential chain (an assumed client role on AWS)
     aws_access_key_id: str | None = None
@@ -48,6 +49,25 @@ class ClientConfig(BaseModel):
     max_model_bytes: int = Field(default=DEFAULT_MAX_MODEL_BYTES, ge=64)
     work_dir: Path | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_deployment(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not FLAT_FIELDS & data.keys():
+            return data
+        data = dict(data)
+        base = data.pop("deployment", None)
+        where: dict[str, Any] = (
+            base.model_dump() if isinstance(base, Deployment) else dict(base or {})
+        )
+        flat = {k: data.pop(k) for k in FLAT_FIELDS & data.keys()}
+        queue_url = flat.pop("queue_url", None)
+        where |= {k: v for k, v in flat.items() if v is not None}
+        if queue_url is not None:
+            where["client_queue_urls"] = {**where.get("client_queue_urls", {}),
+                                          str(data.get("client_id")): queue_url}  # fmt: skip
+        data["deployment"] = where
+        return data
+
     @model_validator(mode="after")
     def _visibility_outlasts_heartbeat(self) -> ClientConfig:
         # the heartbeat re-arms the message's visibility; it must come round first
@@ -60,20 +80,13 @@ class ClientConfig(BaseModel):
         return self
 
     @property
-    def stack(self) -> StackSpec:
-        return StackSpec(prefix=self.prefix, region=self.region)
-
-    @property
-    def bucket_name(self) -> str:
-        return self.bucket or self.stack.bucket_name
-
-    @property
-    def table_name(self) -> str:
-        return self.table or self.stack.table_name
+    def queue_url(self) -> str | None:
+        """The silo's own queue, if the deployment knows it (else found by `queue_name`)."""
+        return self.deployment.client_queue_urls.get(self.client_id)
 
     @property
     def queue_name(self) -> str:
-        return self.stack.client_queue_name(self.client_id)
+        return self.deployment.client_queue_name(self.client_id)
 
     @property
     def ttl_s(self) -> int:

@@ -230,8 +230,8 @@ async def _download(cfg: ClientConfig, notice: GlobalModelNotice) -> Weights:
     secret = cfg.aws_secret_access_key
     key = cfg.aws_access_key_id
     creds = Credentials(key, secret.get_secret_value()) if key and secret else None
-    async with AwsContext(cfg.endpoint_url, cfg.region, creds) as aws:
-        ports = AwsClientPorts(aws, cfg, cfg.queue_url or "")
+    async with AwsContext(cfg.deployment.endpoint_url, cfg.deployment.region, creds) as aws:
+        ports = await AwsClientPorts.open(aws, cfg)
         with tempfile.TemporaryDirectory(prefix="fedasync-final-") as tmp:
             path = Path(tmp) / "final.safetensors"
             await ports.download(notice.s3_key, notice.sha256, path, lambda _: None)

@@ -1,4 +1,5 @@
-"""Everything the client asks of AWS, in its own words, over the `fedasync.aws` ports.
+"""Everything the client asks of AWS, in its own words, over the `fedasync.aws` ports
+(the same ones the server uses).
 
 The loops depend on `ClientPorts` only; `AwsClientPorts` binds it to one `AwsContext`
 (one aioboto3 session, one pooled client per service) and to the stack's resources.
@@ -13,15 +14,15 @@ from typing import Protocol
 
 from botocore.exceptions import ClientError
 
-from client import transfer
 from client.config import ClientConfig
 from client.progress import Advance
-from client.transfer import MISSING, CorruptDownloadError
+from fedasync.aws.objects import S3Objects
 from fedasync.aws.queues import ReceivedMessage, SqsQueues
-from fedasync.aws.records import DynamoRecords, Put
-from fedasync.aws.session import AwsContext, error_code, object_missing
+from fedasync.aws.records import DynamoRecords
+from fedasync.aws.session import AwsContext, error_code
 from fedasync.core.errors import RegistryError
 from fedasync.core.messages import Heartbeat, UpdateRecord
+from fedasync.resources import TABLE_PARTITION_KEY, TABLE_SORT_KEY
 
 
 class ClientPorts(Protocol):
@@ -44,21 +45,24 @@ class AwsClientPorts:
         self._cfg = cfg
         self.queue_url = queue_url
         self._queues = SqsQueues(aws)
-        self._records = DynamoRecords(aws, cfg.table_name)
+        self._records = DynamoRecords(aws, cfg.deployment.table)
+        self._objects = S3Objects(aws, cfg.deployment.bucket)
 
     @classmethod
     async def open(cls, aws: AwsContext, cfg: ClientConfig) -> AwsClientPorts:
         """Find the client's queue by name unless its URL was given."""
         url = cfg.queue_url
         if url is None:
-            sqs = await aws.sqs()
             try:
-                url = (await sqs.get_queue_url(QueueName=cfg.queue_name))["QueueUrl"]
+                url = await SqsQueues(aws).url_of(cfg.queue_name)
+                why = "it does not exist"
             except ClientError as error:
+                why = error_code(error)
+            if url is None:
                 raise RegistryError(
-                    f"client {cfg.client_id!r} has no queue {cfg.queue_name!r} "
-                    f"({error_code(error)}); is it listed in the stack (prefix {cfg.prefix!r})?"
-                ) from error
+                    f"client {cfg.client_id!r} has no queue {cfg.queue_name!r} ({why}); "
+                    f"is it listed in the stack (prefix {cfg.deployment.prefix!r})?"
+                )
         return cls(aws, cfg, url)
 
     async def receive(self) -> list[ReceivedMessage]:
@@ -87,40 +91,13 @@ class AwsClientPorts:
         await asyncio.gather(*(self._queues.delete(self.queue_url, r) for r in receipts))
 
     async def download(self, key: str, sha256: str, dest: Path, on_bytes: Advance) -> int:
-        s3 = await self._aws.s3()
-        try:
-            return await transfer.download_file(
-                s3,
-                self._cfg.bucket_name,
-                key,
-                dest,
-                sha256=sha256,
-                max_bytes=self._cfg.max_model_bytes,
-                on_bytes=on_bytes,
-            )
-        except ClientError as error:
-            # the notice named it; a silo may not list the bucket, so 403 means missing too
-            if not object_missing(error, unlisted=True):
-                raise
-            # the announced object is not there: for the silo the same as a wrong one (the
-            # notice is given back and comes again), never a reason to exit
-            raise CorruptDownloadError(
-                f"global model {key!r} is missing from bucket {self._cfg.bucket_name!r}",
-                key=key,
-                expected=sha256,
-                actual=MISSING,
-            ) from error
+        return await self._objects.download_file(
+            key, dest, sha256=sha256, max_bytes=self._cfg.max_model_bytes, on_bytes=on_bytes
+        )
 
     async def upload(self, path: Path, key: str, sha256: str, on_bytes: Advance) -> None:
-        s3 = await self._aws.s3()
-        await transfer.upload_file(
-            s3,
-            self._cfg.bucket_name,
-            key,
-            path,
-            sha256=sha256,
-            part_size=self._cfg.part_size,
-            on_bytes=on_bytes,
+        await self._objects.upload_file(
+            key, path, sha256=sha256, part_size=self._cfg.part_size, on_bytes=on_bytes
         )
 
     async def update_exists(self, task_name: str, sk: str) -> bool:
@@ -128,10 +105,11 @@ class AwsClientPorts:
 
     async def put_update(self, record: UpdateRecord) -> bool:
         """Write the record once; False if it already existed (a retry or a duplicate)."""
-        fields = record.model_dump(exclude_none=True)
-        outcome = await self._records.put(Put(record.task_name, record.sk, fields, if_absent=True))
-        return outcome.applied
+        item = {**record.model_dump(exclude_none=True), TABLE_PARTITION_KEY: record.task_name,
+                TABLE_SORT_KEY: record.sk}  # fmt: skip
+        return await self._records.put(item, condition=f"attribute_not_exists({TABLE_SORT_KEY})")
 
     async def put_heartbeat(self, heartbeat: Heartbeat) -> None:
-        fields = heartbeat.model_dump(exclude_none=True)
-        await self._records.put(Put(heartbeat.task_name, heartbeat.sk, fields, if_absent=False))
+        item = {**heartbeat.model_dump(exclude_none=True), TABLE_PARTITION_KEY: heartbeat.task_name,
+                TABLE_SORT_KEY: heartbeat.sk}  # fmt: skip
+        await self._records.put(item)

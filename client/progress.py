@@ -7,12 +7,14 @@ event loop, training calls it per epoch.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Self
 
-Advance = Callable[[int], None]
+from fedasync.aws.transfer import Advance  # one name for the transfers' progress callback
+
+__all__ = ["Advance", "Progress"]
 
 
 def _ignore(_: int) -> None:

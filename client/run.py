@@ -43,7 +43,9 @@ async def run_client(
 ) -> ClientReport:
     """Run one silo until its task ends or `stop_event` is set; report what it did."""
     with bound_contextvars(task_name=cfg.task_name, client_id=cfg.client_id):
-        async with AwsContext(cfg.endpoint_url, cfg.region, _credentials(cfg)) as aws:
+        async with AwsContext(
+            cfg.deployment.endpoint_url, cfg.deployment.region, _credentials(cfg)
+        ) as aws:
             bound = ports or await AwsClientPorts.open(aws, cfg)
             with _workdir(cfg.work_dir) as workdir, progress or DISABLED as shown:
                 state = RunState(cfg, bound, trainer, data, workdir, shown, eval_data)

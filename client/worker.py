@@ -22,7 +22,7 @@ from client.datacheck import check_data_fits
 from client.inbox import Held
 from client.state import EndOfRun, PendingUpload, RunState
 from client.training import TrainingFailed, call_trainer, retry_later
-from client.transfer import MISSING, CorruptDownloadError
+from fedasync.aws.objects import MISSING, CorruptDownloadError
 from fedasync.core import codec, keys
 from fedasync.core.codec import Weights
 from fedasync.core.messages import GlobalModelNotice, UpdateRecord

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from client.cli import _from_stack_config
+from client.cli import locate
 from client.config import ClientConfig
 from client.data import DEFAULT_EVAL_FRACTION, from_torch, hold_out, load_data
 from client.run import run_client
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"wrote {args.out} sha256={init(args.out, seed=args.seed)}")
         return
     given = {"endpoint_url": None, "queue_url": None, "bucket": None, "table": None}
-    located = _from_stack_config(args.stack_config, args.client_id, given)
+    located = locate(args.stack_config, args.client_id, given)
     cfg = ClientConfig(
         task_name=args.task, client_id=args.client_id, epochs=args.epochs, seed=args.seed, **located
     )

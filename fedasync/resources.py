@@ -67,6 +67,7 @@ ASL_PLACEHOLDERS = ("TableName", "ControlQueueUrl")
 # Environment variables the server handlers read (set by CDK on each Lambda, and by
 # the embedded stack before it calls the handlers).
 ENV_TABLE = "FEDASYNC_TABLE"
+ENV_SERVER_TABLE = "FEDASYNC_SERVER_TABLE"
 ENV_BUCKET = "FEDASYNC_BUCKET"
 ENV_TOPIC_ARN = "FEDASYNC_TOPIC_ARN"
 ENV_TOPIC_SHARDS = "FEDASYNC_TOPIC_SHARDS"
@@ -103,74 +104,6 @@ class ClientSpec(BaseModel):
                 "(it becomes part of queue names and S3 keys)"
             )
         return value
-
-
-class StackSpec(BaseModel):
-    """The resources of one deployment (one table, bucket, topic, control queue, state machine)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    prefix: str = Field(default="fedasync", pattern=r"^[a-z][a-z0-9-]{0,23}$")
-    clients: tuple[ClientSpec, ...] = ()
-    region: str = "us-east-1"
-
-    @property
-    def table_name(self) -> str:
-        return f"{self.prefix}-table"
-
-    @property
-    def bucket_name(self) -> str:
-        """Fixed name for the embedded stack; CDK lets CloudFormation name the bucket."""
-        return f"{self.prefix}-models"
-
-    @property
-    def topic_name(self) -> str:
-        """Shard 0's name; shard i > 0 is `{topic_name}-{i}` (`shard_topic`)."""
-        return f"{self.prefix}-global-model-ready"
-
-    @property
-    def topic_shards(self) -> int:
-        return topic_shard_count(self.client_ids)
-
-    @property
-    def control_queue_name(self) -> str:
-        return f"{self.prefix}-control"
-
-    @property
-    def control_dlq_name(self) -> str:
-        return f"{self.prefix}-control-dlq"
-
-    @property
-    def state_machine_name(self) -> str:
-        return f"{self.prefix}-fl-task"
-
-    def client_queue_name(self, client_id: str) -> str:
-        return f"{self.prefix}-client-{client_id}"
-
-    def client_dlq_name(self, client_id: str) -> str:
-        return f"{self.prefix}-client-{client_id}-dlq"
-
-    # A client finds its queue and its role by these rules from the prefix (the stack is
-    # `{prefix}-server`), its id, the region and the account: the CDK stack names them so
-    # and has no output per client (which would cap a stack at ~80 clients).
-    def client_queue_url(self, client_id: str, account: str) -> str:
-        name = self.client_queue_name(client_id)
-        return f"https://sqs.{self.region}.amazonaws.com/{account}/{name}"
-
-    def client_role_name(self, client_id: str) -> str:
-        """`{prefix}-client-{id}`; past IAM's 64 characters, cut to 55 plus a hash of it."""
-        name = f"{self.prefix}-client-{client_id}"
-        if len(name) <= ROLE_NAME_MAX:
-            return name
-        digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
-        return f"{name[: ROLE_NAME_MAX - 9]}-{digest}"
-
-    def client_role_arn(self, client_id: str, account: str, partition: str = "aws") -> str:
-        return f"arn:{partition}:iam::{account}:role/{self.client_role_name(client_id)}"
-
-    @property
-    def client_ids(self) -> tuple[str, ...]:
-        return tuple(c.client_id for c in self.clients)
 
 
 def topic_shard(client_id: str, shards: int) -> int:

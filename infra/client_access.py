@@ -42,6 +42,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from fedasync.deployment import Deployment
 from fedasync.policy import definitions
 from fedasync.policy.definitions import (
     CLIENT_ITEM_ATTRIBUTES,
@@ -49,7 +50,7 @@ from fedasync.policy.definitions import (
     DEEPER_THAN_LOCAL,
     StackArns,
 )
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from infra.config import LOCAL_UPDATE_TAG_KEY
 from infra.messaging import ClientQueue
 from infra.nag import acknowledge_wildcard_resource
@@ -106,7 +107,7 @@ class ClientRoles(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        spec: StackSpec,
+        spec: Deployment,
         clients: tuple[ClientSpec, ...],
         queues: tuple[ClientQueue, ...],
         bucket: s3.IBucket,
@@ -123,7 +124,7 @@ class ClientRoles(Construct):
         role = iam.Role(
             self,
             f"Client-{client.client_id}",
-            # named by the rule a client computes its role ARN with (StackSpec)
+            # named by the rule a client computes its role ARN with (Deployment)
             role_name=self._spec.client_role_name(client.client_id),
             assumed_by=_trust(client),
             description=f"fedasync client {client.client_id}: its queue, its S3 prefix, its records",

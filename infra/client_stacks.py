@@ -5,7 +5,7 @@ queue policies, the subscription, the role). A template holds 500 resources and 
 outputs, so one stack stopped at about 80 clients. Here each nested stack
 (`AWS::CloudFormation::Stack`, one resource of the parent) holds up to
 `CLIENTS_PER_STACK` clients: 75 x 6 = 450 resources, no outputs. A client's queue URL
-and role ARN follow from names (`StackSpec.client_queue_url` / `client_role_arn`), not
+and role ARN follow from names (`Deployment.client_queue_url` / `client_role_arn`), not
 from an output per client.
 
 Clients are placed in the clients file's order, 75 per nested stack: append new clients
@@ -22,7 +22,8 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.deployment import Deployment
+from fedasync.resources import ClientSpec
 from infra.client_access import ClientAccess, ClientRoles
 from infra.messaging import ClientQueue, client_queue
 
@@ -38,7 +39,7 @@ class ClientStack(NestedStack):
         scope: Construct,
         construct_id: str,
         *,
-        spec: StackSpec,
+        spec: Deployment,
         clients: tuple[ClientSpec, ...],
         topics: tuple[sns.ITopic, ...],
         bucket: s3.IBucket,
@@ -85,7 +86,7 @@ class ClientStack(NestedStack):
 def client_stacks(
     scope: Construct,
     *,
-    spec: StackSpec,
+    spec: Deployment,
     topics: tuple[sns.ITopic, ...],
     bucket: s3.IBucket,
     table: dynamodb.ITable,

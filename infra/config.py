@@ -1,7 +1,7 @@
 """What one deployment serves: the clients and a few settings, from a file or CDK context.
 
-Client ids and the shared names come from `fedasync.resources` (`StackSpec`,
-`ClientSpec`), so the CDK app and the embedded stack agree on every name.
+Client ids and the shared names come from `fedasync.deployment` (`Deployment`) and `fedasync.resources`
+(`ClientSpec`), so the CDK app and the embedded stack agree on every name.
 
 Precedence: `-c clients=a,b,c` (ids only, principals default to the deploying
 account) > `-c clients_file=path` > `infra/clients.yaml`.
@@ -17,13 +17,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from fedasync.deployment import Deployment
+
 # The local-update tag is defined beside the other shared names: the client sets it, the
 # lifecycle rule (infra/storage.py) and the client policy match it.
 from fedasync.resources import (  # noqa: F401 - re-exported for infra/
     LOCAL_UPDATE_TAG_KEY,
     LOCAL_UPDATE_TAG_VALUE,
     ClientSpec,
-    StackSpec,
 )
 
 INFRA_DIR = Path(__file__).resolve().parent
@@ -47,7 +48,7 @@ class ConfigError(ValueError):
 class DeploymentConfig:
     """The shared stack description plus the settings only AWS has (lifecycle)."""
 
-    spec: StackSpec
+    spec: Deployment
     local_update_expiry_days: int = 30
 
 
@@ -71,7 +72,7 @@ def _from_mapping(data: dict[str, Any], source: str) -> DeploymentConfig:
         raise ConfigError(f"{source}: 'clients' must be a non-empty list of {{client_id: ...}}")
     try:
         clients = tuple(ClientSpec.model_validate(c) for c in raw_clients)
-        spec = StackSpec(prefix=data.get("prefix", "fedasync"), clients=clients)
+        spec = Deployment(prefix=data.get("prefix", "fedasync"), clients=clients)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
     ids = spec.client_ids

@@ -20,7 +20,8 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from fedasync.resources import StackSpec, notice_filter_policy, shard_topic, topic_shard
+from fedasync.deployment import Deployment
+from fedasync.resources import notice_filter_policy, shard_topic, topic_shard
 
 DLQ_RETENTION = Duration.days(14)
 # The embedded stack (fedasync.local.provision) uses the same values.
@@ -72,7 +73,7 @@ class Messaging(Construct):
     """Topic + per-client queues, the control queue, the stream's failure queue."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, spec: StackSpec, control_visibility: Duration
+        self, scope: Construct, construct_id: str, *, spec: Deployment, control_visibility: Duration
     ) -> None:
         super().__init__(scope, construct_id)
         self.topic_key = kms.Key(
@@ -106,7 +107,7 @@ class Messaging(Construct):
         # the clients' queues live in nested stacks (infra/client_stacks.py), made by
         # `client_queue` below
 
-    def _failure_queue(self, spec: StackSpec) -> sqs.Queue:
+    def _failure_queue(self, spec: Deployment) -> sqs.Queue:
         queue = _queue(
             self, "AggregateFailures", f"{spec.prefix}-aggregate-failures", retention=DLQ_RETENTION
         )
@@ -122,7 +123,7 @@ class Messaging(Construct):
 
 
 def client_queue(
-    scope: Construct, spec: StackSpec, client_id: str, topics: tuple[sns.ITopic, ...]
+    scope: Construct, spec: Deployment, client_id: str, topics: tuple[sns.ITopic, ...]
 ) -> ClientQueue:
     """A client's queue and dead-letter queue, subscribed to its topic shard (the
     subscription and the queue policy that lets SNS deliver land in `scope`'s stack)."""

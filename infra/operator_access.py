@@ -15,9 +15,9 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from fedasync.deployment import Deployment
 from fedasync.policy import definitions
 from fedasync.policy.template import OPERATOR_POLICY_DESCRIPTION
-from fedasync.resources import StackSpec
 from infra.nag import acknowledge_wildcard_resource
 
 
@@ -27,7 +27,7 @@ class OperatorAccess(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        spec: StackSpec,
+        spec: Deployment,
         bucket: s3.IBucket,
         table: dynamodb.ITable,
         topics: tuple[sns.ITopic, ...],

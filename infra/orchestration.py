@@ -19,8 +19,9 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from fedasync.deployment import Deployment
 from fedasync.policy import definitions
-from fedasync.resources import ASL_PLACEHOLDERS, StackSpec, substitute_asl
+from fedasync.resources import ASL_PLACEHOLDERS, substitute_asl
 from infra.asl_check import required_actions
 from infra.nag import acknowledge
 
@@ -65,7 +66,7 @@ class Orchestration(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        spec: StackSpec,
+        spec: Deployment,
         definition: str,
         table: dynamodb.ITable,
         control_queue: sqs.IQueue,

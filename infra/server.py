@@ -22,6 +22,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from fedasync.deployment import Deployment
 from fedasync.limits import AGGREGATE_LIMITS, CONTROL_LIMITS
 from fedasync.policy import definitions
 from fedasync.resources import (
@@ -34,7 +35,6 @@ from fedasync.resources import (
     ENV_TABLE,
     ENV_TOPIC_ARN,
     ENV_TOPIC_SHARDS,
-    StackSpec,
 )
 from infra import bundle
 from infra.messaging import Messaging
@@ -79,7 +79,7 @@ class ServerFunctions(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        spec: StackSpec,
+        spec: Deployment,
         code: lambda_.Code,
         bucket: s3.IBucket,
         table: dynamodb.ITable,

@@ -3,7 +3,7 @@
 Outputs carry what `fedasync task start` (bucket, table, state machine) and
 `fedasync client run` (region, bucket, table) need; `cdk deploy --outputs-file
 outputs.json` writes them to a file. A client's queue URL and role ARN follow from the
-prefix, its id, the region and the account (`StackSpec.client_queue_url` /
+prefix, its id, the region and the account (`Deployment.client_queue_url` /
 `client_role_arn`); the clients live in nested stacks (infra/client_stacks.py).
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 from aws_cdk import Aws, CfnOutput, Stack
 from constructs import Construct
 
+from fedasync.deployment import CDK_OUTPUT_IDS
 from infra.bundle import BUNDLE_DIR
 from infra.client_stacks import ClientStack, client_stacks
 from infra.config import DeploymentConfig
@@ -25,15 +26,11 @@ from infra.orchestration import Orchestration
 from infra.server import CONTROL_QUEUE_VISIBILITY, ServerFunctions, lambda_code
 from infra.storage import Storage
 
-OUTPUT_REGION = "Region"
+# Output keys: the deployment's coordinates under the ids `fedasync.deployment` reads
+# back (`Deployment.load` of `cdk deploy --outputs-file`, `CDK_OUTPUT_IDS`), and two more:
+# no output per client (a client's queue and role follow from the prefix, the region and
+# the account, which would otherwise cap a stack at ~80 clients).
 OUTPUT_ACCOUNT = "AccountId"
-OUTPUT_PREFIX = "Prefix"
-OUTPUT_BUCKET = "BucketName"
-OUTPUT_TABLE = "TableName"
-OUTPUT_TOPIC = "TopicArn"
-OUTPUT_TOPIC_SHARDS = "TopicShards"
-OUTPUT_CONTROL_QUEUE = "ControlQueueUrl"
-OUTPUT_STATE_MACHINE = "StateMachineArn"
 OUTPUT_OPERATOR_POLICY = "OperatorPolicyArn"
 
 
@@ -104,25 +101,38 @@ class FedAsyncStack(Stack):
             if nested.nested_stack_resource is not None
         }
 
+    def _deployment_outputs(self) -> dict[str, tuple[str, str]]:
+        """The `Deployment` fields this stack fills, with their values and descriptions."""
+        return {
+            "region": (Aws.REGION, "Region of every resource below"),
+            "prefix": (
+                self.spec.prefix,
+                "Name prefix: client c's queue is {Prefix}-client-c, "
+                "its role {Prefix}-client-c (hashed past 64 characters)",
+            ),
+            "bucket": (self.storage.bucket.bucket_name, "Models bucket (S3)"),
+            "table": (self.storage.table.table_name, "Records table (DynamoDB)"),
+            "topic_arn": (self.messaging.topic.topic_arn, "Global-model notices (SNS), shard 0"),
+            "topic_shards": (
+                str(len(self.messaging.topics)),
+                "Notice topic shards: shard i > 0 is the topic ARN above with the suffix -i",
+            ),
+            "control_queue_url": (
+                self.messaging.control_queue.queue_url,
+                "Control queue (SQS)",
+            ),
+            "state_machine_arn": (
+                self.orchestration.state_machine.state_machine_arn,
+                "FL task state machine; `fedasync task start` starts executions of it",
+            ),
+        }
+
     def _outputs(self) -> None:
         def out(key: str, value: str, description: str) -> None:
             CfnOutput(self, key, value=value, description=description)
 
-        out(OUTPUT_REGION, Aws.REGION, "Region of every resource below")
-        out(OUTPUT_BUCKET, self.storage.bucket.bucket_name, "Models bucket (S3)")
-        out(OUTPUT_TABLE, self.storage.table.table_name, "Records table (DynamoDB)")
-        out(OUTPUT_TOPIC, self.messaging.topic.topic_arn, "Global-model notices (SNS), shard 0")
-        out(
-            OUTPUT_TOPIC_SHARDS,
-            str(len(self.messaging.topics)),
-            "Notice topic shards: shard i > 0 is the topic ARN above with the suffix -i",
-        )
-        out(OUTPUT_CONTROL_QUEUE, self.messaging.control_queue.queue_url, "Control queue (SQS)")
-        out(
-            OUTPUT_STATE_MACHINE,
-            self.orchestration.state_machine.state_machine_arn,
-            "FL task state machine; `fedasync task start` starts executions of it",
-        )
+        for field, (value, description) in self._deployment_outputs().items():
+            out(CDK_OUTPUT_IDS[field], value, description)
         out(
             OUTPUT_OPERATOR_POLICY,
             self.operator.policy.managed_policy_arn,
@@ -133,10 +143,4 @@ class FedAsyncStack(Stack):
             Aws.ACCOUNT_ID,
             "Account of every resource; with Prefix and Region "
             "a client computes its queue URL and role ARN",
-        )
-        out(
-            OUTPUT_PREFIX,
-            self.spec.prefix,
-            "Name prefix: client c's queue is {Prefix}-client-c, "
-            "its role {Prefix}-client-c (hashed past 64 characters)",
         )

@@ -7,7 +7,8 @@ from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from fedasync.resources import TABLE_PARTITION_KEY, TABLE_SORT_KEY, TTL_ATTRIBUTE, StackSpec
+from fedasync.deployment import Deployment
+from fedasync.resources import TABLE_PARTITION_KEY, TABLE_SORT_KEY, TTL_ATTRIBUTE
 from infra.config import LOCAL_UPDATE_TAG_KEY, LOCAL_UPDATE_TAG_VALUE
 
 ACCESS_LOG_RETENTION = Duration.days(365)
@@ -18,7 +19,12 @@ class Storage(Construct):
     """S3 for weights, DynamoDB for records: both kept when the stack is deleted."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, spec: StackSpec, local_update_expiry_days: int
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        spec: Deployment,
+        local_update_expiry_days: int,
     ) -> None:
         super().__init__(scope, construct_id)
         self.access_logs = self._access_log_bucket()
@@ -78,11 +84,11 @@ class Storage(Construct):
             removal_policy=RemovalPolicy.RETAIN,
         )
 
-    def _table(self, spec: StackSpec) -> dynamodb.Table:
+    def _table(self, spec: Deployment) -> dynamodb.Table:
         return dynamodb.Table(
             self,
             "Table",
-            table_name=spec.table_name,
+            table_name=spec.table,
             partition_key=dynamodb.Attribute(
                 name=TABLE_PARTITION_KEY, type=dynamodb.AttributeType.STRING
             ),

@@ -9,22 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import os
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from fedasync import logs
 from fedasync.aws.session import AwsContext, Credentials, principal_credentials
-from fedasync.resources import (
-    ENV_BUCKET,
-    ENV_ENDPOINT_URL,
-    ENV_REGION,
-    ENV_TABLE,
-    ENV_TOPIC_ARN,
-    ENV_TOPIC_SHARDS,
-)
-from fedasync.server.store import ServerStore, Where
+from fedasync.deployment import Deployment
+from fedasync.server.store import ServerStore
 
 T = TypeVar("T")
 
@@ -47,21 +39,15 @@ class _Runtime:
         return self._loop
 
     async def _store(self, credentials: Credentials | None) -> ServerStore:
-        endpoint = os.environ.get(ENV_ENDPOINT_URL) or None
-        key = (endpoint, os.environ.get(ENV_REGION, "us-east-1"), credentials)
+        deployment = Deployment.from_env()
+        key = (deployment.endpoint_url, deployment.region, credentials)
         aws = self._contexts.get(key)
         if aws is None:
             for stale in [k for k in self._contexts if k[:2] != key[:2]]:
                 await self._contexts.pop(stale).__aexit__(None, None, None)
             aws = await AwsContext(key[0], key[1], credentials).__aenter__()
             self._contexts[key] = aws
-        where = Where(
-            table=os.environ[ENV_TABLE],
-            bucket=os.environ[ENV_BUCKET],
-            topic_arn=os.environ[ENV_TOPIC_ARN],
-            topic_shards=int(os.environ.get(ENV_TOPIC_SHARDS, "1")),
-        )
-        return ServerStore(aws, where)
+        return ServerStore(aws, deployment)
 
     def close(self) -> None:
         """Close the clients (at interpreter exit, or when a test tears its stack down)."""

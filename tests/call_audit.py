@@ -70,8 +70,9 @@ def _statements(client_ids: list[str]) -> Any:
         require_cdk()
     except pytest.skip.Exception as skipped:
         raise RuntimeError(f"the CDK template cannot be synthesized: {skipped}") from None
+    from fedasync.deployment import Deployment
     from fedasync.policy.template import principal_statements
-    from fedasync.resources import ASL_PATH, ClientSpec, StackSpec
+    from fedasync.resources import ASL_PATH, ClientSpec
     from infra.app import build_app
 
     out = Path(tempfile.mkdtemp(prefix="fedasync-audit-cdk-"))
@@ -90,7 +91,7 @@ def _statements(client_ids: list[str]) -> Any:
     assembly = app.synth()
     template = assembly.get_stack_by_name(stack.stack_name).template
     nested = stack.nested_templates(assembly.directory)  # the clients' roles
-    spec = StackSpec(
+    spec = Deployment(
         prefix=TEMPLATE_PREFIX, clients=tuple(ClientSpec(client_id=c) for c in client_ids)
     )
     return principal_statements(template, spec, nested=nested)

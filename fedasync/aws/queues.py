@@ -1,9 +1,8 @@
-"""SQS port (client queues, control queue) and SNS port (global-model notices)."""
+"""SQS port: the client queues and the control queue."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -11,7 +10,6 @@ import structlog
 from botocore.exceptions import ClientError
 
 from fedasync.aws.session import AwsContext, error_code
-from fedasync.resources import NOTICE_FILTER_ATTRIBUTE
 
 log = structlog.get_logger()
 
@@ -27,6 +25,10 @@ _STALE_RECEIPT_CODES = frozenset(
 )
 
 
+# How SQS says a queue does not exist (query and JSON protocols spell it differently)
+MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+
+
 @dataclass(frozen=True)
 class ReceivedMessage:
     message_id: str
@@ -38,6 +40,7 @@ class ReceivedMessage:
 
 
 class Queues(Protocol):
+    async def url_of(self, name: str) -> str | None: ...
     async def send(self, queue_url: str, body: str, *, delay_s: int = 0) -> str: ...
 
     async def receive(
@@ -54,12 +57,6 @@ class Queues(Protocol):
     async def change_visibility(
         self, queue_url: str, receipt_handle: str, timeout_s: int
     ) -> bool: ...
-
-
-class Notices(Protocol):
-    async def publish(
-        self, topic_arn: str, message: str, client_ids: Sequence[str]
-    ) -> str | None: ...
 
 
 def _message(raw: Mapping[str, Any]) -> ReceivedMessage:
@@ -82,6 +79,16 @@ class SqsQueues:
 
     def __init__(self, aws: AwsContext) -> None:
         self._aws = aws
+
+    async def url_of(self, name: str) -> str | None:
+        """The URL of the queue named `name`; None if there is none."""
+        sqs = await self._aws.sqs()
+        try:
+            return (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
+        except ClientError as error:
+            if error_code(error) in MISSING_QUEUE_CODES:
+                return None
+            raise
 
     async def send(self, queue_url: str, body: str, *, delay_s: int = 0) -> str:
         sqs = await self._aws.sqs()
@@ -136,28 +143,3 @@ class SqsQueues:
             log.warning("queue.stale_receipt", action="change_visibility", code=error_code(error))
             return False
         return True
-
-
-class SnsNotices:
-    """`Notices` over aioboto3's SNS client: one publish, filtered per client by SNS."""
-
-    def __init__(self, aws: AwsContext) -> None:
-        self._aws = aws
-
-    async def publish(self, topic_arn: str, message: str, client_ids: Sequence[str]) -> str | None:
-        """Publish to the queues of `client_ids`; None (nothing sent) if there are none."""
-        if not client_ids:
-            log.info("notice.no_recipients", topic_arn=topic_arn)
-            return None
-        sns = await self._aws.sns()
-        published = await sns.publish(
-            TopicArn=topic_arn,
-            Message=message,
-            MessageAttributes={
-                NOTICE_FILTER_ATTRIBUTE: {
-                    "DataType": "String.Array",
-                    "StringValue": json.dumps(sorted(set(client_ids))),
-                }
-            },
-        )
-        return published["MessageId"]

@@ -1,27 +1,26 @@
-"""DynamoDB port: the task table's items as plain dicts, with conditional writes.
+"""DynamoDB port: one table's items as plain dicts, with conditional writes.
 
 Every write that decides something is conditional; a failed condition is an answer
-(`WriteOutcome.applied == False`, with the item as it stands when DynamoDB returns
-it), never an exception, so that redelivered events are no-ops, not crashes.
-
-A silo uses this port too, under its role (infra/client_access.py): `put` (never asking
-for values back, so a failed put returns no item) and `exists` (a GetItem projecting
-only the key). `get`, `update`, `query` and `transact` are the server's.
+(`False`: another try did the work), never an exception, so that redelivered events are
+no-ops, not crashes. One implementation serves every table (the inbox silos write, the
+server's own) and every caller: a silo uses it under its role (infra/client_access.py)
+for `put` (never asking for values back: its role may not read a record) and `exists`
+(a GetItem projecting only the key); the rest is the server's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import asyncio
+import re
+from collections.abc import Collection, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from fedasync.aws.batching import BATCH_GET_MAX_KEYS, drain_unprocessed
 from fedasync.aws.session import AwsContext, error_code
-from fedasync.core import keys
-from fedasync.core.errors import TaskNotFoundError
 from fedasync.resources import TABLE_PARTITION_KEY, TABLE_SORT_KEY
 
 Item = dict[str, Any]
@@ -64,234 +63,236 @@ def deserialize_item(item: Mapping[str, Any]) -> Item:
     return {k: _from_dynamo(_deserializer.deserialize(v)) for k, v in item.items()}
 
 
-def _key(task_name: str, sk: str) -> dict[str, Any]:
-    return serialize_item({TABLE_PARTITION_KEY: task_name, TABLE_SORT_KEY: sk})
+def item_key(task_name: str, sk: str) -> dict[str, Any]:
+    """An item's primary key as DynamoDB takes it."""
+    return {TABLE_PARTITION_KEY: {"S": task_name}, TABLE_SORT_KEY: {"S": sk}}
 
 
-@dataclass(frozen=True)
-class WriteOutcome:
-    """applied: the write happened. Otherwise `item` is the current item if known, and
-    `reasons` holds a transaction's per-item cancellation codes (in request order)."""
+# --- conditions and transactions --------------------------------------------------------
 
-    applied: bool
-    item: Item | None = None
-    reasons: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Put:
-    task_name: str
-    sk: str
-    attributes: Mapping[str, Any]
-    if_absent: bool = True
+TRANSACT_TRIES = 5
+# Why DynamoDB may cancel a transaction that did nothing and may succeed if tried again
+# (TransactionCanceledException's CancellationReasons codes, and the plain error codes).
+RETRIED_CANCELLATIONS = frozenset(
+    {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded",
+     "RequestLimitExceeded"}
+)  # fmt: skip
+RETRIED_ERRORS = frozenset(
+    {"TransactionConflictException", "TransactionInProgressException", "ThrottlingException",
+     "ProvisionedThroughputExceededException", "RequestLimitExceeded", "InternalServerError"}
+)  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Update:
-    task_name: str
-    sk: str
-    set_values: Mapping[str, Any]
-    expected: Mapping[str, Any] = field(default_factory=dict)  # attribute == value
-    increment: str | None = None  # a version counter: must equal expected[name], gets +1
-    must_exist: bool | None = True  # None: create the item if it is missing
+def transaction_failure(code: str, reasons: Sequence[str]) -> str:
+    """What a failed TransactWriteItems means: 'done' (a condition failed: another try did
+    the work), 'retry' (cancelled by contention or throttling: nothing was written), or
+    'raise' (anything else: a bug or a bad request, which trying again cannot fix)."""
+    if code == "ConditionalCheckFailedException":
+        return "done"
+    if code == "TransactionCanceledException":
+        if "ConditionalCheckFailed" in reasons:
+            return "done"
+        failed = {r for r in reasons if r not in ("None", "")}
+        return "retry" if failed and failed <= RETRIED_CANCELLATIONS else "raise"
+    return "retry" if code in RETRIED_ERRORS else "raise"
 
 
-@dataclass(frozen=True)
-class Check:
-    task_name: str
-    sk: str
-    expected: Mapping[str, Any] = field(default_factory=dict)
-    must_exist: bool | None = True  # False: the item must be absent
+def condition_names(condition: str) -> dict[str, str]:
+    """Conditions name attributes as `#attr` (DynamoDB reserves many plain words); `#pk`
+    and `#sk` are the table's keys."""
+    special = {"pk": TABLE_PARTITION_KEY, "sk": TABLE_SORT_KEY}
+    return {f"#{w}": special.get(w, w) for w in re.findall(r"#([A-Za-z_][A-Za-z0-9_]*)", condition)}
 
 
-Write = Put | Update | Check
+def _set_clauses(
+    verb: str, sets: Mapping[str, Collection[str]] | None, names: dict[str, str],
+    values: dict[str, Any],
+) -> list[str]:  # fmt: skip
+    members = [(k, set(v)) for k, v in (sets or {}).items() if v]
+    tag = verb.lower()
+    for j, (name, strings) in enumerate(members):
+        names[f"#{tag}{j}"] = name
+        values[f":{tag}{j}"] = strings
+    if not members:
+        return []
+    return [f"{verb} " + ", ".join(f"#{tag}{j} :{tag}{j}" for j in range(len(members)))]
 
 
 class Records(Protocol):
+    """One table's items, keyed by (task_name, sk)."""
+
+    table: str
+
     async def get(self, task_name: str, sk: str) -> Item | None: ...
+    async def get_many(self, task_name: str, sks: list[str]) -> list[Item | None]: ...
     async def exists(self, task_name: str, sk: str) -> bool: ...
-    async def get_task(self, task_name: str) -> Item: ...
-    async def put(self, write: Put) -> WriteOutcome: ...
-    async def update(self, write: Update) -> WriteOutcome: ...
-    async def query(self, task_name: str, sk_prefix: str = "") -> list[Item]: ...
-    async def transact(self, writes: Sequence[Write]) -> WriteOutcome: ...
-
-
-class _Expression:
-    """Builds expressions with #n/:v placeholders (status, name... are reserved words)."""
-
-    def __init__(self) -> None:
-        self.names: dict[str, str] = {}
-        self.values: dict[str, Any] = {}
-
-    def name(self, attribute: str) -> str:
-        placeholder = f"#n{len(self.names)}"
-        self.names[placeholder] = attribute
-        return placeholder
-
-    def value(self, value: Any) -> str:
-        placeholder = f":v{len(self.values)}"
-        self.values[placeholder] = _serializer.serialize(_to_dynamo(value))
-        return placeholder
-
-    def condition(self, expected: Mapping[str, Any], must_exist: bool | None) -> str | None:
-        """must_exist: True = the item exists, False = it does not, None = either."""
-        parts = []
-        if must_exist is not None:
-            test = "attribute_exists" if must_exist else "attribute_not_exists"
-            parts.append(f"{test}({self.name(TABLE_SORT_KEY)})")
-        parts += [f"{self.name(k)} = {self.value(v)}" for k, v in expected.items()]
-        return " AND ".join(parts) or None
-
-    def params(self, condition: str | None) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if condition:
-            out["ConditionExpression"] = condition
-        if self.names:
-            out["ExpressionAttributeNames"] = self.names
-        if self.values:
-            out["ExpressionAttributeValues"] = self.values
-        return out
-
-
-def _put_params(table: str, write: Put) -> dict[str, Any]:
-    item = {**write.attributes, TABLE_PARTITION_KEY: write.task_name, TABLE_SORT_KEY: write.sk}
-    params: dict[str, Any] = {"TableName": table, "Item": serialize_item(item)}
-    if write.if_absent:
-        params["ConditionExpression"] = f"attribute_not_exists({TABLE_SORT_KEY})"
-    return params
-
-
-def _update_params(table: str, write: Update) -> dict[str, Any]:
-    expr = _Expression()
-    expected = dict(write.expected)
-    sets = [f"{expr.name(k)} = {expr.value(v)}" for k, v in write.set_values.items()]
-    if write.increment is not None:
-        counter = expr.name(write.increment)
-        sets.append(f"{counter} = {counter} + {expr.value(1)}")
-        expected.setdefault(write.increment, 0)
-    params = {
-        "TableName": table,
-        "Key": _key(write.task_name, write.sk),
-        "UpdateExpression": "SET " + ", ".join(sets),
-    }
-    return params | expr.params(expr.condition(expected, write.must_exist))
-
-
-def _check_params(table: str, write: Check) -> dict[str, Any]:
-    expr = _Expression()
-    condition = expr.condition(write.expected, write.must_exist)
-    if condition is None:
-        raise ValueError(f"Check of {write.sk!r} in task {write.task_name!r} checks nothing")
-    return {"TableName": table, "Key": _key(write.task_name, write.sk)} | expr.params(condition)
+    async def query_prefix(self, task_name: str, prefix: str) -> list[Item]: ...
+    async def put(self, item: Mapping[str, Any], condition: str | None = None) -> bool: ...
+    def update_op(
+        self,
+        task_name: str,
+        sk: str,
+        values: Mapping[str, Any],
+        condition: str | None = None,
+        condition_values: Mapping[str, Any] | None = None,
+        *,
+        add_to_sets: Mapping[str, Collection[str]] | None = None,
+        delete_from_sets: Mapping[str, Collection[str]] | None = None,
+    ) -> dict[str, Any]: ...
+    async def update(self, op: dict[str, Any]) -> bool: ...
+    async def transact(self, ops: list[dict[str, Any]]) -> bool: ...
 
 
 class DynamoRecords:
-    """`Records` over aioboto3's DynamoDB client, on the single task table."""
+    """`Records` over aioboto3's DynamoDB client, on one table."""
 
     def __init__(self, aws: AwsContext, table: str) -> None:
         self._aws = aws
-        self._table = table
+        self.table = table
 
     async def get(self, task_name: str, sk: str) -> Item | None:
         ddb = await self._aws.dynamodb()
         got = await ddb.get_item(
-            TableName=self._table, Key=_key(task_name, sk), ConsistentRead=True
+            TableName=self.table, Key=item_key(task_name, sk), ConsistentRead=True
         )
-        return deserialize_item(got["Item"]) if "Item" in got else None
+        item = got.get("Item")
+        return deserialize_item(item) if item else None
+
+    async def get_many(self, task_name: str, sks: list[str]) -> list[Item | None]:
+        """Several items of one task, strongly consistent, in `sks` order (None: absent).
+
+        BatchGetItem takes at most 100 keys: the keys go in batches of 100, and the keys a
+        batch leaves unprocessed (throttling, the 16 MB response limit) are asked again
+        with backoff (`drain_unprocessed`)."""
+        ddb = await self._aws.dynamodb()
+        unique = list(dict.fromkeys(sks))
+        found: dict[str, Item] = {}
+
+        async def batch_get(request: dict[str, Any]) -> dict[str, Any]:
+            resp = await ddb.batch_get_item(RequestItems=request)
+            for raw in resp.get("Responses", {}).get(self.table, []):
+                item = deserialize_item(raw)
+                found[str(item[TABLE_SORT_KEY])] = item
+            return dict(resp.get("UnprocessedKeys") or {})
+
+        for start in range(0, len(unique), BATCH_GET_MAX_KEYS):
+            chunk = unique[start : start + BATCH_GET_MAX_KEYS]
+            request = {
+                self.table: {
+                    "Keys": [item_key(task_name, sk) for sk in chunk],
+                    "ConsistentRead": True,
+                }
+            }
+            await drain_unprocessed(batch_get, request, what=f"items of task {task_name!r}")
+        return [found.get(sk) for sk in sks]
 
     async def exists(self, task_name: str, sk: str) -> bool:
         """Whether the item exists, learning nothing of what it holds: the projection names
         only the key, which is all a silo's role may read (`dynamodb:Attributes`)."""
         ddb = await self._aws.dynamodb()
         got = await ddb.get_item(
-            TableName=self._table,
-            Key=_key(task_name, sk),
+            TableName=self.table,
+            Key=item_key(task_name, sk),
             ConsistentRead=True,
             ProjectionExpression="#pk, #sk",
             ExpressionAttributeNames={"#pk": TABLE_PARTITION_KEY, "#sk": TABLE_SORT_KEY},
         )
         return "Item" in got
 
-    async def get_task(self, task_name: str) -> Item:
-        item = await self.get(task_name, keys.TASK_SK)
-        if item is None:
-            raise TaskNotFoundError(
-                f"task {task_name!r} has no TASK item in table {self._table!r}; "
-                "start it with `fedasync task start` first"
-            )
-        return item
-
-    async def put(self, write: Put) -> WriteOutcome:
-        """Put; a failed condition gives `applied=False` and no item. Nothing is asked
-        back (no ReturnValues, no ReturnValuesOnConditionCheckFailure): a silo's role may
-        write records but never read one, so whoever needs the item reads it itself."""
+    async def query_prefix(self, task_name: str, prefix: str) -> list[Item]:
+        """Every item of the task whose sort key starts with `prefix`, in key order."""
         ddb = await self._aws.dynamodb()
-        params = _put_params(self._table, write)
-        return await self._conditional(ddb.put_item(**params), params["Item"])
-
-    async def update(self, write: Update) -> WriteOutcome:
-        ddb = await self._aws.dynamodb()
-        params = _update_params(self._table, write)
-        return await self._conditional(
-            ddb.update_item(
-                ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD", **params
-            )
-        )
-
-    async def _conditional(
-        self,
-        call: Any,
-        written: Mapping[str, Any] | None = None,
-    ) -> WriteOutcome:
-        try:
-            response = await call
-        except ClientError as error:
-            if error_code(error) != "ConditionalCheckFailedException":
-                raise
-            current: Any = error.response.get("Item")
-            return WriteOutcome(applied=False, item=deserialize_item(current) if current else None)
-        item = response.get("Attributes") or written
-        return WriteOutcome(applied=True, item=deserialize_item(item) if item else None)
-
-    async def query(self, task_name: str, sk_prefix: str = "") -> list[Item]:
-        """Every item of the task whose sort key starts with `sk_prefix`, in key order."""
-        ddb = await self._aws.dynamodb()
-        expr = _Expression()
-        condition = f"{expr.name(TABLE_PARTITION_KEY)} = {expr.value(task_name)}"
-        if sk_prefix:
-            condition += f" AND begins_with({expr.name(TABLE_SORT_KEY)}, {expr.value(sk_prefix)})"
-        params: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": condition,
-            "ConsistentRead": True,
-        } | expr.params(None)
         items: list[Item] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "#pk = :pk AND begins_with(#sk, :prefix)",
+            "ExpressionAttributeNames": {"#pk": TABLE_PARTITION_KEY, "#sk": TABLE_SORT_KEY},
+            "ExpressionAttributeValues": {":pk": {"S": task_name}, ":prefix": {"S": prefix}},
+            "ConsistentRead": True,
+        }
         while True:
-            page = await ddb.query(**params)
-            items += [deserialize_item(i) for i in page.get("Items", [])]
-            if "LastEvaluatedKey" not in page:
+            resp = await ddb.query(**kwargs)
+            items += [deserialize_item(i) for i in resp.get("Items", [])]
+            if "LastEvaluatedKey" not in resp:
                 return items
-            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
-    async def transact(self, writes: Sequence[Write]) -> WriteOutcome:
-        """All or nothing (up to 100 writes); a failed condition names which write failed."""
+    async def put(self, item: Mapping[str, Any], condition: str | None = None) -> bool:
+        """Put; False when the condition failed (someone did it already). Nothing is asked
+        back (no ReturnValues): a silo's role may write records but never read one."""
         ddb = await self._aws.dynamodb()
-        try:
-            await ddb.transact_write_items(TransactItems=[self._transact_item(w) for w in writes])
-        except ClientError as error:
-            if error_code(error) != "TransactionCanceledException":
-                raise
-            reasons = error.response.get("CancellationReasons", [])
-            codes = tuple(str(r.get("Code", "None")) for r in reasons)
-            if "ConditionalCheckFailed" not in codes:
-                raise  # a conflict or throttle: retrying is the caller's call
-            return WriteOutcome(applied=False, reasons=codes)
-        return WriteOutcome(applied=True)
+        kwargs: dict[str, Any] = {"TableName": self.table, "Item": serialize_item(item)}
+        if condition:
+            kwargs["ConditionExpression"] = condition
+            if names := condition_names(condition):
+                kwargs["ExpressionAttributeNames"] = names
+        return await self._conditional(ddb.put_item(**kwargs))
 
-    def _transact_item(self, write: Write) -> Any:
-        if isinstance(write, Put):
-            return {"Put": _put_params(self._table, write)}
-        if isinstance(write, Update):
-            return {"Update": _update_params(self._table, write)}
-        return {"ConditionCheck": _check_params(self._table, write)}
+    def update_op(
+        self,
+        task_name: str,
+        sk: str,
+        values: Mapping[str, Any],
+        condition: str | None = None,
+        condition_values: Mapping[str, Any] | None = None,
+        *,
+        add_to_sets: Mapping[str, Collection[str]] | None = None,
+        delete_from_sets: Mapping[str, Collection[str]] | None = None,
+    ) -> dict[str, Any]:
+        """An Update operation (for `update` or a transaction) setting `values`, and adding
+        strings to (or deleting them from) string-set attributes; empty collections are
+        left out (DynamoDB has no empty set). Default condition: the item exists."""
+        names = {f"#a{i}": k for i, k in enumerate(values)}
+        exprs: dict[str, Any] = {f":v{i}": v for i, v in enumerate(values.values())}
+        clauses = []
+        if values:
+            clauses.append("SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(values))))
+        clauses += _set_clauses("ADD", add_to_sets, names, exprs)
+        clauses += _set_clauses("DELETE", delete_from_sets, names, exprs)
+        if not clauses:
+            raise ValueError(f"update of {sk!r} in task {task_name!r} changes nothing")
+        exprs.update(condition_values or {})
+        condition = condition or "attribute_exists(#pk)"
+        names.update(condition_names(condition))
+        return {
+            "TableName": self.table,
+            "Key": item_key(task_name, sk),
+            "UpdateExpression": " ".join(clauses),
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": serialize_item(exprs),
+        }
+
+    async def update(self, op: dict[str, Any]) -> bool:
+        ddb = await self._aws.dynamodb()
+        return await self._conditional(ddb.update_item(**op))
+
+    async def transact(self, ops: list[dict[str, Any]]) -> bool:
+        """All or nothing; False only when a condition failed (the work was done by another
+        try). A transaction cancelled for any other reason (a conflict with a concurrent
+        write, throttling) did nothing: it is tried again, a few times, then raised."""
+        ddb = await self._aws.dynamodb()
+        for attempt in range(TRANSACT_TRIES):
+            try:
+                await ddb.transact_write_items(TransactItems=[{"Update": op} for op in ops])  # type: ignore[typeddict-item]
+            except ClientError as exc:
+                reasons = [str(r.get("Code")) for r in exc.response.get("CancellationReasons", [])]
+                verdict = transaction_failure(error_code(exc), reasons)
+                if verdict == "done":
+                    return False
+                if verdict == "raise" or attempt == TRANSACT_TRIES - 1:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+            else:
+                return True
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    async def _conditional(call: Any) -> bool:
+        try:
+            await call
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from botocore.exceptions import BotoCoreError, ClientError
@@ -16,10 +16,7 @@ from fedasync import logs
 from fedasync.core.errors import FedAsyncError
 from fedasync.core.ledger import Event, parse_ledger
 from fedasync.core.replay import ReplayResult, replay
-from fedasync.resources import StackSpec
-
-if TYPE_CHECKING:
-    from fedasync.ops.taskctl import StackConfig
+from fedasync.deployment import Deployment
 
 events_app = typer.Typer(help="Export a task's event ledger.", no_args_is_help=True)
 out_console = Console()
@@ -51,15 +48,14 @@ StackConfigOpt = Annotated[
 
 
 async def _export(
-    name: str, *, stack: StackConfig, table: str, bucket: str, out: Path, objects: Path | None
+    name: str, *, stack: Deployment, out: Path, objects: Path | None
 ) -> tuple[list[Event], int]:
     from fedasync.aws.session import AwsContext
     from fedasync.ops.events import export_ledger, export_objects, write_ledger
-    from fedasync.server.store import ServerStore, Where
+    from fedasync.server.store import ServerStore
 
-    operator = stack.operator.credentials() if stack.operator is not None else None
-    async with AwsContext(stack.endpoint_url, stack.region, operator) as aws:
-        store = ServerStore(aws, Where(table=table, bucket=bucket, topic_arn=""))
+    async with AwsContext(stack.endpoint_url, stack.region, stack.credentials("operator")) as aws:
+        store = ServerStore(aws, stack)
         events = await export_ledger(store, name)
         write_ledger(events, out)
         copied = await export_objects(store, events, objects) if objects is not None else 0
@@ -96,9 +92,9 @@ def export(
         events, copied = asyncio.run(
             _export(
                 name,
-                stack=stack,
-                table=table or stack.table,
-                bucket=bucket or stack.bucket,
+                stack=stack.model_copy(
+                    update={"table": table or stack.table, "bucket": bucket or stack.bucket}
+                ),
                 out=target,
                 objects=objects,
             )
@@ -111,19 +107,17 @@ def export(
 
 
 async def _fetch_objects(
-    events: list[Event], stack: StackConfig, bucket: str, folder: Path
+    events: list[Event], stack: Deployment, bucket: str, folder: Path
 ) -> None:
     from fedasync.aws.session import AwsContext
     from fedasync.ops.events import export_objects
-    from fedasync.server.store import ServerStore, Where
+    from fedasync.server.store import ServerStore
 
     # as the other operator commands: the operator's keys from the stack config, else the
     # default chain (AWS_PROFILE & co. on AWS)
-    operator = stack.operator.credentials() if stack.operator is not None else None
-    async with AwsContext(stack.endpoint_url, stack.region, operator) as aws:
-        await export_objects(
-            ServerStore(aws, Where(table="", bucket=bucket, topic_arn="")), events, folder
-        )
+    async with AwsContext(stack.endpoint_url, stack.region, stack.credentials("operator")) as aws:
+        place = stack.model_copy(update={"bucket": bucket})
+        await export_objects(ServerStore(aws, place), events, folder)
 
 
 def _print_result(result: ReplayResult) -> None:
@@ -180,10 +174,10 @@ def replay_command(
                     stack_config=stack_config,
                 )
                 task = next((e for e in events if e["kind"] == "task"), {})
-                named = StackSpec(prefix=prefix).bucket_name if prefix else None
+                named = Deployment(prefix=prefix).bucket if prefix else None
                 if stack_config is not None:
                     named = named or stack.bucket
-                source = bucket or named or task.get("bucket") or StackSpec().bucket_name
+                source = bucket or named or task.get("bucket") or Deployment().bucket
                 objects = Path(scratch)
                 asyncio.run(_fetch_objects(events, stack, str(source), objects))
             folder = objects or events_file.parent / "objects"

@@ -28,10 +28,12 @@ from fedasync.core.config import TaskConfig
 from fedasync.core.errors import ConfigError, FedAsyncError
 from fedasync.core.evals import describe_means
 from fedasync.core.initial import check_initial, check_size
+from fedasync.deployment import Deployment
+from fedasync.local.principals import CLIENT_PREFIX
 from fedasync.local.server import LocalMotoServer
 from fedasync.local.stack import EmbeddedStack
 from fedasync.ops import taskctl
-from fedasync.resources import ENV_ENDPOINT_URL, ClientSpec, StackSpec
+from fedasync.resources import ENV_ENDPOINT_URL, ClientSpec
 
 T = TypeVar("T")
 
@@ -68,12 +70,13 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _run(stack: taskctl.StackConfig, work: Callable[[AwsContext], Awaitable[T]]) -> T:
+def _run(stack: Deployment, work: Callable[[AwsContext], Awaitable[T]]) -> T:
     """Run one operation on an `AwsContext`; known failures become `error:` and exit 1."""
 
     async def main() -> T:
-        operator = stack.operator.credentials() if stack.operator is not None else None
-        async with AwsContext(stack.endpoint_url, stack.region, operator) as aws:
+        async with AwsContext(
+            stack.endpoint_url, stack.region, stack.credentials("operator")
+        ) as aws:
             return await work(aws)
 
     try:
@@ -81,7 +84,9 @@ def _run(stack: taskctl.StackConfig, work: Callable[[AwsContext], Awaitable[T]])
     except FedAsyncError as exc:
         raise _fail(exc.message) from exc
     except ClientError as exc:
-        raise _fail(refusal_message(exc, "operator" if stack.operator else None)) from exc
+        raise _fail(
+            refusal_message(exc, "operator" if stack.credentials("operator") else None)
+        ) from exc
     except BotoCoreError as exc:
         where = stack.endpoint_url or f"AWS ({stack.region})"
         raise _fail(f"cannot reach {where}: {exc}") from exc
@@ -89,7 +94,7 @@ def _run(stack: taskctl.StackConfig, work: Callable[[AwsContext], Awaitable[T]])
 
 def _stack(
     endpoint: str | None, prefix: str, region: str | None, stack_config: Path | None
-) -> taskctl.StackConfig:
+) -> Deployment:
     try:
         return taskctl.resolve_stack(
             endpoint_url=endpoint, prefix=prefix, region=region, stack_config=stack_config
@@ -366,7 +371,7 @@ def up_command(
     logs.configure()
     ids = tuple(c.strip() for c in clients.split(",") if c.strip())
     try:
-        spec = StackSpec(
+        spec = Deployment(
             prefix=prefix, region=region, clients=tuple(ClientSpec(client_id=c) for c in ids)
         )
     except ValueError as exc:
@@ -387,14 +392,13 @@ def _port_free(port: int) -> bool:
     return True
 
 
-async def _serve(spec: StackSpec, port: int, stack_json: Path) -> None:
+async def _serve(spec: Deployment, port: int, stack_json: Path) -> None:
     """Moto on the port, the stack on it, the banner on stdout; then wait for a signal."""
     server = LocalMotoServer(port=port)
     url = await asyncio.to_thread(server.start)
     try:
         async with EmbeddedStack(spec, endpoint_url=url) as stack:
-            names = taskctl.StackConfig.from_endpoints(stack.endpoints, spec.prefix)
-            task_yaml = await asyncio.to_thread(_write_files, names, spec, stack_json)
+            task_yaml = await asyncio.to_thread(_write_files, stack.endpoints, stack_json)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -409,16 +413,22 @@ async def _serve(spec: StackSpec, port: int, stack_json: Path) -> None:
     typer.echo("stopped")
 
 
-def _write_files(names: taskctl.StackConfig, spec: StackSpec, stack_json: Path) -> Path:
-    """The stack JSON for `--stack-config`, and an example task config beside it."""
-    stack_json.parent.mkdir(parents=True, exist_ok=True)
-    stack_json.write_text(names.model_dump_json(indent=2, exclude_none=True) + "\n")
+def _write_files(deployment: Deployment, stack_json: Path) -> Path:
+    """The stack JSON for `--stack-config`, and an example task config beside it. Of the
+    keys, only those a user's process signs with: the silos' and the operator's (the
+    server's roles stay inside the stack)."""
+    handed_out = {
+        name: key
+        for name, key in deployment.principals.items()
+        if name == "operator" or name.startswith(CLIENT_PREFIX)
+    }
+    deployment.model_copy(update={"principals": handed_out}).save(stack_json)
     task_yaml = stack_json.parent / "task.yaml"
-    task_yaml.write_text(yaml.safe_dump(_example_task(spec), sort_keys=False))
+    task_yaml.write_text(yaml.safe_dump(_example_task(deployment), sort_keys=False))
     return task_yaml
 
 
-def _example_task(spec: StackSpec) -> dict[str, Any]:
+def _example_task(spec: Deployment) -> dict[str, Any]:
     return {
         "task_name": "digits",
         "mode": "sync",
@@ -429,7 +439,7 @@ def _example_task(spec: StackSpec) -> dict[str, Any]:
 
 
 def _banner(
-    spec: StackSpec, url: str, stack_json: Path, task_yaml: Path, operator: Credentials
+    spec: Deployment, url: str, stack_json: Path, task_yaml: Path, operator: Credentials
 ) -> str:
     # The stack enforces IAM per principal: invented keys are refused. The fedasync CLIs
     # sign with the stack config's keys (each silo's, the operator's); these exports are

@@ -18,12 +18,14 @@ from typing import Any
 import structlog
 from botocore.exceptions import ClientError
 
+from fedasync.aws.executions import execution_arn_for
 from fedasync.aws.session import AwsContext, Credentials
+from fedasync.deployment import Deployment
 from fedasync.local.moto_iam import ACCOUNT, ENV_AUDIT_LOG
 from fedasync.policy import definitions
 from fedasync.policy.asl import required_actions
 from fedasync.policy.definitions import Json, StackArns
-from fedasync.resources import ASL_PATH, StackSpec, shard_topic
+from fedasync.resources import ASL_PATH, shard_topic
 
 log = structlog.get_logger()
 
@@ -37,33 +39,34 @@ def client_principal(client_id: str) -> str:
     return CLIENT_PREFIX + client_id
 
 
-def principal_names(spec: StackSpec) -> tuple[str, ...]:
+def principal_names(spec: Deployment) -> tuple[str, ...]:
     return (*SERVER_PRINCIPALS, *(client_principal(c) for c in spec.client_ids))
 
 
-def user_name(spec: StackSpec, principal: str) -> str:
+def user_name(spec: Deployment, principal: str) -> str:
     return f"{spec.prefix}-{principal.replace(':', '-')}"
 
 
-def stack_arns(spec: StackSpec, stream_arn: str) -> StackArns:
+def stack_arns(spec: Deployment, stream_arn: str) -> StackArns:
     where = f"{spec.region}:{ACCOUNT}"
+    machine = f"arn:aws:states:{where}:stateMachine:{spec.state_machine_name}"
     return StackArns(
-        table=f"arn:aws:dynamodb:{where}:table/{spec.table_name}",
+        table=f"arn:aws:dynamodb:{where}:table/{spec.table}",
         stream=stream_arn,
-        bucket=f"arn:aws:s3:::{spec.bucket_name}",
+        bucket=f"arn:aws:s3:::{spec.bucket}",
         topic=f"arn:aws:sns:{where}:{spec.topic_name}",
         topics=tuple(
             f"arn:aws:sns:{where}:{shard_topic(spec.topic_name, i)}"
             for i in range(spec.topic_shards)
         ),
         control_queue=f"arn:aws:sqs:{where}:{spec.control_queue_name}",
-        aggregate_failures=f"arn:aws:sqs:{where}:{spec.prefix}-aggregate-failures",
-        state_machine=f"arn:aws:states:{where}:stateMachine:{spec.state_machine_name}",
-        executions=f"arn:aws:states:{where}:execution:{spec.state_machine_name}:*",
+        aggregate_failures=f"arn:aws:sqs:{where}:{spec.aggregate_failures_name}",
+        state_machine=machine,
+        executions=execution_arn_for(machine, "*"),
     )
 
 
-def policy_of(principal: str, spec: StackSpec, arns: StackArns) -> list[Json]:
+def policy_of(principal: str, spec: Deployment, arns: StackArns) -> list[Json]:
     """The principal's statements, from the definition the CDK stack uses."""
     if principal.startswith(CLIENT_PREFIX):
         client_id = principal.removeprefix(CLIENT_PREFIX)
@@ -112,7 +115,7 @@ def enforceable(statements: list[Json]) -> list[Json]:
 
 
 async def create_principals(
-    aws: AwsContext, spec: StackSpec, arns: StackArns
+    aws: AwsContext, spec: Deployment, arns: StackArns
 ) -> dict[str, Credentials]:
     """A user, its policy and a fresh access key per principal (a re-provision replaces
     the older keys)."""
@@ -140,7 +143,7 @@ async def create_principals(
     return out
 
 
-def _announce(spec: StackSpec, principals: dict[str, Credentials]) -> None:
+def _announce(spec: Deployment, principals: dict[str, Credentials]) -> None:
     """Tell the call audit whose key is whose (key ids only; never a secret)."""
     path = os.environ.get(ENV_AUDIT_LOG)
     if not path:

@@ -7,30 +7,21 @@ from typing import TYPE_CHECKING
 
 import structlog
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict
 
-from fedasync.aws.session import AwsContext, Credentials
+from fedasync.aws.session import AwsContext
+from fedasync.deployment import Deployment
 from fedasync.local.principals import create_principals, stack_arns
 from fedasync.resources import (
     ASL_PATH,
     CONTROL_VISIBILITY_S,
-    ENV_BUCKET,
-    ENV_CONTROL_QUEUE_URL,
-    ENV_ENDPOINT_URL,
-    ENV_REGION,
-    ENV_TABLE,
-    ENV_TOPIC_ARN,
-    ENV_TOPIC_SHARDS,
     TABLE_PARTITION_KEY,
     TABLE_SORT_KEY,
     TTL_ATTRIBUTE,
-    StackSpec,
     notice_filter_policy,
     shard_topic,
     substitute_asl,
     topic_shard,
 )
-from fedasync.server.store import Where
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
@@ -48,60 +39,15 @@ DLQ_RETENTION_S = 14 * 24 * 3600
 _LOCAL_ROLE_ARN = "arn:aws:iam::123456789012:role/{prefix}-state-machine"
 
 
-class StackEndpoints(BaseModel):
-    """Where each resource of one deployment lives; what handlers and clients need."""
-
-    model_config = ConfigDict(frozen=True)
-
-    endpoint_url: str | None
-    region: str
-    bucket: str
-    table: str
-    stream_arn: str
-    topic_arn: str  # shard 0's; shard i's is `shard_topic(topic_arn, i)`
-    topic_shards: int = 1
-    control_queue_url: str
-    control_dlq_url: str
-    aggregate_failures_url: str  # on-failure destination of the stream mapping
-    client_queue_urls: dict[str, str]
-    client_dlq_urls: dict[str, str]
-    state_machine_arn: str
-    # principal name (`client:<id>`, `aggregate`, ...) -> its own access key
-    principals: dict[str, Credentials] = {}
-
-    def where(self) -> Where:
-        """What the server's store needs of this deployment (the handlers read the same
-        from `handler_env`)."""
-        return Where(
-            table=self.table,
-            bucket=self.bucket,
-            topic_arn=self.topic_arn,
-            topic_shards=self.topic_shards,
-        )
-
-    def handler_env(self) -> dict[str, str]:
-        """The environment the server handlers read (CDK sets the same on each Lambda)."""
-        env = {
-            ENV_TABLE: self.table,
-            ENV_BUCKET: self.bucket,
-            ENV_TOPIC_ARN: self.topic_arn,
-            ENV_TOPIC_SHARDS: str(self.topic_shards),
-            ENV_CONTROL_QUEUE_URL: self.control_queue_url,
-            ENV_REGION: self.region,
-        }
-        if self.endpoint_url is not None:
-            env[ENV_ENDPOINT_URL] = self.endpoint_url
-        return env
-
-
-async def provision(aws: AwsContext, spec: StackSpec) -> StackEndpoints:
-    """Create every resource of `spec`; running it again finds and reuses them."""
+async def provision(aws: AwsContext, spec: Deployment) -> Deployment:
+    """Create every resource of `spec`; running it again finds and reuses them. Returns
+    `spec` with what only the running stack knows (ARNs, URLs, the principals' keys)."""
     bucket = await _bucket(aws, spec)
     table, stream_arn = await _table(aws, spec)
     sqs = await aws.sqs()
     control_dlq = await _queue(sqs, spec.control_dlq_name, retention_s=DLQ_RETENTION_S)
     control = await _queue(sqs, spec.control_queue_name, CONTROL_VISIBILITY_S, control_dlq)
-    failures = await _queue(sqs, f"{spec.prefix}-aggregate-failures", retention_s=DLQ_RETENTION_S)
+    failures = await _queue(sqs, spec.aggregate_failures_name, retention_s=DLQ_RETENTION_S)
     shards = spec.topic_shards
     sns = await aws.sns()
     topics = [
@@ -121,47 +67,49 @@ async def provision(aws: AwsContext, spec: StackSpec) -> StackEndpoints:
         await _subscribe(aws, topics, subscribed, client_urls[client_id], client_id)
     machine_arn = await _state_machine(aws, spec, table, control)
     principals = await create_principals(aws, spec, stack_arns(spec, stream_arn))
-    endpoints = StackEndpoints(
-        endpoint_url=aws.endpoint_url,
-        region=aws.region,
-        bucket=bucket,
-        table=table,
-        stream_arn=stream_arn,
-        topic_arn=topics[0],
-        topic_shards=shards,
-        control_queue_url=control,
-        control_dlq_url=control_dlq,
-        aggregate_failures_url=failures,
-        client_queue_urls=client_urls,
-        client_dlq_urls=dlq_urls,
-        state_machine_arn=machine_arn,
-        principals=principals,
+    endpoints = spec.model_copy(
+        update=dict(
+            endpoint_url=aws.endpoint_url,
+            region=aws.region,
+            bucket=bucket,
+            table=table,
+            stream_arn=stream_arn,
+            topic_arn=topics[0],
+            topic_shards=shards,
+            control_queue_url=control,
+            control_dlq_url=control_dlq,
+            aggregate_failures_url=failures,
+            client_queue_urls=client_urls,
+            client_dlq_urls=dlq_urls,
+            state_machine_arn=machine_arn,
+            principals=principals,
+        )
     )
     log.info("stack.provisioned", prefix=spec.prefix, clients=len(spec.clients))
     return endpoints
 
 
-async def _bucket(aws: AwsContext, spec: StackSpec) -> str:
+async def _bucket(aws: AwsContext, spec: Deployment) -> str:
     s3 = await aws.s3()
     try:
         if aws.region == "us-east-1":  # us-east-1 rejects an explicit LocationConstraint
-            await s3.create_bucket(Bucket=spec.bucket_name)
+            await s3.create_bucket(Bucket=spec.bucket)
         else:
             await s3.create_bucket(
-                Bucket=spec.bucket_name,
+                Bucket=spec.bucket,
                 CreateBucketConfiguration={"LocationConstraint": aws.region},  # type: ignore[typeddict-item]
             )
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
             raise
-    return spec.bucket_name
+    return spec.bucket
 
 
-async def _table(aws: AwsContext, spec: StackSpec) -> tuple[str, str]:
+async def _table(aws: AwsContext, spec: Deployment) -> tuple[str, str]:
     ddb = await aws.dynamodb()
     try:
         await ddb.create_table(
-            TableName=spec.table_name,
+            TableName=spec.table,
             KeySchema=[
                 {"AttributeName": TABLE_PARTITION_KEY, "KeyType": "HASH"},
                 {"AttributeName": TABLE_SORT_KEY, "KeyType": "RANGE"},
@@ -176,14 +124,14 @@ async def _table(aws: AwsContext, spec: StackSpec) -> tuple[str, str]:
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") != "ResourceInUseException":
             raise
-    ttl = await ddb.describe_time_to_live(TableName=spec.table_name)
+    ttl = await ddb.describe_time_to_live(TableName=spec.table)
     if ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus") != "ENABLED":
         await ddb.update_time_to_live(
-            TableName=spec.table_name,
+            TableName=spec.table,
             TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
         )
-    described = await ddb.describe_table(TableName=spec.table_name)
-    return spec.table_name, described["Table"]["LatestStreamArn"]
+    described = await ddb.describe_table(TableName=spec.table)
+    return spec.table, described["Table"]["LatestStreamArn"]
 
 
 async def _queue_arn(sqs: SQSClient, url: str) -> str:
@@ -260,7 +208,7 @@ async def _subscribe(
     subscribed[own][queue_arn] = response["SubscriptionArn"]
 
 
-async def _state_machine(aws: AwsContext, spec: StackSpec, table: str, control_url: str) -> str:
+async def _state_machine(aws: AwsContext, spec: Deployment, table: str, control_url: str) -> str:
     sfn = await aws.sfn()
     definition = substitute_asl(
         ASL_PATH.read_text(), {"TableName": table, "ControlQueueUrl": control_url}

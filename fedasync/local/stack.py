@@ -16,17 +16,13 @@ from typing import Any, Self, cast
 import structlog
 
 from fedasync.aws.session import AwsContext, Credentials
+from fedasync.deployment import Deployment
 from fedasync.limits import FunctionLimits, limits_for
 from fedasync.local.events import EventLog
-from fedasync.local.provision import StackEndpoints, provision
+from fedasync.local.provision import provision
 from fedasync.local.pumps import Handler, PumpOptions, QueuePump, StreamPump
 from fedasync.local.server import LocalMotoServer
-from fedasync.resources import (
-    AGGREGATE_HANDLER,
-    AGGREGATE_STREAM_FILTER,
-    CONTROL_HANDLER,
-    StackSpec,
-)
+from fedasync.resources import AGGREGATE_HANDLER, AGGREGATE_STREAM_FILTER, CONTROL_HANDLER
 
 log = structlog.get_logger()
 
@@ -53,7 +49,7 @@ class EmbeddedStack:
 
     def __init__(
         self,
-        spec: StackSpec | None = None,
+        spec: Deployment | None = None,
         *,
         endpoint_url: str | None = None,
         aggregate_handler: Handler | str | None = AGGREGATE_HANDLER,
@@ -64,7 +60,7 @@ class EmbeddedStack:
         admin_credentials: Credentials | None = None,
         function_limits: Mapping[str, FunctionLimits] | None = None,
     ) -> None:
-        self.spec = spec or StackSpec()
+        self.spec = spec or Deployment()
         self._endpoint_url = endpoint_url
         self._handlers = {"aggregate": aggregate_handler, "control": control_handler}
         self._options = pump_options or PumpOptions()
@@ -79,7 +75,7 @@ class EmbeddedStack:
         self._saved_env: dict[str, str | None] = {}
         self.stream_pump: StreamPump | None = None
         self.control_pump: QueuePump | None = None
-        self._endpoints: StackEndpoints | None = None
+        self._endpoints: Deployment | None = None
         self._principal_aws: dict[str, AwsContext] = {}
         self._enforce_iam = enforce_iam
         # the stack's own identity (provisioning): the server's admin when it is ours
@@ -87,7 +83,7 @@ class EmbeddedStack:
         self.aws = AwsContext(endpoint_url, self.spec.region, admin_credentials)
 
     @property
-    def endpoints(self) -> StackEndpoints:
+    def endpoints(self) -> Deployment:
         if self._endpoints is None:
             raise RuntimeError("the embedded stack is not running; use `async with`")
         return self._endpoints
@@ -125,7 +121,7 @@ class EmbeddedStack:
         if aggregate is not None:
             self.stream_pump = StreamPump(
                 self._as("aggregate"),
-                self._endpoints.stream_arn,
+                self._endpoints.require("stream_arn"),
                 load_handler(aggregate),
                 options=self._options,
                 event_log=self.event_log,
@@ -137,7 +133,7 @@ class EmbeddedStack:
         if control is not None:
             self.control_pump = QueuePump(
                 self._as("control"),
-                self._endpoints.control_queue_url,
+                self._endpoints.require("control_queue_url"),
                 load_handler(control),
                 options=replace(self._options, batch_size=CONTROL_BATCH_SIZE),
                 event_log=self.event_log,
@@ -192,7 +188,7 @@ class EmbeddedStack:
         # As Lambda's on-failure destination does: the batch's coordinates, not its records
         sqs = await self.aws.sqs()
         await sqs.send_message(
-            QueueUrl=self.endpoints.aggregate_failures_url, MessageBody=json.dumps(info)
+            QueueUrl=self.endpoints.require("aggregate_failures_url"), MessageBody=json.dumps(info)
         )
 
     def _export_env(self, env: dict[str, str]) -> None:

@@ -22,15 +22,17 @@ from client.data import Dataset
 from client.run import run_client
 from client.trainers import get_trainer
 from client.trainers.base import Trainer
+from fedasync.aws.executions import SfnExecutions
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.replay import replay
+from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
 from fedasync.ops.demo_silos import StragglerTrainer, client_config, demo_data, silo_trainer
 from fedasync.ops.events import export_ledger, export_objects, folder_loader, write_ledger
 from fedasync.ops.live import LiveView
 from fedasync.ops.report import write_report
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
 
@@ -141,15 +143,17 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
     events_path = out / "events.jsonl"
     deliveries_path = out / "deliveries.jsonl"
     deliveries_path.unlink(missing_ok=True)
-    spec = StackSpec(clients=tuple(ClientSpec(client_id=c) for c in cfg.clients))
+    spec = Deployment(clients=tuple(ClientSpec(client_id=c) for c in cfg.clients))
     trainer = get_trainer(opts.trainer)
     # the data is ready before the clock starts: loading it is not the federation's time
     silos, test = await asyncio.to_thread(demo_data, opts)
     async with EmbeddedStack(spec, event_log_path=deliveries_path) as stack:
         e = stack.endpoints
-        store = ServerStore(stack.aws, e.where())
+        store = ServerStore(stack.aws, e)
         t0, t0_wall = time.monotonic(), time.time()
-        arn = await start_task(store, e.state_machine_arn, cfg, trainer.init_weights(opts.seed))
+        arn = await start_task(
+            store, e.require("state_machine_arn"), cfg, trainer.init_weights(opts.seed)
+        )
         done = asyncio.Event()
         evaluator = asyncio.create_task(
             _evaluate_versions(store, cfg=cfg, trainer=trainer, test=test, t0=t0, done=done)
@@ -224,12 +228,12 @@ def _self_check(ledger: list[dict[str, Any]], objects: Path) -> dict[str, Any]:
 
 
 async def _wait_execution(stack: EmbeddedStack, arn: str, timeout_s: float = 300) -> dict[str, Any]:
-    sfn = await stack.aws.sfn()
+    executions = SfnExecutions(stack.aws)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        desc = await sfn.describe_execution(executionArn=arn)
-        if desc["status"] != "RUNNING":
-            return {"status": desc["status"], "cause": desc.get("cause")}
+        desc = await executions.describe(arn)
+        if not desc.running:
+            return {"status": desc.status, "cause": desc.cause}
         await asyncio.sleep(0.1)
     return {"status": "RUNNING", "cause": f"still running after {timeout_s} s"}
 

@@ -100,11 +100,7 @@ def client_config(opts: DemoOptions, cfg: TaskConfig, e: Any, index: int) -> Cli
     return ClientConfig(
         task_name=cfg.task_name,
         client_id=client_id,
-        endpoint_url=e.endpoint_url,
-        region=e.region,
-        queue_url=e.client_queue_urls[client_id],
-        bucket=e.bucket,
-        table=e.table,
+        deployment=e.model_copy(update={"principals": {}}),  # the silo's own key only:
         **_client_keys(e, client_id),
         heartbeat_interval_s=5.0,
         visibility_timeout_s=60,

@@ -1,7 +1,7 @@
 """Operator commands on a running deployment: start, inspect and stop a task.
 
-The same code reaches the embedded stack and AWS; only `StackConfig.endpoint_url` and
-the credentials differ. Resource names come from `StackSpec(prefix)` (what the embedded
+The same code reaches the embedded stack and AWS; only `Deployment.endpoint_url` and
+the credentials differ. Resource names come from `Deployment(prefix)` (what the embedded
 stack creates) unless a stack config JSON names them (a CDK deployment, whose bucket
 CloudFormation names; `fedasync local up` writes one too). The state machine is found
 by name with `ListStateMachines` when the JSON does not give its ARN.
@@ -26,26 +26,25 @@ Stopping (`stop`):
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 import structlog
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict, Field
 
-from fedasync.aws.session import AwsContext, Credentials, error_code
+from fedasync.aws.executions import SfnExecutions
+from fedasync.aws.notices import find_topics
+from fedasync.aws.queues import SqsQueues
+from fedasync.aws.session import AwsContext
 from fedasync.core import keys
 from fedasync.core.codec import Array
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import ConfigError, RegistryError, TaskNotFoundError
 from fedasync.core.evals import eval_means
-from fedasync.local.provision import StackEndpoints
-from fedasync.resources import StackSpec
+from fedasync.deployment import Deployment
 from fedasync.server.finish import finish_task
-from fedasync.server.store import ServerStore, Where
+from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 from fedasync.server.tasks import (
     attempt_execution_name,
@@ -60,166 +59,40 @@ STOPPED_REASON = "stopped"
 _POLL_S = 0.2
 
 
-class PrincipalKeys(BaseModel):
-    """One principal's own access key (the embedded stack gives each principal one)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    aws_access_key_id: str
-    aws_secret_access_key: str = Field(repr=False)
-
-    def credentials(self) -> Credentials:
-        return Credentials(self.aws_access_key_id, self.aws_secret_access_key)
-
-
-class ClientAccess(PrincipalKeys):
-    queue_url: str
-
-
-class StackConfig(BaseModel):
-    """Where one deployment's resources are (the JSON `--stack-config` reads and writes)."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    endpoint_url: str | None = None
-    region: str = "us-east-1"
-    prefix: str = "fedasync"
-    table: str
-    bucket: str
-    topic_arn: str | None = None  # shard 0's
-    topic_shards: int | None = Field(default=None, ge=1)
-    state_machine_arn: str | None = None
-    state_machine_name: str | None = None
-    client_queue_urls: dict[str, str] = Field(default_factory=dict)
-    # what `local up` writes: each silo's queue and key, the operator's key
-    clients: dict[str, ClientAccess] = Field(default_factory=dict)
-    operator: PrincipalKeys | None = None
-
-    @classmethod
-    def from_prefix(cls, prefix: str, endpoint_url: str | None, region: str) -> StackConfig:
-        spec = StackSpec(prefix=prefix, region=region)
-        return cls(
-            endpoint_url=endpoint_url,
-            region=region,
-            prefix=prefix,
-            table=spec.table_name,
-            bucket=spec.bucket_name,
-            state_machine_name=spec.state_machine_name,
-        )
-
-    @classmethod
-    def from_endpoints(cls, endpoints: StackEndpoints, prefix: str) -> StackConfig:
-        """What `fedasync local up` writes: the embedded stack's resolved names."""
-        return cls(
-            endpoint_url=endpoints.endpoint_url,
-            region=endpoints.region,
-            prefix=prefix,
-            table=endpoints.table,
-            bucket=endpoints.bucket,
-            topic_arn=endpoints.topic_arn,
-            topic_shards=endpoints.topic_shards,
-            state_machine_arn=endpoints.state_machine_arn,
-            client_queue_urls=endpoints.client_queue_urls,
-            clients={
-                client_id: ClientAccess(
-                    queue_url=url, **_keys(endpoints.principals.get(f"client:{client_id}"))
-                )
-                for client_id, url in endpoints.client_queue_urls.items()
-                if f"client:{client_id}" in endpoints.principals
-            },
-            operator=(
-                PrincipalKeys(**_keys(endpoints.principals["operator"]))
-                if "operator" in endpoints.principals
-                else None
-            ),
-        )
-
-    @classmethod
-    def load(cls, path: Path, endpoint_url: str | None, region: str | None) -> StackConfig:
-        """Read a stack JSON; an explicit endpoint or region overrides the file's."""
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"stack config {str(path)!r} is unreadable: {exc}") from exc
-        if isinstance(data, dict):
-            data = _from_cdk_outputs(data)
-        if endpoint_url is not None:
-            data["endpoint_url"] = endpoint_url
-        if region is not None:
-            data["region"] = region
-        try:
-            return cls.model_validate(data)
-        except ValueError as exc:
-            raise ConfigError(f"stack config {str(path)!r} is invalid: {exc}") from exc
-
-
-def _keys(credentials: Credentials | None) -> dict[str, str]:
-    if credentials is None:
-        return {}
-    return {
-        "aws_access_key_id": credentials.access_key_id,
-        "aws_secret_access_key": credentials.secret_access_key,
-    }
-
-
-def _from_cdk_outputs(data: dict[str, Any]) -> dict[str, Any]:
-    """Accept `cdk deploy --outputs-file` as it is: {StackName: {TableName, BucketName, ...}}."""
-    stacks = [v for v in data.values() if isinstance(v, dict) and "TableName" in v]
-    if "table" in data or len(stacks) != 1:
-        return data
-    out = stacks[0]
-    return {
-        "region": out.get("Region", "us-east-1"),
-        "table": out["TableName"],
-        "bucket": out.get("BucketName"),
-        "topic_arn": out.get("TopicArn"),
-        "topic_shards": out.get("TopicShards"),
-        "state_machine_arn": out.get("StateMachineArn"),
-    }
-
-
 def resolve_stack(
     *, endpoint_url: str | None, prefix: str, region: str | None, stack_config: Path | None
-) -> StackConfig:
+) -> Deployment:
     """Names from the stack JSON if given, else derived from the prefix."""
     if stack_config is not None:
-        return StackConfig.load(stack_config, endpoint_url, region)
-    return StackConfig.from_prefix(prefix, endpoint_url, region or "us-east-1")
+        return Deployment.load(stack_config, endpoint_url, region)
+    return Deployment(prefix=prefix, endpoint_url=endpoint_url, region=region or "us-east-1")
 
 
-def _store(aws: AwsContext, stack: StackConfig) -> ServerStore:
+def _store(aws: AwsContext, stack: Deployment) -> ServerStore:
     # the topic is only needed by finish_task (final notice); look it up lazily below
-    return ServerStore(aws, Where(table=stack.table, bucket=stack.bucket, topic_arn=""))
+    return ServerStore(aws, stack)
 
 
-async def _state_machine_arn(aws: AwsContext, stack: StackConfig) -> str:
+async def _state_machine_arn(aws: AwsContext, stack: Deployment) -> str:
     if stack.state_machine_arn:
         return stack.state_machine_arn
-    name = stack.state_machine_name or StackSpec(prefix=stack.prefix).state_machine_name
-    sfn = await aws.sfn()
-    async for page in sfn.get_paginator("list_state_machines").paginate():
-        for machine in page["stateMachines"]:
-            if machine["name"] == name:
-                return machine["stateMachineArn"]
+    name = stack.state_machine_name
+    found = await SfnExecutions(aws).find_state_machine(name)
+    if found is not None:
+        return found
     raise ConfigError(
         f"no state machine named {name!r} at {stack.endpoint_url or 'AWS'} "
         f"(region {stack.region}); is the stack with prefix {stack.prefix!r} up?"
     )
 
 
-async def _topics(aws: AwsContext, stack: StackConfig) -> tuple[str, int]:
+async def _topics(aws: AwsContext, stack: Deployment) -> tuple[str, int]:
     """Shard 0's topic ARN and the number of shards: from the stack config, else found
     among the account's topics by name (`{prefix}-global-model-ready` and its `-{i}`)."""
-    if stack.topic_arn and stack.topic_shards:
+    if stack.topic_arn and "topic_shards" in stack.model_fields_set:
         return stack.topic_arn, stack.topic_shards
-    name = StackSpec(prefix=stack.prefix).topic_name
-    shard_of = re.compile(rf"^{re.escape(name)}(?:-([1-9][0-9]*))?$")
-    found: dict[int, str] = {}
-    async for page in (await aws.sns()).get_paginator("list_topics").paginate():
-        for topic in page.get("Topics", []):
-            match = shard_of.match(topic["TopicArn"].rsplit(":", 1)[-1])
-            if match:
-                found[int(match.group(1) or 0)] = topic["TopicArn"]
+    name = stack.topic_name
+    found = await find_topics(aws, name)
     if 0 not in found:
         raise ConfigError(
             f"no topic named {name!r} at {stack.endpoint_url or 'AWS'} "
@@ -228,7 +101,7 @@ async def _topics(aws: AwsContext, stack: StackConfig) -> tuple[str, int]:
     return stack.topic_arn or found[0], max(found) + 1
 
 
-async def _execution_arn(aws: AwsContext, stack: StackConfig, item: dict[str, Any]) -> str:
+async def _execution_arn(aws: AwsContext, stack: Deployment, item: dict[str, Any]) -> str:
     """The execution of the task's current attempt: the one the TASK item records, unless a
     resume has started a newer attempt that has not recorded itself yet."""
     recorded = str(item.get("execution_arn") or "")
@@ -249,34 +122,23 @@ async def _task(store: ServerStore, task_name: str) -> tuple[dict[str, Any], Tas
     return item, TaskView.from_item(task_name, item)
 
 
-# How SQS says a queue does not exist (query and JSON protocols spell it differently)
-_NO_QUEUE_CODES = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
-
-
-async def clients_without_queue(aws: AwsContext, stack: StackConfig, cfg: TaskConfig) -> list[str]:
+async def clients_without_queue(aws: AwsContext, stack: Deployment, cfg: TaskConfig) -> list[str]:
     """The task's clients that have no queue in the deployed stack (their notices would go
     nowhere, and their rounds could never fill): from the stack config's queue list when it
     has one, else by asking SQS for each client's queue by name."""
     if stack.client_queue_urls:
         return [c for c in cfg.clients if c not in stack.client_queue_urls]
-    spec = StackSpec(prefix=stack.prefix, region=stack.region)
-    sqs = await aws.sqs()
+    queues = SqsQueues(aws)
 
     async def missing(client_id: str) -> bool:
-        try:
-            await sqs.get_queue_url(QueueName=spec.client_queue_name(client_id))
-        except ClientError as exc:
-            if error_code(exc) not in _NO_QUEUE_CODES:
-                raise
-            return True
-        return False
+        return await queues.url_of(stack.client_queue_name(client_id)) is None
 
     found = await asyncio.gather(*(missing(c) for c in cfg.clients))
     return [c for c, gone in zip(cfg.clients, found, strict=True) if gone]
 
 
 async def start(
-    aws: AwsContext, stack: StackConfig, cfg: TaskConfig, initial: dict[str, Array]
+    aws: AwsContext, stack: Deployment, cfg: TaskConfig, initial: dict[str, Array]
 ) -> dict[str, Any]:
     """Create the task and start its execution; the same config again returns the same ARN.
     Refused (`ConfigError`, nothing created) if a client of the task has no queue."""
@@ -293,7 +155,7 @@ async def start(
     return {"task_name": cfg.task_name, "mode": cfg.mode, "execution_arn": arn}
 
 
-async def resume(aws: AwsContext, stack: StackConfig, task_name: str) -> dict[str, Any]:
+async def resume(aws: AwsContext, stack: Deployment, task_name: str) -> dict[str, Any]:
     """Start the task's next attempt (see `fedasync.server.tasks.resume_task`)."""
     out = await resume_task(_store(aws, stack), await _state_machine_arn(aws, stack), task_name)
     log.info("task.resumed", task_name=task_name, attempt=out["attempt"])
@@ -301,18 +163,17 @@ async def resume(aws: AwsContext, stack: StackConfig, task_name: str) -> dict[st
 
 
 async def _execution(aws: AwsContext, arn: str) -> dict[str, Any]:
-    sfn = await aws.sfn()
     try:
-        desc = await sfn.describe_execution(executionArn=arn)
+        desc = await SfnExecutions(aws).describe(arn)
     except ClientError as exc:
         return {"arn": arn, "status": "UNKNOWN", "error": str(exc)}
     return {
         "arn": arn,
-        "status": desc["status"],
-        "started": desc["startDate"].isoformat(),
-        "stopped": desc["stopDate"].isoformat() if desc.get("stopDate") else None,
-        "error": desc.get("error"),
-        "cause": desc.get("cause"),
+        "status": desc.status,
+        "started": desc.started.isoformat() if desc.started else None,
+        "stopped": desc.stopped.isoformat() if desc.stopped else None,
+        "error": desc.error,
+        "cause": desc.cause,
     }
 
 
@@ -359,7 +220,7 @@ def _clients(cfg: TaskConfig, beats: list[dict[str, Any]], now: float) -> dict[s
 
 
 async def status(
-    aws: AwsContext, stack: StackConfig, task_name: str, *, now: float | None = None
+    aws: AwsContext, stack: Deployment, task_name: str, *, now: float | None = None
 ) -> dict[str, Any]:
     """Mode, version/round, alive clients, update verdicts and the execution, as data."""
     store = _store(aws, stack)
@@ -424,7 +285,7 @@ async def _wait_execution(aws: AwsContext, arn: str, wait_s: float) -> dict[str,
 
 
 async def stop(
-    aws: AwsContext, stack: StackConfig, task_name: str, *, wait_s: float = 30.0
+    aws: AwsContext, stack: Deployment, task_name: str, *, wait_s: float = 30.0
 ) -> dict[str, Any]:
     """End the task with its current global model as final (see the module docstring).
 
@@ -433,7 +294,7 @@ async def stop(
     task whose execution has ended reports how it ended.
     """
     topic_arn, shards = await _topics(aws, stack)
-    where = Where(table=stack.table, bucket=stack.bucket, topic_arn=topic_arn, topic_shards=shards)
+    where = stack.model_copy(update={"topic_arn": topic_arn, "topic_shards": shards})
     store = ServerStore(aws, where)
     item, view = await _task(store, task_name)
     arn = await _execution_arn(aws, stack, item)
@@ -495,12 +356,7 @@ async def _abort(
         condition_values={":starting": "STARTING", ":running": "RUNNING"},
     )
     await store.update(op)
-    sfn = await aws.sfn()
-    try:
-        await sfn.stop_execution(executionArn=arn, error="Stopped", cause=cause)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "ExecutionDoesNotExist":
-            raise
+    await SfnExecutions(aws).stop(arn, error="Stopped", cause=cause)
     if token is not None:
         await store.send_success(token, {"stopped": True, "cause": cause})
 
@@ -517,4 +373,4 @@ def _ended(item: dict[str, Any], view: TaskView) -> dict[str, Any]:
     }
 
 
-__all__ = ["StackConfig", "TaskNotFoundError", "resolve_stack", "start", "status", "stop"]
+__all__ = ["Deployment", "TaskNotFoundError", "resolve_stack", "start", "status", "stop"]

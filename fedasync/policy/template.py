@@ -2,8 +2,8 @@
 
 A `Resolver` turns the intrinsics the template's policies use (`Ref`, `Fn::GetAtt` Arn /
 StreamArn, `Fn::Join`, `Fn::Sub` without variables maps) into concrete ARNs, naming each
-resource as the embedded stack names it (`fedasync.resources.StackSpec`): a table or a
-queue by its physical name, the models bucket by `spec.bucket_name` (CloudFormation
+resource as the embedded stack names it (`fedasync.resources.Deployment`): a table or a
+queue by its physical name, the models bucket by `spec.bucket` (CloudFormation
 would pick one on AWS), a stream ARN as `.../stream/*` (its label is a deploy-time date).
 
 Principals are named as the call audit names them:
@@ -17,8 +17,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from fedasync.deployment import Deployment
 from fedasync.policy.evaluate import Statement
-from fedasync.resources import StackSpec
 
 ACCOUNT = "123456789012"  # moto's default account, and the embedded stack's
 CLIENT_PREFIX = "client:"
@@ -33,7 +33,7 @@ class Resolver:
     def __init__(
         self,
         template: Mapping[str, Any],
-        spec: StackSpec,
+        spec: Deployment,
         account: str = ACCOUNT,
         parameters: Mapping[str, Any] | None = None,
     ) -> None:
@@ -58,7 +58,7 @@ class Resolver:
 
     def bucket_name(self, logical_id: str) -> str:
         if "VersioningConfiguration" in self._props(logical_id):
-            return self.spec.bucket_name  # the models bucket
+            return self.spec.bucket  # the models bucket
         return f"{self.spec.prefix}-{logical_id.lower()}"
 
     def arn(self, logical_id: str) -> str:
@@ -144,7 +144,7 @@ def _documents_of(template: Mapping[str, Any], role_id: str) -> list[Mapping[str
     return documents
 
 
-def principal_roles(template: Mapping[str, Any], spec: StackSpec) -> dict[str, str]:
+def principal_roles(template: Mapping[str, Any], spec: Deployment) -> dict[str, str]:
     """Principal name -> the logical id of the role it runs as."""
     resources = template["Resources"]
     roles: dict[str, str] = {}
@@ -165,7 +165,7 @@ def principal_roles(template: Mapping[str, Any], spec: StackSpec) -> dict[str, s
 
 def principal_statements(
     template: Mapping[str, Any],
-    spec: StackSpec,
+    spec: Deployment,
     account: str = ACCOUNT,
     nested: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, tuple[Statement, ...]]:
@@ -195,7 +195,7 @@ def principal_statements(
 
 
 def _role_statements(
-    template: Mapping[str, Any], spec: StackSpec, resolver: Resolver
+    template: Mapping[str, Any], spec: Deployment, resolver: Resolver
 ) -> dict[str, tuple[Statement, ...]]:
     return {
         principal: tuple(

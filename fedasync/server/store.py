@@ -11,7 +11,6 @@ import json
 import re
 from collections import deque
 from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -22,6 +21,7 @@ from fedasync.aws.session import AwsContext, error_code, object_missing
 from fedasync.core.errors import MissingObjectError, PayloadTooLargeError, RegistryError
 from fedasync.core.keys import TASK_SK
 from fedasync.core.messages import GlobalModelNotice
+from fedasync.deployment import Deployment as Where  # the one model of where a stack lives
 from fedasync.resources import (
     NOTICE_FILTER_ATTRIBUTE,
     TABLE_PARTITION_KEY,
@@ -71,16 +71,6 @@ class ExecutionNotFoundError(RegistryError):
     """The execution a task records is not one Step Functions knows."""
 
     reason = "no_execution"
-
-
-@dataclass(frozen=True)
-class Where:
-    """The deployment's resource names (from the handler environment)."""
-
-    table: str
-    bucket: str
-    topic_arn: str  # shard 0's; the others are `shard_topic(topic_arn, i)`
-    topic_shards: int = 1
 
 
 class ServerStore:

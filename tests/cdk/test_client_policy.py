@@ -18,11 +18,12 @@ from client.ports import AwsClientPorts  # noqa: E402
 from fedasync.aws.session import AwsContext  # noqa: E402
 from fedasync.core.keys import final_key, global_key, local_key  # noqa: E402
 from fedasync.core.messages import Heartbeat, UpdateRecord  # noqa: E402
+from fedasync.deployment import Deployment  # noqa: E402  # noqa: E402
 from fedasync.local.provision import provision  # noqa: E402
 from fedasync.local.server import LocalMotoServer  # noqa: E402
 from fedasync.policy.evaluate import Request, Statement, could_allow, evaluate  # noqa: E402
 from fedasync.policy.template import ACCOUNT, Resolver, principal_statements  # noqa: E402
-from fedasync.resources import ClientSpec, StackSpec  # noqa: E402
+from fedasync.resources import ClientSpec  # noqa: E402
 from infra.client_access import CLIENT_ITEM_ATTRIBUTES  # noqa: E402
 from tests.cdk.client_calls import CallRecorder, Resources, iam_requests  # noqa: E402
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.cdk
 
 TASK = "digits"
 CLIENTS = ("hospital-a", "bank-b", "datacentre-c")
-SPEC = StackSpec(clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
+SPEC = Deployment(clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
 REGION = SPEC.region
 
 
@@ -238,7 +239,7 @@ def test_each_role_is_assumable_by_its_configured_principal(
 
 # --- the calls a silo really makes ------------------------------------------------------
 
-# Every operation the silo's ports use (client/ports.py, client/transfer.py,
+# Every operation the silo's ports use (client/ports.py, fedasync/aws/objects.py and transfer.py,
 # fedasync/aws/records.py, fedasync/aws/queues.py); the run below must make each one.
 SILO_OPERATIONS = {
     "sqs:GetQueueUrl",
@@ -313,7 +314,7 @@ async def test_every_call_a_silo_makes_is_one_its_role_allows(
     tmp_path: Path,
 ) -> None:
     # GIVEN a local stack for hospital-a and its real ports, with every call recorded
-    spec = StackSpec(prefix=prefix, clients=(ClientSpec(client_id="hospital-a"),))
+    spec = Deployment(prefix=prefix, clients=(ClientSpec(client_id="hospital-a"),))
     cfg = ClientConfig(
         task_name=TASK,
         client_id="hospital-a",

@@ -8,13 +8,14 @@ from tests.cdk.support import Synth, require_cdk
 
 require_cdk()
 
+from fedasync.deployment import Deployment  # noqa: E402
 from fedasync.policy.evaluate import Request, evaluate  # noqa: E402
 from fedasync.policy.template import principal_statements  # noqa: E402
-from fedasync.resources import ClientSpec, StackSpec  # noqa: E402
+from fedasync.resources import ClientSpec  # noqa: E402
 
 pytestmark = pytest.mark.cdk
 
-SPEC = StackSpec(
+SPEC = Deployment(
     prefix="fedasync",
     clients=tuple(ClientSpec(client_id=c) for c in ("hospital-a", "bank-b", "datacentre-c")),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ require_cdk()
 
 from aws_cdk.assertions import Match, Template  # noqa: E402
 
+from fedasync.deployment import CDK_OUTPUT_IDS, Deployment  # noqa: E402
 from fedasync.resources import (  # noqa: E402
     AGGREGATE_HANDLER,
     AGGREGATE_STREAM_FILTER,
@@ -29,7 +31,6 @@ from fedasync.resources import (  # noqa: E402
     TABLE_PARTITION_KEY,
     TABLE_SORT_KEY,
     TTL_ATTRIBUTE,
-    StackSpec,
     notice_filter_policy,
 )
 from infra.asl_check import required_actions  # noqa: E402
@@ -125,7 +126,7 @@ def test_table_keys_stream_ttl_and_recovery_come_from_resources(default_synth: S
     Template.from_json(default_synth.template).has_resource_properties(
         "AWS::DynamoDB::Table",
         {
-            "TableName": StackSpec().table_name,
+            "TableName": Deployment().table,
             "KeySchema": [
                 {"AttributeName": TABLE_PARTITION_KEY, "KeyType": "HASH"},
                 {"AttributeName": TABLE_SORT_KEY, "KeyType": "RANGE"},
@@ -166,7 +167,7 @@ def test_every_resource_policy_is_tls_only_and_never_open(default_synth: Synth) 
 def test_each_client_queue_is_subscribed_with_its_filter_and_has_a_dlq(
     default_synth: Synth,
 ) -> None:
-    spec = StackSpec()
+    spec = Deployment()
     (nested,) = default_synth.nested.values()
     template = Template.from_json(nested)
     for client in DEFAULT_CLIENTS:
@@ -207,7 +208,7 @@ def test_state_machine_is_the_asl_file_inlined_with_every_placeholder(
     assert props["DefinitionString"] == asl_text
     table_id = _logical_id(default_synth, "AWS::DynamoDB::Table")
     queue_id = _logical_id(
-        default_synth, "AWS::SQS::Queue", QueueName=StackSpec().control_queue_name
+        default_synth, "AWS::SQS::Queue", QueueName=Deployment().control_queue_name
     )
     assert props["DefinitionSubstitutions"] == {
         "TableName": {"Ref": table_id},
@@ -277,7 +278,7 @@ def test_event_sources_retry_bisect_and_report_partial_failures(default_synth: S
         },
     )
     control_id = _logical_id(
-        default_synth, "AWS::SQS::Queue", QueueName=StackSpec().control_queue_name
+        default_synth, "AWS::SQS::Queue", QueueName=Deployment().control_queue_name
     )
     template.has_resource_properties(
         "AWS::Lambda::EventSourceMapping",
@@ -316,7 +317,7 @@ def test_control_timeouts_leave_three_attempts_within_the_waits(
         if r["Properties"]["Handler"] == CONTROL_HANDLER
     ]
     queue_id = _logical_id(
-        default_synth, "AWS::SQS::Queue", QueueName=StackSpec().control_queue_name
+        default_synth, "AWS::SQS::Queue", QueueName=Deployment().control_queue_name
     )
     queue = default_synth.template["Resources"][queue_id]["Properties"]
     states = json.loads(asl_text)["States"]
@@ -374,7 +375,7 @@ def test_outputs_give_clients_and_operators_what_they_need(default_synth: Synth)
 
 def test_client_queues_and_roles_carry_the_names_a_client_computes(default_synth: Synth) -> None:
     # GIVEN the default stack (prefix fedasync) WHEN its client resources are read
-    spec = StackSpec()
+    spec = Deployment()
     roles = {
         r["Properties"]["RoleName"]
         for r in default_synth.all_resources("AWS::IAM::Role").values()
@@ -384,15 +385,35 @@ def test_client_queues_and_roles_carry_the_names_a_client_computes(default_synth
         r["Properties"]["QueueName"]
         for r in default_synth.all_resources("AWS::SQS::Queue").values()
     }
-    # THEN each client's role and queue are named as StackSpec computes them, which for
+    # THEN each client's role and queue are named as Deployment computes them, which for
     # hospital-a in account 111122223333 of eu-west-1 gives, written out by hand:
     for client in DEFAULT_CLIENTS:
         assert spec.client_role_name(client) in roles
         assert spec.client_queue_name(client) in queues
-    eu = StackSpec(region="eu-west-1")
+    eu = Deployment(region="eu-west-1")
     assert eu.client_role_arn("hospital-a", "111122223333") == (
         "arn:aws:iam::111122223333:role/fedasync-client-hospital-a"
     )
     assert eu.client_queue_url("hospital-a", "111122223333") == (
         "https://sqs.eu-west-1.amazonaws.com/111122223333/fedasync-client-hospital-a"
     )
+
+
+def test_the_outputs_file_reads_back_as_the_deployment(
+    default_synth: Synth, tmp_path: Path
+) -> None:
+    # GIVEN the outputs as `cdk deploy --outputs-file` writes them: each output's value
+    # (here the template's token, rendered as text stands in for the deployed value)
+    outputs = {k: json.dumps(v["Value"]) for k, v in default_synth.template["Outputs"].items()}
+    outputs["Prefix"] = "fedasync"  # a plain string in the template, not a token
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps({"FedasyncStack": {**outputs, "TopicShards": "1"}}))
+    # WHEN the CLI loads it
+    deployment = Deployment.load(path)
+    # THEN every coordinate the stack publishes lands on its Deployment field
+    for field in ("bucket", "table", "topic_arn", "control_queue_url", "state_machine_arn"):
+        assert getattr(deployment, field) == outputs[CDK_OUTPUT_IDS[field]], field
+    assert deployment.topic_shards == 1
+    # AND a silo's queue is found by the naming rule: no output per client
+    assert deployment.client_queue_urls == {}
+    assert deployment.client_queue_name("hospital-a") == "fedasync-client-hospital-a"

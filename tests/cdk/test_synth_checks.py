@@ -18,8 +18,9 @@ require_cdk()
 import aws_cdk as cdk  # noqa: E402
 from aws_cdk import aws_s3 as s3  # noqa: E402
 
+from fedasync.deployment import Deployment  # noqa: E402
 from fedasync.policy.template import principal_statements  # noqa: E402
-from fedasync.resources import ASL_PATH, ClientSpec, StackSpec  # noqa: E402
+from fedasync.resources import ASL_PATH, ClientSpec  # noqa: E402
 from infra.config import INFRA_DIR  # noqa: E402
 from infra.nag import add_nag  # noqa: E402
 
@@ -124,7 +125,7 @@ def test_two_hundred_clients_synthesize_within_cloudformations_limits(
     assert _cfn_lint(big) == []
     # AND the audit reads every client's policy from its nested stack, each exactly as
     # tight as the first one's but for the id (silo-000 in Clients0, silo-199 in Clients2)
-    spec = StackSpec(clients=tuple(ClientSpec(client_id=c) for c in clients))
+    spec = Deployment(clients=tuple(ClientSpec(client_id=c) for c in clients))
     statements = principal_statements(big.template, spec, nested=big.nested)
     assert {p for p in statements if p.startswith("client:")} == {f"client:{c}" for c in clients}
     first = statements["client:silo-000"]

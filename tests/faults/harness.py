@@ -17,15 +17,10 @@ from typing import Any
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.messages import GlobalModelNotice
+from fedasync.deployment import Deployment
 from fedasync.local.pumps import Handler, PumpOptions
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import (
-    AGGREGATE_HANDLER,
-    TABLE_PARTITION_KEY,
-    TABLE_SORT_KEY,
-    ClientSpec,
-    StackSpec,
-)
+from fedasync.resources import AGGREGATE_HANDLER, TABLE_PARTITION_KEY, TABLE_SORT_KEY, ClientSpec
 from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
 from tests.integration.scripted import ScriptedClient
@@ -205,7 +200,7 @@ def stack_for(
     clients: tuple[str, ...] = CLIENTS,
     **options: Any,
 ) -> EmbeddedStack:
-    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in clients))
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in clients))
     return EmbeddedStack(
         spec,
         endpoint_url=moto_server.endpoint_url,

@@ -26,11 +26,12 @@ from fedasync.aws.records import serialize_item
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.messages import GlobalModelNotice
+from fedasync.deployment import Deployment
 from fedasync.local.events import LocalLambdaContext, sqs_record
 from fedasync.local.stack import EmbeddedStack
 from fedasync.ops.events import export_ledger
 from fedasync.policy.definitions import CLIENT_ITEM_ATTRIBUTES
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 from fedasync.server.tasks import start_task
@@ -364,7 +365,7 @@ async def wait_head(store: ServerStore, task: str, version: int, timeout_s: floa
 
 @pytest.fixture(scope="class")
 async def async_env(moto_server):
-    spec = StackSpec(prefix="badasync", clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
+    spec = Deployment(prefix="badasync", clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
     cfg = TaskConfig.parse(
         {
             "task_name": "bad-async",
@@ -544,7 +545,7 @@ class TestAsync:
 
 @pytest.fixture(scope="class")
 async def sync_env(moto_server):
-    spec = StackSpec(prefix="badsync", clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
+    spec = Deployment(prefix="badsync", clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
     cfg = TaskConfig.parse(
         {
             "task_name": "bad-sync",

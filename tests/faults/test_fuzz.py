@@ -41,9 +41,10 @@ from fedasync.core.decisions import (
 from fedasync.core.errors import FedAsyncError, SchemaError
 from fedasync.core.fedavg import fedavg
 from fedasync.core.messages import UpdateRecord
+from fedasync.deployment import Deployment
 from fedasync.local.events import LocalLambdaContext
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from fedasync.server.tasks import start_task
 from server_lambdas import aggregate
 from server_lambdas._runtime import runtime
@@ -441,7 +442,7 @@ ITEM_EXAMPLES = 150
 @pytest.fixture(scope="module")
 async def fuzz_stack(moto_server):
     """An async task at version 0 whose head every fuzzed input must leave alone."""
-    spec = StackSpec(
+    spec = Deployment(
         prefix=f"fz{uuid.uuid4().hex[:8]}", clients=tuple(ClientSpec(client_id=c) for c in CLIENTS)
     )
     cfg = TaskConfig.parse(

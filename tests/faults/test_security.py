@@ -24,8 +24,9 @@ from fedasync import logs
 from fedasync.core import keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import VERDICT_ATTRIBUTES
+from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from fedasync.server.tasks import start_task
 from tests.integration.test_server_sync import (
     clients_for,
@@ -223,7 +224,7 @@ async def test_logs_of_a_sync_and_an_async_run_hold_no_token_or_secret(
     # stack running one sync task (1 round) and one async task (2 versions), 2 clients
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     ids = ("a", "b")
-    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in ids))
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in ids))
     sync_cfg = TaskConfig.parse(
         {"task_name": "sec-sync", "clients": list(ids), "rounds": 1, "round_timeout_s": 60}
     )

@@ -18,8 +18,9 @@ from client.trainers import get_trainer
 from fedasync.aws.records import DynamoRecords
 from fedasync.core import keys
 from fedasync.core.config import TaskConfig
+from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from fedasync.server.tasks import start_task
 from tests.integration.test_server_sync import store_for, wait_execution
 
@@ -90,7 +91,7 @@ async def test_a_users_functional_cnn_reaches_90_percent_on_the_silos_held_out_s
     # same factory
     initial = get_trainer(CNN, num_classes=10, seed=0).init_weights(0)
     assert list(initial) == ["conv/kernel", "conv/bias", "classes/kernel", "classes/bias"]
-    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in SILOS))
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in SILOS))
     async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as stack:
         store = store_for(stack)
         arn = await start_task(store, stack.endpoints.state_machine_arn, cfg, initial)
@@ -142,7 +143,7 @@ async def test_the_callback_joins_an_async_task_from_model_fit(moto_server, pref
          "max_staleness": 4, "heartbeat_s": 120, "deadline_s": 600}
     )  # fmt: skip
     initial = get_trainer(CNN, seed=0).init_weights(0)
-    spec = StackSpec(prefix=prefix, clients=(ClientSpec(client_id="silo-0"),))
+    spec = Deployment(prefix=prefix, clients=(ClientSpec(client_id="silo-0"),))
     async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as stack:
         store = store_for(stack)
         arn = await start_task(store, stack.endpoints.state_machine_arn, cfg, initial)
@@ -201,7 +202,7 @@ async def test_the_callback_waits_for_each_round_of_a_sync_task_beside_a_plugin_
          "rounds": 3, "round_timeout_s": 300}
     )  # fmt: skip
     initial = get_trainer(CNN, seed=0).init_weights(0)
-    spec = StackSpec(prefix=prefix, clients=(ClientSpec(client_id="silo-0"),
+    spec = Deployment(prefix=prefix, clients=(ClientSpec(client_id="silo-0"),
                                              ClientSpec(client_id="silo-1")))  # fmt: skip
     async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as stack:
         store = store_for(stack)

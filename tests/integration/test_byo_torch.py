@@ -22,8 +22,9 @@ from examples.torch_mlp import factory, mlp, run_silo, trainer_for  # noqa: E402
 from fedasync.core import codec, keys  # noqa: E402
 from fedasync.core.config import TaskConfig  # noqa: E402
 from fedasync.core.errors import SchemaError  # noqa: E402
+from fedasync.deployment import Deployment  # noqa: E402
 from fedasync.local.stack import EmbeddedStack  # noqa: E402
-from fedasync.resources import ClientSpec, StackSpec  # noqa: E402
+from fedasync.resources import ClientSpec  # noqa: E402
 from fedasync.server.store import ServerStore  # noqa: E402
 from fedasync.server.tasks import start_task  # noqa: E402
 from tests.integration.test_client_cli import _stack_config  # noqa: E402
@@ -44,7 +45,7 @@ MLP_NAMES = ["0.weight", "0.bias", "2.weight", "2.bias"]
 
 @pytest.fixture
 async def full_stack(moto_server, prefix) -> AsyncIterator[EmbeddedStack]:
-    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in SILOS))
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in SILOS))
     async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as running:
         yield running
 

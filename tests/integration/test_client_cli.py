@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 from client.cli import client_app
-from fedasync.ops.taskctl import StackConfig
 from tests.integration.test_client_run import (  # noqa: F401 - fixtures
     CLIENT,
     RUN_TIMEOUT_S,
@@ -27,9 +26,7 @@ _LAUNCH = "import sys; from client.cli import client_app; sys.exit(client_app())
 def _stack_config(stack) -> str:
     """What `local up` writes: the silo signs with its own key from it."""
     path = Path(tempfile.mkdtemp()) / "stack.json"
-    path.write_text(
-        StackConfig.from_endpoints(stack.endpoints, stack.spec.prefix).model_dump_json()
-    )
+    path.write_text(stack.endpoints.model_dump_json())
     return str(path)
 
 

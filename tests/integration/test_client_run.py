@@ -8,6 +8,7 @@ S3, DynamoDB and SQS. No server handlers run here.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -22,13 +23,14 @@ from client.data import Dataset, demo_silo, hold_out
 from client.run import run_client
 from client.trainers import TrainResult, get_trainer
 from client.trainers.numpy_trainer import NumpyTrainer
-from fedasync.aws.models import S3ModelRegistry
-from fedasync.aws.queues import SnsNotices
+from fedasync.aws.notices import SnsNotices
+from fedasync.aws.objects import S3Objects
 from fedasync.aws.records import DynamoRecords
 from fedasync.core import codec, keys
 from fedasync.core.messages import GlobalModelNotice, UpdateRecord
+from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 
 TASK = "digits"
 CLIENT = "silo-a"
@@ -37,7 +39,7 @@ RUN_TIMEOUT_S = 25
 
 @pytest.fixture
 async def stack(moto_server, prefix) -> AsyncIterator[EmbeddedStack]:
-    spec = StackSpec(prefix=prefix, clients=(ClientSpec(client_id=CLIENT),))
+    spec = Deployment(prefix=prefix, clients=(ClientSpec(client_id=CLIENT),))
     async with EmbeddedStack(
         spec, endpoint_url=moto_server.endpoint_url, aggregate_handler=None, control_handler=None
     ) as running:
@@ -71,7 +73,7 @@ class Server:
 
     def __init__(self, stack: EmbeddedStack) -> None:
         self.stack = stack
-        self.registry = S3ModelRegistry(stack.aws, stack.endpoints.bucket)
+        self.registry = S3Objects(stack.aws, stack.endpoints.bucket)
         self.records = DynamoRecords(stack.aws, stack.endpoints.table)
         self.queue_url = stack.endpoints.client_queue_urls[CLIENT]
 
@@ -85,25 +87,34 @@ class Server:
     ) -> GlobalModelNotice:
         weights = weights or NumpyTrainer().init_weights(seed=version)
         key = keys.final_key(TASK) if final else keys.global_key(TASK, version)
-        stored = await self.registry.put_bytes(key, codec.encode(weights))
+        blob = codec.encode(weights)
+        await self.put_bytes(key, blob)
         return GlobalModelNotice(
             task_name=TASK,
             mode=mode,
             version=version,
             round_id=version if mode == "sync" and not final else None,
             s3_key=key,
-            sha256=stored.sha256,
-            size_bytes=stored.size_bytes,
+            sha256=hashlib.sha256(blob).hexdigest(),
+            size_bytes=len(blob),
             final=final,
         )
 
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        await self.registry.put_bytes(key, data, hashlib.sha256(data).hexdigest())
+
+    async def get_bytes(self, key: str, sha256: str) -> bytes:
+        """The object, checked against the SHA-256 it was announced with."""
+        data = await self.registry.get_bytes(key)
+        assert hashlib.sha256(data).hexdigest() == sha256
+        return data
+
     async def publish(self, notice: GlobalModelNotice) -> None:
-        await SnsNotices(self.stack.aws).publish(
-            self.stack.endpoints.topic_arn, notice.to_json(), [CLIENT]
-        )
+        e = self.stack.endpoints
+        await SnsNotices(self.stack.aws, e.topic_arn, e.topic_shards).publish(notice, (CLIENT,))
 
     async def updates(self) -> list[dict[str, Any]]:
-        return await self.records.query(TASK, keys.UPDATE_PREFIX)
+        return await self.records.query_prefix(TASK, keys.UPDATE_PREFIX)
 
     async def queue_depth(self) -> tuple[int, int]:
         """(visible, in flight) messages on the client's queue."""
@@ -162,7 +173,7 @@ async def test_a_sync_notice_yields_one_update_then_the_final_notice_ends_the_ru
     assert item["sk"] == f"UPDATE#00000001#{CLIENT}"
     assert record.s3_key == f"{TASK}/local/{CLIENT}/00000001-r00000001.safetensors"
     assert (record.round_id, record.base_version, record.num_examples) == (1, 1, len(silo))
-    data = await server.registry.get_bytes(record.s3_key, sha256=record.sha256)
+    data = await server.get_bytes(record.s3_key, record.sha256)
     local = codec.decode(data)
     assert list(local) == ["dense/kernel", "dense/bias"]
     assert not np.array_equal(local["dense/kernel"], NumpyTrainer().init_weights(1)["dense/kernel"])
@@ -262,9 +273,9 @@ async def test_a_corrupted_global_model_is_given_back_and_trained_once_repaired(
 ):
     # GIVEN a notice for v1 whose object in S3 is not the model it announces
     notice = await server.put_global(1)
-    good = await server.registry.get_bytes(notice.s3_key, sha256=notice.sha256)
+    good = await server.get_bytes(notice.s3_key, notice.sha256)
     bad = codec.encode(NumpyTrainer().init_weights(seed=99))
-    await server.registry.put_bytes(notice.s3_key, bad)
+    await server.put_bytes(notice.s3_key, bad)
     await server.publish(notice)
     with capture_logs() as logs:
         # WHEN the client runs and finds the checksum wrong
@@ -275,7 +286,7 @@ async def test_a_corrupted_global_model_is_given_back_and_trained_once_repaired(
         assert await server.updates() == []
         assert sum(await server.queue_depth()) == 1
         # WHEN the object is repaired THEN the redelivered notice is trained on
-        await server.registry.put_bytes(notice.s3_key, good)
+        await server.put_bytes(notice.s3_key, good)
         await end_task_after(server, server.updates, wait_until, 1)
         report = await asyncio.wait_for(task, RUN_TIMEOUT_S)
     [corrupt] = _events(logs, "client.download_corrupt")
@@ -296,7 +307,7 @@ async def test_a_missing_global_model_is_given_back_and_trained_once_it_is_there
 ):
     # GIVEN a notice for v1 whose object is not (yet, or no longer) in the bucket
     notice = await server.put_global(1)
-    good = await server.registry.get_bytes(notice.s3_key, sha256=notice.sha256)
+    good = await server.get_bytes(notice.s3_key, notice.sha256)
     s3 = await stack.aws.s3()
     await s3.delete_object(Bucket=stack.endpoints.bucket, Key=notice.s3_key)
     await server.publish(notice)
@@ -309,7 +320,7 @@ async def test_a_missing_global_model_is_given_back_and_trained_once_it_is_there
         assert await server.updates() == []
         assert sum(await server.queue_depth()) == 1
         # WHEN the object is put back THEN the redelivered notice is trained on
-        await server.registry.put_bytes(notice.s3_key, good)
+        await server.put_bytes(notice.s3_key, good)
         await end_task_after(server, server.updates, wait_until, 1)
         report = await asyncio.wait_for(task, RUN_TIMEOUT_S)
     [missing] = _events(logs, "client.download_corrupt")

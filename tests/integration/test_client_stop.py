@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from client import transfer
 from client.config import MIN_PART_BYTES
 from client.data import Dataset
 from client.ports import AwsClientPorts
 from client.progress import Advance
 from client.run import run_client
 from client.trainers.base import TrainResult
+from fedasync.aws import transfer
 from fedasync.core.codec import Weights
 from tests.integration.test_client_run import (  # noqa: F401 - fixtures
     RUN_TIMEOUT_S,
@@ -68,7 +68,7 @@ class StallingPorts(AwsClientPorts):
         s3 = StalledS3(await self._aws.s3(), self.part_sent)
         await transfer.upload_file(
             s3,
-            self._cfg.bucket_name,
+            self._cfg.deployment.bucket,
             key,
             path,
             sha256=sha256,
@@ -140,7 +140,7 @@ async def test_a_stopped_silo_restarted_delivers_the_update_it_abandoned(
     # THEN the update is delivered exactly once, complete
     [record] = report.updates
     assert len(await server.updates()) == 1
-    stored = await server.registry.get_bytes(record.s3_key, sha256=record.sha256)
+    stored = await server.get_bytes(record.s3_key, record.sha256)
     assert len(stored) == record.size_bytes > 4 * MIN_PART_BYTES
 
 
@@ -163,7 +163,7 @@ async def test_an_upload_that_fails_is_aborted_and_the_run_reports_the_error(
             s3 = BrokenS3(await self._aws.s3(), asyncio.Event())
             await transfer.upload_file(
                 s3,
-                self._cfg.bucket_name,
+                self._cfg.deployment.bucket,
                 key,
                 path,
                 sha256=sha256,

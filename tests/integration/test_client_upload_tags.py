@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from client.config import MIN_PART_BYTES
-from client.transfer import upload_file
 from fedasync.aws.session import AwsContext
+from fedasync.aws.transfer import upload_file
 from fedasync.core.keys import local_key
+from fedasync.deployment import Deployment
 from fedasync.local.provision import provision
-from fedasync.resources import StackSpec
 
 # What infra/storage.py's `expire-local-updates` rule filters on, written out by hand
 EXPECTED_TAGS = [{"Key": "fedasync-kind", "Value": "local-update"}]
@@ -23,7 +23,7 @@ async def test_an_uploaded_local_update_is_tagged_for_expiry(
     aws: AwsContext, prefix: str, tmp_path: Path, size: int
 ) -> None:
     # GIVEN a stack and a local model file (small: one PutObject; large: three parts)
-    endpoints = await provision(aws, StackSpec(prefix=prefix))
+    endpoints = await provision(aws, Deployment(prefix=prefix))
     path = tmp_path / "local.safetensors"
     data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
     path.write_bytes(data)

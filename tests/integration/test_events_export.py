@@ -9,7 +9,6 @@ import pytest
 from typer.testing import CliRunner
 
 from fedasync.cli import app
-from fedasync.ops.taskctl import StackConfig
 from tests.faults.harness import config, drive, stack_for
 from tests.integration.test_local_up import clean_env, run
 
@@ -67,9 +66,8 @@ async def test_replay_from_the_bucket_signs_as_the_operator_of_the_stack_config(
     # GIVEN a finished task, its exported ledger, and the stack config `local up` writes
     async with stack_for(moto_server, prefix) as stack:
         outcome = await drive(stack, config("sync", "signed"))
-        names = StackConfig.from_endpoints(stack.endpoints, stack.spec.prefix)
         stack_json = tmp_path / "stack.json"
-        stack_json.write_text(names.model_dump_json(exclude_none=True))
+        stack.endpoints.save(stack_json)
         ledger = tmp_path / "signed.jsonl"
         where = ["--stack-config", str(stack_json)]
         exported = await asyncio.to_thread(

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from fedasync.aws.session import AwsContext
+from fedasync.deployment import Deployment
 from fedasync.limits import AGGREGATE_LIMITS, CONTROL_LIMITS, FunctionLimits
 from fedasync.local.events import LocalLambdaContext
 from fedasync.local.invoke import InvocationKilledError, invoke_limited
-from fedasync.local.provision import StackEndpoints, provision
+from fedasync.local.provision import provision
 from fedasync.local.pumps import QueuePump, StreamPump
 from fedasync.local.server import LocalMotoServer
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import StackSpec
 from tests.integration.test_stack_pumps import Recorder, put
 
 TIGHT = FunctionLimits(timeout_s=0.5, memory_mb=32)
@@ -55,8 +55,8 @@ class SlowOnce:
 
 
 @pytest.fixture
-async def endpoints(aws: AwsContext, prefix: str) -> StackEndpoints:
-    return await provision(aws, StackSpec(prefix=prefix))
+async def endpoints(aws: AwsContext, prefix: str) -> Deployment:
+    return await provision(aws, Deployment(prefix=prefix))
 
 
 async def test_invocation_past_its_timeout_fails_as_lambdas_does() -> None:
@@ -105,7 +105,7 @@ async def test_invocation_within_its_limits_returns_the_handlers_answer() -> Non
 
 
 async def test_stream_batch_cut_off_by_the_timeout_is_retried_and_bisected(
-    aws: AwsContext, endpoints: StackEndpoints, wait_until: Any
+    aws: AwsContext, endpoints: Deployment, wait_until: Any
 ) -> None:
     # GIVEN two records, and a stream pump whose function times out after 0.5 s
     # (the deployed mapping bisects a failed batch: BisectBatchOnFunctionError)
@@ -171,7 +171,7 @@ async def test_embedded_stack_uses_the_deployed_limits_unless_a_test_gives_its_o
 ) -> None:
     # GIVEN an embedded stack with the default limits, and one with a tight aggregate
     handler = SlowOnce()
-    spec = StackSpec(prefix=prefix)
+    spec = Deployment(prefix=prefix)
     async with EmbeddedStack(
         spec, endpoint_url=moto_server.endpoint_url, aggregate_handler=SlowOnce()
     ) as stack:
@@ -179,7 +179,7 @@ async def test_embedded_stack_uses_the_deployed_limits_unless_a_test_gives_its_o
         assert stack.stream_pump is not None and stack.control_pump is not None
         assert stack.stream_pump.limits == AGGREGATE_LIMITS == FunctionLimits(600, 3008)
         assert stack.control_pump.limits == CONTROL_LIMITS == FunctionLimits(60, 1024)
-    tight = StackSpec(prefix=f"{prefix}b")
+    tight = Deployment(prefix=f"{prefix}b")
     async with EmbeddedStack(
         tight,
         endpoint_url=moto_server.endpoint_url,

@@ -1,25 +1,29 @@
-"""Contract of the SQS and SNS ports, against moto over HTTP."""
+"""Contract of the SQS and SNS ports (queues, notices on topic shards), against moto over HTTP."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 
 import pytest
 
-from fedasync.aws.queues import SnsNotices, SqsQueues
+from fedasync.aws.notices import SnsNotices, find_topics
+from fedasync.aws.queues import SqsQueues
 from fedasync.aws.session import AwsContext
-from fedasync.local.provision import StackEndpoints, provision
-from fedasync.resources import NOTICE_FILTER_ATTRIBUTE, ClientSpec, StackSpec
+from fedasync.core.messages import GlobalModelNotice
+from fedasync.deployment import Deployment
+from fedasync.local.provision import provision
+from fedasync.resources import NOTICE_FILTER_ATTRIBUTE, ClientSpec, topic_shard
 
 
 @pytest.fixture
-async def endpoints(aws: AwsContext, prefix: str) -> StackEndpoints:
-    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in "abc"))
+async def endpoints(aws: AwsContext, prefix: str) -> Deployment:
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in "abc"))
     return await provision(aws, spec)
 
 
-async def test_send_receive_delete(aws: AwsContext, endpoints: StackEndpoints) -> None:
+async def test_send_receive_delete(aws: AwsContext, endpoints: Deployment) -> None:
     queues = SqsQueues(aws)
     url = endpoints.client_queue_urls["a"]
     sent = await queues.send(url, '{"kind": "x"}')
@@ -30,7 +34,7 @@ async def test_send_receive_delete(aws: AwsContext, endpoints: StackEndpoints) -
 
 
 async def test_long_poll_returns_as_soon_as_a_message_arrives(
-    aws: AwsContext, endpoints: StackEndpoints
+    aws: AwsContext, endpoints: Deployment
 ) -> None:
     # GIVEN a client long-polling an empty queue for up to 10 s
     queues = SqsQueues(aws)
@@ -47,7 +51,7 @@ async def test_long_poll_returns_as_soon_as_a_message_arrives(
 
 
 async def test_visibility_can_be_ended_and_the_message_comes_back(
-    aws: AwsContext, endpoints: StackEndpoints
+    aws: AwsContext, endpoints: Deployment
 ) -> None:
     queues = SqsQueues(aws)
     url = endpoints.client_queue_urls["c"]
@@ -60,7 +64,7 @@ async def test_visibility_can_be_ended_and_the_message_comes_back(
 
 
 async def test_a_stale_receipt_is_an_outcome_not_a_crash(
-    aws: AwsContext, endpoints: StackEndpoints
+    aws: AwsContext, endpoints: Deployment
 ) -> None:
     queues = SqsQueues(aws)
     url = endpoints.client_queue_urls["a"]
@@ -68,25 +72,68 @@ async def test_a_stale_receipt_is_an_outcome_not_a_crash(
     assert not await queues.change_visibility(url, "not-a-receipt-handle", 30)
 
 
+def notice(version: int) -> GlobalModelNotice:
+    return GlobalModelNotice(task_name="digits", mode="async", version=version,
+                             s3_key=f"digits/global/{version:08d}.safetensors",
+                             sha256="0" * 64, size_bytes=1)  # fmt: skip
+
+
+async def test_a_queue_is_found_by_name_or_not_at_all(
+    aws: AwsContext, endpoints: Deployment
+) -> None:
+    queues = SqsQueues(aws)
+    assert await queues.url_of(endpoints.client_queue_name("a")) == endpoints.client_queue_urls["a"]
+    assert await queues.url_of(endpoints.client_queue_name("zed")) is None
+
+
 async def test_a_notice_reaches_exactly_the_clients_it_names(
-    aws: AwsContext, endpoints: StackEndpoints
+    aws: AwsContext, endpoints: Deployment
 ) -> None:
     # GIVEN clients a, b, c each subscribed with their filter policy
-    notices, queues = SnsNotices(aws), SqsQueues(aws)
-    # WHEN a notice names a and c
-    await notices.publish(endpoints.topic_arn, '{"version": 1}', ["c", "a", "a"])
+    notices = SnsNotices(aws, endpoints.topic_arn, endpoints.topic_shards)
+    queues = SqsQueues(aws)
+    # WHEN a notice names c and a
+    sent = await notices.publish(notice(1), ("c", "a"))
     # THEN a and c each get the raw message once, with the String.Array attribute; b nothing
     got = {
         c: await queues.receive(u, wait_s=0, max_messages=10)
         for c, u in endpoints.client_queue_urls.items()
     }
+    assert sent == 1
     assert {c: [m.body for m in ms] for c, ms in got.items()} == {
-        "a": ['{"version": 1}'],
+        "a": [notice(1).to_json()],
         "b": [],
-        "c": ['{"version": 1}'],
+        "c": [notice(1).to_json()],
     }
-    assert got["a"][0].message_attributes[NOTICE_FILTER_ATTRIBUTE] == '["a", "c"]'
+    assert got["a"][0].message_attributes[NOTICE_FILTER_ATTRIBUTE] == '["c", "a"]'
+    assert got["a"][0].message_attributes["task_name"] == "digits"
 
 
-async def test_a_notice_to_nobody_is_not_sent(aws: AwsContext, endpoints: StackEndpoints) -> None:
-    assert await SnsNotices(aws).publish(endpoints.topic_arn, "x", []) is None
+async def test_a_notice_goes_to_each_recipients_shard(aws: AwsContext, prefix: str) -> None:
+    # GIVEN a stack whose 3 clients are spread over 2 topic shards (forced: the quota would
+    # need 400 clients); by SHA-256 of the id (first 8 bytes, big-endian, mod 2), a and e
+    # are on shard 0 and d on shard 1
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in "ade"),
+                      topic_shards=2)  # fmt: skip
+    endpoints = await provision(aws, spec)
+    oracle = {c: int.from_bytes(hashlib.sha256(c.encode()).digest()[:8], "big") % 2 for c in "ade"}
+    assert {c: topic_shard(c, 2) for c in "ade"} == oracle == {"a": 0, "d": 1, "e": 0}
+    # WHEN one notice names all three
+    sent = await SnsNotices(aws, endpoints.topic_arn, 2).publish(notice(2), ("a", "d", "e"))
+    # THEN two publishes went out, and each client got it once
+    assert sent == 2
+    queues = SqsQueues(aws)
+    for url in endpoints.client_queue_urls.values():
+        assert [m.body for m in await queues.receive(url, wait_s=0, max_messages=10)] == [
+            notice(2).to_json()
+        ]
+    # AND the shards are found by name, as the operator's CLI looks them up
+    assert await find_topics(aws, endpoints.topic_name) == {
+        0: endpoints.topic_arn,
+        1: f"{endpoints.topic_arn}-1",
+    }
+
+
+async def test_a_notice_to_nobody_is_not_sent(aws: AwsContext, endpoints: Deployment) -> None:
+    notices = SnsNotices(aws, endpoints.topic_arn, endpoints.topic_shards)
+    assert await notices.publish(notice(1), ()) == 0

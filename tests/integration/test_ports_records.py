@@ -4,29 +4,27 @@ from __future__ import annotations
 
 import pytest
 
-from fedasync.aws.records import (
-    Check,
-    DynamoRecords,
-    Put,
-    Update,
-    deserialize_item,
-    serialize_item,
-)
+from fedasync.aws.records import DynamoRecords, deserialize_item, serialize_item
 from fedasync.aws.session import AwsContext
 from fedasync.core import keys
-from fedasync.core.errors import TaskNotFoundError
+from fedasync.deployment import Deployment
 from fedasync.local.provision import provision
-from fedasync.resources import StackSpec
+
+IF_ABSENT = "attribute_not_exists(#sk)"
 
 
 @pytest.fixture
 async def records(aws: AwsContext, prefix: str) -> DynamoRecords:
-    endpoints = await provision(aws, StackSpec(prefix=prefix))
+    endpoints = await provision(aws, Deployment(prefix=prefix))
     return DynamoRecords(aws, endpoints.table)
 
 
+def item(task_name: str, sk: str, **fields: object) -> dict[str, object]:
+    return {"task_name": task_name, "sk": sk, **fields}
+
+
 def test_plain_values_survive_the_dynamodb_encoding() -> None:
-    item = {
+    value = {
         "alpha": 0.3,
         "n": 12,
         "nested": {"loss": [0.5, 1]},
@@ -35,37 +33,32 @@ def test_plain_values_survive_the_dynamodb_encoding() -> None:
         "none": None,
         "name": "bank-1",
     }
-    assert deserialize_item(serialize_item(item)) == item
+    assert deserialize_item(serialize_item(value)) == value
     assert serialize_item({"alpha": 0.3})["alpha"] == {"N": "0.3"}
 
 
-async def test_missing_task_is_task_not_found(records: DynamoRecords) -> None:
-    with pytest.raises(TaskNotFoundError, match="'ghost'"):
-        await records.get_task("ghost")
+async def test_a_missing_item_reads_as_none(records: DynamoRecords) -> None:
+    assert await records.get("ghost", keys.TASK_SK) is None
 
 
-async def test_put_if_absent_applies_once_and_reads_nothing_back(
-    records: DynamoRecords,
-) -> None:
+async def test_put_if_absent_applies_once(records: DynamoRecords) -> None:
     # GIVEN an update record written once
     sk = keys.update_sk("bank-1", "u1", 0)
-    first = await records.put(Put("digits", sk, {"num_examples": 10, "status": "accepted"}))
+    first = await records.put(item("digits", sk, num_examples=10), IF_ABSENT)
     # WHEN the same record is written again (a redelivered event)
-    second = await records.put(Put("digits", sk, {"num_examples": 99}))
-    # THEN the second write is refused as an outcome, not an exception, and nothing changed
-    assert first.applied
-    assert not second.applied
-    # AND the refusal carries no item: a silo's role may not read one back (no ALL_OLD)
-    assert second.item is None
+    second = await records.put(item("digits", sk, num_examples=99), IF_ABSENT)
+    # THEN the second write is refused as an answer, not an exception, and nothing changed
+    assert (first, second) == (True, False)
     assert (await records.get("digits", sk) or {})["num_examples"] == 10
+    # AND the silo's spelling of the condition (no name placeholder) means the same
+    assert not await records.put(item("digits", sk, num_examples=7), "attribute_not_exists(sk)")
 
 
 async def test_exists_answers_whether_a_record_is_there(records: DynamoRecords) -> None:
     # GIVEN one update record
     sk = keys.update_sk("bank-1", "u1", 0)
-    await records.put(Put("digits", sk, {"num_examples": 10, "client_id": "bank-1"}))
-    # WHEN a silo asks whether it (and another) exist
-    # THEN the answers are True and False
+    await records.put(item("digits", sk, num_examples=10, client_id="bank-1"))
+    # WHEN a silo asks whether it (and another) exist THEN the answers are True and False
     assert await records.exists("digits", sk)
     assert not await records.exists("digits", keys.update_sk("bank-1", "u2", 1))
 
@@ -74,94 +67,93 @@ async def test_version_counter_advances_only_from_the_expected_version(
     records: DynamoRecords,
 ) -> None:
     # GIVEN a TASK item at version 0
-    await records.put(Put("digits", keys.TASK_SK, {"version": 0, "status": "RUNNING"}))
+    await records.put(item("digits", keys.TASK_SK, version=0, status="RUNNING"))
+
+    def advance(head: str) -> dict[str, object]:
+        return records.update_op(
+            "digits", keys.TASK_SK, {"version": 1, "head_key": head}, "#version = :seen",
+            {":seen": 0},
+        )  # fmt: skip
+
     # WHEN two writers both believe the version is 0
-    winner = await records.update(
-        Update(
-            "digits", keys.TASK_SK, {"head_key": "v1"}, expected={"version": 0}, increment="version"
-        )
-    )
-    loser = await records.update(
-        Update(
-            "digits",
-            keys.TASK_SK,
-            {"head_key": "v1-bis"},
-            expected={"version": 0},
-            increment="version",
-        )
-    )
-    # THEN only the first applies; the second sees the item at version 1
-    assert winner.applied and winner.item is not None
-    assert (winner.item["version"], winner.item["head_key"]) == (1, "v1")
-    assert not loser.applied
-    assert loser.item is not None and loser.item["version"] == 1
-    assert (await records.get_task("digits"))["head_key"] == "v1"
+    winner = await records.update(advance("v1"))
+    loser = await records.update(advance("v1-bis"))
+    # THEN only the first applies
+    assert (winner, loser) == (True, False)
+    assert (await records.get("digits", keys.TASK_SK) or {})["head_key"] == "v1"
 
 
-async def test_update_of_a_missing_item_is_refused_unless_upsert(records: DynamoRecords) -> None:
-    refused = await records.update(Update("digits", keys.round_sk(0), {"closed": True}))
+async def test_an_update_of_a_missing_item_is_refused_by_default(records: DynamoRecords) -> None:
+    refused = await records.update(records.update_op("digits", keys.round_sk(0), {"closed": True}))
     upserted = await records.update(
-        Update("digits", keys.round_sk(0), {"closed": True}, must_exist=None)
+        records.update_op("digits", keys.round_sk(0), {"closed": True}, "attribute_not_exists(#sk)")
     )
-    assert (refused.applied, upserted.applied) == (False, True)
+    assert (refused, upserted) == (False, True)
+
+
+async def test_string_sets_gain_and_lose_members(records: DynamoRecords) -> None:
+    # GIVEN a ROUND item
+    await records.put(item("digits", keys.round_sk(1), status="OPEN"))
+    # WHEN members are added, then one removed and an empty set left out
+    await records.update(records.update_op("digits", keys.round_sk(1), {},
+                                           add_to_sets={"members": ["a", "b", "c"]}))  # fmt: skip
+    await records.update(
+        records.update_op(
+            "digits", keys.round_sk(1), {"status": "CLOSING"},
+            delete_from_sets={"members": ["b"], "other": []},
+        )
+    )  # fmt: skip
+    # THEN the set holds a and c
+    got = await records.get("digits", keys.round_sk(1)) or {}
+    assert (got["members"], got["status"]) == ({"a", "c"}, "CLOSING")
+    # AND an update that changes nothing is a bug, said at once
+    with pytest.raises(ValueError, match="changes nothing"):
+        records.update_op("digits", keys.round_sk(1), {}, add_to_sets={"members": []})
 
 
 async def test_query_returns_a_kind_of_item_in_key_order(records: DynamoRecords) -> None:
     for client in ("c", "a", "b"):
-        await records.put(Put("digits", keys.update_sk(client, "x", 1), {"client_id": client}))
-    await records.put(Put("digits", keys.update_sk("a", "x", 0), {"client_id": "a"}))
-    await records.put(Put("digits", keys.TASK_SK, {}))
-    await records.put(Put("other", keys.update_sk("z", "x", 1), {}))
-    round_1 = await records.query("digits", f"{keys.UPDATE_PREFIX}{1:08d}#")
-    everything = await records.query("digits")
+        await records.put(item("digits", keys.update_sk(client, "x", 1), client_id=client))
+    await records.put(item("digits", keys.update_sk("a", "x", 0), client_id="a"))
+    await records.put(item("digits", keys.TASK_SK))
+    await records.put(item("other", keys.update_sk("z", "x", 1)))
+    round_1 = await records.query_prefix("digits", f"{keys.UPDATE_PREFIX}{1:08d}#")
+    updates = await records.query_prefix("digits", keys.UPDATE_PREFIX)
     assert [i["client_id"] for i in round_1] == ["a", "b", "c"]
-    assert len(everything) == 5
+    assert len(updates) == 4
 
 
-async def test_transaction_is_all_or_nothing_and_names_the_failed_write(
-    records: DynamoRecords,
-) -> None:
-    # GIVEN a TASK item at version 3
-    await records.put(Put("digits", keys.TASK_SK, {"version": 3}))
-    # WHEN a transaction records an update and advances the version from a stale 2
-    outcome = await records.transact(
-        [
-            Put("digits", keys.update_sk("a", "u9", None), {"staleness": 0}),
-            Update("digits", keys.TASK_SK, {}, expected={"version": 2}, increment="version"),
-        ]
-    )
-    # THEN nothing is written and the reasons point at the second write
-    assert not outcome.applied
-    assert outcome.reasons == ("None", "ConditionalCheckFailed")
-    assert await records.get("digits", keys.update_sk("a", "u9", None)) is None
+async def test_a_transaction_is_all_or_nothing(records: DynamoRecords) -> None:
+    # GIVEN a TASK item at version 3 and a ROUND item
+    await records.put(item("digits", keys.TASK_SK, version=3))
+    await records.put(item("digits", keys.round_sk(7), status="OPEN"))
+
+    def ops(seen: int) -> list[dict[str, object]]:
+        return [
+            records.update_op("digits", keys.round_sk(7), {"status": "CLOSED"}),
+            records.update_op("digits", keys.TASK_SK, {"version": seen + 1}, "#version = :v",
+                              {":v": seen}),
+        ]  # fmt: skip
+
+    # WHEN a transaction closes the round and advances the version from a stale 2
+    # THEN it answers False and writes nothing
+    assert not await records.transact(ops(2))
+    assert (await records.get("digits", keys.round_sk(7)) or {})["status"] == "OPEN"
     # AND from the right version it applies in full
-    ok = await records.transact(
-        [
-            Put("digits", keys.update_sk("a", "u9", None), {"staleness": 0}),
-            Update("digits", keys.TASK_SK, {}, expected={"version": 3}, increment="version"),
-            Check("digits", keys.round_sk(7), must_exist=False),
-        ]
-    )
-    assert ok.applied
-    assert (await records.get_task("digits"))["version"] == 4
+    assert await records.transact(ops(3))
+    assert (await records.get("digits", keys.TASK_SK) or {})["version"] == 4
+    assert (await records.get("digits", keys.round_sk(7)) or {})["status"] == "CLOSED"
 
 
-async def test_server_reads_more_items_than_one_batch_takes_in_order(
-    aws: AwsContext, prefix: str
-) -> None:
-    from fedasync.server.store import ServerStore, Where
-
+async def test_reads_more_items_than_one_batch_takes_in_order(records: DynamoRecords) -> None:
     # GIVEN 230 update items (BatchGetItem takes 100 keys a call; moto enforces it)
-    endpoints = await provision(aws, StackSpec(prefix=prefix))
-    records = DynamoRecords(aws, endpoints.table)
     present = [keys.update_sk(f"c{i:03d}", "", 0) for i in range(230)]
     for i, sk in enumerate(present):
-        await records.put(Put("digits", sk, {"client_id": f"c{i:03d}", "num_examples": i}))
-    store = ServerStore(aws, Where(table=endpoints.table, bucket=endpoints.bucket, topic_arn=""))
-    # WHEN the server reads them in reverse, with 20 absent keys and a repeat mixed in
+        await records.put(item("digits", sk, client_id=f"c{i:03d}", num_examples=i))
+    # WHEN they are read in reverse, with 20 absent keys and a repeat mixed in
     absent = [keys.update_sk(f"x{i:03d}", "", 0) for i in range(20)]
     wanted = [*reversed(present), *absent, present[5]]
-    got = await store.get_items("digits", wanted)
+    got = await records.get_many("digits", wanted)
     # THEN every answer is at its key's position: item i holds num_examples i, absent is None
     assert [g["num_examples"] if g else None for g in got] == [
         *range(229, -1, -1),

@@ -9,9 +9,10 @@ import pytest
 
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
+from fedasync.deployment import Deployment
 from fedasync.local.pumps import PumpOptions
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from fedasync.server.tasks import start_task
 from tests.integration.scripted import local_model
 from tests.integration.test_server_sync import clients_for, initial_model, store_for, wait_execution
@@ -20,7 +21,7 @@ CLIENTS = ("a", "b", "c")
 
 
 async def make_stack(moto_server, prefix, **options):
-    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
     return EmbeddedStack(
         spec, endpoint_url=moto_server.endpoint_url, pump_options=PumpOptions(**options)
     )

@@ -9,9 +9,10 @@ import pytest
 
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
+from fedasync.deployment import Deployment
 from fedasync.local.pumps import PumpOptions
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from fedasync.server.tasks import start_task
 from tests.integration.scripted import local_model
 from tests.integration.test_server_sync import (
@@ -29,7 +30,7 @@ from tests.integration.test_server_sync import (
 @pytest.fixture
 async def stack(moto_server, prefix, request):
     options = PumpOptions(deliver_twice=getattr(request, "param", False))
-    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
     async with EmbeddedStack(
         spec, endpoint_url=moto_server.endpoint_url, pump_options=options
     ) as s:

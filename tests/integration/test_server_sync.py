@@ -9,8 +9,9 @@ import pytest
 
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
+from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
 from tests.integration.scripted import ScriptedClient, local_model
@@ -41,14 +42,14 @@ def fedavg_by_hand(
 
 @pytest.fixture
 async def stack(moto_server, prefix):
-    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
     async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as s:
         yield s
 
 
 def store_for(stack: EmbeddedStack) -> ServerStore:
     e = stack.endpoints
-    return ServerStore(stack.aws, e.where())
+    return ServerStore(stack.aws, e)
 
 
 def clients_for(stack: EmbeddedStack, ids=CLIENTS, examples=EXAMPLES) -> list[ScriptedClient]:

@@ -11,8 +11,9 @@ import pytest
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.messages import GlobalModelNotice
+from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from fedasync.server.tasks import start_task
 from tests.integration.scripted import ScriptedClient, local_model
 from tests.integration.test_server_sync import (
@@ -44,7 +45,7 @@ async def test_a_sync_task_of_120_silos_closes_every_round_with_their_fedavg(
     moto_server, prefix
 ) -> None:
     # GIVEN a sync task over 120 silos, every one of them needed each round
-    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in SILOS))
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in SILOS))
     cfg = TaskConfig.parse(
         {
             "task_name": "many",

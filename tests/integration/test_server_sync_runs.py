@@ -7,8 +7,9 @@ import pytest
 
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
+from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from fedasync.server.tasks import start_task
 from fedasync.server.updates import decide_run, on_update
 from tests.integration.scripted import local_model
@@ -38,7 +39,7 @@ def _config(name: str, min_clients: int = 3) -> TaskConfig:
 
 def _no_pump(moto_server, prefix) -> EmbeddedStack:
     """The real ASL and control handler, but no stream pump: the test hands runs over."""
-    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
     return EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url, aggregate_handler=None)
 
 

@@ -15,11 +15,12 @@ from typing import Any
 
 import boto3
 
-from fedasync.aws.callbacks import CallbackOutcome, SfnCallbacks
+from fedasync.aws.executions import SfnExecutions
 from fedasync.aws.session import principal_credentials
+from fedasync.deployment import Deployment
 from fedasync.local.server import LocalMotoServer
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import ENV_ENDPOINT_URL, ENV_REGION, StackSpec
+from fedasync.resources import ENV_ENDPOINT_URL, ENV_REGION
 
 Answer = Callable[[dict[str, Any]], dict[str, Any] | None]
 
@@ -116,7 +117,7 @@ async def task_item(stack: EmbeddedStack, name: str) -> dict[str, Any]:
 
 def embedded(moto_server: LocalMotoServer, prefix: str, control: ScriptedControl) -> EmbeddedStack:
     return EmbeddedStack(
-        StackSpec(prefix=prefix),
+        Deployment(prefix=prefix),
         endpoint_url=moto_server.endpoint_url,
         aggregate_handler=None,
         control_handler=control,
@@ -262,19 +263,19 @@ async def test_heartbeats_keep_async_task_open_until_the_aggregator_stops_it(
     async with embedded(moto_server, prefix, control) as stack:
         arn = await start(stack, task_input("busy", "async", heartbeat_s=1, deadline_s=30))
         token = await wait_until(lambda: control.token("open_task"))
-        callbacks = SfnCallbacks(stack.aws)
+        callbacks = SfnExecutions(stack.aws)
         # WHEN the aggregator heartbeats every 0.3 s for 2.4 s, then reaches its stop
         beats = []
         for _ in range(8):
-            beats.append(await callbacks.send_task_heartbeat(token))
+            beats.append(await callbacks.send_heartbeat(token))
             await asyncio.sleep(0.3)
-        still = await callbacks.describe_execution(arn)
-        await callbacks.send_task_success(
+        still = await callbacks.describe(arn)
+        await callbacks.send_success(
             token, {"finished": True, "version": 12, "reason": "max_versions"}
         )
         result = await finished(stack, arn)
         # THEN the task was still open after 2.4 s, never finalized, and SUCCEEDED
-        assert set(beats) == {CallbackOutcome.DELIVERED}
+        assert set(beats) == {True}
         assert still.running
         assert control.kinds() == [("open_task", None)]
         assert result["status"] == "SUCCEEDED"
@@ -294,9 +295,9 @@ async def test_async_deadline_finalizes_even_while_heartbeating(
     async with embedded(moto_server, prefix, control) as stack:
         arn = await start(stack, task_input("deadline", "async", heartbeat_s=1, deadline_s=2))
         token = await wait_until(lambda: control.token("open_task"))
-        callbacks = SfnCallbacks(stack.aws)
+        callbacks = SfnExecutions(stack.aws)
         # WHEN the deadline passes while heartbeats keep coming
-        while await callbacks.send_task_heartbeat(token) is CallbackOutcome.DELIVERED:
+        while await callbacks.send_heartbeat(token) is True:
             await asyncio.sleep(0.2)
         result = await finished(stack, arn)
         # THEN Finalize ran with reason "timeout" and the task SUCCEEDED

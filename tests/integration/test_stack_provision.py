@@ -6,6 +6,7 @@ import json
 import os
 
 from fedasync.aws.session import AwsContext
+from fedasync.deployment import Deployment
 from fedasync.local.provision import provision
 from fedasync.local.server import LocalMotoServer
 from fedasync.local.stack import EmbeddedStack
@@ -16,12 +17,11 @@ from fedasync.resources import (
     NOTICE_FILTER_ATTRIBUTE,
     TTL_ATTRIBUTE,
     ClientSpec,
-    StackSpec,
 )
 
 
-def spec_for(prefix: str, *clients: str) -> StackSpec:
-    return StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in clients))
+def spec_for(prefix: str, *clients: str) -> Deployment:
+    return Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in clients))
 
 
 async def test_provision_twice_returns_the_same_endpoints(aws: AwsContext, prefix: str) -> None:

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from fedasync.aws.session import AwsContext
+from fedasync.deployment import Deployment
 from fedasync.local.events import EventLog
-from fedasync.local.provision import StackEndpoints, provision
+from fedasync.local.provision import provision
 from fedasync.local.pumps import PumpOptions, QueuePump, StreamPump
-from fedasync.resources import AGGREGATE_STREAM_FILTER, StackSpec
+from fedasync.resources import AGGREGATE_STREAM_FILTER
 
 STREAM_RECORD_KEYS = {
     "eventID",
@@ -89,8 +90,8 @@ class Recorder:
 
 
 @pytest.fixture
-async def endpoints(aws: AwsContext, prefix: str) -> StackEndpoints:
-    return await provision(aws, StackSpec(prefix=prefix))
+async def endpoints(aws: AwsContext, prefix: str) -> Deployment:
+    return await provision(aws, Deployment(prefix=prefix))
 
 
 async def put(aws: AwsContext, table: str, sk: str, **attrs: str) -> None:
@@ -100,7 +101,7 @@ async def put(aws: AwsContext, table: str, sk: str, **attrs: str) -> None:
 
 
 async def test_stream_pump_delivers_inserts_and_modifies_in_order_with_lambda_shape(
-    aws: AwsContext, endpoints: StackEndpoints, wait_until: Any, tmp_path: Path
+    aws: AwsContext, endpoints: Deployment, wait_until: Any, tmp_path: Path
 ) -> None:
     # GIVEN a stream pump writing its event log to a file
     handler = Recorder()
@@ -137,7 +138,7 @@ async def test_stream_pump_delivers_inserts_and_modifies_in_order_with_lambda_sh
 
 
 async def test_stream_partial_failure_is_redelivered_from_the_first_failed_record(
-    aws: AwsContext, endpoints: StackEndpoints, wait_until: Any
+    aws: AwsContext, endpoints: Deployment, wait_until: Any
 ) -> None:
     # GIVEN three records written before the pump starts, and a handler that fails 'B' once
     for sk in ("A", "B", "C"):
@@ -156,7 +157,7 @@ async def test_stream_partial_failure_is_redelivered_from_the_first_failed_recor
 
 
 async def test_stream_crash_is_bisected_and_poison_record_goes_to_on_failure(
-    aws: AwsContext, endpoints: StackEndpoints, wait_until: Any
+    aws: AwsContext, endpoints: Deployment, wait_until: Any
 ) -> None:
     # GIVEN a handler that crashes on every batch containing 'B', and 2 retries allowed
     for sk in ("A", "B", "C", "D"):
@@ -195,7 +196,7 @@ async def test_stream_crash_is_bisected_and_poison_record_goes_to_on_failure(
 
 
 async def test_fault_injection_delivers_every_stream_batch_twice(
-    aws: AwsContext, endpoints: StackEndpoints, wait_until: Any
+    aws: AwsContext, endpoints: Deployment, wait_until: Any
 ) -> None:
     # GIVEN a pump in deliver-twice mode
     handler = Recorder()
@@ -244,7 +245,7 @@ async def test_queue_pump_deletes_successes_and_redelivers_partial_failures(
 
 
 async def test_a_failed_control_message_waits_out_the_control_queues_visibility(
-    aws: AwsContext, endpoints: StackEndpoints, wait_until: Any
+    aws: AwsContext, endpoints: Deployment, wait_until: Any
 ) -> None:
     # GIVEN the provisioned control queue: its visibility timeout is the deployed one
     sqs = await aws.sqs()
@@ -271,7 +272,7 @@ async def test_a_failed_control_message_waits_out_the_control_queues_visibility(
 
 
 async def test_stream_pump_with_the_aggregate_filter_skips_heartbeats_and_our_writes(
-    aws: AwsContext, endpoints: StackEndpoints, wait_until: Any
+    aws: AwsContext, endpoints: Deployment, wait_until: Any
 ) -> None:
     # GIVEN a stream pump with the aggregate mapping's filter
     handler = Recorder()

@@ -13,8 +13,9 @@ from client.run import run_client
 from client.trainers.numpy_trainer import NumpyTrainer
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
+from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from fedasync.server.tasks import start_task
 from tests.faults.harness import all_decided
 from tests.integration.test_server_sync import store_for, wait_execution
@@ -42,7 +43,7 @@ async def test_eval_accuracy_reported_by_the_silos_stops_an_async_task(moto_serv
     )
     # AND each silo holding out a fifth of its own data
     splits = [hold_out(demo_silo(i, len(SILOS), seed=0)[0], 0.2, seed=0) for i in range(3)]
-    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in SILOS))
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in SILOS))
     async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as stack:
         e, store = stack.endpoints, store_for(stack)
         arn = await start_task(store, e.state_machine_arn, cfg, NumpyTrainer().init_weights(0))

@@ -18,10 +18,10 @@ from fedasync.cli import app
 from fedasync.core import keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.replay import replay
+from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
 from fedasync.ops.events import export_ledger, export_objects, folder_loader
-from fedasync.ops.taskctl import StackConfig
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from fedasync.server.tasks import start_task
 from tests.faults.harness import next_notice
 from tests.integration.test_server_sync import (
@@ -37,14 +37,14 @@ CLIENTS = ("a", "b", "c")
 @pytest.fixture
 async def stack(moto_server, prefix):
     logs.configure(level="WARNING")
-    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
     async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as s:
         yield s
 
 
 def cli(stack: EmbeddedStack, *args: str):
     # as an operator runs it: with the stack config `local up` writes (the operator's key)
-    config = StackConfig.from_endpoints(stack.endpoints, stack.spec.prefix)
+    config = stack.endpoints
     path = Path(tempfile.mkdtemp()) / "stack.json"
     path.write_text(config.model_dump_json(exclude_none=True))
     where = ["--endpoint", str(stack.endpoints.endpoint_url), "--stack-config", str(path)]

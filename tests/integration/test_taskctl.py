@@ -23,9 +23,9 @@ from fedasync.cli import app
 from fedasync.core import codec, keys
 from fedasync.core.errors import FedAsyncError
 from fedasync.core.messages import Heartbeat
+from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
-from fedasync.ops.taskctl import StackConfig
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from tests.integration.test_server_async import first_notice
 from tests.integration.test_server_sync import clients_for, store_for
 
@@ -35,14 +35,14 @@ CLIENTS = ("a", "b")
 @pytest.fixture
 async def stack(moto_server, prefix):
     logs.configure(level="WARNING")  # bind the real stderr before CliRunner swaps it
-    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
     async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as s:
         yield s
 
 
 def cli(stack: EmbeddedStack, *args: str):
     # as an operator runs it: with the stack config `local up` writes (the operator's key)
-    config = StackConfig.from_endpoints(stack.endpoints, stack.spec.prefix)
+    config = stack.endpoints
     path = Path(tempfile.mkdtemp()) / "stack.json"
     path.write_text(config.model_dump_json(exclude_none=True))
     where = ["--endpoint", str(stack.endpoints.endpoint_url), "--prefix", stack.spec.prefix]
@@ -262,7 +262,7 @@ async def test_unknown_task_and_invalid_config_are_clear_errors(stack, tmp_path)
     # THEN each exits 1 and says what is wrong
     for result in (status, stop):
         assert result.exit_code == 1
-        assert f"error: task 'ghost' does not exist in table '{stack.spec.table_name}'" in (
+        assert f"error: task 'ghost' does not exist in table '{stack.spec.table}'" in (
             result.output
         )
     assert start.exit_code == 1
@@ -272,7 +272,6 @@ async def test_unknown_task_and_invalid_config_are_clear_errors(stack, tmp_path)
 
 @pytest.mark.parametrize("where", ["prefix", "stack-config"])
 async def test_a_task_naming_a_client_without_a_queue_is_refused_at_start(stack, tmp_path, where):
-    from fedasync.ops.taskctl import StackConfig
 
     # GIVEN a stack deployed for clients a and b, and a task for a, zed and b
     config = write_config(
@@ -280,7 +279,7 @@ async def test_a_task_naming_a_client_without_a_queue_is_refused_at_start(stack,
     )
     args = ["task", "start", "--config", str(config)]
     if where == "stack-config":  # the queue list `local up` writes
-        names = StackConfig.from_endpoints(stack.endpoints, stack.spec.prefix)
+        names = stack.endpoints
         stack_json = tmp_path / "stack.json"
         stack_json.write_text(names.model_dump_json())
         args += ["--stack-config", str(stack_json)]

@@ -8,16 +8,38 @@ from pydantic import ValidationError
 from client.config import MIN_PART_BYTES, ClientConfig
 from client.worker import training_seed, update_id_for
 from fedasync.core.messages import GlobalModelNotice, UpdateRecord
+from fedasync.deployment import Deployment
 
 
 def test_resource_names_follow_the_stack_prefix():
+    # GIVEN only a prefix WHEN the config is built THEN the names are the stack's
     cfg = ClientConfig(task_name="digits", client_id="bank-3", prefix="demo")
-    assert (cfg.bucket_name, cfg.table_name, cfg.queue_name) == (
+    assert (cfg.deployment.bucket, cfg.deployment.table, cfg.queue_name) == (
         "demo-models",
         "demo-table",
         "demo-client-bank-3",
     )
-    assert ClientConfig(task_name="d", client_id="c", bucket="mine").bucket_name == "mine"
+    assert cfg.queue_url is None
+    # GIVEN flat names THEN they fill the deployment, the queue URL under the client's id
+    given = ClientConfig(task_name="d", client_id="c", bucket="mine", queue_url="http://q/c")
+    assert given.deployment.bucket == "mine"
+    assert given.deployment.client_queue_urls == {"c": "http://q/c"}
+    assert given.queue_url == "http://q/c"
+
+
+def test_a_deployment_is_the_one_source_of_a_silos_coordinates():
+    # GIVEN a deployment as `local up` resolves it
+    where = Deployment(prefix="p", endpoint_url="http://127.0.0.1:5000", bucket="b",
+                       client_queue_urls={"c": "http://q/c"})  # fmt: skip
+    # WHEN a silo's config carries it, and a flat flag overrides one name
+    cfg = ClientConfig(task_name="d", client_id="c", deployment=where, table="t")
+    # THEN every coordinate comes from it, the flag wins where given
+    assert (cfg.deployment.endpoint_url, cfg.deployment.bucket, cfg.deployment.table) == (
+        "http://127.0.0.1:5000",
+        "b",
+        "t",
+    )
+    assert cfg.queue_url == "http://q/c"
 
 
 def test_heartbeat_ttl_defaults_to_three_beats():

@@ -9,7 +9,8 @@ from collections import Counter
 
 import pytest
 
-from fedasync.resources import StackSpec, shard_topic, topic_shard, topic_shard_count
+from fedasync.deployment import Deployment
+from fedasync.resources import shard_topic, topic_shard, topic_shard_count
 
 
 def test_a_client_shard_is_the_documented_hash_of_its_id():
@@ -32,7 +33,7 @@ def test_the_fewest_shards_that_keep_each_topic_within_200(n):
 
 
 def test_up_to_200_clients_keep_the_one_topic_of_earlier_stacks():
-    spec = StackSpec(prefix="p")
+    spec = Deployment(prefix="p")
     assert topic_shard_count([f"c{i}" for i in range(200)]) == 1
     assert spec.topic_shards == 1
     assert shard_topic(spec.topic_name, 0) == "p-global-model-ready"

@@ -14,13 +14,12 @@ import base64
 import contextlib
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from client.progress import Advance
-from fedasync.aws.models import SHA256_METADATA as MODEL_SHA256_METADATA
 from fedasync.core.errors import ChecksumMismatchError, PayloadTooLargeError
 from fedasync.resources import LOCAL_UPDATE_TAGGING
 
@@ -29,7 +28,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-SHA256_METADATA = MODEL_SHA256_METADATA  # the registry's name for it: one name
+# Every stored model carries its SHA-256 as `x-amz-meta-sha256`: S3 keeps no plain SHA-256
+# of a multipart object, and readers re-hash what they read against it.
+SHA256_METADATA = "sha256"
+Advance = Callable[[int], None]  # told each chunk's size as bytes move (progress bars)
 PARTS_IN_FLIGHT = 4
 _WRITE_BATCH = 4 * 1024 * 1024
 _READ_CHUNK = 1024 * 1024
