@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,33 @@ _OPAQUE = re.compile(r"[A-Za-z0-9+/=_-]{100,}")
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _PREFIX = 6
 _known: deque[str] = deque(maxlen=256)
+
+
+class StderrLogger:
+    """Writes each line to whatever `sys.stderr` is at the moment of writing.
+
+    structlog's `PrintLoggerFactory(file=sys.stderr)` keeps the stream it was given at
+    configure time. A process configured while something had swapped `sys.stderr` (click's
+    `CliRunner`, pytest's capture, an embedding host) then writes every later line to that
+    swapped stream, long after its owner closed it: `ValueError: I/O operation on closed
+    file` from an unrelated log call. Resolving the stream per line follows the swap and
+    its undoing.
+    """
+
+    _lock = threading.Lock()  # one line at a time, across threads (as PrintLogger does)
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            stream = sys.stderr
+            stream.write(message + "\n")
+            stream.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+    failure = err = msg
+
+
+def _stderr_logger(*_args: Any) -> StderrLogger:
+    return StderrLogger()
 
 
 def remember_secret(value: str | None) -> None:
@@ -101,7 +129,7 @@ def configure(*, level: str | None = None, json: bool | None = None, force: bool
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level_name, logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     # moto's embedded web server logs every request through werkzeug; keep it quiet

@@ -9,13 +9,30 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import structlog
 
+from fedasync import logs
 from fedasync.aws.session import AwsContext
 from fedasync.local.server import LocalMotoServer
 
 pytest_plugins = ["tests.call_audit"]
 
 Waiter = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging() -> Iterator[None]:
+    """Each test starts with logging as a new process has it: not yet configured.
+
+    `logs.configure` is first-call-wins, so without this the level a test sees would be the
+    one of whichever earlier test configured first (a CLI's WARNING or ERROR filters the
+    info events another test captures): an order dependence.
+    """
+    structlog.reset_defaults()
+    logs._configured = False
+    yield
+    structlog.reset_defaults()
+    logs._configured = False
 
 
 @pytest.fixture(scope="session")
