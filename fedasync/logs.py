@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import structlog
+import structlog.testing
 import structlog.tracebacks
 
 _configured = False
@@ -124,6 +125,11 @@ def configure(*, level: str | None = None, json: bool | None = None, force: bool
         )
     # last before rendering, so it also sees exception dicts and bound context
     processors.extend([redact, renderer])
+    current = structlog.get_config()["processors"]
+    if any(isinstance(p, structlog.testing.LogCapture) for p in current):
+        # a `capture_logs` block is running (a test asserting on logs): a handler's first
+        # configure inside it takes the level, and keeps the capture (the same list)
+        processors = current
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -68,7 +68,7 @@ async def notice_after(client, seq: int):
 async def test_a_fedbuff_step_to_an_inf_global_is_refused_and_the_honest_silos_go_on(
     moto_server, prefix, wait_until, tmp_path
 ):
-    logs.configure(level="WARNING")  # the CLI below: bind the real stderr first
+    logs.configure(level="WARNING")  # the CLI's level, before a pump's first call sets INFO
     # GIVEN FedBuff, K = 2, server_lr 10 (the bound), no norm bound, at version 0
     cfg = fedbuff("inf", server_lr=10.0, max_versions=1)
     x0 = initial_model()

@@ -34,7 +34,7 @@ CLIENTS = ("a", "b")
 
 @pytest.fixture
 async def stack(moto_server, prefix):
-    logs.configure(level="WARNING")  # bind the real stderr before CliRunner swaps it
+    logs.configure(level="WARNING")  # the CLI's level: no pump's info line in its stderr
     spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
     async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as s:
         yield s

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 from fedasync import logs
 
@@ -51,3 +52,14 @@ def test_each_test_starts_with_logging_not_yet_configured() -> None:
     # WHEN a test begins
     # THEN the first configure of this test is the one that counts, as in a new process
     assert logs._configured is False
+
+
+def test_a_first_configure_inside_capture_logs_keeps_the_capture() -> None:
+    # GIVEN a test capturing logs, and logging not yet configured
+    with capture_logs() as logged:
+        # WHEN a handler configures logging on its first call, then logs
+        logs.configure(level="INFO")
+        structlog.get_logger().info("update.accepted", version=1)
+        structlog.get_logger().debug("pump.idle")
+    # THEN the capture saw the event, at the level the configure set
+    assert [(e["event"], e["log_level"]) for e in logged] == [("update.accepted", "info")]
