@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-import structlog
 
 from fedasync import logs
 from fedasync.aws.session import AwsContext
@@ -53,16 +52,18 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 @pytest.fixture(autouse=True)
 def fresh_logging() -> Iterator[None]:
-    """Each test starts with logging as a new process has it: not yet configured.
+    """Each test starts with logging as a new process has it: the first configure counts.
 
     `logs.configure` is first-call-wins, so without this the level a test sees would be the
     one of whichever earlier test configured first (a CLI's WARNING or ERROR filters the
-    info events another test captures): an order dependence.
+    info events another test captures): an order dependence. Until this test's first
+    configure, lines go as a configured process sends them (JSON on stderr), not to
+    structlog's unconfigured default (stdout, where a CLI under CliRunner prints its JSON).
     """
-    structlog.reset_defaults()
+    logs.configure(force=True)
     logs._configured = False
     yield
-    structlog.reset_defaults()
+    logs.configure(force=True)
     logs._configured = False
 
 
