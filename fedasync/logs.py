@@ -13,7 +13,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 import structlog.testing
@@ -98,8 +98,17 @@ def redact(_logger: Any, _method: str, event_dict: Any) -> Any:
     return {k: _scrub_pair(k, v, 0) for k, v in event_dict.items()}
 
 
-def configure(*, level: str | None = None, json: bool | None = None, force: bool = False) -> None:
-    """Idempotent: the first call wins unless `force`; safe to call from every entry point."""
+def configure(
+    *,
+    level: str | None = None,
+    json: bool | None = None,
+    force: bool = False,
+    stream: TextIO | None = None,
+) -> None:
+    """Idempotent: the first call wins unless `force`; safe to call from every entry point.
+
+    Lines go to `stream` if given, else to whatever `sys.stderr` is when each is written.
+    """
     global _configured  # noqa: PLW0603 - one process-wide logging setup is the point
     if _configured and not force:
         return
@@ -135,7 +144,7 @@ def configure(*, level: str | None = None, json: bool | None = None, force: bool
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level_name, logging.INFO)
         ),
-        logger_factory=_stderr_logger,
+        logger_factory=_stderr_logger if stream is None else structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
     # moto's embedded web server logs every request through werkzeug; keep it quiet
