@@ -10,11 +10,13 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
+import structlog.testing
 import structlog.tracebacks
 
 _configured = False
@@ -26,6 +28,33 @@ _OPAQUE = re.compile(r"[A-Za-z0-9+/=_-]{100,}")
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _PREFIX = 6
 _known: deque[str] = deque(maxlen=256)
+
+
+class StderrLogger:
+    """Writes each line to whatever `sys.stderr` is at the moment of writing.
+
+    structlog's `PrintLoggerFactory(file=sys.stderr)` keeps the stream it was given at
+    configure time. A process configured while something had swapped `sys.stderr` (click's
+    `CliRunner`, pytest's capture, an embedding host) then writes every later line to that
+    swapped stream, long after its owner closed it: `ValueError: I/O operation on closed
+    file` from an unrelated log call. Resolving the stream per line follows the swap and
+    its undoing.
+    """
+
+    _lock = threading.Lock()  # one line at a time, across threads (as PrintLogger does)
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            stream = sys.stderr
+            stream.write(message + "\n")
+            stream.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+    failure = err = msg
+
+
+def _stderr_logger(*_args: Any) -> StderrLogger:
+    return StderrLogger()
 
 
 def remember_secret(value: str | None) -> None:
@@ -69,8 +98,17 @@ def redact(_logger: Any, _method: str, event_dict: Any) -> Any:
     return {k: _scrub_pair(k, v, 0) for k, v in event_dict.items()}
 
 
-def configure(*, level: str | None = None, json: bool | None = None, force: bool = False) -> None:
-    """Idempotent: the first call wins unless `force`; safe to call from every entry point."""
+def configure(
+    *,
+    level: str | None = None,
+    json: bool | None = None,
+    force: bool = False,
+    stream: TextIO | None = None,
+) -> None:
+    """Idempotent: the first call wins unless `force`; safe to call from every entry point.
+
+    Lines go to `stream` if given, else to whatever `sys.stderr` is when each is written.
+    """
     global _configured  # noqa: PLW0603 - one process-wide logging setup is the point
     if _configured and not force:
         return
@@ -96,12 +134,17 @@ def configure(*, level: str | None = None, json: bool | None = None, force: bool
         )
     # last before rendering, so it also sees exception dicts and bound context
     processors.extend([redact, renderer])
+    current = structlog.get_config()["processors"]
+    if any(isinstance(p, structlog.testing.LogCapture) for p in current):
+        # a `capture_logs` block is running (a test asserting on logs): a handler's first
+        # configure inside it takes the level, and keeps the capture (the same list)
+        processors = current
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level_name, logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger if stream is None else structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
     # moto's embedded web server logs every request through werkzeug; keep it quiet

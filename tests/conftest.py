@@ -10,12 +10,61 @@ from typing import Any
 
 import pytest
 
+from fedasync import logs
 from fedasync.aws.session import AwsContext
 from fedasync.local.server import LocalMotoServer
 
 pytest_plugins = ["tests.call_audit"]
 
 Waiter = Callable[..., Awaitable[Any]]
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-randomly has shuffled
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A `runs_last` test moves behind the other tests of its class (or module).
+
+    Such a test closes a scenario the others share (it finishes their task) or sums up
+    what they did; every other test runs in whatever order the run chose.
+    """
+    end: dict[pytest.Item | pytest.Collector, int] = {}
+    for index, item in enumerate(items):
+        for node in item.listchain():
+            end[node] = index
+    position = {id(item): index for index, item in enumerate(items)}
+
+    def key(item: pytest.Item) -> tuple[float, int]:
+        at = position[id(item)]
+        if item.get_closest_marker("runs_last") is None or item.parent is None:
+            return (at, at)
+        return (end[item.parent] + 0.5, at)
+
+    items.sort(key=key)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The shuffle's seed, also under -q (pytest-randomly prints it only in the header)."""
+    if config.pluginmanager.has_plugin("randomly"):
+        seed = config.getoption("randomly_seed", default=None)
+        terminalreporter.write_line(
+            f"test order shuffled by pytest-randomly; this order again: --randomly-seed={seed}"
+        )
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging() -> Iterator[None]:
+    """Each test starts with logging as a new process has it: the first configure counts.
+
+    `logs.configure` is first-call-wins, so without this the level a test sees would be the
+    one of whichever earlier test configured first (a CLI's WARNING or ERROR filters the
+    info events another test captures): an order dependence. Until this test's first
+    configure, lines go as a configured process sends them (JSON on stderr), not to
+    structlog's unconfigured default (stdout, where a CLI under CliRunner prints its JSON).
+    """
+    logs.configure(force=True)
+    logs._configured = False
+    yield
+    logs.configure(force=True)
+    logs._configured = False
 
 
 @pytest.fixture(scope="session")

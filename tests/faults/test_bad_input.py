@@ -2,7 +2,8 @@
 leaves the global model unchanged (or, mixed with good updates, the result is exactly
 what the good ones alone give).
 
-Two stacks per module, each shared by its cases (in file order):
+Two stacks per module, each shared by its cases (in any order; the one that finishes the
+task runs last):
 - async: one FedAsync task at version 1; every case sends one bad update and checks the
   verdict, the reason, the detail, and that the head (version, SHA-256, bytes) did not move;
 - sync: one FedAvg round per case, where client 'a' is bad and 'b', 'c' are good; the
@@ -397,7 +398,7 @@ async def async_env(moto_server):
 
 
 class TestAsync:
-    """One async task at version 1; every case against it (cases run in file order)."""
+    """One async task at version 1; every case against it (the one that ends it runs last)."""
 
     @pytest.mark.parametrize("case", PAYLOADS)
     async def test_async_bad_payload_is_rejected_and_the_head_does_not_move(self, async_env, case):
@@ -443,6 +444,7 @@ class TestAsync:
         assert_rejected(item, "unknown_task", "'no-such-task' does not exist")
         await assert_head_unchanged(async_env)
 
+    @pytest.mark.runs_last  # it finishes the task the other cases share
     async def test_async_good_update_after_all_that_is_exact_and_a_replay_after_the_end_is_refused(
         self,
         async_env,
@@ -594,6 +596,7 @@ class TestSync:
         )
         env.notes["round"] = r + 1
 
+    @pytest.mark.runs_last  # it finishes the task the other cases share
     async def test_sync_update_for_a_closed_round_and_after_the_end_are_refused(self, sync_env):
         env, r = sync_env, sync_env.notes["round"]
         a, b, c = (env.clients[x] for x in CLIENTS)

@@ -420,8 +420,9 @@ def test_every_dtype_and_any_nesting_depth_is_decoded_or_a_schema_error(data):
     assert reason in ("ok", "unsupported_dtype", "too_deep")
 
 
+@pytest.mark.runs_last
 def test_pure_layer_saw_enough_inputs():
-    """Runs after the properties above (file order): the count is part of the claim."""
+    """Runs after the properties of this module (runs_last): the count is part of the claim."""
     pure = sum(n for k, n in SEEN.items() if k.split(":")[0] in ("item", "payload", "decode"))
     print("fuzz outcomes:", dict(sorted(SEEN.items())))
     assert pure >= 1000
@@ -551,7 +552,7 @@ def test_fuzzed_stream_events_never_crash_the_handler_nor_move_the_head(fuzz_sta
 )
 @given(item=junk_items())
 def test_fuzzed_update_items_written_to_the_table_go_through_the_pumps(fuzz_stack, item):
-    """Write them now; the stream pump runs the handler on each; the next test reads verdicts."""
+    """Write them now; the stream pump runs the handler on each; a runs_last test reads verdicts."""
     n = next(_serial)  # a fresh sort key each: an overwrite is a MODIFY, never decided
     item = {**item, "task_name": STACK_TASK}
     client, update_id = item.get("client_id"), item.get("update_id")
@@ -578,6 +579,7 @@ WRITTEN: set[str] = set()
 _serial = itertools.count()
 
 
+@pytest.mark.runs_last
 async def test_every_written_item_is_decided_and_the_head_never_moved(fuzz_stack, wait_until):
     stack, store, head = fuzz_stack
     assert len(WRITTEN) >= 50
@@ -596,6 +598,7 @@ async def test_every_written_item_is_decided_and_the_head_never_moved(fuzz_stack
     assert stack.stream_pump.failed_batches == []
 
 
+@pytest.mark.runs_last
 def test_total_inputs_fuzzed_in_this_module():
     total = sum(
         n

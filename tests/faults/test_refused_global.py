@@ -10,6 +10,7 @@ Also here: a FedBuff task whose model has a 0-d tensor passes version 0.
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -68,7 +69,9 @@ async def notice_after(client, seq: int):
 async def test_a_fedbuff_step_to_an_inf_global_is_refused_and_the_honest_silos_go_on(
     moto_server, prefix, wait_until, tmp_path
 ):
-    logs.configure(level="WARNING")  # the CLI below: bind the real stderr first
+    # the test's own stderr, bound now: the pumps' lines stay out of the CLI's
+    # (CliRunner's) stderr, which these tests read
+    logs.configure(level="WARNING", stream=sys.stderr)
     # GIVEN FedBuff, K = 2, server_lr 10 (the bound), no norm bound, at version 0
     cfg = fedbuff("inf", server_lr=10.0, max_versions=1)
     x0 = initial_model()

@@ -12,7 +12,6 @@ import asyncio
 import io
 import json
 import logging
-import sys
 import tokenize
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,8 +186,8 @@ def captured_logs(monkeypatch) -> Iterator[io.StringIO]:
     saved_config = structlog.get_config()
     saved_flag = logs._configured
     buffer = io.StringIO()
-    monkeypatch.setattr(sys, "stderr", buffer)
-    logs.configure(level="INFO", json=True, force=True)
+    # the stream itself, not sys.stderr: pytest sets its own sys.stderr again for the call
+    logs.configure(level="INFO", json=True, force=True, stream=buffer)
     try:
         yield buffer
     finally:

@@ -16,7 +16,6 @@ from botocore.exceptions import ClientError
 from fedasync.cli_task import _write_files
 from typer.testing import CliRunner
 
-from fedasync import logs
 from fedasync.aws.session import AwsContext, denial, refusal_message
 from fedasync.cli import app
 from fedasync.core import keys
@@ -34,7 +33,6 @@ SILOS = ("silo-0", "silo-1")
 
 @pytest.fixture(scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedStack]:
-    logs.configure(level="WARNING")  # bind the real stderr before CliRunner swaps it
     spec = Deployment(prefix="enforced", clients=tuple(ClientSpec(client_id=c) for c in SILOS))
     async with EmbeddedStack(
         spec, enforce_iam=True, aggregate_handler=None, control_handler=None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -36,7 +37,9 @@ CLIENTS = ("a", "b", "c")
 
 @pytest.fixture
 async def stack(moto_server, prefix):
-    logs.configure(level="WARNING")
+    # the test's own stderr, bound now: the pumps' lines stay out of the CLI's
+    # (CliRunner's) stderr, which these tests read
+    logs.configure(level="WARNING", stream=sys.stderr)
     spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
     async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as s:
         yield s

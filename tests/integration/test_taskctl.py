@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +35,9 @@ CLIENTS = ("a", "b")
 
 @pytest.fixture
 async def stack(moto_server, prefix):
-    logs.configure(level="WARNING")  # bind the real stderr before CliRunner swaps it
+    # the test's own stderr, bound now: the pumps' lines stay out of the CLI's
+    # (CliRunner's) stderr, which these tests read
+    logs.configure(level="WARNING", stream=sys.stderr)
     spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
     async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as s:
         yield s
