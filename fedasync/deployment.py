@@ -21,6 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedasync.aws.session import Credentials
 from fedasync.core.errors import ConfigError
+from fedasync.deployment_json import (
+    CDK_OUTPUT_IDS,
+    CLIENT_KEY_PREFIX,
+    from_cdk_outputs,
+    from_stack_json,
+    key_json,
+)
 from fedasync.resources import (
     ENV_BUCKET,
     ENV_CONTROL_QUEUE_URL,
@@ -35,20 +42,9 @@ from fedasync.resources import (
     topic_shard_count,
 )
 
-PREFIX_PATTERN = r"^[a-z][a-z0-9-]{0,23}$"
+__all__ = ["CDK_OUTPUT_IDS", "CLIENT_KEY_PREFIX", "Deployment"]
 
-# The CDK stack's outputs (infra/stack.py's CfnOutput ids, what `cdk deploy --outputs-file`
-# writes) for the Deployment fields they fill: one table for the writer and the reader.
-CDK_OUTPUT_IDS = {
-    "region": "Region",
-    "prefix": "Prefix",
-    "bucket": "BucketName",
-    "table": "TableName",
-    "topic_arn": "TopicArn",
-    "topic_shards": "TopicShards",
-    "control_queue_url": "ControlQueueUrl",
-    "state_machine_arn": "StateMachineArn",
-}
+PREFIX_PATTERN = r"^[a-z][a-z0-9-]{0,23}$"
 
 
 def _derived(data: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +52,7 @@ def _derived(data: dict[str, Any]) -> dict[str, Any]:
     prefix = str(data.get("prefix") or "fedasync")
     names = {
         "table": f"{prefix}-table",
-        "server_table": f"{prefix}-server-table",
+        "server_table": f"{prefix}-table-server",
         "bucket": f"{prefix}-models",
     }
     for field, name in names.items():
@@ -100,7 +96,7 @@ class Deployment(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _names(cls, data: Any) -> Any:
-        return _derived(dict(data)) if isinstance(data, Mapping) else data
+        return _derived(from_stack_json(dict(data))) if isinstance(data, Mapping) else data
 
     # --- names the stack gives its resources (embedded and CDK alike) -------------------
 
@@ -231,18 +227,42 @@ class Deployment(BaseModel):
     def save(self, path: Path) -> None:
         """Write the stack JSON `load` reads (keys included: keep it private)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(indent=2, exclude_none=True) + "\n")
+        path.write_text(json.dumps(self.stack_json(), indent=2) + "\n")
 
-
-def from_cdk_outputs(data: dict[str, Any]) -> dict[str, Any]:
-    """`cdk deploy --outputs-file`'s {StackName: {TableName, BucketName, ...}} as Deployment
-    fields; anything else is returned as it is."""
-    stacks = [v for v in data.values() if isinstance(v, dict) and "TableName" in v]
-    if "table" in data or len(stacks) != 1:
+    def stack_json(self) -> dict[str, Any]:
+        """The stack JSON in the shape `fedasync local up --stack-config` has always
+        written: `"clients": {id: {"queue_url", "aws_access_key_id",
+        "aws_secret_access_key"}}` and `"operator": {"aws_access_key_id",
+        "aws_secret_access_key"}`; any other principal's key under `"principals"`."""
+        data = self.model_dump(
+            mode="json", exclude_none=True, exclude={"clients", "principals", "client_queue_urls"}
+        )
+        ids = [*self.client_ids]
+        ids += [c for c in self.client_queue_urls if c not in ids]
+        ids += [
+            p.removeprefix(CLIENT_KEY_PREFIX)
+            for p in self.principals
+            if p.startswith(CLIENT_KEY_PREFIX) and p.removeprefix(CLIENT_KEY_PREFIX) not in ids
+        ]
+        specs = {c.client_id: c for c in self.clients}
+        clients: dict[str, dict[str, Any]] = {}
+        for client_id in ids:
+            entry: dict[str, Any] = {}
+            spec = specs.get(client_id)
+            if spec is not None and spec.principal is not None:
+                entry["principal"] = spec.principal
+            if client_id in self.client_queue_urls:
+                entry["queue_url"] = self.client_queue_urls[client_id]
+            entry |= key_json(self.principals.get(CLIENT_KEY_PREFIX + client_id))
+            clients[client_id] = entry
+        data["clients"] = clients
+        if "operator" in self.principals:
+            data["operator"] = key_json(self.principals["operator"])
+        others = {
+            name: key_json(key)
+            for name, key in self.principals.items()
+            if name != "operator" and not name.startswith(CLIENT_KEY_PREFIX)
+        }
+        if others:
+            data["principals"] = others
         return data
-    outputs = stacks[0]
-    fields: dict[str, Any] = {
-        field: outputs[key] for field, key in CDK_OUTPUT_IDS.items() if key in outputs
-    }
-    # no output per client: a silo finds its queue by its name (`client_queue_name`)
-    return fields

@@ -14,17 +14,17 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-
 from fedasync.aws.models import S3ModelRegistry
+
 from fedasync.aws.queues import SnsNotices
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.messages import GlobalModelNotice
+from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
 from fedasync.ops import taskctl
 from fedasync.ops.events import export_ledger
-from fedasync.ops.taskctl import StackConfig
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
 from tests.integration.test_server_sync import wait_execution
@@ -92,7 +92,7 @@ def test_the_example_imports_neither_client_nor_fedasync():
 
 @pytest.fixture
 async def stack(moto_server, prefix):
-    spec = StackSpec(prefix=prefix, clients=(ClientSpec(client_id="a"), ClientSpec(client_id="b")))
+    spec = Deployment(prefix=prefix, clients=(ClientSpec(client_id="a"), ClientSpec(client_id="b")))
     async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as running:
         yield running
 
@@ -138,7 +138,7 @@ async def test_two_foreign_silos_run_a_sync_task_to_the_end(stack):
     # is kept per round, weighted 100:300. By hand, round 0: a 2, b 2.25 -> 2.1875;
     # round 1 (w/2 - 1/4): a 1.4375, b 1.1875 -> 1.25. In `task status` and the ledger
     status = await taskctl.status(
-        stack.aws, StackConfig.from_endpoints(stack.endpoints, stack.spec.prefix), "fx"
+        stack.aws, stack.endpoints, "fx"
     )
     ledger = [e for e in await export_ledger(store, "fx") if e["kind"] == "evaluation"]
     for entries in (status["evaluation"], ledger):
@@ -179,7 +179,7 @@ async def test_a_foreign_silo_runs_an_async_task_to_max_versions(stack):
 @pytest.fixture
 async def bare_stack(moto_server, prefix):
     """No server handlers: the test plays the server (globals in S3, notices on SNS)."""
-    spec = StackSpec(prefix=prefix, clients=(ClientSpec(client_id="a"),))
+    spec = Deployment(prefix=prefix, clients=(ClientSpec(client_id="a"),))
     async with EmbeddedStack(
         spec, endpoint_url=moto_server.endpoint_url, aggregate_handler=None, control_handler=None
     ) as running:

@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 from fedasync import logs
 from fedasync.cli import app
 from fedasync.core import codec, keys
+from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import ClientSpec, StackSpec
+from fedasync.resources import ClientSpec
 from tests.integration.test_server_async import first_notice
 from tests.integration.test_server_sync import clients_for, store_for
 from tests.integration.test_taskctl import cli
@@ -33,7 +34,7 @@ round_timeout_s: 60
 @pytest.fixture
 async def stack(moto_server, prefix):
     logs.configure(level="WARNING")
-    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
     async with EmbeddedStack(spec, endpoint_url=moto_server.endpoint_url) as s:
         yield s
 

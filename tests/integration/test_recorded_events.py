@@ -23,10 +23,11 @@ from structlog.testing import capture_logs
 
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
+from fedasync.deployment import Deployment
 from fedasync.local.events import LocalLambdaContext
 from fedasync.local.filters import matches
 from fedasync.local.stack import EmbeddedStack
-from fedasync.resources import AGGREGATE_STREAM_FILTER, ClientSpec, StackSpec
+from fedasync.resources import AGGREGATE_STREAM_FILTER, ClientSpec
 from fedasync.server.tasks import start_task
 from server_lambdas import aggregate, control
 from tests.integration.scripted import ScriptedClient
@@ -77,7 +78,7 @@ class Rec:
 @pytest.fixture
 async def rec(moto_server, prefix) -> AsyncIterator[Rec]:
     """An async task 'rec' at version 0 (FedAsync, alpha 0.5, constant staleness)."""
-    spec = StackSpec(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
+    spec = Deployment(prefix=prefix, clients=tuple(ClientSpec(client_id=c) for c in CLIENTS))
     cfg = TaskConfig.parse(
         {
             "task_name": TASK,

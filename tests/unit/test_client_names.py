@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import hashlib
 
-from fedasync.resources import StackSpec
+from fedasync.deployment import Deployment
 
 
 def test_queue_url_and_role_arn_follow_from_the_names() -> None:
     # GIVEN stack 'fl' in eu-west-1 WHEN client 'bank-3' of account 111122223333 asks
-    spec = StackSpec(prefix="fl", region="eu-west-1")
+    spec = Deployment(prefix="fl", region="eu-west-1")
     # THEN its names are written out by the rule
     assert spec.client_queue_url("bank-3", "111122223333") == (
         "https://sqs.eu-west-1.amazonaws.com/111122223333/fl-client-bank-3"
@@ -29,8 +29,8 @@ def test_a_role_name_past_64_characters_is_cut_and_hashed() -> None:
     full = f"{prefix}-client-{client}"
     assert len(full) == 80
     # WHEN its role is named THEN the first 55 characters, '-', 8 hex digits of SHA-256
-    name = StackSpec(prefix=prefix).client_role_name(client)
+    name = Deployment(prefix=prefix).client_role_name(client)
     assert name == full[:55] + "-" + hashlib.sha256(full.encode()).hexdigest()[:8]
     assert len(name) == 64
     # AND a name that fits is kept as it is
-    assert StackSpec(prefix=prefix).client_role_name("c" * 32) == f"{prefix}-client-{'c' * 32}"
+    assert Deployment(prefix=prefix).client_role_name("c" * 32) == f"{prefix}-client-{'c' * 32}"

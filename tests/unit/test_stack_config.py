@@ -60,7 +60,7 @@ def test_names_derive_from_the_prefix_and_the_server_table_is_beside_the_inbox()
     # GIVEN only a prefix and three silos
     d = Deployment(prefix="lab", clients=tuple(ClientSpec(client_id=c) for c in "abc"))
     # THEN every name is the one the embedded stack and the CDK app give
-    assert (d.table, d.server_table, d.bucket) == ("lab-table", "lab-server-table", "lab-models")
+    assert (d.table, d.server_table, d.bucket) == ("lab-table", "lab-table-server", "lab-models")
     assert (d.topic_name, d.control_queue_name, d.state_machine_name) == (
         "lab-global-model-ready",
         "lab-control",
