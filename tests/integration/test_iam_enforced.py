@@ -51,12 +51,14 @@ def stack_config(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory)
 def _silo0(stack_config: Path) -> tuple[dict, AwsContext]:
     data = json.loads(stack_config.read_text())
     # the keys handed out are the silos' and the operator's, none of the server's roles
-    assert set(data["principals"]) == {"operator", *(f"client:{c}" for c in SILOS)}
-    mine = data["principals"]["client:silo-0"]
-    assert set(mine) == {"access_key_id", "secret_access_key"}
+    assert set(data["clients"]) == set(SILOS)
+    assert "principals" not in data
+    mine = data["clients"]["silo-0"]
+    assert set(mine) == {"queue_url", "aws_access_key_id", "aws_secret_access_key"}
+    assert set(data["operator"]) == {"aws_access_key_id", "aws_secret_access_key"}
     from fedasync.aws.session import Credentials
 
-    credentials = Credentials(mine["access_key_id"], mine["secret_access_key"])
+    credentials = Credentials(mine["aws_access_key_id"], mine["aws_secret_access_key"])
     return data, AwsContext(data["endpoint_url"], data["region"], credentials)
 
 
@@ -83,7 +85,7 @@ async def test_silo0_is_refused_what_is_not_its_own(
         line = await _refused(s3.put_object(Bucket=bucket, Key=other_key, Body=b"x"))
         assert line == "client silo-0 may not call PutObject (missing permission): Access Denied"
         # WHEN it receives from silo-1's queue THEN SQS refuses
-        other_queue = data["client_queue_urls"]["silo-1"]
+        other_queue = data["clients"]["silo-1"]["queue_url"]
         expect_refused(principal, "sqs:ReceiveMessage", "*:enforced-client-silo-1")
         line = await _refused(sqs.receive_message(QueueUrl=other_queue))
         assert line == (
@@ -134,10 +136,10 @@ async def test_silo0_honest_round_trip_succeeds(stack: EmbeddedStack, stack_conf
     admin_s3 = await stack.aws.s3()
     await admin_s3.put_object(Bucket=bucket, Key=keys.global_key(TASK, 0), Body=b"global")
     admin_sqs = await stack.aws.sqs()
-    await admin_sqs.send_message(QueueUrl=data["client_queue_urls"]["silo-0"], MessageBody="n")
+    await admin_sqs.send_message(QueueUrl=data["clients"]["silo-0"]["queue_url"], MessageBody="n")
     async with aws:
         s3, sqs, ddb = await aws.s3(), await aws.sqs(), await aws.dynamodb()
-        queue = data["client_queue_urls"]["silo-0"]
+        queue = data["clients"]["silo-0"]["queue_url"]
         # WHEN it receives its notice, downloads the global, uploads its update, records it
         got = await sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1)
         (message,) = got["Messages"]
@@ -162,7 +164,7 @@ async def test_silo0_honest_round_trip_succeeds(stack: EmbeddedStack, stack_conf
 def test_a_refused_client_run_ends_in_one_error_line(stack_config: Path) -> None:
     # GIVEN silo-0's stack config entry, pointed at silo-1's queue
     data = json.loads(stack_config.read_text())
-    other_queue = data["client_queue_urls"]["silo-1"]
+    other_queue = data["clients"]["silo-1"]["queue_url"]
     args = ["client", "run", "--task", TASK, "--client-id", "silo-0", "--trainer", "numpy"]
     args += ["--stack-config", str(stack_config), "--queue-url", other_queue]
     expect_refused("client:silo-0", "sqs:ReceiveMessage", "*:enforced-client-silo-1")

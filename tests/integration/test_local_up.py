@@ -128,7 +128,7 @@ def test_local_up_serves_separate_client_processes_through_a_sync_task(tmp_path)
         assert env["FEDASYNC_PREFIX"] == "lu"
         names = json.loads((tmp_path / "stack.json").read_text())
         assert names["table"] == "lu-table"
-        assert set(names["client_queue_urls"]) == {"silo-0", "silo-1"}
+        assert set(names["clients"]) == {"silo-0", "silo-1"}
         # AND the AWS_* exports are the operator's own keys (invented ones are refused)
         assert env["AWS_ACCESS_KEY_ID"] == names["operator"]["aws_access_key_id"]
         assert env["AWS_SECRET_ACCESS_KEY"] == names["operator"]["aws_secret_access_key"]
