@@ -28,6 +28,7 @@ from infra.storage import Storage
 OUTPUT_REGION = "Region"
 OUTPUT_BUCKET = "BucketName"
 OUTPUT_TABLE = "TableName"
+OUTPUT_SERVER_TABLE = "ServerTableName"
 OUTPUT_TOPIC = "TopicArn"
 OUTPUT_TOPIC_SHARDS = "TopicShards"
 OUTPUT_CONTROL_QUEUE = "ControlQueueUrl"
@@ -67,7 +68,7 @@ class FedAsyncStack(Stack):
             "Orchestration",
             spec=spec,
             definition=asl_definition,
-            table=self.storage.table,
+            table=self.storage.server_table,
             control_queue=self.messaging.control_queue,
         )
         self.functions = ServerFunctions(
@@ -77,6 +78,7 @@ class FedAsyncStack(Stack):
             code=lambda_code(self, bundle_dir),
             bucket=self.storage.bucket,
             table=self.storage.table,
+            server_table=self.storage.server_table,
             messaging=self.messaging,
             state_machine=self.orchestration.state_machine,
         )
@@ -94,6 +96,7 @@ class FedAsyncStack(Stack):
             spec=spec,
             bucket=self.storage.bucket,
             table=self.storage.table,
+            server_table=self.storage.server_table,
             topics=self.messaging.topics,
             state_machine=self.orchestration.state_machine,
         )
@@ -117,7 +120,12 @@ class FedAsyncStack(Stack):
 
         out(OUTPUT_REGION, Aws.REGION, "Region of every resource below")
         out(OUTPUT_BUCKET, self.storage.bucket.bucket_name, "Models bucket (S3)")
-        out(OUTPUT_TABLE, self.storage.table.table_name, "Records table (DynamoDB)")
+        out(OUTPUT_TABLE, self.storage.table.table_name, "Inbox table: what silos write (DynamoDB)")
+        out(
+            OUTPUT_SERVER_TABLE,
+            self.storage.server_table.table_name,
+            "Server table: what the server decides (DynamoDB)",
+        )
         out(OUTPUT_TOPIC, self.messaging.topic.topic_arn, "Global-model notices (SNS), shard 0")
         out(
             OUTPUT_TOPIC_SHARDS,

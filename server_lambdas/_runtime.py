@@ -20,6 +20,7 @@ from fedasync.resources import (
     ENV_BUCKET,
     ENV_ENDPOINT_URL,
     ENV_REGION,
+    ENV_SERVER_TABLE,
     ENV_TABLE,
     ENV_TOPIC_ARN,
     ENV_TOPIC_SHARDS,
@@ -57,6 +58,7 @@ class _Runtime:
             self._contexts[key] = aws
         where = Where(
             table=os.environ[ENV_TABLE],
+            server_table=os.environ.get(ENV_SERVER_TABLE, ""),
             bucket=os.environ[ENV_BUCKET],
             topic_arn=os.environ[ENV_TOPIC_ARN],
             topic_shards=int(os.environ.get(ENV_TOPIC_SHARDS, "1")),

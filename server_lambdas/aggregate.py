@@ -1,4 +1,5 @@
-"""DynamoDB stream -> aggregation. Only INSERTs of update items are work; the rest is our own writes."""
+"""Inbox stream -> aggregation. Writes of update items are work (an INSERT: a submission;
+a MODIFY: a re-put, which is nothing or a new submission); heartbeats are not."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
-from fedasync.core.decisions import VERDICT_ATTRIBUTES
 from fedasync.core.keys import UPDATE_PREFIX
+from fedasync.core.verdicts import VERDICT_ATTRIBUTES
 from fedasync.server.updates import decide_run, on_update
 from server_lambdas._runtime import runtime
 
@@ -40,18 +41,19 @@ def record_handler(record: DynamoDBRecord) -> None:
 
 
 def _forged(record: DynamoDBRecord) -> list[str]:
-    """Server-owned attributes already in the INSERT image: the client wrote them (the
-    server only adds a verdict to an existing item, a MODIFY). Names only, not values."""
+    """Server-owned attributes in the image: the client wrote them (the server never
+    writes the inbox; its verdicts are in the server table). Names only, not values."""
     ddb = record.raw_event.get("dynamodb")
     image = ddb.get("NewImage") if isinstance(ddb, dict) else None
     return sorted(set(image) & set(VERDICT_ATTRIBUTES)) if isinstance(image, dict) else []
 
 
 def _keys(record: DynamoDBRecord) -> tuple[object, object] | None:
-    """(task_name, sk) of an INSERT; None for anything else, including a record that does
-    not parse: retrying cannot fix it, and failing it would hold the shard's later records."""
+    """(task_name, sk) of an INSERT or MODIFY; None for anything else, including a record
+    that does not parse: retrying cannot fix it, and failing it would hold the shard's
+    later records."""
     try:
-        if record.event_name is None or record.event_name.name != "INSERT":
+        if record.event_name is None or record.event_name.name not in ("INSERT", "MODIFY"):
             return None
         keys = (record.dynamodb.keys if record.dynamodb is not None else None) or {}
         return keys.get("task_name"), keys.get("sk")
@@ -97,7 +99,7 @@ def _leading_run(records: list[Any]) -> tuple[str, list[str], list[int]]:
         if record.event_name is None:
             break
         if record.event_name.name != "INSERT":
-            continue  # our own writes (MODIFY): nothing to do
+            break  # a re-put (MODIFY): the one-by-one path tells nothing from a new submission
         keys = (record.dynamodb.keys if record.dynamodb is not None else None) or {}
         work = _work((keys.get("task_name"), keys.get("sk")))
         if work is None or (task and work[0] != task):

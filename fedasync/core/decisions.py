@@ -22,21 +22,8 @@ from fedasync.core.errors import (
     UnknownClientError,
 )
 from fedasync.core.messages import Heartbeat, UpdateRecord
+from fedasync.core.verdicts import VERDICT_ATTRIBUTES
 
-# Attributes the server writes on an update item; a client may not set them.
-VERDICT_ATTRIBUTES = (
-    "verdict",
-    "reason",
-    "detail",
-    "seq",
-    "applied_version",
-    "staleness",
-    "weight",
-    "version_sha256",
-    "decided_at",
-    "discarded",  # accepted, then dropped with a refused global model (server/refused.py)
-    "discarded_detail",
-)
 RECORD_FIELDS = frozenset(UpdateRecord.model_fields)
 
 
@@ -57,6 +44,8 @@ def parse_update_item(item: Mapping[str, Any]) -> UpdateRecord:
     fields = {k: v for k, v in item.items() if k not in ("task_name", "sk")}
     fields["task_name"] = item.get("task_name")
     forged = sorted(set(fields) & set(VERDICT_ATTRIBUTES))
+    if "forged_attributes" in fields:  # what the inbox item held (verdicts.merge)
+        forged = sorted(str(name) for name in fields["forged_attributes"])
     if forged:
         raise SchemaError(f"update item sets server-owned attribute(s) {forged}")
     record = UpdateRecord.parse(fields)

@@ -31,8 +31,8 @@ from typing import Any
 
 from fedasync.core import keys
 from fedasync.core.config import TaskConfig
-from fedasync.core.decisions import VERDICT_ATTRIBUTES
 from fedasync.core.errors import SchemaError
+from fedasync.core.verdicts import VERDICT_ATTRIBUTES
 
 LEDGER_SCHEMA_VERSION = 1
 KINDS = ("task", "update", "round", "version", "final")
@@ -112,7 +112,7 @@ def raw(value: Any) -> Any:
 
 # What the server writes on a rejected update; any other verdict attribute on it
 # (`seq`, `weight`, ...) was put there by the silo and is part of what it sent.
-_REJECTION_ATTRIBUTES = ("verdict", "reason", "detail", "decided_at")
+_REJECTION_ATTRIBUTES = ("verdict", "reason", "detail", "decided_at", "superseded")
 
 
 def _update_event(item: Mapping[str, Any]) -> Event:

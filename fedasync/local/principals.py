@@ -49,6 +49,7 @@ def stack_arns(spec: StackSpec, stream_arn: str) -> StackArns:
     where = f"{spec.region}:{ACCOUNT}"
     return StackArns(
         table=f"arn:aws:dynamodb:{where}:table/{spec.table_name}",
+        server_table=f"arn:aws:dynamodb:{where}:table/{spec.server_table_name}",
         stream=stream_arn,
         bucket=f"arn:aws:s3:::{spec.bucket_name}",
         topic=f"arn:aws:sns:{where}:{spec.topic_name}",

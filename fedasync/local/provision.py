@@ -18,6 +18,7 @@ from fedasync.resources import (
     ENV_CONTROL_QUEUE_URL,
     ENV_ENDPOINT_URL,
     ENV_REGION,
+    ENV_SERVER_TABLE,
     ENV_TABLE,
     ENV_TOPIC_ARN,
     ENV_TOPIC_SHARDS,
@@ -56,8 +57,9 @@ class StackEndpoints(BaseModel):
     endpoint_url: str | None
     region: str
     bucket: str
-    table: str
+    table: str  # the inbox: what silos write
     stream_arn: str
+    server_table: str = ""  # what the server decides ("": `server_table_name(table)`)
     topic_arn: str  # shard 0's; shard i's is `shard_topic(topic_arn, i)`
     topic_shards: int = 1
     control_queue_url: str
@@ -74,6 +76,7 @@ class StackEndpoints(BaseModel):
         from `handler_env`)."""
         return Where(
             table=self.table,
+            server_table=self.server_table,
             bucket=self.bucket,
             topic_arn=self.topic_arn,
             topic_shards=self.topic_shards,
@@ -83,6 +86,7 @@ class StackEndpoints(BaseModel):
         """The environment the server handlers read (CDK sets the same on each Lambda)."""
         env = {
             ENV_TABLE: self.table,
+            ENV_SERVER_TABLE: self.where().decisions,
             ENV_BUCKET: self.bucket,
             ENV_TOPIC_ARN: self.topic_arn,
             ENV_TOPIC_SHARDS: str(self.topic_shards),
@@ -98,6 +102,7 @@ async def provision(aws: AwsContext, spec: StackSpec) -> StackEndpoints:
     """Create every resource of `spec`; running it again finds and reuses them."""
     bucket = await _bucket(aws, spec)
     table, stream_arn = await _table(aws, spec)
+    server_table = await _server_table(aws, spec)
     sqs = await aws.sqs()
     control_dlq = await _queue(sqs, spec.control_dlq_name, retention_s=DLQ_RETENTION_S)
     control = await _queue(sqs, spec.control_queue_name, CONTROL_VISIBILITY_S, control_dlq)
@@ -119,7 +124,7 @@ async def provision(aws: AwsContext, spec: StackSpec) -> StackEndpoints:
             sqs, spec.client_queue_name(client_id), CLIENT_VISIBILITY_S, dlq_urls[client_id]
         )
         await _subscribe(aws, topics, subscribed, client_urls[client_id], client_id)
-    machine_arn = await _state_machine(aws, spec, table, control)
+    machine_arn = await _state_machine(aws, spec, server_table, control)
     principals = await create_principals(aws, spec, stack_arns(spec, stream_arn))
     endpoints = StackEndpoints(
         endpoint_url=aws.endpoint_url,
@@ -127,6 +132,7 @@ async def provision(aws: AwsContext, spec: StackSpec) -> StackEndpoints:
         bucket=bucket,
         table=table,
         stream_arn=stream_arn,
+        server_table=server_table,
         topic_arn=topics[0],
         topic_shards=shards,
         control_queue_url=control,
@@ -157,11 +163,11 @@ async def _bucket(aws: AwsContext, spec: StackSpec) -> str:
     return spec.bucket_name
 
 
-async def _table(aws: AwsContext, spec: StackSpec) -> tuple[str, str]:
+async def _create_table(aws: AwsContext, name: str, *, stream: bool) -> None:
     ddb = await aws.dynamodb()
     try:
         await ddb.create_table(
-            TableName=spec.table_name,
+            TableName=name,
             KeySchema=[
                 {"AttributeName": TABLE_PARTITION_KEY, "KeyType": "HASH"},
                 {"AttributeName": TABLE_SORT_KEY, "KeyType": "RANGE"},
@@ -171,11 +177,25 @@ async def _table(aws: AwsContext, spec: StackSpec) -> tuple[str, str]:
                 {"AttributeName": TABLE_SORT_KEY, "AttributeType": "S"},
             ],
             BillingMode="PAY_PER_REQUEST",
-            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+            StreamSpecification={"StreamEnabled": stream, "StreamViewType": "NEW_IMAGE"}
+            if stream
+            else {"StreamEnabled": False},
         )
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") != "ResourceInUseException":
             raise
+
+
+async def _server_table(aws: AwsContext, spec: StackSpec) -> str:
+    """The server's decisions: no stream (nothing reacts to the server's own writes)."""
+    await _create_table(aws, spec.server_table_name, stream=False)
+    return spec.server_table_name
+
+
+async def _table(aws: AwsContext, spec: StackSpec) -> tuple[str, str]:
+    """The inbox (what silos write), streamed to the aggregate function."""
+    ddb = await aws.dynamodb()
+    await _create_table(aws, spec.table_name, stream=True)
     ttl = await ddb.describe_time_to_live(TableName=spec.table_name)
     if ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus") != "ENABLED":
         await ddb.update_time_to_live(
@@ -263,7 +283,7 @@ async def _subscribe(
 async def _state_machine(aws: AwsContext, spec: StackSpec, table: str, control_url: str) -> str:
     sfn = await aws.sfn()
     definition = substitute_asl(
-        ASL_PATH.read_text(), {"TableName": table, "ControlQueueUrl": control_url}
+        ASL_PATH.read_text(), {"ServerTableName": table, "ControlQueueUrl": control_url}
     )
     machines = await sfn.list_state_machines()
     for machine in machines["stateMachines"]:

@@ -24,6 +24,7 @@ from fedasync.core.decisions import (
 from fedasync.core.errors import ChecksumMismatchError, FedAsyncError, GlobalRefusedError
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.target import Report, target_value, with_report
+from fedasync.core.verdicts import decided_on_record
 from fedasync.server import refused
 from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
@@ -198,7 +199,10 @@ async def _commit(
             ),
             *(
                 store.update_op(
-                    view.task_name, record.sk, verdict, condition="attribute_not_exists(#verdict)"
+                    view.task_name,
+                    record.sk,
+                    {**verdict, **decided_on_record(record, None)},
+                    condition="attribute_not_exists(#verdict)",
                 )
                 for record, verdict, _ in decided
             ),

@@ -10,7 +10,6 @@ import structlog
 
 from fedasync.core import codec, keys
 from fedasync.core.decisions import (
-    VERDICT_ATTRIBUTES,
     RoundOutcome,
     close_outcome,
     describe,
@@ -20,6 +19,7 @@ from fedasync.core.decisions import (
 )
 from fedasync.core.errors import ChecksumMismatchError
 from fedasync.core.fedavg import FedAvgAccumulator
+from fedasync.core.verdicts import VERDICT_ATTRIBUTES
 from fedasync.server import refused
 from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task

@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from fedasync.core import keys
+from fedasync.core import keys, verdicts
 from fedasync.core.decisions import (
     check_round,
     check_running,
@@ -39,12 +39,17 @@ async def on_update(
     `forged`: server-owned attributes the item already held when it was inserted (the
     stream's INSERT image); such a verdict is the client's own, never trusted.
     """
-    item = await store.get_item(task_name, sk)
-    if item is None:
+    inbox, decision = await store.submission(task_name, sk)
+    if inbox is None and decision is None:
         log.warning("update.vanished", task_name=task_name, sk=sk)
         return "ignored"
-    with bound_contextvars(task_name=task_name, client_id=item.get("client_id"), sk=sk):
-        if forged:
+    who = (inbox or decision or {}).get("client_id")
+    with bound_contextvars(task_name=task_name, client_id=who, sk=sk):
+        if verdicts.resubmitted(inbox, decision):
+            await _reopen(store, task_name, sk, decision or {})
+            inbox, decision = await store.submission(task_name, sk)
+        item = verdicts.merge(sk, inbox, decision) or {}
+        if forged and not item.get("verdict"):
             item = await _reject_forged(store, task_name, sk, item, forged)
         if item.get("verdict"):
             await _after(store, task_name, item)
@@ -58,7 +63,8 @@ async def on_update(
             with bound_contextvars(version=view.head_version, round_id=record.round_id):
                 decided = await _accept(store, view, record, item)
         except FedAsyncError as exc:
-            await _reject(store, task_name, sk, exc, _detail(exc, task_name, sk, item, record))
+            detail = _detail(exc, task_name, sk, item, record)
+            await _reject(store, task_name, sk, exc, detail, item=item)
         # our own conditional write succeeded: the item is what we wrote, no need to re-read
         item = decided or await store.get_item(task_name, sk) or item
         await _after(store, task_name, item)
@@ -139,7 +145,11 @@ async def _accept_round_run(
         candidates.append((record, update))
     accepted: list[tuple[UpdateRecord, dict[str, Any]]] = []
     writes: list[asyncio.Future[bool]] = []
-    verdict = {"verdict": "accepted", "applied_version": round_id + 1, "decided_at": time.time()}
+    verdict: dict[str, Any] = {
+        "verdict": "accepted",
+        "applied_version": round_id + 1,
+        "decided_at": time.time(),
+    }
     base = await _base_for_norm(store, view, candidates[0][0]) if candidates else None
     objects = store.iter_objects(
         [record.s3_key for record, _ in candidates],
@@ -158,7 +168,10 @@ async def _accept_round_run(
                 CACHE.put(record.sha256, weights)  # the round's close folds these moments later
                 # written while the next object is read: every earlier update is valid too
                 op = store.update_op(
-                    view.task_name, record.sk, verdict, condition="attribute_not_exists(#verdict)"
+                    view.task_name,
+                    record.sk,
+                    {**verdict, **verdicts.decided_on_record(record, update)},
+                    condition="attribute_not_exists(#verdict)",
                 )
                 writes.append(asyncio.ensure_future(store.update(op)))
     finally:
@@ -217,7 +230,10 @@ async def _accept(
         "decided_at": time.time(),
     }
     op = store.update_op(
-        view.task_name, record.sk, verdict, condition="attribute_not_exists(#verdict)"
+        view.task_name,
+        record.sk,
+        {**verdict, **verdicts.decided_on_record(record, item)},
+        condition="attribute_not_exists(#verdict)",
     )
     # conditional: a round closing meanwhile may have rejected it first (rounds._settle)
     if not await store.update(op):
@@ -256,7 +272,13 @@ def _detail(
 
 
 async def _reject(
-    store: ServerStore, task_name: str, sk: str, exc: FedAsyncError, detail: str
+    store: ServerStore,
+    task_name: str,
+    sk: str,
+    exc: FedAsyncError,
+    detail: str,
+    *,
+    item: dict[str, Any],
 ) -> None:
     op = store.update_op(
         task_name,
@@ -266,6 +288,7 @@ async def _reject(
             "reason": exc.reason,
             "detail": detail[:2000],
             "decided_at": time.time(),
+            **verdicts.decided_on(item),
         },
         condition="attribute_not_exists(#verdict)",
     )
@@ -276,20 +299,44 @@ async def _reject(
 async def _reject_forged(
     store: ServerStore, task_name: str, sk: str, item: dict[str, Any], forged: Sequence[str]
 ) -> dict[str, Any]:
-    """Overwrite whatever verdict the client wrote; the same outcome on every redelivery."""
+    """Reject an undecided item that holds server attributes (a decided one stays decided:
+    what an inbox item holds never changes a verdict, which lives in the server table)."""
     exc = SchemaError(
         f"update item {sk!r} from client {item.get('client_id')!r} for task {task_name!r} "
-        f"was inserted with server-owned attribute(s) {list(forged)}; a client writes only "
+        f"was written with server-owned attribute(s) {list(forged)}; a client writes only "
         "its record"
     )
-    verdict: dict[str, Any] = {"verdict": "rejected", "reason": exc.reason, "detail": exc.message}
-    if not (item.get("verdict") == "rejected" and item.get("detail") == exc.message):
-        verdict["decided_at"] = time.time()
-    # Unconditional: the forged verdict must go. Stream order per task means no round
-    # claimed its members between this item's insert and now.
-    await store.update(store.update_op(task_name, sk, verdict))
-    log.warning("update.rejected", reason=exc.reason, detail=exc.message)
-    return {**item, **verdict}
+    verdict: dict[str, Any] = {
+        "verdict": "rejected",
+        "reason": exc.reason,
+        "detail": exc.message,
+        "decided_at": time.time(),
+        **verdicts.decided_on(item),
+    }
+    if await store.update(
+        store.update_op(task_name, sk, verdict, condition="attribute_not_exists(#verdict)")
+    ):
+        log.warning("update.rejected", reason=exc.reason, detail=exc.message)
+    return await store.get_item(task_name, sk) or item
+
+
+async def _reopen(store: ServerStore, task_name: str, sk: str, decision: dict[str, Any]) -> None:
+    """A new submission under a key whose last one was rejected (the inbox item changed):
+    the rejection moves into `superseded`, conditionally on the digest it was taken on, so
+    the new item is decided on its own. A squatter's junk thus costs its victim nothing."""
+    history = [*(decision.get("superseded") or []), verdicts.superseded_entry(decision)]
+    op = store.update_op(
+        task_name,
+        sk,
+        {"superseded": history},
+        condition="#item_digest = :digest AND #verdict = :rejected",
+        condition_values={":digest": decision.get("item_digest"), ":rejected": "rejected"},
+    )
+    removed = [f"#r{i}" for i in range(len(verdicts.REOPENED))]
+    op["UpdateExpression"] += " REMOVE " + ", ".join(removed)
+    op["ExpressionAttributeNames"].update(dict(zip(removed, verdicts.REOPENED, strict=True)))
+    if await store.update(op):
+        log.info("update.resubmitted", superseded=decision.get("reason"))
 
 
 async def _after(store: ServerStore, task_name: str, item: dict[str, Any]) -> None:
