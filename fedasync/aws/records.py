@@ -84,6 +84,9 @@ class Put:
     sk: str
     attributes: Mapping[str, Any]
     if_absent: bool = True
+    # with if_absent: also write over an item whose `unless_same` attribute differs from
+    # the new item's (a silo's record replaces an item under its key that it did not write)
+    unless_same: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ Write = Put | Update | Check
 
 class Records(Protocol):
     async def get(self, task_name: str, sk: str) -> Item | None: ...
+    async def recorded_as(self, task_name: str, sk: str, attribute: str, value: str) -> bool: ...
     async def exists(self, task_name: str, sk: str) -> bool: ...
     async def get_task(self, task_name: str) -> Item: ...
     async def put(self, write: Put) -> WriteOutcome: ...
@@ -159,6 +163,10 @@ def _put_params(table: str, write: Put) -> dict[str, Any]:
     params: dict[str, Any] = {"TableName": table, "Item": serialize_item(item)}
     if write.if_absent:
         params["ConditionExpression"] = f"attribute_not_exists({TABLE_SORT_KEY})"
+    if write.if_absent and write.unless_same is not None:
+        params["ConditionExpression"] += " OR #same <> :same"
+        params["ExpressionAttributeNames"] = {"#same": write.unless_same}
+        params["ExpressionAttributeValues"] = {":same": params["Item"][write.unless_same]}
     return params
 
 
@@ -199,6 +207,24 @@ class DynamoRecords:
             TableName=self._table, Key=_key(task_name, sk), ConsistentRead=True
         )
         return deserialize_item(got["Item"]) if "Item" in got else None
+
+    async def recorded_as(self, task_name: str, sk: str, attribute: str, value: str) -> bool:
+        """Whether the item exists with `attribute` equal to `value`, projecting only the
+        key and that attribute (which a silo's role must be allowed to read)."""
+        ddb = await self._aws.dynamodb()
+        got = await ddb.get_item(
+            TableName=self._table,
+            Key=_key(task_name, sk),
+            ConsistentRead=True,
+            ProjectionExpression="#pk, #sk, #a",
+            ExpressionAttributeNames={
+                "#pk": TABLE_PARTITION_KEY,
+                "#sk": TABLE_SORT_KEY,
+                "#a": attribute,
+            },
+        )
+        found = deserialize_item(got["Item"]) if "Item" in got else None
+        return found is not None and found.get(attribute) == value
 
     async def exists(self, task_name: str, sk: str) -> bool:
         """Whether the item exists, learning nothing of what it holds: the projection names

@@ -7,7 +7,7 @@ SHA-256 of the version it produced), each sync round with the updates it aggrega
 (`members`) and the SHA-256 of the version it produced, and the final model. The ledger
 is those items turned into JSON lines, one event per line, each with a stable `key`:
 
-    {"kind": "task", ...}     config, spec, initial model key and SHA-256
+    {"kind": "task", ...}     config, spec, initial model key and SHA-256, the head
     {"kind": "update", ...}   the client's record, verdict, reason, seq, staleness, weight
     {"kind": "round", ...}    sync: round id, members (sort keys), version, SHA-256
     {"kind": "version", ...}  every committed global version and its SHA-256
@@ -72,6 +72,11 @@ def _task_event(task: Mapping[str, Any], bucket: str | None) -> Event:
         },
         "bucket": bucket,
         "created_at": _float(task.get("created_at")),
+        # the head the server recorded: a replay must end there (`core.replay`)
+        "head": {
+            "version": _int_or_none(task.get("head_version")),
+            "sha256": task.get("head_sha256"),
+        },
     }
 
 

@@ -55,9 +55,9 @@ DEEPER_THAN_LOCAL = "*/*/*/*/*"
 DEEPER_THAN_GLOBAL = "*/*/*/*"
 
 # What a silo may see of an item in the inbox when it asks "is my update recorded?":
-# the key, and who the record says wrote it where (so that an item squatting its key,
-# which it did not write, is not taken for its own). Never the record's content.
-CHECK_ATTRIBUTES = (TABLE_PARTITION_KEY, TABLE_SORT_KEY, "client_id", "s3_key")
+# the key, and the object the record names (its own key names its own object, so an
+# item squatting its key, which it did not write, is not taken for its own).
+CHECK_ATTRIBUTES = (TABLE_PARTITION_KEY, TABLE_SORT_KEY, "s3_key")
 
 # --- server (the aggregate and control functions) ---------------------------------------
 
@@ -190,7 +190,7 @@ def client_statements(client_id: str, queue: str, arns: StackArns) -> list[Json]
             },
         ),
         # The client asks "is my update already recorded?" before training again. It
-        # may learn that a key exists and who its record names, never what it holds:
+        # may learn that a key exists and which object its record names, never what it holds:
         # the request must name its projection (Null: false), within CHECK_ATTRIBUTES.
         _allow(
             TABLE_CHECK_ACTIONS,

@@ -291,10 +291,11 @@ async def _silo_session(ports: AwsClientPorts, admin: AwsContext, bucket: str, t
         num_examples=10,
         metrics={"loss": 0.5},
     )
-    assert not await ports.update_exists(TASK, record.sk)
+    assert not await ports.update_exists(TASK, record.sk, record.s3_key)
     assert await ports.put_update(record)
     assert not await ports.put_update(record)  # a retry: refused by its condition
-    assert await ports.update_exists(TASK, record.sk)
+    assert await ports.update_exists(TASK, record.sk, record.s3_key)
+    assert not await ports.update_exists(TASK, record.sk, local_key(TASK, "hospital-a", 0, "u2"))
     await ports.put_heartbeat(
         Heartbeat(task_name=TASK, client_id="hospital-a", sent_at=1.0, expires_at=31, version=0)
     )
