@@ -16,6 +16,7 @@ from fedasync.core.codec import Array, ModelSpec, Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import (
     ChecksumMismatchError,
+    FedAsyncError,
     SchemaError,
     StaleUpdateError,
     TaskFinishedError,
@@ -119,8 +120,12 @@ def load_payload(
         raise ChecksumMismatchError(
             f"{who}: object {record.s3_key!r} has SHA-256 {digest}; the record says {record.sha256}"
         )
-    weights = codec.decode(data, max_bytes=cfg.max_model_bytes, who=who)
-    codec.validate(weights, spec, who, base=base, max_norm=cfg.max_update_norm)
+    try:
+        weights = codec.decode(data, max_bytes=cfg.max_model_bytes, who=who)
+        codec.validate(weights, spec, who, base=base, max_norm=cfg.max_update_norm)
+    except FedAsyncError as exc:
+        exc.attributed = True  # only the client can have put these bytes there
+        raise
     return weights
 
 
@@ -135,7 +140,8 @@ class RoundOutcome:
 
 
 def round_complete(cfg: TaskConfig, decided_clients: set[str]) -> bool:
-    """Every expected client has an accepted or rejected update in the round."""
+    """Every expected client has its word in the round: an accepted update, or one
+    rejected for what its own object holds (`verdicts.settles`)."""
     return set(cfg.clients) <= decided_clients
 
 

@@ -117,7 +117,7 @@ def raw(value: Any) -> Any:
 
 # What the server writes on a rejected update; any other verdict attribute on it
 # (`seq`, `weight`, ...) was put there by the silo and is part of what it sent.
-_REJECTION_ATTRIBUTES = ("verdict", "reason", "detail", "decided_at", "superseded")
+_REJECTION_ATTRIBUTES = ("verdict", "reason", "detail", "decided_at", "superseded", "attributed")
 
 
 def _update_event(item: Mapping[str, Any]) -> Event:

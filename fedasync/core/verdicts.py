@@ -44,6 +44,7 @@ VERDICT_ATTRIBUTES = (
     "item_digest",
     "superseded",
     "forged_attributes",
+    "attributed",
 )
 RECORD_FIELDS = frozenset(UpdateRecord.model_fields)
 # The verdict's own bookkeeping, not shown as fields of the merged submission.
@@ -105,6 +106,16 @@ def superseded_entry(verdict: Mapping[str, Any]) -> dict[str, Any]:
 
 # The attributes a reopened VERDICT item drops (`superseded` keeps the history).
 REOPENED = ("verdict", "reason", "detail", "decided_at", "submitted", "item_digest")
+
+
+def settles(item: Mapping[str, Any]) -> bool:
+    """The decision is its client's word for a sync round: accepted, or rejected for what
+    its own verified object holds (`attributed`). Any other rejection (junk, a key or
+    object that is not the client's, a bad checksum) any silo may have caused under that
+    client's key, so the round does not close early on it: it waits for the client's own
+    record (a new submission) or for its deadline."""
+    verdict = item.get("verdict")
+    return verdict == "accepted" or (verdict == "rejected" and item.get("attributed") is True)
 
 
 def resubmitted(inbox: Mapping[str, Any] | None, verdict: Mapping[str, Any] | None) -> bool:

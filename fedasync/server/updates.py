@@ -288,6 +288,7 @@ async def _reject(
             "reason": exc.reason,
             "detail": detail[:2000],
             "decided_at": time.time(),
+            "attributed": exc.attributed,
             **verdicts.decided_on(item),
         },
         condition="attribute_not_exists(#verdict)",
