@@ -35,7 +35,9 @@ async def start_async_task(
     aws: AwsContext, endpoints: StackEndpoints, name: str, **overrides: Any
 ) -> tuple[str, dict[str, Any]]:
     """Start an async task; return its execution ARN and its open_task control message."""
-    await DynamoRecords(aws, endpoints.table).put(Put(name, keys.TASK_SK, {"status": "PENDING"}))
+    await DynamoRecords(aws, endpoints.where().decisions).put(
+        Put(name, keys.TASK_SK, {"status": "PENDING"})
+    )
     task = {
         "task_name": name,
         "mode": "async",
