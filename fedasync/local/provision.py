@@ -177,7 +177,7 @@ async def _create_table(aws: AwsContext, name: str, *, stream: bool) -> None:
                 {"AttributeName": TABLE_SORT_KEY, "AttributeType": "S"},
             ],
             BillingMode="PAY_PER_REQUEST",
-            StreamSpecification={"StreamEnabled": stream, "StreamViewType": "NEW_IMAGE"}
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"}
             if stream
             else {"StreamEnabled": False},
         )
@@ -187,8 +187,7 @@ async def _create_table(aws: AwsContext, name: str, *, stream: bool) -> None:
 
 
 async def _server_table(aws: AwsContext, spec: StackSpec) -> str:
-    """The server's decisions: no stream (nothing reacts to the server's own writes)."""
-    await _create_table(aws, spec.server_table_name, stream=False)
+    await _create_table(aws, spec.server_table_name, stream=False)  # nothing reacts to it
     return spec.server_table_name
 
 
