@@ -167,11 +167,16 @@ def test_a_client_may_check_a_key_exists_but_never_read_an_item(policies: Any) -
     policy = policies["bank-b"]
     key_only = {"dynamodb:Attributes": ["sk"], "dynamodb:Select": "SPECIFIC_ATTRIBUTES"}
     assert policy.allows("dynamodb:GetItem", TABLE_ARN, key_only)
-    # no projection (the whole item), or a projection beyond the key: refused
+    # the key and the object key the record names (so that a squatter's item under its
+    # key is not taken for its own record); the object itself it cannot read
+    own_object = {**key_only, "dynamodb:Attributes": ["sk", "s3_key"]}
+    assert policy.allows("dynamodb:GetItem", TABLE_ARN, own_object)
+    # no projection (the whole item), or a projection of any of the record's content
     assert not policy.allows("dynamodb:GetItem", TABLE_ARN, {})
-    assert not policy.allows(
-        "dynamodb:GetItem", TABLE_ARN, {**key_only, "dynamodb:Attributes": ["sk", "s3_key"]}
-    )
+    for content in ("sha256", "num_examples", "metrics", "client_id", "verdict"):
+        assert not policy.allows(
+            "dynamodb:GetItem", TABLE_ARN, {**key_only, "dynamodb:Attributes": ["sk", content]}
+        ), content
     assert not policy.allows(
         "dynamodb:GetItem", TABLE_ARN, {**key_only, "dynamodb:Select": "ALL_ATTRIBUTES"}
     )
