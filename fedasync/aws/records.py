@@ -13,55 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Protocol
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
+from fedasync.aws.attributes import Item, deserialize_item, serialize_item, to_dynamo
 from fedasync.aws.session import AwsContext, error_code
 from fedasync.core import keys
 from fedasync.core.errors import TaskNotFoundError
 from fedasync.resources import TABLE_PARTITION_KEY, TABLE_SORT_KEY
 
-Item = dict[str, Any]
 _serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
-
-
-def _to_dynamo(value: Any) -> Any:
-    # DynamoDB numbers are decimals; boto3 refuses floats rather than round them
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, Mapping):
-        return {k: _to_dynamo(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_to_dynamo(v) for v in value]
-    return value
-
-
-def _from_dynamo(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, Mapping):
-        return {k: _from_dynamo(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_dynamo(v) for v in value]
-    if isinstance(value, set):
-        return {_from_dynamo(v) for v in value}
-    if hasattr(value, "value") and type(value).__name__ == "Binary":
-        return bytes(value.value)
-    return value
-
-
-def serialize_item(item: Mapping[str, Any]) -> dict[str, Any]:
-    """Plain dict -> DynamoDB attribute values (floats through Decimal)."""
-    return {k: _serializer.serialize(_to_dynamo(v)) for k, v in item.items()}
-
-
-def deserialize_item(item: Mapping[str, Any]) -> Item:
-    """DynamoDB attribute values (a stream image too) -> plain dict (ints stay ints)."""
-    return {k: _from_dynamo(_deserializer.deserialize(v)) for k, v in item.items()}
 
 
 def _key(task_name: str, sk: str) -> dict[str, Any]:
@@ -135,7 +98,7 @@ class _Expression:
 
     def value(self, value: Any) -> str:
         placeholder = f":v{len(self.values)}"
-        self.values[placeholder] = _serializer.serialize(_to_dynamo(value))
+        self.values[placeholder] = _serializer.serialize(to_dynamo(value))
         return placeholder
 
     def condition(self, expected: Mapping[str, Any], must_exist: bool | None) -> str | None:
@@ -211,33 +174,26 @@ class DynamoRecords:
     async def recorded_as(self, task_name: str, sk: str, attribute: str, value: str) -> bool:
         """Whether the item exists with `attribute` equal to `value`, projecting only the
         key and that attribute (which a silo's role must be allowed to read)."""
-        ddb = await self._aws.dynamodb()
-        got = await ddb.get_item(
-            TableName=self._table,
-            Key=_key(task_name, sk),
-            ConsistentRead=True,
-            ProjectionExpression="#pk, #sk, #a",
-            ExpressionAttributeNames={
-                "#pk": TABLE_PARTITION_KEY,
-                "#sk": TABLE_SORT_KEY,
-                "#a": attribute,
-            },
-        )
-        found = deserialize_item(got["Item"]) if "Item" in got else None
+        found = await self._probe(task_name, sk, attribute)
         return found is not None and found.get(attribute) == value
 
     async def exists(self, task_name: str, sk: str) -> bool:
         """Whether the item exists, learning nothing of what it holds: the projection names
         only the key, which is all a silo's role may read (`dynamodb:Attributes`)."""
+        return await self._probe(task_name, sk) is not None
+
+    async def _probe(self, task_name: str, sk: str, *attributes: str) -> Item | None:
         ddb = await self._aws.dynamodb()
+        names = {"#pk": TABLE_PARTITION_KEY, "#sk": TABLE_SORT_KEY}
+        names |= {f"#a{i}": a for i, a in enumerate(attributes)}
         got = await ddb.get_item(
             TableName=self._table,
             Key=_key(task_name, sk),
             ConsistentRead=True,
-            ProjectionExpression="#pk, #sk",
-            ExpressionAttributeNames={"#pk": TABLE_PARTITION_KEY, "#sk": TABLE_SORT_KEY},
+            ProjectionExpression=", ".join(names),
+            ExpressionAttributeNames=names,
         )
-        return "Item" in got
+        return deserialize_item(got["Item"]) if "Item" in got else None
 
     async def get_task(self, task_name: str) -> Item:
         item = await self.get(task_name, keys.TASK_SK)
@@ -321,3 +277,17 @@ class DynamoRecords:
         if isinstance(write, Update):
             return {"Update": _update_params(self._table, write)}
         return {"ConditionCheck": _check_params(self._table, write)}
+
+
+__all__ = [
+    "Check",
+    "DynamoRecords",
+    "Item",
+    "Put",
+    "Records",
+    "Update",
+    "Write",
+    "WriteOutcome",
+    "deserialize_item",
+    "serialize_item",
+]
