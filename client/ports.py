@@ -32,7 +32,7 @@ class ClientPorts(Protocol):
     async def delete(self, receipts: Sequence[str]) -> None: ...
     async def download(self, key: str, sha256: str, dest: Path, on_bytes: Advance) -> int: ...
     async def upload(self, path: Path, key: str, sha256: str, on_bytes: Advance) -> None: ...
-    async def update_exists(self, task_name: str, sk: str) -> bool: ...
+    async def update_exists(self, task_name: str, sk: str, s3_key: str) -> bool: ...
     async def put_update(self, record: UpdateRecord) -> bool: ...
     async def put_heartbeat(self, heartbeat: Heartbeat) -> None: ...
 
@@ -100,14 +100,24 @@ class AwsClientPorts:
             key, path, sha256=sha256, part_size=self._cfg.part_size, on_bytes=on_bytes
         )
 
-    async def update_exists(self, task_name: str, sk: str) -> bool:
-        return await self._records.exists(task_name, sk)
+    async def update_exists(self, task_name: str, sk: str, s3_key: str) -> bool:
+        """Whether this silo's record is under `sk`: an item there that names another
+        object is not ours (a squatter's, say), and does not stop us (see `put_update`)."""
+        return await self._records.recorded_as(task_name, sk, "s3_key", s3_key)
 
     async def put_update(self, record: UpdateRecord) -> bool:
-        """Write the record once; False if it already existed (a retry or a duplicate)."""
+        """Write the record once; False if it already existed (a retry or a duplicate).
+
+        An item under the key with another SHA-256 is not this record: it is written over
+        (IAM cannot bind a sort key to its writer, so another silo may have put junk
+        there; the server decides the new item as a new submission)."""
         item = {**record.model_dump(exclude_none=True), TABLE_PARTITION_KEY: record.task_name,
                 TABLE_SORT_KEY: record.sk}  # fmt: skip
-        return await self._records.put(item, condition=f"attribute_not_exists({TABLE_SORT_KEY})")
+        return await self._records.put(
+            item,
+            condition=f"attribute_not_exists({TABLE_SORT_KEY}) OR #sha256 <> :mine",
+            values={":mine": record.sha256},
+        )
 
     async def put_heartbeat(self, heartbeat: Heartbeat) -> None:
         item = {**heartbeat.model_dump(exclude_none=True), TABLE_PARTITION_KEY: heartbeat.task_name,

@@ -111,7 +111,7 @@ async def prepare_update(state: RunState, held: Held) -> PendingUpload | None:
     sk = keys.update_sk(cfg.client_id, update_id, notice.round_id)
     try:
         state.phases["trainer"] = "downloading"
-        weights = await _download_unless_recorded(state, notice, sk)
+        weights = await _download_unless_recorded(state, notice, sk, key)
         if weights is None:
             state.report.already_recorded += 1
             await state.ports.delete(state.inbox.finish(held))
@@ -143,7 +143,7 @@ async def prepare_update(state: RunState, held: Held) -> PendingUpload | None:
 
 
 async def _download_unless_recorded(
-    state: RunState, notice: GlobalModelNotice, sk: str
+    state: RunState, notice: GlobalModelNotice, sk: str, s3_key: str
 ) -> Weights | None:
     """The global model, or None when this update's record exists (a redelivered notice).
 
@@ -152,7 +152,7 @@ async def _download_unless_recorded(
     is trained. The lookup decides first: a download error counts only if it is needed."""
     download = asyncio.ensure_future(download_global(state, notice))
     try:
-        recorded = await state.ports.update_exists(state.cfg.task_name, sk)
+        recorded = await state.ports.update_exists(state.cfg.task_name, sk, s3_key)
     except BaseException:
         await _cancelled(download)
         raise

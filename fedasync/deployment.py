@@ -39,6 +39,7 @@ from fedasync.resources import (
     ENV_TOPIC_SHARDS,
     ROLE_NAME_MAX,
     ClientSpec,
+    server_table_name,
     topic_shard_count,
 )
 
@@ -50,14 +51,12 @@ PREFIX_PATTERN = r"^[a-z][a-z0-9-]{0,23}$"
 def _derived(data: dict[str, Any]) -> dict[str, Any]:
     """Fill the names a stack gives its resources from its prefix, where none is given."""
     prefix = str(data.get("prefix") or "fedasync")
-    names = {
-        "table": f"{prefix}-table",
-        "server_table": f"{prefix}-table-server",
-        "bucket": f"{prefix}-models",
-    }
+    names = {"table": f"{prefix}-table", "bucket": f"{prefix}-models"}
     for field, name in names.items():
         if not data.get(field):
             data[field] = name
+    if not data.get("server_table"):  # the inbox's companion: what the server decides
+        data["server_table"] = server_table_name(str(data["table"]))
     clients = data.get("clients") or ()
     if data.get("topic_shards") is None and clients:  # else: unknown, 1 unless found
         ids = [c.client_id if isinstance(c, ClientSpec) else c["client_id"] for c in clients]

@@ -15,6 +15,7 @@ CDK_OUTPUT_IDS = {
     "prefix": "Prefix",
     "bucket": "BucketName",
     "table": "TableName",
+    "server_table": "ServerTableName",
     "topic_arn": "TopicArn",
     "topic_shards": "TopicShards",
     "control_queue_url": "ControlQueueUrl",

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from fedasync.core.config import CLIENT_ID_PATTERN
 from fedasync.core.keys import UPDATE_PREFIX
 
-# DynamoDB single table
+# DynamoDB: two tables with one key schema. The inbox (`Deployment.table`) holds what
+# silos write; the server table (`server_table_name`) what the server decides.
 TABLE_PARTITION_KEY = "task_name"
 TABLE_SORT_KEY = "sk"
 TTL_ATTRIBUTE = "expires_at"
@@ -39,12 +40,14 @@ LOCAL_UPDATE_TAG_KEY = "fedasync-kind"
 LOCAL_UPDATE_TAG_VALUE = "local-update"
 LOCAL_UPDATE_TAGGING = f"{LOCAL_UPDATE_TAG_KEY}={LOCAL_UPDATE_TAG_VALUE}"  # S3's `Tagging`
 
-# The aggregate function's work is the INSERT of an update item (`UPDATE_PREFIX`); every
-# other stream record (heartbeats, verdicts, TASK and ROUND writes) is our own or noise.
+# The aggregate function's work is a write of an update item (`UPDATE_PREFIX`) in the
+# inbox: its INSERT, or a MODIFY (a re-put: nothing, or a new submission after a
+# rejection, see fedasync.core.verdicts); heartbeats are noise. The server's own writes
+# are in the server table, which has no stream.
 # Lambda's event filter (FilterCriteria on the stream mapping) and the embedded
 # StreamPump both apply this one pattern, so no other record invokes the handler.
 AGGREGATE_STREAM_FILTER: dict[str, Any] = {
-    "eventName": ["INSERT"],
+    "eventName": ["INSERT", "MODIFY"],
     "dynamodb": {"Keys": {TABLE_SORT_KEY: {"S": [{"prefix": UPDATE_PREFIX}]}}},
 }
 
@@ -62,11 +65,11 @@ CONTROL_ATTEMPTS_WITHIN_WAIT = 3
 # The ASL file and the `${...}` placeholders it contains; both the embedded stack and
 # CDK `DefinitionSubstitutions` fill every one of them.
 ASL_PATH = Path(__file__).resolve().parent.parent / "stepfunctions" / "fl_task.asl.json"
-ASL_PLACEHOLDERS = ("TableName", "ControlQueueUrl")
+ASL_PLACEHOLDERS = ("ServerTableName", "ControlQueueUrl")
 
 # Environment variables the server handlers read (set by CDK on each Lambda, and by
 # the embedded stack before it calls the handlers).
-ENV_TABLE = "FEDASYNC_TABLE"
+ENV_TABLE = "FEDASYNC_TABLE"  # the inbox
 ENV_SERVER_TABLE = "FEDASYNC_SERVER_TABLE"
 ENV_BUCKET = "FEDASYNC_BUCKET"
 ENV_TOPIC_ARN = "FEDASYNC_TOPIC_ARN"
@@ -104,6 +107,11 @@ class ClientSpec(BaseModel):
                 "(it becomes part of queue names and S3 keys)"
             )
         return value
+
+
+def server_table_name(inbox_table: str) -> str:
+    """The server table's name from the inbox's: every party that knows one knows both."""
+    return f"{inbox_table}-server"
 
 
 def topic_shard(client_id: str, shards: int) -> int:

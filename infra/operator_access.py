@@ -30,6 +30,7 @@ class OperatorAccess(Construct):
         spec: Deployment,
         bucket: s3.IBucket,
         table: dynamodb.ITable,
+        server_table: dynamodb.ITable,
         topics: tuple[sns.ITopic, ...],
         state_machine: sfn.IStateMachine,
     ) -> None:
@@ -40,6 +41,7 @@ class OperatorAccess(Construct):
         )
         arns = definitions.StackArns(
             table=table.table_arn,
+            server_table=server_table.table_arn,
             stream="",
             bucket=bucket.bucket_arn,
             topic=topics[0].topic_arn,

@@ -32,7 +32,7 @@ _PLACEHOLDER_RE = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
 
 def substitutions(table: dynamodb.ITable, control_queue: sqs.IQueue) -> dict[str, str]:
     """One value per placeholder `fedasync.resources` declares; a new one fails here."""
-    values = {"TableName": table.table_name, "ControlQueueUrl": control_queue.queue_url}
+    values = {"ServerTableName": table.table_name, "ControlQueueUrl": control_queue.queue_url}
     if set(values) != set(ASL_PLACEHOLDERS):
         raise ValueError(
             f"ASL placeholders {sorted(ASL_PLACEHOLDERS)} but the CDK app fills {sorted(values)}"
@@ -80,7 +80,8 @@ class Orchestration(Construct):
             description=f"{spec.state_machine_name}: the SDK integrations its ASL calls",
         )
         arns = definitions.StackArns(
-            table=table.table_arn,
+            table="",
+            server_table=table.table_arn,
             stream="",
             bucket="",
             topic="",

@@ -32,6 +32,7 @@ from fedasync.resources import (
     CONTROL_VISIBILITY_S,
     ENV_BUCKET,
     ENV_CONTROL_QUEUE_URL,
+    ENV_SERVER_TABLE,
     ENV_TABLE,
     ENV_TOPIC_ARN,
     ENV_TOPIC_SHARDS,
@@ -83,15 +84,18 @@ class ServerFunctions(Construct):
         code: lambda_.Code,
         bucket: s3.IBucket,
         table: dynamodb.ITable,
+        server_table: dynamodb.ITable,
         messaging: Messaging,
         state_machine: sfn.IStateMachine,
     ) -> None:
         super().__init__(scope, construct_id)
         self._spec = spec
         self._bucket, self._table, self._messaging = bucket, table, messaging
+        self._server_table = server_table
         self._state_machine = state_machine
         environment = {
             ENV_TABLE: table.table_name,
+            ENV_SERVER_TABLE: server_table.table_name,
             ENV_BUCKET: bucket.bucket_name,
             ENV_TOPIC_ARN: messaging.topic.topic_arn,
             ENV_TOPIC_SHARDS: str(len(messaging.topics)),
@@ -221,6 +225,7 @@ class ServerFunctions(Construct):
         objects = self._bucket.arn_for_objects("*")
         arns = definitions.StackArns(
             table=self._table.table_arn,
+            server_table=self._server_table.table_arn,
             stream=self._table.table_stream_arn or "",
             bucket=self._bucket.bucket_arn,
             topic=self._messaging.topic.topic_arn,

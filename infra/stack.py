@@ -59,7 +59,7 @@ class FedAsyncStack(Stack):
             "Orchestration",
             spec=spec,
             definition=asl_definition,
-            table=self.storage.table,
+            table=self.storage.server_table,
             control_queue=self.messaging.control_queue,
         )
         self.functions = ServerFunctions(
@@ -69,6 +69,7 @@ class FedAsyncStack(Stack):
             code=lambda_code(self, bundle_dir),
             bucket=self.storage.bucket,
             table=self.storage.table,
+            server_table=self.storage.server_table,
             messaging=self.messaging,
             state_machine=self.orchestration.state_machine,
         )
@@ -85,6 +86,7 @@ class FedAsyncStack(Stack):
             spec=spec,
             bucket=self.storage.bucket,
             table=self.storage.table,
+            server_table=self.storage.server_table,
             topics=self.messaging.topics,
             state_machine=self.orchestration.state_machine,
         )
@@ -111,7 +113,11 @@ class FedAsyncStack(Stack):
                 "its role {Prefix}-client-c (hashed past 64 characters)",
             ),
             "bucket": (self.storage.bucket.bucket_name, "Models bucket (S3)"),
-            "table": (self.storage.table.table_name, "Records table (DynamoDB)"),
+            "table": (self.storage.table.table_name, "Inbox table: what silos write (DynamoDB)"),
+            "server_table": (
+                self.storage.server_table.table_name,
+                "Server table: what the server decides (DynamoDB)",
+            ),
             "topic_arn": (self.messaging.topic.topic_arn, "Global-model notices (SNS), shard 0"),
             "topic_shards": (
                 str(len(self.messaging.topics)),

@@ -1,4 +1,5 @@
-"""Where models and records live: the models bucket (and its access-log bucket), the table."""
+"""Where models and records live: the models bucket (and its access-log bucket), the
+silos' inbox table and the server table."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class Storage(Construct):
         self.access_logs = self._access_log_bucket()
         self.bucket = self._models_bucket(local_update_expiry_days)
         self.table = self._table(spec)
+        self.server_table = self._server_table(spec)
 
     def _access_log_bucket(self) -> s3.Bucket:
         bucket = s3.Bucket(
@@ -84,7 +86,27 @@ class Storage(Construct):
             removal_policy=RemovalPolicy.RETAIN,
         )
 
+    def _server_table(self, spec: Deployment) -> dynamodb.Table:
+        """What the server decides (TASK, ROUND, verdicts): no silo role is granted it."""
+        return dynamodb.Table(
+            self,
+            "ServerTable",
+            table_name=spec.server_table,
+            partition_key=dynamodb.Attribute(
+                name=TABLE_PARTITION_KEY, type=dynamodb.AttributeType.STRING
+            ),
+            sort_key=dynamodb.Attribute(name=TABLE_SORT_KEY, type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            deletion_protection=True,
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+
     def _table(self, spec: Deployment) -> dynamodb.Table:
+        """The inbox: what silos write (update records, heartbeats), streamed."""
         return dynamodb.Table(
             self,
             "Table",

@@ -13,55 +13,16 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Collection, Mapping, Sequence
-from decimal import Decimal
 from typing import Any, Protocol
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from fedasync.aws.attributes import Item, deserialize_item, serialize_item
 from fedasync.aws.batching import BATCH_GET_MAX_KEYS, drain_unprocessed
 from fedasync.aws.session import AwsContext, error_code
 from fedasync.resources import TABLE_PARTITION_KEY, TABLE_SORT_KEY
 
-Item = dict[str, Any]
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
-
-
-def _to_dynamo(value: Any) -> Any:
-    # DynamoDB numbers are decimals; boto3 refuses floats rather than round them
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, Mapping):
-        return {k: _to_dynamo(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_to_dynamo(v) for v in value]
-    return value
-
-
-def _from_dynamo(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, Mapping):
-        return {k: _from_dynamo(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_dynamo(v) for v in value]
-    if isinstance(value, set):
-        return {_from_dynamo(v) for v in value}
-    if hasattr(value, "value") and type(value).__name__ == "Binary":
-        return bytes(value.value)
-    return value
-
-
-def serialize_item(item: Mapping[str, Any]) -> dict[str, Any]:
-    """Plain dict -> DynamoDB attribute values (floats through Decimal)."""
-    return {k: _serializer.serialize(_to_dynamo(v)) for k, v in item.items()}
-
-
-def deserialize_item(item: Mapping[str, Any]) -> Item:
-    """DynamoDB attribute values (a stream image too) -> plain dict (ints stay ints)."""
-    return {k: _from_dynamo(_deserializer.deserialize(v)) for k, v in item.items()}
-
+__all__ = ["DynamoRecords", "Item", "Records", "deserialize_item", "item_key", "serialize_item"]
 
 def item_key(task_name: str, sk: str) -> dict[str, Any]:
     """An item's primary key as DynamoDB takes it."""
@@ -126,8 +87,14 @@ class Records(Protocol):
     async def get(self, task_name: str, sk: str) -> Item | None: ...
     async def get_many(self, task_name: str, sks: list[str]) -> list[Item | None]: ...
     async def exists(self, task_name: str, sk: str) -> bool: ...
+    async def recorded_as(self, task_name: str, sk: str, attribute: str, value: str) -> bool: ...
     async def query_prefix(self, task_name: str, prefix: str) -> list[Item]: ...
-    async def put(self, item: Mapping[str, Any], condition: str | None = None) -> bool: ...
+    async def put(
+        self,
+        item: Mapping[str, Any],
+        condition: str | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> bool: ...
     def update_op(
         self,
         task_name: str,
@@ -199,6 +166,23 @@ class DynamoRecords:
         )
         return "Item" in got
 
+    async def recorded_as(self, task_name: str, sk: str, attribute: str, value: str) -> bool:
+        """Whether the item under `sk` exists with `attribute` equal to `value`, learning no
+        other attribute (the projection names the key and `attribute` only: a silo's role
+        may project its object key, never a record's content)."""
+        ddb = await self._aws.dynamodb()
+        got = await ddb.get_item(
+            TableName=self.table,
+            Key=item_key(task_name, sk),
+            ConsistentRead=True,
+            ProjectionExpression="#pk, #sk, #a",
+            ExpressionAttributeNames={
+                "#pk": TABLE_PARTITION_KEY, "#sk": TABLE_SORT_KEY, "#a": attribute
+            },
+        )  # fmt: skip
+        item = got.get("Item")
+        return item is not None and deserialize_item(item).get(attribute) == value
+
     async def query_prefix(self, task_name: str, prefix: str) -> list[Item]:
         """Every item of the task whose sort key starts with `prefix`, in key order."""
         ddb = await self._aws.dynamodb()
@@ -217,7 +201,12 @@ class DynamoRecords:
                 return items
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
-    async def put(self, item: Mapping[str, Any], condition: str | None = None) -> bool:
+    async def put(
+        self,
+        item: Mapping[str, Any],
+        condition: str | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> bool:
         """Put; False when the condition failed (someone did it already). Nothing is asked
         back (no ReturnValues): a silo's role may write records but never read one."""
         ddb = await self._aws.dynamodb()
@@ -226,6 +215,8 @@ class DynamoRecords:
             kwargs["ConditionExpression"] = condition
             if names := condition_names(condition):
                 kwargs["ExpressionAttributeNames"] = names
+            if values:
+                kwargs["ExpressionAttributeValues"] = serialize_item(values)
         return await self._conditional(ddb.put_item(**kwargs))
 
     def update_op(

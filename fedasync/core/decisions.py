@@ -16,27 +16,15 @@ from fedasync.core.codec import Array, ModelSpec, Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import (
     ChecksumMismatchError,
+    FedAsyncError,
     SchemaError,
     StaleUpdateError,
     TaskFinishedError,
     UnknownClientError,
 )
 from fedasync.core.messages import Heartbeat, UpdateRecord
+from fedasync.core.verdicts import VERDICT_ATTRIBUTES
 
-# Attributes the server writes on an update item; a client may not set them.
-VERDICT_ATTRIBUTES = (
-    "verdict",
-    "reason",
-    "detail",
-    "seq",
-    "applied_version",
-    "staleness",
-    "weight",
-    "version_sha256",
-    "decided_at",
-    "discarded",  # accepted, then dropped with a refused global model (server/refused.py)
-    "discarded_detail",
-)
 RECORD_FIELDS = frozenset(UpdateRecord.model_fields)
 
 
@@ -57,6 +45,8 @@ def parse_update_item(item: Mapping[str, Any]) -> UpdateRecord:
     fields = {k: v for k, v in item.items() if k not in ("task_name", "sk")}
     fields["task_name"] = item.get("task_name")
     forged = sorted(set(fields) & set(VERDICT_ATTRIBUTES))
+    if "forged_attributes" in fields:  # what the inbox item held (verdicts.merge)
+        forged = sorted(str(name) for name in fields["forged_attributes"])
     if forged:
         raise SchemaError(f"update item sets server-owned attribute(s) {forged}")
     record = UpdateRecord.parse(fields)
@@ -130,8 +120,12 @@ def load_payload(
         raise ChecksumMismatchError(
             f"{who}: object {record.s3_key!r} has SHA-256 {digest}; the record says {record.sha256}"
         )
-    weights = codec.decode(data, max_bytes=cfg.max_model_bytes, who=who)
-    codec.validate(weights, spec, who, base=base, max_norm=cfg.max_update_norm)
+    try:
+        weights = codec.decode(data, max_bytes=cfg.max_model_bytes, who=who)
+        codec.validate(weights, spec, who, base=base, max_norm=cfg.max_update_norm)
+    except FedAsyncError as exc:
+        exc.attributed = True  # only the client can have put these bytes there
+        raise
     return weights
 
 
@@ -146,7 +140,8 @@ class RoundOutcome:
 
 
 def round_complete(cfg: TaskConfig, decided_clients: set[str]) -> bool:
-    """Every expected client has an accepted or rejected update in the round."""
+    """Every expected client has its word in the round: an accepted update, or one
+    rejected for what its own object holds (`verdicts.settles`)."""
     return set(cfg.clients) <= decided_clients
 
 

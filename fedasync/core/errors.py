@@ -12,6 +12,10 @@ class FedAsyncError(Exception):
     """Base of every error fedasync raises on purpose."""
 
     reason = "error"
+    # An update rejected for what its own object holds, the object verified under the
+    # client's prefix with the record's SHA-256: the client's word, which no other silo
+    # could have written (see fedasync.core.verdicts.settles).
+    attributed = False
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)

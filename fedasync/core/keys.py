@@ -6,6 +6,25 @@ TASK_SK = "TASK"
 UPDATE_PREFIX = "UPDATE#"
 ROUND_PREFIX = "ROUND#"
 HEARTBEAT_PREFIX = "HEARTBEAT#"
+# The server's decision on one inbox update item lives in the server table under
+# `VERDICT#{the update's sort key}` (fedasync.core.verdicts).
+VERDICT_PREFIX = "VERDICT#"
+# What silos write (the inbox table); every other sort key is the server's (server table).
+INBOX_PREFIXES = (UPDATE_PREFIX, HEARTBEAT_PREFIX)
+
+
+def in_inbox(sk: str) -> bool:
+    """Whether `sk` names an item a silo writes (the inbox table), not a server item."""
+    return sk.startswith(INBOX_PREFIXES)
+
+
+def verdict_sk(update_sk: str) -> str:
+    """The server table's key of the decision on the inbox item `update_sk`."""
+    return f"{VERDICT_PREFIX}{update_sk}"
+
+
+def update_of_verdict_sk(sk: str) -> str:
+    return sk.removeprefix(VERDICT_PREFIX)
 
 
 def global_key(task_name: str, version: int) -> str:

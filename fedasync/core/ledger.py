@@ -7,7 +7,7 @@ SHA-256 of the version it produced), each sync round with the updates it aggrega
 (`members`) and the SHA-256 of the version it produced, and the final model. The ledger
 is those items turned into JSON lines, one event per line, each with a stable `key`:
 
-    {"kind": "task", ...}     config, spec, initial model key and SHA-256
+    {"kind": "task", ...}     config, spec, initial model key and SHA-256, the head
     {"kind": "update", ...}   the client's record, verdict, reason, seq, staleness, weight
     {"kind": "round", ...}    sync: round id, members (sort keys), version, SHA-256
     {"kind": "version", ...}  every committed global version and its SHA-256
@@ -33,9 +33,9 @@ from typing import Any
 
 from fedasync.core import keys
 from fedasync.core.config import TaskConfig
-from fedasync.core.decisions import VERDICT_ATTRIBUTES
 from fedasync.core.errors import SchemaError
 from fedasync.core.evals import eval_means
+from fedasync.core.verdicts import VERDICT_ATTRIBUTES
 
 LEDGER_SCHEMA_VERSION = 1
 KINDS = ("task", "update", "round", "version", "evaluation", "final")
@@ -75,6 +75,11 @@ def _task_event(task: Mapping[str, Any], bucket: str | None) -> Event:
         },
         "bucket": bucket,
         "created_at": _float(task.get("created_at")),
+        # the head the server recorded: a replay must end there (`core.replay`)
+        "head": {
+            "version": _int_or_none(task.get("head_version")),
+            "sha256": task.get("head_sha256"),
+        },
     }
 
 
@@ -115,7 +120,7 @@ def raw(value: Any) -> Any:
 
 # What the server writes on a rejected update; any other verdict attribute on it
 # (`seq`, `weight`, ...) was put there by the silo and is part of what it sent.
-_REJECTION_ATTRIBUTES = ("verdict", "reason", "detail", "decided_at")
+_REJECTION_ATTRIBUTES = ("verdict", "reason", "detail", "decided_at", "superseded", "attributed")
 
 
 def _update_event(item: Mapping[str, Any]) -> Event:

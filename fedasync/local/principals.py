@@ -52,6 +52,7 @@ def stack_arns(spec: Deployment, stream_arn: str) -> StackArns:
     machine = f"arn:aws:states:{where}:stateMachine:{spec.state_machine_name}"
     return StackArns(
         table=f"arn:aws:dynamodb:{where}:table/{spec.table}",
+        server_table=f"arn:aws:dynamodb:{where}:table/{spec.server_table}",
         stream=stream_arn,
         bucket=f"arn:aws:s3:::{spec.bucket}",
         topic=f"arn:aws:sns:{where}:{spec.topic_name}",

@@ -44,6 +44,7 @@ async def provision(aws: AwsContext, spec: Deployment) -> Deployment:
     `spec` with what only the running stack knows (ARNs, URLs, the principals' keys)."""
     bucket = await _bucket(aws, spec)
     table, stream_arn = await _table(aws, spec)
+    server_table = await _server_table(aws, spec)
     sqs = await aws.sqs()
     control_dlq = await _queue(sqs, spec.control_dlq_name, retention_s=DLQ_RETENTION_S)
     control = await _queue(sqs, spec.control_queue_name, CONTROL_VISIBILITY_S, control_dlq)
@@ -65,7 +66,7 @@ async def provision(aws: AwsContext, spec: Deployment) -> Deployment:
             sqs, spec.client_queue_name(client_id), CLIENT_VISIBILITY_S, dlq_urls[client_id]
         )
         await _subscribe(aws, topics, subscribed, client_urls[client_id], client_id)
-    machine_arn = await _state_machine(aws, spec, table, control)
+    machine_arn = await _state_machine(aws, spec, server_table, control)
     principals = await create_principals(aws, spec, stack_arns(spec, stream_arn))
     endpoints = spec.model_copy(
         update=dict(
@@ -73,6 +74,7 @@ async def provision(aws: AwsContext, spec: Deployment) -> Deployment:
             region=aws.region,
             bucket=bucket,
             table=table,
+            server_table=server_table,
             stream_arn=stream_arn,
             topic_arn=topics[0],
             topic_shards=shards,
@@ -105,11 +107,11 @@ async def _bucket(aws: AwsContext, spec: Deployment) -> str:
     return spec.bucket
 
 
-async def _table(aws: AwsContext, spec: Deployment) -> tuple[str, str]:
+async def _create_table(aws: AwsContext, name: str, *, stream: bool) -> None:
     ddb = await aws.dynamodb()
     try:
         await ddb.create_table(
-            TableName=spec.table,
+            TableName=name,
             KeySchema=[
                 {"AttributeName": TABLE_PARTITION_KEY, "KeyType": "HASH"},
                 {"AttributeName": TABLE_SORT_KEY, "KeyType": "RANGE"},
@@ -119,11 +121,24 @@ async def _table(aws: AwsContext, spec: Deployment) -> tuple[str, str]:
                 {"AttributeName": TABLE_SORT_KEY, "AttributeType": "S"},
             ],
             BillingMode="PAY_PER_REQUEST",
-            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"}
+            if stream
+            else {"StreamEnabled": False},
         )
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") != "ResourceInUseException":
             raise
+
+
+async def _server_table(aws: AwsContext, spec: Deployment) -> str:
+    await _create_table(aws, spec.server_table, stream=False)  # nothing reacts to it
+    return spec.server_table
+
+
+async def _table(aws: AwsContext, spec: Deployment) -> tuple[str, str]:
+    """The inbox (what silos write), streamed to the aggregate function."""
+    ddb = await aws.dynamodb()
+    await _create_table(aws, spec.table, stream=True)
     ttl = await ddb.describe_time_to_live(TableName=spec.table)
     if ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus") != "ENABLED":
         await ddb.update_time_to_live(
@@ -211,7 +226,7 @@ async def _subscribe(
 async def _state_machine(aws: AwsContext, spec: Deployment, table: str, control_url: str) -> str:
     sfn = await aws.sfn()
     definition = substitute_asl(
-        ASL_PATH.read_text(), {"TableName": table, "ControlQueueUrl": control_url}
+        ASL_PATH.read_text(), {"ServerTableName": table, "ControlQueueUrl": control_url}
     )
     machines = await sfn.list_state_machines()
     for machine in machines["stateMachines"]:

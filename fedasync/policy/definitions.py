@@ -34,7 +34,7 @@ QUEUE_ACTIONS = (
 UPLOAD_ACTIONS = ("s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts")
 TAG_ACTIONS = ("s3:PutObjectTagging",)
 DOWNLOAD_ACTIONS = ("s3:GetObject",)
-TABLE_WRITE_ACTIONS = ("dynamodb:PutItem",)
+TABLE_WRITE_ACTIONS = ("dynamodb:PutItem",)  # the inbox only: never the server table
 TABLE_CHECK_ACTIONS = ("dynamodb:GetItem",)
 # The tag a client puts on its local-model uploads (infra/config.py's lifecycle rule).
 LOCAL_UPDATE_TAG_KEY = "fedasync-kind"
@@ -54,8 +54,15 @@ CLIENT_ITEM_ATTRIBUTES = tuple(
 DEEPER_THAN_LOCAL = "*/*/*/*/*"
 DEEPER_THAN_GLOBAL = "*/*/*/*"
 
+# What a silo may see of an item in the inbox when it asks "is my update recorded?":
+# the key, and the object the record names (its own key names its own object, so an
+# item squatting its key, which it did not write, is not taken for its own).
+CHECK_ATTRIBUTES = (TABLE_PARTITION_KEY, TABLE_SORT_KEY, "s3_key")
+
 # --- server (the aggregate and control functions) ---------------------------------------
 
+# The server only reads the inbox: its decisions go to the server table.
+INBOX_READ_ACTIONS = ("dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query")
 # TransactWriteItems is not an IAM action: each item of a transaction is authorised as
 # the PutItem / UpdateItem / ConditionCheckItem it contains. BatchGetItem: the
 # aggregator reads a round's update records in one call (`ServerStore.get_items`).
@@ -101,7 +108,7 @@ DLQ_SEND_ACTIONS = ("sqs:SendMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUr
 class StackArns:
     """The ARNs the statements name (CDK tokens in infra/, real ARNs in the embedded stack)."""
 
-    table: str
+    table: str  # the inbox: what silos write
     stream: str
     bucket: str
     topic: str  # shard 0's
@@ -112,6 +119,8 @@ class StackArns:
     executions: str = ""
     # every notice topic shard (fedasync.resources.topic_shard_count); () means `topic` only
     topics: tuple[str, ...] = ()
+    # what the server decides (TASK, ROUND, verdicts): no silo statement names it
+    server_table: str = ""
 
     @property
     def notice_topics(self) -> list[str]:
@@ -127,6 +136,12 @@ def _allow(
     if condition:
         statement["Condition"] = condition["condition"]
     return statement
+
+
+def _server_table(arns: StackArns) -> str:
+    if not arns.server_table:
+        raise ValueError("the stack's ARNs name no server table (StackArns.server_table)")
+    return arns.server_table
 
 
 def _deny(actions: tuple[str, ...], resources: list[str], sid: str) -> Json:
@@ -175,17 +190,15 @@ def client_statements(client_id: str, queue: str, arns: StackArns) -> list[Json]
             },
         ),
         # The client asks "is my update already recorded?" before training again. It
-        # may learn that a key exists, never what an item holds: the request must
-        # name its projection (Null: false), and project only the key.
+        # may learn that a key exists and which object its record names, never what it holds:
+        # the request must name its projection (Null: false), within CHECK_ATTRIBUTES.
         _allow(
             TABLE_CHECK_ACTIONS,
             [arns.table],
             "CheckRecordExists",
             condition={
                 "Null": {"dynamodb:Attributes": "false"},
-                "ForAllValues:StringEquals": {
-                    "dynamodb:Attributes": [TABLE_PARTITION_KEY, TABLE_SORT_KEY]
-                },
+                "ForAllValues:StringEquals": {"dynamodb:Attributes": list(CHECK_ATTRIBUTES)},
                 "StringEqualsIfExists": {"dynamodb:Select": "SPECIFIC_ATTRIBUTES"},
             },
         ),
@@ -195,7 +208,8 @@ def client_statements(client_id: str, queue: str, arns: StackArns) -> list[Json]
 def server_statements(arns: StackArns) -> list[Json]:
     """What both server functions are granted explicitly (the same for aggregate and control)."""
     return [
-        _allow(TABLE_ACTIONS, [arns.table]),
+        _allow(INBOX_READ_ACTIONS, [arns.table], "ReadTheInbox"),
+        _allow(TABLE_ACTIONS, [_server_table(arns)], "KeepDecisions"),
         _allow(OBJECT_ACTIONS, [f"{arns.bucket}/*"]),
         _allow(BUCKET_ACTIONS, [arns.bucket]),
         _allow(("sns:Publish",), arns.notice_topics),
@@ -230,7 +244,7 @@ def state_machine_statements(actions: set[str], arns: StackArns) -> list[Json]:
     """The ASL's integrations (`fedasync.policy.asl.required_actions`), each service on
     the one resource it may touch: SQS the control queue, DynamoDB the table. Any other
     service fails here until someone decides what it may touch."""
-    scopes = {"sqs": arns.control_queue, "dynamodb": arns.table}
+    scopes = {"sqs": arns.control_queue, "dynamodb": _server_table(arns)}
     grouped: dict[str, list[str]] = {}
     for action in sorted(actions):
         service = action.split(":")[0]
@@ -252,13 +266,16 @@ OPERATOR_TABLE_ACTIONS = (
     "dynamodb:Query",
 )
 OPERATOR_OBJECT_ACTIONS = ("s3:GetObject", "s3:PutObject")
+# `task status`, `events export`: the updates and heartbeats, read only.
+OPERATOR_INBOX_ACTIONS = ("dynamodb:GetItem", "dynamodb:Query")
 
 
 def operator_statements(arns: StackArns) -> list[Json]:
     """Start, watch, stop and export tasks: the TASK item, global and final models, the
     task's execution, the final notice and the callback of a stop."""
     return [
-        _allow(OPERATOR_TABLE_ACTIONS, [arns.table], "ManageTaskItems"),
+        _allow(OPERATOR_TABLE_ACTIONS, [_server_table(arns)], "ManageTaskItems"),
+        _allow(OPERATOR_INBOX_ACTIONS, [arns.table], "ReadTheInbox"),
         _allow(OPERATOR_OBJECT_ACTIONS, [f"{arns.bucket}/*"], "ReadAndSeedModels"),
         _allow(BUCKET_ACTIONS, [arns.bucket], "TellMissingModelsApart"),
         _allow(("states:StartExecution",), [arns.state_machine], "StartTasks"),

@@ -41,7 +41,7 @@ from structlog.contextvars import bound_contextvars
 
 from fedasync.core.errors import SchemaError
 from fedasync.core.messages import ControlMessage
-from fedasync.server import async_task, rounds
+from fedasync.server import async_effects, rounds
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ExecutionNotFoundError, ServerStore
 from fedasync.server.task_view import TaskView
@@ -75,7 +75,7 @@ async def on_control(store: ServerStore, msg: ControlMessage) -> None:
                 store, view, _round(msg), token=msg.task_token, at_deadline=True
             )
         elif msg.kind == "open_task":
-            await async_task.open_task(store, view, msg.task_token)
+            await async_effects.open_task(store, view, msg.task_token)
         else:
             await finish_task(store, msg.task_name, msg.reason or "timeout", token=msg.task_token)
         log.info("control.handled")

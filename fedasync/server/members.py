@@ -10,6 +10,7 @@ import structlog
 
 from fedasync.core import keys
 from fedasync.core.decisions import droppable, lapsed
+from fedasync.core.verdicts import decided_on
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
@@ -70,6 +71,7 @@ async def _settle(
         "reason": "closed_round",
         "detail": detail,
         "decided_at": time.time(),
+        **decided_on(item),
     }
     op = store.update_op(
         view.task_name, str(item["sk"]), verdict, condition="attribute_not_exists(#verdict)"

@@ -30,6 +30,7 @@ from fedasync.core.codec import Weights
 from fedasync.core.errors import GlobalRefusedError
 from fedasync.core.globalcheck import check_new_global
 from fedasync.core.messages import UpdateRecord
+from fedasync.core.verdicts import decided_on
 from fedasync.server.cache import CACHE
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
@@ -90,6 +91,7 @@ async def refuse_async(
         "reason": exc.reason,
         "detail": exc.message[:2000],
         "decided_at": time.time(),
+        **decided_on(item),
     }
     committed = await store.transact(
         [

@@ -10,7 +10,6 @@ import structlog
 
 from fedasync.core import codec, keys
 from fedasync.core.decisions import (
-    VERDICT_ATTRIBUTES,
     RoundOutcome,
     close_outcome,
     describe,
@@ -20,6 +19,7 @@ from fedasync.core.decisions import (
 )
 from fedasync.core.errors import ChecksumMismatchError
 from fedasync.core.fedavg import FedAvgAccumulator
+from fedasync.core.verdicts import VERDICT_ATTRIBUTES, settles
 from fedasync.server import refused
 from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
@@ -72,7 +72,7 @@ async def maybe_complete(
     they are queried); `round_item`: the round item, when the caller has just read it."""
     if items is None:
         items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
-    decided = {str(i.get("client_id")) for i in items if i.get("verdict")}
+    decided = {str(i.get("client_id")) for i in items if settles(i)}
     dropped: list[str] = []
     if not round_complete(view.cfg, decided):
         dropped = await dead_undecided(store, view, items, decided)

@@ -1,38 +1,36 @@
-"""The server's storage edge: the table, the model bucket, the topic, Step Functions.
+"""The server's storage edge on DynamoDB: the silos' inbox table and the server table.
+
+Two trust domains (DESIGN.md). The inbox table holds what silos write (`UPDATE#...`,
+`HEARTBEAT#...`); the server only reads it. The server table holds everything the server
+decides (TASK, ROUND#..., VERDICT#...), and no silo role may read or write it. Callers
+name items by sort key and the store picks the table; an update's sort key names the
+submission as the server knows it (`fedasync.core.verdicts.merge`: the inbox item with
+the decision `VERDICT#{sk}`), and a write to it writes that decision, never the inbox.
 
 Every write that decides something is conditional, so a redelivered event or a retry
-after a crash finds the work done instead of doing it twice.
+after a crash finds the work done instead of doing it twice. S3, SNS and Step Functions
+calls are in `effects.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-from collections import deque
-from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from fedasync.aws.batching import BATCH_GET_MAX_KEYS, drain_unprocessed
 from fedasync.aws.records import deserialize_item, serialize_item
-from fedasync.aws.session import AwsContext, error_code, object_missing
-from fedasync.core.errors import MissingObjectError, PayloadTooLargeError, RegistryError
-from fedasync.core.keys import TASK_SK
-from fedasync.core.messages import GlobalModelNotice
+from fedasync.aws.session import AwsContext, error_code
+from fedasync.core import keys
+from fedasync.core.verdicts import merge
 from fedasync.deployment import Deployment as Where  # the one model of where a stack lives
-from fedasync.resources import (
-    NOTICE_FILTER_ATTRIBUTE,
-    TABLE_PARTITION_KEY,
-    TABLE_SORT_KEY,
-    shard_topic,
-    topic_shard,
-)
+from fedasync.resources import TABLE_PARTITION_KEY, TABLE_SORT_KEY
+from fedasync.server.effects import SPENT_TOKEN_ERRORS, Effects, ExecutionNotFoundError
 
-# A callback for a token that is already spent is work already done, not an error.
-SPENT_TOKEN_ERRORS = ("InvalidToken", "TaskTimedOut", "TaskDoesNotExist")
-
+Item = dict[str, Any]
 
 TRANSACT_TRIES = 5
 # Why DynamoDB may cancel a transaction that did nothing and may succeed if tried again
@@ -67,66 +65,91 @@ def _names(condition: str) -> dict[str, str]:
     return {f"#{w}": special.get(w, w) for w in re.findall(r"#([A-Za-z_][A-Za-z0-9_]*)", condition)}
 
 
-class ExecutionNotFoundError(RegistryError):
-    """The execution a task records is not one Step Functions knows."""
-
-    reason = "no_execution"
-
-
-class ServerStore:
+class ServerStore(Effects):
     """Typed operations of the server on one deployment."""
 
     def __init__(self, aws: AwsContext, where: Where) -> None:
         self.aws = aws
         self.where = where
+        self.bucket = where.bucket
+        self.topic_arn = where.topic_arn
+        self.topic_shards = where.topic_shards
 
     def _key(self, task_name: str, sk: str) -> dict[str, Any]:
         return {TABLE_PARTITION_KEY: {"S": task_name}, TABLE_SORT_KEY: {"S": sk}}
 
-    async def get_item(self, task_name: str, sk: str) -> dict[str, Any] | None:
+    def _place(self, sk: str) -> tuple[str, str]:
+        """(table, sort key) where the item `sk` names is stored or decided."""
+        if sk.startswith(keys.UPDATE_PREFIX):
+            return self.where.server_table, keys.verdict_sk(sk)
+        return (self.where.table if keys.in_inbox(sk) else self.where.server_table), sk
+
+    async def _get_raw(self, table: str, task_name: str, sk: str) -> Item | None:
         ddb = await self.aws.dynamodb()
         resp = await ddb.get_item(
-            TableName=self.where.table, Key=self._key(task_name, sk), ConsistentRead=True
+            TableName=table, Key=self._key(task_name, sk), ConsistentRead=True
         )
         item = resp.get("Item")
         return deserialize_item(item) if item else None
 
-    async def get_items(self, task_name: str, sks: list[str]) -> list[dict[str, Any] | None]:
+    async def submission(self, task_name: str, sk: str) -> tuple[Item | None, Item | None]:
+        """(the inbox item, the server's verdict on it) of the update `sk`, as stored."""
+        inbox, verdict = await asyncio.gather(
+            self._get_raw(self.where.table, task_name, sk),
+            self._get_raw(self.where.server_table, task_name, keys.verdict_sk(sk)),
+        )
+        return inbox, verdict
+
+    async def get_item(self, task_name: str, sk: str) -> Item | None:
+        if sk.startswith(keys.UPDATE_PREFIX):
+            return merge(sk, *await self.submission(task_name, sk))  # type: ignore[no-any-return]
+        table, key = self._place(sk)
+        return await self._get_raw(table, task_name, key)
+
+    async def get_items(self, task_name: str, sks: list[str]) -> list[Item | None]:
         """Several items of one task, strongly consistent, in `sks` order (None: absent).
 
-        BatchGetItem takes at most 100 keys: the keys go in batches of 100, and the keys a
-        batch leaves unprocessed (throttling, the 16 MB response limit) are asked again
-        with backoff (`drain_unprocessed`)."""
+        BatchGetItem takes at most 100 keys (across tables): the keys go in batches of 100,
+        and the keys a batch leaves unprocessed (throttling, the 16 MB response limit) are
+        asked again with backoff (`drain_unprocessed`). An update costs two keys."""
         ddb = await self.aws.dynamodb()
-        unique = list(dict.fromkeys(sks))
-        found: dict[str, dict[str, Any]] = {}
+        wanted: list[tuple[str, str]] = []
+        for sk in dict.fromkeys(sks):
+            if sk.startswith(keys.UPDATE_PREFIX):
+                wanted.append((self.where.table, sk))
+            wanted.append(self._place(sk))
+        found: dict[tuple[str, str], Item] = {}
 
         async def batch_get(request: dict[str, Any]) -> dict[str, Any]:
             resp = await ddb.batch_get_item(RequestItems=request)
-            for raw in resp.get("Responses", {}).get(self.where.table, []):
-                item = deserialize_item(raw)
-                found[str(item[TABLE_SORT_KEY])] = item
+            for table, raws in resp.get("Responses", {}).items():
+                for raw in raws:
+                    item = deserialize_item(raw)
+                    found[(table, str(item[TABLE_SORT_KEY]))] = item
             return dict(resp.get("UnprocessedKeys") or {})
 
-        for start in range(0, len(unique), BATCH_GET_MAX_KEYS):
-            chunk = unique[start : start + BATCH_GET_MAX_KEYS]
-            request = {
-                self.where.table: {
-                    "Keys": [self._key(task_name, sk) for sk in chunk],
-                    "ConsistentRead": True,
-                }
-            }
+        for start in range(0, len(wanted), BATCH_GET_MAX_KEYS):
+            request: dict[str, Any] = {}
+            for table, sk in wanted[start : start + BATCH_GET_MAX_KEYS]:
+                entry = request.setdefault(table, {"Keys": [], "ConsistentRead": True})
+                entry["Keys"].append(self._key(task_name, sk))
             await drain_unprocessed(batch_get, request, what=f"items of task {task_name!r}")
-        return [found.get(sk) for sk in sks]
+        return [self._found(found, sk) for sk in sks]
 
-    async def get_task(self, task_name: str) -> dict[str, Any] | None:
-        return await self.get_item(task_name, TASK_SK)
+    def _found(self, found: dict[tuple[str, str], Item], sk: str) -> Item | None:
+        if sk.startswith(keys.UPDATE_PREFIX):
+            verdict = found.get(self._place(sk))
+            return merge(sk, found.get((self.where.table, sk)), verdict)  # type: ignore[no-any-return]
+        return found.get(self._place(sk))
 
-    async def query_prefix(self, task_name: str, prefix: str) -> list[dict[str, Any]]:
+    async def get_task(self, task_name: str) -> Item | None:
+        return await self.get_item(task_name, keys.TASK_SK)
+
+    async def _query(self, table: str, task_name: str, prefix: str) -> list[Item]:
         ddb = await self.aws.dynamodb()
-        items: list[dict[str, Any]] = []
+        items: list[Item] = []
         kwargs: dict[str, Any] = {
-            "TableName": self.where.table,
+            "TableName": table,
             "KeyConditionExpression": "#pk = :pk AND begins_with(#sk, :prefix)",
             "ExpressionAttributeNames": {"#pk": TABLE_PARTITION_KEY, "#sk": TABLE_SORT_KEY},
             "ExpressionAttributeValues": {":pk": {"S": task_name}, ":prefix": {"S": prefix}},
@@ -139,10 +162,27 @@ class ServerStore:
                 return items
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
+    async def query_prefix(self, task_name: str, prefix: str) -> list[Item]:
+        """The items whose sort key starts with `prefix` (updates: as `get_item` gives
+        them, in sort-key order, a decided update whose inbox item expired included)."""
+        if not prefix.startswith(keys.UPDATE_PREFIX):
+            table, key = self._place(prefix)
+            return await self._query(table, task_name, key)
+        inbox, verdicts = await asyncio.gather(
+            self._query(self.where.table, task_name, prefix),
+            self._query(self.where.server_table, task_name, keys.verdict_sk(prefix)),
+        )
+        by_sk = {str(i[TABLE_SORT_KEY]): i for i in inbox}
+        decided = {keys.update_of_verdict_sk(str(v[TABLE_SORT_KEY])): v for v in verdicts}
+        return [merge(sk, by_sk.get(sk), decided.get(sk)) for sk in sorted({*by_sk, *decided})]
+
     async def put_item(self, item: Mapping[str, Any], condition: str | None = None) -> bool:
-        """Put; False when the condition failed (someone did it already)."""
+        """Put a server item; False when the condition failed (someone did it already)."""
+        sk = str(item[TABLE_SORT_KEY])
+        if keys.in_inbox(sk):
+            raise ValueError(f"the server never writes the silos' inbox (item {sk!r})")
         ddb = await self.aws.dynamodb()
-        kwargs: dict[str, Any] = {"TableName": self.where.table, "Item": serialize_item(item)}
+        kwargs: dict[str, Any] = {"TableName": self.where.server_table, "Item": serialize_item(item)}
         if condition:
             kwargs["ConditionExpression"] = condition
             kwargs["ExpressionAttributeNames"] = _names(condition)
@@ -190,9 +230,12 @@ class ServerStore:
         exprs.update(condition_values or {})
         condition = condition or "attribute_exists(#pk)"
         names.update(_names(condition))
+        if keys.in_inbox(sk) and not sk.startswith(keys.UPDATE_PREFIX):
+            raise ValueError(f"the server never writes the silos' inbox (item {sk!r})")
+        table, key = self._place(sk)  # an update's decision: its VERDICT item
         return {
-            "TableName": self.where.table,
-            "Key": self._key(task_name, sk),
+            "TableName": table,
+            "Key": self._key(task_name, key),
             "UpdateExpression": " ".join(clauses),
             "ConditionExpression": condition,
             "ExpressionAttributeNames": names,
@@ -229,165 +272,5 @@ class ServerStore:
                 return True
         raise AssertionError("unreachable")  # pragma: no cover
 
-    # --- models in S3 -------------------------------------------------------------------
 
-    async def get_object(
-        self, key: str, max_bytes: int | None = None, *, named_by_silo: bool = False
-    ) -> bytes:
-        """The object's bytes. `named_by_silo`: the key comes from an update record, so a
-        missing object is the silo's fault (`MissingObjectError`, the update is rejected),
-        whether S3 says 404 or, to our role without s3:ListBucket, 403."""
-        s3 = await self.aws.s3()
-        try:
-            resp = await s3.get_object(Bucket=self.where.bucket, Key=key)
-        except ClientError as exc:
-            if object_missing(exc, unlisted=named_by_silo):
-                error = MissingObjectError if named_by_silo else RegistryError
-                raise error(
-                    f"object {key!r} is missing from the model bucket "
-                    f"(S3 answered {error_code(exc)})"
-                ) from exc
-            raise
-        size = int(resp.get("ContentLength", 0))
-        if max_bytes is not None and size > max_bytes:
-            resp["Body"].close()
-            raise PayloadTooLargeError(f"object {key!r} is {size} bytes; the limit is {max_bytes}")
-        async with resp["Body"] as body:
-            return bytes(await body.read())
-
-    async def iter_objects(
-        self,
-        keys: Sequence[str],
-        *,
-        max_bytes: int | None = None,
-        ahead: int = 4,
-        named_by_silo: bool = False,
-    ) -> AsyncGenerator[bytes, None]:
-        """The objects at `keys`, in order, with up to `ahead` reads in flight: the reads
-        overlap the caller's work on earlier ones, and memory stays bounded. A failed read
-        raises at its position. Use with `contextlib.aclosing` when stopping early."""
-        pending: deque[asyncio.Task[bytes]] = deque()
-        queue = iter(keys)
-        try:
-            for key in queue:
-                pending.append(
-                    asyncio.ensure_future(
-                        self.get_object(key, max_bytes, named_by_silo=named_by_silo)
-                    )
-                )
-                if len(pending) >= ahead:
-                    break
-            while pending:
-                data = await pending.popleft()
-                following = next(queue, None)
-                if following is not None:
-                    pending.append(
-                        asyncio.ensure_future(
-                            self.get_object(following, max_bytes, named_by_silo=named_by_silo)
-                        )
-                    )
-                yield data
-                del data
-        finally:
-            for task in pending:
-                task.cancel()
-            if pending:  # collect them, so no "exception was never retrieved" is left behind
-                await asyncio.gather(*pending, return_exceptions=True)
-
-    async def put_object(self, key: str, data: bytes, sha256: str) -> None:
-        s3 = await self.aws.s3()
-        await s3.put_object(
-            Bucket=self.where.bucket,
-            Key=key,
-            Body=data,
-            Metadata={"sha256": sha256},
-            ContentType="application/octet-stream",
-        )
-
-    # --- notices and callbacks ---------------------------------------------------------------
-
-    async def publish(self, notice: GlobalModelNotice, client_ids: tuple[str, ...]) -> None:
-        """One publish per topic shard that holds a recipient, naming only its own."""
-        sns = await self.aws.sns()
-        shards: dict[int, list[str]] = {}
-        for client_id in client_ids:
-            shards.setdefault(topic_shard(client_id, self.where.topic_shards), []).append(client_id)
-        await asyncio.gather(
-            *(
-                sns.publish(
-                    TopicArn=shard_topic(self.where.topic_arn, shard),
-                    Message=notice.to_json(),
-                    MessageAttributes={
-                        NOTICE_FILTER_ATTRIBUTE: {
-                            "DataType": "String.Array",
-                            "StringValue": json.dumps(recipients),
-                        },
-                        "task_name": {"DataType": "String", "StringValue": notice.task_name},
-                    },
-                )
-                for shard, recipients in sorted(shards.items())
-            )
-        )
-
-    async def send_success(self, token: str, output: Mapping[str, Any]) -> bool:
-        """True if this call completed the wait; False if the token was already spent."""
-        sfn = await self.aws.sfn()
-        try:
-            await sfn.send_task_success(taskToken=token, output=json.dumps(output))
-        except ClientError as exc:
-            if error_code(exc) in SPENT_TOKEN_ERRORS:
-                return False
-            raise
-        return True
-
-    async def send_heartbeat(self, token: str) -> bool:
-        sfn = await self.aws.sfn()
-        try:
-            await sfn.send_task_heartbeat(taskToken=token)
-        except ClientError as exc:
-            if error_code(exc) in SPENT_TOKEN_ERRORS:
-                return False
-            raise
-        return True
-
-    async def sent_messages(self, execution_arn: str) -> AsyncGenerator[dict[str, Any], None]:
-        """The message bodies the execution's SQS tasks sent, newest first (as the service
-        orders them; moto gives oldest first), read from its history: what Step Functions
-        itself recorded, so nobody but the execution can have put one there. A history
-        the service does not have raises `ExecutionNotFoundError`."""
-        sfn = await self.aws.sfn()
-        kwargs: dict[str, Any] = {
-            "executionArn": execution_arn,
-            "reverseOrder": True,
-            "maxResults": 1000,
-        }
-        while True:
-            try:
-                page = await sfn.get_execution_history(**kwargs)
-            except ClientError as exc:
-                if error_code(exc) in ("ExecutionDoesNotExist", "InvalidArn"):
-                    raise ExecutionNotFoundError(
-                        f"execution {execution_arn!r} is unknown to Step Functions"
-                    ) from exc
-                raise
-            for event in page.get("events", []):
-                body = _message_body(event.get("taskScheduledEventDetails") or {})
-                if body is not None:
-                    yield body
-            if not page.get("nextToken"):
-                return
-            kwargs["nextToken"] = page["nextToken"]
-
-
-def _message_body(details: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The `MessageBody` of a scheduled `sqs:sendMessage*` task (an object in the ASL; the
-    service may render it as JSON text), else None."""
-    if details.get("resourceType") != "sqs":
-        return None
-    try:
-        body = json.loads(str(details.get("parameters") or "{}")).get("MessageBody")
-        if isinstance(body, str):
-            body = json.loads(body)
-    except (ValueError, AttributeError):
-        return None
-    return body if isinstance(body, dict) else None
+__all__ = ["SPENT_TOKEN_ERRORS", "ExecutionNotFoundError", "ServerStore", "Where"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -11,7 +9,7 @@ from typing import Any
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from fedasync.core import keys
+from fedasync.core import keys, verdicts
 from fedasync.core.decisions import (
     check_round,
     check_running,
@@ -22,7 +20,7 @@ from fedasync.core.decisions import (
 )
 from fedasync.core.errors import FedAsyncError, SchemaError
 from fedasync.core.messages import UpdateRecord
-from fedasync.server import async_task, rounds
+from fedasync.server import async_effects, async_task, rounds, sync_run
 from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
@@ -39,12 +37,17 @@ async def on_update(
     `forged`: server-owned attributes the item already held when it was inserted (the
     stream's INSERT image); such a verdict is the client's own, never trusted.
     """
-    item = await store.get_item(task_name, sk)
-    if item is None:
+    inbox, decision = await store.submission(task_name, sk)
+    if inbox is None and decision is None:
         log.warning("update.vanished", task_name=task_name, sk=sk)
         return "ignored"
-    with bound_contextvars(task_name=task_name, client_id=item.get("client_id"), sk=sk):
-        if forged:
+    who = (inbox or decision or {}).get("client_id")
+    with bound_contextvars(task_name=task_name, client_id=who, sk=sk):
+        if verdicts.resubmitted(inbox, decision):
+            await _reopen(store, task_name, sk, decision or {})
+            inbox, decision = await store.submission(task_name, sk)
+        item = verdicts.merge(sk, inbox, decision) or {}
+        if forged and not item.get("verdict"):
             item = await _reject_forged(store, task_name, sk, item, forged)
         if item.get("verdict"):
             await _after(store, task_name, item)
@@ -58,7 +61,8 @@ async def on_update(
             with bound_contextvars(version=view.head_version, round_id=record.round_id):
                 decided = await _accept(store, view, record, item)
         except FedAsyncError as exc:
-            await _reject(store, task_name, sk, exc, _detail(exc, task_name, sk, item, record))
+            detail = _detail(exc, task_name, sk, item, record)
+            await _reject(store, task_name, sk, exc, detail, item=item)
         # our own conditional write succeeded: the item is what we wrote, no need to re-read
         item = decided or await store.get_item(task_name, sk) or item
         await _after(store, task_name, item)
@@ -75,7 +79,7 @@ async def decide_run(store: ServerStore, task_name: str, sks: Sequence[str]) -> 
     """
     if len(sks) > async_task.MAX_RUN:
         return 0
-    along = _round_along(task_name, sks)
+    along = sync_run.round_along(task_name, sks)
     got = await store.get_items(task_name, [keys.TASK_SK, *along])
     if got[0] is None:
         return 0
@@ -86,111 +90,7 @@ async def decide_run(store: ServerStore, task_name: str, sks: Sequence[str]) -> 
     if view.cfg.mode == "async":
         return await async_task.absorb_run(store, view, list(sks))
     read = dict(zip(along, got[1:], strict=True))
-    return await _accept_round_run(store, view, sks, read)
-
-
-def _round_along(task_name: str, sks: Sequence[str]) -> list[str]:
-    """What to read with the TASK item for a sync run, when a warm container knows the
-    task's roster: the round item and every rostered client's update in the run's round,
-    so the run needs no other read (nor a query) to decide and to see the round complete.
-    Only a guess (the round from the run's keys, the roster from an earlier read): the
-    caller uses it only if the TASK item agrees."""
-    roster = CACHE.roster(task_name)
-    round_id = keys.round_of_update_sk(sks[0]) if sks else None
-    if roster is None or round_id is None or len(roster) + len(sks) > _ROUND_READ_MAX:
-        return []
-    expected = [keys.update_sk(client, "", round_id) for client in roster]
-    return list(dict.fromkeys([keys.round_sk(round_id), *expected, *sks]))
-
-
-_ROUND_READ_MAX = 98  # with TASK and ROUND: one BatchGetItem (100 keys)
-
-
-async def _accept_round_run(
-    store: ServerStore, view: TaskView, sks: Sequence[str], read: dict[str, Any]
-) -> int:
-    """Sync: accept the run's leading updates for the open round, then check the round once.
-
-    Each verdict is its own conditional write (independent, idempotent), written
-    concurrently; the round closes (or not) exactly as after the run's last verdict.
-    `read`: items read with the TASK item (`_round_along`), possibly none.
-    """
-    round_id = view.head_version
-    round_sk = keys.round_sk(round_id)
-    expected = [keys.update_sk(c, "", round_id) for c in view.cfg.clients]
-    whole = round_sk in read and set(expected) <= set(read) and set(sks) <= set(read)
-    if whole:
-        round_item, updates = read[round_sk] or {}, [read[sk] for sk in sks]
-    else:
-        round_item = await store.get_item(view.task_name, round_sk) or {}
-        updates = await store.get_items(view.task_name, list(sks))
-    claimed = rounds.is_sealed(round_item)
-    candidates: list[tuple[UpdateRecord, dict[str, Any]]] = []
-    for update in updates:
-        if update is None or update.get("verdict"):
-            break
-        try:
-            record = parse_update_item(update)
-            check_sender(record, view.cfg)
-            check_round(record, view.head_version, claimed)
-            check_running(view.status, view.finished, record)
-        except FedAsyncError:
-            break  # the one-by-one path records the rejection with its reason
-        candidates.append((record, update))
-    accepted: list[tuple[UpdateRecord, dict[str, Any]]] = []
-    writes: list[asyncio.Future[bool]] = []
-    verdict = {"verdict": "accepted", "applied_version": round_id + 1, "decided_at": time.time()}
-    base = await _base_for_norm(store, view, candidates[0][0]) if candidates else None
-    objects = store.iter_objects(
-        [record.s3_key for record, _ in candidates],
-        max_bytes=view.cfg.max_model_bytes,
-        named_by_silo=True,
-    )
-    try:
-        async with contextlib.aclosing(objects):
-            for record, update in candidates:
-                try:
-                    data = await anext(objects)
-                    weights = load_payload(data, record, view.spec, view.cfg, base=base)
-                except FedAsyncError:
-                    break
-                accepted.append((record, update))
-                CACHE.put(record.sha256, weights)  # the round's close folds these moments later
-                # written while the next object is read: every earlier update is valid too
-                op = store.update_op(
-                    view.task_name, record.sk, verdict, condition="attribute_not_exists(#verdict)"
-                )
-                writes.append(asyncio.ensure_future(store.update(op)))
-    finally:
-        written = await asyncio.gather(*writes)  # a failed write raises here: batch retried
-    decided = len(accepted)
-    # a verdict not written: a round closing meanwhile rejected that update first
-    accepted = [pair for pair, ok in zip(accepted, written, strict=True) if ok]
-    if not accepted:
-        return decided
-    for record, _ in accepted:
-        log.info(
-            "update.accepted",
-            task_name=view.task_name,
-            client_id=record.client_id,
-            sk=record.sk,
-            round_id=round_id,
-            num_examples=record.num_examples,
-        )
-    # verdicts leave the TASK item as it was read: no need to read it again
-    if not whole or len(accepted) < decided:
-        await rounds.maybe_complete(store, view, round_id)
-        return decided
-    # The round as it stands: its items as read, with the verdicts just written. Only
-    # this handler accepts (one batch of a task at a time), and every verdict of the run
-    # was written (no close rejected one first), so this is what a query would find now
-    # of the accepted; an item inserted since has no verdict and decides nothing.
-    now = {sk: read[sk] for sk in expected if read[sk] is not None}
-    now.update({record.sk: {**update, **verdict} for record, update in accepted})
-    await rounds.maybe_complete(
-        store, view, round_id, items=list(now.values()), round_item=round_item
-    )
-    return decided
+    return await sync_run.accept_round_run(store, view, sks, read)
 
 
 async def _accept(
@@ -209,7 +109,7 @@ async def _accept(
         record,
         view.spec,
         view.cfg,
-        base=await _base_for_norm(store, view, record),
+        base=await sync_run.base_for_norm(store, view, record),
     )
     verdict = {
         "verdict": "accepted",
@@ -217,7 +117,10 @@ async def _accept(
         "decided_at": time.time(),
     }
     op = store.update_op(
-        view.task_name, record.sk, verdict, condition="attribute_not_exists(#verdict)"
+        view.task_name,
+        record.sk,
+        {**verdict, **verdicts.decided_on_record(record, item)},
+        condition="attribute_not_exists(#verdict)",
     )
     # conditional: a round closing meanwhile may have rejected it first (rounds._settle)
     if not await store.update(op):
@@ -225,16 +128,6 @@ async def _accept(
     CACHE.put(record.sha256, weights)  # the round's close folds it moments later
     log.info("update.accepted", round_id=record.round_id, num_examples=record.num_examples)
     return {**item, **verdict}
-
-
-async def _base_for_norm(store: ServerStore, view: TaskView, record: UpdateRecord) -> Any:
-    if view.cfg.max_update_norm is None:
-        return None
-    from fedasync.core import codec
-
-    return codec.decode(
-        await store.get_object(keys.global_key(view.task_name, record.base_version))
-    )
 
 
 def _detail(
@@ -256,7 +149,13 @@ def _detail(
 
 
 async def _reject(
-    store: ServerStore, task_name: str, sk: str, exc: FedAsyncError, detail: str
+    store: ServerStore,
+    task_name: str,
+    sk: str,
+    exc: FedAsyncError,
+    detail: str,
+    *,
+    item: dict[str, Any],
 ) -> None:
     op = store.update_op(
         task_name,
@@ -266,6 +165,8 @@ async def _reject(
             "reason": exc.reason,
             "detail": detail[:2000],
             "decided_at": time.time(),
+            "attributed": exc.attributed,
+            **verdicts.decided_on(item),
         },
         condition="attribute_not_exists(#verdict)",
     )
@@ -276,20 +177,44 @@ async def _reject(
 async def _reject_forged(
     store: ServerStore, task_name: str, sk: str, item: dict[str, Any], forged: Sequence[str]
 ) -> dict[str, Any]:
-    """Overwrite whatever verdict the client wrote; the same outcome on every redelivery."""
+    """Reject an undecided item that holds server attributes (a decided one stays decided:
+    what an inbox item holds never changes a verdict, which lives in the server table)."""
     exc = SchemaError(
         f"update item {sk!r} from client {item.get('client_id')!r} for task {task_name!r} "
-        f"was inserted with server-owned attribute(s) {list(forged)}; a client writes only "
+        f"was written with server-owned attribute(s) {list(forged)}; a client writes only "
         "its record"
     )
-    verdict: dict[str, Any] = {"verdict": "rejected", "reason": exc.reason, "detail": exc.message}
-    if not (item.get("verdict") == "rejected" and item.get("detail") == exc.message):
-        verdict["decided_at"] = time.time()
-    # Unconditional: the forged verdict must go. Stream order per task means no round
-    # claimed its members between this item's insert and now.
-    await store.update(store.update_op(task_name, sk, verdict))
-    log.warning("update.rejected", reason=exc.reason, detail=exc.message)
-    return {**item, **verdict}
+    verdict: dict[str, Any] = {
+        "verdict": "rejected",
+        "reason": exc.reason,
+        "detail": exc.message,
+        "decided_at": time.time(),
+        **verdicts.decided_on(item),
+    }
+    if await store.update(
+        store.update_op(task_name, sk, verdict, condition="attribute_not_exists(#verdict)")
+    ):
+        log.warning("update.rejected", reason=exc.reason, detail=exc.message)
+    return await store.get_item(task_name, sk) or item
+
+
+async def _reopen(store: ServerStore, task_name: str, sk: str, decision: dict[str, Any]) -> None:
+    """A new submission under a key whose last one was rejected (the inbox item changed):
+    the rejection moves into `superseded`, conditionally on the digest it was taken on, so
+    the new item is decided on its own. A squatter's junk thus costs its victim nothing."""
+    history = [*(decision.get("superseded") or []), verdicts.superseded_entry(decision)]
+    op = store.update_op(
+        task_name,
+        sk,
+        {"superseded": history},
+        condition="#item_digest = :digest AND #verdict = :rejected",
+        condition_values={":digest": decision.get("item_digest"), ":rejected": "rejected"},
+    )
+    removed = [f"#r{i}" for i in range(len(verdicts.REOPENED))]
+    op["UpdateExpression"] += " REMOVE " + ", ".join(removed)
+    op["ExpressionAttributeNames"].update(dict(zip(removed, verdicts.REOPENED, strict=True)))
+    if await store.update(op):
+        log.info("update.resubmitted", superseded=decision.get("reason"))
 
 
 async def _after(store: ServerStore, task_name: str, item: dict[str, Any]) -> None:
@@ -308,9 +233,9 @@ async def _after(store: ServerStore, task_name: str, item: dict[str, Any]) -> No
         # a retry after a crash in finish_task: the callback may not have gone out
         await finish_task(store, task_name, view.finished, token=view.token)
     elif item.get("verdict") == "accepted":
-        await async_task.after_accept(store, task_name, item, task=task)
+        await async_effects.after_accept(store, task_name, item, task=task)
     elif item.get("verdict") == "rejected":
-        await async_task.after_reject(store, view, item)
+        await async_effects.after_reject(store, view, item)
 
 
 __all__ = ["decide_run", "describe", "on_update"]

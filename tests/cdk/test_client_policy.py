@@ -64,7 +64,7 @@ def _role(synth: Synth, client_id: str) -> tuple[dict[str, Any], dict[str, Any]]
 
 def bucket_object(synth: Synth, key: str) -> str:
     # the models bucket as the audit's resolver names it (the embedded stack's name)
-    return f"arn:aws:s3:::{SPEC.bucket_name}/{key}"
+    return f"arn:aws:s3:::{SPEC.bucket}/{key}"
 
 
 def queue_arn(name: str) -> str:
@@ -174,11 +174,16 @@ def test_a_client_may_check_a_key_exists_but_never_read_an_item(policies: Any) -
     policy = policies["bank-b"]
     key_only = {"dynamodb:Attributes": ["sk"], "dynamodb:Select": "SPECIFIC_ATTRIBUTES"}
     assert policy.allows("dynamodb:GetItem", TABLE_ARN, key_only)
-    # no projection (the whole item), or a projection beyond the key: refused
+    # the key and the object key the record names (so that a squatter's item under its
+    # key is not taken for its own record); the object itself it cannot read
+    own_object = {**key_only, "dynamodb:Attributes": ["sk", "s3_key"]}
+    assert policy.allows("dynamodb:GetItem", TABLE_ARN, own_object)
+    # no projection (the whole item), or a projection of any of the record's content
     assert not policy.allows("dynamodb:GetItem", TABLE_ARN, {})
-    assert not policy.allows(
-        "dynamodb:GetItem", TABLE_ARN, {**key_only, "dynamodb:Attributes": ["sk", "s3_key"]}
-    )
+    for content in ("sha256", "num_examples", "metrics", "client_id", "verdict"):
+        assert not policy.allows(
+            "dynamodb:GetItem", TABLE_ARN, {**key_only, "dynamodb:Attributes": ["sk", content]}
+        ), content
     assert not policy.allows(
         "dynamodb:GetItem", TABLE_ARN, {**key_only, "dynamodb:Select": "ALL_ATTRIBUTES"}
     )
@@ -297,10 +302,11 @@ async def _silo_session(ports: AwsClientPorts, admin: AwsContext, bucket: str, t
         num_examples=10,
         metrics={"loss": 0.5},
     )
-    assert not await ports.update_exists(TASK, record.sk)
+    assert not await ports.update_exists(TASK, record.sk, record.s3_key)
     assert await ports.put_update(record)
     assert not await ports.put_update(record)  # a retry: refused by its condition
-    assert await ports.update_exists(TASK, record.sk)
+    assert await ports.update_exists(TASK, record.sk, record.s3_key)
+    assert not await ports.update_exists(TASK, record.sk, local_key(TASK, "hospital-a", 0, "u2"))
     await ports.put_heartbeat(
         Heartbeat(task_name=TASK, client_id="hospital-a", sent_at=1.0, expires_at=31, version=0)
     )

@@ -21,6 +21,7 @@ SPEC = Deployment(
 )
 ARN = "arn:aws:{}:us-east-1:123456789012:{}"
 TABLE = ARN.format("dynamodb", "table/fedasync-table")
+SERVER_TABLE = ARN.format("dynamodb", "table/fedasync-table-server")
 BUCKET = "arn:aws:s3:::fedasync-models"  # the embedded stack's name for the models bucket
 MACHINE = ARN.format("states", "stateMachine:fedasync-fl-task")
 
@@ -65,11 +66,13 @@ def test_server_roles_read_a_round_in_one_batch_and_list_the_bucket(statements: 
 def test_the_state_machine_updates_the_table_and_sends_to_the_control_queue(
     statements: dict,
 ) -> None:
-    assert allowed(statements, "state-machine", "dynamodb:UpdateItem", TABLE)
+    # the TASK status it writes lives in the server table; the silos' inbox it never touches
+    assert allowed(statements, "state-machine", "dynamodb:UpdateItem", SERVER_TABLE)
     assert allowed(
         statements, "state-machine", "sqs:SendMessage", ARN.format("sqs", "fedasync-control")
     )
-    assert not allowed(statements, "state-machine", "dynamodb:GetItem", TABLE)
+    assert not allowed(statements, "state-machine", "dynamodb:GetItem", SERVER_TABLE)
+    assert not allowed(statements, "state-machine", "dynamodb:UpdateItem", TABLE)
 
 
 def test_the_operator_runs_tasks_of_this_state_machine_only(statements: dict) -> None:
@@ -80,7 +83,10 @@ def test_the_operator_runs_tasks_of_this_state_machine_only(statements: dict) ->
     assert allowed(
         statements, "operator", "s3:PutObject", f"{BUCKET}/digits/global/00000000.safetensors"
     )
-    assert allowed(statements, "operator", "dynamodb:PutItem", TABLE)
+    # the TASK item, in the server table; the inbox it may only read
+    assert allowed(statements, "operator", "dynamodb:PutItem", SERVER_TABLE)
+    assert allowed(statements, "operator", "dynamodb:Query", TABLE)
+    assert not allowed(statements, "operator", "dynamodb:PutItem", TABLE)
     other = ARN.format("states", "execution:other-fl-task:digits")
     assert not allowed(statements, "operator", "states:DescribeExecution", other)
     assert not allowed(

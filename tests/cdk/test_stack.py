@@ -75,7 +75,7 @@ def test_resource_counts_follow_the_client_count(
     nested.resource_count_is("AWS::IAM::Role", clients)
     for cfn_type, count in (
         ("AWS::SNS::Topic", 1),
-        ("AWS::DynamoDB::Table", 1),
+        ("AWS::DynamoDB::Table", 2),  # the silos' inbox and the server table
         ("AWS::S3::Bucket", 2),
         ("AWS::StepFunctions::StateMachine", 1),
         ("AWS::Lambda::Function", 2),
@@ -136,6 +136,18 @@ def test_table_keys_stream_ttl_and_recovery_come_from_resources(default_synth: S
             "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
         },
     )
+    # AND the server table: the same keys, no stream, recovery and encryption as well
+    server = _logical_id(
+        default_synth, "AWS::DynamoDB::Table", TableName=Deployment().server_table
+    )
+    props = default_synth.resources("AWS::DynamoDB::Table")[server]["Properties"]
+    assert props["KeySchema"] == [
+        {"AttributeName": TABLE_PARTITION_KEY, "KeyType": "HASH"},
+        {"AttributeName": TABLE_SORT_KEY, "KeyType": "RANGE"},
+    ]
+    assert "StreamSpecification" not in props
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert props["SSESpecification"] == {"SSEEnabled": True}
 
 
 def test_every_resource_policy_is_tls_only_and_never_open(default_synth: Synth) -> None:
@@ -206,12 +218,14 @@ def test_state_machine_is_the_asl_file_inlined_with_every_placeholder(
     assert "DefinitionS3Location" not in props
     # the template holds the file verbatim; CloudFormation fills the placeholders
     assert props["DefinitionString"] == asl_text
-    table_id = _logical_id(default_synth, "AWS::DynamoDB::Table")
+    table_id = _logical_id(
+        default_synth, "AWS::DynamoDB::Table", TableName=Deployment().server_table
+    )
     queue_id = _logical_id(
         default_synth, "AWS::SQS::Queue", QueueName=Deployment().control_queue_name
     )
     assert props["DefinitionSubstitutions"] == {
-        "TableName": {"Ref": table_id},
+        "ServerTableName": {"Ref": table_id},
         "ControlQueueUrl": {"Ref": queue_id},
     }
     assert set(props["DefinitionSubstitutions"]) == set(ASL_PLACEHOLDERS)
@@ -289,18 +303,19 @@ def test_event_sources_retry_bisect_and_report_partial_failures(default_synth: S
     )
 
 
-def test_only_inserts_of_update_items_invoke_the_aggregate_function(default_synth: Synth) -> None:
+def test_only_writes_of_update_items_invoke_the_aggregate_function(default_synth: Synth) -> None:
     # GIVEN the stream's event source mapping
     (mapping,) = [
         r["Properties"]
         for r in default_synth.resources("AWS::Lambda::EventSourceMapping").values()
         if "StreamArn" in json.dumps(r["Properties"]["EventSourceArn"])
     ]
-    # THEN it has one filter: INSERT events whose sort key starts with 'UPDATE#' (by hand,
-    # in Lambda's pattern syntax); heartbeats and the server's own writes invoke nothing
+    # THEN it has one filter: INSERT and MODIFY (a silo's re-put) events whose sort key
+    # starts with 'UPDATE#' (by hand, in Lambda's pattern syntax); heartbeats invoke
+    # nothing, and the server's own writes are in the server table, which has no stream
     (only,) = mapping["FilterCriteria"]["Filters"]
     assert json.loads(only["Pattern"]) == {
-        "eventName": ["INSERT"],
+        "eventName": ["INSERT", "MODIFY"],
         "dynamodb": {"Keys": {"sk": {"S": [{"prefix": "UPDATE#"}]}}},
     }
     # AND it is the pattern the embedded stack's stream pump applies
@@ -363,6 +378,7 @@ def test_outputs_give_clients_and_operators_what_they_need(default_synth: Synth)
         "Prefix",
         "BucketName",
         "TableName",
+        "ServerTableName",
         "TopicArn",
         "ControlQueueUrl",
         "StateMachineArn",

@@ -93,31 +93,36 @@ async def all_decided(
 
 
 async def _update_counts(store: ServerStore, task_name: str) -> tuple[int, int]:
-    """(update items, those without a verdict) of a task, counted, not read."""
+    """(update items, those without a verdict) of a task, counted, not read: the inbox's
+    update items, less the server table's verdicts on them."""
+    total = await _count(store, store.where.table, task_name, keys.UPDATE_PREFIX)
+    decided = await _count(
+        store, store.where.server_table, task_name, keys.verdict_sk(keys.UPDATE_PREFIX), "verdict"
+    )
+    return total, total - decided
+
+
+async def _count(
+    store: ServerStore, table: str, task_name: str, prefix: str, having: str | None = None
+) -> int:
     ddb = await store.aws.dynamodb()
     kwargs: dict[str, Any] = {
-        "TableName": store.where.table,
+        "TableName": table,
         "KeyConditionExpression": "#pk = :pk AND begins_with(#sk, :prefix)",
-        "FilterExpression": "attribute_not_exists(#verdict)",
-        "ExpressionAttributeNames": {
-            "#pk": TABLE_PARTITION_KEY,
-            "#sk": TABLE_SORT_KEY,
-            "#verdict": "verdict",
-        },
-        "ExpressionAttributeValues": {
-            ":pk": {"S": task_name},
-            ":prefix": {"S": keys.UPDATE_PREFIX},
-        },
+        "ExpressionAttributeNames": {"#pk": TABLE_PARTITION_KEY, "#sk": TABLE_SORT_KEY},
+        "ExpressionAttributeValues": {":pk": {"S": task_name}, ":prefix": {"S": prefix}},
         "Select": "COUNT",
         "ConsistentRead": True,
     }
-    total = undecided = 0
+    if having is not None:
+        kwargs["FilterExpression"] = "attribute_exists(#having)"
+        kwargs["ExpressionAttributeNames"]["#having"] = having
+    count = 0
     while True:
         page = await ddb.query(**kwargs)
-        total += int(page["ScannedCount"])
-        undecided += int(page["Count"])
+        count += int(page["Count"])
         if "LastEvaluatedKey" not in page:
-            return total, undecided
+            return count
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 

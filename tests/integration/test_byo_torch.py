@@ -98,7 +98,7 @@ async def test_a_torch_mlp_trains_through_a_sync_round_to_the_fedavg_of_its_silo
     cfg = TaskConfig.parse(
         {"task_name": "torch-sync", "clients": list(SILOS), "rounds": 1, "round_timeout_s": 90}
     )
-    store = ServerStore(full_stack.aws, full_stack.endpoints.where())
+    store = ServerStore(full_stack.aws, full_stack.endpoints)
     x0 = factory(None, {}).init_weights(0)
     arn = await start_task(store, full_stack.endpoints.state_machine_arn, cfg, x0)
     # WHEN both silos run their real client loops until the task ends
@@ -132,7 +132,7 @@ async def test_a_torch_mlp_trains_through_an_async_task_to_its_last_version(full
             "deadline_s": 300,
         }
     )
-    store = ServerStore(full_stack.aws, full_stack.endpoints.where())
+    store = ServerStore(full_stack.aws, full_stack.endpoints)
     x0 = factory(None, {}).init_weights(0)
     arn = await start_task(store, full_stack.endpoints.state_machine_arn, cfg, x0)
     # WHEN both silos run until the final notice

@@ -103,7 +103,7 @@ async def test_two_foreign_silos_run_a_sync_task_to_the_end(stack):
         {"task_name": "fx", "clients": ["a", "b"], "rounds": 2, "min_clients": 2,
          "round_timeout_s": 90}
     )  # fmt: skip
-    store = ServerStore(stack.aws, stack.endpoints.where())
+    store = ServerStore(stack.aws, stack.endpoints)
     arn = await start_task(store, stack.endpoints.state_machine_arn, cfg, initial_model())
     # WHEN each is the foreign client, a nudging towards +1 and b towards -1 (rate 0.5)
     a = fc.ForeignClient(silo_of(stack, "fx", "a"), fc.nudge_towards(1.0, 0.5, 100))
@@ -154,7 +154,7 @@ async def test_a_foreign_silo_runs_an_async_task_to_max_versions(stack):
         {"task_name": "fy", "mode": "async", "clients": ["a"], "alpha": 0.5,
          "staleness": "constant", "max_versions": 3}
     )  # fmt: skip
-    store = ServerStore(stack.aws, stack.endpoints.where())
+    store = ServerStore(stack.aws, stack.endpoints)
     arn = await start_task(store, stack.endpoints.state_machine_arn, cfg, initial_model())
     # WHEN silo a, the foreign client, nudges towards +1 at rate 0.5 on every go-ahead
     silo = fc.ForeignClient(silo_of(stack, "fy", "a"), fc.nudge_towards(1.0, 0.5, 50))

@@ -94,7 +94,7 @@ async def test_off_a_terminal_the_view_draws_nothing(stack):
 async def test_a_failing_store_is_logged_once_and_never_raised(stack):
     # GIVEN a store pointing at a table that does not exist
     e = stack.endpoints
-    broken = ServerStore(stack.aws, Where(table="no-such-table", bucket=e.bucket, topic_arn=""))
+    broken = ServerStore(stack.aws, Where(table="no-such-table", bucket=e.bucket))
     console = Console(file=io.StringIO(), force_terminal=True)
     # WHEN the view ticks several times
     with capture_logs() as logs:

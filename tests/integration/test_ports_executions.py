@@ -40,7 +40,7 @@ async def start_async_task(
     aws: AwsContext, endpoints: Deployment, name: str, **overrides: Any
 ) -> tuple[str, dict[str, Any]]:
     """Start an async task; return its execution ARN and its open_task control message."""
-    await DynamoRecords(aws, endpoints.table).put(
+    await DynamoRecords(aws, endpoints.server_table).put(
         {"task_name": name, "sk": keys.TASK_SK, "status": "PENDING"}
     )
     task = {

@@ -81,7 +81,7 @@ async def start(stack: EmbeddedStack, task: dict[str, Any], *, write_item: bool 
     ddb = await stack.aws.dynamodb()
     if write_item:  # the task starter writes the TASK item before StartExecution
         await ddb.put_item(
-            TableName=stack.endpoints.table,
+            TableName=stack.endpoints.server_table,
             Item={
                 "task_name": {"S": task["task_name"]},
                 "sk": {"S": "TASK"},
@@ -110,7 +110,8 @@ async def finished(stack: EmbeddedStack, execution_arn: str, timeout_s: float = 
 async def task_item(stack: EmbeddedStack, name: str) -> dict[str, Any]:
     ddb = await stack.aws.dynamodb()
     got = await ddb.get_item(
-        TableName=stack.endpoints.table, Key={"task_name": {"S": name}, "sk": {"S": "TASK"}}
+        TableName=stack.endpoints.server_table,
+        Key={"task_name": {"S": name}, "sk": {"S": "TASK"}},
     )
     return {k: next(iter(v.values())) for k, v in got["Item"].items()}
 

@@ -107,7 +107,10 @@ async def test_state_machine_runs_the_asl_with_placeholders_filled(
     assert definition["States"]["OpenRound"]["Parameters"]["QueueUrl"] == (
         endpoints.control_queue_url
     )
-    assert definition["States"]["StartTask"]["Parameters"]["TableName"] == endpoints.table
+    # the state machine writes the TASK item: the server table, not the silos' inbox
+    assert definition["States"]["StartTask"]["Parameters"]["TableName"] == (
+        endpoints.server_table
+    )
 
 
 async def test_embedded_stack_owns_its_server_and_state_and_restores_the_environment(

@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedasync import logs
+from fedasync.aws.records import serialize_item
 from fedasync.cli import app
 from fedasync.core import codec, keys
 from fedasync.core.errors import FedAsyncError
@@ -80,7 +81,10 @@ async def put_heartbeat(store, client_id: str, expires_in_s: float, status: str)
         expires_at=int(now + expires_in_s),
         status=status,
     )
-    await store.put_item({**beat.model_dump(exclude_none=True), "sk": beat.sk})
+    # as the silo writes it: into the inbox (the server's store never writes there)
+    ddb = await store.aws.dynamodb()
+    item = {**beat.model_dump(exclude_none=True), "sk": beat.sk}
+    await ddb.put_item(TableName=store.where.table, Item=serialize_item(item))
 
 
 async def test_async_task_start_status_stop_ends_succeeded_with_final_model(

@@ -27,7 +27,9 @@ def record(event_name: str, sk: str) -> dict[str, Any]:
     [
         ("INSERT", "UPDATE#00000003#bank-1", True),  # a sync update
         ("INSERT", "UPDATE#u-7f3a", True),  # an async update
-        ("MODIFY", "UPDATE#00000003#bank-1", False),  # our verdict on it
+        # a silo's re-put (the server's verdicts are in the server table, not streamed):
+        # nothing, or a new submission after a rejection (fedasync.core.verdicts)
+        ("MODIFY", "UPDATE#00000003#bank-1", True),
         ("REMOVE", "UPDATE#00000003#bank-1", False),
         ("INSERT", "HEARTBEAT#bank-1", False),  # a silo's heartbeat
         ("MODIFY", "HEARTBEAT#bank-1", False),
@@ -36,7 +38,7 @@ def record(event_name: str, sk: str) -> dict[str, Any]:
         ("INSERT", "update#lowercase", False),  # prefix matching is case-sensitive
     ],
 )
-def test_only_inserts_of_update_items_pass(event_name: str, sk: str, invokes: bool) -> None:
+def test_only_writes_of_update_items_pass(event_name: str, sk: str, invokes: bool) -> None:
     assert matches(AGGREGATE_STREAM_FILTER, record(event_name, sk)) is invokes
 
 
