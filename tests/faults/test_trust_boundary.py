@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fedasync.events import export_ledger
 
 from client.config import ClientConfig
 from client.ports import AwsClientPorts
@@ -35,6 +34,7 @@ from fedasync.core.replay import replay
 from fedasync.deployment import Deployment
 from fedasync.local.principals import stack_arns
 from fedasync.local.stack import EmbeddedStack
+from fedasync.ops.events import export_ledger
 from fedasync.policy.definitions import client_statements
 from fedasync.policy.evaluate import Request, Statement, evaluate
 from fedasync.resources import ClientSpec

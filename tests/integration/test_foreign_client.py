@@ -14,9 +14,9 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from fedasync.aws.models import S3ModelRegistry
 
-from fedasync.aws.queues import SnsNotices
+from fedasync.aws.notices import SnsNotices
+from fedasync.aws.objects import S3Objects
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.messages import GlobalModelNotice
@@ -190,16 +190,18 @@ async def test_a_notice_whose_model_is_corrupt_is_kept_not_trained_and_a_newer_o
     bare_stack, wait_until
 ):
     stack = bare_stack
-    registry = S3ModelRegistry(stack.aws, stack.endpoints.bucket)
+    objects = S3Objects(stack.aws, stack.endpoints.bucket)
 
     async def announce(version: int, *, sha: str | None = None, final: bool = False) -> None:
         key = keys.final_key("fz") if final else keys.global_key("fz", version)
-        stored = await registry.put_bytes(key, codec.encode(initial_model()))
+        blob = codec.encode(initial_model())
+        await objects.put_bytes(key, blob, codec.sha256_bytes(blob))
         notice = GlobalModelNotice(
             task_name="fz", mode="async", version=version, seq=None if final else version,
-            s3_key=key, sha256=sha or stored.sha256, size_bytes=stored.size_bytes, final=final,
+            s3_key=key, sha256=sha or codec.sha256_bytes(blob), size_bytes=len(blob), final=final,
         )  # fmt: skip
-        await SnsNotices(stack.aws).publish(stack.endpoints.topic_arn, notice.to_json(), ["a"])
+        notices = SnsNotices(stack.aws, stack.endpoints.topic_arn, stack.endpoints.topic_shards)
+        await notices.publish(notice, ("a",))
 
     # GIVEN a notice for version 0 whose announced SHA-256 is not the object's
     await announce(0, sha="0" * 64)

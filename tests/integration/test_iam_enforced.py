@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
-from fedasync.cli_task import _write_files
 from typer.testing import CliRunner
 
 from fedasync.aws.session import AwsContext, denial, refusal_message
 from fedasync.cli import app
+from fedasync.cli.task import _write_files
 from fedasync.core import keys
 from fedasync.deployment import Deployment
 from fedasync.local.principals import stack_arns
