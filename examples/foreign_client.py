@@ -181,7 +181,8 @@ class ForeignClient:
             seq = notice.get("seq")
             update_id = f"{s.client_id}-b{version:08d}" + ("" if seq is None else f"-s{seq:08d}")
             sk = f"UPDATE#{update_id}"
-        if self.recorded(sk):
+        key = f"{s.task_name}/local/{s.client_id}/{round_id if round_id is not None else version:08d}-{update_id}.safetensors"
+        if self.recorded(sk, key):
             self.outcome.already_recorded += 1
             return
         self.heartbeat("downloading", version)
@@ -193,7 +194,6 @@ class ForeignClient:
         self.visibility(receipts, self.silo.visibility_s)
         blob = bytes(st_save(trained, metadata={"fedasync.order": json.dumps(list(trained))}))
         sha = hashlib.sha256(blob).hexdigest()
-        key = f"{s.task_name}/local/{s.client_id}/{round_id if round_id is not None else version:08d}-{update_id}.safetensors"
         self.s3.put_object(
             Bucket=s.bucket, Key=key, Body=blob, Metadata={"sha256": sha},
             Tagging="fedasync-kind=local-update",
@@ -215,8 +215,13 @@ class ForeignClient:
         if round_id is not None:
             item["round_id"] = {"N": str(round_id)}
         try:
+            # §2.4: written once; an item under our key with another SHA-256 is not ours
             self.ddb.put_item(
-                TableName=s.table, Item=item, ConditionExpression="attribute_not_exists(sk)"
+                TableName=s.table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(sk) OR #sha256 <> :mine",
+                ExpressionAttributeNames={"#sha256": "sha256"},
+                ExpressionAttributeValues={":mine": {"S": sha}},
             )
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
@@ -226,16 +231,17 @@ class ForeignClient:
         self.outcome.updates.append({k: next(iter(v.values())) for k, v in item.items()})
         self.heartbeat("idle", version)
 
-    def recorded(self, sk: str) -> bool:
-        """§2.5: may learn that the key exists, never what the item holds."""
+    def recorded(self, sk: str, s3_key: str) -> bool:
+        """§2.5: whether our record is under `sk` (the item names our object); we may
+        learn that the key exists and the object it names, never what the item holds."""
         got = self.ddb.get_item(
             TableName=self.silo.table,
             Key={"task_name": {"S": self.silo.task_name}, "sk": {"S": sk}},
             ConsistentRead=True,
-            ProjectionExpression="#pk, #sk",
-            ExpressionAttributeNames={"#pk": "task_name", "#sk": "sk"},
+            ProjectionExpression="#pk, #sk, #a",
+            ExpressionAttributeNames={"#pk": "task_name", "#sk": "sk", "#a": "s3_key"},
         )
-        return "Item" in got
+        return got.get("Item", {}).get("s3_key", {}).get("S") == s3_key
 
     def download(self, notice: dict[str, Any]) -> Weights:
         """§4: the announced object, its SHA-256 checked before a byte is parsed."""

@@ -5,9 +5,11 @@ TensorFlow nor torch is a dependency of fedasync: each is imported only when its
 asked for, and a missing one is a clear error saying what to install.
 
 - Keras: `keras.saving.load_model(path, compile=False, safe_mode=True)` (safe mode: no
-  lambda layer's code is deserialised). Tensors are `model.weights` in order, named by
-  their variable path (`variable.path`: `dense/kernel`, or `sequential/dense/kernel` in a
-  Sequential model), trainable and not (BatchNorm's moving statistics included).
+  lambda layer's code is deserialised). Tensors are the model's float variables in order,
+  trainable and not (BatchNorm's moving statistics included), named as the silo's Keras
+  trainer names them (`client.trainers.keras_model.tensor_names`: the variable path
+  without the model's own name, `dense/kernel`), so that the silos' updates match the
+  task's model; integer variables (a seed generator's state) stay with each silo.
 - torch: `torch.load(path, map_location="cpu", weights_only=True)` only, so a pickled
   module or any other object is refused by torch itself, never run. Tensors are the
   state_dict's keys in order. Integer buffers (BatchNorm's `num_batches_tracked`) are not
@@ -82,13 +84,20 @@ def from_keras(path: Path) -> Exported:
             f"Keras model {str(path)!r} cannot be loaded: {type(exc).__name__}: {exc} "
             "(custom layers must be registered with keras.saving.register_keras_serializable)"
         ) from exc
-    weights: Weights = {}
-    for variable in model.weights:
-        name = str(variable.path)
-        if name in weights:
-            raise SchemaError(f"Keras model {str(path)!r} has two variables at path {name!r}")
-        weights[name] = np.array(variable.numpy())
-    return _checked(weights, "keras", (), path)
+    from client.trainers.keras_model import tensor_names  # the silo's names, exactly
+
+    try:
+        named = tensor_names(model)
+    except ValueError as exc:
+        raise SchemaError(f"Keras model {str(path)!r}: {exc}") from exc
+    weights: Weights = {name: np.array(variable.numpy()) for name, variable in named}
+    kept = {id(variable) for _, variable in named}
+    left_out = tuple(
+        (str(getattr(v, "path", v.name)), str(np.dtype(v.dtype)))
+        for v in model.weights
+        if id(v) not in kept
+    )
+    return _checked(weights, "keras", left_out, path)
 
 
 def from_torch(path: Path) -> Exported:

@@ -130,6 +130,15 @@ def test_keras_file_exports_by_variable_path_and_the_cli_writes_safetensors(tmp_
     }  # fmt: skip
     np.testing.assert_array_equal(got["head/kernel"], model.get_layer("head").kernel.numpy())
     assert "--initial-weights" in result.output
+    # AND a Sequential model's tensors carry the names a silo's Keras trainer sends
+    # (the variable path without the model's own name), not `seq/d/kernel`
+    from client.trainers.keras_model import get_weights
+    from fedasync.ops.model_export import export_model
+
+    seq = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")], name="seq")
+    seq.save(tmp_path / "seq.keras")
+    exported = export_model(tmp_path / "seq.keras").weights
+    assert set(exported) == {"d/kernel", "d/bias"} == set(get_weights(seq))
 
 
 @pytest.mark.parametrize(
