@@ -76,6 +76,9 @@ class _Bridge:
     def init_weights(self, seed: int) -> Weights:
         raise TrainerSetupError("FederatedCallback trains the task's model; it makes none")
 
+    def check_data(self, weights: Weights, x: Any, source: str) -> None:
+        """The data stays with `model.fit`, which checks it against the model itself."""
+
     def fit(self, weights: Weights, x: Any, y: Any, *, epochs: int, seed: int) -> TrainResult:
         self.to_keras.put(_Global(weights))
         while not self.closed.is_set():

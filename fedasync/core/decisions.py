@@ -58,7 +58,7 @@ def parse_update_item(item: Mapping[str, Any]) -> UpdateRecord:
 
 
 def check_sender(record: UpdateRecord, cfg: TaskConfig) -> None:
-    """Known client, own prefix, right mode, no more examples than the task allows."""
+    """Known client, own prefix, right mode."""
     if record.client_id not in cfg.clients:
         raise UnknownClientError(
             f"{describe(record)}: client {record.client_id!r} is not one of the task's clients "
@@ -69,6 +69,12 @@ def check_sender(record: UpdateRecord, cfg: TaskConfig) -> None:
         raise SchemaError(f"{describe(record)}: task is sync; the update must name its round_id")
     if cfg.mode == "async" and record.round_id is not None:
         raise SchemaError(f"{describe(record)}: task is async; round_id must be absent")
+    # the bound on num_examples is checked with the object (`load_payload`): a rejection
+    # for it is then the client's own word (its verified bytes), which settles its slot
+
+
+def check_examples(record: UpdateRecord, cfg: TaskConfig) -> None:
+    """No more examples than the task allows (`max_num_examples`)."""
     if record.num_examples > cfg.max_num_examples:
         raise SchemaError(
             f"{describe(record)} claims {record.num_examples} examples; the task allows at "
@@ -121,6 +127,7 @@ def load_payload(
             f"{who}: object {record.s3_key!r} has SHA-256 {digest}; the record says {record.sha256}"
         )
     try:
+        check_examples(record, cfg)  # after the checksum: the claim comes with its bytes
         weights = codec.decode(data, max_bytes=cfg.max_model_bytes, who=who)
         codec.validate(weights, spec, who, base=base, max_norm=cfg.max_update_norm)
     except FedAsyncError as exc:

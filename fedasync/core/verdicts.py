@@ -44,6 +44,7 @@ VERDICT_ATTRIBUTES = (
     "item_digest",
     "superseded",
     "forged_attributes",
+    "forged_values",
     "attributed",
 )
 RECORD_FIELDS = frozenset(UpdateRecord.model_fields)
@@ -63,8 +64,12 @@ def item_digest(item: Mapping[str, Any]) -> str:
 
 
 def decided_on(item: Mapping[str, Any]) -> dict[str, Any]:
-    """What a verdict records of the submission it decides: the record as read, its digest."""
-    return {"submitted": wire_fields(item), "item_digest": item_digest(item)}
+    """What a verdict records of the submission it decides: the record as read (with the
+    values of any server attribute the silo wrote, as it wrote them: the ledger carries a
+    rejected item as it was received), and its digest."""
+    forged = item.get("forged_values")
+    submitted = {**wire_fields(item), **(dict(forged) if isinstance(forged, Mapping) else {})}
+    return {"submitted": submitted, "item_digest": item_digest(item)}
 
 
 def decided_on_record(record: UpdateRecord, item: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -95,6 +100,7 @@ def merge(sk: str, inbox: Mapping[str, Any] | None, verdict: Mapping[str, Any] |
     forged = sorted(set(inbox) & set(VERDICT_ATTRIBUTES))
     if forged:
         merged["forged_attributes"] = forged
+        merged["forged_values"] = {k: inbox[k] for k in forged}
     return merged
 
 

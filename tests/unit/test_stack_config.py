@@ -24,7 +24,9 @@ def test_cdk_outputs_file_is_read_as_a_deployment(tmp_path):
             "TopicShards": "2",
             "ControlQueueUrl": "https://sqs.eu-west-1.amazonaws.com/1/fedasync-control",
             "StateMachineArn": "arn:aws:states:eu-west-1:111122223333:stateMachine:fedasync-fl-task",
-            "ClientQueueUrlHospitalA": "https://sqs.eu-west-1.amazonaws.com/1/fedasync-client-hospital-a",
+            "ServerTableName": "fedasync-table-server",
+            "Prefix": "fedasync",
+            "AccountId": "111122223333",
         }
     }
     path = tmp_path / "outputs.json"
@@ -43,9 +45,12 @@ def test_cdk_outputs_file_is_read_as_a_deployment(tmp_path):
         2,
         "https://sqs.eu-west-1.amazonaws.com/1/fedasync-control",
     )
-    assert cfg.client_queue_urls == {
-        "hospital-a": "https://sqs.eu-west-1.amazonaws.com/1/fedasync-client-hospital-a"
-    }
+    assert cfg.server_table == "fedasync-table-server"
+    # AND no output per client: a silo's queue follows from the prefix, region and account
+    assert cfg.client_queue_urls == {}
+    assert cfg.client_queue_url("hospital-a", "111122223333") == (
+        "https://sqs.eu-west-1.amazonaws.com/111122223333/fedasync-client-hospital-a"
+    )
     assert cfg.endpoint_url is None
 
 
