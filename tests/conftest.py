@@ -21,11 +21,14 @@ Waiter = Callable[..., Awaitable[Any]]
 
 @pytest.hookimpl(trylast=True)  # after pytest-randomly has shuffled
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A `runs_last` test moves behind the other tests of its class (or module).
+    """A `runs_last` test moves behind the other tests of its class (or module), and the
+    tests of an `in_file_order` class run in the order the file defines them.
 
     Such a test closes a scenario the others share (it finishes their task) or sums up
-    what they did; every other test runs in whatever order the run chose.
+    what they did; a class in file order plays one scenario step by step (round after
+    round of one task). Every other test runs in whatever order the run chose.
     """
+    _classes_in_file_order(items)
     end: dict[pytest.Item | pytest.Collector, int] = {}
     for index, item in enumerate(items):
         for node in item.listchain():
@@ -39,6 +42,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return (end[item.parent] + 0.5, at)
 
     items.sort(key=key)
+
+
+def _classes_in_file_order(items: list[pytest.Item]) -> None:
+    """Put the tests of each `in_file_order` class back in definition order, in the slots
+    the shuffle gave that class (its place among the other tests stays shuffled)."""
+    slots: dict[pytest.Class, list[int]] = {}
+    for index, item in enumerate(items):
+        cls = item.getparent(pytest.Class)
+        if cls is not None and cls.get_closest_marker("in_file_order") is not None:
+            slots.setdefault(cls, []).append(index)
+    for indices in slots.values():
+        members = sorted((items[i] for i in indices), key=lambda it: it.location[1] or 0)
+        for index, item in zip(indices, members, strict=True):
+            items[index] = item
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -94,6 +94,7 @@ async def sync_env(moto_server):
                "clients": clients, "notes": {}}  # fmt: skip
 
 
+@pytest.mark.in_file_order
 class TestSync:
     """One sync task of three rounds; the cases run in file order against it."""
 
