@@ -94,6 +94,14 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
             "model it receives: reported as eval_* metrics (0: none).",
         ),
     ] = DEFAULT_EVAL_FRACTION,
+    eval_data: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FEDASYNC_EVAL_DATA",
+            help="A separate held-out file or folder (the formats of --data) to score each "
+            "global model on, instead of holding out --eval-fraction of --data.",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(envvar="FEDASYNC_SEED")] = 0,
     trainer: Annotated[
         str,
@@ -161,7 +169,9 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
         )
         regression = _regression(loss, trainer)
         loaded = load_data(data, alpha=alpha, seed=seed, regression=regression)
-        dataset, held_out = hold_out(loaded, eval_fraction, seed)
+        dataset, held_out = train_and_held_out(
+            loaded, eval_data, eval_fraction, seed=seed, regression=regression
+        )
         outputs = (1 if dataset.y.ndim == 1 else dataset.y.shape[1]) if regression else num_classes
         model = _trainer(trainer, trainer_option or [], dataset, outputs, seed=seed, loss=loss)
         report = asyncio.run(_main(cfg, model, dataset, held_out))
@@ -194,6 +204,22 @@ def _trainer(
         # checked against the task's model on first use, as a plugin is
         return PluginTrainer(name, lambda _spec, _opts: get_trainer(name, **built), options)
     return get_trainer(name, **{**options, "seed": seed, "loss": loss, **parse_options(pairs)})
+
+
+def train_and_held_out(
+    loaded: Dataset, eval_data: str | None, fraction: float, *, seed: int, regression: bool
+) -> tuple[Dataset, Dataset | None]:
+    """The silo's training data and the part it scores global models on: a separate
+    `eval_data` file (all of `loaded` then trains), or `fraction` of `loaded` held out."""
+    if eval_data is None:
+        return hold_out(loaded, fraction, seed)
+    held = load_data(eval_data, seed=seed, regression=regression)
+    if held.feature_shape != loaded.feature_shape:
+        raise ValueError(
+            f"evaluation data {held.source} has examples of shape {held.feature_shape}; "
+            f"the training data {loaded.source} has {loaded.feature_shape}"
+        )
+    return loaded, held
 
 
 def _regression(loss: str, trainer: str) -> bool:
