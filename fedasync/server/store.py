@@ -15,54 +15,26 @@ calls are in `effects.py`.
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from fedasync.aws.batching import BATCH_GET_MAX_KEYS, drain_unprocessed
-from fedasync.aws.records import deserialize_item, serialize_item
+from fedasync.aws.records import (
+    TRANSACT_TRIES,
+    Item,
+    condition_names,
+    deserialize_item,
+    serialize_item,
+    transaction_failure,
+)
 from fedasync.aws.session import AwsContext, error_code
 from fedasync.core import keys
 from fedasync.core.verdicts import merge
 from fedasync.deployment import Deployment as Where  # the one model of where a stack lives
 from fedasync.resources import TABLE_PARTITION_KEY, TABLE_SORT_KEY
 from fedasync.server.effects import SPENT_TOKEN_ERRORS, Effects, ExecutionNotFoundError
-
-Item = dict[str, Any]
-
-TRANSACT_TRIES = 5
-# Why DynamoDB may cancel a transaction that did nothing and may succeed if tried again
-# (TransactionCanceledException's CancellationReasons codes, and the plain error codes).
-RETRIED_CANCELLATIONS = frozenset(
-    {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded",
-     "RequestLimitExceeded"}
-)  # fmt: skip
-RETRIED_ERRORS = frozenset(
-    {"TransactionConflictException", "TransactionInProgressException", "ThrottlingException",
-     "ProvisionedThroughputExceededException", "RequestLimitExceeded", "InternalServerError"}
-)  # fmt: skip
-
-
-def transaction_failure(code: str, reasons: Sequence[str]) -> str:
-    """What a failed TransactWriteItems means: 'done' (a condition failed: another try did
-    the work), 'retry' (cancelled by contention or throttling: nothing was written), or
-    'raise' (anything else: a bug or a bad request, which trying again cannot fix)."""
-    if code == "ConditionalCheckFailedException":
-        return "done"
-    if code == "TransactionCanceledException":
-        if "ConditionalCheckFailed" in reasons:
-            return "done"
-        failed = {r for r in reasons if r not in ("None", "")}
-        return "retry" if failed and failed <= RETRIED_CANCELLATIONS else "raise"
-    return "retry" if code in RETRIED_ERRORS else "raise"
-
-
-def _names(condition: str) -> dict[str, str]:
-    """Conditions name attributes as `#attr` (DynamoDB reserves many plain words)."""
-    special = {"pk": TABLE_PARTITION_KEY, "sk": TABLE_SORT_KEY}
-    return {f"#{w}": special.get(w, w) for w in re.findall(r"#([A-Za-z_][A-Za-z0-9_]*)", condition)}
 
 
 class ServerStore(Effects):
@@ -182,10 +154,13 @@ class ServerStore(Effects):
         if keys.in_inbox(sk):
             raise ValueError(f"the server never writes the silos' inbox (item {sk!r})")
         ddb = await self.aws.dynamodb()
-        kwargs: dict[str, Any] = {"TableName": self.where.server_table, "Item": serialize_item(item)}
+        kwargs: dict[str, Any] = {
+            "TableName": self.where.server_table,
+            "Item": serialize_item(item),
+        }
         if condition:
             kwargs["ConditionExpression"] = condition
-            kwargs["ExpressionAttributeNames"] = _names(condition)
+            kwargs["ExpressionAttributeNames"] = condition_names(condition)
         try:
             await ddb.put_item(**kwargs)
         except ClientError as exc:
@@ -229,7 +204,7 @@ class ServerStore(Effects):
             raise ValueError(f"update of {sk!r} in task {task_name!r} changes nothing")
         exprs.update(condition_values or {})
         condition = condition or "attribute_exists(#pk)"
-        names.update(_names(condition))
+        names.update(condition_names(condition))
         if keys.in_inbox(sk) and not sk.startswith(keys.UPDATE_PREFIX):
             raise ValueError(f"the server never writes the silos' inbox (item {sk!r})")
         table, key = self._place(sk)  # an update's decision: its VERDICT item
@@ -273,4 +248,10 @@ class ServerStore(Effects):
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-__all__ = ["SPENT_TOKEN_ERRORS", "ExecutionNotFoundError", "ServerStore", "Where"]
+__all__ = [
+    "SPENT_TOKEN_ERRORS",
+    "ExecutionNotFoundError",
+    "ServerStore",
+    "Where",
+    "transaction_failure",
+]
