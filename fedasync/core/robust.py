@@ -1,0 +1,275 @@
+"""Robust aggregation for sync rounds: coordinate-wise median, trimmed mean, Krum and
+Multi-Krum; and, for async tasks, an outlier filter on delta norms.
+
+Pure functions over lists of `{name: ndarray}` updates with the same tensor names,
+shapes and dtypes (the caller validated each against the global model; see
+`fedasync.core.codec.validate`). A result keeps the input dtype and the tensor order of
+the first update. None of them weighs an update by its `num_examples`: as in the papers
+they follow, a silo cannot buy influence by claiming more examples.
+
+Memory. Updates may be `np.memmap`-backed (mapped from files on disk), so no function
+holds all N updates in memory at once: each tensor is read by flat chunks of `chunk`
+elements; the N updates' slices of one chunk are stacked into one float64 buffer
+(N x chunk), reduced, and written into the output model. Peak memory, besides what the
+caller maps:
+
+- `median`, `trimmed_mean`: N x chunk x 8 bytes + one output model;
+- `krum`, `krum_select`: N x chunk x 8 + chunk x 8 + N x N x 8 bytes (the distance matrix)
+  + one output model (Multi-Krum re-reads only the m chosen updates, m x chunk x 8).
+
+With the default chunk (1 << 18 elements, 2 MiB of float64 per update) 100 updates need
+200 MiB, whatever the model size. A C-contiguous tensor (a safetensors file mapped with
+np.memmap is one) is sliced without a copy; another one is read slice by slice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from fedasync.core.codec import Array, ModelSpec, Weights, spec_of
+from fedasync.core.errors import InvalidWeightsError, SchemaError
+
+CHUNK_ELEMENTS = 1 << 18
+# 1.4826 x MAD estimates the standard deviation of normal data: k = 4.5 is ~3 sigma
+OUTLIER_K = 4.5
+OUTLIER_MIN_HISTORY = 5
+OUTLIER_REL_FLOOR = 0.05
+
+Updates = Sequence[Mapping[str, Array]]
+
+
+def check_updates(updates: Updates, what: str) -> ModelSpec:
+    """The common spec of `updates` (the first one's order); SchemaError naming the first
+    update that differs, the tensor and what was expected."""
+    if len(updates) == 0:
+        raise SchemaError(f"{what}: no updates to aggregate (empty list)")
+    spec = spec_of(updates[0])
+    if not spec:
+        raise SchemaError(f"{what}: update 0 has no tensors")
+    names = sorted(t.name for t in spec)
+    for i, update in enumerate(updates):
+        if sorted(update) != names:
+            missing = sorted(set(names) - set(update))
+            extra = sorted(set(update) - set(names))
+            raise SchemaError(
+                f"{what}: update {i} has other tensors than update 0: "
+                f"missing {missing}, unexpected {extra}"
+            )
+        for t in spec:
+            arr = update[t.name]
+            if not isinstance(arr, np.ndarray):
+                raise SchemaError(f"{what}: update {i} tensor {t.name!r} is not an array")
+            if tuple(arr.shape) != t.shape or str(arr.dtype) != t.dtype:
+                raise SchemaError(
+                    f"{what}: update {i} has tensor {t.name!r} of shape {tuple(arr.shape)} "
+                    f"and dtype {arr.dtype}; update 0 has shape {t.shape} and dtype {t.dtype}"
+                )
+            if not np.issubdtype(arr.dtype, np.floating):
+                raise SchemaError(f"{what}: tensor {t.name!r} has dtype {arr.dtype}, not a float")
+    return spec
+
+
+def _check_chunk(chunk: int) -> None:
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise SchemaError(f"chunk must be a positive number of elements, got {chunk!r}")
+
+
+def _flat(arr: Array) -> Array | None:
+    # a view for a C-contiguous tensor (memmaps of safetensors files are); None: read by .flat
+    return arr.reshape(-1) if arr.flags.c_contiguous else None
+
+
+def _blocks(
+    updates: Updates, spec: ModelSpec, chunk: int, what: str
+) -> Iterator[tuple[str, int, int, Array]]:
+    """(tensor name, start, stop, N x (stop - start) float64 block) over every tensor chunk.
+
+    The block is one reused buffer: a consumer must be done with it before the next one.
+    Non-finite values are refused here, where each value is read anyway."""
+    buffer = np.empty((len(updates), chunk), dtype=np.float64)
+    for t in spec:
+        size = math.prod(t.shape)
+        tensors = [u[t.name] for u in updates]
+        flats = [_flat(a) for a in tensors]
+        for start in range(0, size, chunk):
+            stop = min(start + chunk, size)
+            block = buffer[:, : stop - start]
+            for i, (arr, flat) in enumerate(zip(tensors, flats, strict=True)):
+                block[i] = flat[start:stop] if flat is not None else arr.flat[start:stop]
+            if not np.isfinite(block).all():
+                bad = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+                raise InvalidWeightsError(
+                    f"{what}: update {bad} has NaN/Inf in tensor {t.name!r}", reason="non_finite"
+                )
+            yield t.name, start, stop, block
+
+
+def _empty_like(spec: ModelSpec) -> Weights:
+    return {t.name: np.empty(t.shape, dtype=np.dtype(t.dtype)) for t in spec}
+
+
+def _reduce(updates: Updates, spec: ModelSpec, chunk: int, what: str, k: int) -> Weights:
+    """Sort each coordinate's N values, then average the middle ones (k trimmed each side).
+
+    Sorting first makes the result independent of the order of the updates, bit for bit:
+    the sum runs over the sorted values."""
+    out = _empty_like(spec)
+    n = len(updates)
+    kept = n - 2 * k
+    for name, start, stop, block in _blocks(updates, spec, chunk, what):
+        block.sort(axis=0)
+        if kept == 1:
+            values = block[k].copy()
+        elif kept == 2:
+            # halved first, so two values near the float64 limit do not overflow; equal to
+            # (a + b) / 2 otherwise (scaling by 2 commutes with rounding)
+            values = block[k] * 0.5 + block[k + 1] * 0.5
+        else:
+            values = block[k : n - k].sum(axis=0) / kept
+        out[name].reshape(-1)[start:stop] = values
+    return out
+
+
+def median(updates: Updates, *, chunk: int = CHUNK_ELEMENTS) -> Weights:
+    """Coordinate-wise median (Yin et al. 2018): per coordinate, the middle value of the N
+    updates; for even N the mean of the two middle values."""
+    _check_chunk(chunk)
+    spec = check_updates(updates, "median")
+    n = len(updates)
+    return _reduce(updates, spec, chunk, "median", (n - 1) // 2)
+
+
+def trimmed_mean(updates: Updates, beta: float, *, chunk: int = CHUNK_ELEMENTS) -> Weights:
+    """Coordinate-wise trimmed mean (Yin et al. 2018): per coordinate, drop the
+    floor(beta * N) largest and the floor(beta * N) smallest values, average the rest.
+
+    0 <= beta < 0.5; beta = 0 is the plain (unweighted) mean."""
+    _check_chunk(chunk)
+    spec = check_updates(updates, "trimmed_mean")
+    if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0.0 <= beta < 0.5:
+        raise SchemaError(f"trimmed_mean: beta must be in [0, 0.5), got {beta!r}")
+    n = len(updates)
+    k = math.floor(beta * n)
+    if n - 2 * k < 1:  # cannot happen for beta < 0.5; kept as the rule the docs state
+        raise SchemaError(f"trimmed_mean: beta {beta} trims all {n} updates")
+    return _reduce(updates, spec, chunk, "trimmed_mean", k)
+
+
+def _check_krum(n: int, f: int, m: int) -> None:
+    for label, value in (("f", f), ("m", m)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SchemaError(f"krum: {label} must be an integer, got {value!r}")
+    if f < 0:
+        raise SchemaError(f"krum: f must be >= 0, got f={f}")
+    if n <= 2 * f + 2:
+        raise SchemaError(
+            f"krum: needs n > 2f + 2 updates; got n={n} with f={f} (at least {2 * f + 3})"
+        )
+    if not 1 <= m <= n:
+        raise SchemaError(f"krum: m must be in [1, n={n}], got m={m}")
+
+
+def _distances(updates: Updates, spec: ModelSpec, chunk: int) -> Array:
+    """Squared L2 distances between every pair of updates over the whole model (N x N),
+    accumulated chunk by chunk; exactly symmetric ((a - b)^2 == (b - a)^2)."""
+    n = len(updates)
+    dist = np.zeros((n, n), dtype=np.float64)
+    scratch = np.empty(chunk, dtype=np.float64)
+    for _name, start, stop, block in _blocks(updates, spec, chunk, "krum"):
+        diff = scratch[: stop - start]
+        for i in range(n):
+            for j in range(i + 1, n):
+                np.subtract(block[i], block[j], out=diff)
+                dist[i, j] += float(np.dot(diff, diff))
+    return dist + dist.T
+
+
+def krum_scores(updates: Updates, f: int, *, chunk: int = CHUNK_ELEMENTS) -> Array:
+    """score_i = sum of the squared distances from update i to its n - f - 2 nearest
+    other updates (Blanchard et al. 2017, §4)."""
+    _check_chunk(chunk)
+    spec = check_updates(updates, "krum")
+    n = len(updates)
+    _check_krum(n, f, 1)
+    dist = _distances(updates, spec, chunk)
+    scores = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        others = np.sort(np.delete(dist[i], i))
+        scores[i] = others[: n - f - 2].sum()
+    return scores
+
+
+def krum_select(
+    updates: Updates, f: int, m: int = 1, *, chunk: int = CHUNK_ELEMENTS
+) -> list[int]:
+    """Indices of the m best-scored updates (lowest score first); equal scores are broken
+    by the lowest index (a stable sort), so the choice is deterministic."""
+    check_updates(updates, "krum")
+    _check_krum(len(updates), f, m)
+    scores = krum_scores(updates, f, chunk=chunk)
+    order = np.argsort(scores, kind="stable")
+    return [int(i) for i in order[:m]]
+
+
+def krum(updates: Updates, f: int, m: int = 1, *, chunk: int = CHUNK_ELEMENTS) -> Weights:
+    """Krum (Blanchard et al. 2017) for m = 1: a copy of the best-scored update.
+    Multi-Krum for m > 1: the unweighted mean of the m best-scored updates (averaged in
+    float64 in index order). Requires n > 2f + 2."""
+    chosen = krum_select(updates, f, m, chunk=chunk)
+    spec = spec_of(updates[0])
+    if m == 1:
+        best = updates[chosen[0]]
+        return {t.name: np.array(best[t.name], dtype=best[t.name].dtype, copy=True) for t in spec}
+    picked = [updates[i] for i in sorted(chosen)]
+    out = _empty_like(spec)
+    for name, start, stop, block in _blocks(picked, spec, chunk, "krum"):
+        out[name].reshape(-1)[start:stop] = block.sum(axis=0) / m
+    return out
+
+
+def outlier(
+    norm: float,
+    recent_norms: Sequence[float],
+    k: float = OUTLIER_K,
+    *,
+    min_history: int = OUTLIER_MIN_HISTORY,
+    rel_floor: float = OUTLIER_REL_FLOOR,
+) -> str | None:
+    """A reason string when an async update's delta norm lies far above the recent ones,
+    else None.
+
+    With med = median(recent_norms) and MAD = median(|recent - med|), the update is an
+    outlier when norm > med + k * max(MAD, rel_floor * med). The floor keeps a history of
+    (nearly) equal norms, MAD ~ 0, from rejecting every update a hair above the median;
+    rel_floor = 0 gives the plain rule. Only the upper side is tested: honest updates
+    shrink as training converges, and a small step does little harm, while the scaled
+    updates this filter exists for are large. (A sign-flipped update of ordinary norm
+    passes: norms cannot see direction.) Below `min_history` recent norms nothing is
+    rejected. `recent_norms` are the delta norms of the last accepted updates; the
+    caller chooses the window.
+    """
+    if not all(math.isfinite(x) and x >= 0 for x in recent_norms):
+        raise SchemaError("outlier: recent_norms must be finite and >= 0")
+    if not (math.isfinite(k) and k > 0 and rel_floor >= 0 and min_history >= 1):
+        raise SchemaError(
+            f"outlier: needs k > 0, rel_floor >= 0, min_history >= 1; got k={k}, "
+            f"rel_floor={rel_floor}, min_history={min_history}"
+        )
+    if not math.isfinite(norm):
+        return f"outlier: delta norm {norm} is not finite"
+    if len(recent_norms) < min_history:
+        return None
+    history = np.asarray(recent_norms, dtype=np.float64)
+    med = float(np.median(history))
+    mad = float(np.median(np.abs(history - med)))
+    spread = max(mad, rel_floor * med)
+    limit = med + k * spread
+    if norm > limit:
+        return (
+            f"outlier: delta norm {norm:.6g} > {limit:.6g} = median {med:.6g} + {k:g} x "
+            f"spread {spread:.6g} (MAD {mad:.6g}) of the last {len(history)} accepted"
+        )
+    return None
