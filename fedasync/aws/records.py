@@ -24,6 +24,7 @@ from fedasync.resources import TABLE_PARTITION_KEY, TABLE_SORT_KEY
 
 __all__ = ["DynamoRecords", "Item", "Records", "deserialize_item", "item_key", "serialize_item"]
 
+
 def item_key(task_name: str, sk: str) -> dict[str, Any]:
     """An item's primary key as DynamoDB takes it."""
     return {TABLE_PARTITION_KEY: {"S": task_name}, TABLE_SORT_KEY: {"S": sk}}

@@ -31,8 +31,22 @@ def _mount_client() -> None:
 def demo(
     mode: Annotated[str, typer.Option(help="sync (FedAvg rounds) or async (per update).")] = "sync",
     strategy: Annotated[
-        str | None, typer.Option(help="fedavg | fedasync | fedbuff (default: by mode).")
+        str | None,
+        typer.Option(
+            help="sync: fedavg | median | trimmed_mean | krum; async: fedasync | fedbuff "
+            "(default: fedavg / fedasync)."
+        ),
     ] = None,
+    strategy_option: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=VALUE of the strategy's options, e.g. beta=0.2 (repeatable)."),
+    ] = None,
+    attackers: Annotated[
+        int,
+        typer.Option(
+            min=0, help="The last N silos poison their updates (sign-flipped, scaled by 10)."
+        ),
+    ] = 0,
     clients: Annotated[int, typer.Option(min=1, max=64, help="Number of silos.")] = 5,
     rounds: Annotated[int, typer.Option(min=1, help="Sync rounds.")] = 10,
     max_versions: Annotated[
@@ -60,7 +74,15 @@ def demo(
     # rejections are counted in the summary; only errors interrupt the live view
     logs.configure(level="ERROR")
     sigma = _parse_stragglers(stragglers)
+    if attackers >= clients:
+        raise typer.BadParameter(
+            f"{attackers} attackers among {clients} silos leaves no honest one",
+            param_hint="--attackers",
+        )
+    options = _parse_options(strategy_option or [])
     opts = DemoOptions(
+        attackers=attackers,
+        extra_config={"strategy_options": options} if options else {},
         mode=mode,
         strategy=strategy,
         clients=clients,
@@ -78,6 +100,22 @@ def demo(
     _print_summary(summary)
     if summary["execution"]["status"] != "SUCCEEDED":
         raise typer.Exit(1)
+
+
+def _parse_options(pairs: list[str]) -> dict[str, object]:
+    """`KEY=VALUE` pairs; a value is read as JSON (numbers, true/false) or kept as text."""
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(
+                f"expected KEY=VALUE, got {pair!r}", param_hint="--strategy-option"
+            )
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
 
 
 def _parse_stragglers(text: str | None) -> float | None:

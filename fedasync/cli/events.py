@@ -106,9 +106,7 @@ def export(
         f"; {copied} objects to {objects}" if objects is not None else ""))  # fmt: skip
 
 
-async def _fetch_objects(
-    events: list[Event], stack: Deployment, bucket: str, folder: Path
-) -> None:
+async def _fetch_objects(events: list[Event], stack: Deployment, bucket: str, folder: Path) -> None:
     from fedasync.aws.session import AwsContext
     from fedasync.ops.events import export_objects
     from fedasync.server.store import ServerStore

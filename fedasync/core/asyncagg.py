@@ -1,19 +1,13 @@
-"""Asynchronous aggregation, state in and state out: FedAsync and FedBuff.
+"""Asynchronous aggregation, state in and state out: the part every async strategy shares.
 
-FedAsync (Xie, Koyejo, Gupta 2019): on each update x <- (1 - a_t) x + a_t x_client with
-a_t = alpha * s(t - tau), t the current global version and tau the update's base
-version. a_t is computed fresh from alpha for every update (never compounded).
+The server's async state (`AsyncState`), the staleness rules, and `absorb`, which checks
+an update's staleness and shape and hands it to the task's async strategy
+(`fedasync.core.strategies`: FedAsync in `strategies/fedasync.py`, FedBuff in
+`strategies/fedbuff.py`). FedAsync's a_t = alpha * s(t - tau) is computed fresh from
+alpha for every update (never compounded); FedBuff's w_i = 1 / sqrt(1 + staleness_i).
 
-FedBuff (Nguyen et al. 2022): buffer client deltas D_i = x_client - x_base weighted by
-w_i = 1 / sqrt(1 + staleness_i); when K are buffered, x <- x + eta * sum w_i D_i / sum w_i.
-We normalise by sum w_i (not by K as the paper's Algorithm 1 does) so that staleness
-only re-weights updates *within* a buffer and eta keeps its meaning as a server step on
-an average delta: with eta = 1 and fresh updates one buffer step lands on the mean of
-the client models, like a FedAvg round with equal weights. Very stale updates are kept
-out by `max_staleness` rather than by shrinking the whole step.
-
-The buffer's weighted sum is an array the caller persists (S3) between invocations;
-the counters live in `AsyncState`. Nothing here keeps state between calls.
+A buffer's weighted sum is an array the caller persists (S3) between invocations; the
+counters live in `AsyncState`. Nothing here keeps state between calls.
 """
 
 from __future__ import annotations
@@ -25,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from fedasync.core.codec import Array, Weights, check_compatible, delta_norm, spec_of
+from fedasync.core.codec import Array, Weights, check_compatible, spec_of
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import SchemaError, StaleUpdateError
-from fedasync.core.globalcheck import check_new_global
+from fedasync.core.strategies.registry import async_strategy
 
 
 @dataclass(frozen=True)
@@ -87,95 +81,16 @@ def mix(global_w: Mapping[str, Array], client_w: Mapping[str, Array], alpha_t: f
         x64 = x.astype(np.float64)
         x64 *= 1.0 - alpha_t
         x64 += alpha_t * client_w[name].astype(np.float64)
-        out[name] = _array(x64, x.dtype)
+        out[name] = as_dtype(x64, x.dtype)
     return out
 
 
-def _array(value: Array | np.generic, dtype: np.dtype[Any]) -> Array:
+def as_dtype(value: Array | np.generic, dtype: np.dtype[Any]) -> Array:
     """An ndarray of `dtype` and the value's shape: numpy arithmetic on 0-d arrays returns
     numpy scalars, which the codec (rightly) refuses as tensors. A cast that overflows
     gives Inf without a warning: `check_new_global` refuses it, with a reason."""
     with np.errstate(over="ignore", invalid="ignore"):
         return np.asarray(value, dtype=dtype)
-
-
-def absorb_fedasync(
-    state: AsyncState,
-    *,
-    global_w: Mapping[str, Array],
-    client_w: Mapping[str, Array],
-    staleness: int,
-    cfg: TaskConfig,
-    base_w: Mapping[str, Array] | None = None,
-    who: str = "update",
-) -> Absorbed:
-    """Mix the client's model in; the candidate is checked (`check_new_global`) first.
-
-    With `max_update_norm` B and the base model, a legitimate step is at most
-    a_t * (B + |x_base - x_head|) long (see `fedasync.core.globalcheck`)."""
-    alpha_t = fedasync_alpha(staleness, cfg)
-    new_global = mix(global_w, client_w, alpha_t)
-    bound = cfg.max_update_norm
-    max_step = (
-        alpha_t * (bound + delta_norm(base_w, global_w))
-        if bound is not None and base_w is not None
-        else None
-    )
-    check_new_global(
-        new_global,
-        global_w,
-        max_step=max_step,
-        who=f"{who}: its FedAsync step (alpha_t {alpha_t:.6g})",
-    )
-    new_state = replace(state, version=state.version + 1, absorbed=state.absorbed + 1)
-    return Absorbed(new_state, staleness, alpha_t, new_global=new_global)
-
-
-def absorb_fedbuff(
-    state: AsyncState,
-    *,
-    global_w: Mapping[str, Array],
-    client_w: Mapping[str, Array],
-    base_w: Mapping[str, Array],
-    buffer_sum: Mapping[str, Array] | None,
-    staleness: int,
-    cfg: TaskConfig,
-    who: str = "update",
-) -> Absorbed:
-    """Add w * (x_client - x_base) to the buffer; at K buffered, take the server step.
-
-    The step is checked (`check_new_global`; at most server_lr * max_update_norm long):
-    refused, it raises `GlobalRefusedError` naming the buffered updates it drops."""
-    if state.buffered and buffer_sum is None:
-        raise SchemaError(f"FedBuff state has {state.buffered} buffered deltas but no buffer sum")
-    w = fedbuff_weight(staleness)
-    summed: Weights = {}
-    for name, x in client_w.items():
-        delta = _array(x.astype(np.float64) - base_w[name].astype(np.float64), np.dtype(np.float64))
-        delta *= w
-        if state.buffered and buffer_sum is not None:
-            delta += buffer_sum[name]
-        summed[name] = delta
-    buffered, weight_sum = state.buffered + 1, state.buffer_weight + w
-    if buffered < cfg.buffer_size:
-        new_state = replace(
-            state, absorbed=state.absorbed + 1, buffered=buffered, buffer_weight=weight_sum
-        )
-        return Absorbed(new_state, staleness, w, buffer_sum=summed)
-    step = cfg.server_lr / weight_sum
-    new_global: Weights = {}
-    for name, x in global_w.items():
-        new_global[name] = _array(x.astype(np.float64) + step * summed[name], x.dtype)
-    bound = cfg.max_update_norm
-    check_new_global(
-        new_global,
-        global_w,
-        max_step=cfg.server_lr * bound if bound is not None else None,
-        who=f"{who}: the FedBuff step of {buffered} buffered update(s) (server_lr {cfg.server_lr:g})",
-        discarded=state.buffered,
-    )
-    new_state = AsyncState(version=state.version + 1, absorbed=state.absorbed + 1)
-    return Absorbed(new_state, staleness, w, new_global=new_global)
 
 
 def after_refusal(state: AsyncState) -> AsyncState:
@@ -196,34 +111,21 @@ def absorb(
     buffer_sum: Mapping[str, Array] | None = None,
     who: str = "update",
 ) -> Absorbed:
-    """Validate staleness and compatibility, then apply the task's async strategy."""
+    """Validate staleness and compatibility, then apply the task's async strategy
+    (`fedasync.core.strategies`: FedAsync, FedBuff, or one registered since)."""
     staleness = staleness_of(state, base_version, who)
     check_staleness(staleness, cfg, who)
     check_compatible(client_w, spec_of(global_w), who)
-    if cfg.aggregation == "fedasync":
-        return absorb_fedasync(
-            state,
-            global_w=global_w,
-            client_w=client_w,
-            staleness=staleness,
-            cfg=cfg,
-            base_w=base_w,
-            who=who,
-        )
-    if cfg.aggregation == "fedbuff":
-        if base_w is None:
-            raise SchemaError(f"{who}: FedBuff needs the base version {base_version} model")
-        return absorb_fedbuff(
-            state,
-            global_w=global_w,
-            client_w=client_w,
-            base_w=base_w,
-            buffer_sum=buffer_sum,
-            staleness=staleness,
-            cfg=cfg,
-            who=who,
-        )
-    raise SchemaError(f"task {cfg.task_name!r} is {cfg.mode}/{cfg.aggregation}, not async")
+    return async_strategy(cfg).absorb(
+        state,
+        cfg,
+        global_w=global_w,
+        client_w=client_w,
+        base_w=base_w,
+        buffer_sum=buffer_sum,
+        staleness=staleness,
+        who=who,
+    )
 
 
 def stop_reason(

@@ -16,13 +16,21 @@ from pydantic import (
     model_validator,
 )
 
+from fedasync.core.config_limits import (
+    EVENTS_PER_ROUND_CHECK,
+    EVENTS_PER_SYNC_ROUND,
+    SFN_HISTORY_EVENTS,
+    max_sync_rounds,
+)
 from fedasync.core.config_parts import (
     EVAL_METRIC_PATTERN,
     StalenessFunction,
     TargetMetric,
+    describe_errors,
     parse_staleness,
 )
 from fedasync.core.errors import ConfigError
+from fedasync.core.strategies.registry import DEFAULTS, resolve
 
 __all__ = [
     "CLIENT_ID_PATTERN",
@@ -39,48 +47,14 @@ TASK_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 CLIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
 
 Mode = Literal["sync", "async"]
-Strategy = Literal["fedavg", "fedasync", "fedbuff"]
 # what every silo's trainer minimises: classification (cross-entropy, reporting loss and
 # accuracy) or regression (mean squared error, reporting loss, no accuracy)
 Loss = Literal["cross_entropy", "mse"]
 CLASSIFICATION_ONLY_METRICS = ("eval_accuracy",)
-STRATEGIES_BY_MODE: dict[str, tuple[str, ...]] = {
-    "sync": ("fedavg",),
-    "async": ("fedasync", "fedbuff"),
-}
 DEFAULT_MAX_MODEL_BYTES = 512 * 1024 * 1024
 # FedBuff's server step eta: 1 lands on the buffer's weighted mean delta; beyond 10x that
 # mean a step overshoots what any client proposed (and can overflow the model's dtype)
 MAX_SERVER_LR = 10.0
-
-# Step Functions keeps at most 25,000 events in one execution's history, and a sync task's
-# attempt is one execution: its rounds are bounded by the events a round adds. Per state
-# kind (stepfunctions/fl_task.asl.json; tests/unit/test_config_limits.py walks the ASL
-# and counts them again, tests/integration/test_stack_history.py checks them on moto):
-#   a waitForTaskToken Task: Entered, Scheduled, Started, Submitted, Succeeded|TimedOut,
-#     Exited = 6;  a dynamodb:updateItem Task: the same without Submitted = 5;
-#   a Pass or Choice state: Entered, Exited = 2;  a Fail state and the execution's own
-#     start or end: at most 2 and 1.
-# A round closed on time: MoreRounds 2 + ResetRoundClock 2 + OpenRound 6 + IsRoundClosed 2
-#   + NextRound 2 = 14. At worst it runs to its deadline through all of its `round_ticks`
-#   checks: each check adds CountTick 2 + IsRoundDue 2, every one but the last a
-#   CheckRound 6, and the last the CloseRound 6 instead, so 14 + 10 x ticks events.
-# Around the rounds: ExecutionStarted 1 + StartTask 5 + ChooseMode 2 + FirstRound 2, and
-#   at the end at most MoreRounds 2 + RecordSucceeded 5 + TaskSucceeded 2 (a failure:
-#   QuorumMissed 2 + RecordFailed 5 + TaskFailed 2) + the execution's end 1 = 20.
-# So rounds <= (25,000 - 20) // (14 + 10 x ticks): 1040 with one check per round, 116
-# with the default 300-s round checked every 15 s.
-SFN_HISTORY_EVENTS = 25_000
-EVENTS_PER_SYNC_ROUND = 14
-EVENTS_PER_ROUND_CHECK = 10
-EVENTS_AROUND_ROUNDS = 20
-
-
-def max_sync_rounds(ticks: int) -> int:
-    """The most rounds of `ticks` checks each that one execution's history holds."""
-    worst = EVENTS_PER_SYNC_ROUND + EVENTS_PER_ROUND_CHECK * ticks
-    return (SFN_HISTORY_EVENTS - EVENTS_AROUND_ROUNDS) // worst
-
 
 # Fields only one mode reads; set explicitly on a task of the other mode, they are refused
 # (`TaskConfig.parse`): they would be silently ignored, which is never what was meant.
@@ -119,7 +93,10 @@ class TaskConfig(BaseModel):
     task_name: str = Field(pattern=TASK_NAME_PATTERN)
     mode: Mode = "sync"
     clients: tuple[str, ...] = Field(min_length=1)
-    strategy: Strategy | None = None
+    # a registered strategy of the task's mode (fedasync.core.strategies; default: fedavg
+    # for sync, fedasync for async) and its own options, validated by the strategy
+    strategy: str | None = None
+    strategy_options: dict[str, Any] = Field(default_factory=dict)
     loss: Loss = Field(
         default="cross_entropy",
         description="what the silos minimise: cross_entropy (classes) or mse (regression)",
@@ -176,14 +153,8 @@ class TaskConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        allowed = STRATEGIES_BY_MODE[self.mode]
-        if self.strategy is None:
-            object.__setattr__(self, "strategy", allowed[0])
-        elif self.strategy not in allowed:
-            raise ValueError(
-                f"strategy {self.strategy!r} does not fit mode {self.mode!r}; "
-                f"allowed: {', '.join(repr(s) for s in allowed)}"
-            )
+        chosen = resolve(self.mode, self.strategy, self.strategy_options)
+        object.__setattr__(self, "strategy", chosen.name)
         if self.min_clients is None:
             object.__setattr__(self, "min_clients", default_quorum(len(self.clients)))
         elif self.min_clients > len(self.clients):
@@ -260,7 +231,7 @@ class TaskConfig(BaseModel):
 
     @property
     def aggregation(self) -> str:
-        return self.strategy or STRATEGIES_BY_MODE[self.mode][0]
+        return self.strategy or DEFAULTS[self.mode]
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> TaskConfig:
@@ -268,7 +239,7 @@ class TaskConfig(BaseModel):
         try:
             cfg = cls.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(_describe(exc, data.get("task_name"))) from exc
+            raise ConfigError(describe_errors(exc, data.get("task_name"))) from exc
         # here, not in a validator: a stored config (every field dumped) is read back too
         unused = cfg.fields_of_the_other_mode()
         if unused:
@@ -300,14 +271,3 @@ class TaskConfig(BaseModel):
             "heartbeat_s": self.heartbeat_s,
             "deadline_s": self.deadline_s,
         }
-
-
-def _describe(exc: ValidationError, task_name: object) -> str:
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "task"
-        got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{field}: {err['msg']}{shown}")
-    head = f"invalid config for task {task_name!r}" if task_name else "invalid task config"
-    return head + ":\n  " + "\n  ".join(lines)

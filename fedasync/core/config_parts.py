@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 _STALENESS_RE = re.compile(r"^\s*(constant|polynomial|hinge)\s*(?:\(([^)]*)\))?\s*$")
 
@@ -90,3 +90,14 @@ class TargetMetric(BaseModel):
 
     def reached(self, value: float) -> bool:
         return value >= self.threshold if self.higher_is_better else value <= self.threshold
+
+
+def describe_errors(exc: ValidationError, task_name: object) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "task"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{field}: {err['msg']}{shown}")
+    head = f"invalid config for task {task_name!r}" if task_name else "invalid task config"
+    return head + ":\n  " + "\n  ".join(lines)

@@ -23,8 +23,8 @@ from fedasync.core.codec import ModelSpec, TensorSpec, Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import describe, load_payload
 from fedasync.core.errors import ChecksumMismatchError, SchemaError
-from fedasync.core.fedavg import FedAvgAccumulator
 from fedasync.core.messages import UpdateRecord
+from fedasync.core.strategies import async_strategy, sync_strategy
 
 Loader = Callable[[str], bytes]
 Event = Mapping[str, Any]
@@ -164,7 +164,7 @@ def _replay_sync(
             result.problems.append(f"round {round_id} starts from version {round_id}, not rebuilt")
             return
         base = codec.decode(versions[round_id]) if cfg.max_update_norm is not None else None
-        acc = FedAvgAccumulator(spec, who=f"round {round_id} of task {cfg.task_name!r}")
+        acc = sync_strategy(cfg).fold(spec, who=f"round {round_id} of task {cfg.task_name!r}")
         for sk in event["members"]:
             update = by_sk.get(str(sk))
             if update is None:
@@ -197,7 +197,7 @@ def _replay_async(
         return
     state = AsyncState()
     buffer: Weights | None = None
-    needs_base = cfg.aggregation == "fedbuff" or cfg.max_update_norm is not None
+    needs_base = async_strategy(cfg).needs_base or cfg.max_update_norm is not None
     for update in accepted:
         record = _record(update)
         who = describe(record)

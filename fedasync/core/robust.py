@@ -202,9 +202,7 @@ def krum_scores(updates: Updates, f: int, *, chunk: int = CHUNK_ELEMENTS) -> Arr
     return scores
 
 
-def krum_select(
-    updates: Updates, f: int, m: int = 1, *, chunk: int = CHUNK_ELEMENTS
-) -> list[int]:
+def krum_select(updates: Updates, f: int, m: int = 1, *, chunk: int = CHUNK_ELEMENTS) -> list[int]:
     """Indices of the m best-scored updates (lowest score first); equal scores are broken
     by the lowest index (a stable sort), so the choice is deterministic."""
     check_updates(updates, "krum")

@@ -59,6 +59,9 @@ class DemoOptions:
     out: Path | None = None
     task_name: str | None = None
     extra_config: dict[str, Any] = field(default_factory=dict)
+    # the last `attackers` silos send x_g + attack_factor * (x_local - x_g) (AttackTrainer)
+    attackers: int = 0
+    attack_factor: float = -10.0
 
     def silo_seed(self, index: int) -> int:
         """Silo `index`'s seed: its training seeds and its straggler delays derive from it."""

@@ -7,6 +7,8 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from client.config import ClientConfig
 from client.data import Dataset, demo_silo
 from client.trainers.base import Trainer, TrainResult
@@ -62,6 +64,42 @@ class StragglerTrainer:
         return self.inner.evaluate(weights, x, y)
 
 
+class AttackTrainer:
+    """Wraps a trainer into a poisoning silo: each update it sends is
+    x_global + factor * (x_local - x_global), x_global the model its update started from.
+    A factor of -10 (the demo's) both flips the sign of the honest step and scales it, the
+    attack robust aggregation is meant to survive (Blanchard et al. 2017; Yin et al. 2018).
+
+    The client calls `fit` once per epoch (`fits_per_update` calls per update): the global
+    model is the weights of an update's first call, the attack is applied on its last."""
+
+    def __init__(self, inner: Trainer, factor: float, fits_per_update: int = 1) -> None:
+        self.inner, self.name = inner, inner.name
+        self._factor = factor
+        self._fits_per_update = max(1, fits_per_update)
+        self._calls = 0
+        self._start: Weights = {}
+
+    def init_weights(self, seed: int) -> Weights:
+        return self.inner.init_weights(seed)
+
+    def fit(self, weights: Weights, x: Any, y: Any, *, epochs: int, seed: int) -> TrainResult:
+        if self._calls % self._fits_per_update == 0:
+            self._start = {k: np.array(v, copy=True) for k, v in weights.items()}
+        self._calls += 1
+        result = self.inner.fit(weights, x, y, epochs=epochs, seed=seed)
+        if self._calls % self._fits_per_update:
+            return result
+        poisoned = {
+            k: (g + self._factor * (result.weights[k] - g)).astype(g.dtype)
+            for k, g in self._start.items()
+        }
+        return TrainResult(poisoned, result.num_examples, result.metrics)
+
+    def evaluate(self, weights: Weights, x: Any, y: Any) -> dict[str, float]:
+        return self.inner.evaluate(weights, x, y)
+
+
 def demo_data(opts: DemoOptions) -> tuple[list[Dataset], Dataset]:
     """Each silo's share of the digits training split, and the shared held-out split."""
     splits = [
@@ -72,6 +110,9 @@ def demo_data(opts: DemoOptions) -> tuple[list[Dataset], Dataset]:
 
 
 def silo_trainer(trainer: Trainer, opts: DemoOptions, index: int) -> Trainer:
+    """Silo `index`'s trainer: the last `opts.attackers` silos poison their updates."""
+    if index >= opts.clients - opts.attackers:
+        trainer = AttackTrainer(trainer, opts.attack_factor, fits_per_update=opts.epochs)
     if not opts.train_seconds:
         return trainer
     sigma = opts.stragglers_sigma or 0.0

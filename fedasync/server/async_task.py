@@ -22,6 +22,7 @@ from fedasync.core.decisions import (
 )
 from fedasync.core.errors import ChecksumMismatchError, FedAsyncError, GlobalRefusedError
 from fedasync.core.messages import UpdateRecord
+from fedasync.core.strategies import async_strategy
 from fedasync.core.target import Report, target_value, with_report
 from fedasync.core.verdicts import decided_on_record
 from fedasync.server import refused
@@ -88,7 +89,7 @@ async def _absorb_one(store: ServerStore, head: _Head, record: UpdateRecord) -> 
     view, who = head.view, describe(record)
     cfg = view.cfg
     check_running(view.status, view.finished, record)
-    needs_base = cfg.aggregation == "fedbuff" or cfg.max_update_norm is not None
+    needs_base = async_strategy(cfg).needs_base or cfg.max_update_norm is not None
     base_w = None
     if needs_base and record.base_version <= head.state.version:
         base_w = await _base(store, head, record.base_version, who)

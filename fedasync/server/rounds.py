@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -12,18 +11,15 @@ from fedasync.core import codec, keys
 from fedasync.core.decisions import (
     RoundOutcome,
     close_outcome,
-    describe,
     examples_outcome,
     parse_update_item,
     round_complete,
 )
-from fedasync.core.errors import ChecksumMismatchError
-from fedasync.core.fedavg import FedAvgAccumulator
 from fedasync.core.verdicts import VERDICT_ATTRIBUTES, settles
 from fedasync.server import refused
-from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
 from fedasync.server.members import claim_members, dead_undecided
+from fedasync.server.round_fold import fold_round
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
@@ -183,7 +179,6 @@ async def _aggregate(
     dropped: list[str],
 ) -> dict[str, Any]:
     """`items`: the round's items the members were claimed from (None: read them)."""
-    acc = FedAvgAccumulator(view.spec, who=f"round {round_id} of task {view.task_name!r}")
     by_sk: dict[str, dict[str, Any] | None] = {str(i.get("sk")): i for i in items or ()}
     if not set(members) <= set(by_sk):
         by_sk = dict(zip(members, await store.get_items(view.task_name, members), strict=True))
@@ -198,32 +193,8 @@ async def _aggregate(
         log.warning("round.no_examples", round_id=round_id, accepted=len(records))
         return _not_closed(round_id, no_examples)
 
-    # the updates as validated at their verdicts: from the cache (held here, so no
-    # eviction can take them midway), or read again, a few ahead, and re-checked (an
-    # object rewritten since its verdict must not slip into the global model)
-    cached = {record.sha256: CACHE.get(record.sha256) for record in records}
-    missing = [record for record in records if cached[record.sha256] is None]
-    objects = store.iter_objects(
-        [record.s3_key for record in missing],
-        max_bytes=view.cfg.max_model_bytes,
-        named_by_silo=True,
-    )
-    async with contextlib.aclosing(objects):
-        for record in records:
-            weights = cached[record.sha256]
-            if weights is None:
-                data = await anext(objects)
-                if codec.sha256_bytes(data) != record.sha256:
-                    raise ChecksumMismatchError(
-                        f"{describe(record)}: object {record.s3_key!r} changed after the "
-                        f"update was accepted (SHA-256 no longer {record.sha256}); round "
-                        f"{round_id} cannot be aggregated from it"
-                    )
-                weights = codec.decode(data, who=record.sk)
-                del data
-            acc.add(weights, record.num_examples, who=record.sk)
-            del weights
-    new_version, candidate = round_id + 1, acc.result()
+    candidate, details = await fold_round(store, view, round_id, records)
+    new_version = round_id + 1
     refusal = await refused.check_round(store, view, round_id, len(members), candidate)
     if refusal is not None:  # the head stays; the round's result fails the task
         return await refused.refuse_round(store, view, round_id, members, refusal)
@@ -236,6 +207,7 @@ async def _aggregate(
         "version": new_version,
         "accepted": len(members),
         "sha256": sha,
+        **details,
         **({"dropped": dropped} if dropped else {}),
     }
     committed = await store.transact(

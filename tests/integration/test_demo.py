@@ -2,7 +2,8 @@
 
 The summary is checked against independent expectations: every global version the run
 stored is recomputed here with plain numpy from the papers' formulas (FedAvg, FedAsync
-with polynomial staleness, FedBuff with 1/sqrt(1+s) weights normalised by their sum),
+with polynomial staleness, FedBuff with 1/sqrt(1+s) weights, the weighted sum divided by K as
+in Nguyen et al. 2022, Algorithm 1),
 reading the objects with safetensors directly, not through fedasync's codec.
 """
 
@@ -118,9 +119,9 @@ def test_every_stored_version_matches_the_papers_formulas(run):
             weights = [1 / np.sqrt(1 + ((v - 1) - e["base_version"])) for e in batch]
             prev = version(v - 1)
             step = {
-                k: sum(w * (update(e)[k].astype(np.float64) - version(e["base_version"])[k]) for w, e in zip(weights, batch, strict=True)) / sum(weights)
+                k: sum(w * (update(e)[k].astype(np.float64) - version(e["base_version"])[k]) for w, e in zip(weights, batch, strict=True)) / k_buf
                 for k in prev
-            }  # fmt: skip
+            }  # fmt: skip  (the paper's normaliser K, the default `normalize: k`)
             _close(version(v), {k: prev[k] + eta * step[k] for k in prev})
             checked += 1
     assert checked == summary["versions"]

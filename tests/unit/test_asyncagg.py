@@ -10,7 +10,12 @@ from hypothesis.extra import numpy as hnp
 
 from fedasync.core.asyncagg import AsyncState, absorb, stop_reason
 from fedasync.core.config import TaskConfig
-from fedasync.core.errors import IncompatibleUpdateError, SchemaError, StaleUpdateError
+from fedasync.core.errors import (
+    ConfigError,
+    IncompatibleUpdateError,
+    SchemaError,
+    StaleUpdateError,
+)
 
 
 def cfg(**over):
@@ -102,10 +107,11 @@ def test_mismatched_update_never_touches_the_model():
         )
 
 
-def test_fedbuff_buffers_until_k_then_steps_by_weighted_mean_delta():
-    c = cfg(strategy="fedbuff", buffer_size=2, server_lr=0.5)
+def _fedbuff_two_updates(c):
+    """GIVEN head version 1 (x = [1, 1]); update 1 based on v1 (staleness 0, w = 1) with
+    delta [2, 0], then update 2 based on v0 = [0, 0] (staleness 1, w = 1/sqrt(2)) with
+    delta [0, 4]: returns both outcomes."""
     base0 = {"w": np.array([0.0, 0.0], np.float32)}
-    # GIVEN head version 1 (x = [1, 1]); update 1 based on v1 (staleness 0, w=1), delta [2, 0]
     x1 = {"w": np.array([1.0, 1.0], np.float32)}
     first = absorb(
         AsyncState(version=1),
@@ -115,10 +121,6 @@ def test_fedbuff_buffers_until_k_then_steps_by_weighted_mean_delta():
         client_w={"w": np.array([3.0, 1.0], np.float32)},
         base_w=x1,
     )
-    assert not first.advanced
-    assert first.state == AsyncState(version=1, absorbed=1, buffered=1, buffer_weight=1.0)
-    assert first.buffer_sum["w"].tolist() == [2.0, 0.0]
-    # update 2 based on v0 (staleness 1, w = 1/sqrt(2)), delta [0, 4]
     second = absorb(
         first.state,
         c,
@@ -128,6 +130,21 @@ def test_fedbuff_buffers_until_k_then_steps_by_weighted_mean_delta():
         base_w=base0,
         buffer_sum=first.buffer_sum,
     )
+    return first, second
+
+
+def test_fedbuff_buffers_until_k_then_steps_by_weighted_mean_delta():
+    # normalize "weights": the step divides by the sum of the staleness weights
+    c = cfg(
+        strategy="fedbuff",
+        buffer_size=2,
+        server_lr=0.5,
+        strategy_options={"normalize": "weights"},
+    )
+    first, second = _fedbuff_two_updates(c)
+    assert not first.advanced
+    assert first.state == AsyncState(version=1, absorbed=1, buffered=1, buffer_weight=1.0)
+    assert first.buffer_sum["w"].tolist() == [2.0, 0.0]
     w2 = 1 / math.sqrt(2)
     assert second.weight == pytest.approx(w2)
     # THEN x = [1,1] + 0.5 * ([2,0]*1 + [0,4]*w2) / (1 + w2)
@@ -135,6 +152,20 @@ def test_fedbuff_buffers_until_k_then_steps_by_weighted_mean_delta():
     assert second.new_global["w"].tolist() == pytest.approx(expected, rel=1e-6)
     assert second.state == AsyncState(version=2, absorbed=2)
     assert second.buffer_sum is None
+
+
+def test_fedbuff_by_default_divides_the_weighted_sum_by_k_as_the_paper_does():
+    # GIVEN the same two updates with the default normalize "k" (Nguyen et al. 2022, Alg. 1)
+    c = cfg(strategy="fedbuff", buffer_size=2, server_lr=0.5)
+    _, second = _fedbuff_two_updates(c)
+    # THEN x = [1,1] + 0.5 * ([2,0] + [0,4]/sqrt(2)) / 2 = [1.5, 1 + 1/sqrt(2)]
+    expected = [1.5, 1 + 1 / math.sqrt(2)]
+    assert second.new_global["w"].tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_fedbuff_refuses_an_unknown_normaliser_naming_the_allowed_ones():
+    with pytest.raises(ConfigError, match="normalize"):
+        cfg(strategy="fedbuff", strategy_options={"normalize": "mean"})
 
 
 def test_fedbuff_with_k_one_and_lr_one_lands_on_the_client_model_when_fresh():

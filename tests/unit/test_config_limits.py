@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from fedasync.core.config import (
+from fedasync.core.config import TaskConfig
+from fedasync.core.config_limits import (
     EVENTS_AROUND_ROUNDS,
     EVENTS_PER_ROUND_CHECK,
     EVENTS_PER_SYNC_ROUND,
-    TaskConfig,
     max_sync_rounds,
 )
 from fedasync.core.errors import ConfigError

@@ -1,0 +1,59 @@
+"""A closing round's accepted updates through the task's sync strategy.
+
+The updates are the ones validated at their verdicts: from the cache (held here, so no
+eviction can take them midway), or read again, a few ahead, and re-checked against the
+SHA-256 their verdict recorded (an object rewritten since must not slip into the global
+model). A strategy that needs every update at once holds them spilled to local disk
+(`fedasync.server.spill`)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from fedasync.core import codec
+from fedasync.core.codec import Weights
+from fedasync.core.decisions import describe
+from fedasync.core.errors import ChecksumMismatchError
+from fedasync.core.messages import UpdateRecord
+from fedasync.core.strategies import sync_strategy
+from fedasync.core.strategies.base import details_of
+from fedasync.server.cache import CACHE
+from fedasync.server.spill import Spill, spill_root
+from fedasync.server.store import ServerStore
+from fedasync.server.task_view import TaskView
+
+
+async def fold_round(
+    store: ServerStore, view: TaskView, round_id: int, records: list[UpdateRecord]
+) -> tuple[Weights, dict[str, Any]]:
+    """The round's candidate model and what the strategy recorded about it."""
+    strategy = sync_strategy(view.cfg)
+    with Spill(spill_root()) as spill:
+        fold = strategy.fold(
+            view.spec, who=f"round {round_id} of task {view.task_name!r}", keep=spill
+        )
+        cached = {record.sha256: CACHE.get(record.sha256) for record in records}
+        missing = [record for record in records if cached[record.sha256] is None]
+        objects = store.iter_objects(
+            [record.s3_key for record in missing],
+            max_bytes=view.cfg.max_model_bytes,
+            named_by_silo=True,
+        )
+        async with contextlib.aclosing(objects):
+            for record in records:
+                weights = cached[record.sha256]
+                if weights is None:
+                    data = await anext(objects)
+                    if codec.sha256_bytes(data) != record.sha256:
+                        raise ChecksumMismatchError(
+                            f"{describe(record)}: object {record.s3_key!r} changed after the "
+                            f"update was accepted (SHA-256 no longer {record.sha256}); round "
+                            f"{round_id} cannot be aggregated from it"
+                        )
+                    weights = codec.decode(data, who=record.sk)
+                    del data
+                fold.add(weights, record.num_examples, who=record.sk)
+                del weights
+        candidate = fold.result()
+        return candidate, details_of(fold)
