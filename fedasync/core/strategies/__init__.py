@@ -1,7 +1,14 @@
 """Aggregation strategies behind one seam: see `base` (what a strategy is) and
 `registry` (how a task config names one, and how to add one)."""
 
-from fedasync.core.strategies.base import AsyncStrategy, Fold, NoOptions, Strategy, SyncStrategy
+from fedasync.core.strategies.base import (
+    AsyncStrategy,
+    Fold,
+    HoldingStrategy,
+    NoOptions,
+    Strategy,
+    SyncStrategy,
+)
 from fedasync.core.strategies.registry import (
     async_strategy,
     names_for,
@@ -15,6 +22,7 @@ from fedasync.core.strategies.registry import (
 __all__ = [
     "AsyncStrategy",
     "Fold",
+    "HoldingStrategy",
     "NoOptions",
     "Strategy",
     "SyncStrategy",
