@@ -89,7 +89,8 @@ def _blocks(
 
     The block is one reused buffer: a consumer must be done with it before the next one.
     Non-finite values are refused here, where each value is read anyway."""
-    buffer = np.empty((len(updates), chunk), dtype=np.float64)
+    largest = max(math.prod(t.shape) for t in spec)
+    buffer = np.empty((len(updates), max(1, min(chunk, largest))), dtype=np.float64)
     for t in spec:
         size = math.prod(t.shape)
         tensors = [u[t.name] for u in updates]
@@ -120,6 +121,9 @@ def _reduce(updates: Updates, spec: ModelSpec, chunk: int, what: str, k: int) ->
     n = len(updates)
     kept = n - 2 * k
     for name, start, stop, block in _blocks(updates, spec, chunk, what):
+        # -0.0 + 0.0 is +0.0: the sort sees -0.0 == 0.0 and would keep whichever came first,
+        # making a zero's sign depend on the order of the updates
+        np.add(block, 0.0, out=block)
         block.sort(axis=0)
         if kept == 1:
             values = block[k].copy()
@@ -177,7 +181,7 @@ def _distances(updates: Updates, spec: ModelSpec, chunk: int) -> Array:
     accumulated chunk by chunk; exactly symmetric ((a - b)^2 == (b - a)^2)."""
     n = len(updates)
     dist = np.zeros((n, n), dtype=np.float64)
-    scratch = np.empty(chunk, dtype=np.float64)
+    scratch = np.empty(max(1, min(chunk, max(math.prod(t.shape) for t in spec))), np.float64)
     for _name, start, stop, block in _blocks(updates, spec, chunk, "krum"):
         diff = scratch[: stop - start]
         for i in range(n):
