@@ -14,8 +14,9 @@ elements; the N updates' slices of one chunk are stacked into one float64 buffer
 caller maps:
 
 - `median`, `trimmed_mean`: N x chunk x 8 bytes + one output model;
-- `krum`, `krum_select`: N x chunk x 8 + chunk x 8 + N x N x 8 bytes (the distance matrix)
-  + one output model (Multi-Krum re-reads only the m chosen updates, m x chunk x 8).
+- `krum`, `krum_select`: N x chunk x 8 + N x 4096 x 8 (centring) + 3 x N x N x 8 bytes
+  (distances, one chunk's Gram matrix) + one output model (Multi-Krum re-reads only the m
+  chosen updates, m x chunk x 8). Time: one N x chunk by chunk x N product per chunk.
 
 With the default chunk (1 << 18 elements, 2 MiB of float64 per update) 100 updates need
 200 MiB, whatever the model size. A C-contiguous tensor (a safetensors file mapped with
@@ -33,6 +34,7 @@ from fedasync.core.codec import Array, ModelSpec, Weights, spec_of
 from fedasync.core.errors import InvalidWeightsError, SchemaError
 
 CHUNK_ELEMENTS = 1 << 18
+REFERENCE_COLUMNS = 1 << 12  # Krum's centring works on N x 4096 pieces of a chunk
 # 1.4826 x MAD estimates the standard deviation of normal data: k = 4.5 is ~3 sigma
 OUTLIER_K = 4.5
 OUTLIER_MIN_HISTORY = 5
@@ -176,19 +178,31 @@ def _check_krum(n: int, f: int, m: int) -> None:
         raise SchemaError(f"krum: m must be in [1, n={n}], got m={m}")
 
 
+def _center(block: Array) -> None:
+    """Subtract, per coordinate, the (upper) median of the N updates, in place. Distances
+    do not change; the Gram identity below then works on the honest spread, not on the
+    model's magnitude or on a far-away update, which would cancel its precision away.
+    Column pieces bound np.partition's copy to N x REFERENCE_COLUMNS."""
+    mid = block.shape[0] // 2
+    for start in range(0, block.shape[1], REFERENCE_COLUMNS):
+        piece = block[:, start : start + REFERENCE_COLUMNS]
+        piece -= np.partition(piece, mid, axis=0)[mid]
+
+
 def _distances(updates: Updates, spec: ModelSpec, chunk: int) -> Array:
     """Squared L2 distances between every pair of updates over the whole model (N x N),
-    accumulated chunk by chunk; exactly symmetric ((a - b)^2 == (b - a)^2)."""
+    accumulated chunk by chunk as |a|^2 + |b|^2 - 2 a.b on median-centred chunks (one
+    matrix product per chunk: ~100x faster than N^2 / 2 vector differences)."""
     n = len(updates)
     dist = np.zeros((n, n), dtype=np.float64)
-    scratch = np.empty(max(1, min(chunk, max(math.prod(t.shape) for t in spec))), np.float64)
-    for _name, start, stop, block in _blocks(updates, spec, chunk, "krum"):
-        diff = scratch[: stop - start]
-        for i in range(n):
-            for j in range(i + 1, n):
-                np.subtract(block[i], block[j], out=diff)
-                dist[i, j] += float(np.dot(diff, diff))
-    return dist + dist.T
+    for _name, _start, _stop, block in _blocks(updates, spec, chunk, "krum"):
+        _center(block)
+        sq = np.einsum("ij,ij->i", block, block)
+        part = sq[:, None] + sq[None, :] - 2.0 * (block @ block.T)
+        np.maximum(part, 0.0, out=part)  # rounding may leave a tiny negative
+        dist += part
+    np.fill_diagonal(dist, 0.0)
+    return (dist + dist.T) * 0.5  # exactly symmetric
 
 
 def krum_scores(updates: Updates, f: int, *, chunk: int = CHUNK_ELEMENTS) -> Array:

@@ -351,3 +351,17 @@ def test_outlier_reports_a_non_finite_norm_and_refuses_a_bad_history():
         outlier(1.0, [1.0, float("nan")])
     with pytest.raises(SchemaError, match="k > 0"):
         outlier(1.0, RECENT, k=0.0)
+
+
+def test_krum_distances_keep_their_precision_next_to_a_far_away_attacker():
+    # GIVEN eight honest updates 1e-4 apart around 1e3, and an attacker at 1e12 (index 0)
+    rng = np.random.default_rng(11)
+    honest = [{"w": 1e3 + 1e-4 * rng.normal(size=500)} for _ in range(8)]
+    ups = [{"w": np.full(500, 1e12)}, *honest]
+    # WHEN scored (f = 1: the 9 - 1 - 2 = 6 nearest)
+    scores = krum_scores(ups, 1, chunk=128)
+    # THEN the honest scores match the direct sums of squared differences (an |a|^2 + |b|^2
+    # - 2ab on the raw values would lose them: 1e24 next to 1e-8)
+    for i in range(1, 9):
+        direct = sorted(float(np.sum((ups[i]["w"] - ups[j]["w"]) ** 2)) for j in range(9) if j != i)
+        assert scores[i] == pytest.approx(sum(direct[:6]), rel=1e-9)
