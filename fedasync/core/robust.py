@@ -19,7 +19,8 @@ caller maps:
   chosen updates, m x chunk x 8). Time: one N x chunk by chunk x N product per chunk.
 
 With the default chunk (1 << 18 elements, 2 MiB of float64 per update) 100 updates need
-200 MiB, whatever the model size. A C-contiguous tensor (a safetensors file mapped with
+200 MiB, whatever the model size. (Add an N x chunk bytes mask, to check the values are
+finite, and a few chunk x 8 temporaries for one chunk's result.) A C-contiguous tensor (a safetensors file mapped with
 np.memmap is one) is sliced without a copy; another one is read slice by slice.
 """
 

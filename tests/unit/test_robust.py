@@ -365,3 +365,37 @@ def test_krum_distances_keep_their_precision_next_to_a_far_away_attacker():
     for i in range(1, 9):
         direct = sorted(float(np.sum((ups[i]["w"] - ups[j]["w"]) ** 2)) for j in range(9) if j != i)
         assert scores[i] == pytest.approx(sum(direct[:6]), rel=1e-9)
+
+
+def test_peak_memory_grows_with_n_times_chunk_not_with_n_times_model(tmp_path):
+    # GIVEN 8 memory-mapped updates of 1M float32 (4 MiB each: 32 MiB on disk, 64 MiB as
+    # float64 if stacked whole) and a chunk of 16384 elements
+    import tracemalloc
+
+    n, size, chunk = 8, 1 << 20, 1 << 14
+    rng = np.random.default_rng(5)
+    mapped = []
+    for i in range(n):
+        path = tmp_path / f"{i}.bin"
+        rng.normal(size=size).astype(np.float32).tofile(path)
+        mapped.append({"w": np.memmap(path, dtype=np.float32, mode="r", shape=(size,))})
+    # the documented bound: N x chunk x 8 (buffer) + N x chunk (finite mask) + 3 x chunk x 8
+    # (one chunk's result) + the output model (4 MiB); Krum adds N x 4096 x 8 and N x N's
+    bound = n * chunk * 8 + n * chunk + 3 * chunk * 8 + size * 4 + n * 4096 * 8
+    slack = 64 * 1024
+    for run in (
+        lambda: median(mapped, chunk=chunk),
+        lambda: trimmed_mean(mapped, 0.25, chunk=chunk),
+        lambda: krum(mapped, 2, m=3, chunk=chunk),
+    ):
+        # WHEN one runs under tracemalloc (numpy reports its buffers to it; mapped pages
+        # are not allocations)
+        tracemalloc.start()
+        try:
+            run()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        # THEN its peak stays within the bound, ~5.8 MiB (one chunk of the size of the model
+        # peaks at 72-84 MiB)
+        assert peak <= bound + slack, (peak, bound)
