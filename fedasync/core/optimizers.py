@@ -50,9 +50,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedasync.core.chunked import check_updates
 from fedasync.core.codec import Array, ModelSpec, Weights
-from fedasync.core.errors import ConfigError, SchemaError
-from fedasync.core.robust import check_updates
+from fedasync.core.errors import ConfigError, InvalidWeightsError, SchemaError
 
 Kind = Literal["avgm", "adam", "yogi", "adagrad"]
 KINDS: tuple[str, ...] = ("avgm", "adam", "yogi", "adagrad")
@@ -199,7 +199,11 @@ def server_step(
     the first step; hyper-parameters left out take `DEFAULTS[kind]`. Pure: the inputs and
     the given state are not modified."""
     h = _config(kind, hyper).hyper()
-    spec = check_updates([global_w, aggregate_w], f"server optimizer {kind!r}")
+    what = f"server optimizer {kind!r}"
+    spec = check_updates([global_w, aggregate_w], what, labels=("the global", "the aggregate"))
+    for label, weights in (("the global", global_w), ("the aggregate", aggregate_w)):
+        if not all(np.isfinite(weights[t.name]).all() for t in spec):
+            raise InvalidWeightsError(f"{what}: {label} has NaN/Inf", reason="non_finite")
     if state is None:
         state = _initial(spec, kind, float(h.get("v0", 0.0)))
     _check_state(state, spec, kind)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fedasync.core.codec import decode, encode
-from fedasync.core.errors import ConfigError, SchemaError
+from fedasync.core.errors import ConfigError, InvalidWeightsError, SchemaError
 from fedasync.core.optimizers import (
     DEFAULTS,
     OptimizerState,
@@ -257,3 +257,11 @@ def test_three_steps_agree_with_flowers_strategy_maths(kind):
         x, state = server_step(kind, x, {"w": x["w"] + delta}, state, **hyper)
         # THEN each new global agrees to rounding
         np.testing.assert_allclose(x["w"], want, rtol=1e-12, atol=1e-15)
+
+
+def test_a_non_finite_or_mismatched_input_is_refused_naming_it():
+    g = {"w": np.zeros(2)}
+    with pytest.raises(InvalidWeightsError, match="the aggregate has NaN/Inf"):
+        server_step("adam", g, {"w": np.array([1.0, np.inf])}, None)
+    with pytest.raises(SchemaError, match=r"the aggregate has tensor 'w' of shape \(3,\).*the global has shape \(2,\)"):
+        server_step("adam", g, {"w": np.zeros(3)}, None)

@@ -399,3 +399,18 @@ def test_peak_memory_grows_with_n_times_chunk_not_with_n_times_model(tmp_path):
         # THEN its peak stays within the bound, ~5.8 MiB (one chunk of the size of the model
         # peaks at 72-84 MiB)
         assert peak <= bound + slack, (peak, bound)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_results_keep_the_input_dtype_and_numpy_integers_are_accepted(dtype):
+    # GIVEN updates of one dtype: [1, 2, 4, 8, 16] per coordinate (exact in float16)
+    ups = [{"w": np.array([v, -v], dtype)} for v in (1, 2, 4, 8, 16)]
+    # THEN median 4; trimmed (beta 0.2: drop 1 and 16) (2 + 4 + 8)/3 = 14/3; Krum with
+    # f = np.int64(1): scores over the 2 nearest, d = 2(a - b)^2: 1 -> {2, 18} = 20,
+    # 2 -> {2, 8} = 10, 4 -> {8, 18} = 26, 8 -> {32, 72} = 104, 16 -> {128, 288} = 416:
+    # Krum = 2
+    assert median(ups)["w"].tolist() == [4.0, -4.0] and median(ups)["w"].dtype == dtype
+    assert trimmed_mean(ups, 0.2)["w"].tolist() == [dtype(14 / 3), dtype(-14 / 3)]
+    assert krum_scores(ups, np.int64(1)).tolist() == [20.0, 10.0, 26.0, 104.0, 416.0]
+    out = krum(ups, np.int64(1), m=np.int64(1))
+    assert out["w"].tolist() == [2.0, -2.0] and out["w"].dtype == dtype
