@@ -414,3 +414,15 @@ def test_results_keep_the_input_dtype_and_numpy_integers_are_accepted(dtype):
     assert krum_scores(ups, np.int64(1)).tolist() == [20.0, 10.0, 26.0, 104.0, 416.0]
     out = krum(ups, np.int64(1), m=np.int64(1))
     assert out["w"].tolist() == [2.0, -2.0] and out["w"].dtype == dtype
+
+
+def test_bfloat16_updates_are_aggregated_in_float64_and_stay_bfloat16():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = ml_dtypes.bfloat16
+    ups = [{"w": np.array([v, -v], bf16)} for v in (1, 2, 4, 8, 16)]
+    # THEN median 4; trimmed (2 + 4 + 8)/3 = 4.667 -> bfloat16 4.65625 (8 bits of mantissa);
+    # Krum 2 (scores as in the test above); Multi-Krum m = 2: (1 + 2)/2 = 1.5
+    assert median(ups)["w"].dtype == bf16 and median(ups)["w"].tolist() == [4.0, -4.0]
+    assert trimmed_mean(ups, 0.2)["w"].astype(np.float64).tolist() == [4.65625, -4.65625]
+    assert krum(ups, 1)["w"].tolist() == [2.0, -2.0]
+    assert krum(ups, 1, m=2)["w"].astype(np.float64).tolist() == [1.5, -1.5]
