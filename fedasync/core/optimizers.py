@@ -101,6 +101,15 @@ class ServerOptimizer(BaseModel):
         """The kind's complete hyper-parameters, as `server_step` takes them."""
         return {k: getattr(self, k) for k in DEFAULTS[self.kind]}
 
+    def step(
+        self,
+        global_w: Mapping[str, Array],
+        aggregate_w: Mapping[str, Array],
+        state: OptimizerState | None,
+    ) -> tuple[Weights, OptimizerState]:
+        """`server_step` with this configuration."""
+        return server_step(self.kind, global_w, aggregate_w, state, **self.hyper())
+
 
 @dataclass(frozen=True)
 class OptimizerState:

@@ -180,6 +180,10 @@ def test_the_config_fills_the_kinds_defaults_and_refuses_what_the_kind_does_not_
     # a stored config (every field dumped, None for the unused) reads back the same
     dumped = ServerOptimizer(kind="avgm").model_dump()
     assert ServerOptimizer.model_validate(dumped) == ServerOptimizer(kind="avgm")
+    # its step is server_step with its hyper-parameters
+    g, agg = {"w": np.array([1.0])}, {"w": np.array([3.0])}
+    cfg = ServerOptimizer(kind="avgm", lr=0.5, beta1=0.5)
+    assert cfg.step(g, agg, None)[0]["w"].tolist() == [2.0]  # m = 2, x = 1 + 0.5*2
     with pytest.raises(ValueError, match="beta2 not used by server optimizer 'avgm'"):
         ServerOptimizer(kind="avgm", beta2=0.9)
     with pytest.raises(ValueError, match="beta2 not used by server optimizer 'adagrad'"):
