@@ -60,6 +60,7 @@ OUTLIER_K = 4.5
 OUTLIER_MIN_HISTORY = 5
 OUTLIER_REL_FLOOR = 0.05
 
+
 def _reduce(updates: Updates, spec: ModelSpec, chunk: int, what: str, k: int) -> Weights:
     """Sort each coordinate's N values, then average the middle ones (k trimmed each side).
 
@@ -179,7 +180,7 @@ def krum_select(
 def krum(updates: Updates, f: int, m: int = 1, *, chunk: int = CHUNK_ELEMENTS) -> Weights:
     """Krum (Blanchard et al. 2017) for m = 1: a copy of the best-scored update.
     Multi-Krum for m > 1: the unweighted mean of the m best-scored updates (averaged in
-    float64 in index order). Requires n > 2f + 2."""
+    float64 in index order). Requires n > 2f + 2; equal scores go to the lowest index."""
     chosen = krum_select(updates, f, m, chunk=chunk)
     spec = spec_of(updates[0])
     if m == 1:
