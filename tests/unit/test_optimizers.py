@@ -269,3 +269,47 @@ def test_a_non_finite_or_mismatched_input_is_refused_naming_it():
         server_step("adam", g, {"w": np.array([1.0, np.inf])}, None)
     with pytest.raises(SchemaError, match=r"the aggregate has tensor 'w' of shape \(3,\).*the global has shape \(2,\)"):
         server_step("adam", g, {"w": np.zeros(3)}, None)
+
+
+# ---------------------------------------------------------------- properties
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+_vec = hnp.arrays(np.float32, (3,), elements=st.floats(-10, 10, width=32))
+
+
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(["avgm", "adam", "yogi", "adagrad"]), x=_vec)
+def test_a_zero_pseudo_gradient_from_a_fresh_state_leaves_the_model_as_it_was(kind, x):
+    # GIVEN aggregate == global: Delta = 0, so m = 0 and the step is lr * 0 / (sqrt(v) + tau)
+    new, state = server_step(kind, {"w": x}, {"w": x.copy()}, None)
+    # THEN every value is unchanged (a -0.0 may come back as +0.0: x + 0.0)
+    np.testing.assert_array_equal(new["w"], x)
+    assert not state.tensors["m/w"].any()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kind=st.sampled_from(["avgm", "adam", "yogi", "adagrad"]),
+    x0=_vec,
+    deltas=st.lists(_vec, min_size=2, max_size=5),
+    cut=st.integers(1, 4),
+    bias=st.booleans(),
+)
+def test_a_state_stored_and_read_back_mid_run_replays_the_same_bytes(kind, x0, deltas, cut, bias):
+    # GIVEN a run of steps; WHEN the state is stored as safetensors after `cut` steps and
+    # read back (as the server and replay do) THEN every later model and state is the same
+    hyper = {} if kind == "avgm" else {"bias_correction": bias}
+
+    def run(store_at):
+        x, state, out = {"w": x0}, None, []
+        for i, d in enumerate(deltas):
+            x, state = server_step(kind, x, {"w": x["w"] + d}, state, **hyper)
+            if i + 1 == store_at:
+                state = state_from_tensors(decode(encode(state_to_tensors(state))))
+            out.append(encode(x) + encode(state_to_tensors(state)))
+        return out
+
+    assert run(cut) == run(None)
