@@ -6,6 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from fedasync.core.codec import decode, encode
 from fedasync.core.errors import ConfigError, InvalidWeightsError, SchemaError
@@ -272,10 +275,6 @@ def test_a_non_finite_or_mismatched_input_is_refused_naming_it():
 
 
 # ---------------------------------------------------------------- properties
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.extra import numpy as hnp  # noqa: E402
 
 _vec = hnp.arrays(np.float32, (3,), elements=st.floats(-10, 10, width=32))
 
