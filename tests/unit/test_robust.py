@@ -426,3 +426,29 @@ def test_bfloat16_updates_are_aggregated_in_float64_and_stay_bfloat16():
     assert trimmed_mean(ups, 0.2)["w"].astype(np.float64).tolist() == [4.65625, -4.65625]
     assert krum(ups, 1)["w"].tolist() == [2.0, -2.0]
     assert krum(ups, 1, m=2)["w"].astype(np.float64).tolist() == [1.5, -1.5]
+
+
+# ---------------------------------------------------------------- Flower as an oracle
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_aggregators_agree_with_flowers(seed):
+    # GIVEN random float64 updates of two tensors, a third of them scaled attackers
+    agg = pytest.importorskip("flwr.server.strategy.aggregate")
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 10))
+    f = (n - 3) // 2  # the most Krum tolerates: n > 2f + 2
+    ups = [{"k": rng.normal(size=(3, 4)), "b": rng.normal(size=5)} for _ in range(n)]
+    for u in ups[: n // 3]:
+        u["k"] *= -20.0
+    results = [([u["k"], u["b"]], 1) for u in ups]  # Flower: (layers, num_examples)
+
+    def same(ours, theirs):
+        for name, layer in zip(("k", "b"), theirs, strict=True):
+            np.testing.assert_allclose(ours[name], layer, rtol=1e-12, atol=1e-12)
+
+    # THEN median, trimmed mean, Krum and Multi-Krum give Flower's values
+    same(median(ups, chunk=7), agg.aggregate_median(results))
+    same(trimmed_mean(ups, 0.2, chunk=7), agg.aggregate_trimmed_avg(results, 0.2))
+    same(krum(ups, f, chunk=7), agg.aggregate_krum(results, f, 0))
+    same(krum(ups, f, m=3, chunk=7), agg.aggregate_krum(results, f, 3))
