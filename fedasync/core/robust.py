@@ -14,101 +14,51 @@ elements; the N updates' slices of one chunk are stacked into one float64 buffer
 caller maps:
 
 - `median`, `trimmed_mean`: N x chunk x 8 bytes + one output model;
-- `krum`, `krum_select`: N x chunk x 8 + chunk x 8 + N x N x 8 bytes (the distance matrix)
-  + one output model (Multi-Krum re-reads only the m chosen updates, m x chunk x 8).
+- `krum`, `krum_select`: N x chunk x 8 + N x 4096 x 8 (centring) + 3 x N x N x 8 bytes
+  (distances, one chunk's Gram matrix) + one output model (Multi-Krum re-reads only the m
+  chosen updates, m x chunk x 8). Time: one N x chunk by chunk x N product per chunk.
 
 With the default chunk (1 << 18 elements, 2 MiB of float64 per update) 100 updates need
-200 MiB, whatever the model size. A C-contiguous tensor (a safetensors file mapped with
+200 MiB, whatever the model size. (Add an N x chunk bytes mask, to check the values are
+finite, and a few chunk x 8 temporaries for one chunk's result.) A C-contiguous tensor (a safetensors file mapped with
 np.memmap is one) is sliced without a copy; another one is read slice by slice.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from fedasync.core.chunked import (
+    CHUNK_ELEMENTS,
+    Updates,
+    blocks,
+    check_chunk,
+    check_updates,
+    empty_like,
+    integer,
+)
 from fedasync.core.codec import Array, ModelSpec, Weights, spec_of
-from fedasync.core.errors import InvalidWeightsError, SchemaError
+from fedasync.core.errors import SchemaError
 
-CHUNK_ELEMENTS = 1 << 18
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "check_updates",
+    "krum",
+    "krum_scores",
+    "krum_select",
+    "median",
+    "outlier",
+    "trimmed_mean",
+]
+
+REFERENCE_COLUMNS = 1 << 12  # Krum's centring works on N x 4096 pieces of a chunk
 # 1.4826 x MAD estimates the standard deviation of normal data: k = 4.5 is ~3 sigma
 OUTLIER_K = 4.5
 OUTLIER_MIN_HISTORY = 5
 OUTLIER_REL_FLOOR = 0.05
-
-Updates = Sequence[Mapping[str, Array]]
-
-
-def check_updates(updates: Updates, what: str) -> ModelSpec:
-    """The common spec of `updates` (the first one's order); SchemaError naming the first
-    update that differs, the tensor and what was expected."""
-    if len(updates) == 0:
-        raise SchemaError(f"{what}: no updates to aggregate (empty list)")
-    spec = spec_of(updates[0])
-    if not spec:
-        raise SchemaError(f"{what}: update 0 has no tensors")
-    names = sorted(t.name for t in spec)
-    for i, update in enumerate(updates):
-        if sorted(update) != names:
-            missing = sorted(set(names) - set(update))
-            extra = sorted(set(update) - set(names))
-            raise SchemaError(
-                f"{what}: update {i} has other tensors than update 0: "
-                f"missing {missing}, unexpected {extra}"
-            )
-        for t in spec:
-            arr = update[t.name]
-            if not isinstance(arr, np.ndarray):
-                raise SchemaError(f"{what}: update {i} tensor {t.name!r} is not an array")
-            if tuple(arr.shape) != t.shape or str(arr.dtype) != t.dtype:
-                raise SchemaError(
-                    f"{what}: update {i} has tensor {t.name!r} of shape {tuple(arr.shape)} "
-                    f"and dtype {arr.dtype}; update 0 has shape {t.shape} and dtype {t.dtype}"
-                )
-            if not np.issubdtype(arr.dtype, np.floating):
-                raise SchemaError(f"{what}: tensor {t.name!r} has dtype {arr.dtype}, not a float")
-    return spec
-
-
-def _check_chunk(chunk: int) -> None:
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise SchemaError(f"chunk must be a positive number of elements, got {chunk!r}")
-
-
-def _flat(arr: Array) -> Array | None:
-    # a view for a C-contiguous tensor (memmaps of safetensors files are); None: read by .flat
-    return arr.reshape(-1) if arr.flags.c_contiguous else None
-
-
-def _blocks(
-    updates: Updates, spec: ModelSpec, chunk: int, what: str
-) -> Iterator[tuple[str, int, int, Array]]:
-    """(tensor name, start, stop, N x (stop - start) float64 block) over every tensor chunk.
-
-    The block is one reused buffer: a consumer must be done with it before the next one.
-    Non-finite values are refused here, where each value is read anyway."""
-    buffer = np.empty((len(updates), chunk), dtype=np.float64)
-    for t in spec:
-        size = math.prod(t.shape)
-        tensors = [u[t.name] for u in updates]
-        flats = [_flat(a) for a in tensors]
-        for start in range(0, size, chunk):
-            stop = min(start + chunk, size)
-            block = buffer[:, : stop - start]
-            for i, (arr, flat) in enumerate(zip(tensors, flats, strict=True)):
-                block[i] = flat[start:stop] if flat is not None else arr.flat[start:stop]
-            if not np.isfinite(block).all():
-                bad = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-                raise InvalidWeightsError(
-                    f"{what}: update {bad} has NaN/Inf in tensor {t.name!r}", reason="non_finite"
-                )
-            yield t.name, start, stop, block
-
-
-def _empty_like(spec: ModelSpec) -> Weights:
-    return {t.name: np.empty(t.shape, dtype=np.dtype(t.dtype)) for t in spec}
 
 
 def _reduce(updates: Updates, spec: ModelSpec, chunk: int, what: str, k: int) -> Weights:
@@ -116,10 +66,13 @@ def _reduce(updates: Updates, spec: ModelSpec, chunk: int, what: str, k: int) ->
 
     Sorting first makes the result independent of the order of the updates, bit for bit:
     the sum runs over the sorted values."""
-    out = _empty_like(spec)
+    out = empty_like(updates[0], spec)
     n = len(updates)
     kept = n - 2 * k
-    for name, start, stop, block in _blocks(updates, spec, chunk, what):
+    for name, start, stop, block in blocks(updates, spec, chunk, what):
+        # -0.0 + 0.0 is +0.0: the sort sees -0.0 == 0.0 and would keep whichever came first,
+        # making a zero's sign depend on the order of the updates
+        np.add(block, 0.0, out=block)
         block.sort(axis=0)
         if kept == 1:
             values = block[k].copy()
@@ -136,7 +89,7 @@ def _reduce(updates: Updates, spec: ModelSpec, chunk: int, what: str, k: int) ->
 def median(updates: Updates, *, chunk: int = CHUNK_ELEMENTS) -> Weights:
     """Coordinate-wise median (Yin et al. 2018): per coordinate, the middle value of the N
     updates; for even N the mean of the two middle values."""
-    _check_chunk(chunk)
+    check_chunk(chunk)
     spec = check_updates(updates, "median")
     n = len(updates)
     return _reduce(updates, spec, chunk, "median", (n - 1) // 2)
@@ -147,7 +100,7 @@ def trimmed_mean(updates: Updates, beta: float, *, chunk: int = CHUNK_ELEMENTS) 
     floor(beta * N) largest and the floor(beta * N) smallest values, average the rest.
 
     0 <= beta < 0.5; beta = 0 is the plain (unweighted) mean."""
-    _check_chunk(chunk)
+    check_chunk(chunk)
     spec = check_updates(updates, "trimmed_mean")
     if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0.0 <= beta < 0.5:
         raise SchemaError(f"trimmed_mean: beta must be in [0, 0.5), got {beta!r}")
@@ -159,9 +112,7 @@ def trimmed_mean(updates: Updates, beta: float, *, chunk: int = CHUNK_ELEMENTS) 
 
 
 def _check_krum(n: int, f: int, m: int) -> None:
-    for label, value in (("f", f), ("m", m)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SchemaError(f"krum: {label} must be an integer, got {value!r}")
+    f, m = integer(f, "f", "krum"), integer(m, "m", "krum")
     if f < 0:
         raise SchemaError(f"krum: f must be >= 0, got f={f}")
     if n <= 2 * f + 2:
@@ -172,25 +123,37 @@ def _check_krum(n: int, f: int, m: int) -> None:
         raise SchemaError(f"krum: m must be in [1, n={n}], got m={m}")
 
 
+def _center(block: Array) -> None:
+    """Subtract, per coordinate, the (upper) median of the N updates, in place. Distances
+    do not change; the Gram identity below then works on the honest spread, not on the
+    model's magnitude or on a far-away update, which would cancel its precision away.
+    Column pieces bound np.partition's copy to N x REFERENCE_COLUMNS."""
+    mid = block.shape[0] // 2
+    for start in range(0, block.shape[1], REFERENCE_COLUMNS):
+        piece = block[:, start : start + REFERENCE_COLUMNS]
+        piece -= np.partition(piece, mid, axis=0)[mid]
+
+
 def _distances(updates: Updates, spec: ModelSpec, chunk: int) -> Array:
     """Squared L2 distances between every pair of updates over the whole model (N x N),
-    accumulated chunk by chunk; exactly symmetric ((a - b)^2 == (b - a)^2)."""
+    accumulated chunk by chunk as |a|^2 + |b|^2 - 2 a.b on median-centred chunks (one
+    matrix product per chunk: ~100x faster than N^2 / 2 vector differences)."""
     n = len(updates)
     dist = np.zeros((n, n), dtype=np.float64)
-    scratch = np.empty(chunk, dtype=np.float64)
-    for _name, start, stop, block in _blocks(updates, spec, chunk, "krum"):
-        diff = scratch[: stop - start]
-        for i in range(n):
-            for j in range(i + 1, n):
-                np.subtract(block[i], block[j], out=diff)
-                dist[i, j] += float(np.dot(diff, diff))
-    return dist + dist.T
+    for _name, _start, _stop, block in blocks(updates, spec, chunk, "krum"):
+        _center(block)
+        sq = np.einsum("ij,ij->i", block, block)
+        part = sq[:, None] + sq[None, :] - 2.0 * (block @ block.T)
+        np.maximum(part, 0.0, out=part)  # rounding may leave a tiny negative
+        dist += part
+    np.fill_diagonal(dist, 0.0)
+    return (dist + dist.T) * 0.5  # exactly symmetric
 
 
 def krum_scores(updates: Updates, f: int, *, chunk: int = CHUNK_ELEMENTS) -> Array:
     """score_i = sum of the squared distances from update i to its n - f - 2 nearest
     other updates (Blanchard et al. 2017, §4)."""
-    _check_chunk(chunk)
+    check_chunk(chunk)
     spec = check_updates(updates, "krum")
     n = len(updates)
     _check_krum(n, f, 1)
@@ -215,15 +178,15 @@ def krum_select(updates: Updates, f: int, m: int = 1, *, chunk: int = CHUNK_ELEM
 def krum(updates: Updates, f: int, m: int = 1, *, chunk: int = CHUNK_ELEMENTS) -> Weights:
     """Krum (Blanchard et al. 2017) for m = 1: a copy of the best-scored update.
     Multi-Krum for m > 1: the unweighted mean of the m best-scored updates (averaged in
-    float64 in index order). Requires n > 2f + 2."""
+    float64 in index order). Requires n > 2f + 2; equal scores go to the lowest index."""
     chosen = krum_select(updates, f, m, chunk=chunk)
     spec = spec_of(updates[0])
     if m == 1:
         best = updates[chosen[0]]
         return {t.name: np.array(best[t.name], dtype=best[t.name].dtype, copy=True) for t in spec}
     picked = [updates[i] for i in sorted(chosen)]
-    out = _empty_like(spec)
-    for name, start, stop, block in _blocks(picked, spec, chunk, "krum"):
+    out = empty_like(updates[0], spec)
+    for name, start, stop, block in blocks(picked, spec, chunk, "krum"):
         out[name].reshape(-1)[start:stop] = block.sum(axis=0) / m
     return out
 
