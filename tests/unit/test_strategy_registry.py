@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fedasync.core.codec import spec_of
 from fedasync.core.config import TaskConfig
-from fedasync.core.errors import ConfigError, SchemaError
+from fedasync.core.errors import ConfigError, IncompatibleUpdateError, SchemaError
 from fedasync.core.strategies import HoldingStrategy, names_for, register, registered, sync_strategy
 from fedasync.core.strategies.base import details_of
 
@@ -88,7 +88,7 @@ def test_a_holding_fold_refuses_a_mis_shaped_update_and_an_empty_round():
     cfg = _cfg(strategy="median")
     spec = spec_of({"w": np.zeros(2, np.float32)})
     fold = sync_strategy(cfg).fold(spec, who="round 0")
-    with pytest.raises(SchemaError):
+    with pytest.raises(IncompatibleUpdateError, match="shape"):
         fold.add({"w": np.zeros(3, np.float32)}, 1, who="u0")
     with pytest.raises(SchemaError, match="no updates"):
         fold.result()
