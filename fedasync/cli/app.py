@@ -41,6 +41,13 @@ def demo(
         list[str] | None,
         typer.Option(help="KEY=VALUE of the strategy's options, e.g. beta=0.2 (repeatable)."),
     ] = None,
+    server_optimizer: Annotated[
+        str | None,
+        typer.Option(
+            help="avgm | adam | yogi | adagrad, with options after a colon, e.g. "
+            "adam:lr=0.03,tau=0.001 (sync rounds, or FedBuff's step)."
+        ),
+    ] = None,
     attackers: Annotated[
         int,
         typer.Option(
@@ -79,10 +86,16 @@ def demo(
             f"{attackers} attackers among {clients} silos leaves no honest one",
             param_hint="--attackers",
         )
-    options = _parse_options(strategy_option or [])
+    extra: dict[str, object] = {}
+    if strategy_option:
+        extra["strategy_options"] = _parse_options(strategy_option, "--strategy-option")
+    if server_optimizer:
+        kind, _, rest = server_optimizer.partition(":")
+        pairs = [p for p in rest.split(",") if p]
+        extra["server_optimizer"] = {"kind": kind, **_parse_options(pairs, "--server-optimizer")}
     opts = DemoOptions(
         attackers=attackers,
-        extra_config={"strategy_options": options} if options else {},
+        extra_config=extra,
         mode=mode,
         strategy=strategy,
         clients=clients,
@@ -102,15 +115,13 @@ def demo(
         raise typer.Exit(1)
 
 
-def _parse_options(pairs: list[str]) -> dict[str, object]:
+def _parse_options(pairs: list[str], hint: str) -> dict[str, object]:
     """`KEY=VALUE` pairs; a value is read as JSON (numbers, true/false) or kept as text."""
     options: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(
-                f"expected KEY=VALUE, got {pair!r}", param_hint="--strategy-option"
-            )
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=hint)
         try:
             options[key] = json.loads(value)
         except ValueError:

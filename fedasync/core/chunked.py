@@ -28,9 +28,7 @@ def is_float(dtype: np.dtype[Any]) -> bool:
     return bool(np.issubdtype(dtype, np.floating)) or dtype.name == "bfloat16"
 
 
-def check_updates(
-    updates: Updates, what: str, labels: Sequence[str] | None = None
-) -> ModelSpec:
+def check_updates(updates: Updates, what: str, labels: Sequence[str] | None = None) -> ModelSpec:
     """The common spec of `updates` (the first one's order); SchemaError naming the first
     update that differs (`labels[i]`, else "update i"), the tensor and what was expected."""
     if len(updates) == 0:

@@ -30,6 +30,7 @@ from fedasync.core.config_parts import (
     parse_staleness,
 )
 from fedasync.core.errors import ConfigError
+from fedasync.core.optimizers import ServerOptimizer
 from fedasync.core.strategies.registry import DEFAULTS, resolve
 
 __all__ = [
@@ -97,6 +98,9 @@ class TaskConfig(BaseModel):
     # for sync, fedasync for async) and its own options, validated by the strategy
     strategy: str | None = None
     strategy_options: dict[str, Any] = Field(default_factory=dict)
+    # Reddi et al. 2021: a server step on the pseudo-gradient (aggregate - global), for
+    # sync rounds and FedBuff's buffer (fedasync.core.optimizers; docs/strategies.md)
+    server_optimizer: ServerOptimizer | None = None
     loss: Loss = Field(
         default="cross_entropy",
         description="what the silos minimise: cross_entropy (classes) or mse (regression)",
@@ -155,6 +159,11 @@ class TaskConfig(BaseModel):
     def _consistent(self) -> Self:
         chosen = resolve(self.mode, self.strategy, self.strategy_options)
         object.__setattr__(self, "strategy", chosen.name)
+        if self.server_optimizer is not None and chosen.name == "fedasync":
+            raise ValueError(
+                "server_optimizer needs a server step on an aggregate: sync strategies and "
+                "fedbuff take one; fedasync mixes each update into the head (use fedbuff)"
+            )
         if self.min_clients is None:
             object.__setattr__(self, "min_clients", default_quorum(len(self.clients)))
         elif self.min_clients > len(self.clients):

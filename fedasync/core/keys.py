@@ -48,6 +48,11 @@ def buffer_key(task_name: str, seq: int) -> str:
     return f"{task_name}/buffer/{seq:08d}.safetensors"
 
 
+def optimizer_key(task_name: str, version: int) -> str:
+    """The server optimizer's state (moments) after the step that made `version`."""
+    return f"{task_name}/server/optimizer/{version:08d}.safetensors"
+
+
 def update_sk(client_id: str, update_id: str, round_id: int | None) -> str:
     """Sync: one update per client per round; async: one item per update id."""
     if round_id is not None:

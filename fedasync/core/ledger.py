@@ -169,6 +169,11 @@ def _round_event(item: Mapping[str, Any]) -> Event | None:
         "members": [str(m) for m in item.get("members", [])],
         "version": int(result["version"]),
         "sha256": str(result["sha256"]),
+        **(
+            {"optimizer_sha256": str(result["optimizer_sha256"])}
+            if result.get("optimizer_sha256")
+            else {}
+        ),
         "opened_at": _float(item.get("opened_at")),
         "closed_at": _float(item.get("closed_at")),
     }

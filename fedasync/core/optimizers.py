@@ -245,7 +245,9 @@ def state_from_tensors(tensors: Mapping[str, Array]) -> OptimizerState:
         raise SchemaError("server optimizer state has no 'step' tensor")
     raw = tensors[STEP_KEY]
     if raw.shape != () or raw.dtype != np.float64:
-        raise SchemaError(f"server optimizer state 'step' is {raw.dtype} {raw.shape}; expected a 0-d float64")
+        raise SchemaError(
+            f"server optimizer state 'step' is {raw.dtype} {raw.shape}; expected a 0-d float64"
+        )
     step = float(raw)
     if not (step >= 0 and step.is_integer() and step < 2**53):
         raise SchemaError(f"server optimizer state 'step' is {step}; expected a whole number >= 0")
@@ -254,8 +256,12 @@ def state_from_tensors(tensors: Mapping[str, Array]) -> OptimizerState:
         if name == STEP_KEY:
             continue
         if name.split("/", 1)[0] not in ("m", "v") or "/" not in name:
-            raise SchemaError(f"server optimizer state has tensor {name!r}; expected m/... or v/...")
+            raise SchemaError(
+                f"server optimizer state has tensor {name!r}; expected m/... or v/..."
+            )
         if arr.dtype != np.float64:
-            raise SchemaError(f"server optimizer state tensor {name!r} is {arr.dtype}; expected float64")
+            raise SchemaError(
+                f"server optimizer state tensor {name!r} is {arr.dtype}; expected float64"
+            )
         moments[name] = np.array(arr, dtype=np.float64, copy=True)
     return OptimizerState(step=int(step), tensors=moments)

@@ -24,6 +24,7 @@ from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import describe, load_payload
 from fedasync.core.errors import ChecksumMismatchError, SchemaError
 from fedasync.core.messages import UpdateRecord
+from fedasync.core.optimizers import OptimizerState, state_to_tensors
 from fedasync.core.strategies import async_strategy, sync_strategy
 
 Loader = Callable[[str], bytes]
@@ -158,6 +159,7 @@ def _replay_sync(
     result: ReplayResult,
 ) -> None:
     by_sk = {str(u["sk"]): u for u in updates}
+    state: OptimizerState | None = None
     for event in sorted(rounds, key=lambda r: int(r["round_id"])):
         round_id = int(event["round_id"])
         if round_id not in versions:
@@ -176,7 +178,18 @@ def _replay_sync(
             weights = load_payload(load(record.s3_key), record, spec, cfg, base=base)
             acc.add(weights, record.num_examples, who=str(sk))
             result.applied += 1
-        versions[int(event["version"])] = codec.encode(acc.result())
+        new_global = acc.result()
+        if cfg.server_optimizer is not None:
+            new_global, state = cfg.server_optimizer.step(
+                codec.decode(versions[round_id]), new_global, state
+            )
+            rebuilt = codec.sha256_bytes(codec.encode(state_to_tensors(state)))
+            if event.get("optimizer_sha256") not in (None, rebuilt):
+                result.problems.append(
+                    f"round {round_id}: the server optimizer state rebuilt has SHA-256 "
+                    f"{rebuilt}; the server recorded {event['optimizer_sha256']}"
+                )
+        versions[int(event["version"])] = codec.encode(new_global)
 
 
 def _replay_async(

@@ -20,7 +20,7 @@ from fedasync.core.decisions import (
     load_payload,
     parse_update_item,
 )
-from fedasync.core.errors import ChecksumMismatchError, FedAsyncError, GlobalRefusedError
+from fedasync.core.errors import FedAsyncError, GlobalRefusedError
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.strategies import async_strategy
 from fedasync.core.target import Report, target_value, with_report
@@ -29,26 +29,12 @@ from fedasync.server import refused
 from fedasync.server.async_effects import after_accept
 from fedasync.server.cache import CACHE
 from fedasync.server.store import ServerStore
+from fedasync.server.stored import load_model
 from fedasync.server.task_view import WAITING, TaskView
 
 log = structlog.get_logger()
 # DynamoDB takes at most 100 items per transaction (the TASK item + one verdict each)
 MAX_RUN = 99
-
-
-async def _model(store: ServerStore, key: str, sha: str | None, who: str) -> Weights:
-    cached = CACHE.get(sha)
-    if cached is not None:
-        return cached
-    data = await store.get_object(key)
-    if sha is not None and codec.sha256_bytes(data) != sha:
-        raise ChecksumMismatchError(
-            f"{who}: stored object {key!r} does not match its recorded SHA-256"
-        )
-    weights = codec.decode(data, who=key)
-    if sha is not None:
-        CACHE.put(sha, weights)
-    return weights
 
 
 @dataclass
@@ -81,7 +67,7 @@ async def _base(store: ServerStore, head: _Head, version: int, who: str) -> Weig
         if version == head.view.head_version
         else CACHE.version_sha(name, version)
     )
-    return await _model(store, keys.global_key(name, version), sha, who)
+    return await load_model(store, keys.global_key(name, version), sha, who)
 
 
 async def _absorb_one(store: ServerStore, head: _Head, record: UpdateRecord) -> Absorbed:
@@ -102,10 +88,10 @@ async def _absorb_one(store: ServerStore, head: _Head, record: UpdateRecord) -> 
     )
     if head.global_w is None:
         key = keys.global_key(cfg.task_name, head.state.version)
-        head.global_w = await _model(store, key, head.head_sha, who)
+        head.global_w = await load_model(store, key, head.head_sha, who)
     if head.state.buffered and head.buffer_sum is None:
         key = keys.buffer_key(cfg.task_name, head.state.absorbed)
-        head.buffer_sum = await _model(store, key, head.buffer_sha, who)
+        head.buffer_sum = await load_model(store, key, head.buffer_sha, who)
     return absorb(
         head.state,
         cfg,

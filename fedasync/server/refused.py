@@ -153,6 +153,24 @@ async def check_round(
     return None
 
 
+def check_stepped(view: TaskView, round_id: int, stepped: Weights) -> GlobalRefusedError | None:
+    """`check_new_global` (finite, in range of the dtype) on the model a server optimizer
+    made of a round's checked aggregate; its step length is the optimizer's, not bounded
+    by `max_update_norm`."""
+    if view.cfg.server_optimizer is None:
+        return None
+    try:
+        check_new_global(
+            stepped,
+            stepped,
+            max_step=None,
+            who=f"round {round_id} of task {view.task_name!r}: the server optimizer's step",
+        )
+    except GlobalRefusedError as exc:
+        return exc
+    return None
+
+
 async def refuse_round(
     store: ServerStore,
     view: TaskView,

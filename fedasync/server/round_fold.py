@@ -11,16 +11,18 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from fedasync.core import codec
+from fedasync.core import codec, keys
 from fedasync.core.codec import Weights
 from fedasync.core.decisions import describe
 from fedasync.core.errors import ChecksumMismatchError
 from fedasync.core.messages import UpdateRecord
+from fedasync.core.optimizers import state_from_tensors, state_to_tensors
 from fedasync.core.strategies import sync_strategy
 from fedasync.core.strategies.base import details_of
 from fedasync.server.cache import CACHE
 from fedasync.server.spill import Spill, spill_root
 from fedasync.server.store import ServerStore
+from fedasync.server.stored import load_model, put_model
 from fedasync.server.task_view import TaskView
 
 
@@ -57,3 +59,26 @@ async def fold_round(
                 del weights
         candidate = fold.result()
         return candidate, details_of(fold)
+
+
+async def server_step(
+    store: ServerStore, view: TaskView, round_id: int, aggregate: Weights
+) -> tuple[Weights, dict[str, Any]]:
+    """The task's server optimizer applied to the round's aggregate (Reddi et al. 2021):
+    the new global model, and what the round's result and the TASK item record (the
+    SHA-256 of the optimizer state it stored for version round_id + 1). Without one, the
+    aggregate is the new global model."""
+    opt = view.cfg.server_optimizer
+    if opt is None:
+        return aggregate, {}
+    name, who = view.task_name, f"round {round_id} of task {view.task_name!r}"
+    global_w = await load_model(store, keys.global_key(name, round_id), view.head_sha256, who)
+    state = None
+    if view.optimizer_sha256 is not None:
+        key = keys.optimizer_key(name, round_id)
+        state = state_from_tensors(await load_model(store, key, view.optimizer_sha256, who))
+    new_global, new_state = opt.step(global_w, aggregate, state)
+    sha, _ = await put_model(
+        store, keys.optimizer_key(name, round_id + 1), state_to_tensors(new_state)
+    )
+    return new_global, {"optimizer_sha256": sha}

@@ -19,7 +19,7 @@ from fedasync.core.verdicts import VERDICT_ATTRIBUTES, settles
 from fedasync.server import refused
 from fedasync.server.finish import finish_task
 from fedasync.server.members import claim_members, dead_undecided
-from fedasync.server.round_fold import fold_round
+from fedasync.server.round_fold import fold_round, server_step
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
@@ -196,6 +196,9 @@ async def _aggregate(
     candidate, details = await fold_round(store, view, round_id, records)
     new_version = round_id + 1
     refusal = await refused.check_round(store, view, round_id, len(members), candidate)
+    if refusal is None:
+        candidate, stepped = await server_step(store, view, round_id, candidate)
+        refusal = refused.check_stepped(view, round_id, candidate)
     if refusal is not None:  # the head stays; the round's result fails the task
         return await refused.refuse_round(store, view, round_id, members, refusal)
     blob = codec.encode(candidate)
@@ -208,6 +211,7 @@ async def _aggregate(
         "accepted": len(members),
         "sha256": sha,
         **details,
+        **stepped,
         **({"dropped": dropped} if dropped else {}),
     }
     committed = await store.transact(
@@ -215,7 +219,12 @@ async def _aggregate(
             store.update_op(
                 view.task_name,
                 keys.TASK_SK,
-                {"head_version": new_version, "head_sha256": sha, "head_size": len(blob)},
+                {
+                    "head_version": new_version,
+                    "head_sha256": sha,
+                    "head_size": len(blob),
+                    **stepped,
+                },
                 condition="#head_version = :expected AND attribute_not_exists(#finished)",
                 condition_values={":expected": round_id},
             ),

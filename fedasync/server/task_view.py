@@ -50,6 +50,8 @@ class TaskView:
     # the task's execution attempt (1, then one more per `fedasync task resume`)
     attempt: int = 1
     incarnation: str | None = None  # the TASK item's: see GlobalModelNotice.incarnation
+    # the server optimizer's state after the head version's step (None: no step yet)
+    optimizer_sha256: str | None = None
 
     @classmethod
     def from_item(cls, task_name: str, item: dict[str, Any] | None) -> TaskView:
@@ -81,6 +83,7 @@ class TaskView:
             waiting=frozenset(str(c) for c in item.get(WAITING) or ()),
             attempt=int(item.get("attempt", 1)),
             incarnation=str(item["incarnation"]) if item.get("incarnation") else None,
+            optimizer_sha256=item.get("optimizer_sha256") or None,
         )
 
     @property
