@@ -102,7 +102,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = _STATE.get("path")
     if path is None:
         return
-    from fedasync.policy.audit import TemplateClients, audit, read_lines, render
+    from fedasync.policy.audit import audit, read_lines
+    from fedasync.policy.audit_names import TemplateClients
+    from fedasync.policy.audit_render import render
 
     lines = read_lines(path)
     if not any(line.get("type") == "principal" for line in lines):

@@ -173,7 +173,8 @@ def _mount_events() -> None:
 
 
 def _mount_task() -> None:
-    from fedasync.cli.task import local_app, task_app
+    from fedasync.cli.local import local_app
+    from fedasync.cli.task import task_app
 
     app.add_typer(task_app, name="task")
     app.add_typer(local_app, name="local")

@@ -84,7 +84,7 @@ def export(
     logs.configure(level="WARNING")
     target = out or Path(f"{name}.events.jsonl")
     try:
-        from fedasync.ops.taskctl import resolve_stack
+        from fedasync.ops.tasklookup import resolve_stack
 
         stack = resolve_stack(
             endpoint_url=endpoint, prefix=prefix, region=None, stack_config=stack_config
@@ -163,7 +163,7 @@ def replay_command(
             events = parse_ledger(lines)
         with tempfile.TemporaryDirectory(prefix="fedasync-replay-") as scratch:
             if objects is None and (endpoint or bucket or prefix or stack_config):
-                from fedasync.ops.taskctl import resolve_stack
+                from fedasync.ops.tasklookup import resolve_stack
 
                 stack = resolve_stack(
                     endpoint_url=endpoint,

@@ -1,4 +1,5 @@
-"""Lambda event source mappings without Docker: a DynamoDB stream pump and an SQS pump.
+"""Lambda event source mappings without Docker: what the DynamoDB stream pump
+(`fedasync.local.stream_pump`) and the SQS pump (`fedasync.local.queue_pump`) share.
 
 Each pump is an asyncio task that reads its source, builds the event Lambda would
 deliver (`fedasync.local.events`), calls a Lambda-style handler in a thread of its own
@@ -10,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,14 +20,12 @@ import structlog
 
 from fedasync.aws.session import AwsContext, principal_credentials
 from fedasync.limits import FunctionLimits, limits_for
-from fedasync.local.events import Event, EventLog, LocalLambdaContext, sqs_record, stream_record
-from fedasync.local.filters import check_pattern, matches
+from fedasync.local.events import Event, EventLog, LocalLambdaContext
 from fedasync.local.invoke import invoke_limited
 
 log = structlog.get_logger()
 
 Handler = Callable[[Event, Any], dict[str, Any] | None]
-FailureSink = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,7 @@ class PumpOptions:
     deliver_twice: bool = False
 
 
-class _Pump:
+class Pump:
     """Shared lifecycle: start as a task, stop cleanly, invoke the handler off the loop."""
 
     source = "pump"
@@ -154,7 +152,7 @@ class _Pump:
         return outcome
 
 
-def _failed_ids(outcome: dict[str, Any] | BaseException | None) -> list[str] | None:
+def failed_ids(outcome: dict[str, Any] | BaseException | None) -> list[str] | None:
     """Item ids the handler reported as failed; None means the whole batch failed."""
     if isinstance(outcome, BaseException):
         return None
@@ -165,169 +163,3 @@ def _failed_ids(outcome: dict[str, Any] | BaseException | None) -> list[str] | N
         return [str(f["itemIdentifier"]) for f in failures]
     except (TypeError, KeyError):
         return None  # a malformed answer fails the whole batch, as Lambda does
-
-
-class StreamPump(_Pump):
-    """Feeds one DynamoDB stream, shard by shard in order, to a stream handler."""
-
-    source = "dynamodb"
-
-    def __init__(
-        self,
-        aws: AwsContext,
-        stream_arn: str,
-        handler: Handler,
-        *,
-        name: str = "aggregate",
-        options: PumpOptions | None = None,
-        event_log: EventLog | None = None,
-        on_failure: FailureSink | None = None,
-        filter_pattern: Mapping[str, Any] | None = None,
-        limits: FunctionLimits | None = None,
-    ) -> None:
-        super().__init__(aws, handler, name, options or PumpOptions(), event_log, limits=limits)
-        self.stream_arn = stream_arn
-        # the mapping's FilterCriteria: records it does not match never reach the handler
-        if filter_pattern is not None:
-            check_pattern(filter_pattern)
-        self._filter = filter_pattern
-        self.failed_batches: list[dict[str, Any]] = []
-        self._on_failure = on_failure
-
-    async def _run(self) -> None:
-        streams = await self.aws.dynamodbstreams()
-        described = await streams.describe_stream(StreamArn=self.stream_arn)
-        shards = [s["ShardId"] for s in described["StreamDescription"]["Shards"]]
-        # moto keeps one shard per table; several would each keep their own order
-        async with asyncio.TaskGroup() as group:
-            for shard_id in shards:
-                group.create_task(self._run_shard(streams, shard_id))
-
-    async def _run_shard(self, streams: Any, shard_id: str) -> None:
-        iterator = (
-            await streams.get_shard_iterator(
-                StreamArn=self.stream_arn,
-                ShardId=shard_id,
-                ShardIteratorType="TRIM_HORIZON",
-            )
-        )["ShardIterator"]
-        while iterator and not self._stopping.is_set():
-            page = await streams.get_records(ShardIterator=iterator, Limit=self.options.batch_size)
-            raw = page.get("Records", [])
-            records = [stream_record(r, self.stream_arn, self.aws.region) for r in raw]
-            if self._filter is not None:
-                records = [r for r in records if matches(self._filter, r)]
-            if records:
-                await self._process(records, shard_id, attempt=0)
-            elif not raw:
-                await self._pause()
-            iterator = page.get("NextShardIterator")
-
-    async def _process(
-        self, records: Sequence[dict[str, Any]], shard_id: str, attempt: int
-    ) -> None:
-        """Deliver until every record is checkpointed or the retries are spent."""
-        while records:
-            failed = _failed_ids(await self._invoke({"Records": list(records)}))
-            if failed == []:
-                return
-            first = self._first_failed(records, failed)
-            if failed is None and self.options.bisect_on_error and len(records) > 1:
-                half = len(records) // 2
-                await self._process(records[:half], shard_id, attempt)
-                await self._process(records[half:], shard_id, attempt)
-                return
-            records = records[first:]  # records before the first failure are done
-            attempt += 1
-            if attempt > self.options.max_retries:
-                await self._give_up(records, shard_id, attempt)
-                return
-
-    @staticmethod
-    def _first_failed(records: Sequence[dict[str, Any]], failed: list[str] | None) -> int:
-        sequence = [r["dynamodb"]["SequenceNumber"] for r in records]
-        if failed is None or any(f not in sequence for f in failed):
-            return 0
-        return min(sequence.index(f) for f in failed)
-
-    async def _give_up(
-        self, records: Sequence[dict[str, Any]], shard_id: str, attempt: int
-    ) -> None:
-        # The shape of Lambda's on-failure destination record for stream sources
-        info = {
-            "requestContext": {
-                "condition": "RetryAttemptsExhausted",
-                "approximateInvokeCount": attempt,
-            },
-            "DDBStreamBatchInfo": {
-                "shardId": shard_id,
-                "startSequenceNumber": records[0]["dynamodb"]["SequenceNumber"],
-                "endSequenceNumber": records[-1]["dynamodb"]["SequenceNumber"],
-                "batchSize": len(records),
-                "streamArn": self.stream_arn,
-            },
-        }
-        self.failed_batches.append(info)
-        log.error("pump.batch_discarded", pump=self._name, **info["DDBStreamBatchInfo"])
-        if self._on_failure is not None:
-            sent = self._on_failure(info)
-            if inspect.isawaitable(sent):
-                await sent
-
-
-class QueuePump(_Pump):
-    """Feeds an SQS queue to a handler; failed messages are left to become visible again.
-
-    As Lambda does: a failed message is left alone, and comes back once the queue's
-    VisibilityTimeout has run out (the control queue's: `CONTROL_VISIBILITY_S`). No
-    quicker retry here, or the embedded stack would hide a wait that times out on AWS.
-    """
-
-    source = "sqs"
-
-    def __init__(
-        self,
-        aws: AwsContext,
-        queue_url: str,
-        handler: Handler,
-        *,
-        name: str = "control",
-        options: PumpOptions | None = None,
-        event_log: EventLog | None = None,
-        wait_time_s: int = 1,
-        limits: FunctionLimits | None = None,
-    ) -> None:
-        super().__init__(aws, handler, name, options or PumpOptions(), event_log, limits=limits)
-        self.queue_url = queue_url
-        # short long-polls so that stop() is honoured within a second
-        self._wait_time_s = wait_time_s
-
-    async def _run(self) -> None:
-        sqs = await self.aws.sqs()
-        attrs = await sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
-        queue_arn = attrs["Attributes"]["QueueArn"]
-        while not self._stopping.is_set():
-            page = await sqs.receive_message(
-                QueueUrl=self.queue_url,
-                MaxNumberOfMessages=min(self.options.batch_size, 10),
-                WaitTimeSeconds=self._wait_time_s,
-                AttributeNames=["All"],
-                MessageAttributeNames=["All"],
-            )
-            messages = page.get("Messages", [])
-            if messages:
-                records = [sqs_record(dict(m), queue_arn, self.aws.region) for m in messages]
-                await self._settle(sqs, records)
-
-    async def _settle(self, sqs: Any, records: list[dict[str, Any]]) -> None:
-        failed = _failed_ids(await self._invoke({"Records": records}))
-        known = {r["messageId"] for r in records}
-        if failed is not None and any(f not in known for f in failed):
-            failed = None
-        for record in records:
-            if failed is not None and record["messageId"] not in failed:
-                await sqs.delete_message(
-                    QueueUrl=self.queue_url, ReceiptHandle=record["receiptHandle"]
-                )
-            else:  # left to the queue's VisibilityTimeout (and its redrive to the DLQ)
-                log.info("pump.message_left", pump=self._name, message_id=record["messageId"])

@@ -20,8 +20,10 @@ from fedasync.deployment import Deployment
 from fedasync.limits import FunctionLimits, limits_for
 from fedasync.local.events import EventLog
 from fedasync.local.provision import provision
-from fedasync.local.pumps import Handler, PumpOptions, QueuePump, StreamPump
+from fedasync.local.pumps import Handler, PumpOptions
+from fedasync.local.queue_pump import QueuePump
 from fedasync.local.server import LocalMotoServer
+from fedasync.local.stream_pump import StreamPump
 from fedasync.resources import AGGREGATE_HANDLER, AGGREGATE_STREAM_FILTER, CONTROL_HANDLER
 
 log = structlog.get_logger()

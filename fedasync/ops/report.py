@@ -1,255 +1,33 @@
 """`report.html`: one demo run as a static page, with its plots as PNGs beside it.
 
-Reads the run's summary (`fedasync.ops.demo`) and its ledger (one dict per line of
-`events.jsonl`) and draws what a person wants to see at a glance: accuracy against time
-and against version, what each client contributed, how stale async updates were and how
-long sync rounds took. Missing data omits a plot with a note; it never fails the run.
-
-Figures are drawn with `Figure` + `FigureCanvasAgg`, not pyplot: no global backend or
-figure registry is touched, so the report can be written from any thread or process.
-Client ids, reasons and details come from untrusted records: every piece of text that
-reaches the HTML goes through `html.escape`, and every label drawn by matplotlib has its
-`$` escaped so a hostile id cannot start mathtext.
+Reads the run's summary (`fedasync.ops.demo`) and its ledger (`fedasync.ops.report_data`)
+and shows what a person wants to see at a glance: accuracy against time and against
+version, what each client contributed, how stale async updates were and how long sync
+rounds took (`fedasync.ops.report_plots`), and the silos' evaluation
+(`fedasync.ops.report_evals`). Missing data omits a plot with a note; it never fails the
+run. Client ids, reasons and details come from untrusted records: every piece of text
+that reaches the HTML goes through `html.escape`.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import math
-import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
+from fedasync.ops.report_data import number
 from fedasync.ops.report_evals import evaluation_html, evaluation_plot, silo_evaluation
+from fedasync.ops.report_plots import DPI, Plot, build_plots
 
-DPI = 110
-ACCEPTED, REJECTED, LINE = "#2a9d8f", "#e76f51", "#264653"
-LABEL_CHARS = 24
 MAX_REJECTED_ROWS = 200
 
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True)
-class Plot:
-    """One plot of the report: its file stem, caption, and the figure or why there is none."""
-
-    name: str
-    caption: str
-    figure: Figure | None
-    note: str = ""
-
-
-# --- the data, read defensively --------------------------------------------------------
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None  # NaN is missing, not a point
-
-
-def _events(ledger: Iterable[Any], kind: str) -> list[Mapping[str, Any]]:
-    return [e for e in ledger if isinstance(e, Mapping) and e.get("kind") == kind]
-
-
-def _curve(summary: Mapping[str, Any], x_key: str) -> list[tuple[float, float]]:
-    points = []
-    for point in summary.get("accuracy_curve") or []:
-        if not isinstance(point, Mapping):
-            continue
-        x, y = _number(point.get(x_key)), _number(point.get("accuracy"))
-        if x is not None and y is not None:
-            points.append((x, y))
-    return sorted(points)
-
-
-def contributions(ledger: Iterable[Any]) -> dict[str, tuple[int, int]]:
-    """Per client: (accepted, rejected) updates, from the ledger's update events."""
-    counts: dict[str, Counter[str]] = {}
-    for event in _events(ledger, "update"):
-        client = str(event.get("client_id") or "(unknown)")
-        counts.setdefault(client, Counter())[str(event.get("verdict"))] += 1
-    ordered = sorted(counts, key=_natural)
-    return {c: (counts[c]["accepted"], counts[c]["rejected"]) for c in ordered}
-
-
-def _natural(text: str) -> list[tuple[int, int | str]]:
-    """'silo-2' before 'silo-10'."""
-    return [(0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", text) if t]
-
-
-def staleness(summary: Mapping[str, Any], ledger: Iterable[Any]) -> list[int]:
-    """Staleness of accepted updates: the ledger's, else the summary's list."""
-    from_ledger = [
-        int(s)
-        for e in _events(ledger, "update")
-        if e.get("verdict") == "accepted" and (s := _number(e.get("staleness"))) is not None
-    ]
-    if from_ledger:
-        return from_ledger
-    return [int(s) for s in summary.get("staleness") or [] if _number(s) is not None]
-
-
-def round_durations(ledger: Iterable[Any]) -> list[tuple[int, float]]:
-    """(round, seconds): closed_at − opened_at of round events, else the gaps between
-    successive versions' commit times (round r produces version r + 1)."""
-    events = list(ledger)
-    spans = []
-    for event in _events(events, "round"):
-        opened, closed = _number(event.get("opened_at")), _number(event.get("closed_at"))
-        rid = _number(event.get("round_id"))
-        if rid is not None and opened is not None and closed is not None and closed >= opened:
-            spans.append((int(rid), closed - opened))
-    if spans:
-        return sorted(spans)
-    commits = {}
-    for event in _events(events, "version"):
-        version, at = _number(event.get("version")), _number(event.get("committed_at"))
-        if version is not None and at is not None:
-            commits[int(version)] = at
-    return [
-        (v - 1, commits[v] - commits[v - 1])
-        for v in sorted(commits)
-        if v - 1 in commits and commits[v] >= commits[v - 1]
-    ]
-
-
-# --- the figures -----------------------------------------------------------------------
-
-
-def _label(text: str) -> str:
-    short = text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…"
-    return short.replace("$", r"\$")
-
-
-def _axes(title: str, xlabel: str, ylabel: str, size: tuple[float, float] = (7.0, 4.0)) -> Axes:
-    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.set_title(title, fontsize=12, fontweight="bold", loc="left")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.spines[["top", "right"]].set_visible(False)
-    ax.set_axisbelow(True)
-    return ax
-
-
-def _bars_legend(ax: Axes, *, counts: bool) -> None:
-    """Bar charts: no gridlines between bars, the legend above the plot, never over a bar."""
-    ax.grid(axis="x", visible=False)
-    if counts:
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(top=ax.get_ylim()[1] * 1.12)  # headroom for the bar labels
-    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, frameon=False)
-
-
-def _figure(ax: Axes) -> Figure:
-    fig = ax.get_figure()
-    assert isinstance(fig, Figure)
-    return fig
-
-
-def accuracy_plot(points: list[tuple[float, float]], xlabel: str, title: str) -> Figure:
-    ax = _axes(title, xlabel, "held-out accuracy")
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    ax.plot(xs, ys, color=LINE, marker="o", markersize=4, linewidth=1.8,
-            label=f"global model (final {ys[-1]:.3f})")  # fmt: skip
-    best = max(range(len(ys)), key=ys.__getitem__)
-    ax.scatter([xs[best]], [ys[best]], s=80, color=ACCEPTED, zorder=3, label=f"best {ys[best]:.3f}")
-    ax.set_ylim(min(0.0, *ys), 1.02)
-    if "version" in xlabel:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(loc="lower right", frameon=False)
-    return _figure(ax)
-
-
-def contributions_plot(counts: dict[str, tuple[int, int]]) -> Figure:
-    names = list(counts)
-    width = min(16.0, max(7.0, 0.45 * len(names)))
-    ax = _axes("Updates per client", "client", "updates", size=(width, 4.2))
-    accepted = [counts[n][0] for n in names]
-    rejected = [counts[n][1] for n in names]
-    ticks = range(len(names))
-    ax.bar(ticks, accepted, width=0.6, color=ACCEPTED, label="accepted")
-    top = ax.bar(ticks, rejected, width=0.6, bottom=accepted, color=REJECTED, label="rejected")
-    ax.bar_label(top, labels=[str(a + r) for a, r in zip(accepted, rejected, strict=True)],
-                 padding=2, fontsize=9)  # fmt: skip
-    tilt = len(names) > 6
-    ax.set_xticks(list(ticks), [_label(n) for n in names], rotation=40 if tilt else 0,
-                  ha="right" if tilt else "center", rotation_mode="anchor")  # fmt: skip
-    _bars_legend(ax, counts=True)
-    return _figure(ax)
-
-
-def staleness_plot(values: list[int]) -> Figure:
-    ax = _axes("Staleness of accepted updates", "staleness (versions behind the head)", "updates")
-    counts = Counter(values)
-    xs = list(range(min(counts), max(counts) + 1))
-    ax.bar(xs, [counts[x] for x in xs], color=LINE, width=0.7, label="accepted updates")
-    mean = sum(values) / len(values)
-    ax.axvline(mean, color=REJECTED, linestyle="--", label=f"mean {mean:.2f}")
-    ax.set_xticks(xs if len(xs) <= 25 else xs[:: len(xs) // 20 + 1])
-    _bars_legend(ax, counts=True)
-    return _figure(ax)
-
-
-def rounds_plot(spans: list[tuple[int, float]]) -> Figure:
-    ax = _axes("Round durations", "round", "seconds")
-    rounds, seconds = [r for r, _ in spans], [s for _, s in spans]
-    ax.bar(rounds, seconds, color=LINE, width=0.7, label="round")
-    mean = sum(seconds) / len(seconds)
-    ax.axhline(mean, color=REJECTED, linestyle="--", label=f"mean {mean:.2f} s")
-    ax.set_xticks(rounds if len(rounds) <= 25 else rounds[:: len(rounds) // 20 + 1])
-    _bars_legend(ax, counts=False)
-    return _figure(ax)
-
-
-def _maybe(name: str, caption: str, ok: bool, draw: Callable[[], Figure], note: str) -> Plot:
-    if not ok:
-        return Plot(name, caption, None, note)
-    try:
-        return Plot(name, caption, draw())
-    except Exception as exc:  # a report is a by-product: one bad plot must not end the run
-        log.warning("report.plot_failed", plot=name, error=f"{type(exc).__name__}: {exc}")
-        return Plot(name, caption, None, "it could not be drawn (see the log)")
-
-
-def build_plots(summary: Mapping[str, Any], ledger: list[Any]) -> list[Plot]:
-    by_time, by_version = _curve(summary, "seconds"), _curve(summary, "version")
-    counts, stale = contributions(ledger), staleness(summary, ledger)
-    spans = round_durations(ledger)
-    mode = summary.get("mode")
-    return [
-        _maybe("accuracy_time", "Accuracy against wall-clock time", bool(by_time),
-               lambda: accuracy_plot(by_time, "seconds since start", "Accuracy over time"),
-               "no accuracy curve was recorded"),
-        _maybe("accuracy_version", "Accuracy against global version", bool(by_version),
-               lambda: accuracy_plot(by_version, "global version", "Accuracy per version"),
-               "no accuracy curve was recorded"),
-        _maybe("contributions", "Accepted and rejected updates per client", bool(counts),
-               lambda: contributions_plot(counts), "the ledger has no update events"),
-        _maybe("staleness", "Staleness histogram (async)", mode != "sync" and bool(stale),
-               lambda: staleness_plot(stale),
-               "sync rounds have no staleness" if mode == "sync" else "no staleness recorded"),
-        _maybe("rounds", "Round durations (sync)", mode == "sync" and bool(spans),
-               lambda: rounds_plot(spans),
-               "async tasks have no rounds" if mode != "sync" else "no round timings recorded"),
-    ]  # fmt: skip
-
-
-# --- the page ----------------------------------------------------------------------------
 
 CSS = """
 body{font:15px/1.5 system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2b33;padding:0 1rem}
@@ -276,7 +54,7 @@ def _status(execution: Any) -> str:
 
 def _header(summary: Mapping[str, Any]) -> str:
     rejected = summary.get("rejected_updates") or []
-    accuracy = _number(summary.get("final_accuracy"))
+    accuracy = number(summary.get("final_accuracy"))
     replay = summary.get("replay")
     rows = [
         ("task", _e(summary.get("task_name"))),

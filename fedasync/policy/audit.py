@@ -14,6 +14,9 @@ statements. A request the deployed role would refuse is a finding (unless expect
 so is a statement, or an action of a statement, that no call used. Calls signed by
 keys of no principal are the test harness's own (provisioning, oracles) and are counted,
 not judged.
+
+Whose a call is and how its resource is renamed: `fedasync.policy.audit_names`; the
+report as lines for the terminal: `fedasync.policy.audit_render`.
 """
 
 from __future__ import annotations
@@ -26,17 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedasync.policy.audit_names import (
+    CLIENT_PREFIX,
+    ENGINE_KEY,
+    Owner,
+    TemplateClients,
+    engine_owner,
+    generic,
+    kind,
+    rename_clients,
+    statement_key,
+    template_resource,
+)
 from fedasync.policy.evaluate import Request, Statement, evaluate, glob
-from fedasync.policy.template import ACCOUNT
-
-CLIENT_PREFIX = "client:"
-
-
-@dataclass(frozen=True)
-class Owner:
-    principal: str
-    prefix: str
-    region: str
 
 
 @dataclass
@@ -84,63 +89,6 @@ def client_ids(lines: Iterable[Mapping[str, Any]]) -> list[str]:
             if line.get("type") == "principal" and str(line["principal"]).startswith(CLIENT_PREFIX)
         }
     )
-
-
-# moto's Step Functions engine signs its states' service calls with a key of its own
-# (announced in an `engine` line; moto's default is the fixed "ak"): the stack whose
-# state machine made the call is the one the resource belongs to.
-ENGINE_KEY = "ak"
-_STACK_RESOURCE = re.compile(r"[:/]([a-z][a-z0-9-]*?)-(?:table|control)$")
-
-
-def _engine(call: Mapping[str, Any], engine_keys: set[str]) -> Owner | None:
-    if call.get("access_key") not in engine_keys:
-        return None
-    match = _STACK_RESOURCE.search(str(call["resource"]))
-    region = str(call["resource"]).split(":")[3] if str(call["resource"]).count(":") > 3 else ""
-    return Owner("state-machine", match.group(1), region or "us-east-1") if match else None
-
-
-def kind(principal: str) -> str:
-    """`client:silo-0` -> `client`; the server principals are their own kind."""
-    return "client" if principal.startswith(CLIENT_PREFIX) else principal
-
-
-def to_template(resource: str, owner: Owner, template_prefix: str) -> str:
-    """Rename the owner's stack resources to the template's (`{prefix}-` after : or /)."""
-    if owner.prefix == template_prefix:
-        return resource
-    return re.sub(rf"(?<=[:/]){re.escape(owner.prefix)}-", f"{template_prefix}-", resource)
-
-
-def _resource(call: Mapping[str, Any], owner: Owner, template_prefix: str) -> str:
-    resource = str(call["resource"])
-    if resource == "*" and str(call["action"]).startswith("states:SendTask"):
-        # A task token names no resource in the request; the token is the stack's own.
-        return f"arn:aws:states:{owner.region}:{ACCOUNT}:stateMachine:{template_prefix}-fl-task"
-    return to_template(resource, owner, template_prefix)
-
-
-@dataclass(frozen=True)
-class TemplateClients:
-    """The template's two stand-in clients: every client is judged as `me` (its own id
-    renamed so in the resources it names), any other client of its stack as `other`.
-    Client roles differ only by the id, and one template per run with every client id
-    a run uses would pass CloudFormation's 500-resource limit."""
-
-    me: str = "audit-self"
-    other: str = "audit-other"
-
-
-def rename_clients(
-    resource: str, me: str | None, clients: Iterable[str], to: TemplateClients
-) -> str:
-    for client in sorted(clients, key=len, reverse=True):
-        stand_in = to.me if client == me else to.other
-        c = re.escape(client)
-        resource = re.sub(f"/local/{c}/", f"/local/{stand_in}/", resource)
-        resource = re.sub(f"-client-{c}(?=$|-dlq$)", f"-client-{stand_in}", resource)
-    return resource
 
 
 def audit(
@@ -196,7 +144,7 @@ class _Auditor:
             self.report.unparsed += 1
         elif kind_ == "call":
             self.report.calls += 1
-            owner = self.owners.get(str(line["access_key"])) or _engine(line, self.engine_keys)
+            owner = self.owners.get(str(line["access_key"])) or engine_owner(line, self.engine_keys)
             if owner is None:
                 self.report.harness_calls += 1
             else:
@@ -214,7 +162,7 @@ class _Auditor:
         # a stack of more than 200 clients has notice topic shards `-1`, `-2`...; the
         # template, synthesized with few clients, has one: every grant on the notice
         # topics names all shards (`StackArns.notice_topics`), so shard 0 stands for each
-        resource = _SHARD.sub(r"\1", _resource(call, owner, self.template_prefix))
+        resource = _SHARD.sub(r"\1", template_resource(call, owner, self.template_prefix))
         if self.stand_ins is None:
             return owner.principal, resource
         me = (
@@ -237,7 +185,7 @@ class _Auditor:
             report.used[kind(principal)][action] += 1
             for statement in decision.allowed_by:
                 self.used_statements[kind(principal)].add(
-                    (_statement_key(statement), action.lower())
+                    (statement_key(statement), action.lower())
                 )
             if is_expected:
                 report.unexpected_allows.append(f"{principal} {action} {resource} ({self.test})")
@@ -259,7 +207,7 @@ class _Auditor:
 
 def _shape(resource: str, owner: Owner) -> str:
     """Group refusals of the same kind: a client's own id varies."""
-    return _generic(resource, owner.principal)
+    return generic(resource, owner.principal)
 
 
 def _reason(principal: str, statements: Mapping[str, tuple[Statement, ...]], decision: Any) -> str:
@@ -273,20 +221,6 @@ def _reason(principal: str, statements: Mapping[str, tuple[Statement, ...]], dec
             for s, failed in decision.near_misses
         )
     return "no statement allows it"
-
-
-def _statement_key(statement: Statement) -> str:
-    return f"{kind(statement.origin)}:{statement.sid or '/'.join(sorted(statement.actions))}" + (
-        f"@{','.join(sorted(_generic(r, statement.origin) for r in statement.resources))}"
-    )
-
-
-def _generic(resource: str, origin: str) -> str:
-    if not origin.startswith(CLIENT_PREFIX):
-        return resource
-    client = re.escape(origin.removeprefix(CLIENT_PREFIX))
-    generic = re.sub(f"/{client}/", "/<self>/", resource)
-    return re.sub(f"-client-{client}(?=$|-dlq$)", "-client-<self>", generic)
 
 
 # Granted for AWS services to act on the role's behalf (Lambda's log delivery, the event
@@ -311,7 +245,7 @@ def _unused(
         for statement in principal_statements:
             if statement.effect != "Allow":
                 continue
-            key = _statement_key(statement)
+            key = statement_key(statement)
             hits = {a for k, a in used.get(kind(principal), set()) if k == key}
             idle = [
                 a
@@ -320,42 +254,7 @@ def _unused(
                 and not any(glob(s, a, case_sensitive=False) for s in SERVICE_ACTIONS)
             ]
             if idle:
-                resources = ", ".join(_generic(r, principal) for r in statement.resources)
+                resources = ", ".join(generic(r, principal) for r in statement.resources)
                 label = f" ({statement.sid})" if statement.sid else ""
                 out.add(f"{kind(principal)}{label}: {', '.join(idle)} on {resources}")
     return sorted(out)
-
-
-def render(report: AuditReport) -> list[str]:
-    lines = [
-        f"call audit: {report.calls} authorisations recorded, "
-        f"{report.harness_calls} by the test harness (not judged), "
-        f"{report.expected_refusals} refused as the tests expected"
-    ]
-    if report.unparsed:
-        lines.append(f"  {report.unparsed} request(s) could not be parsed")
-    lines.append("actions used, per principal (clients together):")
-    for principal in sorted(report.used):
-        actions = ", ".join(f"{a} ({n})" for a, n in sorted(report.used[principal].items()))
-        lines.append(f"  {principal}: {actions}")
-    if report.refusals:
-        lines.append(
-            f"REFUSED: {len(report.refusals)} kind(s) of request the deployed roles refuse:"
-        )
-        for refusal in report.refusals.values():
-            some_tests = ", ".join(sorted(refusal.tests)[:3])
-            lines.append(
-                f"  {refusal.principal} {refusal.action} {refusal.resource} "
-                f"x{refusal.count}: {refusal.reason}"
-            )
-            lines.append(f"    statement needed: {json.dumps(refusal.needed, sort_keys=True)}")
-            lines.append(f"    in: {some_tests}")
-    for allowed in report.unexpected_allows:
-        lines.append(f"ALLOWED, though a test expected a refusal: {allowed}")
-    if report.unused:
-        lines.append(
-            "granted but no recorded call used it (least privilege; not counting "
-            f"{', '.join(SERVICE_ACTIONS)}, which AWS services use on the role's behalf):"
-        )
-        lines.extend(f"  {u}" for u in report.unused)
-    return lines

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from fedasync.aws.session import AwsContext, denial, refusal_message
 from fedasync.cli import app
-from fedasync.cli.task import _write_files
+from fedasync.cli.local import write_files
 from fedasync.core import keys
 from fedasync.deployment import Deployment
 from fedasync.local.principals import stack_arns
@@ -44,7 +44,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Embed
 def stack_config(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> Path:
     # what `fedasync local up --stack-config PATH` writes
     path = tmp_path_factory.mktemp("stack") / "stack.json"
-    _write_files(stack.endpoints, path)
+    write_files(stack.endpoints, path)
     return path
 
 

@@ -17,9 +17,10 @@ from fedasync.limits import AGGREGATE_LIMITS, CONTROL_LIMITS, FunctionLimits
 from fedasync.local.events import LocalLambdaContext
 from fedasync.local.invoke import InvocationKilledError, invoke_limited
 from fedasync.local.provision import provision
-from fedasync.local.pumps import QueuePump, StreamPump
+from fedasync.local.queue_pump import QueuePump
 from fedasync.local.server import LocalMotoServer
 from fedasync.local.stack import EmbeddedStack
+from fedasync.local.stream_pump import StreamPump
 from tests.integration.test_stack_pumps import Recorder, put
 
 TIGHT = FunctionLimits(timeout_s=0.5, memory_mb=32)

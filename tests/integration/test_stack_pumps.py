@@ -14,7 +14,9 @@ from fedasync.aws.session import AwsContext
 from fedasync.deployment import Deployment
 from fedasync.local.events import EventLog
 from fedasync.local.provision import provision
-from fedasync.local.pumps import PumpOptions, QueuePump, StreamPump
+from fedasync.local.pumps import PumpOptions
+from fedasync.local.queue_pump import QueuePump
+from fedasync.local.stream_pump import StreamPump
 from fedasync.resources import AGGREGATE_STREAM_FILTER
 
 STREAM_RECORD_KEYS = {

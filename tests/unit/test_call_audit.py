@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fedasync.policy.audit import TemplateClients, audit, rename_clients, render
+from fedasync.policy.audit import audit
+from fedasync.policy.audit_names import TemplateClients, rename_clients
+from fedasync.policy.audit_render import render
 from fedasync.policy.evaluate import Statement
 
 TABLE = "arn:aws:dynamodb:us-east-1:123456789012:table/{}-table"

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from fedasync.ops.report import contributions, round_durations, staleness, write_report
+from fedasync.ops.report import write_report
+from fedasync.ops.report_data import contributions, round_durations, staleness
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "<script>alert(1)</script>$x$"
