@@ -1,22 +1,19 @@
 """Module sizes (issue 20): no module in fedasync/ over 300 lines, no handler over 50.
 
 A module over the limit is split along a real seam (one concern per module), not
-shortened by squeezing lines. The allow-list holds modules whose split is under way
-elsewhere; an entry that is no longer over the limit must leave it.
+shortened by squeezing lines. The allow-list is empty: every module fits.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_LIMIT = 300
 HANDLER_LIMIT = 50
 
 # Relative to the repository root. Only modules still over MODULE_LIMIT belong here.
-ALLOWED_OVER_LIMIT = frozenset({"fedasync/core/config.py"})  # the lead splits it
+ALLOWED_OVER_LIMIT: frozenset[str] = frozenset()
 
 
 def lines(path: Path) -> int:
@@ -60,15 +57,6 @@ def test_every_handler_file_is_at_most_50_lines():
     found = too_long(handlers, HANDLER_LIMIT, ROOT, frozenset())
     # THEN each is wiring only
     assert found == [], "a handler is wiring only:\n" + "\n".join(found)
-
-
-@pytest.mark.parametrize("name", sorted(ALLOWED_OVER_LIMIT))
-def test_an_allowed_module_is_still_over_the_limit(name):
-    # GIVEN a module the allow-list excuses
-    path = ROOT / name
-    # THEN it exists and still needs the excuse (once split, it leaves the list)
-    assert path.is_file(), f"{name} is on the allow-list but does not exist"
-    assert lines(path) > MODULE_LIMIT, f"{name} is within the limit: remove it from the list"
 
 
 def test_the_check_names_each_module_over_the_limit_and_its_size(tmp_path):
