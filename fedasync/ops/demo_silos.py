@@ -65,7 +65,14 @@ class StragglerTrainer:
 def demo_data(opts: DemoOptions) -> tuple[list[Dataset], Dataset]:
     """Each silo's share of the digits training split, and the shared held-out split."""
     splits = [
-        demo_silo(i, opts.clients, alpha=opts.dirichlet_alpha, seed=opts.seed)
+        demo_silo(
+            i,
+            opts.clients,
+            alpha=opts.dirichlet_alpha,
+            seed=opts.seed,
+            kind=opts.partition,
+            shards_per_client=opts.shards_per_client,
+        )
         for i in range(opts.clients)
     ]
     return [train for train, _ in splits], splits[0][1]
