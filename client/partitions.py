@@ -27,6 +27,11 @@ import numpy.typing as npt
 IntArray = npt.NDArray[np.int64]
 Labels = npt.NDArray[np.integer[Any]]
 
+
+class PartitionError(ValueError):
+    """The split asked for cannot be made (its parameters, or too few examples)."""
+
+
 DEFAULT_MIN_EXAMPLES = 10
 DEFAULT_SHARDS_PER_CLIENT = 2
 _MAX_DRAWS = 1000
@@ -47,14 +52,14 @@ def dirichlet_partition(
     together cover every example.
     """
     if n_clients < 1 or alpha <= 0.0:
-        raise ValueError(f"need n_clients >= 1 and alpha > 0; got {n_clients} and {alpha}")
+        raise PartitionError(f"need n_clients >= 1 and alpha > 0; got {n_clients} and {alpha}")
     _check_minimum(len(y), n_clients, min_examples)
     rng = np.random.default_rng(seed)
     for _ in range(_MAX_DRAWS):
         parts = _draw_partition(y, n_clients, alpha, rng)
         if min(len(p) for p in parts) >= max(1, min_examples):
             return parts
-    raise ValueError(
+    raise PartitionError(
         f"no Dirichlet({alpha}) partition of {len(y)} examples over {n_clients} clients gave "
         f"each >= {min_examples} examples in {_MAX_DRAWS} draws; raise alpha or lower the minimum"
     )
@@ -84,13 +89,13 @@ def shard_partition(
     `n_clients * shards_per_client` contiguous shards whose sizes differ by at most one,
     `shards_per_client` of them dealt to each client by a seeded permutation."""
     if n_clients < 1 or shards_per_client < 1:
-        raise ValueError(
+        raise PartitionError(
             f"need n_clients >= 1 and shards_per_client >= 1; got {n_clients} and "
             f"{shards_per_client}"
         )
     shards = n_clients * shards_per_client
     if shards > len(y):
-        raise ValueError(
+        raise PartitionError(
             f"{len(y)} examples cannot be cut into {shards} shards ({n_clients} clients x "
             f"{shards_per_client}): every shard needs an example; lower --shards-per-client"
         )
@@ -112,7 +117,7 @@ def quantity_partition(
     from Dirichlet(alpha) over the clients (rounded by largest remainder, so they sum to
     the rest exactly); the examples are a seeded shuffle cut at those sizes."""
     if n_clients < 1 or alpha <= 0.0:
-        raise ValueError(f"need n_clients >= 1 and alpha > 0; got {n_clients} and {alpha}")
+        raise PartitionError(f"need n_clients >= 1 and alpha > 0; got {n_clients} and {alpha}")
     _check_minimum(len(y), n_clients, max(1, min_examples))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(y))
@@ -129,7 +134,7 @@ def quantity_partition(
 
 def _check_minimum(n_examples: int, n_clients: int, min_examples: int) -> None:
     if n_clients * max(1, min_examples) > n_examples:
-        raise ValueError(
+        raise PartitionError(
             f"{n_examples} examples cannot give {n_clients} clients {max(1, min_examples)} each"
         )
 
@@ -149,14 +154,16 @@ def partition(
     (`alpha`, `min_examples`; `shards_per_client`); a parameter of another kind is an
     error, not silently dropped."""
     if kind not in _PARTITIONERS:
-        raise ValueError(f"unknown partition {kind!r}; expected one of {', '.join(PARTITIONS)}")
+        raise PartitionError(f"unknown partition {kind!r}; expected one of {', '.join(PARTITIONS)}")
     split, allowed = _PARTITIONERS[kind]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise ValueError(f"partition {kind!r} takes {', '.join(allowed)}; not {', '.join(unknown)}")
+        raise PartitionError(
+            f"partition {kind!r} takes {', '.join(allowed)}; not {', '.join(unknown)}"
+        )
     if kind == "shards":
         return split(labels, n_clients, seed, **params)
     if "alpha" not in params:
-        raise ValueError(f"partition {kind!r} needs alpha")
+        raise PartitionError(f"partition {kind!r} needs alpha")
     alpha = params.pop("alpha")
     return split(labels, n_clients, alpha, seed, **params)

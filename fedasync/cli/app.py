@@ -62,6 +62,7 @@ def demo(
 
     Example: fedasync demo --mode async --strategy fedbuff --clients 8 --stragglers lognormal:1
     """
+    from client.partitions import PartitionError
     from fedasync.ops.demo import DemoOptions, run_demo
 
     # rejections are counted in the summary; only errors interrupt the live view
@@ -85,7 +86,10 @@ def demo(
         train_seconds=train_seconds,
     )
     console.print(f"running a {mode} task with {clients} silos on the embedded stack…")
-    summary = asyncio.run(run_demo(opts))
+    try:
+        summary = asyncio.run(run_demo(opts))
+    except PartitionError as exc:  # the split is made before the stack starts
+        raise typer.BadParameter(str(exc), param_hint="--partition") from None
     _print_summary(summary)
     if summary["execution"]["status"] != "SUCCEEDED":
         raise typer.Exit(1)

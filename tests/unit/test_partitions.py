@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from client.data import demo_silo, load_digits, train_test_split
 from client.partitions import (
@@ -150,3 +151,25 @@ def test_demo_silo_with_shards_gives_each_silo_at_most_two_classes_of_digits():
     # (a shard of ~144 sorted examples may straddle two classes of ~144 each)
     assert sum(len(s) for s in shares) == len(train_test_split(load_digits(), 0.2, seed=0)[0])
     assert all(len(np.unique(s.y)) <= 4 for s in shares)
+
+
+def _plain(output: str) -> str:
+    """The CLI's words without rich's box drawing and line wrapping."""
+    return " ".join(output.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())
+
+
+def test_the_demo_refuses_an_impossible_split_before_any_stack_starts(tmp_path):
+    from fedasync.cli import app
+
+    # GIVEN the demo's 1438 training examples WHEN 5 silos ask for 300 shards each
+    result = CliRunner().invoke(
+        app, ["demo", "--partition", "shards", "--shards-per-client", "300", "--out", str(tmp_path)]
+    )
+    # THEN a usage error names the numbers and the option, and nothing ran
+    assert result.exit_code == 2
+    assert "1438 examples cannot be cut into 1500 shards" in _plain(result.output)
+    assert not (tmp_path / "events.jsonl").exists()
+    # AND an unknown kind is refused by name
+    bad = CliRunner().invoke(app, ["demo", "--partition", "iid", "--out", str(tmp_path)])
+    assert bad.exit_code == 2
+    assert "'iid' is not one of dirichlet, shards, quantity" in _plain(bad.output)
