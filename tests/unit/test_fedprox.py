@@ -213,6 +213,30 @@ def test_keras_model_trainer_one_step_skips_non_trainable_variables():
     np.testing.assert_array_equal(result.weights["scale/kernel"], [[1.0]])
 
 
+@pytest.mark.tf
+def test_keras_model_trainer_one_step_on_the_user_s_own_dataset():
+    keras = pytest.importorskip("keras")
+    tf = pytest.importorskip("tensorflow")
+    from client.trainers.keras_model import KerasModelTrainer
+
+    # GIVEN the softmax layer fed by a tf.data.Dataset of one batch (x = [1], y = 0)
+    model = keras.Sequential(
+        [keras.Input((1,)), keras.layers.Dense(2, activation="softmax", name="dense")]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="sparse_categorical_crossentropy")
+    data = tf.data.Dataset.from_tensor_slices((X, Y)).batch(4)
+    trainer = KerasModelTrainer(model, data=data)
+    # WHEN one FedProx step is taken (the arrays the client passes are ignored)
+    empty_x, empty_y = np.zeros((0, 1), np.float32), np.zeros(0, np.int64)
+    result = trainer.fit(
+        ZERO, empty_x, empty_y, epochs=1, seed=0, proximal_mu=MU, proximal_center=CENTER
+    )
+    # THEN the hand-computed update, and the dataset's one example counted
+    np.testing.assert_allclose(result.weights["dense/kernel"], [[1.0, -1.0]], atol=1e-6)
+    np.testing.assert_allclose(result.weights["dense/bias"], [0.5, -0.5], atol=1e-6)
+    assert result.num_examples == 1
+
+
 # --- which trainers can; the ones that cannot refuse ------------------------------------
 
 
