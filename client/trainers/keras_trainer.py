@@ -97,7 +97,7 @@ class KerasTrainer:
             _set_weights(model, weights)
             if proximal_mu:
                 center = weights if proximal_center is None else proximal_center
-                named = [(f"{y.name}/{v.name}", v) for y in model.layers for v in y.weights]
+                named = [(f"{la.name}/{v.name}", v) for la in model.layers for v in la.weights]
                 last = fit_proximal(
                     model, None, named, mu=proximal_mu, center=center, epochs=epochs,
                     arrays=(x, y, self.batch_size, seed),

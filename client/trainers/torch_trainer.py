@@ -233,7 +233,7 @@ class TorchTrainer:
         torch = _torch()
         federated = set(self.names)
         pairs = [
-            (param, torch.from_numpy(np.ascontiguousarray(center[name])).to(param.dtype))
+            (param, torch.from_numpy(np.ascontiguousarray(center[name])).to(param))
             for name, param in self.module.named_parameters()
             if name in federated
         ]
