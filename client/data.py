@@ -1,8 +1,9 @@
 """A silo's local data: files it brings (`.npz`, CSV, an image folder), a torch dataset,
 or a seeded demo partition of digits.
 
-The demo partition is non-IID: each class is split across clients by proportions drawn
-from Dirichlet(alpha) (Hsu et al. 2019); small alpha means each silo sees few classes.
+The demo partition is non-IID (`client.partitions`): by default each class is split
+across clients by proportions drawn from Dirichlet(alpha) (Hsu et al. 2019); small alpha
+means each silo sees few classes. Shards per class and quantity skew are the others.
 Everything is deterministic for a seed, so N clients started in N processes with the
 same seed and their own index agree on who holds which example without talking.
 
@@ -22,14 +23,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from client.partitions import DEFAULT_SHARDS_PER_CLIENT, dirichlet_partition, partition
 from fedasync.core.errors import SchemaError
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
 DIGITS_CLASSES = 10
-DEFAULT_MIN_EXAMPLES = 10
-_MAX_DRAWS = 1000
 _DEMO_SPEC = re.compile(r"^digits(?::(\d+)/(\d+))?$")
 
 
@@ -69,6 +69,22 @@ class Dataset:
 
     def subset(self, indices: npt.NDArray[np.integer[Any]]) -> Dataset:
         return replace(self, x=self.x[indices], y=self.y[indices])
+
+
+__all__ = [  # dirichlet_partition lives in client.partitions now; imported from here too
+    "DEFAULT_EVAL_FRACTION",
+    "DIGITS_CLASSES",
+    "Dataset",
+    "demo_silo",
+    "dirichlet_partition",
+    "from_torch",
+    "hold_out",
+    "load_csv",
+    "load_data",
+    "load_digits",
+    "load_npz",
+    "train_test_split",
+]
 
 
 def load_digits() -> Dataset:
@@ -119,56 +135,27 @@ def hold_out(data: Dataset, fraction: float, seed: int = 0) -> tuple[Dataset, Da
     return (train, held) if len(held) else (data, None)
 
 
-def dirichlet_partition(
-    y: npt.NDArray[np.integer[Any]],
-    n_clients: int,
-    alpha: float,
-    seed: int,
-    *,
-    min_examples: int = DEFAULT_MIN_EXAMPLES,
-) -> list[IntArray]:
-    """Split example indices among `n_clients` with per-class Dirichlet(alpha) shares.
-
-    Draws again (from the same seeded generator, so still deterministic) until every
-    client holds at least `min_examples`. Returns sorted, disjoint index arrays that
-    together cover every example.
-    """
-    if n_clients < 1 or alpha <= 0.0:
-        raise ValueError(f"need n_clients >= 1 and alpha > 0; got {n_clients} and {alpha}")
-    if n_clients * min_examples > len(y):
-        raise ValueError(f"{len(y)} examples cannot give {n_clients} clients {min_examples} each")
-    rng = np.random.default_rng(seed)
-    for _ in range(_MAX_DRAWS):
-        parts = _draw_partition(y, n_clients, alpha, rng)
-        if min(len(p) for p in parts) >= min_examples:
-            return parts
-    raise ValueError(
-        f"no Dirichlet({alpha}) partition of {len(y)} examples over {n_clients} clients gave "
-        f"each >= {min_examples} examples in {_MAX_DRAWS} draws; raise alpha or lower the minimum"
-    )
-
-
-def _draw_partition(
-    y: npt.NDArray[np.integer[Any]], n_clients: int, alpha: float, rng: np.random.Generator
-) -> list[IntArray]:
-    buckets: list[list[IntArray]] = [[] for _ in range(n_clients)]
-    for label in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == label))
-        shares = rng.dirichlet(np.full(n_clients, alpha))
-        cuts = (np.cumsum(shares)[:-1] * len(members)).astype(np.int64)
-        for client, piece in enumerate(np.split(members, cuts)):
-            buckets[client].append(piece)
-    return [np.sort(np.concatenate(b)).astype(np.int64) for b in buckets]
-
-
 def demo_silo(
-    index: int, n_clients: int, *, alpha: float = 0.5, seed: int = 0, test_fraction: float = 0.2
+    index: int,
+    n_clients: int,
+    *,
+    alpha: float = 0.5,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    kind: str = "dirichlet",
+    shards_per_client: int = DEFAULT_SHARDS_PER_CLIENT,
 ) -> tuple[Dataset, Dataset]:
-    """Client `index`'s share of the digits training split, and the shared held-out split."""
+    """Client `index`'s share of the digits training split, and the shared held-out split.
+
+    `kind` is the partition (`client.partitions`): `dirichlet` and `quantity` read
+    `alpha`, `shards` reads `shards_per_client`."""
     if not 0 <= index < n_clients:
         raise ValueError(f"client index {index} is outside 0..{n_clients - 1}")
     train, test = train_test_split(load_digits(), test_fraction, seed)
-    parts = dirichlet_partition(train.y, n_clients, alpha, seed)
+    params: dict[str, Any] = (
+        {"shards_per_client": shards_per_client} if kind == "shards" else {"alpha": alpha}
+    )
+    parts = partition(kind, train.y, n_clients, seed, **params)
     return train.subset(parts[index]), test
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import math
+from functools import partial
 from typing import Any
 
 import structlog
@@ -21,6 +22,7 @@ from structlog.contextvars import bound_contextvars
 from client.datacheck import check_data_fits
 from client.inbox import Held
 from client.state import EndOfRun, PendingUpload, RunState
+from client.trainers.base import proximal_keywords
 from client.training import TrainingFailed, call_trainer, retry_later
 from fedasync.aws.objects import MISSING, CorruptDownloadError
 from fedasync.core import codec, keys
@@ -221,6 +223,10 @@ async def train(
     num_examples, metrics, scores = len(data), {}, {}
     # data that cannot fit the task's model stops the run here: nothing trained or sent
     await state.in_compute(check_data_fits, state.trainer, weights, data, cfg.task_name)
+    # FedProx: every epoch is pulled towards this round's global model (refused, before
+    # any training, by a trainer that cannot apply the term); mu 0: today's call exactly
+    mu = float(getattr(notice, "proximal_mu", 0.0) or 0.0)
+    fit = partial(state.trainer.fit, **proximal_keywords(state.trainer, mu, weights, cfg.task_name))
     if state.eval_data is not None:
         scores = await call_trainer(
             state, state.trainer.evaluate, weights, state.eval_data.x, state.eval_data.y
@@ -228,7 +234,7 @@ async def train(
     with state.progress.bar(f"train v{version}", cfg.epochs, "epochs") as advance:
         for epoch in range(cfg.epochs):
             result = await call_trainer(
-                state, state.trainer.fit, weights, data.x, data.y, epochs=1, seed=seed + epoch
+                state, fit, weights, data.x, data.y, epochs=1, seed=seed + epoch
             )
             weights, num_examples, metrics = result.weights, result.num_examples, result.metrics
             advance(1)

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from client.trainers.base import TrainResult
+from client.trainers.keras_prox import fit_proximal
 from fedasync.core.codec import Weights
 
 
@@ -62,12 +63,21 @@ class KerasModelTrainer:
         *,
         epochs: int,
         seed: int,
+        proximal_mu: float = 0.0,
+        proximal_center: Weights | None = None,
     ) -> TrainResult:
+        """FedProx (mu > 0): the proximal term is added to the loss in the train step
+        (`client.trainers.keras_prox`) over the trainable federated variables; mu 0 is
+        `model.fit` as ever."""
         import keras  # the user's factory has imported it already
 
         with self._lock:
             keras.utils.set_random_seed(seed)
             set_weights(self.model, weights)
+            if proximal_mu:
+                return self._fit_proximal(
+                    weights, x, y, epochs=epochs, seed=seed, mu=proximal_mu, center=proximal_center
+                )
             if self.data is not None:
                 history = self.model.fit(self.data, epochs=epochs, shuffle=False, verbose=0)
                 count = self._count_examples()
@@ -79,6 +89,36 @@ class KerasModelTrainer:
                 count = len(y)
             metrics = {f"train_{k}": float(v[-1]) for k, v in history.history.items()}
             return TrainResult(get_weights(self.model), count, metrics)
+
+    def _fit_proximal(
+        self,
+        weights: Weights,
+        x: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        *,
+        epochs: int,
+        seed: int,
+        mu: float,
+        center: Weights | None,
+    ) -> TrainResult:
+        arrays = (
+            None
+            if self.data is not None
+            else (model_input(self.model, x), y, self.batch_size, seed)
+        )
+        last = fit_proximal(
+            self.model,
+            self.data,
+            tensor_names(self.model),
+            mu=mu,
+            center=weights if center is None else center,
+            epochs=epochs,
+            arrays=arrays,
+        )
+        count = self._count_examples() if self.data is not None else len(y)
+        return TrainResult(
+            get_weights(self.model), count, {f"train_{k}": v for k, v in last.items()}
+        )
 
     def evaluate(
         self, weights: Weights, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from client.trainers.base import TrainResult
+from client.trainers.keras_prox import fit_proximal
 from fedasync.core.codec import Weights
 
 
@@ -85,11 +86,24 @@ class KerasTrainer:
         *,
         epochs: int,
         seed: int,
+        proximal_mu: float = 0.0,
+        proximal_center: Weights | None = None,
     ) -> TrainResult:
+        """FedProx (mu > 0): the proximal term is added to the loss in the train step
+        (`client.trainers.keras_prox`); mu 0 is `model.fit` as ever."""
         with self._lock:
             model = self._model_for(seed)
             _keras().utils.set_random_seed(seed)
             _set_weights(model, weights)
+            if proximal_mu:
+                center = weights if proximal_center is None else proximal_center
+                named = [(f"{la.name}/{v.name}", v) for la in model.layers for v in la.weights]
+                last = fit_proximal(
+                    model, None, named, mu=proximal_mu, center=center, epochs=epochs,
+                    arrays=(x, y, self.batch_size, seed),
+                )  # fmt: skip
+                metrics = {f"train_{k}": v for k, v in last.items()}
+                return TrainResult(_get_weights(model), len(y), metrics)
             history = model.fit(
                 x, y, epochs=epochs, batch_size=self.batch_size, shuffle=True, verbose=0
             )

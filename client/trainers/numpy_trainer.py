@@ -7,6 +7,11 @@ so either framework can continue from the other's global model.
 With `loss="mse"` it is linear regression instead, `y_hat = x @ W + b` with `num_classes`
 outputs (1 for a scalar target), trained on the mean squared error; it then reports
 `loss` (the MSE) and `mae`, and no accuracy. Inputs of any shape (n, ...) are flattened.
+
+FedProx (`proximal_mu` > 0): each minibatch step also descends the proximal term
+`mu/2 * ||w - w_center||^2` on the kernel and the bias, i.e. adds its gradient
+`mu * (w - w_center)`, taken at the same point as the loss's gradient. With mu 0 the
+step is exactly the plain one (the same operations, the same bytes).
 """
 
 from __future__ import annotations
@@ -70,10 +75,14 @@ class NumpyTrainer:
         *,
         epochs: int,
         seed: int,
+        proximal_mu: float = 0.0,
+        proximal_center: Weights | None = None,
     ) -> TrainResult:
         # float64 working copies: the update stays stable and the caller's arrays untouched
         kernel = weights[KERNEL].astype(np.float64)
         bias = weights[BIAS].astype(np.float64)
+        center = weights if proximal_center is None else proximal_center
+        anchor = _Anchor(center, proximal_mu) if proximal_mu else None
         rng = np.random.default_rng(seed)
         xs = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         step = self._step if self.loss == "cross_entropy" else self._mse_step
@@ -81,7 +90,11 @@ class NumpyTrainer:
             order = rng.permutation(len(y))
             for start in range(0, len(y), self.batch_size):
                 batch = order[start : start + self.batch_size]
+                pull = anchor.pull(kernel, bias) if anchor else None
                 step(kernel, bias, xs[batch], y[batch])
+                if pull is not None:  # the proximal gradient at the step's starting point
+                    kernel -= self.learning_rate * pull[0]
+                    bias -= self.learning_rate * pull[1]
         trained = {KERNEL: kernel.astype(np.float32), BIAS: bias.astype(np.float32)}
         metrics = self.evaluate(trained, x, y)
         return TrainResult(trained, len(y), {f"train_{k}": v for k, v in metrics.items()})
@@ -139,6 +152,21 @@ class NumpyTrainer:
             "loss": float(np.mean(np.sum(residual**2, axis=1))),
             "mae": float(np.mean(np.sum(np.abs(residual), axis=1))),
         }
+
+
+class _Anchor:
+    """FedProx's centre (the round's global model) in float64, and its weight mu."""
+
+    def __init__(self, center: Weights, mu: float) -> None:
+        self.kernel = center[KERNEL].astype(np.float64)
+        self.bias = center[BIAS].astype(np.float64)
+        self.mu = mu
+
+    def pull(
+        self, kernel: npt.NDArray[np.float64], bias: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """The gradient of mu/2 * ||w - center||^2 at (kernel, bias): mu * (w - center)."""
+        return self.mu * (kernel - self.kernel), self.mu * (bias - self.bias)
 
 
 def _targets(y: npt.NDArray[Any], outputs: int) -> npt.NDArray[np.float64]:

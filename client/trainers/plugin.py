@@ -4,7 +4,9 @@ The silo learns the task's model from the first global model it is sent (a silo 
 read the server's TASK item), so the factory is called on the first `fit`/`evaluate`,
 with that model's spec. The model it builds is checked against the spec there and then:
 a model that is not the task's stops the run with a `TrainerSetupError` naming the
-first tensor that differs, before anything is trained or uploaded.
+first tensor that differs, before anything is trained or uploaded. FedProx's keywords
+(`client.trainers.base`) are passed on when the task asks for them and the user's
+trainer takes them; otherwise that task is refused, the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from client.trainers.base import Trainer, TrainerFactory, TrainerSetupError, TrainResult
+from client.trainers.base import (
+    Trainer,
+    TrainerFactory,
+    TrainerSetupError,
+    TrainResult,
+    accepts_proximal,
+    proximal_unsupported,
+)
 from fedasync.core.codec import ModelSpec, Weights, check_compatible, spec_of
 from fedasync.core.errors import IncompatibleUpdateError
 
@@ -75,8 +84,27 @@ class PluginTrainer:
         *,
         epochs: int,
         seed: int,
+        proximal_mu: float = 0.0,
+        proximal_center: Weights | None = None,
     ) -> TrainResult:
-        return self.bound(weights).fit(weights, x, y, epochs=epochs, seed=seed)
+        """FedProx keywords reach the user's trainer only when mu > 0; a trainer that
+        cannot take them refuses the task then (`TrainerSetupError`), never ignores mu."""
+        inner = self.bound(weights)
+        if not proximal_mu:
+            return inner.fit(weights, x, y, epochs=epochs, seed=seed)
+        if not accepts_proximal(inner):
+            raise proximal_unsupported(inner, proximal_mu, f"--trainer {self.name!r}: the task")
+        fit: Any = inner.fit  # the keywords are the optional capability, not the Protocol's
+        result: TrainResult = fit(
+            weights,
+            x,
+            y,
+            epochs=epochs,
+            seed=seed,
+            proximal_mu=proximal_mu,
+            proximal_center=proximal_center,
+        )
+        return result
 
     def evaluate(
         self, weights: Weights, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]

@@ -18,6 +18,11 @@ one they batch those arrays (seeded). A fresh optimizer is made for every `fit` 
 and Adam moments are local to one update). Classification is recognised, not declared:
 integer targets and 2-D outputs add `accuracy` to `loss`; float targets (regression)
 report `loss` (what `loss_fn` computes, e.g. MSE) only.
+
+FedProx (`proximal_mu` > 0): the loss each batch backpropagates is
+`loss_fn(out, y) + mu/2 * sum ||p - p_center||^2` over the module's parameters (all of
+them federated; buffers carry no gradient and integer ones never travel), `p_center` the
+round's global model. The reported `loss` stays `loss_fn`'s (F_k), comparable across mu.
 """
 
 from __future__ import annotations
@@ -156,6 +161,8 @@ class TorchTrainer:
         *,
         epochs: int,
         seed: int,
+        proximal_mu: float = 0.0,
+        proximal_center: Weights | None = None,
     ) -> TrainResult:
         torch = _torch()
         with self._lock, _TORCH_RNG:
@@ -164,9 +171,11 @@ class TorchTrainer:
             self.module.train()
             optimizer = self.optimizer_factory(self.module.parameters())
             loader = self.train_loader or self._batches(x, y, seed, shuffle=True)
+            center = weights if proximal_center is None else proximal_center
+            prox = self._proximal(proximal_mu, center) if proximal_mu else None
             totals: dict[str, float] = {}
             for _ in range(epochs):
-                totals = self._pass(loader, optimizer)
+                totals = self._pass(loader, optimizer, prox)
             trained = self.weights()
         count = int(totals.pop("count", 0))
         return TrainResult(trained, count, {f"train_{k}": v for k, v in totals.items()})
@@ -219,8 +228,26 @@ class TorchTrainer:
             data, batch_size=self.batch_size, shuffle=shuffle, generator=generator
         )
 
-    def _pass(self, loader: Iterable[Any], optimizer: Any) -> dict[str, float]:
-        """One epoch (optimizer given) or one evaluation; example-weighted means."""
+    def _proximal(self, mu: float, center: Weights) -> Callable[[], Any]:
+        """mu/2 * sum ||p - p_center||^2 over the parameters, as a function of now's."""
+        torch = _torch()
+        federated = set(self.names)
+        pairs = [
+            (param, torch.from_numpy(np.ascontiguousarray(center[name])).to(param))
+            for name, param in self.module.named_parameters()
+            if name in federated
+        ]
+
+        def term() -> Any:
+            return (mu / 2.0) * sum(((p - anchor) ** 2).sum() for p, anchor in pairs)
+
+        return term
+
+    def _pass(
+        self, loader: Iterable[Any], optimizer: Any, prox: Callable[[], Any] | None = None
+    ) -> dict[str, float]:
+        """One epoch (optimizer given) or one evaluation; example-weighted means of the
+        loss (without the proximal term `prox`, which only the gradient sees)."""
         loss_sum, correct, count, classify = 0.0, 0, 0, True
         for xb, yb in loader:
             out = self.module(xb)
@@ -228,7 +255,7 @@ class TorchTrainer:
             loss = self.loss_fn(out, target)
             if optimizer is not None:
                 optimizer.zero_grad()
-                loss.backward()
+                (loss if prox is None else loss + prox()).backward()
                 optimizer.step()
             n = len(yb)
             loss_sum += float(loss.detach()) * n

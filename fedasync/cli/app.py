@@ -65,6 +65,13 @@ def demo(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seeds the split, the model and the stragglers.")] = 0,
     epochs: Annotated[int, typer.Option(min=1, help="Local epochs per update.")] = 2,
+    partition: Annotated[
+        str, typer.Option(help="Non-IID split of the digits: dirichlet | shards | quantity.")
+    ] = "dirichlet",
+    alpha: Annotated[float, typer.Option(help="Dirichlet alpha > 0 (dirichlet, quantity).")] = 0.5,
+    shards_per_client: Annotated[
+        int, typer.Option(min=1, help="Shards of sorted labels per silo (shards).")
+    ] = 2,
     train_seconds: Annotated[
         float, typer.Option(min=0, help="Nominal compute time per update (digits trains in ms).")
     ] = 0.5,
@@ -76,11 +83,13 @@ def demo(
 
     Example: fedasync demo --mode async --strategy fedbuff --clients 8 --stragglers lognormal:1
     """
+    from client.partitions import PartitionError
     from fedasync.ops.demo import DemoOptions, run_demo
 
     # rejections are counted in the summary; only errors interrupt the live view
     logs.configure(level="ERROR")
     sigma = _parse_stragglers(stragglers)
+    _check_partition(partition, alpha)
     if attackers >= clients:
         raise typer.BadParameter(
             f"{attackers} attackers among {clients} silos leaves no honest one",
@@ -105,11 +114,17 @@ def demo(
         stragglers_sigma=sigma,
         seed=seed,
         epochs=epochs,
+        partition=partition,
+        dirichlet_alpha=alpha,
+        shards_per_client=shards_per_client,
         out=out,
         train_seconds=train_seconds,
     )
     console.print(f"running a {mode} task with {clients} silos on the embedded stack…")
-    summary = asyncio.run(run_demo(opts))
+    try:
+        summary = asyncio.run(run_demo(opts))
+    except PartitionError as exc:  # the split is made before the stack starts
+        raise typer.BadParameter(str(exc), param_hint="--partition") from None
     _print_summary(summary)
     if summary["execution"]["status"] != "SUCCEEDED":
         raise typer.Exit(1)
@@ -138,6 +153,17 @@ def _parse_stragglers(text: str | None) -> float | None:
             "expected lognormal:SIGMA, e.g. lognormal:1.0", param_hint="--stragglers"
         )
     return float(sigma)
+
+
+def _check_partition(kind: str, alpha: float) -> None:
+    from client.partitions import PARTITIONS
+
+    if kind not in PARTITIONS:
+        raise typer.BadParameter(
+            f"{kind!r} is not one of {', '.join(PARTITIONS)}", param_hint="--partition"
+        )
+    if not alpha > 0:
+        raise typer.BadParameter(f"{alpha} is not > 0", param_hint="--alpha")
 
 
 def _print_summary(summary: dict[str, object]) -> None:

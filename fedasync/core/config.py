@@ -101,6 +101,9 @@ class TaskConfig(BaseModel):
     # Reddi et al. 2021: a server step on the pseudo-gradient (aggregate - global), for
     # sync rounds and FedBuff's buffer (fedasync.core.optimizers; docs/strategies.md)
     server_optimizer: ServerOptimizer | None = None
+    # FedProx (Li et al. 2020): each silo minimises F_k(w) + mu/2 ||w - w_global||^2;
+    # sent to the silos in every notice (0: plain local training)
+    proximal_mu: float = Field(default=0.0, ge=0.0, le=1e6, allow_inf_nan=False)
     loss: Loss = Field(
         default="cross_entropy",
         description="what the silos minimise: cross_entropy (classes) or mse (regression)",

@@ -91,6 +91,13 @@ class GlobalModelNotice(WireMessage):
     # created again under the same name (a new embedded stack, a recreated table) starts
     # at version 0 again, and its notices must not pass for ones a silo already handled
     incarnation: str | None = Field(default=None, pattern=r"^[0-9a-f]{1,32}$")
+    # FedProx (Li et al. 2020): the silo minimises F_k(w) + mu/2 ||w - w_global||^2, w_global
+    # this notice's model. Left out of the JSON when 0, so a notice without FedProx is
+    # byte for byte today's, and a silo built before the field still reads it.
+    proximal_mu: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, strict=True)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude={"proximal_mu"} if not self.proximal_mu else None)
 
     @model_validator(mode="after")
     def _seq_is_async(self) -> Self:

@@ -1,7 +1,8 @@
 """`fedasync demo`: a whole federated task on the embedded stack, N silos in one process.
 
 Starts moto with the real ASL, creates the task, runs every silo's real client loop
-(`client.run.run_client`) on a seeded non-IID Dirichlet split of scikit-learn's digits,
+(`client.run.run_client`) on a seeded non-IID split of scikit-learn's digits (Dirichlet
+by default; shards per class or quantity skew with `partition`),
 evaluates each global version on a held-out split, and writes `summary.json` and the
 run's `events.jsonl` into the output folder.
 """
@@ -54,7 +55,11 @@ class DemoOptions:
     # update keeps server and clients at realistic relative speeds (0 = as fast as possible).
     train_seconds: float = 0.5
     seed: int = 0
+    # the non-IID split (client.partitions): dirichlet and quantity read dirichlet_alpha
+    # (`--alpha`), shards reads shards_per_client
+    partition: str = "dirichlet"
     dirichlet_alpha: float = 0.5
+    shards_per_client: int = 2
     epochs: int = 2
     out: Path | None = None
     task_name: str | None = None
@@ -270,6 +275,7 @@ def _summary(
         "clients": len(cfg.clients),
         "trainer": opts.trainer,
         "seed": opts.seed,
+        "partition": opts.partition,
         "versions": head,
         "final_accuracy": curve[-1]["accuracy"] if curve else None,
         "accuracy_curve": curve,

@@ -11,7 +11,7 @@ import numpy as np
 
 from client.config import ClientConfig
 from client.data import Dataset, demo_silo
-from client.trainers.base import Trainer, TrainResult
+from client.trainers.base import Trainer, TrainResult, proximal_keywords
 from fedasync.core.codec import Weights
 from fedasync.core.config import TaskConfig
 
@@ -52,8 +52,21 @@ class StragglerTrainer:
     def init_weights(self, seed: int) -> Weights:
         return self.inner.init_weights(seed)
 
-    def fit(self, weights: Weights, x: Any, y: Any, *, epochs: int, seed: int) -> TrainResult:
-        result = self.inner.fit(weights, x, y, epochs=epochs, seed=seed)
+    def fit(
+        self,
+        weights: Weights,
+        x: Any,
+        y: Any,
+        *,
+        epochs: int,
+        seed: int,
+        proximal_mu: float = 0.0,
+        proximal_center: Weights | None = None,
+    ) -> TrainResult:
+        prox = proximal_keywords(
+            self.inner, proximal_mu, weights if proximal_center is None else proximal_center, "demo"
+        )
+        result = self.inner.fit(weights, x, y, epochs=epochs, seed=seed, **prox)
         if self._calls % self._fits_per_update == 0:
             self._delay_s = self.draw_delay_s(self._rng, self._base, self._sigma)
         self._calls += 1
@@ -103,7 +116,14 @@ class AttackTrainer:
 def demo_data(opts: DemoOptions) -> tuple[list[Dataset], Dataset]:
     """Each silo's share of the digits training split, and the shared held-out split."""
     splits = [
-        demo_silo(i, opts.clients, alpha=opts.dirichlet_alpha, seed=opts.seed)
+        demo_silo(
+            i,
+            opts.clients,
+            alpha=opts.dirichlet_alpha,
+            seed=opts.seed,
+            kind=opts.partition,
+            shards_per_client=opts.shards_per_client,
+        )
         for i in range(opts.clients)
     ]
     return [train for train, _ in splits], splits[0][1]

@@ -108,4 +108,5 @@ class TaskView:
             final=final,
             seq=seq,
             incarnation=self.incarnation,
+            proximal_mu=self.cfg.proximal_mu,
         )
