@@ -48,6 +48,9 @@ def demo(
             "adam:lr=0.03,tau=0.001 (sync rounds, or FedBuff's step)."
         ),
     ] = None,
+    proximal_mu: Annotated[
+        float, typer.Option(min=0, help="FedProx: the silos' proximal term mu (0: off).")
+    ] = 0.0,
     attackers: Annotated[
         int,
         typer.Option(
@@ -98,6 +101,8 @@ def demo(
     extra: dict[str, object] = {}
     if strategy_option:
         extra["strategy_options"] = _parse_options(strategy_option, "--strategy-option")
+    if proximal_mu:
+        extra["proximal_mu"] = proximal_mu
     if server_optimizer:
         kind, _, rest = server_optimizer.partition(":")
         pairs = [p for p in rest.split(",") if p]
