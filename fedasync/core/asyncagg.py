@@ -22,6 +22,7 @@ import numpy as np
 from fedasync.core.codec import Array, Weights, check_compatible, spec_of
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import SchemaError, StaleUpdateError
+from fedasync.core.optimizers import OptimizerState
 from fedasync.core.strategies.registry import async_strategy
 
 
@@ -44,6 +45,8 @@ class Absorbed:
     weight: float
     new_global: Weights | None = None
     buffer_sum: Weights | None = None
+    # the server optimizer's state after this update's step (FedBuff with one; else None)
+    server_state: OptimizerState | None = None
 
     @property
     def advanced(self) -> bool:
@@ -109,6 +112,7 @@ def absorb(
     client_w: Mapping[str, Array],
     base_w: Mapping[str, Array] | None = None,
     buffer_sum: Mapping[str, Array] | None = None,
+    server_state: OptimizerState | None = None,
     who: str = "update",
 ) -> Absorbed:
     """Validate staleness and compatibility, then apply the task's async strategy
@@ -123,6 +127,7 @@ def absorb(
         client_w=client_w,
         base_w=base_w,
         buffer_sum=buffer_sum,
+        server_state=server_state,
         staleness=staleness,
         who=who,
     )

@@ -210,6 +210,7 @@ def _replay_async(
         return
     state = AsyncState()
     buffer: Weights | None = None
+    server_state: OptimizerState | None = None
     needs_base = async_strategy(cfg).needs_base or cfg.max_update_norm is not None
     for update in accepted:
         record = _record(update)
@@ -226,8 +227,10 @@ def _replay_async(
             client_w=client_w,
             base_w=base_w,
             buffer_sum=buffer,
+            server_state=server_state,
             who=who,
         )
+        server_state = out.server_state or server_state
         for name, mine, theirs in (
             ("staleness", out.staleness, update.get("staleness")),
             ("applied_version", out.state.version, update.get("applied_version")),

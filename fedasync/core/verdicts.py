@@ -37,6 +37,7 @@ VERDICT_ATTRIBUTES = (
     "staleness",
     "weight",
     "version_sha256",
+    "optimizer_sha256",  # the server optimizer state after the step this update made
     "decided_at",
     "discarded",  # accepted, then dropped with a refused global model (server/refused.py)
     "discarded_detail",

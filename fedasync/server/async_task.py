@@ -22,6 +22,7 @@ from fedasync.core.decisions import (
 )
 from fedasync.core.errors import FedAsyncError, GlobalRefusedError
 from fedasync.core.messages import UpdateRecord
+from fedasync.core.optimizers import OptimizerState, state_from_tensors, state_to_tensors
 from fedasync.core.strategies import async_strategy
 from fedasync.core.target import Report, target_value, with_report
 from fedasync.core.verdicts import decided_on_record
@@ -29,7 +30,7 @@ from fedasync.server import refused
 from fedasync.server.async_effects import after_accept
 from fedasync.server.cache import CACHE
 from fedasync.server.store import ServerStore
-from fedasync.server.stored import load_model
+from fedasync.server.stored import load_model, put_model
 from fedasync.server.task_view import WAITING, TaskView
 
 log = structlog.get_logger()
@@ -52,10 +53,19 @@ class _Head:
     fresh: list[tuple[str, Weights]] = field(default_factory=list)
     global_w: Weights | None = None
     buffer_sum: Weights | None = None
+    server_state: OptimizerState | None = None  # read when a server optimizer steps
 
     @classmethod
     def of(cls, view: TaskView) -> _Head:
         return cls(view, view.state, view.head_sha256, view.buffer_sha256, view.latest_metrics)
+
+    async def optimizer_state(self, store: ServerStore, who: str) -> OptimizerState | None:
+        """The server optimizer's state after the head's step (None before the first)."""
+        sha = self.values.get("optimizer_sha256", self.view.optimizer_sha256)
+        if self.server_state is None and sha is not None:
+            key = keys.optimizer_key(self.view.task_name, self.state.version)
+            self.server_state = state_from_tensors(await load_model(store, key, sha, who))
+        return self.server_state
 
 
 async def _base(store: ServerStore, head: _Head, version: int, who: str) -> Weights:
@@ -100,6 +110,9 @@ async def _absorb_one(store: ServerStore, head: _Head, record: UpdateRecord) -> 
         client_w=client_w,
         base_w=base_w,
         buffer_sum=head.buffer_sum if head.state.buffered else None,
+        server_state=(
+            await head.optimizer_state(store, who) if cfg.server_optimizer is not None else None
+        ),
         who=who,
     )
 
@@ -127,6 +140,12 @@ async def _advance(
         head.produced[out.state.version] = out.new_global
         head.produced_sha[out.state.version] = sha
         head.global_w, head.head_sha, head.buffer_sum = out.new_global, sha, None
+    if out.server_state is not None:
+        key = keys.optimizer_key(name, out.state.version)
+        opt_sha, _ = await put_model(store, key, state_to_tensors(out.server_state))
+        head.server_state = out.server_state
+        head.values["optimizer_sha256"] = opt_sha
+        verdict["optimizer_sha256"] = opt_sha
     if out.buffer_sum is not None:
         # written once, at the commit: only the committed seq's buffer is ever read
         head.buffer_sum = {k: np.asarray(v, dtype=np.float64) for k, v in out.buffer_sum.items()}

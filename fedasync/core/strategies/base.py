@@ -31,6 +31,7 @@ from fedasync.core.errors import SchemaError
 if TYPE_CHECKING:
     from fedasync.core.asyncagg import Absorbed, AsyncState
     from fedasync.core.config import TaskConfig
+    from fedasync.core.optimizers import OptimizerState
 
 
 class NoOptions(BaseModel):
@@ -148,5 +149,6 @@ class AsyncStrategy(Strategy):
         buffer_sum: Mapping[str, Array] | None,
         staleness: int,
         who: str,
+        server_state: OptimizerState | None = None,
     ) -> Absorbed:
         """The state after the update (and the new global model when it advances)."""

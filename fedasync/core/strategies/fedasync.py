@@ -17,6 +17,7 @@ from fedasync.core.strategies.base import AsyncStrategy
 
 if TYPE_CHECKING:
     from fedasync.core.config import TaskConfig
+    from fedasync.core.optimizers import OptimizerState
 
 
 class FedAsync(AsyncStrategy):
@@ -34,6 +35,7 @@ class FedAsync(AsyncStrategy):
         buffer_sum: Mapping[str, Array] | None,
         staleness: int,
         who: str,
+        server_state: OptimizerState | None = None,
     ) -> Absorbed:
         """Mix the client's model in; the candidate is checked (`check_new_global`) first.
 

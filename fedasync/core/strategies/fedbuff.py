@@ -34,6 +34,7 @@ from fedasync.core.strategies.base import AsyncStrategy
 
 if TYPE_CHECKING:
     from fedasync.core.config import TaskConfig
+    from fedasync.core.optimizers import OptimizerState
 
 
 class FedBuffOptions(BaseModel):
@@ -61,6 +62,7 @@ class FedBuff(AsyncStrategy):
         buffer_sum: Mapping[str, Array] | None,
         staleness: int,
         who: str,
+        server_state: OptimizerState | None = None,
     ) -> Absorbed:
         """Add w * (x_client - x_base) to the buffer; at K buffered, take the server step.
 
@@ -82,21 +84,51 @@ class FedBuff(AsyncStrategy):
             )
             return Absorbed(new_state, staleness, w, buffer_sum=summed)
         normalize = getattr(self.options, "normalize", "k")
-        step = cfg.server_lr / (buffered if normalize == "k" else weight_sum)
-        new_global: Weights = {}
-        for name, x in global_w.items():
-            new_global[name] = as_dtype(x.astype(np.float64) + step * summed[name], x.dtype)
+        divisor = buffered if normalize == "k" else weight_sum
+        new_global, server_state = _step(cfg, global_w, summed, divisor, server_state)
         bound = cfg.max_update_norm
+        stepped_by = (
+            f"server optimizer {cfg.server_optimizer.kind}"
+            if cfg.server_optimizer is not None
+            else f"server_lr {cfg.server_lr:g}"
+        )
         check_new_global(
             new_global,
             global_w,
-            max_step=cfg.server_lr * bound if bound is not None else None,
-            who=f"{who}: the FedBuff step of {buffered} buffered update(s) "
-            f"(server_lr {cfg.server_lr:g})",
+            max_step=(
+                cfg.server_lr * bound
+                if bound is not None and cfg.server_optimizer is None
+                else None
+            ),
+            who=f"{who}: the FedBuff step of {buffered} buffered update(s) ({stepped_by})",
             discarded=state.buffered,
         )
         new_state = AsyncState(version=state.version + 1, absorbed=state.absorbed + 1)
-        return Absorbed(new_state, staleness, w, new_global=new_global)
+        return Absorbed(new_state, staleness, w, new_global=new_global, server_state=server_state)
+
+
+def _step(
+    cfg: TaskConfig,
+    global_w: Mapping[str, Array],
+    summed: Mapping[str, Array],
+    divisor: float,
+    server_state: OptimizerState | None,
+) -> tuple[Weights, OptimizerState | None]:
+    """The server step on the buffered delta sum / divisor: x + eta * that, or, with a
+    server optimizer, its step on that pseudo-gradient (as FLSim's FedBuff does; eta is
+    then the optimizer's lr)."""
+    if cfg.server_optimizer is not None:
+        # in float64 (the optimizer's own precision): the pseudo-gradient is exactly
+        # the buffered mean delta, not its rounding to the model's dtype
+        x64 = {name: x.astype(np.float64) for name, x in global_w.items()}
+        aggregate = {name: x + summed[name] / divisor for name, x in x64.items()}
+        stepped, new_state = cfg.server_optimizer.step(x64, aggregate, server_state)
+        return {n: as_dtype(v, global_w[n].dtype) for n, v in stepped.items()}, new_state
+    step = cfg.server_lr / divisor
+    new_global: Weights = {}
+    for name, x in global_w.items():
+        new_global[name] = as_dtype(x.astype(np.float64) + step * summed[name], x.dtype)
+    return new_global, None
 
 
 def _add_delta(
