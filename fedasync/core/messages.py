@@ -23,6 +23,7 @@ from pydantic import (
 from fedasync.core import keys
 from fedasync.core.config import CLIENT_ID_PATTERN, TASK_NAME_PATTERN
 from fedasync.core.errors import SchemaError, UnknownClientError
+from fedasync.core.privacy import PrivacyConfig
 
 SCHEMA_VERSION = 1
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -91,6 +92,9 @@ class GlobalModelNotice(WireMessage):
     # created again under the same name (a new embedded stack, a recreated table) starts
     # at version 0 again, and its notices must not pass for ones a silo already handled
     incarnation: str | None = Field(default=None, pattern=r"^[0-9a-f]{1,32}$")
+    # the task's privacy configuration; with mode `local` each silo clips and noises its
+    # own delta before upload (client/privacy.py) and reports its own epsilon
+    privacy: PrivacyConfig | None = None
 
     @model_validator(mode="after")
     def _seq_is_async(self) -> Self:
@@ -120,6 +124,9 @@ class UpdateRecord(WireMessage):
     size_bytes: int = Field(ge=0)
     num_examples: int = Field(ge=0)
     metrics: dict[str, float] = Field(default_factory=dict, max_length=32)
+    # local DP: the epsilon the silo has spent on this task, this update included (its
+    # own accountant, at the task's delta); None when the silo adds no noise itself
+    local_epsilon: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
 
     @field_validator("metrics")
     @classmethod
