@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Callable
 from typing import Literal
 
@@ -55,12 +56,25 @@ def epsilon(noise_multiplier: float, releases: int, delta: float, accountant: st
     Exactly `dp-accounting`'s answer for `SelfComposedDpEvent(GaussianDpEvent(z),
     releases)` with the accountant's default parameters (RDP: its default orders; PLD:
     a value discretisation interval of 1e-4). 0 releases spend nothing: 0.0."""
+    accountant = accountant.lower() if isinstance(accountant, str) else accountant
     _check_inputs(noise_multiplier, delta, accountant)
-    if isinstance(releases, bool) or not isinstance(releases, int) or releases < 0:
-        raise ValueError(f"releases must be an integer >= 0, got {releases!r}")
-    if releases == 0:
+    count = _count(releases)
+    if count == 0:
         return 0.0
-    return _epsilon(float(noise_multiplier), releases, float(delta), accountant)
+    return _epsilon(float(noise_multiplier), count, float(delta), accountant)
+
+
+def _count(releases: object) -> int:
+    """An integer >= 0 (a numpy integer, or a float with an integral value, too)."""
+    if isinstance(releases, float) and releases.is_integer():
+        releases = int(releases)
+    try:
+        count = operator.index(releases)  # type: ignore[arg-type]
+    except TypeError:
+        count = -1
+    if isinstance(releases, bool) or count < 0:
+        raise ValueError(f"releases must be an integer >= 0, got {releases!r}")
+    return count
 
 
 @functools.lru_cache(maxsize=4096)
@@ -88,6 +102,7 @@ def releases_within(
     starts from the tight analytic ε of the composed Gaussian (n releases of `z` are one
     of `z/√n`, Balle & Wang 2018) and confirms the answer with the PLD accountant:
     releases `n` within the target and `n + 1` beyond it. Capped at `MAX_RELEASES`."""
+    accountant = accountant.lower() if isinstance(accountant, str) else accountant
     _check_inputs(noise_multiplier, delta, accountant)
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise ValueError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")

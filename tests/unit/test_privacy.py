@@ -329,3 +329,9 @@ def test_removing_any_silo_moves_the_weighted_clipped_sum_by_at_most_its_sensiti
         # THEN the sum moves by at most the release's sensitivity, which is at most C
         assert float(np.linalg.norm(total - without)) <= release.sum_sensitivity * (1 + 1e-9)
     assert release.sum_sensitivity <= clip * (1 + 1e-12)
+
+
+def test_a_numpy_integer_count_and_an_upper_case_accountant_are_accepted() -> None:
+    # GIVEN a release count held as a numpy integer (as a caller's array would give it)
+    # WHEN / THEN it counts as that integer, and "RDP" names the rdp accountant
+    assert epsilon(1.1, np.int64(10), 1e-5, "RDP") == epsilon(1.1, 10, 1e-5, "rdp")
