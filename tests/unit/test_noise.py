@@ -17,6 +17,7 @@ from scipy import stats
 from structlog.testing import capture_logs
 
 from fedasync.core.clipping import clip_update
+from fedasync.core.dpstep import clipped_sum, noised_step
 from fedasync.core.noise import CHUNK_NORMALS, SecureGaussian, add_noise
 from fedasync.core.privacy import noise_std
 from fedasync.core.sensitivity import fedavg_release, fedbuff_release
@@ -159,3 +160,24 @@ def test_no_log_line_and_no_attribute_holds_the_noise_or_the_key() -> None:
     assert TEST_KEY.hex() not in shown and repr(TEST_KEY) not in shown
     assert all(TEST_KEY not in bytes(v) for v in vars(rng).values() if isinstance(v, bytes))
     assert all(f"{x:.6f}" not in shown for x in noise[:8])
+
+
+def test_the_clipped_sum_is_hand_computable_and_replayable() -> None:
+    # GIVEN deltas (3, 4) and (0, 10) with weights 1 and 0.5, C = 1
+    deltas = [{"w": np.array([3.0, 4.0], dtype=np.float32)}, {"w": np.array([0.0, 10.0])}]
+    # WHEN summed clipped THEN (0.6, 0.8) + 0.5 * (0, 1) = (0.6, 1.3), by hand, twice alike
+    total = clipped_sum(deltas, [1.0, 0.5], 1.0)
+    np.testing.assert_allclose(total["w"], [0.6, 1.3], rtol=1e-6)
+    np.testing.assert_array_equal(total["w"], clipped_sum(deltas, [1.0, 0.5], 1.0)["w"])
+
+
+def test_noised_step_of_zero_deltas_has_std_z_c_over_the_normaliser() -> None:
+    # GIVEN a DP FedAvg round of 5 silos with zero deltas of 250 000 weights, C = 2, z = 0.7
+    release = fedavg_release(2.0, 0.7, list("abcde"), [1, 2, 3, 4, 5])
+    zeros = ({"w": np.zeros(250_000, dtype=np.float32)} for _ in range(5))
+    # WHEN the step is made
+    step = noised_step(zeros, release, 2.0, SecureGaussian(TEST_KEY))["w"]
+    # THEN its std is z·C/5 = 0.28 (hand computed) within the chi-square interval, mean ~ 0
+    low, high = _std_interval(0.28, step.size)
+    assert low <= float(np.std(step, ddof=1)) <= high
+    assert abs(float(np.mean(step))) <= _mean_bound(0.28, step.size)
