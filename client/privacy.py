@@ -72,7 +72,16 @@ class LocalPrivacy:
     def _load(self) -> int:
         if self._path is None or not self._path.exists():
             return 0
-        saved = json.loads(self._path.read_text(encoding="utf-8"))
+        try:
+            saved = json.loads(self._path.read_text(encoding="utf-8"))
+            releases = int(saved["releases"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # a count the silo cannot read is not taken for 0: that would reset its budget
+            raise ConfigError(
+                f"task {self.task_name!r}: the silo's release count {self._path} cannot be "
+                f"read ({exc}); restore it, or delete it only if no update was released",
+                reason="privacy_state",
+            ) from exc
         if saved.get("privacy") != self.cfg.model_dump():
             raise ConfigError(
                 f"task {self.task_name!r}: the privacy configuration changed since this "
@@ -80,7 +89,7 @@ class LocalPrivacy:
                 f"the notice says {self.cfg.model_dump()}); the silo keeps to the first one",
                 reason="privacy_changed",
             )
-        return int(saved["releases"])
+        return releases
 
     def _save(self) -> None:
         if self._path is None:

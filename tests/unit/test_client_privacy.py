@@ -87,3 +87,13 @@ def test_the_budget_is_enforced_before_the_release_that_would_pass_it() -> None:
     with pytest.raises(PrivacyBudgetExhaustedError, match="2 release\\(s\\) have spent"):
         silo.privatize(*_models())
     assert silo.releases == 2
+
+
+def test_an_unreadable_count_is_refused_not_taken_for_zero(tmp_path: Path) -> None:
+    # GIVEN a release count file that was cut short (a disk full, an editor)
+    path = tmp_path / "privacy.json"
+    path.write_text('{"releases": ')
+    # WHEN the silo starts THEN it refuses rather than start its budget again from 0
+    with pytest.raises(ConfigError, match="cannot be read") as caught:
+        _privacy(path)
+    assert caught.value.reason == "privacy_state"
