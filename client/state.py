@@ -14,6 +14,7 @@ from client.config import ClientConfig
 from client.data import Dataset
 from client.inbox import Held, Inbox
 from client.ports import ClientPorts
+from client.privacy import LocalPrivacy
 from client.progress import Progress
 from client.trainers.base import Trainer
 from fedasync.core.messages import GlobalModelNotice, UpdateRecord
@@ -77,6 +78,7 @@ class RunState:
     version: int | None = None
     corrupt_notices: dict[str, int] = field(default_factory=dict)  # failures per notice
     train_failures: int = 0  # notices in a row whose training raised
+    privacy: LocalPrivacy | None = None  # local DP: the silo's own count and epsilon
     report: ClientReport = field(init=False)
     # The silo's own training thread. Not the loop's shared default executor: its few
     # threads are shared by everything in the process (several silos in the demo, the

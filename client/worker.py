@@ -21,6 +21,7 @@ from structlog.contextvars import bound_contextvars
 
 from client.datacheck import check_data_fits
 from client.inbox import Held
+from client.privacy import local_dp
 from client.state import EndOfRun, PendingUpload, RunState
 from client.trainers.base import proximal_keywords
 from client.training import TrainingFailed, call_trainer, retry_later
@@ -121,6 +122,8 @@ async def prepare_update(state: RunState, held: Held) -> PendingUpload | None:
             return None
         state.phases["trainer"] = "training"
         trained, num_examples, metrics = await train(state, weights, notice)
+        # local DP (privacy.mode local): what leaves the silo is clipped and noised
+        trained, local_epsilon = await local_dp(state, notice, weights, trained, num_examples)
         del weights  # at most the global and the local model in memory, never more
         # named per update: the previous one may still be uploading from its own file
         path = state.workdir / f"local-{update_id}.safetensors"
@@ -140,6 +143,7 @@ async def prepare_update(state: RunState, held: Held) -> PendingUpload | None:
         size_bytes=path.stat().st_size,
         num_examples=num_examples,
         metrics=metrics,
+        local_epsilon=local_epsilon,
     )
     return PendingUpload(held, record, path)
 

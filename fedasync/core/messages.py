@@ -23,6 +23,7 @@ from pydantic import (
 from fedasync.core import keys
 from fedasync.core.config import CLIENT_ID_PATTERN, TASK_NAME_PATTERN
 from fedasync.core.errors import SchemaError, UnknownClientError
+from fedasync.core.privacy import PrivacyConfig
 
 SCHEMA_VERSION = 1
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -96,8 +97,16 @@ class GlobalModelNotice(WireMessage):
     # byte for byte today's, and a silo built before the field still reads it.
     proximal_mu: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, strict=True)
 
+    # the task's privacy configuration; with mode `local` each silo clips and noises its
+    # own delta before upload (client/privacy.py) and reports its own epsilon. Left out of
+    # the JSON when None, for the same reason as `proximal_mu`.
+    privacy: PrivacyConfig | None = None
+
     def to_json(self) -> str:
-        return self.model_dump_json(exclude={"proximal_mu"} if not self.proximal_mu else None)
+        unset = {"proximal_mu"} if not self.proximal_mu else set()
+        if self.privacy is None:
+            unset.add("privacy")
+        return self.model_dump_json(exclude=unset or None)
 
     @model_validator(mode="after")
     def _seq_is_async(self) -> Self:
@@ -127,6 +136,9 @@ class UpdateRecord(WireMessage):
     size_bytes: int = Field(ge=0)
     num_examples: int = Field(ge=0)
     metrics: dict[str, float] = Field(default_factory=dict, max_length=32)
+    # local DP: the epsilon the silo has spent on this task, this update included (its
+    # own accountant, at the task's delta); None when the silo adds no noise itself
+    local_epsilon: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
 
     @field_validator("metrics")
     @classmethod
