@@ -51,6 +51,13 @@ def demo(
     proximal_mu: Annotated[
         float, typer.Option(min=0, help="FedProx: the silos' proximal term mu (0: off).")
     ] = 0.0,
+    dp: Annotated[
+        str | None,
+        typer.Option(
+            help="Differential privacy: central | local, with options after a colon, e.g. "
+            "central:noise_multiplier=1.0,clip_norm=1.0,target_epsilon=10,delta=1e-5."
+        ),
+    ] = None,
     attackers: Annotated[
         int,
         typer.Option(
@@ -103,6 +110,10 @@ def demo(
         extra["strategy_options"] = _parse_options(strategy_option, "--strategy-option")
     if proximal_mu:
         extra["proximal_mu"] = proximal_mu
+    if dp:
+        mode_dp, _, rest_dp = dp.partition(":")
+        given = _parse_options([p for p in rest_dp.split(",") if p], "--dp")
+        extra["privacy"] = {**DP_DEFAULTS, "mode": mode_dp, **given}
     if server_optimizer:
         kind, _, rest = server_optimizer.partition(":")
         pairs = [p for p in rest.split(",") if p]
@@ -133,6 +144,16 @@ def demo(
     _print_summary(summary)
     if summary["execution"]["status"] != "SUCCEEDED":
         raise typer.Exit(1)
+
+
+# the demo's DP defaults: a budget of epsilon 10 at delta 1e-5, noise z = 1 on deltas
+# clipped to norm 1 (the digits model's honest deltas are ~0.3-1 long)
+DP_DEFAULTS = {
+    "clip_norm": 1.0,
+    "noise_multiplier": 1.0,
+    "target_epsilon": 10.0,
+    "delta": 1e-5,
+}
 
 
 def _parse_options(pairs: list[str], hint: str) -> dict[str, object]:
@@ -186,6 +207,16 @@ def _print_summary(summary: dict[str, object]) -> None:
         "report_path",
     ):
         table.add_row(key, str(summary[key]))
+    privacy = summary.get("privacy")
+    if isinstance(privacy, dict):
+        shown = privacy.get("epsilon", privacy.get("epsilon_max"))
+        table.add_row(
+            "privacy",
+            f"{privacy['mode']}: epsilon {shown} of {privacy['target_epsilon']} at delta "
+            f"{privacy['delta']} ({privacy['accountant']})"
+            + (f", {privacy['releases']} release(s)" if "releases" in privacy else ""),
+        )
+        table.add_row("finished", str(summary.get("finished")))
     rejected = summary.get("rejected_updates") or []
     table.add_row("rejected_updates", str(len(rejected)))  # type: ignore[arg-type]
     table.add_row("execution", json.dumps(summary["execution"]))

@@ -26,11 +26,13 @@ from fedasync.core.config_parts import (
     EVAL_METRIC_PATTERN,
     StalenessFunction,
     TargetMetric,
+    check_privacy_fits,
     describe_errors,
     parse_staleness,
 )
 from fedasync.core.errors import ConfigError
 from fedasync.core.optimizers import ServerOptimizer
+from fedasync.core.privacy import PrivacyConfig
 from fedasync.core.strategies.registry import DEFAULTS, resolve
 
 __all__ = [
@@ -104,6 +106,9 @@ class TaskConfig(BaseModel):
     # FedProx (Li et al. 2020): each silo minimises F_k(w) + mu/2 ||w - w_global||^2;
     # sent to the silos in every notice (0: plain local training)
     proximal_mu: float = Field(default=0.0, ge=0.0, le=1e6, allow_inf_nan=False)
+    # differential privacy (fedasync.core.privacy; docs/privacy.md): central (the server
+    # clips and noises each release) or local (each silo noises its own update)
+    privacy: PrivacyConfig | None = None
     loss: Loss = Field(
         default="cross_entropy",
         description="what the silos minimise: cross_entropy (classes) or mse (regression)",
@@ -162,6 +167,7 @@ class TaskConfig(BaseModel):
     def _consistent(self) -> Self:
         chosen = resolve(self.mode, self.strategy, self.strategy_options)
         object.__setattr__(self, "strategy", chosen.name)
+        check_privacy_fits(self.mode, chosen.name, self.privacy)
         if self.server_optimizer is not None and chosen.name == "fedasync":
             raise ValueError(
                 "server_optimizer needs a server step on an aggregate: sync strategies and "

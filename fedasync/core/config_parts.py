@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fedasync.core.privacy import PrivacyConfig
+
 _STALENESS_RE = re.compile(r"^\s*(constant|polynomial|hinge)\s*(?:\(([^)]*)\))?\s*$")
 
 
@@ -101,3 +103,23 @@ def describe_errors(exc: ValidationError, task_name: object) -> str:
         lines.append(f"{field}: {err['msg']}{shown}")
     head = f"invalid config for task {task_name!r}" if task_name else "invalid task config"
     return head + ":\n  " + "\n  ".join(lines)
+
+
+def check_privacy_fits(mode: str, strategy: str, privacy: PrivacyConfig | None) -> None:
+    """Central DP is defined here for a sum of clipped deltas (docs/privacy.md): FedAvg
+    rounds. A robust rule looks at individual updates (their median, their distances),
+    where one silo's sensitivity is not the clip norm; local DP (each silo noises its own
+    update) fits every strategy."""
+    if privacy is None or privacy.mode != "central":
+        return
+    if mode == "sync" and strategy != "fedavg":
+        raise ValueError(
+            f"privacy mode 'central' releases a noised sum of clipped deltas (DP-FedAvg); "
+            f"strategy {strategy!r} aggregates individual updates, whose sensitivity to one "
+            "silo the noise would not cover: use strategy 'fedavg', or privacy mode 'local'"
+        )
+    if mode == "async":
+        raise ValueError(
+            "privacy mode 'central' is implemented for sync rounds (one release per round); "
+            "for an async task use privacy mode 'local' (each silo noises its own update)"
+        )

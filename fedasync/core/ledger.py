@@ -174,6 +174,7 @@ def _round_event(item: Mapping[str, Any]) -> Event | None:
             if result.get("optimizer_sha256")
             else {}
         ),
+        **({"dp": raw(result["dp"])} if isinstance(result.get("dp"), Mapping) else {}),
         "opened_at": _float(item.get("opened_at")),
         "closed_at": _float(item.get("closed_at")),
     }

@@ -23,6 +23,7 @@ from fedasync.core.codec import ModelSpec, TensorSpec, Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import describe, load_payload
 from fedasync.core.errors import ChecksumMismatchError, SchemaError
+from fedasync.core.keys import global_key
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.optimizers import OptimizerState, state_to_tensors
 from fedasync.core.strategies import async_strategy, sync_strategy
@@ -178,6 +179,13 @@ def _replay_sync(
             weights = load_payload(load(record.s3_key), record, spec, cfg, base=base)
             acc.add(weights, record.num_examples, who=str(sk))
             result.applied += 1
+        if cfg.privacy is not None and cfg.privacy.mode == "central":
+            # a noised release: the recorded decision, read back and checked (the noise
+            # is not in the ledger, so it cannot be recomputed; see docs/privacy.md)
+            version = int(event["version"])
+            key = global_key(cfg.task_name, version)
+            versions[version] = _fetch(load, key, str(event["sha256"]), f"DP release {version}")
+            continue
         new_global = acc.result()
         if cfg.server_optimizer is not None:
             new_global, state = cfg.server_optimizer.step(

@@ -29,6 +29,7 @@ from fedasync.core.config import TaskConfig
 from fedasync.core.replay import replay
 from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
+from fedasync.ops import privacy_report
 from fedasync.ops.demo_silos import StragglerTrainer, client_config, demo_data, silo_trainer
 from fedasync.ops.events import export_ledger, export_objects, folder_loader, write_ledger
 from fedasync.ops.live import LiveView
@@ -286,6 +287,8 @@ def _summary(
         "rejected_updates": rejected,
         "staleness": [int(u["staleness"]) for u in accepted if u["staleness"] is not None],
         "execution": status,
+        "finished": (final or {}).get("reason"),
+        "privacy": privacy_report.from_ledger(cfg, ledger),
         "events_path": str(events_path),
     }
 

@@ -11,6 +11,7 @@ from fedasync.core import keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.evals import eval_means
 from fedasync.deployment import Deployment
+from fedasync.ops import privacy_report
 from fedasync.ops.tasklookup import describe_execution, execution_arn, task_item
 from fedasync.server.store import ServerStore
 
@@ -92,6 +93,9 @@ async def status(
     out["clients"] = _clients(cfg, await store.query_prefix(task_name, keys.HEARTBEAT_PREFIX), now)
     updates = await store.query_prefix(task_name, keys.UPDATE_PREFIX)
     out["updates"] = _updates(updates)
+    out["privacy"] = privacy_report.central(
+        cfg, view.dp_releases, view.dp_release_limit
+    ) or privacy_report.local(cfg, updates)
     # per round (sync) / version (async): the example-weighted mean of each eval_* metric
     out["evaluation"] = eval_means(updates)
     out["execution"] = await describe_execution(aws, str(arn))

@@ -16,9 +16,11 @@ from fedasync.core.codec import Weights
 from fedasync.core.decisions import describe
 from fedasync.core.errors import ChecksumMismatchError
 from fedasync.core.messages import UpdateRecord
+from fedasync.core.noise import SecureGaussian
 from fedasync.core.optimizers import state_from_tensors, state_to_tensors
 from fedasync.core.strategies import sync_strategy
-from fedasync.core.strategies.base import details_of
+from fedasync.core.strategies.base import Fold, details_of
+from fedasync.core.strategies.central_dp import CentralDpFold
 from fedasync.server.cache import CACHE
 from fedasync.server.spill import Spill, spill_root
 from fedasync.server.store import ServerStore
@@ -31,10 +33,17 @@ async def fold_round(
 ) -> tuple[Weights, dict[str, Any]]:
     """The round's candidate model and what the strategy recorded about it."""
     strategy = sync_strategy(view.cfg)
+    who = f"round {round_id} of task {view.task_name!r}"
+    privacy = view.cfg.privacy
     with Spill(spill_root()) as spill:
-        fold = strategy.fold(
-            view.spec, who=f"round {round_id} of task {view.task_name!r}", keep=spill
-        )
+        fold: Fold
+        if privacy is not None and privacy.mode == "central":
+            key = keys.global_key(view.task_name, round_id)
+            global_w = await load_model(store, key, view.head_sha256, who)
+            # a fresh OS-random key per release, built here at the edge (never logged)
+            fold = CentralDpFold(global_w, view.spec, privacy, SecureGaussian(), who=who)
+        else:
+            fold = strategy.fold(view.spec, who=who, keep=spill)
         cached = {record.sha256: CACHE.get(record.sha256) for record in records}
         missing = [record for record in records if cached[record.sha256] is None]
         objects = store.iter_objects(

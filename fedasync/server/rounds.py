@@ -19,6 +19,7 @@ from fedasync.core.verdicts import VERDICT_ATTRIBUTES, settles
 from fedasync.server import refused
 from fedasync.server.finish import finish_task
 from fedasync.server.members import claim_members, dead_undecided
+from fedasync.server.round_budget import budget_spent, round_callback, spent_budget
 from fedasync.server.round_fold import fold_round, server_step
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
@@ -154,7 +155,7 @@ async def close_round(
                 needed=outcome.needed,
             )
     if token:
-        await store.send_success(token, result)
+        await store.send_success(token, round_callback(result))
     return result
 
 
@@ -193,6 +194,8 @@ async def _aggregate(
         log.warning("round.no_examples", round_id=round_id, accepted=len(records))
         return _not_closed(round_id, no_examples)
 
+    if view.dp_release_limit is not None and view.dp_releases >= view.dp_release_limit:
+        return await budget_spent(store, view, round_id)
     candidate, details = await fold_round(store, view, round_id, records)
     new_version = round_id + 1
     refusal = await refused.check_round(store, view, round_id, len(members), candidate)
@@ -214,17 +217,17 @@ async def _aggregate(
         **stepped,
         **({"dropped": dropped} if dropped else {}),
     }
+    task_values = {"head_version": new_version, "head_sha256": sha, "head_size": len(blob)}
+    if "dp" in details:  # one more central DP release; the last one the budget allows ends it
+        task_values["dp_releases"] = view.dp_releases + 1
+        result["dp"] = {**result["dp"], "releases": view.dp_releases + 1}
+        result.update(spent_budget(view))
     committed = await store.transact(
         [
             store.update_op(
                 view.task_name,
                 keys.TASK_SK,
-                {
-                    "head_version": new_version,
-                    "head_sha256": sha,
-                    "head_size": len(blob),
-                    **stepped,
-                },
+                {**task_values, **stepped},
                 condition="#head_version = :expected AND attribute_not_exists(#finished)",
                 condition_values={":expected": round_id},
             ),
@@ -264,7 +267,11 @@ async def _committed_before(store: ServerStore, view: TaskView, round_id: int) -
 
 
 async def _finish_if_last(store: ServerStore, view: TaskView, result: dict[str, Any]) -> None:
-    if result.get("closed") and int(result.get("version", 0)) >= view.cfg.rounds:
+    if not result.get("closed"):
+        return
+    if result.get("finished"):  # central DP: this release spent the budget
+        await finish_task(store, view.task_name, str(result["finish_reason"]), token=None)
+    elif int(result.get("version", 0)) >= view.cfg.rounds:
         await finish_task(store, view.task_name, "rounds", token=None)
 
 

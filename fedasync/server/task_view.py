@@ -52,6 +52,9 @@ class TaskView:
     incarnation: str | None = None  # the TASK item's: see GlobalModelNotice.incarnation
     # the server optimizer's state after the head version's step (None: no step yet)
     optimizer_sha256: str | None = None
+    # central DP: the releases made, and the most the budget allows (None: no central DP)
+    dp_releases: int = 0
+    dp_release_limit: int | None = None
 
     @classmethod
     def from_item(cls, task_name: str, item: dict[str, Any] | None) -> TaskView:
@@ -84,6 +87,10 @@ class TaskView:
             attempt=int(item.get("attempt", 1)),
             incarnation=str(item["incarnation"]) if item.get("incarnation") else None,
             optimizer_sha256=item.get("optimizer_sha256") or None,
+            dp_releases=int(item.get("dp_releases", 0)),
+            dp_release_limit=(
+                int(item["dp_release_limit"]) if item.get("dp_release_limit") is not None else None
+            ),
         )
 
     @property
@@ -109,4 +116,9 @@ class TaskView:
             seq=seq,
             incarnation=self.incarnation,
             proximal_mu=self.cfg.proximal_mu,
+            privacy=(
+                self.cfg.privacy
+                if self.cfg.privacy is not None and self.cfg.privacy.mode == "local"
+                else None
+            ),
         )

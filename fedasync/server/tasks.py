@@ -25,6 +25,7 @@ from fedasync.core import codec, keys
 from fedasync.core.codec import Array
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import ConfigError, FedAsyncError
+from fedasync.core.privacy import check_budget
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView, spec_to_json
 
@@ -49,12 +50,24 @@ def execution_arn(state_machine_arn: str, name: str) -> str:
     return f"{state_machine_arn.replace(':stateMachine:', ':execution:', 1)}:{name}"
 
 
+def dp_release_limit(cfg: TaskConfig) -> int | None:
+    """Central DP: the releases the task's budget buys (`check_budget`, which refuses a
+    delta too large for the protected units or a budget of no release). The unit central
+    DP protects is a silo's whole contribution (user-level DP, McMahan et al. 2018), so
+    delta is checked against 1/N for the N silos of the task. Computed here, on the
+    operator's machine: the aggregate function enforces the count without the accountant."""
+    if cfg.privacy is None or cfg.privacy.mode != "central":
+        return None
+    return check_budget(cfg.privacy, len(cfg.clients))
+
+
 async def start_task(
     store: ServerStore, state_machine_arn: str, cfg: TaskConfig, initial: Mapping[str, Array]
 ) -> str:
     """Idempotent for the same config: a second start returns the same execution."""
     blob = codec.encode(initial, who=f"initial model of task {cfg.task_name!r}")
     sha = codec.sha256_bytes(blob)
+    releases = dp_release_limit(cfg)
     await store.put_object(keys.global_key(cfg.task_name, 0), blob, sha)
     item = {
         "task_name": cfg.task_name,
@@ -73,6 +86,7 @@ async def start_task(
         "incarnation": secrets.token_hex(5),
         "attempt": 1,
         "attempts": [{"attempt": 1, "started_at": time.time()}],
+        **({"dp_release_limit": releases, "dp_releases": 0} if releases is not None else {}),
     }
     if not await store.put_item(item, condition="attribute_not_exists(#sk)"):
         existing = await store.get_task(cfg.task_name) or {}
