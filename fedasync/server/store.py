@@ -21,6 +21,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from fedasync.aws.batching import BATCH_GET_MAX_KEYS, drain_unprocessed
+from fedasync.aws.executions import SPENT_TOKEN_ERRORS, ExecutionNotFoundError
 from fedasync.aws.records import (
     TRANSACT_TRIES,
     Item,
@@ -34,7 +35,7 @@ from fedasync.core import keys
 from fedasync.core.verdicts import merge
 from fedasync.deployment import Deployment as Where  # the one model of where a stack lives
 from fedasync.resources import TABLE_PARTITION_KEY, TABLE_SORT_KEY
-from fedasync.server.effects import SPENT_TOKEN_ERRORS, Effects, ExecutionNotFoundError
+from fedasync.server.effects import Effects
 
 
 class ServerStore(Effects):
