@@ -12,6 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fedasync import logs
+from fedasync.cli.common import fail
+from fedasync.cli.status_view import describe_privacy
+from fedasync.core.errors import ConfigError
 
 app = typer.Typer(
     help="Cloud-native asynchronous federated learning on AWS serverless.",
@@ -136,6 +139,10 @@ def demo(
         out=out,
         train_seconds=train_seconds,
     )
+    try:  # the task's config, checked before any stack starts
+        opts.task_config()
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
     console.print(f"running a {mode} task with {clients} silos on the embedded stack…")
     try:
         summary = asyncio.run(run_demo(opts))
@@ -209,13 +216,7 @@ def _print_summary(summary: dict[str, object]) -> None:
         table.add_row(key, str(summary[key]))
     privacy = summary.get("privacy")
     if isinstance(privacy, dict):
-        shown = privacy.get("epsilon", privacy.get("epsilon_max"))
-        table.add_row(
-            "privacy",
-            f"{privacy['mode']}: epsilon {shown} of {privacy['target_epsilon']} at delta "
-            f"{privacy['delta']} ({privacy['accountant']})"
-            + (f", {privacy['releases']} release(s)" if "releases" in privacy else ""),
-        )
+        table.add_row("privacy", describe_privacy(privacy))
         table.add_row("finished", str(summary.get("finished")))
     rejected = summary.get("rejected_updates") or []
     table.add_row("rejected_updates", str(len(rejected)))  # type: ignore[arg-type]

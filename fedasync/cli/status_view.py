@@ -50,6 +50,9 @@ def status_table(out: dict[str, Any]) -> Table:
                 f"({updates.get('discarded', 0)} accepted update(s) discarded): {refused['detail']}",
             )
         )
+    privacy = out.get("privacy")
+    if privacy:
+        rows.append(("privacy", describe_privacy(privacy)))
     rows.append(("execution", f"{execution['status']} (attempt {out['attempt']})"))
     rows += [
         (
@@ -64,6 +67,21 @@ def status_table(out: dict[str, Any]) -> Table:
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+def describe_privacy(p: dict[str, Any]) -> str:
+    """`central: epsilon 8.08 of 10 at delta 1e-05 (rdp), 10 of 14 release(s)`."""
+    if p["mode"] == "central":
+        limit = p.get("release_limit")
+        of = f" of {limit}" if limit is not None else ""
+        return (
+            f"central: epsilon {p['epsilon']:.4g} of {p['target_epsilon']:g} at delta "
+            f"{p['delta']:g} ({p['accountant']}), {p['releases']}{of} release(s)"
+        )
+    return (
+        f"local: epsilon up to {p['epsilon_max']:.4g} of {p['target_epsilon']:g} at delta "
+        f"{p['delta']:g} ({p['accountant']}), by silo {p['epsilon_by_silo']}"
+    )
 
 
 def _finished(out: dict[str, Any]) -> str:
