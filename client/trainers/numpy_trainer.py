@@ -82,7 +82,11 @@ class NumpyTrainer:
             for start in range(0, len(y), self.batch_size):
                 batch = order[start : start + self.batch_size]
                 step(kernel, bias, xs[batch], y[batch])
-        trained = {KERNEL: kernel.astype(np.float32), BIAS: bias.astype(np.float32)}
+        # back in the global's dtype (float32, or bf16/fp16 for a half-precision model)
+        trained = {
+            KERNEL: kernel.astype(weights[KERNEL].dtype),
+            BIAS: bias.astype(weights[BIAS].dtype),
+        }
         metrics = self.evaluate(trained, x, y)
         return TrainResult(trained, len(y), {f"train_{k}": v for k, v in metrics.items()})
 
