@@ -137,7 +137,7 @@ def write_file(
     return sha256_file(path)
 
 
-def _sniff(head: bytes, total: int, who: str) -> None:
+def sniff(head: bytes, total: int, who: str) -> None:
     """Refuse what is not safetensors, saying what it looks like, before parsing anything."""
     if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
         raise SchemaError(
@@ -192,8 +192,8 @@ def read_file(
     if max_bytes is not None and total > max_bytes:
         raise PayloadTooLargeError(f"{who} is {total} bytes; the limit is {max_bytes}")
     with open(path, "rb") as fh:
-        if total < 10:  # mmap refuses an empty file; _sniff names what is wrong
-            _sniff(fh.read(9), total, who)
+        if total < 10:  # mmap refuses an empty file; sniff names what is wrong
+            sniff(fh.read(9), total, who)
         try:
             mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as exc:
@@ -206,7 +206,7 @@ def read_file(
 def _decode_buffer(buf: bytes | mmap.mmap, total: int, who: str, copy: bool) -> Weights:
     """Our own header check, then each tensor viewed (or copied) at its checked offsets."""
     head = bytes(buf[:9])
-    _sniff(head, total, who)
+    sniff(head, total, who)
     (header_len,) = struct.unpack("<Q", head[:8])
     base = 8 + header_len
     metadata, entries = parse_layout(bytes(buf[8:base]), total - base, who)
