@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
 import struct
+import subprocess
+import sys
 from contextlib import aclosing
 
 import ml_dtypes
@@ -144,3 +148,51 @@ async def test_a_missing_object_named_by_a_silo_is_the_silos_fault(aws, bucket):
     stream = stream_tensors(aws, bucket, "nope", sha256="0" * 64, named_by_silo=True)
     with pytest.raises(MissingObjectError, match="'nope' is missing"):
         await collect(stream)
+
+
+async def test_a_process_capped_at_a_quarter_of_the_model_folds_a_streamed_round(
+    aws, bucket, moto_server
+):
+    # GIVEN two float32 updates of 64 MiB each (16M parameters) in S3, 10 and 30 examples
+    params = 16 * 1024 * 1024
+    rng = np.random.default_rng(5)
+    models = [
+        {
+            "big/kernel": rng.standard_normal(params - 1000, np.float32),
+            "bias": np.ones(1000, np.float32) * i,
+        }
+        for i in range(2)
+    ]
+    keys = ["big/0", "big/1"]
+    shas = [await put(aws, bucket, k, codec.encode(m)) for k, m in zip(keys, models, strict=True)]
+    expected = codec.sha256_bytes(codec.encode(fedavg(zip(models, (10, 30), strict=True))))
+    model_bytes = params * 4
+    spec = [
+        {"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in codec.spec_of(models[0])
+    ]
+    del models
+    job = {
+        "endpoint": moto_server.endpoint_url, "bucket": bucket, "keys": keys, "shas": shas,
+        "examples": [10, 30], "spec": spec, "chunk_bytes": 1024 * 1024,
+        "budget_bytes": model_bytes // 4,
+    }  # fmt: skip
+    env = {**os.environ, "MALLOC_ARENA_MAX": "1"}  # no 64 MiB arena per thread
+    if aws.credentials is not None:
+        env |= {
+            "RANGED_KEY_ID": aws.credentials.access_key_id,
+            "RANGED_SECRET": aws.credentials.secret_access_key,
+        }
+    # WHEN a child process caps its address space, once its FedAvg sum exists, at what it
+    # then maps plus a quarter of one model, and folds the round streamed in 1 MiB ranges
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "tests.integration.ranged_child"],
+        input=json.dumps(job), capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    # THEN reading one update whole does not fit under the cap, the streamed round does,
+    # and its result has the bytes of FedAvg over the whole models, unconstrained
+    assert got["limit"] - got["mapped_at_cap"] == model_bytes // 4
+    assert got["whole_object_read"].startswith("failed: "), got["whole_object_read"]
+    assert got["sha256"] == expected
