@@ -342,7 +342,7 @@ SYNC_CASES = (
     "key-in-other-client-prefix",
     "pickle",
     "forged-verdict",
-    "bf16",
+    "bf16-on-float32",
     "deep-order-metadata",
     "object-missing",
 )
