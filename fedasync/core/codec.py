@@ -31,7 +31,7 @@ from fedasync.core.errors import (
     PayloadTooLargeError,
     SchemaError,
 )
-from fedasync.core.stheader import ORDER_MAX_DEPTH, loads_bounded, parse_layout
+from fedasync.core.stheader import ORDER_MAX_DEPTH, loads_bounded, parse_layout, write_header
 
 Array = npt.NDArray[Any]
 Weights = dict[str, Array]
@@ -111,20 +111,10 @@ def encode(weights: Mapping[str, Array], who: str = "model") -> bytes:
     contiguous = _contiguous(weights)
     # the library's order: by dtype, widest first, then by name
     names = sorted(contiguous, key=lambda n: (-_DTYPE_RANK[str(contiguous[n].dtype)], n))
-    header: dict[str, Any] = {"__metadata__": _metadata(weights)}
-    at = 0
-    for name in names:
-        arr = contiguous[name]
-        header[name] = {
-            "dtype": _SAFETENSORS_NAMES[str(arr.dtype)],
-            "shape": [int(d) for d in arr.shape],
-            "data_offsets": [at, at + int(arr.nbytes)],
-        }
-        at += int(arr.nbytes)
-    text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-(8 + len(text)) % 8)  # data starts 8-byte aligned, as the library pads
-    raw = [contiguous[n].reshape(-1).view(np.uint8).data for n in names]
-    return b"".join([struct.pack("<Q", len(text)), text, *raw])
+    arrays = [(n, contiguous[n]) for n in names]
+    layout = [(n, _SAFETENSORS_NAMES[str(a.dtype)], a.shape, a.nbytes) for n, a in arrays]
+    raw = [a.reshape(-1).view(np.uint8).data for _, a in arrays]
+    return b"".join([write_header(layout, _metadata(weights)), *raw])
 
 
 def write_file(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +119,26 @@ def _check_tiling(entries: list[Entry], body_len: int, who: str) -> None:
         at = e.end
     if at != body_len:
         raise _invalid(who, f"its tensors end at data byte {at} of {body_len}; the rest is unread")
+
+
+def write_header(
+    layout: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]
+) -> bytes:
+    """The length prefix and header for tensors (name, dtype, shape, bytes) laid out in
+    that order, as the safetensors library writes them: compact JSON, UTF-8 unescaped,
+    padded with spaces so that the data starts 8-byte aligned."""
+    header: dict[str, Any] = {"__metadata__": metadata}
+    at = 0
+    for name, dtype, shape, nbytes in layout:
+        header[name] = {
+            "dtype": dtype,
+            "shape": [int(d) for d in shape],
+            "data_offsets": [at, at + int(nbytes)],
+        }
+        at += int(nbytes)
+    text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)
+    return struct.pack("<Q", len(text)) + text
 
 
 def _check_entry(name: str, entry: Any, body_len: int, who: str) -> Entry:
