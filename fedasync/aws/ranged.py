@@ -136,22 +136,15 @@ async def stream_tensors(
     who: str | None = None,
 ) -> AsyncGenerator[tuple[str, int, Array], None]:
     """(tensor name, flat element offset, read-only chunk) for the object at `key`, in file
-    order; SHA-256 checked once the last chunk is out. Use with `contextlib.aclosing`."""
+    order; SHA-256 checked once the last chunk is out. Use with `contextlib.aclosing`.
+    Values are not checked here (finiteness is the caller's, per chunk, if it needs it)."""
     who = who or f"object {key!r}"
     obj = _Object(await aws.s3(), bucket, key, named_by_silo)
-    head = await obj.read(0, head_probe)
-    if max_bytes is not None and obj.size > max_bytes:
-        raise PayloadTooLargeError(f"{who} is {obj.size} bytes; the limit is {max_bytes}")
-    codec.sniff(head[:9], obj.size, who)
-    base = 8 + struct.unpack("<Q", head[:8])[0]
-    if len(head) < base:
-        head += await obj.read(len(head), base)
-    _, entries = parse_layout(head[8:base], obj.size - base, who)
+    header, entries = await _header(obj, head_probe, max_bytes, who)
     if spec is not None:
         codec.check_compatible(_shadow(entries), spec, who)
-    digest = hashlib.sha256(head[:base])
-    del head
-    ranges = plan(entries, base, chunk_bytes)
+    digest = hashlib.sha256(header)
+    ranges = plan(entries, len(header), chunk_bytes)
     pending: deque[asyncio.Future[bytes]] = deque()
     upcoming = iter(ranges)
     try:
@@ -172,6 +165,21 @@ async def stream_tensors(
         raise ChecksumMismatchError(
             f"{who}: object {key!r} has SHA-256 {digest.hexdigest()}; expected {sha256}"
         )
+
+
+async def _header(
+    obj: _Object, head_probe: int, max_bytes: int | None, who: str
+) -> tuple[bytes, list[Entry]]:
+    """The object's first 8 + header-length bytes, checked, and the tensors they declare."""
+    head = await obj.read(0, head_probe)
+    if max_bytes is not None and obj.size > max_bytes:
+        raise PayloadTooLargeError(f"{who} is {obj.size} bytes; the limit is {max_bytes}")
+    codec.sniff(head[:9], obj.size, who)  # the header length is bounded (16 MiB) from here
+    base = 8 + struct.unpack("<Q", head[:8])[0]
+    if len(head) < base:
+        head += await obj.read(len(head), base)
+    _, entries = parse_layout(head[8:base], obj.size - base, who)
+    return head[:base], entries
 
 
 def _shadow(entries: list[Entry]) -> dict[str, Array]:
