@@ -16,6 +16,7 @@ import json
 import os
 import resource
 import sys
+import threading
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,9 @@ async def read_whole(aws: AwsContext, job: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    # small stacks for the executor threads aiohttp may start under the cap (the default
+    # 8 MiB each is address space the fold never uses)
+    threading.stack_size(512 * 1024)
     job = json.loads(sys.stdin.read())
     print(json.dumps(asyncio.run(fold(job))))
 
