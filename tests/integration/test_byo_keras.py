@@ -56,9 +56,7 @@ def silo_config(stack: EmbeddedStack, task: str, client_id: str, **over: Any) ->
 
 
 async def store_records(stack: EmbeddedStack, task: str) -> list[dict[str, Any]]:
-    return await DynamoRecords(stack.aws, stack.endpoints.table).query_prefix(
-        task, keys.UPDATE_PREFIX
-    )
+    return await DynamoRecords(stack.aws, stack.endpoints.table).query_prefix(task, keys.UPDATE_PREFIX)
 
 
 def cnn_accuracy(weights: dict[str, np.ndarray], data: Dataset) -> float:

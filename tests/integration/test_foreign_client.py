@@ -137,7 +137,9 @@ async def test_two_foreign_silos_run_a_sync_task_to_the_end(stack):
     # AND the silos' eval_loss (mean |target - w| over the tensors of the model received)
     # is kept per round, weighted 100:300. By hand, round 0: a 2, b 2.25 -> 2.1875;
     # round 1 (w/2 - 1/4): a 1.4375, b 1.1875 -> 1.25. In `task status` and the ledger
-    status = await taskctl.status(stack.aws, stack.endpoints, "fx")
+    status = await taskctl.status(
+        stack.aws, stack.endpoints, "fx"
+    )
     ledger = [e for e in await export_ledger(store, "fx") if e["kind"] == "evaluation"]
     for entries in (status["evaluation"], ledger):
         assert [e["version"] for e in entries] == [0, 1]

@@ -108,7 +108,9 @@ async def test_state_machine_runs_the_asl_with_placeholders_filled(
         endpoints.control_queue_url
     )
     # the state machine writes the TASK item: the server table, not the silos' inbox
-    assert definition["States"]["StartTask"]["Parameters"]["TableName"] == (endpoints.server_table)
+    assert definition["States"]["StartTask"]["Parameters"]["TableName"] == (
+        endpoints.server_table
+    )
 
 
 async def test_embedded_stack_owns_its_server_and_state_and_restores_the_environment(
