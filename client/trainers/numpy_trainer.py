@@ -95,7 +95,11 @@ class NumpyTrainer:
                 if pull is not None:  # the proximal gradient at the step's starting point
                     kernel -= self.learning_rate * pull[0]
                     bias -= self.learning_rate * pull[1]
-        trained = {KERNEL: kernel.astype(np.float32), BIAS: bias.astype(np.float32)}
+        # back in the global's dtype (float32, or bf16/fp16 for a half-precision model)
+        trained = {
+            KERNEL: kernel.astype(weights[KERNEL].dtype),
+            BIAS: bias.astype(weights[BIAS].dtype),
+        }
         metrics = self.evaluate(trained, x, y)
         return TrainResult(trained, len(y), {f"train_{k}": v for k, v in metrics.items()})
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 import struct
 from collections.abc import Iterable, Mapping
@@ -19,11 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import numpy.typing as npt
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load as _st_load
-from safetensors.numpy import save as _st_save
 from safetensors.numpy import save_file as _st_save_file
 
 from fedasync.core.errors import (
@@ -32,12 +31,21 @@ from fedasync.core.errors import (
     PayloadTooLargeError,
     SchemaError,
 )
-from fedasync.core.stheader import ORDER_MAX_DEPTH, loads_bounded, parse_header
+from fedasync.core.stheader import ORDER_MAX_DEPTH, loads_bounded, parse_layout, write_header
 
 Array = npt.NDArray[Any]
 Weights = dict[str, Array]
 
-ACCEPTED_DTYPES: tuple[str, ...] = ("float16", "float32", "float64")
+ACCEPTED_DTYPES: tuple[str, ...] = ("bfloat16", "float16", "float32", "float64")
+# safetensors dtype -> numpy (safetensors data is little-endian; bfloat16 from ml_dtypes)
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F16": np.dtype("<f2"),
+    "F32": np.dtype("<f4"),
+    "F64": np.dtype("<f8"),
+}
+_SAFETENSORS_NAMES = {str(d): name for name, d in NUMPY_DTYPES.items()}
+_DTYPE_RANK = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
 ORDER_KEY = "fedasync.order"
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 _CHUNK = 1024 * 1024
@@ -94,10 +102,19 @@ def _metadata(weights: Mapping[str, Array]) -> dict[str, str]:
 
 
 def encode(weights: Mapping[str, Array], who: str = "model") -> bytes:
-    """Serialise to safetensors bytes (deterministic: same tensors, same bytes)."""
+    """Serialise to safetensors bytes (deterministic: same tensors, same bytes).
+
+    The bytes are the safetensors library's own, byte for byte (its header layout, tested
+    against it), but joined straight from the arrays' buffers: one copy of the model,
+    where the library holds its own buffer and a `bytes` copy of it at once."""
     _check_dtypes(weights, who)
     contiguous = _contiguous(weights)
-    return bytes(_st_save(contiguous, metadata=_metadata(weights)))
+    # the library's order: by dtype, widest first, then by name
+    names = sorted(contiguous, key=lambda n: (-_DTYPE_RANK[str(contiguous[n].dtype)], n))
+    arrays = [(n, contiguous[n]) for n in names]
+    layout = [(n, _SAFETENSORS_NAMES[str(a.dtype)], a.shape, a.nbytes) for n, a in arrays]
+    raw = [a.reshape(-1).view(np.uint8).data for _, a in arrays]
+    return b"".join([write_header(layout, _metadata(weights)), *raw])
 
 
 def write_file(
@@ -110,7 +127,7 @@ def write_file(
     return sha256_file(path)
 
 
-def _sniff(head: bytes, total: int, who: str) -> None:
+def sniff(head: bytes, total: int, who: str) -> None:
     """Refuse what is not safetensors, saying what it looks like, before parsing anything."""
     if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
         raise SchemaError(
@@ -144,43 +161,59 @@ def _ordered(tensors: Mapping[str, Array], metadata: Mapping[str, str] | None, w
     return out
 
 
-# what the safetensors library may raise on bytes our own header check let through;
-# KeyError: its dtype table (a dtype we did not check would otherwise escape bare)
-_LOAD_ERRORS = (SafetensorError, ValueError, TypeError, KeyError, OverflowError, MemoryError)
+def decode(
+    data: bytes, *, max_bytes: int | None = None, who: str = "model", copy: bool = True
+) -> Weights:
+    """Parse safetensors bytes into ordered arrays; hostile input -> SchemaError.
 
-
-def decode(data: bytes, *, max_bytes: int | None = None, who: str = "model") -> Weights:
-    """Parse safetensors bytes into ordered writable arrays; hostile input -> SchemaError."""
+    `copy=True` gives writable arrays the caller owns (one copy of the data).
+    `copy=False` gives read-only views on `data` itself (no copy at all): for a caller
+    that only reads them, such as the aggregation fold; they keep `data` alive."""
     if max_bytes is not None and len(data) > max_bytes:
         raise PayloadTooLargeError(f"{who} is {len(data)} bytes; the limit is {max_bytes}")
-    _sniff(data[:9], len(data), who)
-    (header_len,) = struct.unpack("<Q", data[:8])
-    metadata = parse_header(data[8 : 8 + header_len], len(data) - 8 - header_len, who)
-    try:
-        tensors = _st_load(data)
-    except _LOAD_ERRORS as exc:
-        raise SchemaError(f"{who} is not valid safetensors: {exc}") from exc
-    return _ordered({n: np.array(a) for n, a in tensors.items()}, metadata, who)
+    return _decode_buffer(data, len(data), who, copy)
 
 
 def read_file(
     path: str | os.PathLike[str], *, max_bytes: int | None = None, who: str = "model"
 ) -> Weights:
-    """Read a safetensors file (memory-mapped by safetensors, one tensor at a time)."""
+    """Read a safetensors file through a memory map, copying out one tensor at a time."""
     total = Path(path).stat().st_size
     if max_bytes is not None and total > max_bytes:
         raise PayloadTooLargeError(f"{who} is {total} bytes; the limit is {max_bytes}")
     with open(path, "rb") as fh:
-        head = fh.read(9)
-        _sniff(head, total, who)
-        (header_len,) = struct.unpack("<Q", head[:8])
-        fh.seek(8)
-        metadata = parse_header(fh.read(header_len), total - 8 - header_len, who)
-    try:
-        with safe_open(str(path), framework="numpy") as st:
-            tensors = {name: np.array(st.get_tensor(name)) for name in st.keys()}  # noqa: SIM118
-    except (*_LOAD_ERRORS, OSError) as exc:
-        raise SchemaError(f"{who} is not valid safetensors: {exc}") from exc
+        if total < 10:  # mmap refuses an empty file; sniff names what is wrong
+            sniff(fh.read(9), total, who)
+        try:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            raise SchemaError(f"{who} could not be read: {exc}") from exc
+        with mapped:
+            weights = _decode_buffer(mapped, total, who, copy=True)
+    return weights
+
+
+def _decode_buffer(buf: bytes | mmap.mmap, total: int, who: str, copy: bool) -> Weights:
+    """Our own header check, then each tensor viewed (or copied) at its checked offsets."""
+    head = bytes(buf[:9])
+    sniff(head, total, who)
+    (header_len,) = struct.unpack("<Q", head[:8])
+    base = 8 + header_len
+    metadata, entries = parse_layout(bytes(buf[8:base]), total - base, who)
+    tensors: Weights = {}
+    for e in entries:
+        dtype = NUMPY_DTYPES[e.dtype]
+        count = math.prod(e.shape)
+        if count == 0:  # frombuffer refuses an offset at the very end of the buffer
+            view = np.empty(e.shape, dtype=dtype)
+        else:
+            view = np.frombuffer(buf, dtype=dtype, count=count, offset=base + e.begin)
+            view = view.reshape(e.shape)
+        if copy:
+            view = view.copy()
+        else:
+            view.flags.writeable = False
+        tensors[e.name] = view
     return _ordered(tensors, metadata, who)
 
 

@@ -128,7 +128,8 @@ def load_payload(
         )
     try:
         check_examples(record, cfg)  # after the checksum: the claim comes with its bytes
-        weights = codec.decode(data, max_bytes=cfg.max_model_bytes, who=who)
+        # read-only views on the bytes: nothing downstream changes an update in place
+        weights = codec.decode(data, max_bytes=cfg.max_model_bytes, who=who, copy=False)
         codec.validate(weights, spec, who, base=base, max_norm=cfg.max_update_norm)
     except FedAsyncError as exc:
         exc.attributed = True  # only the client can have put these bytes there

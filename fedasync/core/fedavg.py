@@ -9,60 +9,130 @@ stays about 2x a float32 model (the float64 sum), flat in the number of clients.
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from fedasync.core.codec import Array, ModelSpec, Weights, check_compatible, spec_of
-from fedasync.core.errors import SchemaError
+from fedasync.core.errors import IncompatibleUpdateError, SchemaError
 
 CHUNK_ELEMENTS = 1 << 20  # 8 MiB of float64 per chunk
+# the widened update passes through a scratch this small (512 KiB) that stays in cache;
+# only the accumulator itself streams through memory
+BLOCK_ELEMENTS = 1 << 16
 
 
 class FedAvgAccumulator:
-    """Fold (weights, num_examples) pairs in; `result()` gives the weighted mean."""
+    """Fold (weights, num_examples) pairs in; `result()` gives the weighted mean.
+
+    An update comes whole (`add`) or streamed, tensor slice by tensor slice (`add_chunk`):
+    the same updates in the same order give the same bytes either way."""
 
     def __init__(self, spec: ModelSpec | None = None, *, who: str = "round") -> None:
         self._spec = spec
         self._who = who
         self._chunks: dict[str, list[Array]] = {}
+        self._chunk_elements = CHUNK_ELEMENTS
         self._scratch = np.empty(0, dtype=np.float64)
+        self._streamed: _Streamed | None = None
         self.total_examples = 0
         self.count = 0
 
     def add(self, weights: Mapping[str, Array], num_examples: int, who: str = "update") -> None:
         """Fold one update in; it is not retained (the caller may free it at once)."""
-        if num_examples < 0:
-            raise SchemaError(f"{who} reports {num_examples} examples; expected >= 0")
+        self._check_examples(num_examples, who)
+        self._check_not_streaming(who)
         if self._spec is None:
             self._spec = spec_of(weights)
         check_compatible(weights, self._spec, who)
-        if not self._chunks:
-            self._chunks = {t.name: _zero_chunks(int(np.prod(t.shape))) for t in self._spec}
+        self._ensure_chunks()
         factor = float(num_examples)
-        for name, acc_chunks in self._chunks.items():
-            flat = np.ravel(weights[name])
-            start = 0
-            for chunk in acc_chunks:
-                stop = start + chunk.size
-                scratch = self._scratch_for(chunk.size)
-                # widen with a plain cast, then multiply in place: numpy's casting multiply
-                # (float32 in, float64 out) goes through small buffers and is ~1.5x slower;
-                # the products and the sum are the same, bit for bit
-                np.copyto(scratch, flat[start:stop])
-                np.multiply(scratch, factor, out=scratch)
-                np.add(chunk, scratch, out=chunk)
-                start = stop
+        for name in self._chunks:
+            self._fold_range(name, 0, np.ravel(weights[name]), factor)
         self.total_examples += num_examples
         self.count += 1
 
-    def _scratch_for(self, size: int) -> Array:
-        if self._scratch.size < size:
-            self._scratch = np.empty(size, dtype=np.float64)
-        return self._scratch[:size]
+    def add_chunk(
+        self, name: str, start: int, chunk: Array, num_examples: int, who: str = "update"
+    ) -> None:
+        """Fold elements [start, start + chunk.size) of tensor `name` (C order, flattened).
+
+        The chunks of one update come one update at a time, in any order, each element
+        once; the update counts (its `num_examples` once) when they cover the model."""
+        self._check_examples(num_examples, who)
+        if self._spec is None:
+            raise SchemaError(f"{self._who}: streamed updates need the model's spec up front")
+        tensor = next((t for t in self._spec if t.name == name), None)
+        if tensor is None:
+            raise IncompatibleUpdateError(
+                f"{who}: tensor {name!r} is not in the global model", reason="names"
+            )
+        if str(chunk.dtype) != tensor.dtype:
+            raise IncompatibleUpdateError(
+                f"{who} has tensor {name!r} of dtype {chunk.dtype}; the global model has "
+                f"{tensor.dtype}",
+                reason="dtype",
+            )
+        if self._streamed is None:
+            self._streamed = _Streamed(num_examples, _elements(self._spec))
+        flat = np.ravel(chunk)
+        self._streamed.claim(
+            name, start, flat.size, size=math.prod(tensor.shape), num_examples=num_examples, who=who
+        )
+        self._ensure_chunks()
+        self._fold_range(name, start, flat, float(num_examples))
+        if self._streamed.complete:
+            self.total_examples += num_examples
+            self.count += 1
+            self._streamed = None
+
+    def _check_examples(self, num_examples: int, who: str) -> None:
+        if num_examples < 0:
+            raise SchemaError(f"{who} reports {num_examples} examples; expected >= 0")
+
+    def _check_not_streaming(self, who: str) -> None:
+        if self._streamed is not None:
+            raise SchemaError(
+                f"{self._who}: {who} comes while a streamed update is incomplete "
+                f"({self._streamed.done} of {self._streamed.total} elements folded)"
+            )
+
+    def _ensure_chunks(self) -> None:
+        if not self._chunks and self._spec is not None:
+            self._chunk_elements = CHUNK_ELEMENTS
+            self._chunks = {t.name: _zero_chunks(math.prod(t.shape)) for t in self._spec}
+
+    def _fold_range(self, name: str, start: int, flat: Array, factor: float) -> None:
+        """Fold `flat` into the accumulator's elements [start, start + flat.size) of `name`."""
+        acc_chunks, size = self._chunks[name], self._chunk_elements
+        done = 0
+        while done < flat.size:
+            at = start + done
+            chunk = acc_chunks[at // size]
+            lo = at % size
+            take = min(chunk.size - lo, flat.size - done)
+            self._fold(chunk[lo : lo + take], flat[done : done + take], factor)
+            done += take
+
+    def _fold(self, acc: Array, values: Array, factor: float) -> None:
+        """acc += float64(values) * factor, block by block through the scratch."""
+        if self._scratch.size < BLOCK_ELEMENTS:
+            self._scratch = np.empty(BLOCK_ELEMENTS, dtype=np.float64)
+        for lo in range(0, acc.size, BLOCK_ELEMENTS):
+            hi = min(lo + BLOCK_ELEMENTS, acc.size)
+            scratch = self._scratch[: hi - lo]
+            # widen with a plain cast, then multiply in place: numpy's casting multiply
+            # (float32 in, float64 out) goes through small buffers and is ~1.5x slower;
+            # the products and the sum are the same, bit for bit
+            np.copyto(scratch, values[lo:hi])
+            np.multiply(scratch, factor, out=scratch)
+            np.add(acc[lo:hi], scratch, out=acc[lo:hi])
 
     def result(self) -> Weights:
         """The weighted mean in the model's dtype; the accumulator is consumed."""
+        self._check_not_streaming("the result")
         if self.count == 0 or self._spec is None:
             raise SchemaError(f"{self._who}: no updates to average (empty round)")
         if self.total_examples == 0:
@@ -77,17 +147,61 @@ class FedAvgAccumulator:
         return out
 
 
+class _Streamed:
+    """Which slices of the update being streamed in are folded already: none twice."""
+
+    def __init__(self, num_examples: int, total: int) -> None:
+        self.num_examples = num_examples
+        self.total = total
+        self.done = 0
+        self._spans: dict[str, list[tuple[int, int]]] = {}
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.total
+
+    def claim(
+        self, name: str, start: int, count: int, *, size: int, num_examples: int, who: str
+    ) -> None:
+        if num_examples != self.num_examples:
+            raise SchemaError(
+                f"{who}: a chunk reports {num_examples} examples; this update's first "
+                f"chunk reported {self.num_examples}"
+            )
+        stop = start + count
+        if not 0 <= start <= stop <= size:
+            raise IncompatibleUpdateError(
+                f"{who}: chunk [{start}, {stop}) of tensor {name!r} is outside its {size} elements",
+                reason="shape",
+            )
+        spans = self._spans.setdefault(name, [])
+        at = bisect.bisect_left(spans, (start, stop))
+        before = spans[at - 1] if at else None
+        after = spans[at] if at < len(spans) else None
+        if count and ((before and before[1] > start) or (after and after[0] < stop)):
+            raise SchemaError(
+                f"{who}: chunk [{start}, {stop}) of tensor {name!r} overlaps one already "
+                "folded; each element comes once"
+            )
+        spans.insert(at, (start, stop))
+        self.done += count
+
+
+def _elements(spec: ModelSpec) -> int:
+    return sum(math.prod(t.shape) for t in spec)
+
+
 def _finish(chunks: list[Array], total: int, dtype: str, shape: tuple[int, ...]) -> Array:
-    """Divide and cast chunk by chunk, dropping each float64 chunk as soon as it is cast."""
-    parts: list[Array] = []
+    """Divide and cast chunk by chunk into the result, dropping each float64 chunk at once."""
+    out = np.empty(sum(c.size for c in chunks), dtype=np.dtype(dtype))
+    start = 0
     while chunks:
         chunk = chunks.pop(0)
         chunk /= total
-        parts.append(chunk.astype(dtype))
+        out[start : start + chunk.size] = chunk  # the same rounding as astype(dtype)
+        start += chunk.size
         del chunk
-    joined = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    del parts
-    return joined.reshape(shape)
+    return out.reshape(shape)
 
 
 def _zero_chunks(size: int) -> list[Array]:

@@ -14,17 +14,19 @@ from __future__ import annotations
 import json
 import math
 import re
+import struct
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from fedasync.core.errors import SchemaError
 
-# what fedasync reads -> bytes per element; bf16/fp8 support is a later issue
-SUPPORTED_DTYPES: dict[str, int] = {"F16": 2, "F32": 4, "F64": 8}
+# what fedasync reads -> bytes per element (BF16 through ml_dtypes; fp8 is a later issue)
+SUPPORTED_DTYPES: dict[str, int] = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
 # every other dtype the safetensors format defines (refused, but named as such)
 OTHER_SAFETENSORS_DTYPES: tuple[str, ...] = (
-    "BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "BF16", "C64",
+    "BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "C64",
     "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4", "E8M0",
 )  # fmt: skip
 HEADER_MAX_DEPTH = 3  # {name: {"shape": [..]}}
@@ -67,8 +69,31 @@ def loads_bounded(text: bytes | str, max_depth: int, what: str, who: str) -> Any
         raise SchemaError(f"{who}: {what} is not valid JSON ({str(exc)[:120]})") from exc
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of a checked header: where its bytes lie within the data section."""
+
+    name: str
+    dtype: str  # the safetensors name: F32, BF16, ...
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
 def parse_header(header: bytes, body_len: int, who: str) -> dict[str, str] | None:
     """Check a whole safetensors header; returns its `__metadata__` (None if absent)."""
+    return parse_layout(header, body_len, who)[0]
+
+
+def parse_layout(
+    header: bytes, body_len: int, who: str
+) -> tuple[dict[str, str] | None, list[Entry]]:
+    """Check a whole header; its `__metadata__` and its tensors in header order.
+
+    Beyond each entry, the tensors must tile the data section exactly (sorted by offset,
+    each beginning where the previous ends, the last ending at the end), as the
+    safetensors library requires: arrays viewed straight on the bytes then never
+    overlap and no byte goes unread."""
     parsed = loads_bounded(header, HEADER_MAX_DEPTH, "safetensors header", who)
     if not isinstance(parsed, dict):
         raise _invalid(who, f"its header is a JSON {type(parsed).__name__}, not an object")
@@ -77,12 +102,46 @@ def parse_header(header: bytes, body_len: int, who: str) -> dict[str, str] | Non
         isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
     ):
         raise _invalid(who, "its __metadata__ must map names to strings")
-    for name, entry in parsed.items():
-        _check_entry(name, entry, body_len, who)
-    return meta
+    entries = [_check_entry(name, entry, body_len, who) for name, entry in parsed.items()]
+    _check_tiling(entries, body_len, who)
+    return meta, entries
 
 
-def _check_entry(name: str, entry: Any, body_len: int, who: str) -> None:
+def _check_tiling(entries: list[Entry], body_len: int, who: str) -> None:
+    at = 0
+    for e in sorted(entries, key=lambda e: (e.begin, e.end)):
+        if e.begin != at:
+            raise _invalid(
+                who,
+                f"tensor {e.name!r} begins at data byte {e.begin}; the tensors before it end "
+                f"at {at} (tensors must neither overlap nor leave gaps)",
+            )
+        at = e.end
+    if at != body_len:
+        raise _invalid(who, f"its tensors end at data byte {at} of {body_len}; the rest is unread")
+
+
+def write_header(
+    layout: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]
+) -> bytes:
+    """The length prefix and header for tensors (name, dtype, shape, bytes) laid out in
+    that order, as the safetensors library writes them: compact JSON, UTF-8 unescaped,
+    padded with spaces so that the data starts 8-byte aligned."""
+    header: dict[str, Any] = {"__metadata__": metadata}
+    at = 0
+    for name, dtype, shape, nbytes in layout:
+        header[name] = {
+            "dtype": dtype,
+            "shape": [int(d) for d in shape],
+            "data_offsets": [at, at + int(nbytes)],
+        }
+        at += int(nbytes)
+    text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
+def _check_entry(name: str, entry: Any, body_len: int, who: str) -> Entry:
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise _invalid(who, f"tensor {name!r} must have exactly dtype, shape, data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
@@ -95,7 +154,7 @@ def _check_entry(name: str, entry: Any, body_len: int, who: str) -> None:
         )
         raise SchemaError(
             f"{who}: tensor {name!r} has dtype {dtype!r}, {what}; accepted: "
-            f"{', '.join(SUPPORTED_DTYPES)} (float16, float32, float64)",
+            f"{', '.join(SUPPORTED_DTYPES)} (bfloat16, float16, float32, float64)",
             reason="unsupported_dtype",
         )
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
@@ -110,6 +169,7 @@ def _check_entry(name: str, entry: Any, body_len: int, who: str) -> None:
             f"tensor {name!r} of shape {tuple(shape)} ({dtype}) needs {need} bytes; its "
             f"data_offsets [{begin}, {end}] do not hold that within the {body_len} data bytes",
         )
+    return Entry(name, dtype, tuple(shape), begin, end)
 
 
 def _is_count(value: Any) -> bool:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from fedasync.core.codec import ACCEPTED_DTYPES, Weights
@@ -119,11 +120,10 @@ def from_torch(path: Path) -> Exported:
     weights: Weights = {}
     left_out: list[tuple[str, str]] = []
     for name, tensor in state.items():
-        if tensor.dtype == torch.bfloat16:
-            raise SchemaError(
-                f"torch tensor {name!r} of {str(path)!r} is bfloat16; accepted: "
-                f"{', '.join(ACCEPTED_DTYPES)} (save the state_dict of `model.float()`)"
-            )
+        if tensor.dtype == torch.bfloat16:  # numpy has none: the same 16 bits, as ml_dtypes'
+            bits = tensor.detach().cpu().contiguous().view(torch.int16).numpy()
+            weights[str(name)] = bits.view(ml_dtypes.bfloat16).copy()
+            continue
         if not tensor.is_floating_point():
             left_out.append((str(name), str(tensor.dtype).removeprefix("torch.")))
             continue

@@ -1,14 +1,17 @@
 """The weights codec: safetensors only, ordered, bit-exact, and hostile input refused."""
 
 import io
+import json
 import pickle
 import struct
 
+import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from safetensors.numpy import save as st_save
 
 from fedasync.core import codec
 from fedasync.core.errors import (
@@ -171,7 +174,7 @@ def test_norm_bound_measures_the_delta_from_the_base():
 # bytes per element, from the safetensors format's own table (not from the codec)
 SAFETENSORS_DTYPES = {
     "BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "U32": 4, "I32": 4, "U64": 8,
-    "I64": 8, "BF16": 2, "C64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+    "I64": 8, "C64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
     "F6_E2M3": 1, "F6_E3M2": 1, "F4": 1, "E8M0": 1,
 }  # fmt: skip
 
@@ -199,7 +202,7 @@ def _decode_both_ways(data: bytes, tmp_path) -> list[SchemaError]:
 
 @pytest.mark.parametrize("dtype", sorted(SAFETENSORS_DTYPES))
 def test_every_safetensors_dtype_fedasync_does_not_read_is_a_schema_error(dtype, tmp_path):
-    # GIVEN a well-formed one-tensor payload of a dtype other than F16/F32/F64
+    # GIVEN a well-formed one-tensor payload of a dtype other than BF16/F16/F32/F64
     size = SAFETENSORS_DTYPES[dtype] * 2
     data = _payload({"t": {"dtype": dtype, "shape": [2], "data_offsets": [0, size]}}, b"\0" * size)
     # WHEN it is decoded (bytes or file) THEN it is refused, naming the tensor and the dtype
@@ -356,3 +359,100 @@ def test_an_integer_too_long_for_python_to_parse_is_a_schema_error(where, tmp_pa
     for error in _decode_both_ways(_payload(header, b"\0" * 4), tmp_path):
         assert type(error) is SchemaError
         assert "is not valid JSON (Exceeds the limit (4300 digits)" in error.message
+
+
+# --- the encoder writes the safetensors library's bytes; decode may view them ------------
+
+all_float_arrays = hnp.arrays(
+    dtype=st.sampled_from([np.float16, ml_dtypes.bfloat16, np.float32, np.float64]),
+    shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
+    elements=st.floats(-1e4, 1e4, width=16),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=8), all_float_arrays, min_size=1, max_size=6))
+def test_encode_writes_exactly_the_safetensors_librarys_bytes(weights):
+    # GIVEN any model of the four accepted dtypes, with any tensor names (unicode, quotes,
+    # control characters), 0-d and empty tensors included
+    # WHEN our encoder writes it THEN the bytes are the safetensors library's own for the
+    # same tensors and metadata (the independent oracle), so every stored SHA-256 holds
+    ours = codec.encode(weights)
+    assert ours == st_save(weights, metadata={codec.ORDER_KEY: json.dumps(list(weights))})
+
+
+def test_decode_without_copy_views_the_bytes_read_only():
+    # GIVEN an encoded model
+    blob = codec.encode(MODEL)
+    # WHEN it is decoded with copy=False
+    views = codec.decode(blob, copy=False)
+    # THEN every array is a read-only view on the bytes themselves, with the right values
+    for name, arr in views.items():
+        assert not arr.flags.writeable
+        assert np.shares_memory(arr, np.frombuffer(blob, np.uint8))
+        assert arr.tobytes() == MODEL[name].tobytes()
+    with pytest.raises(ValueError, match="read-only"):
+        views["dense/bias"][0] = 1.0
+    # AND the default still hands the caller writable arrays of its own
+    owned = codec.decode(blob)
+    owned["dense/bias"][0] = 7.0
+    assert codec.decode(blob)["dense/bias"][0] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("header", "fragment"),
+    [
+        (
+            {
+                "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+            },
+            "tensor 'b' begins at data byte 0; the tensors before it end at 4",
+        ),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]},
+            },
+            "tensor 'b' begins at data byte 8; the tensors before it end at 4",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
+            "its tensors end at data byte 4 of 12",
+        ),
+    ],
+    ids=["overlap", "gap", "unread-tail"],
+)
+def test_tensors_that_overlap_or_leave_gaps_are_refused(header, fragment, tmp_path):
+    # GIVEN entries each valid alone, but overlapping or leaving bytes no tensor owns
+    data = _payload(header, b"\0" * 12)
+    # WHEN decoded (bytes or file) THEN a SchemaError says where, before any view is made
+    for error in _decode_both_ways(data, tmp_path):
+        assert error.reason == "schema"
+        assert fragment in error.message
+
+
+def test_bfloat16_round_trips_and_keeps_its_dtype(tmp_path):
+    # GIVEN a bf16 model (1.5 and -2.0 and 2**-8 are exact in bfloat16's 8-bit mantissa)
+    weights = {"w": np.array([1.5, -2.0, 2.0**-8], dtype=ml_dtypes.bfloat16)}
+    blob = codec.encode(weights)
+    # THEN the header names BF16 and the data are those values' bf16 bit patterns
+    assert b'"dtype":"BF16"' in blob
+    assert blob.endswith(bytes.fromhex("c03f00c0803b"))  # little-endian bf16
+    # AND decode and read_file give them back as bfloat16
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(blob)
+    for back in (codec.decode(blob), codec.decode(blob, copy=False), codec.read_file(path)):
+        assert back["w"].dtype == ml_dtypes.bfloat16
+        assert [float(v) for v in back["w"]] == [1.5, -2.0, 2.0**-8]
+
+
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_half_precision_weights_are_refused(dtype, value):
+    weights = {"w": np.array([1.0, value, 2.0], dtype=dtype)}
+    back = codec.decode(codec.encode(weights), copy=False)
+    with pytest.raises(InvalidWeightsError) as info:
+        codec.check_finite(back, "update from client 'h'")
+    assert info.value.reason == "non_finite"
+    assert "1 NaN/Inf value(s) in tensor 'w'" in str(info.value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
+import ml_dtypes
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -80,6 +81,21 @@ def test_torch_state_dict_exports_float_tensors_and_leaves_out_integer_buffers(t
     ]  # fmt: skip
     np.testing.assert_array_equal(out.weights["0.weight"], state["0.weight"].numpy())
     assert out.left_out == (("1.num_batches_tracked", "int64"),)
+
+
+def test_a_bfloat16_torch_state_dict_exports_as_bf16_bit_for_bit(tmp_path):
+    # GIVEN a bf16 torch module's state_dict (numpy has no bf16 of its own)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    state = torch.nn.Linear(4, 3).to(torch.bfloat16).state_dict()
+    torch.save(state, tmp_path / "m.pt")
+    # WHEN it is exported THEN each tensor is ml_dtypes' bfloat16 with torch's very bits,
+    # and the codec writes it as BF16
+    out = export_model(tmp_path / "m.pt")
+    for name, tensor in state.items():
+        assert out.weights[name].dtype == ml_dtypes.bfloat16
+        assert out.weights[name].tobytes() == tensor.view(torch.int16).numpy().tobytes()
+    assert b'"dtype":"BF16"' in codec.encode(out.weights)
 
 
 def test_a_pickled_torch_module_is_refused_not_run(tmp_path):

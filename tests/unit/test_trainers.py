@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -60,6 +61,19 @@ def test_fit_lowers_the_loss_and_reports_its_examples(digits):
     assert result.metrics["train_loss"] == pytest.approx(after["loss"])
     assert list(result.weights) == list(start)
     assert all(w.dtype == np.float32 for w in result.weights.values())
+
+
+def test_a_bf16_global_trains_in_float64_and_comes_back_in_bf16(digits):
+    # GIVEN a bf16 global model
+    train, _ = digits
+    trainer = NumpyTrainer()
+    start = {k: v.astype(ml_dtypes.bfloat16) for k, v in trainer.init_weights(0).items()}
+    # WHEN the silo trains on it THEN the update is in bf16 (as the server requires) and
+    # has learnt (the loss at least halves, as from a float32 start)
+    result = trainer.fit(start, train.x, train.y, epochs=1, seed=0)
+    assert all(w.dtype == ml_dtypes.bfloat16 for w in result.weights.values())
+    before = trainer.evaluate(start, train.x, train.y)["loss"]
+    assert trainer.evaluate(result.weights, train.x, train.y)["loss"] < before / 2
 
 
 def test_fit_is_deterministic_and_leaves_its_input_untouched(digits):
