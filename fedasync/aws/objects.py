@@ -26,6 +26,7 @@ from fedasync.aws.transfer import (
     Advance,
     CorruptDownloadError,
 )
+from fedasync.core import codec
 from fedasync.core.errors import MissingObjectError, PayloadTooLargeError, RegistryError
 
 __all__ = [
@@ -189,3 +190,25 @@ class S3Objects:
             Metadata={SHA256_METADATA: sha256},
             ContentType="application/octet-stream",
         )
+
+    async def put_bytes_once(self, key: str, data: bytes, sha256: str) -> tuple[bytes, str]:
+        """Write a server object only if none is at `key` yet (S3's conditional write,
+        `If-None-Match: *`); the bytes and SHA-256 now at `key`: ours, or those an earlier
+        try wrote first. A release that is not a pure function of its inputs (central DP's
+        noise) must never be written twice: a retry would replace a committed version."""
+        s3 = await self._aws.s3()
+        try:
+            await s3.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                Metadata={SHA256_METADATA: sha256},
+                ContentType="application/octet-stream",
+                IfNoneMatch="*",
+            )
+        except ClientError as exc:
+            if error_code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise
+            existing = await self.get_bytes(key)
+            return existing, codec.sha256_bytes(existing)
+        return data, sha256

@@ -60,6 +60,10 @@ class Effects:
     async def put_object(self, key: str, data: bytes, sha256: str) -> None:
         await self.objects.put_bytes(key, data, sha256)
 
+    async def put_object_once(self, key: str, data: bytes, sha256: str) -> tuple[bytes, str]:
+        """Write unless an object is at `key` already; the bytes and SHA-256 at `key`."""
+        return await self.objects.put_bytes_once(key, data, sha256)
+
     # --- notices and callbacks ---------------------------------------------------------------
 
     async def publish(self, notice: GlobalModelNotice, client_ids: tuple[str, ...]) -> None:

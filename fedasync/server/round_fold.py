@@ -12,7 +12,7 @@ import contextlib
 from typing import Any
 
 from fedasync.core import codec, keys
-from fedasync.core.codec import Weights
+from fedasync.core.codec import Weights, check_compatible
 from fedasync.core.decisions import describe
 from fedasync.core.errors import ChecksumMismatchError
 from fedasync.core.messages import UpdateRecord
@@ -91,3 +91,24 @@ async def server_step(
         store, keys.optimizer_key(name, round_id + 1), state_to_tensors(new_state)
     )
     return new_global, {"optimizer_sha256": sha}
+
+
+async def store_version(
+    store: ServerStore, view: TaskView, version: int, blob: bytes
+) -> tuple[bytes, str]:
+    """Write the round's new version; the bytes and SHA-256 to commit.
+
+    A deterministic round (every strategy without central DP) gives the same bytes on
+    every try: they are written, whatever is there. A central DP release is not repeated
+    by a retry (fresh noise), so it is written once (S3's conditional write) and a retry
+    or a concurrent close commits the bytes the first try wrote, after checking they are
+    a model of the task's spec; one release is made of the round, whichever try wins."""
+    key, sha = keys.global_key(view.task_name, version), codec.sha256_bytes(blob)
+    privacy = view.cfg.privacy
+    if privacy is None or privacy.mode != "central":
+        await store.put_object(key, blob, sha)
+        return blob, sha
+    stored, stored_sha = await store.put_object_once(key, blob, sha)
+    if stored_sha != sha:
+        check_compatible(codec.decode(stored, who=key), view.spec, f"stored release {key!r}")
+    return stored, stored_sha

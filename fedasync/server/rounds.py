@@ -20,7 +20,7 @@ from fedasync.server import refused
 from fedasync.server.finish import finish_task
 from fedasync.server.members import claim_members, dead_undecided
 from fedasync.server.round_budget import budget_spent, round_callback, spent_budget
-from fedasync.server.round_fold import fold_round, server_step
+from fedasync.server.round_fold import fold_round, server_step, store_version
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
@@ -204,9 +204,7 @@ async def _aggregate(
         refusal = refused.check_stepped(view, round_id, candidate)
     if refusal is not None:  # the head stays; the round's result fails the task
         return await refused.refuse_round(store, view, round_id, members, refusal)
-    blob = codec.encode(candidate)
-    sha = codec.sha256_bytes(blob)
-    await store.put_object(keys.global_key(view.task_name, new_version), blob, sha)
+    blob, sha = await store_version(store, view, new_version, codec.encode(candidate))
     result = {
         "closed": True,
         "round_id": round_id,

@@ -159,3 +159,17 @@ async def test_a_cancelled_upload_is_aborted_and_leaves_no_object(
     assert await uploads_in_progress(aws, objects.bucket) == []
     with pytest.raises(RegistryError, match="is missing"):
         await objects.get_bytes("t/partial")
+
+
+async def test_a_write_once_keeps_the_first_bytes_and_says_what_they_are(
+    objects: S3Objects,
+) -> None:
+    # GIVEN a release written once at its version's key
+    key = global_key("t", 3)
+    first, second = b"first release", b"another try's release"
+    assert await objects.put_bytes_once(key, first, sha(first)) == (first, sha(first))
+    # WHEN a retry writes different bytes at the same key, once
+    got = await objects.put_bytes_once(key, second, sha(second))
+    # THEN the first bytes stay, and the retry learns them and their SHA-256
+    assert got == (first, sha(first))
+    assert await objects.get_bytes(key) == first
