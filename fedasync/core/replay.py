@@ -22,10 +22,11 @@ from fedasync.core.asyncagg import AsyncState, absorb, after_refusal
 from fedasync.core.codec import ModelSpec, TensorSpec, Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import describe, load_payload
-from fedasync.core.errors import ChecksumMismatchError, SchemaError
+from fedasync.core.errors import ChecksumMismatchError, InvalidWeightsError, SchemaError
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.optimizers import OptimizerState, state_to_tensors
-from fedasync.core.strategies import async_strategy, sync_strategy
+from fedasync.core.screening import base_needed, clip_to_base, next_window, screen
+from fedasync.core.strategies import sync_strategy
 
 Loader = Callable[[str], bytes]
 Event = Mapping[str, Any]
@@ -165,7 +166,9 @@ def _replay_sync(
         if round_id not in versions:
             result.problems.append(f"round {round_id} starts from version {round_id}, not rebuilt")
             return
-        base = codec.decode(versions[round_id]) if cfg.max_update_norm is not None else None
+        bound = cfg.clip_update_norm
+        norm_base = cfg.max_update_norm is not None or bound is not None
+        base = codec.decode(versions[round_id]) if norm_base else None
         acc = sync_strategy(cfg).fold(spec, who=f"round {round_id} of task {cfg.task_name!r}")
         for sk in event["members"]:
             update = by_sk.get(str(sk))
@@ -176,6 +179,8 @@ def _replay_sync(
                 return
             record = _record(update)
             weights = load_payload(load(record.s3_key), record, spec, cfg, base=base)
+            if bound is not None and base is not None:
+                weights = clip_to_base(weights, base, bound)  # as the round's fold does
             acc.add(weights, record.num_examples, who=str(sk))
             result.applied += 1
         new_global = acc.result()
@@ -211,7 +216,8 @@ def _replay_async(
     state = AsyncState()
     buffer: Weights | None = None
     server_state: OptimizerState | None = None
-    needs_base = async_strategy(cfg).needs_base or cfg.max_update_norm is not None
+    needs_base = base_needed(cfg)
+    recent: tuple[float, ...] = ()  # the outlier filter's window, rebuilt in seq order
     for update in accepted:
         record = _record(update)
         who = describe(record)
@@ -219,12 +225,18 @@ def _replay_async(
         client_w = load_payload(
             load(record.s3_key), record, spec, cfg, base=base_w if cfg.max_update_norm else None
         )
+        try:
+            screened = screen(client_w, base_w, cfg, recent, who)
+        except InvalidWeightsError as exc:  # the filter would have rejected what was accepted
+            result.problems.append(f"accepted at seq {update['seq']}, but {exc.message}")
+            return
+        recent = next_window(recent, screened.norm, cfg)
         out = absorb(
             state,
             cfg,
             base_version=record.base_version,
             global_w=codec.decode(versions[state.version]),
-            client_w=client_w,
+            client_w=screened.weights,
             base_w=base_w,
             buffer_sum=buffer,
             server_state=server_state,

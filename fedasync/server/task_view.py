@@ -52,6 +52,8 @@ class TaskView:
     incarnation: str | None = None  # the TASK item's: see GlobalModelNotice.incarnation
     # the server optimizer's state after the head version's step (None: no step yet)
     optimizer_sha256: str | None = None
+    # async, with an outlier filter: the delta norms of the last accepted updates
+    recent_norms: tuple[float, ...] = ()
 
     @classmethod
     def from_item(cls, task_name: str, item: dict[str, Any] | None) -> TaskView:
@@ -84,6 +86,7 @@ class TaskView:
             attempt=int(item.get("attempt", 1)),
             incarnation=str(item["incarnation"]) if item.get("incarnation") else None,
             optimizer_sha256=item.get("optimizer_sha256") or None,
+            recent_norms=tuple(float(x) for x in item.get("recent_norms") or ()),
         )
 
     @property
