@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from structlog.testing import capture_logs
 
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
@@ -47,7 +48,7 @@ async def _replayed(store, task: str):
         elif event["kind"] == "update":
             key = event["record"]["s3_key"]
             blobs[key] = await store.get_object(key)
-    return ledger, replay(ledger, blobs.__getitem__)
+    return ledger, replay(ledger, blobs.__getitem__), blobs
 
 
 async def test_a_100x_update_is_rejected_as_outlier_and_the_head_stays(
@@ -83,14 +84,18 @@ async def test_a_100x_update_is_rejected_as_outlier_and_the_head_stays(
             notice = await go_ahead(a, version)
         # AND then one 100x as long (step 10, on version 5)
         assert notice.version == 5
-        await a.submit(notice, _moved(x[5], 10.0))
-        # THEN it is rejected with reason 'outlier': its norm 10 x sqrt(15) against the
-        # limit median + 4.5 x MAD of the 5 accepted (about 0.1 x sqrt(15) each)
         sk = keys.update_sk("a", "a-v00000005", None)
-        rejected = await verdict(store, "outl", sk, wait_until)
+        with capture_logs() as logs:
+            await a.submit(notice, _moved(x[5], 10.0))
+            rejected = await verdict(store, "outl", sk, wait_until)
+        # THEN it is rejected with reason 'outlier': its norm 10 x sqrt(15) against the
+        # limit median + 4.5 x MAD of the 5 accepted (about 0.1 x sqrt(15) each), and the
+        # rejection is logged with its reason and detail
         assert (rejected["verdict"], rejected["reason"]) == ("rejected", "outlier")
         assert f"outlier: delta norm {10 * math.sqrt(15):.6g} > " in rejected["detail"]
         assert "of the last 5 accepted" in rejected["detail"]
+        logged = [e for e in logs if e["event"] == "update.rejected"]
+        assert [(e["reason"], e["detail"]) for e in logged] == [("outlier", rejected["detail"])]
         # AND the head is unchanged by it: version 5, its bytes FedAsync's by hand, no v6
         task = await store.get_task("outl")
         assert (task["head_version"], task["absorbed"]) == (5, 5)
@@ -109,11 +114,19 @@ async def test_a_100x_update_is_rejected_as_outlier_and_the_head_stays(
         for name in x6:
             np.testing.assert_array_equal(final[name], x6[name])
         # AND the ledger says the same, and replay rebuilds every version byte for byte
-        ledger, result = await _replayed(store, "outl")
+        ledger, result, blobs = await _replayed(store, "outl")
     event = next(e for e in ledger if e["kind"] == "update" and e["sk"] == sk)
     assert (event["verdict"], event["reason"], event["seq"]) == ("rejected", "outlier", None)
     assert result.ok, (result.problems, result.mismatches)
     assert (result.final_version, result.applied) == (6, 6)
+    # AND a replay under a filter that would have rejected an accepted update says so:
+    # k 0.01 with no floor after 1 norm rejects the second update (0.11 against 0.10)
+    task_event = next(e for e in ledger if e["kind"] == "task")
+    task_event["config"]["outlier_filter"] = {"k": 0.01, "min_history": 1, "rel_floor": 0.0}
+    strict = replay(ledger, blobs.__getitem__)
+    assert not strict.ok  # and it stops there: the versions after it are not rebuilt
+    assert strict.problems[0].startswith("accepted at seq 2, but update 'a-v00000001'")
+    assert "outlier: delta norm" in strict.problems[0]
 
 
 async def test_a_long_update_is_absorbed_clipped_to_clip_update_norm(
@@ -154,6 +167,6 @@ async def test_a_long_update_is_absorbed_clipped_to_clip_update_norm(
             np.testing.assert_allclose(got[name], x1[name], rtol=0, atol=1e-6)
         # AND the step is half the clipped delta: 0.5 x 1 long, not 0.5 x 7.75
         assert math.isclose(_norm(got, x0), 0.5, rel_tol=1e-5)
-        _, result = await _replayed(store, "clip")
+        _, result, _ = await _replayed(store, "clip")
     # AND replay clips the same way: the same bytes
     assert result.ok, (result.problems, result.mismatches)
