@@ -5,7 +5,10 @@ checks each object against the SHA-256 the ledger recorded, re-validates every a
 update exactly as the aggregator did (`load_payload`), recomputes each version with the
 same aggregation code (streaming FedAvg for sync rounds, `asyncagg.absorb` in `seq` order
 for FedAsync/FedBuff, the FedBuff buffer round-tripped through the codec as the server
-stores it) and compares the bytes' SHA-256 with the recorded one. Ledger lines may come
+stores it) and compares the bytes' SHA-256 with the recorded one. The screening of each
+update (`fedasync.core.screening`: `clip_update_norm`, and the async outlier filter's
+window of accepted delta norms, rebuilt in `seq` order) is re-derived the same way; an
+accepted update the filter would have rejected is a problem. Ledger lines may come
 duplicated or in any order: events are keyed, rounds are taken by id, updates by `seq`.
 """
 
