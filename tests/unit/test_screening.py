@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import ConfigError, InvalidWeightsError
@@ -158,3 +161,26 @@ def test_clipping_applies_to_sync_tasks_and_the_filter_defaults_are_robust_s() -
     assert sync.clip_update_norm == 3.0
     assert filt is not None
     assert (filt.k, filt.min_history, filt.window, filt.rel_floor) == (4.5, 5, 20, 0.05)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    base=arrays(np.float32, 6, elements=st.floats(-100, 100, width=32)),
+    client=arrays(np.float32, 6, elements=st.floats(-100, 100, width=32)),
+    bound=st.floats(1e-3, 50.0),
+)
+def test_a_clipped_update_lies_within_the_bound_of_its_base_in_the_same_direction(
+    base: np.ndarray, client: np.ndarray, bound: float
+) -> None:
+    # GIVEN any float32 base and client model and a bound
+    # WHEN the client is clipped to its base
+    out = clip_to_base({"w": client}, {"w": base}, bound)["w"]
+    # THEN its delta is within the bound, up to one float32 rounding of each value, and
+    # it points the way the original delta did (a non-negative multiple of it)
+    before = client.astype(np.float64) - base.astype(np.float64)
+    after = out.astype(np.float64) - base.astype(np.float64)
+    slack = float(np.finfo(np.float32).eps) * float(np.linalg.norm(np.abs(base) + bound))
+    assert float(np.linalg.norm(after)) <= bound + slack
+    assert float(np.dot(after, before)) >= -slack * float(np.linalg.norm(before))
+    if float(np.linalg.norm(before)) <= bound * (1 - 1e-9):
+        np.testing.assert_array_equal(out, client)
