@@ -24,8 +24,10 @@ from fedasync.core.config_limits import (
 )
 from fedasync.core.config_parts import (
     EVAL_METRIC_PATTERN,
+    OutlierFilter,
     StalenessFunction,
     TargetMetric,
+    check_clip_bound,
     check_privacy_fits,
     describe_errors,
     parse_staleness,
@@ -72,6 +74,7 @@ ASYNC_ONLY_FIELDS = (
     "target_metric",
     "heartbeat_s",
     "deadline_s",
+    "outlier_filter",
 )
 
 # A sanity bound on the examples one update may claim: FedAvg weighs by them, so without
@@ -145,6 +148,11 @@ class TaskConfig(BaseModel):
     deadline_s: int = Field(default=86_400, ge=1, le=31_536_000)
     # validation of every update
     max_update_norm: float | None = Field(default=None, gt=0.0)
+    # robust aggregation: an update's delta against its base version is clipped to this
+    # L2 norm before it is absorbed (both modes; fedasync.core.screening)
+    clip_update_norm: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    # async: reject an update whose delta norm lies far above the recent accepted ones
+    outlier_filter: OutlierFilter | None = None
     max_model_bytes: int = Field(default=DEFAULT_MAX_MODEL_BYTES, ge=64)
     max_num_examples: int = Field(
         default=DEFAULT_MAX_NUM_EXAMPLES,
@@ -173,6 +181,7 @@ class TaskConfig(BaseModel):
                 "server_optimizer needs a server step on an aggregate: sync strategies and "
                 "fedbuff take one; fedasync mixes each update into the head (use fedbuff)"
             )
+        check_clip_bound(self.clip_update_norm, self.max_update_norm)
         if self.min_clients is None:
             object.__setattr__(self, "min_clients", default_quorum(len(self.clients)))
         elif self.min_clients > len(self.clients):

@@ -1,14 +1,23 @@
 """Parts of a task's configuration with their own rules: the staleness function of
-FedAsync and the target metric of an async task (`fedasync.core.config` composes them)."""
+FedAsync, the target metric and the outlier filter of an async task (`fedasync.core.config`
+composes them)."""
 
 from __future__ import annotations
 
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedasync.core.privacy import PrivacyConfig
+from fedasync.core.robust import OUTLIER_K, OUTLIER_MIN_HISTORY, OUTLIER_REL_FLOOR
 
 _STALENESS_RE = re.compile(r"^\s*(constant|polynomial|hinge)\s*(?:\(([^)]*)\))?\s*$")
 
@@ -122,4 +131,42 @@ def check_privacy_fits(mode: str, strategy: str, privacy: PrivacyConfig | None) 
         raise ValueError(
             "privacy mode 'central' is implemented for sync rounds (one release per round); "
             "for an async task use privacy mode 'local' (each silo noises its own update)"
+        )
+
+
+# The most accepted delta norms an outlier filter remembers: the window lives on the TASK
+# item (400 KB at most, shared with the rest of the task's state), ~25 bytes a norm.
+MAX_OUTLIER_WINDOW = 1000
+
+
+class OutlierFilter(BaseModel):
+    """Async tasks: reject an update whose delta norm (against its base version) lies far
+    above the recent accepted ones (`fedasync.core.robust.outlier`): norm > median + k x
+    max(MAD, rel_floor x median) of the delta norms of the last `window` accepted updates.
+    Nothing is rejected before `min_history` updates were accepted."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    k: float = Field(default=OUTLIER_K, gt=0.0, le=1e6, allow_inf_nan=False)
+    min_history: int = Field(default=OUTLIER_MIN_HISTORY, ge=1, le=MAX_OUTLIER_WINDOW)
+    window: int = Field(default=20, ge=1, le=MAX_OUTLIER_WINDOW)
+    rel_floor: float = Field(default=OUTLIER_REL_FLOOR, ge=0.0, le=1e6, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _history_fits_the_window(self) -> OutlierFilter:
+        if self.min_history > self.window:
+            raise ValueError(
+                f"min_history {self.min_history} exceeds window {self.window}: the filter "
+                "keeps the last `window` accepted norms, so it could never judge an update"
+            )
+        return self
+
+
+def check_clip_bound(clip: float | None, max_norm: float | None) -> None:
+    """`clip_update_norm` below `max_update_norm` when both are set."""
+    if clip is not None and max_norm is not None and clip >= max_norm:
+        raise ValueError(
+            f"clip_update_norm {clip} must be below max_update_norm {max_norm}: an update "
+            "longer than max_update_norm is rejected before it is clipped, so this clipping "
+            "would never act"
         )

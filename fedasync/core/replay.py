@@ -5,7 +5,10 @@ checks each object against the SHA-256 the ledger recorded, re-validates every a
 update exactly as the aggregator did (`load_payload`), recomputes each version with the
 same aggregation code (streaming FedAvg for sync rounds, `asyncagg.absorb` in `seq` order
 for FedAsync/FedBuff, the FedBuff buffer round-tripped through the codec as the server
-stores it) and compares the bytes' SHA-256 with the recorded one. Ledger lines may come
+stores it) and compares the bytes' SHA-256 with the recorded one. The screening of each
+update (`fedasync.core.screening`: `clip_update_norm`, and the async outlier filter's
+window of accepted delta norms, rebuilt in `seq` order) is re-derived the same way; an
+accepted update the filter would have rejected is a problem. Ledger lines may come
 duplicated or in any order: events are keyed, rounds are taken by id, updates by `seq`.
 """
 
@@ -22,11 +25,12 @@ from fedasync.core.asyncagg import AsyncState, absorb, after_refusal
 from fedasync.core.codec import ModelSpec, TensorSpec, Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import describe, load_payload
-from fedasync.core.errors import ChecksumMismatchError, SchemaError
+from fedasync.core.errors import ChecksumMismatchError, InvalidWeightsError, SchemaError
 from fedasync.core.keys import global_key
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.optimizers import OptimizerState, state_to_tensors
-from fedasync.core.strategies import async_strategy, sync_strategy
+from fedasync.core.screening import base_needed, clip_to_base, next_window, screen
+from fedasync.core.strategies import sync_strategy
 
 Loader = Callable[[str], bytes]
 Event = Mapping[str, Any]
@@ -166,7 +170,9 @@ def _replay_sync(
         if round_id not in versions:
             result.problems.append(f"round {round_id} starts from version {round_id}, not rebuilt")
             return
-        base = codec.decode(versions[round_id]) if cfg.max_update_norm is not None else None
+        bound = cfg.clip_update_norm
+        norm_base = cfg.max_update_norm is not None or bound is not None
+        base = codec.decode(versions[round_id]) if norm_base else None
         acc = sync_strategy(cfg).fold(spec, who=f"round {round_id} of task {cfg.task_name!r}")
         for sk in event["members"]:
             update = by_sk.get(str(sk))
@@ -177,6 +183,8 @@ def _replay_sync(
                 return
             record = _record(update)
             weights = load_payload(load(record.s3_key), record, spec, cfg, base=base)
+            if bound is not None and base is not None:
+                weights = clip_to_base(weights, base, bound)  # as the round's fold does
             acc.add(weights, record.num_examples, who=str(sk))
             result.applied += 1
         if cfg.privacy is not None and cfg.privacy.mode == "central":
@@ -219,7 +227,8 @@ def _replay_async(
     state = AsyncState()
     buffer: Weights | None = None
     server_state: OptimizerState | None = None
-    needs_base = async_strategy(cfg).needs_base or cfg.max_update_norm is not None
+    needs_base = base_needed(cfg)
+    recent: tuple[float, ...] = ()  # the outlier filter's window, rebuilt in seq order
     for update in accepted:
         record = _record(update)
         who = describe(record)
@@ -227,12 +236,18 @@ def _replay_async(
         client_w = load_payload(
             load(record.s3_key), record, spec, cfg, base=base_w if cfg.max_update_norm else None
         )
+        try:
+            screened = screen(client_w, base_w, cfg, recent, who)
+        except InvalidWeightsError as exc:  # the filter would have rejected what was accepted
+            result.problems.append(f"accepted at seq {update['seq']}, but {exc.message}")
+            return
+        recent = next_window(recent, screened.norm, cfg)
         out = absorb(
             state,
             cfg,
             base_version=record.base_version,
             global_w=codec.decode(versions[state.version]),
-            client_w=client_w,
+            client_w=screened.weights,
             base_w=base_w,
             buffer_sum=buffer,
             server_state=server_state,

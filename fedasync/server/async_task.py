@@ -23,7 +23,7 @@ from fedasync.core.decisions import (
 from fedasync.core.errors import FedAsyncError, GlobalRefusedError
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.optimizers import OptimizerState, state_from_tensors, state_to_tensors
-from fedasync.core.strategies import async_strategy
+from fedasync.core.screening import RECENT_NORMS, base_needed, next_window, screen
 from fedasync.core.target import Report, target_value, with_report
 from fedasync.core.verdicts import decided_on_record
 from fedasync.server import refused
@@ -54,10 +54,12 @@ class _Head:
     global_w: Weights | None = None
     buffer_sum: Weights | None = None
     server_state: OptimizerState | None = None  # read when a server optimizer steps
+    recent_norms: tuple[float, ...] = ()  # the outlier filter's window (accepted, oldest first)
 
     @classmethod
     def of(cls, view: TaskView) -> _Head:
-        return cls(view, view.state, view.head_sha256, view.buffer_sha256, view.latest_metrics)
+        state, latest, recent = view.state, view.latest_metrics, view.recent_norms
+        return cls(view, state, view.head_sha256, view.buffer_sha256, latest, recent_norms=recent)
 
     async def optimizer_state(self, store: ServerStore, who: str) -> OptimizerState | None:
         """The server optimizer's state after the head's step (None before the first)."""
@@ -80,14 +82,16 @@ async def _base(store: ServerStore, head: _Head, version: int, who: str) -> Weig
     return await load_model(store, keys.global_key(name, version), sha, who)
 
 
-async def _absorb_one(store: ServerStore, head: _Head, record: UpdateRecord) -> Absorbed:
-    """Validate one update against the head and absorb it (no writes yet)."""
+async def _absorb_one(
+    store: ServerStore, head: _Head, record: UpdateRecord
+) -> tuple[Absorbed, float | None]:
+    """Validate and screen one update against the head and absorb it (no writes yet); the
+    outcome and the delta norm the outlier filter judged (None without one)."""
     view, who = head.view, describe(record)
     cfg = view.cfg
     check_running(view.status, view.finished, record)
-    needs_base = async_strategy(cfg).needs_base or cfg.max_update_norm is not None
     base_w = None
-    if needs_base and record.base_version <= head.state.version:
+    if base_needed(cfg) and record.base_version <= head.state.version:
         base_w = await _base(store, head, record.base_version, who)
     data = await store.get_object(record.s3_key, max_bytes=cfg.max_model_bytes, named_by_silo=True)
     staleness = head.state.version - record.base_version
@@ -96,18 +100,19 @@ async def _absorb_one(store: ServerStore, head: _Head, record: UpdateRecord) -> 
     client_w = load_payload(
         data, record, view.spec, cfg, base=base_w if cfg.max_update_norm else None
     )
+    screened = screen(client_w, base_w, cfg, head.recent_norms, who)
     if head.global_w is None:
         key = keys.global_key(cfg.task_name, head.state.version)
         head.global_w = await load_model(store, key, head.head_sha, who)
     if head.state.buffered and head.buffer_sum is None:
         key = keys.buffer_key(cfg.task_name, head.state.absorbed)
         head.buffer_sum = await load_model(store, key, head.buffer_sha, who)
-    return absorb(
+    out = absorb(
         head.state,
         cfg,
         base_version=record.base_version,
         global_w=head.global_w,
-        client_w=client_w,
+        client_w=screened.weights,
         base_w=base_w,
         buffer_sum=head.buffer_sum if head.state.buffered else None,
         server_state=(
@@ -115,10 +120,11 @@ async def _absorb_one(store: ServerStore, head: _Head, record: UpdateRecord) -> 
         ),
         who=who,
     )
+    return out, screened.norm
 
 
 async def _advance(
-    store: ServerStore, head: _Head, record: UpdateRecord, out: Absorbed
+    store: ServerStore, head: _Head, record: UpdateRecord, out: Absorbed, norm: float | None
 ) -> dict[str, Any]:
     """Write what the update produced (objects are immutable per version/seq); its verdict."""
     name, cfg = head.view.task_name, head.view.cfg
@@ -154,6 +160,9 @@ async def _advance(
     if reports is not None:
         head.latest = reports
         head.values["latest_metrics"] = {c: r.item() for c, r in reports.items()}
+    if cfg.outlier_filter is not None:
+        head.recent_norms = next_window(head.recent_norms, norm, cfg)
+        head.values[RECENT_NORMS] = list(head.recent_norms)
     head.state = out.state
     head.values.update(
         absorbed=out.state.absorbed,
@@ -226,10 +235,10 @@ async def absorb_update(
     """Validate, apply, commit (task head + verdict in one transaction); the decided item."""
     head = _Head.of(view)
     try:
-        out = await _absorb_one(store, head, record)
+        out, norm = await _absorb_one(store, head, record)
     except GlobalRefusedError as exc:  # the head stays: the update is rejected with the cause
         return await refused.refuse_async(store, view, record, item, exc)
-    verdict = await _advance(store, head, record, out)
+    verdict = await _advance(store, head, record, out, norm)
     if not await _commit(store, head, [(record, verdict, out)]):
         # Another try committed first, or the task moved on: the stream redelivers and the
         # next attempt sees the verdict (done) or the new head (recomputes against it).
@@ -257,10 +266,10 @@ async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
         try:
             record = parse_update_item(update)
             check_sender(record, view.cfg)
-            out = await _absorb_one(store, head, record)
+            out, norm = await _absorb_one(store, head, record)
         except FedAsyncError:
             break  # the one-by-one path records the rejection with its reason
-        verdict = await _advance(store, head, record, out)
+        verdict = await _advance(store, head, record, out, norm)
         decided.append((record, verdict, out))
         last = {**update, **verdict}
         metric = target_value(view.cfg, head.latest)
@@ -278,6 +287,7 @@ async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
         state=head.state,
         latest_metrics=head.latest,
         waiting=view.waiting - submitters,
+        recent_norms=head.recent_norms,
     )
     await after_accept(store, task_name, last, view=after, submitters=submitters)
     return len(decided)

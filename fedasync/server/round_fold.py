@@ -18,6 +18,7 @@ from fedasync.core.errors import ChecksumMismatchError
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.noise import SecureGaussian
 from fedasync.core.optimizers import state_from_tensors, state_to_tensors
+from fedasync.core.screening import clip_to_base
 from fedasync.core.strategies import sync_strategy
 from fedasync.core.strategies.base import Fold, details_of
 from fedasync.core.strategies.central_dp import CentralDpFold
@@ -45,6 +46,9 @@ async def fold_round(
         else:
             fold = strategy.fold(view.spec, who=who, keep=spill)
         cached = {record.sha256: CACHE.get(record.sha256) for record in records}
+        bound = view.cfg.clip_update_norm  # each delta clipped to it, against the round's model
+        key = keys.global_key(view.task_name, round_id)
+        base = await load_model(store, key, view.head_sha256, who) if bound else None
         missing = [record for record in records if cached[record.sha256] is None]
         objects = store.iter_objects(
             [record.s3_key for record in missing],
@@ -64,6 +68,8 @@ async def fold_round(
                         )
                     weights = codec.decode(data, who=record.sk)
                     del data
+                if bound is not None and base is not None:
+                    weights = clip_to_base(weights, base, bound)
                 fold.add(weights, record.num_examples, who=record.sk)
                 del weights
         candidate = fold.result()

@@ -55,6 +55,8 @@ class TaskView:
     # central DP: the releases made, and the most the budget allows (None: no central DP)
     dp_releases: int = 0
     dp_release_limit: int | None = None
+    # async, with an outlier filter: the delta norms of the last accepted updates
+    recent_norms: tuple[float, ...] = ()
 
     @classmethod
     def from_item(cls, task_name: str, item: dict[str, Any] | None) -> TaskView:
@@ -91,6 +93,7 @@ class TaskView:
             dp_release_limit=(
                 int(item["dp_release_limit"]) if item.get("dp_release_limit") is not None else None
             ),
+            recent_norms=tuple(float(x) for x in item.get("recent_norms") or ()),
         )
 
     @property
