@@ -1,0 +1,261 @@
+"""The server's side of a SecAgg round, pure: messages in, checked sets and the sum out.
+
+The server holds no secret of its own. It checks every signature (a silo's identity is
+its registered Ed25519 public key), relays the sealed shares it cannot read, fixes the
+sets U1 ⊇ U2 ⊇ U3 from who answered each phase in time (each at least t), and in the
+unmask phase rebuilds b_u for every survivor u in U3 and s_u^SK for every silo u in
+U2 \\ U3 that dropped after sharing its keys, and removes their masks from Σ y_u.
+
+A revealed share is accepted only under its dealer's signature and at its holder's
+x-coordinate, so a silo that alters one is detected and named (`rejected`); the round
+still closes if every dealer keeps t good shares, and fails with `secagg_below_threshold`
+(naming the rejected silos) otherwise: never a wrong sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from fedasync.core.secagg import crypto, shamir
+from fedasync.core.secagg.errors import BAD_SHARE, BELOW_THRESHOLD, PROTOCOL, REFUSED, SecAggError
+from fedasync.core.secagg.messages import (
+    KEY,
+    SEED,
+    EncryptedShares,
+    KeyAdvert,
+    MaskedInput,
+    SurvivorSignature,
+    Unmasking,
+    mask_sign,
+    share_points,
+    share_statement,
+    survivors_statement,
+)
+from fedasync.core.secagg.quantize import FloatVector, Quantizer, RingVector, ring_sum
+from fedasync.core.secagg.silo import quorum, verify_adverts
+
+__all__ = [
+    "UnmaskResult",
+    "masked_inputs",
+    "route_shares",
+    "unmask",
+    "verify_adverts",
+    "verify_survivor_signatures",
+]
+
+
+@dataclass(frozen=True)
+class UnmaskResult:
+    total: RingVector  # Σ_{u ∈ U3} quantise(x_u) mod 2^b
+    values: FloatVector  # its dequantised value
+    survivors: tuple[str, ...]  # U3
+    dropped: tuple[str, ...]  # U2 \ U3: shared keys, sent no masked input
+    rejected: Mapping[str, str] = field(default_factory=dict)  # holder -> reason
+
+
+def route_shares(
+    roster: Mapping[str, KeyAdvert], messages: Sequence[EncryptedShares], threshold: int
+) -> tuple[frozenset[str], dict[str, list[EncryptedShares]]]:
+    """U2 (the silos that sealed a share to every other silo of U1) and each one's inbox."""
+    sent: dict[str, dict[str, EncryptedShares]] = {}
+    for message in messages:
+        who, to = message.sender, message.recipient
+        if who not in roster or to not in roster or who == to:
+            raise SecAggError(
+                f"silo {who!r} addressed shares to {to!r}", reason=PROTOCOL, culprit=who
+            )
+        previous = sent.setdefault(who, {}).get(to)
+        if previous is not None and previous != message:
+            raise SecAggError(
+                f"silo {who!r} sent two share messages to {to!r}", reason=PROTOCOL, culprit=who
+            )
+        sent[who][to] = message
+    u2 = frozenset(who for who, out in sent.items() if set(out) == set(roster) - {who})
+    quorum(u2, threshold, "share keys")
+    inboxes: dict[str, list[EncryptedShares]] = {v: [] for v in u2}
+    for who in sorted(u2):
+        for to, message in sent[who].items():
+            if to in u2:
+                inboxes[to].append(message)
+    return u2, inboxes
+
+
+def masked_inputs(
+    u2: frozenset[str],
+    *,
+    messages: Sequence[MaskedInput],
+    quantizer: Quantizer,
+    length: int,
+    threshold: int,
+) -> dict[str, RingVector]:
+    """U3's masked inputs: from silos of U2, one each, of the right length, in the ring."""
+    out: dict[str, RingVector] = {}
+    for message in messages:
+        who, vec = message.client_id, message.vector
+        if who not in u2:
+            raise SecAggError(f"silo {who!r} is not in U2", reason=PROTOCOL, culprit=who)
+        if vec.shape != (length,) or (vec.size and int(vec.max()) >= quantizer.modulus):
+            raise SecAggError(
+                f"the masked input of silo {who!r} is not {length} ring elements",
+                reason=PROTOCOL,
+                culprit=who,
+            )
+        if who in out and not (out[who] == vec).all():
+            raise SecAggError(f"silo {who!r} sent two masked inputs", reason=PROTOCOL, culprit=who)
+        out[who] = vec
+    quorum(out, threshold, "masked input")
+    return out
+
+
+def verify_survivor_signatures(
+    ctx: crypto.RoundContext,
+    u3: frozenset[str],
+    signatures: Sequence[SurvivorSignature],
+    identities: Mapping[str, bytes],
+) -> list[SurvivorSignature]:
+    """Round 3: the signatures of survivors on U3 (at least t)."""
+    statement = survivors_statement(ctx, u3)
+    good: dict[str, SurvivorSignature] = {}
+    for sig in signatures:
+        if sig.client_id not in u3:
+            raise SecAggError(
+                f"silo {sig.client_id!r} is not a survivor", reason=PROTOCOL, culprit=sig.client_id
+            )
+        crypto.verify(
+            identities[sig.client_id], sig.signature, statement, sig.client_id, "survivor list"
+        )
+        good[sig.client_id] = sig
+    quorum(good, ctx.threshold, "consistency check")
+    return list(good.values())
+
+
+def _checked_shares(
+    ctx: crypto.RoundContext,
+    *,
+    unmasking: Unmasking,
+    u2: frozenset[str],
+    u3: frozenset[str],
+    x: int,
+    identities: Mapping[str, bytes],
+) -> dict[str, shamir.Share]:
+    holder, out = unmasking.client_id, {}
+    for revealed in unmasking.shares:
+        dealer = revealed.dealer
+        if dealer in out:
+            raise SecAggError(
+                f"silo {holder!r} revealed two shares of {dealer!r}", reason=REFUSED, culprit=holder
+            )
+        if revealed.kind != (SEED if dealer in u3 else KEY) or dealer not in u2:
+            raise SecAggError(
+                f"silo {holder!r} revealed the {revealed.kind} share of {dealer!r}",
+                reason=REFUSED,
+                culprit=holder,
+            )
+        statement = share_statement(ctx, dealer, holder, revealed.kind, revealed.share)
+        try:
+            crypto.verify(identities[dealer], revealed.dealer_signature, statement, dealer, "share")
+            share = shamir.Share.from_bytes(revealed.share, crypto.SEED_BYTES)
+        except SecAggError as exc:
+            raise SecAggError(
+                f"silo {holder!r} revealed a share of {dealer!r} that {dealer!r} did not deal",
+                reason=BAD_SHARE,
+                culprit=holder,
+            ) from exc
+        if revealed.holder != holder or share.x != x:
+            raise SecAggError(
+                f"silo {holder!r} revealed another silo's share", reason=BAD_SHARE, culprit=holder
+            )
+        out[dealer] = share
+    return out
+
+
+def _collect(
+    ctx: crypto.RoundContext,
+    *,
+    roster: Mapping[str, KeyAdvert],
+    u2: frozenset[str],
+    u3: frozenset[str],
+    unmaskings: Sequence[Unmasking],
+    identities: Mapping[str, bytes],
+) -> tuple[dict[str, list[shamir.Share]], dict[str, str]]:
+    points = share_points(list(roster))
+    shares: dict[str, list[shamir.Share]] = {u: [] for u in u2}
+    rejected: dict[str, str] = {}
+    seen: set[str] = set()
+    for unmasking in unmaskings:
+        holder = unmasking.client_id
+        if holder in seen or holder in rejected:
+            continue  # at-least-once delivery: a holder counts once
+        if holder not in u3:
+            rejected[holder] = PROTOCOL
+            continue
+        try:
+            checked = _checked_shares(
+                ctx, unmasking=unmasking, u2=u2, u3=u3, x=points[holder], identities=identities
+            )
+        except SecAggError as exc:
+            rejected[holder] = exc.reason
+            continue
+        seen.add(holder)
+        for dealer, share in checked.items():
+            shares[dealer].append(share)
+    short = sorted(u for u, got in shares.items() if len(got) < ctx.threshold)
+    if short:
+        blamed = ", ".join(f"{h!r} ({r})" for h, r in sorted(rejected.items())) or "none"
+        raise SecAggError(
+            f"unmask: fewer than t={ctx.threshold} valid shares for {short}; rejected "
+            f"silos: {blamed}",
+            reason=BELOW_THRESHOLD,
+            culprit=min(rejected) if rejected else None,
+        )
+    return shares, rejected
+
+
+def unmask(
+    ctx: crypto.RoundContext,
+    *,
+    quantizer: Quantizer,
+    roster: Mapping[str, KeyAdvert],
+    u2: frozenset[str],
+    masked: Mapping[str, RingVector],
+    unmaskings: Sequence[Unmasking],
+    identities: Mapping[str, bytes],
+) -> UnmaskResult:
+    """Round 4: Σ_{u ∈ U3} x_u from the masked inputs and the revealed shares."""
+    u3 = frozenset(masked)
+    dropped = u2 - u3
+    shares, rejected = _collect(
+        ctx, roster=roster, u2=u2, u3=u3, unmaskings=unmaskings, identities=identities
+    )
+    t, bits = ctx.threshold, quantizer.ring_bits
+    total = ring_sum([masked[u] for u in sorted(u3)], quantizer.mask)
+    length = total.size
+    for u in sorted(u3):
+        seed = shamir.reconstruct(shares[u], t, crypto.SEED_BYTES)
+        total -= crypto.expand(seed, length, bits)
+    for u in sorted(dropped):
+        secret = X25519PrivateKey.from_private_bytes(
+            shamir.reconstruct(shares[u], t, crypto.SEED_BYTES)
+        )
+        if crypto.raw_public(secret) != roster[u].mask_pk:
+            raise SecAggError(
+                f"the key rebuilt for {u!r} is not the one it advertised", reason=BAD_SHARE
+            )
+        for v in sorted(u3):
+            seed = crypto.pair_seed(crypto.agree(secret, roster[v].mask_pk, v), ctx, u, v)
+            mask = crypto.expand(seed, length, bits)
+            if mask_sign(v, u) > 0:  # y_v added PRG(s_vu)
+                total -= mask
+            else:
+                total += mask
+    total &= quantizer.mask
+    return UnmaskResult(
+        total,
+        quantizer.dequantize_sum(total, len(u3)),
+        tuple(sorted(u3)),
+        tuple(sorted(dropped)),
+        rejected,
+    )
