@@ -7,8 +7,10 @@ One update's coordinate becomes the integer q = round(x · Q / R) in [-Q, Q] wit
     Q = floor((2^(b-1) - 1) / n),
 
 stored as q mod 2^b. A sum of at most n such integers lies in [-(2^(b-1)-1), 2^(b-1)-1],
-so it is recovered exactly from its residue mod 2^b (the centred lift): the overflow
-condition n · (2Q + 1) <= 2^b holds by construction and is checked anyway. The step is
+so it is recovered exactly from its residue mod 2^b (the centred lift). The overflow
+condition is that the sum's range fits the ring, 2nQ + 1 <= 2^b: it holds by construction
+and is checked anyway. (The cruder n · 2^(bits used) <= 2^b, bits used = bit length of
+2Q, can be off by one bit; the exact range is what decoding needs.) The step is
 Δ = R / Q; at b = 32, n = 10, R = 1: Q = 214 748 364, Δ ≈ 4.7e-9.
 
 Rounding: deterministic, to the nearest integer (ties to even). Why not stochastic
@@ -60,7 +62,7 @@ class Quantizer:
             )
         if self.max_silos < 1:
             raise ValueError(f"max_silos must be at least 1, not {self.max_silos}")
-        if self.levels < 1 or self.max_silos * (2 * self.levels + 1) > self.modulus:
+        if self.levels < 1 or 2 * self.max_silos * self.levels + 1 > self.modulus:
             raise SecAggError(
                 f"a ring of {self.ring_bits} bits cannot hold the sum of {self.max_silos} "
                 "updates; use more ring bits or fewer silos",
