@@ -158,7 +158,7 @@ def test_masked_inputs_look_uniform_and_uncorrelated_with_the_plaintext():
         # AND it is spread over the whole ring: mean 2^31 and each top-4-bit bucket ~1/16
         # (each within 5 sigma of a uniform variable's)
         assert abs(y.mean() / 2**32 - 0.5) < 5 * (1 / np.sqrt(12 * y.size))
-        buckets = np.bincount((message.vector >> np.uint64(28)).astype(np.int64), minlength=16)
+        buckets = np.bincount((message.vector >> np.uint32(28)).astype(np.int64), minlength=16)
         expected, sigma = y.size / 16, np.sqrt(y.size / 16 * 15 / 16)
         assert np.all(np.abs(buckets - expected) < 5 * sigma)
 

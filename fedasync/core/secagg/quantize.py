@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -38,7 +39,8 @@ import numpy.typing as npt
 from fedasync.core.errors import InvalidWeightsError
 from fedasync.core.secagg.errors import OVERFLOW, SecAggError
 
-RingVector = npt.NDArray[np.uint64]
+# uint32 when b <= 32 (native wrap-around mod 2^32, half the memory), else uint64
+RingVector = npt.NDArray[np.unsignedinteger[Any]]
 FloatVector = npt.NDArray[np.float64]
 MIN_RING_BITS = 16
 # 62, not 64: Q · x must stay exactly representable enough in float64 and inside int64
@@ -74,8 +76,12 @@ class Quantizer:
         return 1 << self.ring_bits
 
     @property
-    def mask(self) -> np.uint64:
-        return np.uint64(self.modulus - 1)
+    def dtype(self) -> type[np.unsignedinteger[Any]]:
+        return np.uint32 if self.ring_bits <= 32 else np.uint64
+
+    @property
+    def mask(self) -> np.unsignedinteger[Any]:
+        return self.dtype(self.modulus - 1)
 
     @property
     def levels(self) -> int:
@@ -102,13 +108,14 @@ class Quantizer:
         return float(np.mean(np.abs(arr) > self.clip)) if arr.size else 0.0
 
     def quantize(self, values: npt.ArrayLike) -> RingVector:
-        """One update (any shape, flattened) as ring elements (uint64 below 2^b)."""
+        """One update (any shape, flattened) as ring elements (`dtype`, below 2^b)."""
         arr = np.asarray(values, dtype=np.float64).ravel()
         if not np.all(np.isfinite(arr)):
             raise InvalidWeightsError("an update to quantise holds NaN or Inf")
         q = np.rint(np.clip(arr, -self.clip, self.clip) * (self.levels / self.clip))
         q = np.clip(q, -self.levels, self.levels).astype(np.int64)
-        return q.astype(np.uint64) & self.mask
+        # int64 -> uint64 is two's complement (q mod 2^64); 2^b divides 2^64
+        return (q.astype(np.uint64) & np.uint64(self.modulus - 1)).astype(self.dtype)
 
     def dequantize_sum(self, total: RingVector, count: int) -> FloatVector:
         """The float sum of `count` quantised updates from their ring sum."""
@@ -117,15 +124,14 @@ class Quantizer:
                 f"a sum of {count} updates cannot be decoded with max_silos={self.max_silos}",
                 reason=OVERFLOW,
             )
-        residues = np.asarray(total, dtype=np.uint64) & self.mask
-        half = np.uint64(1 << (self.ring_bits - 1))
+        residues = np.asarray(total).astype(np.uint64) & np.uint64(self.modulus - 1)
         signed = residues.astype(np.int64)
-        signed[residues >= half] -= np.int64(1 << (self.ring_bits - 1)) * 2
+        signed[residues >= np.uint64(1 << (self.ring_bits - 1))] -= np.int64(self.modulus)
         return signed.astype(np.float64) * self.step
 
 
-def ring_sum(vectors: list[RingVector], mask: np.uint64) -> RingVector:
-    """Σ vectors mod 2^b (uint64 wraps mod 2^64, and 2^b divides 2^64)."""
+def ring_sum(vectors: list[RingVector], mask: np.unsignedinteger[Any]) -> RingVector:
+    """Σ vectors mod 2^b (unsigned numpy integers wrap mod 2^32 or 2^64; 2^b divides both)."""
     if not vectors:
         raise ValueError("ring_sum needs at least one vector")
     total = vectors[0].copy()

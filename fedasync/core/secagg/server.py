@@ -97,7 +97,11 @@ def masked_inputs(
         who, vec = message.client_id, message.vector
         if who not in u2:
             raise SecAggError(f"silo {who!r} is not in U2", reason=PROTOCOL, culprit=who)
-        if vec.shape != (length,) or (vec.size and int(vec.max()) >= quantizer.modulus):
+        if (
+            vec.dtype != quantizer.dtype
+            or vec.shape != (length,)
+            or (vec.size and int(vec.max()) >= quantizer.modulus)
+        ):
             raise SecAggError(
                 f"the masked input of silo {who!r} is not {length} ring elements",
                 reason=PROTOCOL,
