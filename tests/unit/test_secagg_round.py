@@ -249,3 +249,20 @@ def test_the_server_refuses_an_unmasking_that_reveals_a_survivors_key_share():
     # THEN bank-1's unmasking is refused as a whole and named; the other 4 close the round
     assert result.rejected == {"bank-1": "secagg_refused"}
     assert result.survivors == SILOS
+
+
+def test_a_retried_masked_input_is_the_same_and_a_different_one_is_refused():
+    # GIVEN a silo that sent its masked input
+    data = updates(seed=10, length=16)
+    rnd = Round(data)
+    inboxes = rnd.advertise_and_share()
+    session = rnd.sessions["bank-1"]
+    first = session.masked_input(inboxes["bank-1"], data["bank-1"])
+    # WHEN it is asked again for the same update (an at-least-once retry)
+    again = session.masked_input(inboxes["bank-1"], data["bank-1"])
+    # THEN it answers the same y; for another update it refuses (the two masked inputs
+    # would differ by exactly the difference of the updates)
+    assert (again.vector == first.vector).all()
+    with pytest.raises(SecAggError, match="second, different masked input") as err:
+        session.masked_input(inboxes["bank-1"], data["bank-1"] + 0.5)
+    assert err.value.reason == "secagg_refused"

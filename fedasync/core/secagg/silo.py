@@ -90,6 +90,7 @@ class SiloSession:
         self._u2: frozenset[str] = frozenset()
         self._u3: frozenset[str] | None = None
         self._revealed: dict[str, ShareKind] = {}
+        self._sent: tuple[bytes, MaskedInput] | None = None
 
     def __repr__(self) -> str:
         return f"SiloSession({self.client_id!r}, secrets not shown)"
@@ -138,14 +139,24 @@ class SiloSession:
         return out
 
     def masked_input(self, inbox: Sequence[EncryptedShares], update: npt.ArrayLike) -> MaskedInput:
-        """Round 2: open the shares sent to this silo (U2), then send y_u."""
+        """Round 2: open the shares sent to this silo (U2), then send y_u.
+
+        Once per round: asked again (a retry), it answers the same y_u for the same update
+        and inbox, and refuses anything else. Two masked inputs under the same masks would
+        give away the difference of the two updates."""
         if not self._roster:
             raise SecAggError("masked input before share keys", reason=PROTOCOL)
+        quantised = self.quantizer.quantize(update)
+        if self._sent is not None:
+            senders = frozenset(m.sender for m in inbox) | {self.client_id}
+            if self._sent[0] != quantised.tobytes() or senders != self._u2:
+                raise SecAggError("a second, different masked input in one round", reason=REFUSED)
+            return self._sent[1]
         for message in inbox:
             self._open(message)
         self._u2 = frozenset(self._held)
         quorum(self._u2, self.ctx.threshold, "share keys")
-        y = self.quantizer.quantize(update)
+        y = quantised.copy()
         y += crypto.expand(self._seed, y.size, self.quantizer.ring_bits)
         for peer in sorted(self._u2 - {self.client_id}):
             seed = self._pair_seed(peer)
@@ -155,7 +166,8 @@ class SiloSession:
             else:
                 y -= mask
         y &= self.quantizer.mask
-        return MaskedInput(self.client_id, y)
+        self._sent = (quantised.tobytes(), MaskedInput(self.client_id, y))
+        return self._sent[1]
 
     def consistency(self, survivors: Iterable[str]) -> SurvivorSignature:
         """Round 3: sign the survivor list U3 (once; a second, different list is refused)."""
