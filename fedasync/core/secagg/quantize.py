@@ -109,13 +109,18 @@ class Quantizer:
 
     def quantize(self, values: npt.ArrayLike) -> RingVector:
         """One update (any shape, flattened) as ring elements (`dtype`, below 2^b)."""
-        arr = np.asarray(values, dtype=np.float64).ravel()
-        if not np.all(np.isfinite(arr)):
+        arr = np.array(values, dtype=np.float64).ravel()  # a copy, worked on in place
+        if not np.isfinite(arr).all():
             raise InvalidWeightsError("an update to quantise holds NaN or Inf")
-        q = np.rint(np.clip(arr, -self.clip, self.clip) * (self.levels / self.clip))
-        q = np.clip(q, -self.levels, self.levels).astype(np.int64)
-        # int64 -> uint64 is two's complement (q mod 2^64); 2^b divides 2^64
-        return (q.astype(np.uint64) & np.uint64(self.modulus - 1)).astype(self.dtype)
+        np.clip(arr, -self.clip, self.clip, out=arr)
+        arr *= self.levels / self.clip
+        # |arr| <= Q (1 + 2^-52) < Q + 1/2, so rint stays in [-Q, Q]
+        np.rint(arr, out=arr)
+        # int64 -> unsigned is reduction mod 2^32 or 2^64 (C's rule), and 2^b divides it
+        q = arr.astype(np.int64).astype(self.dtype)
+        if self.ring_bits not in {32, 64}:
+            q &= self.mask
+        return q
 
     def dequantize_sum(self, total: RingVector, count: int) -> FloatVector:
         """The float sum of `count` quantised updates from their ring sum."""
