@@ -72,7 +72,7 @@ class Driver:
         sealed = [m for x in self.sessions.values() for m in x.share_keys(adverts, self.ids)]
         self.share_bytes = sum(len(m.ciphertext) for m in sealed) / n
         self.advert_bytes = sum(len(a.channel_pk) + len(a.mask_pk) + 64 for a in adverts) / n
-        self.u2, self.inboxes = srv.route_shares(self.roster, sealed, threshold)
+        self.u2, self.inboxes = srv.route_shares(self.ctx, self.roster, sealed)
 
     def mask(self, name: str) -> object:
         return self.sessions[name].masked_input(self.inboxes[name], self.updates[name])

@@ -109,7 +109,7 @@ def test_an_incomplete_share_set_leaves_its_sender_out_of_u2():
     sealed = [m for s in rnd.sessions.values() for m in s.share_keys(adverts, rnd.identities)]
     partial = [m for m in sealed if not (m.sender == "bank-5" and m.recipient == "bank-1")]
     # WHEN the server routes them
-    u2, inboxes = srv.route_shares(roster, partial, CTX.threshold)
+    u2, inboxes = srv.route_shares(CTX, roster, partial)
     # THEN bank-5 is not in U2 and nobody receives its shares
     assert u2 == frozenset(SILOS) - {"bank-5"}
     assert all(m.sender != "bank-5" for box in inboxes.values() for m in box)

@@ -54,7 +54,7 @@ class Round:
         adverts = [s.advertise() for s in self.sessions.values()]
         self.roster = srv.verify_adverts(self.ctx, adverts, self.identities)
         sealed = [m for s in self.sessions.values() for m in s.share_keys(adverts, self.identities)]
-        self.u2, inboxes = srv.route_shares(self.roster, sealed, self.ctx.threshold)
+        self.u2, inboxes = srv.route_shares(self.ctx, self.roster, sealed)
         return inboxes
 
     def mask(self, inboxes: Mapping[str, list], drop_before: set[str]) -> list[MaskedInput]:

@@ -43,14 +43,23 @@ PROTOCOL_LABEL = b"fedasync/secagg/v1"
 
 @dataclass(frozen=True)
 class RoundContext:
-    """What every derived key, signature and associated data is bound to."""
+    """What every derived key, signature and associated data is bound to.
+
+    `degree` None: every silo masks and shares with every other (SecAgg). An integer k:
+    SecAgg+ (Bell et al. 2020), each silo with its k neighbours in the Harary graph drawn
+    from the public `graph_seed` (see `graph.py`); `threshold` is then per neighbourhood."""
 
     task_name: str
     round_id: int
     threshold: int
+    degree: int | None = None
+    graph_seed: bytes = b""
 
     def encode(self) -> bytes:
-        return fields(PROTOCOL_LABEL, self.task_name, str(self.round_id), str(self.threshold))
+        graph = b"" if self.degree is None else fields(str(self.degree), self.graph_seed)
+        return fields(
+            PROTOCOL_LABEL, self.task_name, str(self.round_id), str(self.threshold), graph
+        )
 
 
 def fields(*parts: bytes | str) -> bytes:

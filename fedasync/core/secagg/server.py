@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from fedasync.core.secagg import crypto, shamir
+from fedasync.core.secagg import crypto, graph, shamir
 from fedasync.core.secagg.errors import BAD_SHARE, BELOW_THRESHOLD, PROTOCOL, REFUSED, SecAggError
 from fedasync.core.secagg.messages import (
     KEY,
@@ -57,13 +57,14 @@ class UnmaskResult:
 
 
 def route_shares(
-    roster: Mapping[str, KeyAdvert], messages: Sequence[EncryptedShares], threshold: int
+    ctx: crypto.RoundContext, roster: Mapping[str, KeyAdvert], messages: Sequence[EncryptedShares]
 ) -> tuple[frozenset[str], dict[str, list[EncryptedShares]]]:
-    """U2 (the silos that sealed a share to every other silo of U1) and each one's inbox."""
+    """U2 (the silos that sealed a share to each of their neighbours in U1) and each inbox."""
+    peers = graph.neighbours(ctx, list(roster))
     sent: dict[str, dict[str, EncryptedShares]] = {}
     for message in messages:
         who, to = message.sender, message.recipient
-        if who not in roster or to not in roster or who == to:
+        if who not in roster or to not in peers[who]:
             raise SecAggError(
                 f"silo {who!r} addressed shares to {to!r}", reason=PROTOCOL, culprit=who
             )
@@ -73,8 +74,8 @@ def route_shares(
                 f"silo {who!r} sent two share messages to {to!r}", reason=PROTOCOL, culprit=who
             )
         sent[who][to] = message
-    u2 = frozenset(who for who, out in sent.items() if set(out) == set(roster) - {who})
-    quorum(u2, threshold, "share keys")
+    u2 = frozenset(who for who, out in sent.items() if set(out) == peers[who])
+    quorum(u2, ctx.threshold, "share keys")
     inboxes: dict[str, list[EncryptedShares]] = {v: [] for v in u2}
     for who in sorted(u2):
         for to, message in sent[who].items():
@@ -143,11 +144,18 @@ def _checked_shares(
     u2: frozenset[str],
     u3: frozenset[str],
     x: int,
+    peers: frozenset[str],
     identities: Mapping[str, bytes],
 ) -> dict[str, shamir.Share]:
     holder, out = unmasking.client_id, {}
     for revealed in unmasking.shares:
         dealer = revealed.dealer
+        if dealer not in peers:
+            raise SecAggError(
+                f"silo {holder!r} revealed a share of {dealer!r}, not a neighbour",
+                reason=REFUSED,
+                culprit=holder,
+            )
         if dealer in out:
             raise SecAggError(
                 f"silo {holder!r} revealed two shares of {dealer!r}", reason=REFUSED, culprit=holder
@@ -186,6 +194,7 @@ def _collect(
     identities: Mapping[str, bytes],
 ) -> tuple[dict[str, list[shamir.Share]], dict[str, str]]:
     points = share_points(list(roster))
+    peers = graph.neighbours(ctx, list(roster))
     shares: dict[str, list[shamir.Share]] = {u: [] for u in u2}
     rejected: dict[str, str] = {}
     seen: set[str] = set()
@@ -198,7 +207,13 @@ def _collect(
             continue
         try:
             checked = _checked_shares(
-                ctx, unmasking=unmasking, u2=u2, u3=u3, x=points[holder], identities=identities
+                ctx,
+                unmasking=unmasking,
+                u2=u2,
+                u3=u3,
+                x=points[holder],
+                peers=peers[holder] | {holder},
+                identities=identities,
             )
         except SecAggError as exc:
             rejected[holder] = exc.reason
@@ -235,6 +250,7 @@ def unmask(
         ctx, roster=roster, u2=u2, u3=u3, unmaskings=unmaskings, identities=identities
     )
     t, bits = ctx.threshold, quantizer.ring_bits
+    peers = graph.neighbours(ctx, list(roster))
     total = ring_sum([masked[u] for u in sorted(u3)], quantizer.mask)
     length = total.size
     for u in sorted(u3):
@@ -248,7 +264,7 @@ def unmask(
             raise SecAggError(
                 f"the key rebuilt for {u!r} is not the one it advertised", reason=BAD_SHARE
             )
-        for v in sorted(u3):
+        for v in sorted(u3 & peers[u]):
             seed = crypto.pair_seed(crypto.agree(secret, roster[v].mask_pk, v), ctx, u, v)
             mask = crypto.expand(seed, length, bits)
             if mask_sign(v, u) > 0:  # y_v added PRG(s_vu)

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from fedasync.core.secagg import crypto, shamir
+from fedasync.core.secagg import crypto, graph, shamir
 from fedasync.core.secagg.errors import BELOW_THRESHOLD, FORGED, PROTOCOL, REFUSED, SecAggError
 from fedasync.core.secagg.messages import (
     KEY,
@@ -86,6 +86,7 @@ class SiloSession:
         self._seed = os.urandom(crypto.SEED_BYTES)
         self._roster: dict[str, KeyAdvert] = {}
         self._identities: dict[str, bytes] = {}
+        self._neighbours: frozenset[str] = frozenset()
         self._held: dict[str, dict[ShareKind, tuple[bytes, bytes]]] = {}
         self._u2: frozenset[str] = frozenset()
         self._u3: frozenset[str] | None = None
@@ -104,15 +105,19 @@ class SiloSession:
     def share_keys(
         self, adverts: Sequence[KeyAdvert], identities: Mapping[str, bytes]
     ) -> list[EncryptedShares]:
-        """Round 1: shares of s_u^SK and b_u for every silo of U1, each sealed to it."""
+        """Round 1: shares of s_u^SK and b_u for each neighbour in U1, each sealed to it
+        (every other silo of U1, or its k neighbours under SecAgg+)."""
         roster = verify_adverts(self.ctx, adverts, identities)
         own = roster.get(self.client_id)
         if own is None or (own.channel_pk, own.mask_pk) != self._public_keys():
             raise SecAggError("the roster does not hold this silo's own keys", reason=PROTOCOL)
         self._roster = roster
         self._identities = dict(identities)
-        points = share_points(list(roster))
+        self._neighbours = graph.neighbours(self.ctx, list(roster))[self.client_id]
+        ranks = share_points(list(roster))
+        points = {c: ranks[c] for c in self._neighbours | {self.client_id}}
         t = self.ctx.threshold
+        quorum(points, t, "the neighbourhood of this silo")
         key_shares = shamir.split(self._mask_secret(), points.values(), t)
         seed_shares = shamir.split(self._seed, points.values(), t)
         out = []
@@ -176,9 +181,11 @@ class SiloSession:
             raise SecAggError("consistency check before masked input", reason=PROTOCOL)
         if self._u3 is not None and self._u3 != u3:
             raise SecAggError("a second, different survivor list", reason=REFUSED)
-        if not u3 <= self._u2 or self.client_id not in u3:
+        local = u3 & (self._neighbours | {self.client_id})
+        if not (u3 <= set(self._roster) and local <= self._u2 and self.client_id in u3):
             raise SecAggError(
-                "the survivor list is not a subset of U2 with this silo", reason=PROTOCOL
+                "the survivor list names silos that did not share keys with this one",
+                reason=PROTOCOL,
             )
         quorum(u3, self.ctx.threshold, "masked input")
         self._u3 = u3
@@ -236,7 +243,7 @@ class SiloSession:
 
     def _open(self, message: EncryptedShares) -> None:
         sender = message.sender
-        if message.recipient != self.client_id or sender not in self._roster:
+        if message.recipient != self.client_id or sender not in self._neighbours:
             raise SecAggError(
                 f"a share message from {sender!r} is not for this silo",
                 reason=PROTOCOL,
