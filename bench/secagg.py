@@ -25,6 +25,7 @@ Measured on 2026-12-01 on the shared 2-core machine (dim 1 000 000, load ~12, me
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -55,9 +56,9 @@ def _timed(fn: Callable[[], object], repeats: int) -> float:
 class Driver:
     """One round of n silos with updates of `dim` float32 coordinates, phase by phase."""
 
-    def __init__(self, n: int, dim: int, threshold: int) -> None:
+    def __init__(self, n: int, dim: int, threshold: int, degree: int | None = None) -> None:
         self.names = [f"silo-{i:03d}" for i in range(n)]
-        self.ctx = RoundContext("bench", 1, threshold)
+        self.ctx = RoundContext("bench", 1, threshold, degree, os.urandom(16))
         self.quant = Quantizer(clip=1.0, max_silos=n)
         keys = {s: Ed25519PrivateKey.generate() for s in self.names}
         self.ids = {
@@ -141,8 +142,21 @@ def bench(dim: int, repeats: int) -> list[Figure]:
             "<= 1.73 (Bonawitz 2017, 2^10 users)",
         ),
     ]
-    for n, before, after, t in ((5, 1, 1, 3), (50, 5, 0, 26)):
-        drv = Driver(n, dim, threshold=t)
+    for n, before, after, t, k in ((5, 1, 1, 3, None), (50, 5, 0, 26, None), (50, 5, 0, 5, 8)):
+        drv = Driver(n, dim, threshold=t, degree=k)
+        label = f"unmask_{n}_silos" + (f"_secagg_plus_k{k}" if k else "")
+        if k:
+            t_k = median([_timed(lambda s=s, d=drv: d.mask(s), 1) for s in drv.names[:repeats]])
+            figures.append(
+                Figure(
+                    f"mask_update_{n}_silos_secagg_plus_k{k}",
+                    t_k,
+                    "s",
+                    t_add,
+                    t_k / t_add,
+                    "informative",
+                )
+            )
         drop_before = set(drv.names[1 : 1 + before])
         drop_after = set(drv.names[1 + before : 1 + before + after])
         t_unmask, result = drv.run(drop_before, drop_after)
@@ -150,7 +164,7 @@ def bench(dim: int, repeats: int) -> list[Figure]:
         t_plain = _timed(lambda survivors=survivors: plain_sum(survivors), repeats)
         figures.append(
             Figure(
-                f"unmask_{n}_silos",
+                label,
                 t_unmask,
                 "s",
                 t_plain,
