@@ -266,3 +266,21 @@ def test_a_retried_masked_input_is_the_same_and_a_different_one_is_refused():
     with pytest.raises(SecAggError, match="second, different masked input") as err:
         session.masked_input(inboxes["bank-1"], data["bank-1"] + 0.5)
     assert err.value.reason == "secagg_refused"
+
+
+def test_no_secret_shows_in_a_repr_or_an_error():
+    # GIVEN a round through its unmask phase
+    rnd = Round(updates(seed=12, length=4))
+    rnd.mask(rnd.advertise_and_share(), drop_before=set())
+    unmaskings = rnd.reveal(drop_after=set())
+    session = rnd.sessions["bank-1"]
+    revealed = unmaskings[0].shares[0]
+    # WHEN the session, a revealed share, and an error about a bad share are printed
+    with pytest.raises(SecAggError) as err:
+        rnd.close([_alter(u) for u in unmaskings[:3]])
+    printed = " ".join([repr(session), repr(revealed), str(err.value)])
+    # THEN none holds the self-mask seed, a share's bytes or its hex
+    assert session._seed.hex() not in printed
+    assert revealed.share.hex() not in printed
+    assert str(revealed.share) not in printed
+    assert "not shown" in repr(session)
