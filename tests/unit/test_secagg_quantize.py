@@ -91,3 +91,16 @@ def test_the_mask_generator_is_deterministic_per_seed_and_pair_seeds_are_symmetr
     assert one[:4].tolist() == [int.from_bytes(block[i : i + 4], "little") for i in (0, 4, 8, 12)]
     # AND at b = 24 each element is the low 24 bits of the same words
     assert (expand(bytes(32), 1000, 24) == (one & np.uint32(2**24 - 1))).all()
+
+
+def test_a_mask_longer_than_one_chunk_is_the_one_keystream():
+    # GIVEN a seed and a length of 300 001 words (1.2 MB: past the 1 MiB chunk)
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    seed = bytes(range(32))
+    # WHEN the mask is expanded, and the AES-256-CTR keystream taken in one call
+    mask = expand(seed, 300_001, 32)
+    enc = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    stream = np.frombuffer(enc.update(bytes(4 * 300_001)), dtype="<u4")
+    # THEN they are the same words, across the chunk boundary
+    assert (mask == stream).all()

@@ -39,6 +39,7 @@ from fedasync.core.secagg.quantize import RingVector
 SEED_BYTES = 32
 NONCE_BYTES = 12
 PROTOCOL_LABEL = b"fedasync/secagg/v1"
+_ZEROS = bytes(1 << 20)  # encrypted, they are the keystream
 
 
 @dataclass(frozen=True)
@@ -118,11 +119,17 @@ def expand(seed: bytes, length: int, ring_bits: int) -> RingVector:
     dtype = np.uint32 if ring_bits <= 32 else np.uint64
     width = np.dtype(dtype).itemsize
     stream = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-    raw = bytearray(stream.update(bytes(width * length)))
+    size = width * length
+    # the keystream is written straight into one buffer, a chunk of zeros at a time (CTR
+    # needs 15 spare bytes at the end of the output), so no 4 MB of zeros or copy is made
+    raw = bytearray(size + 15)
+    out, zeros = memoryview(raw), memoryview(_ZEROS)
+    for pos in range(0, size, len(_ZEROS)):
+        stream.update_into(zeros[: min(len(_ZEROS), size - pos)], out[pos:])
     # little-endian words, as the docs say, whatever the host's byte order
-    words: RingVector = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(
-        dtype, copy=False
-    )
+    words: RingVector = np.frombuffer(
+        raw, dtype=np.dtype(dtype).newbyteorder("<"), count=length
+    ).astype(dtype, copy=False)
     if ring_bits not in {32, 64}:
         # 2^ring_bits divides 2^(8·width): the low bits of a uniform word are uniform
         words &= dtype((1 << ring_bits) - 1)
