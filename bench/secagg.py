@@ -47,7 +47,7 @@ from _report import Figure, emit, median
 
 from fedasync.core.secagg import RoundContext, SiloSession, UnmaskResult, unmask
 from fedasync.core.secagg import server as srv
-from fedasync.core.secagg.messages import Unmasking
+from fedasync.core.secagg.messages import MaskedInput, Unmasking
 from fedasync.core.secagg.quantize import Quantizer, ring_sum
 
 
@@ -82,17 +82,18 @@ class Driver:
         self.advert_bytes = sum(len(a.channel_pk) + len(a.mask_pk) + 64 for a in adverts) / n
         self.u2, self.inboxes = srv.route_shares(self.ctx, self.roster, sealed)
 
-    def mask(self, name: str) -> object:
+    def mask(self, name: str) -> MaskedInput:
         return self.sessions[name].masked_input(self.inboxes[name], self.updates[name])
 
     def run(self, drop_before: set[str], drop_after: set[str]) -> tuple[float, UnmaskResult]:
         sent = [self.mask(s) for s in sorted(self.u2 - drop_before)]
         masked = srv.masked_inputs(
+            self.ctx,
             self.u2,
             messages=sent,
-            quantizer=self.quant,  # type: ignore[arg-type]
+            quantizer=self.quant,
             length=next(iter(self.updates.values())).size,
-            threshold=self.ctx.threshold,
+            identities=self.ids,
         )
         u3 = frozenset(masked)
         answering = sorted(u3 - drop_after)

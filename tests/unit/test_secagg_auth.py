@@ -113,3 +113,25 @@ def test_an_incomplete_share_set_leaves_its_sender_out_of_u2():
     # THEN bank-5 is not in U2 and nobody receives its shares
     assert u2 == frozenset(SILOS) - {"bank-5"}
     assert all(m.sender != "bank-5" for box in inboxes.values() for m in box)
+
+
+def test_a_masked_input_altered_after_signing_is_rejected():
+    # GIVEN every silo's masked input
+    rnd = Round(updates(seed=4, length=8))
+    inboxes = rnd.advertise_and_share()
+    sent = [rnd.sessions[n].masked_input(inboxes[n], rnd.updates[n]) for n in SILOS]
+    # WHEN one word of bank-2's is changed on the way (its signature kept)
+    vec = sent[1].vector.copy()
+    vec[0] ^= np.uint32(1)
+    altered = dataclasses.replace(sent[1], vector=vec)
+    # THEN the server refuses it as forged, naming bank-2
+    with pytest.raises(SecAggError, match="'bank-2' on its masked input") as err:
+        srv.masked_inputs(
+            CTX,
+            rnd.u2,
+            messages=[sent[0], altered, *sent[2:]],
+            quantizer=QUANT,
+            length=8,
+            identities=rnd.identities,
+        )
+    assert (err.value.reason, err.value.culprit) == ("secagg_forged", "bank-2")

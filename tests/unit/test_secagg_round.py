@@ -64,11 +64,12 @@ class Round:
         ]
         length = next(iter(self.updates.values())).size
         self.masked = srv.masked_inputs(
+            self.ctx,
             self.u2,
             messages=sent,
             quantizer=self.quant,
             length=length,
-            threshold=self.ctx.threshold,
+            identities=self.identities,
         )
         return sent
 

@@ -3,7 +3,7 @@
 Rounds (Bonawitz et al. 2017, fig. 4), every message relayed by the server:
 0. `KeyAdvert`: silo u signs (c_u^PK, s_u^PK) with its Ed25519 identity key;
 1. `EncryptedShares`: u's Shamir shares of s_u^SK and b_u for v, sealed to v;
-2. `MaskedInput`: y_u, the masked quantised update;
+2. `MaskedInput`: y_u, the masked quantised update, signed (over its SHA-256);
 3. `SurvivorSignature`: u signs the survivor list U3 it was shown (consistency check);
 4. `Unmasking`: for each peer v in U2, v's share of b_v (v in U3) or of s_v^SK (v dropped),
    each with v's own signature on it, so a holder who alters a share is caught and named.
@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from cryptography.hazmat.primitives import hashes
 
 from fedasync.core.secagg.crypto import RoundContext, fields
 from fedasync.core.secagg.errors import PROTOCOL, SecAggError
@@ -57,6 +59,17 @@ def shares_aad(ctx: RoundContext, sender: str, recipient: str) -> bytes:
 class MaskedInput:
     client_id: str
     vector: RingVector
+    signature: bytes
+
+    def signed_bytes(self, ctx: RoundContext) -> bytes:
+        return masked_statement(ctx, self.client_id, self.vector)
+
+
+def masked_statement(ctx: RoundContext, client_id: str, vector: RingVector) -> bytes:
+    """What a silo signs for its masked input: the SHA-256 of its little-endian words."""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(vector.astype(vector.dtype.newbyteorder("<"), copy=False).tobytes())
+    return fields(ctx.encode(), "masked", client_id, str(vector.dtype.itemsize), digest.finalize())
 
 
 @dataclass(frozen=True)

@@ -85,14 +85,15 @@ def route_shares(
 
 
 def masked_inputs(
+    ctx: crypto.RoundContext,
     u2: frozenset[str],
     *,
     messages: Sequence[MaskedInput],
     quantizer: Quantizer,
     length: int,
-    threshold: int,
+    identities: Mapping[str, bytes],
 ) -> dict[str, RingVector]:
-    """U3's masked inputs: from silos of U2, one each, of the right length, in the ring."""
+    """U3's masked inputs: from silos of U2, signed, one each, of the right length."""
     out: dict[str, RingVector] = {}
     for message in messages:
         who, vec = message.client_id, message.vector
@@ -108,10 +109,13 @@ def masked_inputs(
                 reason=PROTOCOL,
                 culprit=who,
             )
+        crypto.verify(
+            identities[who], message.signature, message.signed_bytes(ctx), who, "masked input"
+        )
         if who in out and not (out[who] == vec).all():
             raise SecAggError(f"silo {who!r} sent two masked inputs", reason=PROTOCOL, culprit=who)
         out[who] = vec
-    quorum(out, threshold, "masked input")
+    quorum(out, ctx.threshold, "masked input")
     return out
 
 

@@ -32,6 +32,7 @@ from fedasync.core.secagg.messages import (
     Unmasking,
     advert_statement,
     mask_sign,
+    masked_statement,
     parse_fields,
     share_points,
     share_statement,
@@ -171,7 +172,8 @@ class SiloSession:
             else:
                 y -= mask
         y &= self.quantizer.mask
-        self._sent = (quantised.tobytes(), MaskedInput(self.client_id, y))
+        signature = crypto.sign(self._identity, masked_statement(self.ctx, self.client_id, y))
+        self._sent = (quantised.tobytes(), MaskedInput(self.client_id, y, signature))
         return self._sent[1]
 
     def consistency(self, survivors: Iterable[str]) -> SurvivorSignature:
