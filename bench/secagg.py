@@ -137,8 +137,9 @@ def bench(dim: int, repeats: int) -> list[Figure]:
         len(r.share) + len(r.dealer_signature) + len(r.dealer) + len(r.kind)
         for r in ten.unmaskings[0].shares
     )
-    # adverts, sealed shares, the masked input (uint32), a signature, the revealed shares
-    per_silo = ten.advert_bytes + ten.share_bytes + 4 * dim + 64 + revealed
+    # adverts, sealed shares, the masked input (uint32) and its signature, the survivor
+    # signature, the revealed shares
+    per_silo = ten.advert_bytes + ten.share_bytes + 4 * dim + 64 + 64 + revealed
     figures = [
         Figure("mask_update_10_silos", t_mask, "s", t_add, t_mask / t_add, "informative"),
         Figure(

@@ -135,3 +135,22 @@ def test_a_masked_input_altered_after_signing_is_rejected():
             identities=rnd.identities,
         )
     assert (err.value.reason, err.value.culprit) == ("secagg_forged", "bank-2")
+
+
+def test_a_server_showing_two_survivor_lists_gets_no_shares():
+    # GIVEN a round after the masked inputs of all 5 silos
+    rnd = Round(updates(seed=13, length=8))
+    rnd.mask(rnd.advertise_and_share(), drop_before=set())
+    everyone = frozenset(SILOS)
+    # WHEN the server tells bank-1 that everyone survived but tells the others that
+    # bank-2 dropped (to get b_2's share from bank-1 and s_2^SK's from the others)
+    told_one = rnd.sessions["bank-1"].consistency(everyone)
+    others = [rnd.sessions[n].consistency(everyone - {"bank-2"}) for n in SILOS[2:]]
+    # THEN bank-1 sees the others' signatures do not cover its list and reveals nothing
+    with pytest.raises(SecAggError) as err:
+        rnd.sessions["bank-1"].unmask([told_one, *others], rnd.identities)
+    assert err.value.reason == "secagg_forged"
+    # AND the others refuse bank-1's signature (on the other list) the same way
+    with pytest.raises(SecAggError) as err:
+        rnd.sessions["bank-3"].unmask([told_one, *others], rnd.identities)
+    assert (err.value.reason, err.value.culprit) == ("secagg_forged", "bank-1")
