@@ -3,7 +3,7 @@
 See docs/secagg.md for the threat model, the parameters and the phases. Modules:
 `quantize` (fixed-point ring), `crypto` (X25519, HKDF, AES-CTR masks, AEAD, Ed25519),
 `shamir` (t-of-n sharing over GF(2^127 - 1)), `messages`, `silo` (a silo's session),
-`server` (the checks and the unmasking), `graph` (SecAgg+ neighbours), `wire` (JSON).
+`relay` (the server's relay phases), `server` (the unmasking), `graph` (SecAgg+ neighbours), `wire` (JSON).
 """
 
 from fedasync.core.secagg.crypto import RoundContext

@@ -24,18 +24,15 @@ from fedasync.core.secagg.errors import BAD_SHARE, BELOW_THRESHOLD, PROTOCOL, RE
 from fedasync.core.secagg.messages import (
     KEY,
     SEED,
-    EncryptedShares,
     KeyAdvert,
-    MaskedInput,
-    SurvivorSignature,
     Unmasking,
     mask_sign,
     share_points,
     share_statement,
-    survivors_statement,
 )
 from fedasync.core.secagg.quantize import FloatVector, Quantizer, RingVector, ring_sum
-from fedasync.core.secagg.silo import quorum, verify_adverts
+from fedasync.core.secagg.relay import masked_inputs, route_shares, verify_survivor_signatures
+from fedasync.core.secagg.silo import verify_adverts
 
 __all__ = [
     "UnmaskResult",
@@ -54,91 +51,6 @@ class UnmaskResult:
     survivors: tuple[str, ...]  # U3
     dropped: tuple[str, ...]  # U2 \ U3: shared keys, sent no masked input
     rejected: Mapping[str, str] = field(default_factory=dict)  # holder -> reason
-
-
-def route_shares(
-    ctx: crypto.RoundContext, roster: Mapping[str, KeyAdvert], messages: Sequence[EncryptedShares]
-) -> tuple[frozenset[str], dict[str, list[EncryptedShares]]]:
-    """U2 (the silos that sealed a share to each of their neighbours in U1) and each inbox."""
-    peers = graph.neighbours(ctx, list(roster))
-    sent: dict[str, dict[str, EncryptedShares]] = {}
-    for message in messages:
-        who, to = message.sender, message.recipient
-        if who not in roster or to not in peers[who]:
-            raise SecAggError(
-                f"silo {who!r} addressed shares to {to!r}", reason=PROTOCOL, culprit=who
-            )
-        previous = sent.setdefault(who, {}).get(to)
-        if previous is not None and previous != message:
-            raise SecAggError(
-                f"silo {who!r} sent two share messages to {to!r}", reason=PROTOCOL, culprit=who
-            )
-        sent[who][to] = message
-    u2 = frozenset(who for who, out in sent.items() if set(out) == peers[who])
-    quorum(u2, ctx.threshold, "share keys")
-    inboxes: dict[str, list[EncryptedShares]] = {v: [] for v in u2}
-    for who in sorted(u2):
-        for to, message in sent[who].items():
-            if to in u2:
-                inboxes[to].append(message)
-    return u2, inboxes
-
-
-def masked_inputs(
-    ctx: crypto.RoundContext,
-    u2: frozenset[str],
-    *,
-    messages: Sequence[MaskedInput],
-    quantizer: Quantizer,
-    length: int,
-    identities: Mapping[str, bytes],
-) -> dict[str, RingVector]:
-    """U3's masked inputs: from silos of U2, signed, one each, of the right length."""
-    out: dict[str, RingVector] = {}
-    for message in messages:
-        who, vec = message.client_id, message.vector
-        if who not in u2:
-            raise SecAggError(f"silo {who!r} is not in U2", reason=PROTOCOL, culprit=who)
-        if (
-            vec.dtype != quantizer.dtype
-            or vec.shape != (length,)
-            or (vec.size and int(vec.max()) >= quantizer.modulus)
-        ):
-            raise SecAggError(
-                f"the masked input of silo {who!r} is not {length} ring elements",
-                reason=PROTOCOL,
-                culprit=who,
-            )
-        crypto.verify(
-            identities[who], message.signature, message.signed_bytes(ctx), who, "masked input"
-        )
-        if who in out and not (out[who] == vec).all():
-            raise SecAggError(f"silo {who!r} sent two masked inputs", reason=PROTOCOL, culprit=who)
-        out[who] = vec
-    quorum(out, ctx.threshold, "masked input")
-    return out
-
-
-def verify_survivor_signatures(
-    ctx: crypto.RoundContext,
-    u3: frozenset[str],
-    signatures: Sequence[SurvivorSignature],
-    identities: Mapping[str, bytes],
-) -> list[SurvivorSignature]:
-    """Round 3: the signatures of survivors on U3 (at least t)."""
-    statement = survivors_statement(ctx, u3)
-    good: dict[str, SurvivorSignature] = {}
-    for sig in signatures:
-        if sig.client_id not in u3:
-            raise SecAggError(
-                f"silo {sig.client_id!r} is not a survivor", reason=PROTOCOL, culprit=sig.client_id
-            )
-        crypto.verify(
-            identities[sig.client_id], sig.signature, statement, sig.client_id, "survivor list"
-        )
-        good[sig.client_id] = sig
-    quorum(good, ctx.threshold, "consistency check")
-    return list(good.values())
 
 
 def _checked_shares(
@@ -188,6 +100,20 @@ def _checked_shares(
     return out
 
 
+def _require_shares(
+    shares: Mapping[str, list[shamir.Share]], rejected: Mapping[str, str], threshold: int
+) -> None:
+    """At least t good shares of every secret, or the round fails naming the rejected."""
+    short = sorted(u for u, got in shares.items() if len(got) < threshold)
+    if short:
+        blamed = ", ".join(f"{h!r} ({r})" for h, r in sorted(rejected.items())) or "none"
+        raise SecAggError(
+            f"unmask: fewer than t={threshold} valid shares for {short}; rejected silos: {blamed}",
+            reason=BELOW_THRESHOLD,
+            culprit=min(rejected) if rejected else None,
+        )
+
+
 def _collect(
     ctx: crypto.RoundContext,
     *,
@@ -225,16 +151,27 @@ def _collect(
         seen.add(holder)
         for dealer, share in checked.items():
             shares[dealer].append(share)
-    short = sorted(u for u, got in shares.items() if len(got) < ctx.threshold)
-    if short:
-        blamed = ", ".join(f"{h!r} ({r})" for h, r in sorted(rejected.items())) or "none"
-        raise SecAggError(
-            f"unmask: fewer than t={ctx.threshold} valid shares for {short}; rejected "
-            f"silos: {blamed}",
-            reason=BELOW_THRESHOLD,
-            culprit=min(rejected) if rejected else None,
-        )
+    _require_shares(shares, rejected, ctx.threshold)
     return shares, rejected
+
+
+def _remove_pair_masks(
+    ctx: crypto.RoundContext,
+    total: RingVector,
+    *,
+    dropped: str,
+    secret: X25519PrivateKey,
+    survivors: Mapping[str, KeyAdvert],
+    bits: int,
+) -> None:
+    """Take out of `total` the masks PRG(s_vu) each surviving neighbour v added for u."""
+    for v in sorted(survivors):
+        shared = crypto.agree(secret, survivors[v].mask_pk, v)
+        mask = crypto.expand(crypto.pair_seed(shared, ctx, dropped, v), total.size, bits)
+        if mask_sign(v, dropped) > 0:  # y_v added PRG(s_vu)
+            total -= mask
+        else:
+            total += mask
 
 
 def unmask(
@@ -256,10 +193,9 @@ def unmask(
     t, bits = ctx.threshold, quantizer.ring_bits
     peers = graph.neighbours(ctx, list(roster))
     total = ring_sum([masked[u] for u in sorted(u3)], quantizer.mask)
-    length = total.size
     for u in sorted(u3):
         seed = shamir.reconstruct(shares[u], t, crypto.SEED_BYTES)
-        total -= crypto.expand(seed, length, bits)
+        total -= crypto.expand(seed, total.size, bits)
     for u in sorted(dropped):
         secret = X25519PrivateKey.from_private_bytes(
             shamir.reconstruct(shares[u], t, crypto.SEED_BYTES)
@@ -268,13 +204,8 @@ def unmask(
             raise SecAggError(
                 f"the key rebuilt for {u!r} is not the one it advertised", reason=BAD_SHARE
             )
-        for v in sorted(u3 & peers[u]):
-            seed = crypto.pair_seed(crypto.agree(secret, roster[v].mask_pk, v), ctx, u, v)
-            mask = crypto.expand(seed, length, bits)
-            if mask_sign(v, u) > 0:  # y_v added PRG(s_vu)
-                total -= mask
-            else:
-                total += mask
+        survivors = {v: roster[v] for v in u3 & peers[u]}
+        _remove_pair_masks(ctx, total, dropped=u, secret=secret, survivors=survivors, bits=bits)
     total &= quantizer.mask
     return UnmaskResult(
         total,
