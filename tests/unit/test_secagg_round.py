@@ -285,3 +285,18 @@ def test_no_secret_shows_in_a_repr_or_an_error():
     assert revealed.share.hex() not in printed
     assert str(revealed.share) not in printed
     assert "not shown" in repr(session)
+
+
+def test_a_retried_share_keys_deals_the_same_shares_and_another_roster_is_refused():
+    # GIVEN a silo that dealt its shares for a roster of 5
+    rnd = Round(updates(seed=15, length=4))
+    adverts = [s.advertise() for s in rnd.sessions.values()]
+    session = rnd.sessions["bank-1"]
+    first = session.share_keys(adverts, rnd.identities)
+    # WHEN it is asked again with the same adverts, then with bank-5 left out
+    again = session.share_keys(adverts, rnd.identities)
+    # THEN the retry gets the very same sealed messages; the other roster is refused
+    assert again == first
+    with pytest.raises(SecAggError, match="second, different roster") as err:
+        session.share_keys(adverts[:4], rnd.identities)
+    assert err.value.reason == "secagg_refused"

@@ -93,6 +93,7 @@ class SiloSession:
         self._u3: frozenset[str] | None = None
         self._revealed: dict[str, ShareKind] = {}
         self._sent: tuple[bytes, MaskedInput] | None = None
+        self._dealt: tuple[frozenset[KeyAdvert], tuple[EncryptedShares, ...]] | None = None
 
     def __repr__(self) -> str:
         return f"SiloSession({self.client_id!r}, secrets not shown)"
@@ -107,7 +108,14 @@ class SiloSession:
         self, adverts: Sequence[KeyAdvert], identities: Mapping[str, bytes]
     ) -> list[EncryptedShares]:
         """Round 1: shares of s_u^SK and b_u for each neighbour in U1, each sealed to it
-        (every other silo of U1, or its k neighbours under SecAgg+)."""
+        (every other silo of U1, or its k neighbours under SecAgg+).
+
+        Once per round: a retry with the same adverts gets the same messages; other adverts
+        are refused (a second dealing would hand out shares of a second set of polynomials)."""
+        if self._dealt is not None:
+            if self._dealt[0] != frozenset(adverts):
+                raise SecAggError("a second, different roster in one round", reason=REFUSED)
+            return list(self._dealt[1])
         roster = verify_adverts(self.ctx, adverts, identities)
         own = roster.get(self.client_id)
         if own is None or (own.channel_pk, own.mask_pk) != self._public_keys():
@@ -142,6 +150,7 @@ class SiloSession:
                     ),
                 )
             )
+        self._dealt = (frozenset(adverts), tuple(out))
         return out
 
     def masked_input(self, inbox: Sequence[EncryptedShares], update: npt.ArrayLike) -> MaskedInput:
