@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fedasync.core.secagg import RoundContext, SecAggError, SiloSession, UnmaskResult, unmask
 from fedasync.core.secagg import server as srv
@@ -300,3 +302,36 @@ def test_a_retried_share_keys_deals_the_same_shares_and_another_roster_is_refuse
     with pytest.raises(SecAggError, match="second, different roster") as err:
         session.share_keys(adverts[:4], rnd.identities)
     assert err.value.reason == "secagg_refused"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_any_dropout_pattern_gives_the_exact_sum_or_a_clear_failure(data):
+    # GIVEN n silos (3..7), a threshold t, and silos dropping before and after their
+    # masked input, all drawn at random
+    n = data.draw(st.integers(3, 7))
+    t = data.draw(st.integers(2, n))
+    silos = [f"s{i}" for i in range(n)]
+    before = set(data.draw(st.lists(st.sampled_from(silos), unique=True, max_size=n)))
+    after = set(data.draw(st.lists(st.sampled_from(silos), unique=True, max_size=n)))
+    after -= before
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))  # test data only
+    updates_ = {s: rng.uniform(-1.5, 1.5, 6) for s in silos}
+    ctx = RoundContext("prop", 1, threshold=t)
+    rnd = Round(updates_, ctx=ctx, quant=Quantizer(clip=1.0, max_silos=n))
+    survivors = [s for s in silos if s not in before]
+    answering = [s for s in survivors if s not in after]
+    # WHEN the round is played
+    if len(survivors) < t or len(answering) < t:
+        # THEN below the threshold in a phase it fails, saying so
+        with pytest.raises(SecAggError) as err:
+            rnd.run(drop_before=before, drop_after=after)
+        assert err.value.reason == "secagg_below_threshold"
+    else:
+        # THEN otherwise the ring sum is the survivors' quantised sum exactly
+        result = rnd.run(drop_before=before, drop_after=after)
+        assert result.survivors == tuple(survivors)
+        assert result.dropped == tuple(sorted(before))
+        assert result.total.tolist() == oracle_ring_sum(
+            [updates_[s] for s in survivors], 1.0, n, 32
+        )
