@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
     from types_aiobotocore_stepfunctions import SFNClient
 
+
 @functools.cache
 def verified_context(ca_bundle: str) -> ssl.SSLContext:
     """One verifying TLS context per CA bundle for the whole process (aiohttp keeps its

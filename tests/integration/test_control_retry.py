@@ -43,7 +43,7 @@ def test_retry_delay_doubles_from_two_seconds_up_to_a_minute(receives: int, dela
 
 
 async def test_a_transient_open_round_failure_is_retried_in_seconds(
-    stack: Any,  # noqa: F811 - the fixture
+    stack: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # GIVEN a sync task whose first open_round handling fails once (a transient fault:
