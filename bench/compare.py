@@ -123,6 +123,7 @@ def main() -> None:
                 print(f"repeat {i + 1}/{args.repeats}: {side} ({tree})", file=sys.stderr)
                 for name, value in run_side(tree, args).items():
                     seen[side].setdefault(name, []).append(value)
+                    print(f"  {side} {name}: {value:.4g}", file=sys.stderr, flush=True)
         for side in ("base", "head"):
             for name, values in seen[side].items():
                 shown = ", ".join(f"{v:.4g}" for v in values)
