@@ -2,6 +2,7 @@
 
     python bench/compare.py --base COMMIT [--head COMMIT|WORKTREE] [--repeats 3]
                             [--only overhead absorb] [--quick] [--json PATH]
+    python bench/compare.py --bench scale --base COMMIT [--silos 10 100 250] [--rounds 3]
 
 A change that must be "no worse than before" (the server redesign: sync round overhead and
 async absorb rates) is judged here, not against a figure from another day: the machine is
@@ -11,6 +12,10 @@ shared and noisy, so both sides are measured in one run, alternating base, head,
 `PYTHONPATH` set to the tree), so a bench script that changed with the code is measured as
 it was then. The figure is the median over the repeats of each side's own median; `ratio`
 is head / base, and `target` says which way is better.
+
+`--bench scale` runs `bench/scale.py` instead (orchestration per silo at 10, 100, 250
+silos): the head's copy of the script on both sides, so that one instrument measures
+both codes (the script only uses what the base has too).
 """
 
 from __future__ import annotations
@@ -41,16 +46,29 @@ def checkout(commit: str, into: Path) -> Path:
     return into
 
 
-def run_side(tree: Path, only: list[str], quick: bool) -> dict[str, float]:
-    """One run of the tree's own time-to-accuracy bench; its figures by name."""
+def run_side(tree: Path, args: argparse.Namespace) -> dict[str, float]:
+    """One run of the bench on the tree's code; its figures by name."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "figures.json"
-        cmd = [sys.executable, "bench/time_to_accuracy.py", "--only", *only, "--json", str(out)]
-        if quick:
-            cmd.append("--quick")
+        if args.bench == "scale":
+            script = Path(tmp) / "bench" / "scale.py"  # the head's, importing the tree's code
+            script.parent.mkdir()
+            shutil.copy(REPO / "bench" / "scale.py", script)
+            shutil.copy(tree / "bench" / "_report.py", script.parent / "_report.py")
+            cmd = [sys.executable, str(script), "--json", str(out), "--rounds", str(args.rounds)]
+            cmd += ["--silos", *map(str, args.silos)]
+        else:
+            cmd = [sys.executable, "bench/time_to_accuracy.py", "--only", *args.only]
+            cmd += ["--json", str(out), *(["--quick"] if args.quick else [])]
         env = {**os.environ, "PYTHONPATH": str(tree)}
         subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
         return {f["name"]: float(f["value"]) for f in json.loads(out.read_text())}
+
+
+def unit_of(name: str, better: str) -> str:
+    if "per_silo" in name:
+        return "ms/silo"
+    return "s/round" if better == "lower" else "upd/s"
 
 
 def compare(base: dict[str, list[float]], head: dict[str, list[float]]) -> list[Figure]:
@@ -62,7 +80,7 @@ def compare(base: dict[str, list[float]], head: dict[str, list[float]]) -> list[
             Figure(
                 name,
                 h,
-                "s/round" if better == "lower" else "upd/s",
+                unit_of(name, better),
                 b,
                 h / b,
                 f"{better} is better; head vs base",
@@ -82,6 +100,9 @@ def main() -> None:
         "--only", nargs="+", choices=("overhead", "absorb"), default=["overhead", "absorb"]
     )
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--bench", choices=("tta", "scale"), default="tta")
+    parser.add_argument("--silos", type=int, nargs="+", default=[10, 100, 250])
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="fedasync-compare-"))
@@ -100,8 +121,9 @@ def main() -> None:
             order = [("base", base_tree), ("head", head_tree)]
             for side, tree in order if i % 2 == 0 else order[::-1]:
                 print(f"repeat {i + 1}/{args.repeats}: {side} ({tree})", file=sys.stderr)
-                for name, value in run_side(tree, args.only, args.quick).items():
+                for name, value in run_side(tree, args).items():
                     seen[side].setdefault(name, []).append(value)
+                    print(f"  {side} {name}: {value:.4g}", file=sys.stderr, flush=True)
         for side in ("base", "head"):
             for name, values in seen[side].items():
                 shown = ", ".join(f"{v:.4g}" for v in values)

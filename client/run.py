@@ -46,6 +46,8 @@ async def run_client(
         async with AwsContext(
             cfg.deployment.endpoint_url, cfg.deployment.region, _credentials(cfg)
         ) as aws:
+            if ports is None:
+                await aws.open_clients("sqs", "s3", "dynamodb")
             bound = ports or await AwsClientPorts.open(aws, cfg)
             with _workdir(cfg.work_dir) as workdir, progress or DISABLED as shown:
                 state = RunState(cfg, bound, trainer, data, workdir, shown, eval_data)

@@ -145,11 +145,12 @@ class ServerFunctions(Construct):
                 messaging.control_queue, batch_size=5, report_batch_item_failures=True
             )
         )
-        self._grant_history(self.control)
+        self._grant_history(self.control, messaging.control_queue.queue_arn)
 
-    def _grant_history(self, function: lambda_.Function) -> None:
+    def _grant_history(self, function: lambda_.Function, control_queue: str) -> None:
         """A control message is acted on only if the task's execution sent it, which the
-        handler reads in the execution's history (fedasync/server/control.py)."""
+        handler reads in the execution's history (fedasync/server/control.py); a failed
+        one is made visible again soon (server_lambdas/control.py)."""
         role = function.role
         if role is None:  # every function here has its own role (see _function)
             raise ValueError(f"{function.node.path} has no role to grant the history to")
@@ -159,7 +160,7 @@ class ServerFunctions(Construct):
             f"{self._spec.state_machine_name}:*"
         )
         arns = definitions.StackArns(
-            table="", stream="", bucket="", topic="", control_queue="",
+            table="", stream="", bucket="", topic="", control_queue=control_queue,
             aggregate_failures="", state_machine="", executions=executions,
         )  # fmt: skip
         for statement in definitions.control_statements(arns):

@@ -233,8 +233,14 @@ def event_source_statements(function: str, arns: StackArns) -> list[Json]:
 
 def control_statements(arns: StackArns) -> list[Json]:
     """The control function alone: a control message is acted on only if the task's
-    execution sent it, read in the execution's history (fedasync/server/control.py)."""
-    return [_allow(("states:GetExecutionHistory",), [arns.executions], "ReadExecutionHistory")]
+    execution sent it, read in the execution's history (fedasync/server/control.py); a
+    message whose handling failed is made visible again within seconds, not after the
+    queue's 360 s (server_lambdas/control.py). The event source's consume grant covers
+    that call too; stated here as the handler's own, so it stays if the grant changes."""
+    return [
+        _allow(("states:GetExecutionHistory",), [arns.executions], "ReadExecutionHistory"),
+        _allow(("sqs:ChangeMessageVisibility",), [arns.control_queue], "RetryFailedControlSoon"),
+    ]
 
 
 # --- the state machine -------------------------------------------------------------------
