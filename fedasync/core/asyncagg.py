@@ -22,6 +22,7 @@ import numpy as np
 from fedasync.core.codec import Array, Weights, check_compatible, spec_of
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import SchemaError, StaleUpdateError
+from fedasync.core.noise import SecureGaussian
 from fedasync.core.optimizers import OptimizerState
 from fedasync.core.strategies.registry import async_strategy
 
@@ -113,6 +114,7 @@ def absorb(
     base_w: Mapping[str, Array] | None = None,
     buffer_sum: Mapping[str, Array] | None = None,
     server_state: OptimizerState | None = None,
+    noise: SecureGaussian | None = None,
     who: str = "update",
 ) -> Absorbed:
     """Validate staleness and compatibility, then apply the task's async strategy
@@ -128,6 +130,7 @@ def absorb(
         base_w=base_w,
         buffer_sum=buffer_sum,
         server_state=server_state,
+        noise=noise,
         staleness=staleness,
         who=who,
     )
@@ -139,10 +142,14 @@ def stop_reason(
     *,
     elapsed_s: float | None = None,
     metric: float | None = None,
+    release_limit: int | None = None,
 ) -> str | None:
-    """Why an async task should stop now, or None to go on."""
+    """Why an async task should stop now, or None to go on. `release_limit`: central DP's
+    releases the budget buys (FedAsync: one per absorbed update)."""
     if state.version >= cfg.max_versions:
         return "max_versions"
+    if release_limit is not None and state.absorbed >= release_limit:
+        return "privacy_budget"
     if cfg.target_metric is not None and metric is not None and cfg.target_metric.reached(metric):
         return "target_metric"
     if elapsed_s is not None and elapsed_s >= cfg.deadline_s:

@@ -127,10 +127,12 @@ def check_privacy_fits(mode: str, strategy: str, privacy: PrivacyConfig | None) 
             f"strategy {strategy!r} aggregates individual updates, whose sensitivity to one "
             "silo the noise would not cover: use strategy 'fedavg', or privacy mode 'local'"
         )
-    if mode == "async":
+    if mode == "async" and strategy != "fedasync":
         raise ValueError(
-            "privacy mode 'central' is implemented for sync rounds (one release per round); "
-            "for an async task use privacy mode 'local' (each silo noises its own update)"
+            f"privacy mode 'central' releases one noised update at a time in an async task "
+            f"(FedAsync); strategy {strategy!r} sums a buffer in which one silo may appear "
+            "more than once, which the noise would not cover: use strategy 'fedasync', or "
+            "privacy mode 'local' (each silo noises its own update)"
         )
 
 

@@ -250,3 +250,9 @@ def check_budget(cfg: PrivacyConfig, total_examples: int) -> int:
             reason="privacy_budget",
         )
     return allowed
+
+
+def central_dp(cfg: object) -> bool:
+    """Whether a task (any object with a `privacy` attribute) runs central DP."""
+    privacy = getattr(cfg, "privacy", None)
+    return isinstance(privacy, PrivacyConfig) and privacy.mode == "central"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedasync.core import codec
-from fedasync.core.asyncagg import AsyncState, absorb, after_refusal
+from fedasync.core.asyncagg import AsyncState, absorb, after_refusal, staleness_of
 from fedasync.core.codec import ModelSpec, TensorSpec, Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import describe, load_payload
@@ -29,6 +29,8 @@ from fedasync.core.errors import ChecksumMismatchError, InvalidWeightsError, Sch
 from fedasync.core.keys import global_key
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.optimizers import OptimizerState, state_to_tensors
+from fedasync.core.privacy import central_dp
+from fedasync.core.replay_checks import head_problems
 from fedasync.core.screening import base_needed, clip_to_base, next_window, screen
 from fedasync.core.strategies import sync_strategy
 
@@ -131,26 +133,8 @@ def replay(events: Iterable[Event], load: Loader) -> ReplayResult:
         result.final_sha256 = codec.sha256_bytes(versions[last])
     else:
         result.problems.append(f"the final version {last} was not rebuilt")
-    result.problems += _head_problems(task.get("head"), versions)
+    result.problems += head_problems(task.get("head"), versions)
     return result
-
-
-def _head_problems(head: Any, versions: Mapping[int, bytes]) -> list[str]:
-    """The replay must end at the head the server recorded (TASK), every version from 1 to
-    it rebuilt: a version lost from the ledger (an update's verdict gone, say) shows here."""
-    if not isinstance(head, Mapping) or head.get("version") is None:
-        return []  # a ledger from before heads were recorded
-    version, sha = int(head["version"]), head.get("sha256")
-    problems = [f"version {v} (up to the head {version}) was not rebuilt"
-                for v in range(1, version + 1) if v not in versions]  # fmt: skip
-    if max(versions) != version:
-        problems.append(f"the replay ends at version {max(versions)}; the head is {version}")
-    elif sha is not None and codec.sha256_bytes(versions[version]) != sha:
-        problems.append(
-            f"the rebuilt head version {version} has SHA-256 "
-            f"{codec.sha256_bytes(versions[version])}; the server recorded {sha}"
-        )
-    return problems
 
 
 def _replay_sync(
@@ -242,6 +226,11 @@ def _replay_async(
             result.problems.append(f"accepted at seq {update['seq']}, but {exc.message}")
             return
         recent = next_window(recent, screened.norm, cfg)
+        if central_dp(cfg):  # FedAsync under central DP: each version a recorded release
+            state = _recorded_release(
+                state, update, record=record, load=load, versions=versions, result=result
+            )
+            continue
         out = absorb(
             state,
             cfg,
@@ -274,3 +263,31 @@ def _replay_async(
             buffer = None
         state = out.state
         result.applied += 1
+
+
+def _recorded_release(
+    state: AsyncState,
+    update: Event,
+    *,
+    record: UpdateRecord,
+    load: Loader,
+    versions: dict[int, bytes],
+    result: ReplayResult,
+) -> AsyncState:
+    """A FedAsync release with central DP's noise cannot be recomputed (the noise is in no
+    ledger): its staleness is re-derived and checked, and its version is the recorded one,
+    read back against the SHA-256 its verdict recorded."""
+    who = describe(record)
+    staleness = staleness_of(state, record.base_version, who)
+    after = replace(state, version=state.version + 1, absorbed=state.absorbed + 1)
+    for name, mine, theirs in (
+        ("staleness", staleness, update.get("staleness")),
+        ("applied_version", after.version, update.get("applied_version")),
+    ):
+        if theirs is not None and mine != int(theirs):
+            result.problems.append(f"{who}: {name} {mine} on replay, {theirs} recorded")
+    sha = update.get("version_sha256")
+    key = global_key(record.task_name, after.version)
+    versions[after.version] = _fetch(load, key, str(sha) if sha else None, f"release {key}")
+    result.applied += 1
+    return after

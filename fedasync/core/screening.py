@@ -51,8 +51,14 @@ def needs_base(cfg: TaskConfig) -> bool:
 
 def base_needed(cfg: TaskConfig) -> bool:
     """An async update's base version model is read: for the strategy (FedBuff's delta),
-    the norm bound (`max_update_norm`) or the screening."""
-    return async_strategy(cfg).needs_base or cfg.max_update_norm is not None or needs_base(cfg)
+    the norm bound (`max_update_norm`), the screening, or central DP (its delta)."""
+    central = cfg.privacy is not None and cfg.privacy.mode == "central"
+    return (
+        async_strategy(cfg).needs_base
+        or cfg.max_update_norm is not None
+        or needs_base(cfg)
+        or central
+    )
 
 
 def check_outlier(

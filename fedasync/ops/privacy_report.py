@@ -57,9 +57,14 @@ def from_ledger(cfg: TaskConfig, ledger: Iterable[Mapping[str, Any]]) -> dict[st
     if cfg.privacy is None:
         return None
     if cfg.privacy.mode == "central":
-        releases = max(
-            (int(e["dp"]["releases"]) for e in events if e["kind"] == "round" and e.get("dp")),
-            default=0,
-        )
+        if cfg.mode == "async":  # FedAsync: every accepted update is one release
+            releases = sum(
+                1 for e in events if e["kind"] == "update" and e.get("verdict") == "accepted"
+            )
+        else:
+            releases = max(
+                (int(e["dp"]["releases"]) for e in events if e["kind"] == "round" and e.get("dp")),
+                default=0,
+            )
         return central(cfg, releases, None)
     return local(cfg, (e["record"] for e in events if e["kind"] == "update"))

@@ -70,7 +70,8 @@ async def after_accept(
         recipients = set(submitters or [str(item.get("client_id"))]) | view.waiting
         effects.append(_go_ahead(store, view, recipients))
     await asyncio.gather(*effects)
-    reason = stop_reason(view.state, view.cfg, metric=target_value(view.cfg, view.latest_metrics))
+    metric = target_value(view.cfg, view.latest_metrics)
+    reason = stop_reason(view.state, view.cfg, metric=metric, release_limit=view.dp_release_limit)
     if reason is not None:
         await finish_task(store, task_name, reason, token=view.token)
 

@@ -22,7 +22,9 @@ from fedasync.core.decisions import (
 )
 from fedasync.core.errors import FedAsyncError, GlobalRefusedError
 from fedasync.core.messages import UpdateRecord
+from fedasync.core.noise import SecureGaussian
 from fedasync.core.optimizers import OptimizerState, state_from_tensors, state_to_tensors
+from fedasync.core.privacy import central_dp
 from fedasync.core.screening import RECENT_NORMS, base_needed, next_window, screen
 from fedasync.core.target import Report, target_value, with_report
 from fedasync.core.verdicts import decided_on_record
@@ -30,7 +32,7 @@ from fedasync.server import refused
 from fedasync.server.async_effects import after_accept
 from fedasync.server.cache import CACHE
 from fedasync.server.store import ServerStore
-from fedasync.server.stored import load_model, put_model
+from fedasync.server.stored import load_model, put_model, put_version
 from fedasync.server.task_view import WAITING, TaskView
 
 log = structlog.get_logger()
@@ -118,6 +120,8 @@ async def _absorb_one(
         server_state=(
             await head.optimizer_state(store, who) if cfg.server_optimizer is not None else None
         ),
+        # central DP: a fresh OS-random key per release, built here at the edge
+        noise=SecureGaussian() if central_dp(cfg) else None,
         who=who,
     )
     return out, screened.norm
@@ -137,15 +141,14 @@ async def _advance(
         "decided_at": time.time(),
     }
     if out.new_global is not None:
-        blob = codec.encode(out.new_global)
-        sha = codec.sha256_bytes(blob)
-        await store.put_object(keys.global_key(name, out.state.version), blob, sha)
-        head.values.update(head_sha256=sha, head_size=len(blob))
+        key = keys.global_key(name, out.state.version)
+        produced, sha, size = await put_version(store, key, out.new_global, once=central_dp(cfg))
+        head.values.update(head_sha256=sha, head_size=size)
         verdict["version_sha256"] = sha  # the ledger's record of the version this produced
-        head.fresh.append((sha, out.new_global))
-        head.produced[out.state.version] = out.new_global
+        head.fresh.append((sha, produced))
+        head.produced[out.state.version] = produced
         head.produced_sha[out.state.version] = sha
-        head.global_w, head.head_sha, head.buffer_sum = out.new_global, sha, None
+        head.global_w, head.head_sha, head.buffer_sum = produced, sha, None
     if out.server_state is not None:
         key = keys.optimizer_key(name, out.state.version)
         opt_sha, _ = await put_model(store, key, state_to_tensors(out.server_state))
@@ -164,6 +167,8 @@ async def _advance(
         head.recent_norms = next_window(head.recent_norms, norm, cfg)
         head.values[RECENT_NORMS] = list(head.recent_norms)
     head.state = out.state
+    if central_dp(cfg):  # FedAsync: every absorbed update is one release
+        head.values["dp_releases"] = out.state.absorbed
     head.values.update(
         absorbed=out.state.absorbed,
         buffered=out.state.buffered,
@@ -273,7 +278,8 @@ async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
         decided.append((record, verdict, out))
         last = {**update, **verdict}
         metric = target_value(view.cfg, head.latest)
-        if stop_reason(head.state, view.cfg, metric=metric) is not None:
+        limit = view.dp_release_limit
+        if stop_reason(head.state, view.cfg, metric=metric, release_limit=limit) is not None:
             break
     if not decided or not await _commit(store, head, decided):
         return 0

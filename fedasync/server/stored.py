@@ -33,3 +33,20 @@ async def put_model(store: ServerStore, key: str, weights: Weights) -> tuple[str
     await store.put_object(key, blob, sha)
     CACHE.put(sha, weights)
     return sha, len(blob)
+
+
+async def put_version(
+    store: ServerStore, key: str, weights: Weights, *, once: bool
+) -> tuple[Weights, str, int]:
+    """Store a new global version; (the model stored, its SHA-256, its size). `once`: a
+    release with noise (central DP), which a retry would not repeat, is written only if
+    no try wrote it first, and then the first try's model is the version."""
+    blob = codec.encode(weights)
+    sha = codec.sha256_bytes(blob)
+    if not once:
+        await store.put_object(key, blob, sha)
+        return weights, sha, len(blob)
+    stored, stored_sha = await store.put_object_once(key, blob, sha)
+    if stored_sha == sha:
+        return weights, sha, len(blob)
+    return codec.decode(stored, who=key), stored_sha, len(stored)

@@ -131,11 +131,9 @@ def _cfg(**privacy) -> dict:
     }
 
 
-def test_central_dp_refuses_a_robust_strategy_and_async_tasks_saying_why():
+def test_central_dp_refuses_a_robust_strategy_saying_why():
     with pytest.raises(ConfigError, match="individual updates"):
         TaskConfig.parse({**_cfg(), "strategy": "krum", "strategy_options": {"f": 0}})
-    with pytest.raises(ConfigError, match="sync rounds"):
-        TaskConfig.parse({**_cfg(), "mode": "async"})
 
 
 async def test_task_start_refuses_a_delta_too_large_and_a_budget_of_no_release(stack):

@@ -31,6 +31,7 @@ from fedasync.core.errors import SchemaError
 if TYPE_CHECKING:
     from fedasync.core.asyncagg import Absorbed, AsyncState
     from fedasync.core.config import TaskConfig
+    from fedasync.core.noise import SecureGaussian
     from fedasync.core.optimizers import OptimizerState
 
 
@@ -150,5 +151,6 @@ class AsyncStrategy(Strategy):
         staleness: int,
         who: str,
         server_state: OptimizerState | None = None,
+        noise: SecureGaussian | None = None,
     ) -> Absorbed:
         """The state after the update (and the new global model when it advances)."""

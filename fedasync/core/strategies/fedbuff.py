@@ -34,6 +34,7 @@ from fedasync.core.strategies.base import AsyncStrategy
 
 if TYPE_CHECKING:
     from fedasync.core.config import TaskConfig
+    from fedasync.core.noise import SecureGaussian
     from fedasync.core.optimizers import OptimizerState
 
 
@@ -63,6 +64,7 @@ class FedBuff(AsyncStrategy):
         staleness: int,
         who: str,
         server_state: OptimizerState | None = None,
+        noise: SecureGaussian | None = None,
     ) -> Absorbed:
         """Add w * (x_client - x_base) to the buffer; at K buffered, take the server step.
 
