@@ -30,6 +30,7 @@ from fedasync.core.codec import Weights
 from fedasync.core.errors import GlobalRefusedError
 from fedasync.core.globalcheck import check_new_global
 from fedasync.core.messages import UpdateRecord
+from fedasync.core.strategies import sync_strategy
 from fedasync.core.verdicts import decided_on
 from fedasync.server.cache import CACHE
 from fedasync.server.store import ServerStore
@@ -144,9 +145,13 @@ async def check_round(
         check_new_global(
             candidate,
             head or candidate,
-            max_step=view.cfg.max_update_norm if head is not None else None,
-            who=f"round {round_id} of task {view.task_name!r}: the FedAvg of its {members} "
-            "accepted update(s)",
+            max_step=(
+                sync_strategy(view.cfg).max_step(members, view.cfg.max_update_norm)
+                if head is not None and view.cfg.max_update_norm is not None
+                else None
+            ),
+            who=f"round {round_id} of task {view.task_name!r}: the {view.cfg.aggregation} of "
+            f"its {members} accepted update(s)",
         )
     except GlobalRefusedError as exc:
         return exc

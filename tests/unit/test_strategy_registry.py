@@ -103,3 +103,24 @@ def test_median_through_the_seam_is_the_coordinate_median():
         fold.add({"w": u}, 1)
     out = fold.result()["w"]
     assert out.tolist() == [1.0, 6.0] and out.dtype == np.float32
+
+
+def test_a_coordinatewise_rule_is_bounded_by_sqrt_n_times_the_update_bound():
+    # GIVEN three deltas of norm B = 1: (x, x, 0), (x, 0, x), (0, x, x) with x = 1/sqrt(2)
+    from fedasync.core.globalcheck import check_new_global
+
+    x = 1 / np.sqrt(2)
+    ups = [np.array(v, np.float64) for v in ([x, x, 0], [x, 0, x], [0, x, x])]
+    cfg = _cfg(strategy="median")
+    fold = sync_strategy(cfg).fold(spec_of({"w": ups[0]}), who="round 0")
+    for u in ups:
+        fold.add({"w": u}, 1)
+    result = fold.result()
+    # THEN their median (x, x, x) is sqrt(3/2) = 1.22 long: beyond B, within sqrt(3) B
+    assert np.linalg.norm(result["w"]) > 1.0
+    head = {"w": np.zeros(3)}
+    bound = sync_strategy(cfg).max_step(3, 1.0)
+    assert bound == pytest.approx(np.sqrt(3))
+    check_new_global(result, head, max_step=bound, who="median round")  # not refused
+    # AND a mean (FedAvg, Krum) keeps the bound B itself
+    assert sync_strategy(_cfg()).max_step(3, 1.0) == 1.0

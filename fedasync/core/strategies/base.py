@@ -87,6 +87,12 @@ class SyncStrategy(Strategy):
         gives a `keep` that spills the update to local disk and maps it back (`np.memmap`),
         so memory holds chunks, not N models."""
 
+    def max_step(self, members: int, bound: float) -> float:
+        """How far the round's result may lie from the round's model when each of its
+        `members` updates lies within `bound` of it (`max_update_norm`): a weighted mean
+        of such updates stays within `bound`. A rule that is not a mean says its own."""
+        return bound
+
 
 class HoldingStrategy(SyncStrategy):
     """A sync rule over all of a round's updates at once (median, trimmed mean, Krum):

@@ -7,6 +7,7 @@ the handler's local disk holds N models (see docs/strategies.md)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -17,9 +18,20 @@ from fedasync.core.codec import Array, Weights
 from fedasync.core.strategies.base import HoldingStrategy
 
 
+def coordinatewise_bound(members: int, bound: float) -> float:
+    """A coordinate-wise rule picks, per coordinate, a value within the updates' range
+    there, so |r_j| <= max_i |d_ij| and ||r||^2 <= sum_j max_i d_ij^2 <= sum_i ||d_i||^2
+    <= n B^2: the result may lie up to sqrt(n) B from the round's model (three deltas
+    (x, x, 0), (x, 0, x), (0, x, x) of norm B have the median (x, x, x), 1.22 B long)."""
+    return math.sqrt(max(members, 1)) * bound
+
+
 class Median(HoldingStrategy):
     name: ClassVar[str] = "median"
     summary: ClassVar[str] = "coordinate-wise median (Yin et al. 2018)"
+
+    def max_step(self, members: int, bound: float) -> float:
+        return coordinatewise_bound(members, bound)
 
     def combine(
         self, updates: Sequence[Mapping[str, Array]], num_examples: Sequence[int], *, who: str
@@ -42,6 +54,9 @@ class TrimmedMean(HoldingStrategy):
     name: ClassVar[str] = "trimmed_mean"
     summary: ClassVar[str] = "coordinate-wise beta-trimmed mean (Yin et al. 2018)"
     Options: ClassVar[type[BaseModel]] = TrimmedMeanOptions
+
+    def max_step(self, members: int, bound: float) -> float:
+        return coordinatewise_bound(members, bound)
 
     def combine(
         self, updates: Sequence[Mapping[str, Array]], num_examples: Sequence[int], *, who: str
