@@ -31,17 +31,15 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import math
 import random
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _report import Figure, emit
-from time_to_accuracy import ARMS, TARGET_ACCURACY, arm_options
+from _report import emit
+from time_to_accuracy import ARMS, TARGET_ACCURACY, Arm, arm_options, tta_figures
 
 from client.data import Dataset
 from client.trainers import get_trainer
@@ -83,7 +81,11 @@ def accuracy(weights: Any, test: Dataset) -> float:
 
 
 def sync_time(silos: Silos, test: Dataset) -> float | None:
+    """Rounds of FedAvg, each followed by the task's server optimizer step if it has one
+    (as `fedasync.server.round_fold.server_step`: on the round's aggregate)."""
+    opt = silos.opts.task_config().server_optimizer
     weights, now, round_id = TRAINER.init_weights(silos.opts.seed), 0.0, 0
+    opt_state = None
     while now <= HORIZON_S:
         acc = FedAvgAccumulator()
         slowest = 0.0
@@ -91,7 +93,10 @@ def sync_time(silos: Silos, test: Dataset) -> float | None:
             local, n = silos.update(weights, i, round_id, None)
             acc.add(local, n)
             slowest = max(slowest, silos.delay_s(i))
-        weights, now, round_id = acc.result(), now + slowest, round_id + 1
+        aggregate = acc.result()
+        if opt is not None:
+            aggregate, opt_state = opt.step(weights, aggregate, opt_state)
+        weights, now, round_id = aggregate, now + slowest, round_id + 1
         if accuracy(weights, test) >= TARGET_ACCURACY:
             return now
     return None
@@ -99,7 +104,7 @@ def sync_time(silos: Silos, test: Dataset) -> float | None:
 
 def async_time(silos: Silos, test: Dataset) -> float | None:
     cfg = silos.opts.task_config()
-    state, buffer_sum = AsyncState(), None
+    state, buffer_sum, server_state = AsyncState(), None, None
     versions = {0: TRAINER.init_weights(silos.opts.seed)}
     queue: list[tuple[float, int, int, int]] = []  # (finish time, silo, base version, seq)
 
@@ -122,6 +127,7 @@ def async_time(silos: Silos, test: Dataset) -> float | None:
                 client_w=local,
                 base_w=versions[base],
                 buffer_sum=buffer_sum,
+                server_state=server_state,
             )
         except StaleUpdateError:
             start(now, i)  # stale: here it starts again at once (the stack: next go-ahead)
@@ -129,22 +135,49 @@ def async_time(silos: Silos, test: Dataset) -> float | None:
         state, buffer_sum = out.state, out.buffer_sum
         if out.new_global is not None:
             versions[state.version] = out.new_global
+            server_state = out.server_state  # the optimizer's state moves with the head
             if accuracy(out.new_global, test) >= TARGET_ACCURACY:
                 return now
         start(now, i)
     return None
 
 
-def run(seeds: list[int]) -> dict[str, list[float | None]]:
-    times: dict[str, list[float | None]] = {label: [] for *_, label in ARMS}
+def run(seeds: list[int], arms: tuple[Arm, ...] = ARMS) -> dict[str, list[float | None]]:
+    times: dict[str, list[float | None]] = {arm.label: [] for arm in arms}
     for seed in seeds:
-        data, test = demo_data(arm_options("sync", None, seed))
-        for mode, strategy, label in ARMS:
-            silos = Silos(arm_options(mode, strategy, seed), data)
-            t = sync_time(silos, test) if mode == "sync" else async_time(silos, test)
-            times[label].append(t)
-            print(f"seed {seed} {label}: {t if t is not None else 'never'}", file=sys.stderr)
+        data, test = demo_data(arm_options(arms[0], seed))
+        for arm in arms:
+            silos = Silos(arm_options(arm, seed), data)
+            t = sync_time(silos, test) if arm.mode == "sync" else async_time(silos, test)
+            times[arm.label].append(t)
+            print(f"seed {seed} {arm.label}: {t if t is not None else 'never'}", file=sys.stderr)
     return times
+
+
+def sweep_arms(lrs: list[float]) -> tuple[Arm, ...]:
+    """The server lr candidates of the two server-optimizer arms (and the FedBuff step
+    with each normalisation), next to sync FedAvg: what `--sweep` compares."""
+    arms = [ARMS[0]]
+    for lr in lrs:
+        adam = {"server_optimizer": {"kind": "adam", "lr": lr}}
+        arms.append(Arm("sync", None, f"fedadam_lr{lr:g}", adam))
+        arms.append(Arm("async", "fedbuff", f"fedbuff_adam_lr{lr:g}", adam))
+    return tuple(arms)
+
+
+def fedbuff_step_arms(steps: list[str]) -> tuple[Arm, ...]:
+    """FedBuff with (K, eta) pairs `K:eta`, under both normalisations, next to sync FedAvg."""
+    arms = [ARMS[0]]
+    for step in steps:
+        k, _, eta = step.partition(":")
+        for normalize in ("k", "weights"):
+            extra = {
+                "buffer_size": int(k),
+                "server_lr": float(eta),
+                "strategy_options": {"normalize": normalize},
+            }
+            arms.append(Arm("async", "fedbuff", f"fedbuff_{normalize}_K{k}_eta{eta}", extra))
+    return tuple(arms)
 
 
 def seed_range(text: str) -> list[int]:
@@ -155,26 +188,32 @@ def seed_range(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=seed_range, default=seed_range("10-39"))
+    parser.add_argument(
+        "--sweep",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="LR",
+        help="compare server-Adam lr values (sync FedAdam and FedBuff + Adam) instead of ARMS",
+    )
+    parser.add_argument(
+        "--fedbuff-steps",
+        nargs="+",
+        default=None,
+        metavar="K:ETA",
+        help="compare FedBuff steps under normalize k and weights instead of ARMS",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    times = run(args.seeds)
-    medians = {
-        label: statistics.median(math.inf if t is None else t for t in values)
-        for label, values in times.items()
-    }
-    sync = medians["fedavg"]
-    figures = [
-        Figure(
-            f"replica_tta{TARGET_ACCURACY:.2f}_{label} (reached "
-            f"{sum(t is not None for t in times[label])}/{len(args.seeds)})",
-            value,
-            "virtual s",
-            None if label == "fedavg" else sync,
-            None if label == "fedavg" or not math.isfinite(sync) else value / sync,
-            None,
-        )
-        for label, value in medians.items()
-    ]
+    arms = ARMS
+    if args.sweep:
+        arms = sweep_arms(args.sweep)
+    elif args.fedbuff_steps:
+        arms = fedbuff_step_arms(args.fedbuff_steps)
+    times = run(args.seeds, arms)
+    figures = tta_figures(times, len(args.seeds), "virtual s")
+    for figure in figures:
+        figure.name = f"replica_{figure.name}"
     emit(figures, str(args.json) if args.json else None)
 
 
