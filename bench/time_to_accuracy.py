@@ -5,13 +5,17 @@
 
 Three measurements, each printed next to a baseline measured in the same run:
 
-1. Time to 0.90 held-out accuracy (`fedasync.ops.demo.run_demo`, numpy trainer on digits):
-   sync FedAvg vs FedAsync vs FedBuff, 10 clients, Dirichlet(0.5) split, stragglers with
-   a seeded lognormal(0, sigma=1) factor on a nominal 0.5 s of compute per update, one
-   run per seed. Figure: the median over seeds of the first `seconds` of the accuracy
-   curve at >= 0.90 (seeds that never reach it count as +inf in the median and are
-   reported as `reached k/n`). The async figures carry sync's median as baseline, so
-   `ratio` is async/sync (target: FedBuff <= 0.33x sync).
+1. Time to 0.90 held-out accuracy (`fedasync.ops.demo.run_demo`, numpy trainer on digits),
+   10 clients, Dirichlet(0.5) split, stragglers with a seeded lognormal(0, sigma=1) factor
+   on a nominal 0.5 s of compute per update, one run per seed and arm (`ARMS`, `--arms`):
+   sync FedAvg; sync FedAdam (FedAvg + server Adam, lr 0.3); FedAsync; FedBuff as the
+   demo runs it (`normalize: k`, K = 2, eta = 0.7); FedBuff as it was before `normalize`
+   (`weights`, eta = 0.4); FedBuff + server Adam (lr 0.05). The lrs and FedBuff's step
+   were chosen in `tta_replica.py` on seeds the bench does not report (10-39). Figure:
+   the median over seeds of the first `seconds` of the accuracy curve at >= 0.90 (seeds
+   that never reach it count as +inf in the median and are reported as `reached k/n`).
+   Every other arm carries sync FedAvg's median as baseline, so `ratio` is arm/FedAvg
+   (target: FedBuff <= 0.33x sync). The arms run seed by seed, interleaved.
 2. Orchestration overhead per sync round: 10 clients with the numpy trainer and
    `train_seconds=0` (no simulated compute), N rounds. The figure is
    (wall time of the run - time the clients spent inside `fit`) / rounds, where the fit
