@@ -48,6 +48,11 @@ end (3105e12); "11-26" the second's (f02dff2); "11-26b" this one (three full run
     absorb FedBuff 1M, full run      4.6 upd/s     18.2 upd/s     32.6 upd/s      44.4-48.2       >= 20/s
                                      (pure core baseline: 115-170 upd/s)
 
+2026-12-01, the strategy arms (`--only tta`; two runs under other jobs' load, averages
+10-22 with 3 seeds / 5-8 with 2 seeds): sync FedAvg 29.5 / 17.5 s; ratios to it: FedAdam
+0.84 / 1.36, FedAsync 0.75 / 0.67, FedBuff k (eta 0.7) 0.54 / 0.51, FedBuff weights
+(eta 0.4) 0.76 / 0.48, FedBuff + Adam 1.31 / 0.86. Replica and reading: docs/strategies.md.
+
 What moved the 11-26b figures:
 - FedBuff's demo step: K = max(2, N/5) and eta = 2K/N (K = 2, eta = 0.4 for 10 silos),
   where it was K = N/2 and eta = K/N. Chosen in a virtual-time replica of the demo (same
