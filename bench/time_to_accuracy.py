@@ -5,13 +5,17 @@
 
 Three measurements, each printed next to a baseline measured in the same run:
 
-1. Time to 0.90 held-out accuracy (`fedasync.ops.demo.run_demo`, numpy trainer on digits):
-   sync FedAvg vs FedAsync vs FedBuff, 10 clients, Dirichlet(0.5) split, stragglers with
-   a seeded lognormal(0, sigma=1) factor on a nominal 0.5 s of compute per update, one
-   run per seed. Figure: the median over seeds of the first `seconds` of the accuracy
-   curve at >= 0.90 (seeds that never reach it count as +inf in the median and are
-   reported as `reached k/n`). The async figures carry sync's median as baseline, so
-   `ratio` is async/sync (target: FedBuff <= 0.33x sync).
+1. Time to 0.90 held-out accuracy (`fedasync.ops.demo.run_demo`, numpy trainer on digits),
+   10 clients, Dirichlet(0.5) split, stragglers with a seeded lognormal(0, sigma=1) factor
+   on a nominal 0.5 s of compute per update, one run per seed and arm (`ARMS`, `--arms`):
+   sync FedAvg; sync FedAdam (FedAvg + server Adam, lr 0.3); FedAsync; FedBuff as the
+   demo runs it (`normalize: k`, K = 2, eta = 0.7); FedBuff as it was before `normalize`
+   (`weights`, eta = 0.4); FedBuff + server Adam (lr 0.05). The lrs and FedBuff's step
+   were chosen in `tta_replica.py` on seeds the bench does not report (10-39). Figure:
+   the median over seeds of the first `seconds` of the accuracy curve at >= 0.90 (seeds
+   that never reach it count as +inf in the median and are reported as `reached k/n`).
+   Every other arm carries sync FedAvg's median as baseline, so `ratio` is arm/FedAvg
+   (target: FedBuff <= 0.33x sync). The arms run seed by seed, interleaved.
 2. Orchestration overhead per sync round: 10 clients with the numpy trainer and
    `train_seconds=0` (no simulated compute), N rounds. The figure is
    (wall time of the run - time the clients spent inside `fit`) / rounds, where the fit
@@ -43,6 +47,11 @@ end (3105e12); "11-26" the second's (f02dff2); "11-26b" this one (three full run
     absorb FedAsync 1M, full run     6.3 upd/s     14.1 upd/s     26.1 upd/s      26.3-29.9       >= 20/s
     absorb FedBuff 1M, full run      4.6 upd/s     18.2 upd/s     32.6 upd/s      44.4-48.2       >= 20/s
                                      (pure core baseline: 115-170 upd/s)
+
+2026-12-01, the strategy arms (`--only tta`; two runs under other jobs' load, averages
+10-22 with 3 seeds / 5-8 with 2 seeds): sync FedAvg 29.5 / 17.5 s; ratios to it: FedAdam
+0.84 / 1.36, FedAsync 0.75 / 0.67, FedBuff k (eta 0.7) 0.54 / 0.51, FedBuff weights
+(eta 0.4) 0.76 / 0.48, FedBuff + Adam 1.31 / 0.86. Replica and reading: docs/strategies.md.
 
 What moved the 11-26b figures:
 - FedBuff's demo step: K = max(2, N/5) and eta = 2K/N (K = 2, eta = 0.4 for 10 silos),
@@ -82,7 +91,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -108,11 +117,46 @@ TARGET_ACCURACY = 0.90
 
 # --- 1. time to accuracy ---------------------------------------------------------------
 
+
+class Arm(NamedTuple):
+    """One arm of the comparison: a demo mode and strategy, and the task config fields it
+    sets on top of the demo's own (`DemoOptions.extra_config`)."""
+
+    mode: str
+    strategy: str | None
+    label: str
+    extra: dict[str, Any] | None = None
+
+
+# The server optimizers' lr were chosen in `tta_replica.py --sweep` on seeds 10-19, none
+# of the reported ones (0-4): see its docstring for the sweep and the result.
+FEDADAM = {"kind": "adam", "lr": 0.3}
+FEDBUFF_ADAM = {"kind": "adam", "lr": 0.05}
 ARMS = (
-    ("sync", None, "fedavg"),
-    ("async", "fedasync", "fedasync"),
-    ("async", "fedbuff", "fedbuff"),
+    Arm("sync", None, "fedavg"),
+    Arm("sync", None, "fedadam", {"server_optimizer": FEDADAM}),
+    Arm("async", "fedasync", "fedasync"),
+    Arm("async", "fedbuff", "fedbuff"),  # normalize: k, the paper's and the default
+    # the behaviour before `normalize`: the staleness weights' sum, with its step (eta 0.4)
+    Arm(
+        "async",
+        "fedbuff",
+        "fedbuff_weights",
+        {"strategy_options": {"normalize": "weights"}, "server_lr": 0.4},
+    ),
+    Arm("async", "fedbuff", "fedbuff_adam", {"server_optimizer": FEDBUFF_ADAM}),
 )
+SYNC_LABEL = "fedavg"  # every other arm's baseline
+# rounds (sync) or versions (async; a FedBuff version is K = 2 updates) per arm: past its
+# time to 0.90 on the seeds measured, and not much further
+LENGTHS = {
+    "fedavg": 8,
+    "fedadam": 8,
+    "fedasync": 70,
+    "fedbuff": 40,
+    "fedbuff_weights": 40,
+    "fedbuff_adam": 40,
+}
 
 
 def time_to(curve: list[dict[str, float]], target: float = TARGET_ACCURACY) -> float | None:
@@ -130,14 +174,13 @@ def isolated(fn: Any, *args: Any) -> Any:
         return pool.submit(fn, *args).result()
 
 
-def arm_options(
-    mode: str, strategy: str | None, seed: int, length: int = 1, out: Path | None = None
-) -> DemoOptions:
+def arm_options(arm: Arm, seed: int, length: int = 1, out: Path | None = None) -> DemoOptions:
     """An arm's demo: 10 silos, numpy trainer, Dirichlet(0.5), stragglers sigma = 1;
     `length` rounds (sync) or versions (async). `tta_replica.py` replays the same."""
     return DemoOptions(
-        mode=mode,
-        strategy=strategy,
+        mode=arm.mode,
+        strategy=arm.strategy,
+        extra_config=dict(arm.extra or {}),
         clients=10,
         rounds=length,
         max_versions=length,
@@ -149,45 +192,52 @@ def arm_options(
     )
 
 
-def run_arm(mode: str, strategy: str | None, seed: int, length: int, out: Path) -> dict[str, Any]:
+def run_arm(arm: Arm, seed: int, length: int, out: Path) -> dict[str, Any]:
     from fedasync.ops.demo import run_demo
 
     logs.configure(level="WARNING")
-    return asyncio.run(run_demo(arm_options(mode, strategy, seed, length, out)))
+    return asyncio.run(run_demo(arm_options(arm, seed, length, out)))
 
 
 def median_or_inf(values: list[float | None]) -> float:
     return float(statistics.median([math.inf if v is None else v for v in values]))
 
 
-def bench_tta(seeds: int, lengths: dict[str, int]) -> list[Figure]:
-    times: dict[str, list[float | None]] = {label: [] for *_, label in ARMS}
+def bench_tta(seeds: int, lengths: dict[str, int], arms: tuple[Arm, ...] = ARMS) -> list[Figure]:
+    """Every arm on every seed, interleaved (seed by seed) so that load on the shared
+    machine falls on all arms alike."""
+    times: dict[str, list[float | None]] = {arm.label: [] for arm in arms}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(seeds):
-            for mode, strategy, label in ARMS:
-                out = Path(tmp) / f"{label}-{seed}"
-                summary = isolated(run_arm, mode, strategy, seed, lengths[label], out)
+            for arm in arms:
+                out = Path(tmp) / f"{arm.label}-{seed}"
+                summary = isolated(run_arm, arm, seed, lengths[arm.label], out)
                 t = time_to(summary["accuracy_curve"])
-                times[label].append(t)
+                times[arm.label].append(t)
                 print(
-                    f"tta {label} seed {seed}: {t if t is not None else 'never'} s "
+                    f"tta {arm.label} seed {seed}: {t if t is not None else 'never'} s "
                     f"(final {summary['final_accuracy']}, {summary['versions']} versions, "
                     f"wall {summary['wall_seconds']} s)",
                     file=sys.stderr,
                 )
-    sync = median_or_inf(times["fedavg"])
+    return tta_figures(times, seeds, "s")
+
+
+def tta_figures(times: dict[str, list[float | None]], seeds: int, unit: str) -> list[Figure]:
+    """Median per arm; every arm but sync FedAvg carries sync FedAvg's median as baseline."""
+    sync = median_or_inf(times[SYNC_LABEL])
     figures = []
-    for *_, label in ARMS:
-        value = median_or_inf(times[label])
-        reached = sum(1 for t in times[label] if t is not None)
-        is_sync = label == "fedavg"
+    for label, values in times.items():
+        value = median_or_inf(values)
+        reached = sum(1 for t in values if t is not None)
+        is_sync = label == SYNC_LABEL
         ratio = None if is_sync or not math.isfinite(sync) else value / sync
         target = "FedBuff <= 0.33x sync" if label == "fedbuff" else None
         figures.append(
             Figure(
                 f"tta{TARGET_ACCURACY:.2f}_{label} (reached {reached}/{seeds})",
                 value,
-                "s",
+                unit,
                 None if is_sync else sync,
                 ratio,
                 target,
@@ -459,6 +509,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="fewer seeds, rounds and updates")
     parser.add_argument("--only", nargs="+", choices=("tta", "overhead", "absorb"), default=None)
+    parser.add_argument(
+        "--arms", nargs="+", choices=[a.label for a in ARMS], default=None, help="tta arms"
+    )
     parser.add_argument("--params", type=int, default=1_000_000)
     parser.add_argument("--updates", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3, help="absorb runs per strategy")
@@ -469,12 +522,12 @@ def main() -> None:
     figures: list[Figure] = []
     seeds = min(args.seeds, 2) if args.quick else args.seeds
     if "tta" in only:
-        lengths = (
-            {"fedavg": 6, "fedasync": 40, "fedbuff": 30}
-            if args.quick
-            else {"fedavg": 8, "fedasync": 70, "fedbuff": 40}
-        )
-        figures += bench_tta(seeds, lengths)
+        # --quick: shorter runs (a seed may then not reach 0.90)
+        lengths = {k: v * 3 // 4 for k, v in LENGTHS.items()} if args.quick else LENGTHS
+        arms = tuple(a for a in ARMS if args.arms is None or a.label in args.arms)
+        if args.arms and SYNC_LABEL not in args.arms:
+            arms = (ARMS[0], *arms)  # the baseline is always measured
+        figures += bench_tta(seeds, lengths, arms)
     if "overhead" in only:
         figures += bench_overhead(5 if args.quick else 10, 1 if args.quick else 3)
     if "absorb" in only:

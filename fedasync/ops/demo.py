@@ -95,19 +95,20 @@ class DemoOptions:
         if self.strategy is not None and self.strategy != "fedavg":
             data["strategy"] = self.strategy
         if self.mode == "async":
-            # FedBuff's server step moves the model by eta/K per buffered update. FedAvg
-            # weights each of N updates by 1/N; async updates come from fresher models and
-            # take twice that, measured on seeds 10-39 of this split in a virtual-time
-            # replica of the demo (30 seeds, each client's delay drawn as here): K = N/5
-            # (at least 2) with eta = 2K/N needs 28 updates to 0.90 against FedAvg's 35,
-            # where eta = K/N with K = N/2 needed 40-45; beyond eta/K ~ 1/3 it turns
-            # unstable as staleness grows (K = 3, eta = 1 diverged on some seeds).
+            # FedBuff's server step moves the model by eta/K per buffered update (times its
+            # staleness weight: `normalize: k`, the paper's). Measured on seeds 10-39 of this
+            # split in a virtual-time replica of the demo (bench/tta_replica.py, 30 seeds,
+            # each client's delay drawn as here), 10 silos, K = N/5 (at least 2): eta = 0.7
+            # (3.5 K/N) reaches 0.90 in 1.94 virtual s (median) against sync FedAvg's 9.98;
+            # eta = 0.4, 0.5, 0.6, 0.8 took 2.59, 2.48, 2.22, 2.00. The step it replaces,
+            # eta = 2K/N (0.4), was tuned for `normalize: weights` (2.26 there); under `k`
+            # stale deltas shrink the step, which a larger eta makes up for.
             buffer_size = max(2, self.clients // 5)
             data.update(
                 alpha=0.6,
                 staleness="polynomial(0.5)",
                 buffer_size=buffer_size,
-                server_lr=round(min(1.0, 2 * buffer_size / self.clients), 4),
+                server_lr=round(min(1.0, 3.5 * buffer_size / self.clients), 4),
             )
         data.update(self.extra_config)
         return TaskConfig.parse(data)
