@@ -150,12 +150,16 @@ async def check_round(
                 if head is not None and view.cfg.max_update_norm is not None
                 else None
             ),
-            who=f"round {round_id} of task {view.task_name!r}: the {view.cfg.aggregation} of "
-            f"its {members} accepted update(s)",
+            who=f"round {round_id} of task {view.task_name!r}: the {_rule(view)} of its "
+            f"{members} accepted update(s)",
         )
     except GlobalRefusedError as exc:
         return exc
     return None
+
+
+def _rule(view: TaskView) -> str:
+    return "FedAvg" if view.cfg.aggregation == "fedavg" else view.cfg.aggregation
 
 
 def check_stepped(view: TaskView, round_id: int, stepped: Weights) -> GlobalRefusedError | None:

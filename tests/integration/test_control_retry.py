@@ -21,7 +21,7 @@ from fedasync.core.messages import ControlMessage
 from fedasync.resources import CONTROL_VISIBILITY_S
 from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
-from server_lambdas.control import retry_delay_s
+from server_lambdas._retry import retry_delay_s
 from tests.integration.test_server_sync import (
     CLIENTS,
     clients_for,
