@@ -40,21 +40,22 @@ def _initial() -> dict[str, np.ndarray]:
     return {"w": np.zeros(SIZE, np.float32)}
 
 
-def _epsilon(releases: int) -> float:
-    event = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(Z), releases)
+def rdp_epsilon(releases: int, z: float, delta: float) -> float:
+    """epsilon of `releases` Gaussian releases at noise multiplier z, by dp-accounting."""
+    event = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), releases)
     accountant = dp_accounting.rdp.RdpAccountant()
     accountant.compose(event)
-    return float(accountant.get_epsilon(DELTA))
+    return float(accountant.get_epsilon(delta))
 
 
-def _clip(delta: np.ndarray, bound: float) -> np.ndarray:
+def clip_by_hand(delta: np.ndarray, bound: float) -> np.ndarray:
     norm = float(np.linalg.norm(delta))
     return delta if norm <= bound else delta * (bound / norm)
 
 
 async def test_releases_are_noised_to_z_c_over_m_and_the_budget_ends_the_task(stack):
     # GIVEN a budget that buys exactly 2 releases by dp-accounting's own count
-    target = (_epsilon(2) + _epsilon(3)) / 2
+    target = (rdp_epsilon(2, Z, DELTA) + rdp_epsilon(3, Z, DELTA)) / 2
     cfg = TaskConfig.parse(
         {
             "task_name": "private",
@@ -90,7 +91,7 @@ async def test_releases_are_noised_to_z_c_over_m_and_the_budget_ends_the_task(st
             local_model(sent, i, version - 1)["w"].astype(np.float64) - sent["w"] for i in range(3)
         ]
         assert all(np.linalg.norm(d) > C for d in deltas)  # clipping really happens
-        exact = sent["w"].astype(np.float64) + sum(_clip(d, C) for d in deltas) / 3
+        exact = sent["w"].astype(np.float64) + sum(clip_by_hand(d, C) for d in deltas) / 3
         got = codec.decode(await store.get_object(keys.global_key("private", version)))["w"]
         residual = got.astype(np.float64) - exact
         sigma = Z * C / 3

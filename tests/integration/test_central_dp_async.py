@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import dp_accounting
 import numpy as np
 import pytest
 from scipy import stats
@@ -18,23 +17,12 @@ from fedasync.core.replay import replay
 from fedasync.ops.events import export_ledger, object_keys
 from fedasync.server.tasks import start_task
 from tests.integration.scripted import local_model
+from tests.integration.test_central_dp import clip_by_hand, rdp_epsilon
 from tests.integration.test_server_async import CLIENTS, first_notice, make_stack
 from tests.integration.test_server_sync import clients_for, store_for, wait_execution
 
 Z, C, DELTA, ALPHA = 0.9, 1.5, 1e-3, 0.5
 SIZE = 4000
-
-
-def _epsilon(releases: int) -> float:
-    event = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(Z), releases)
-    accountant = dp_accounting.rdp.RdpAccountant()
-    accountant.compose(event)
-    return float(accountant.get_epsilon(DELTA))
-
-
-def _clip(delta: np.ndarray, bound: float) -> np.ndarray:
-    norm = float(np.linalg.norm(delta))
-    return delta if norm <= bound else delta * (bound / norm)
 
 
 async def test_each_fedasync_update_is_a_noised_release_until_the_budget_is_spent(
@@ -53,7 +41,7 @@ async def test_each_fedasync_update_is_a_noised_release_until_the_budget_is_spen
                 "mode": "central",
                 "clip_norm": C,
                 "noise_multiplier": Z,
-                "target_epsilon": (_epsilon(2) + _epsilon(3)) / 2,
+                "target_epsilon": (rdp_epsilon(2, Z, DELTA) + rdp_epsilon(3, Z, DELTA)) / 2,
                 "delta": DELTA,
             },
         }
@@ -87,7 +75,7 @@ async def test_each_fedasync_update_is_a_noised_release_until_the_budget_is_spen
         for head, after, index in ((base, x1, 0), (x1.astype(np.float64), x2, 1)):
             delta = local_model(x0, index, 0)["w"].astype(np.float64) - base
             assert np.linalg.norm(delta) > C  # clipping really happens
-            exact = (1 - ALPHA) * head + ALPHA * (base + _clip(delta, C))
+            exact = (1 - ALPHA) * head + ALPHA * (base + clip_by_hand(delta, C))
             noise = (after.astype(np.float64) - exact) / ALPHA
             low, high = stats.chi2.ppf([1e-6, 1 - 1e-6], SIZE)
             assert low <= float(np.sum(noise**2)) / (Z * C) ** 2 <= high
