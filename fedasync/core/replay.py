@@ -171,7 +171,7 @@ def _replay_sync(
                 weights = clip_to_base(weights, base, bound)  # as the round's fold does
             acc.add(weights, record.num_examples, who=str(sk))
             result.applied += 1
-        if cfg.privacy is not None and cfg.privacy.mode == "central":
+        if central_dp(cfg):
             # a noised release: the recorded decision, read back and checked (the noise
             # is not in the ledger, so it cannot be recomputed; see docs/privacy.md)
             version = int(event["version"])

@@ -179,15 +179,20 @@ def krum(updates: Updates, f: int, m: int = 1, *, chunk: int = CHUNK_ELEMENTS) -
     """Krum (Blanchard et al. 2017) for m = 1: a copy of the best-scored update.
     Multi-Krum for m > 1: the unweighted mean of the m best-scored updates (averaged in
     float64 in index order). Requires n > 2f + 2; equal scores go to the lowest index."""
-    chosen = krum_select(updates, f, m, chunk=chunk)
+    return mean_of(updates, krum_select(updates, f, m, chunk=chunk), chunk=chunk)
+
+
+def mean_of(updates: Updates, chosen: Sequence[int], *, chunk: int = CHUNK_ELEMENTS) -> Weights:
+    """The unweighted mean of the `chosen` updates (a copy of the one, for one), in float64
+    by chunks in index order: Krum's result once `krum_select` has chosen."""
     spec = spec_of(updates[0])
-    if m == 1:
+    if len(chosen) == 1:
         best = updates[chosen[0]]
         return {t.name: np.array(best[t.name], dtype=best[t.name].dtype, copy=True) for t in spec}
     picked = [updates[i] for i in sorted(chosen)]
     out = empty_like(updates[0], spec)
     for name, start, stop, block in blocks(picked, spec, chunk, "krum"):
-        out[name].reshape(-1)[start:stop] = block.sum(axis=0) / m
+        out[name].reshape(-1)[start:stop] = block.sum(axis=0) / len(chosen)
     return out
 
 

@@ -28,6 +28,7 @@ from fedasync.core.clipping import MARGIN, clip_update
 from fedasync.core.codec import Array, Weights, delta_norm
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import InvalidWeightsError
+from fedasync.core.privacy import central_dp
 from fedasync.core.robust import outlier
 from fedasync.core.strategies.registry import async_strategy
 
@@ -52,12 +53,11 @@ def needs_base(cfg: TaskConfig) -> bool:
 def base_needed(cfg: TaskConfig) -> bool:
     """An async update's base version model is read: for the strategy (FedBuff's delta),
     the norm bound (`max_update_norm`), the screening, or central DP (its delta)."""
-    central = cfg.privacy is not None and cfg.privacy.mode == "central"
     return (
         async_strategy(cfg).needs_base
         or cfg.max_update_norm is not None
         or needs_base(cfg)
-        or central
+        or central_dp(cfg)
     )
 
 

@@ -18,6 +18,7 @@ from fedasync.core.errors import ChecksumMismatchError
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.noise import SecureGaussian
 from fedasync.core.optimizers import state_from_tensors, state_to_tensors
+from fedasync.core.privacy import central_dp
 from fedasync.core.screening import clip_to_base
 from fedasync.core.strategies import sync_strategy
 from fedasync.core.strategies.base import Fold, details_of
@@ -110,8 +111,7 @@ async def store_version(
     or a concurrent close commits the bytes the first try wrote, after checking they are
     a model of the task's spec; one release is made of the round, whichever try wins."""
     key, sha = keys.global_key(view.task_name, version), codec.sha256_bytes(blob)
-    privacy = view.cfg.privacy
-    if privacy is None or privacy.mode != "central":
+    if not central_dp(view.cfg):
         await store.put_object(key, blob, sha)
         return blob, sha
     stored, stored_sha = await store.put_object_once(key, blob, sha)

@@ -25,7 +25,7 @@ from fedasync.core import codec, keys
 from fedasync.core.codec import Array
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import ConfigError, FedAsyncError
-from fedasync.core.privacy import check_budget
+from fedasync.core.privacy import central_dp, check_budget
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView, spec_to_json
 
@@ -56,7 +56,7 @@ def dp_release_limit(cfg: TaskConfig) -> int | None:
     DP protects is a silo's whole contribution (user-level DP, McMahan et al. 2018), so
     delta is checked against 1/N for the N silos of the task. Computed here, on the
     operator's machine: the aggregate function enforces the count without the accountant."""
-    if cfg.privacy is None or cfg.privacy.mode != "central":
+    if cfg.privacy is None or not central_dp(cfg):
         return None
     return check_budget(cfg.privacy, len(cfg.clients))
 

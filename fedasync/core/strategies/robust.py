@@ -82,5 +82,5 @@ class Krum(HoldingStrategy):
     ) -> tuple[Weights, dict[str, Any]]:
         f = int(getattr(self.options, "f", 1))
         m = min(int(getattr(self.options, "m", 1)), len(updates))
-        chosen = robust.krum_select(updates, f, m)
-        return robust.krum(updates, f, m), {"selected": [int(i) for i in chosen]}
+        chosen = robust.krum_select(updates, f, m)  # the distances, once
+        return robust.mean_of(updates, chosen), {"selected": [int(i) for i in chosen]}
