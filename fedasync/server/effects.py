@@ -5,35 +5,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from functools import cached_property
 from typing import Any
 
-from fedasync.aws.executions import SfnExecutions
-from fedasync.aws.notices import SnsNotices
-from fedasync.aws.objects import S3Objects
-from fedasync.aws.session import AwsContext
+from fedasync.aws.executions import Executions
+from fedasync.aws.notices import Notices
+from fedasync.aws.objects import Objects
 from fedasync.core.messages import GlobalModelNotice
 
 
 class Effects:
-    """Models in S3, notices, callbacks (mixed into `ServerStore`)."""
+    """Models in S3, notices, callbacks (mixed into `ServerStore`), on the ports it holds."""
 
-    aws: AwsContext
-    bucket: str
-    topic_arn: str
-    topic_shards: int
-
-    @cached_property
-    def objects(self) -> S3Objects:
-        return S3Objects(self.aws, self.bucket)
-
-    @cached_property
-    def notices(self) -> SnsNotices:
-        return SnsNotices(self.aws, self.topic_arn, self.topic_shards)
-
-    @cached_property
-    def executions(self) -> SfnExecutions:
-        return SfnExecutions(self.aws)
+    objects: Objects
+    notices: Notices
+    executions: Executions
 
     # --- models in S3 -------------------------------------------------------------------
 

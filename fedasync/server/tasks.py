@@ -11,16 +11,14 @@ buffer as stored), and the ledger, built from the table, runs on across attempts
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import structlog
-from botocore.exceptions import ClientError
 
-from fedasync.aws.session import error_code
+from fedasync.aws.executions import execution_arn_for as execution_arn
 from fedasync.core import codec, keys
 from fedasync.core.codec import Array
 from fedasync.core.config import TaskConfig
@@ -44,10 +42,6 @@ class ResumeRefusedError(FedAsyncError):
 def execution_name(task_name: str, incarnation: str, attempt: int) -> str:
     """At most 64 + 1 + 10 + 1 + 4 = 80 characters, Step Functions' limit."""
     return f"{task_name}-{incarnation}-{attempt}"
-
-
-def execution_arn(state_machine_arn: str, name: str) -> str:
-    return f"{state_machine_arn.replace(':stateMachine:', ':execution:', 1)}:{name}"
 
 
 def dp_release_limit(cfg: TaskConfig) -> int | None:
@@ -101,17 +95,7 @@ async def _start_attempt(
 ) -> str:
     """StartExecution for the TASK item's current attempt. The same name and input again
     give the same running execution; a closed one is refused and its ARN returned."""
-    name = attempt_execution_name(item)
-    sfn = await store.aws.sfn()
-    try:
-        resp = await sfn.start_execution(
-            stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload)
-        )
-    except ClientError as exc:
-        if error_code(exc) != "ExecutionAlreadyExists":
-            raise
-        return execution_arn(state_machine_arn, name)
-    return str(resp["executionArn"])
+    return await store.executions.start(state_machine_arn, attempt_execution_name(item), payload)
 
 
 async def resume_task(store: ServerStore, state_machine_arn: str, task_name: str) -> dict[str, Any]:
@@ -190,10 +174,4 @@ def current_execution_arn(state_machine_arn: str, item: Mapping[str, Any]) -> st
 
 
 async def _execution_status(store: ServerStore, arn: str) -> str:
-    sfn = await store.aws.sfn()
-    try:
-        return str((await sfn.describe_execution(executionArn=arn))["status"])
-    except ClientError as exc:
-        if error_code(exc) in ("ExecutionDoesNotExist", "InvalidArn"):
-            return "NONE"
-        raise
+    return await store.executions.status(arn)

@@ -1,5 +1,7 @@
-"""Contract of the S3 objects port (the silo's transfers, the server's reads and writes),
-against moto over HTTP."""
+"""Contract of the S3 objects port (the silo's transfers, the server's reads and writes):
+the aioboto3 implementation against moto over HTTP, and the in-memory one the server's
+unit tier runs on, held to the same tests (those about S3's multipart uploads and object
+metadata are the aioboto3 implementation's alone)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from typing import Any
 import pytest
 
 from fedasync.aws import transfer
-from fedasync.aws.objects import MISSING, CorruptDownloadError, S3Objects
+from fedasync.aws.memory import MemoryObjects
+from fedasync.aws.objects import MISSING, CorruptDownloadError, Objects, S3Objects
 from fedasync.aws.session import AwsContext
 from fedasync.core.errors import MissingObjectError, PayloadTooLargeError, RegistryError
 from fedasync.core.keys import final_key, global_key, local_key
@@ -23,10 +26,18 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-async def objects(aws: AwsContext, prefix: str) -> S3Objects:
+async def s3_objects(aws: AwsContext, prefix: str) -> S3Objects:
     bucket = f"{prefix}-models"
     await (await aws.s3()).create_bucket(Bucket=bucket)
     return S3Objects(aws, bucket)
+
+
+@pytest.fixture(params=["s3", "memory"])
+def objects(request: pytest.FixtureRequest, prefix: str) -> Objects:
+    if request.param == "memory":
+        return MemoryObjects(f"{prefix}-models")
+    found: S3Objects = request.getfixturevalue("s3_objects")
+    return found
 
 
 def sha(data: bytes) -> str:
@@ -45,8 +56,9 @@ def test_keys_follow_the_design_layout() -> None:
 
 
 async def test_bytes_round_trip_with_their_sha256_recorded(
-    aws: AwsContext, objects: S3Objects
+    aws: AwsContext, s3_objects: S3Objects
 ) -> None:
+    objects = s3_objects  # S3 itself is asked about multipart uploads and metadata
     # GIVEN a server object written with its SHA-256
     await objects.put_bytes("t/global/00000000.safetensors", b"weights", sha(b"weights"))
     # WHEN it is read back
@@ -59,7 +71,7 @@ async def test_bytes_round_trip_with_their_sha256_recorded(
     assert head["Metadata"] == {"sha256": sha(b"weights")}
 
 
-async def test_a_missing_object_is_the_servers_problem_or_the_silos(objects: S3Objects) -> None:
+async def test_a_missing_object_is_the_servers_problem_or_the_silos(objects: Objects) -> None:
     # a key the server chose: its bucket lost an object
     with pytest.raises(RegistryError, match=r"'t/global/00000009\.safetensors' is missing"):
         await objects.get_bytes("t/global/00000009.safetensors")
@@ -68,14 +80,14 @@ async def test_a_missing_object_is_the_servers_problem_or_the_silos(objects: S3O
         await objects.get_bytes("t/local/a/00000001-u.safetensors", named_by_silo=True)
 
 
-async def test_an_object_over_the_limit_is_refused_unread(objects: S3Objects) -> None:
+async def test_an_object_over_the_limit_is_refused_unread(objects: Objects) -> None:
     await objects.put_bytes("t/big", b"x" * 100, sha(b"x" * 100))
     with pytest.raises(PayloadTooLargeError, match="'t/big' is 100 bytes; the limit is 99"):
         await objects.get_bytes("t/big", max_bytes=99)
     assert await objects.get_bytes("t/big", max_bytes=100) == b"x" * 100
 
 
-async def test_objects_are_read_in_order_a_few_at_a_time(objects: S3Objects) -> None:
+async def test_objects_are_read_in_order_a_few_at_a_time(objects: Objects) -> None:
     # GIVEN five objects
     for i in range(5):
         await objects.put_bytes(f"t/{i}", bytes([i]) * (i + 1), "-")
@@ -93,8 +105,9 @@ async def test_objects_are_read_in_order_a_few_at_a_time(objects: S3Objects) -> 
 
 
 async def test_a_large_file_streams_up_in_parts_and_back_to_a_file(
-    aws: AwsContext, objects: S3Objects, tmp_path: Path
+    aws: AwsContext, s3_objects: S3Objects, tmp_path: Path
 ) -> None:
+    objects = s3_objects  # S3 itself is asked about multipart uploads and metadata
     # GIVEN an 11 MiB file (three 5 MiB parts)
     data = os.urandom(11 * MiB)
     (tmp_path / "local").write_bytes(data)
@@ -113,7 +126,7 @@ async def test_a_large_file_streams_up_in_parts_and_back_to_a_file(
 
 
 async def test_a_download_that_is_not_what_was_announced_leaves_no_file(
-    objects: S3Objects, tmp_path: Path
+    objects: Objects, tmp_path: Path
 ) -> None:
     await objects.put_bytes("t/global/00000001.safetensors", b"tampered", sha(b"tampered"))
     # WHEN the announced SHA-256 is another's THEN the error keeps both and no file appears
@@ -130,8 +143,9 @@ async def test_a_download_that_is_not_what_was_announced_leaves_no_file(
 
 
 async def test_a_cancelled_upload_is_aborted_and_leaves_no_object(
-    aws: AwsContext, objects: S3Objects, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    aws: AwsContext, s3_objects: S3Objects, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    objects = s3_objects  # S3 itself is asked about multipart uploads and metadata
     # GIVEN an upload whose second part read blocks (a slow disk, a SIGTERM on its way)
     (tmp_path / "big").write_bytes(os.urandom(11 * MiB))
     reads, release = [], threading.Event()
@@ -162,7 +176,7 @@ async def test_a_cancelled_upload_is_aborted_and_leaves_no_object(
 
 
 async def test_a_write_once_keeps_the_first_bytes_and_says_what_they_are(
-    objects: S3Objects,
+    objects: Objects,
 ) -> None:
     # GIVEN a release written once at its version's key
     key = global_key("t", 3)

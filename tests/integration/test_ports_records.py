@@ -1,10 +1,12 @@
-"""Contract of the DynamoDB records port, against moto over HTTP."""
+"""Contract of the records port: the DynamoDB implementation against moto over HTTP, and
+the in-memory one the server's unit tier runs on, held to the same tests."""
 
 from __future__ import annotations
 
 import pytest
 
-from fedasync.aws.records import DynamoRecords, deserialize_item, serialize_item
+from fedasync.aws.memory import MemoryRecords, MemoryTables, evaluate
+from fedasync.aws.records import DynamoRecords, Records, deserialize_item, serialize_item
 from fedasync.aws.session import AwsContext
 from fedasync.core import keys
 from fedasync.deployment import Deployment
@@ -14,9 +16,17 @@ IF_ABSENT = "attribute_not_exists(#sk)"
 
 
 @pytest.fixture
-async def records(aws: AwsContext, prefix: str) -> DynamoRecords:
+async def dynamo_records(aws: AwsContext, prefix: str) -> DynamoRecords:
     endpoints = await provision(aws, Deployment(prefix=prefix))
     return DynamoRecords(aws, endpoints.table)
+
+
+@pytest.fixture(params=["dynamodb", "memory"])
+def records(request: pytest.FixtureRequest, prefix: str) -> Records:
+    if request.param == "memory":
+        return MemoryRecords(MemoryTables(), f"{prefix}-table")
+    found: DynamoRecords = request.getfixturevalue("dynamo_records")
+    return found
 
 
 def item(task_name: str, sk: str, **fields: object) -> dict[str, object]:
@@ -37,11 +47,11 @@ def test_plain_values_survive_the_dynamodb_encoding() -> None:
     assert serialize_item({"alpha": 0.3})["alpha"] == {"N": "0.3"}
 
 
-async def test_a_missing_item_reads_as_none(records: DynamoRecords) -> None:
+async def test_a_missing_item_reads_as_none(records: Records) -> None:
     assert await records.get("ghost", keys.TASK_SK) is None
 
 
-async def test_put_if_absent_applies_once(records: DynamoRecords) -> None:
+async def test_put_if_absent_applies_once(records: Records) -> None:
     # GIVEN an update record written once
     sk = keys.update_sk("bank-1", "u1", 0)
     first = await records.put(item("digits", sk, num_examples=10), IF_ABSENT)
@@ -54,7 +64,7 @@ async def test_put_if_absent_applies_once(records: DynamoRecords) -> None:
     assert not await records.put(item("digits", sk, num_examples=7), "attribute_not_exists(sk)")
 
 
-async def test_exists_answers_whether_a_record_is_there(records: DynamoRecords) -> None:
+async def test_exists_answers_whether_a_record_is_there(records: Records) -> None:
     # GIVEN one update record
     sk = keys.update_sk("bank-1", "u1", 0)
     await records.put(item("digits", sk, num_examples=10, client_id="bank-1"))
@@ -64,7 +74,7 @@ async def test_exists_answers_whether_a_record_is_there(records: DynamoRecords) 
 
 
 async def test_version_counter_advances_only_from_the_expected_version(
-    records: DynamoRecords,
+    records: Records,
 ) -> None:
     # GIVEN a TASK item at version 0
     await records.put(item("digits", keys.TASK_SK, version=0, status="RUNNING"))
@@ -83,7 +93,7 @@ async def test_version_counter_advances_only_from_the_expected_version(
     assert (await records.get("digits", keys.TASK_SK) or {})["head_key"] == "v1"
 
 
-async def test_an_update_of_a_missing_item_is_refused_by_default(records: DynamoRecords) -> None:
+async def test_an_update_of_a_missing_item_is_refused_by_default(records: Records) -> None:
     refused = await records.update(records.update_op("digits", keys.round_sk(0), {"closed": True}))
     upserted = await records.update(
         records.update_op("digits", keys.round_sk(0), {"closed": True}, "attribute_not_exists(#sk)")
@@ -91,7 +101,7 @@ async def test_an_update_of_a_missing_item_is_refused_by_default(records: Dynamo
     assert (refused, upserted) == (False, True)
 
 
-async def test_string_sets_gain_and_lose_members(records: DynamoRecords) -> None:
+async def test_string_sets_gain_and_lose_members(records: Records) -> None:
     # GIVEN a ROUND item
     await records.put(item("digits", keys.round_sk(1), status="OPEN"))
     # WHEN members are added, then one removed and an empty set left out
@@ -111,7 +121,7 @@ async def test_string_sets_gain_and_lose_members(records: DynamoRecords) -> None
         records.update_op("digits", keys.round_sk(1), {}, add_to_sets={"members": []})
 
 
-async def test_query_returns_a_kind_of_item_in_key_order(records: DynamoRecords) -> None:
+async def test_query_returns_a_kind_of_item_in_key_order(records: Records) -> None:
     for client in ("c", "a", "b"):
         await records.put(item("digits", keys.update_sk(client, "x", 1), client_id=client))
     await records.put(item("digits", keys.update_sk("a", "x", 0), client_id="a"))
@@ -123,7 +133,7 @@ async def test_query_returns_a_kind_of_item_in_key_order(records: DynamoRecords)
     assert len(updates) == 4
 
 
-async def test_a_transaction_is_all_or_nothing(records: DynamoRecords) -> None:
+async def test_a_transaction_is_all_or_nothing(records: Records) -> None:
     # GIVEN a TASK item at version 3 and a ROUND item
     await records.put(item("digits", keys.TASK_SK, version=3))
     await records.put(item("digits", keys.round_sk(7), status="OPEN"))
@@ -145,7 +155,7 @@ async def test_a_transaction_is_all_or_nothing(records: DynamoRecords) -> None:
     assert (await records.get("digits", keys.round_sk(7)) or {})["status"] == "CLOSED"
 
 
-async def test_reads_more_items_than_one_batch_takes_in_order(records: DynamoRecords) -> None:
+async def test_reads_more_items_than_one_batch_takes_in_order(records: Records) -> None:
     # GIVEN 230 update items (BatchGetItem takes 100 keys a call; moto enforces it)
     present = [keys.update_sk(f"c{i:03d}", "", 0) for i in range(230)]
     for i, sk in enumerate(present):
@@ -160,3 +170,29 @@ async def test_reads_more_items_than_one_batch_takes_in_order(records: DynamoRec
         *([None] * 20),
         5,
     ]
+
+
+def test_the_in_memory_conditions_read_as_dynamodb_reads_them() -> None:
+    # GIVEN an item with a verdict and a head version (hand-evaluated cases)
+    item = {"task_name": "t", "sk": "TASK", "verdict": "rejected", "head_version": 3}
+    values = {":v": 3, ":w": 4, ":r": "rejected", ":a": "accepted"}
+    cases = {
+        "attribute_exists(#verdict)": True,
+        "attribute_not_exists(#verdict)": False,
+        "attribute_not_exists(sk)": False,
+        "#head_version = :v": True,
+        "#head_version <> :v": False,
+        "#verdict IN (:a, :r)": True,
+        "#verdict IN (:a)": False,
+        "#missing <> :v": False,  # a comparison with a missing attribute is false
+        "#missing = :v OR #head_version = :v": True,
+        "#head_version = :w OR #verdict = :r AND attribute_exists(#pk)": True,
+        "#head_version = :w OR #verdict = :a AND attribute_exists(#pk)": False,
+    }
+    assert {c: evaluate(c, item, {}, values) for c in cases} == cases
+    # AND an absent item fails every comparison but attribute_not_exists
+    assert evaluate("attribute_not_exists(#sk)", None, {}, values)
+    assert not evaluate("#head_version = :v", None, {}, values)
+    # AND a condition outside the subset is refused, not guessed
+    with pytest.raises(ValueError, match="outside the supported subset"):
+        evaluate("size(#verdict) > :v", item, {}, values)
