@@ -170,18 +170,20 @@ class MemoryRecords:
         *,
         add_to_sets: Mapping[str, Collection[str]] | None = None,
         delete_from_sets: Mapping[str, Collection[str]] | None = None,
+        remove: Collection[str] = (),
     ) -> dict[str, Any]:
         """The same operation `DynamoRecords.update_op` describes, for this class's
         `update` and `transact` (default condition: the item exists)."""
         adds = {k: set(v) for k, v in (add_to_sets or {}).items() if v}
         deletes = {k: set(v) for k, v in (delete_from_sets or {}).items() if v}
-        if not values and not adds and not deletes:
+        if not values and not adds and not deletes and not remove:
             raise ValueError(f"update of {sk!r} in task {task_name!r} changes nothing")
         return {
             "key": self._key(task_name, sk),
             "set": _stored(values),
             "add": adds,
             "delete": deletes,
+            "remove": tuple(remove),
             "condition": condition or "attribute_exists(#pk)",
             "values": _stored(condition_values or {}),
         }
@@ -201,6 +203,8 @@ class MemoryRecords:
                 item[name] = left
             else:
                 item.pop(name, None)  # DynamoDB has no empty set
+        for name in op["remove"]:
+            item.pop(name, None)
         self.tables.write(op["key"], item)
 
     async def update(self, op: dict[str, Any]) -> bool:

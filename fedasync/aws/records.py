@@ -106,6 +106,7 @@ class Records(Protocol):
         *,
         add_to_sets: Mapping[str, Collection[str]] | None = None,
         delete_from_sets: Mapping[str, Collection[str]] | None = None,
+        remove: Collection[str] = (),
     ) -> dict[str, Any]: ...
     async def update(self, op: dict[str, Any]) -> bool: ...
     async def transact(self, ops: list[dict[str, Any]]) -> bool: ...
@@ -230,10 +231,12 @@ class DynamoRecords:
         *,
         add_to_sets: Mapping[str, Collection[str]] | None = None,
         delete_from_sets: Mapping[str, Collection[str]] | None = None,
+        remove: Collection[str] = (),
     ) -> dict[str, Any]:
-        """An Update operation (for `update` or a transaction) setting `values`, and adding
-        strings to (or deleting them from) string-set attributes; empty collections are
-        left out (DynamoDB has no empty set). Default condition: the item exists."""
+        """An Update operation (for `update` or a transaction) setting `values`, adding
+        strings to (or deleting them from) string-set attributes, and removing the
+        attributes `remove` names; empty collections are left out (DynamoDB has no empty
+        set). Default condition: the item exists."""
         names = {f"#a{i}": k for i, k in enumerate(values)}
         exprs: dict[str, Any] = {f":v{i}": v for i, v in enumerate(values.values())}
         clauses = []
@@ -241,6 +244,9 @@ class DynamoRecords:
             clauses.append("SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(values))))
         clauses += _set_clauses("ADD", add_to_sets, names, exprs)
         clauses += _set_clauses("DELETE", delete_from_sets, names, exprs)
+        if remove:
+            names.update({f"#r{i}": name for i, name in enumerate(remove)})
+            clauses.append("REMOVE " + ", ".join(f"#r{i}" for i in range(len(remove))))
         if not clauses:
             raise ValueError(f"update of {sk!r} in task {task_name!r} changes nothing")
         exprs.update(condition_values or {})

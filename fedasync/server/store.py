@@ -163,6 +163,7 @@ class ServerStore(Effects):
         *,
         add_to_sets: Mapping[str, Collection[str]] | None = None,
         delete_from_sets: Mapping[str, Collection[str]] | None = None,
+        remove: Collection[str] = (),
     ) -> dict[str, Any]:
         """An Update operation (for `update` or a transaction) on the server table
         (`Records.update_op`); an update's sort key names its decision, `VERDICT#{sk}`."""
@@ -171,7 +172,7 @@ class ServerStore(Effects):
         _, key = self._records(sk)
         return self.server.update_op(
             task_name, key, values, condition, condition_values,
-            add_to_sets=add_to_sets, delete_from_sets=delete_from_sets,
+            add_to_sets=add_to_sets, delete_from_sets=delete_from_sets, remove=remove,
         )  # fmt: skip
 
     async def update(self, op: dict[str, Any]) -> bool:

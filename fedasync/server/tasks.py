@@ -153,9 +153,8 @@ async def _next_attempt(store: ServerStore, item: dict[str, Any], ended: str) ->
         {"attempt": attempt + 1, "status": "RESUMING", "attempts": history},
         condition="#attempt = :attempt AND attribute_not_exists(#finished)",
         condition_values={":attempt": attempt},
+        remove=("cause", "error"),
     )
-    op["UpdateExpression"] += " REMOVE #cause, #error"
-    op["ExpressionAttributeNames"].update({"#cause": "cause", "#error": "error"})
     if not await store.update(op):
         log.info("task.resume_raced", attempt=attempt)  # another resume moved it
     return await store.get_task(task_name) or {}

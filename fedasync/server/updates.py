@@ -209,10 +209,8 @@ async def _reopen(store: ServerStore, task_name: str, sk: str, decision: dict[st
         {"superseded": history},
         condition="#item_digest = :digest AND #verdict = :rejected",
         condition_values={":digest": decision.get("item_digest"), ":rejected": "rejected"},
+        remove=verdicts.REOPENED,
     )
-    removed = [f"#r{i}" for i in range(len(verdicts.REOPENED))]
-    op["UpdateExpression"] += " REMOVE " + ", ".join(removed)
-    op["ExpressionAttributeNames"].update(dict(zip(removed, verdicts.REOPENED, strict=True)))
     if await store.update(op):
         log.info("update.resubmitted", superseded=decision.get("reason"))
 

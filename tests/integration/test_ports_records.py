@@ -121,6 +121,22 @@ async def test_string_sets_gain_and_lose_members(records: Records) -> None:
         records.update_op("digits", keys.round_sk(1), {}, add_to_sets={"members": []})
 
 
+async def test_an_update_removes_the_attributes_it_names(records: Records) -> None:
+    # GIVEN a rejected verdict
+    sk = "VERDICT#UPDATE#00000001#a"
+    await records.put(item("digits", sk, verdict="rejected", reason="nan", seq=3))
+    # WHEN it is superseded: its verdict and reason removed, a history set, in one update
+    op = records.update_op("digits", sk, {"superseded": ["nan"]}, "#verdict = :r",
+                           {":r": "rejected"}, remove=("verdict", "reason"))  # fmt: skip
+    assert await records.update(op)
+    # THEN only the named attributes are gone; the same update again fails its condition
+    got = await records.get("digits", sk) or {}
+    assert {k: v for k, v in got.items() if k not in ("task_name", "sk")} == {
+        "superseded": ["nan"], "seq": 3
+    }
+    assert not await records.update(op)
+
+
 async def test_query_returns_a_kind_of_item_in_key_order(records: Records) -> None:
     for client in ("c", "a", "b"):
         await records.put(item("digits", keys.update_sk(client, "x", 1), client_id=client))
