@@ -1,5 +1,6 @@
 """Contract of the Step Functions port, on the real ASL run by moto (no control pump:
-the test reads the control queue itself and answers with the port)."""
+the test reads the control queue itself and answers with the port). The tests at the end
+hold the in-memory implementation (the server's unit tier) to the same contract."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import pytest
 from fedasync.aws.executions import (
     Execution,
     ExecutionNotFoundError,
+    Executions,
     SfnExecutions,
     execution_arn_for,
 )
+from fedasync.aws.memory import MemoryExecutions
 from fedasync.aws.queues import SqsQueues
 from fedasync.aws.records import DynamoRecords
 from fedasync.aws.session import AwsContext
@@ -140,3 +143,65 @@ async def test_an_execution_is_found_watched_stopped_and_read_back(
     # AND a history Step Functions does not have is a clear error
     with pytest.raises(ExecutionNotFoundError, match="unknown to Step Functions"):
         [body async for body in executions.sent_messages(execution_arn_for(machine, "never"))]
+
+
+# --- the contract both implementations keep (Step Functions on moto; in memory) ---------
+
+Waiting = tuple[Executions, str, str, dict[str, Any]]  # port, machine, execution, message
+
+
+@pytest.fixture
+async def sfn_waiting(aws: AwsContext, endpoints: Deployment) -> Waiting:
+    arn, message = await start_async_task(aws, endpoints, "shared")
+    return SfnExecutions(aws), endpoints.require("state_machine_arn"), arn, message
+
+
+@pytest.fixture(params=["stepfunctions", "memory"])
+def waiting(request: pytest.FixtureRequest) -> Waiting:
+    """An execution started and waiting on a task token, and the message its wait sent."""
+    if request.param == "stepfunctions":
+        found: Waiting = request.getfixturevalue("sfn_waiting")
+        return found
+    memory = MemoryExecutions()
+    machine = "arn:aws:states:us-east-1:123456789012:stateMachine:fedasync-fl-task"
+    arn = asyncio.run(memory.start(machine, "shared", {"task_name": "shared"}))
+    message = {"schema_version": 1, "kind": "open_task", "task_name": "shared",
+               "task_token": "tok-1"}  # fmt: skip
+    memory.wait(arn, message, "tok-1")
+    return memory, machine, arn, message
+
+
+async def test_a_token_is_answered_once_and_the_rest_are_already_done(waiting: Waiting) -> None:
+    executions, _, _, message = waiting
+    token = message["task_token"]
+    # WHEN the wait is heartbeaten and answered
+    beat = await executions.send_heartbeat(token)
+    first = await executions.send_success(token, {"finished": True})
+    # THEN both count, and the token is spent once the execution has taken the answer
+    # (at once in memory; moto's engine takes a moment, AWS too)
+    for _ in range(200):
+        if not await executions.send_heartbeat(token):
+            break
+        await asyncio.sleep(0.05)
+    # AND answering it again is "already done", not an error (a late SendTaskFailure is
+    # too on AWS; moto 5 accepts it, so it is not part of what this test can hold)
+    second = await executions.send_success(token, {"finished": True})
+    assert (beat, first, second) == (True, True, False)
+    assert await executions.send_heartbeat("no-such-token") is False
+
+
+async def test_an_execution_is_named_found_and_read_back(waiting: Waiting) -> None:
+    executions, machine, arn, message = waiting
+    # THEN its ARN is the formula's, a second start of the name returns it, it runs
+    assert arn == execution_arn_for(machine, "shared")
+    assert await executions.start(machine, "shared", {"task_name": "shared"}) == arn
+    assert await executions.status(arn) == "RUNNING"
+    # AND its wait's message is in what it sent; an unknown execution is NONE, not stopped,
+    # and has no history
+    assert message in [body async for body in executions.sent_messages(arn)]
+    never = execution_arn_for(machine, "never")
+    assert await executions.status(never) == "NONE"
+    assert not await executions.stop(never, "Stopped", "-")
+    with pytest.raises(ExecutionNotFoundError, match="unknown to Step Functions"):
+        [body async for body in executions.sent_messages(never)]
+    await executions.send_success(message["task_token"], {"finished": True})
