@@ -1,4 +1,6 @@
-"""Contract of the SQS and SNS ports (queues, notices on topic shards), against moto over HTTP."""
+"""Contract of the SQS and SNS ports (queues, notices on topic shards): the aioboto3
+implementations against moto over HTTP, and the in-memory ones the unit tiers run on,
+held to the same tests (`Fanout`: a stack's queues and its topic, either way)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,11 @@ import time
 
 import pytest
 
-from fedasync.aws.notices import SnsNotices, find_topics
-from fedasync.aws.queues import SqsQueues
+from dataclasses import dataclass
+
+from fedasync.aws.memory import MemoryNotices, MemoryQueues
+from fedasync.aws.notices import Notices, SnsNotices, find_topics
+from fedasync.aws.queues import Queues, SqsQueues
 from fedasync.aws.session import AwsContext
 from fedasync.core.messages import GlobalModelNotice
 from fedasync.deployment import Deployment
@@ -23,9 +28,38 @@ async def endpoints(aws: AwsContext, prefix: str) -> Deployment:
     return await provision(aws, spec)
 
 
-async def test_send_receive_delete(aws: AwsContext, endpoints: Deployment) -> None:
-    queues = SqsQueues(aws)
-    url = endpoints.client_queue_urls["a"]
+@dataclass
+class Fanout:
+    queues: Queues
+    notices: Notices
+    urls: dict[str, str]  # client id -> its queue
+    name_of: dict[str, str]  # client id -> its queue's name
+
+
+@pytest.fixture
+def sqs_fanout(aws: AwsContext, endpoints: Deployment) -> Fanout:
+    return Fanout(
+        SqsQueues(aws),
+        SnsNotices(aws, endpoints.topic_arn, endpoints.topic_shards),
+        dict(endpoints.client_queue_urls),
+        {c: endpoints.client_queue_name(c) for c in "abc"},
+    )
+
+
+@pytest.fixture(params=["aws", "memory"])
+def fanout(request: pytest.FixtureRequest) -> Fanout:
+    if request.param == "aws":
+        found: Fanout = request.getfixturevalue("sqs_fanout")
+        return found
+    queues = MemoryQueues()
+    urls = {c: queues.create(f"unit-client-{c}") for c in "abc"}
+    notices = MemoryNotices(1, queues, urls)
+    return Fanout(queues, notices, urls, {c: f"unit-client-{c}" for c in "abc"})
+
+
+async def test_send_receive_delete(fanout: Fanout) -> None:
+    queues = fanout.queues
+    url = fanout.urls["a"]
     sent = await queues.send(url, '{"kind": "x"}')
     [got] = await queues.receive(url, wait_s=1)
     assert (got.message_id, got.body, got.receive_count) == (sent, '{"kind": "x"}', 1)
@@ -33,12 +67,10 @@ async def test_send_receive_delete(aws: AwsContext, endpoints: Deployment) -> No
     assert await queues.receive(url, wait_s=0) == []
 
 
-async def test_long_poll_returns_as_soon_as_a_message_arrives(
-    aws: AwsContext, endpoints: Deployment
-) -> None:
+async def test_long_poll_returns_as_soon_as_a_message_arrives(fanout: Fanout) -> None:
     # GIVEN a client long-polling an empty queue for up to 10 s
-    queues = SqsQueues(aws)
-    url = endpoints.client_queue_urls["b"]
+    queues = fanout.queues
+    url = fanout.urls["b"]
     started = time.monotonic()
     poll = asyncio.create_task(queues.receive(url, wait_s=10))
     await asyncio.sleep(0.3)
@@ -50,11 +82,9 @@ async def test_long_poll_returns_as_soon_as_a_message_arrives(
     assert time.monotonic() - started < 5
 
 
-async def test_visibility_can_be_ended_and_the_message_comes_back(
-    aws: AwsContext, endpoints: Deployment
-) -> None:
-    queues = SqsQueues(aws)
-    url = endpoints.client_queue_urls["c"]
+async def test_visibility_can_be_ended_and_the_message_comes_back(fanout: Fanout) -> None:
+    queues = fanout.queues
+    url = fanout.urls["c"]
     await queues.send(url, "train")
     [first] = await queues.receive(url, wait_s=1, visibility_s=60)
     # WHEN the client gives up (visibility 0) THEN the message is received again, counted
@@ -63,11 +93,9 @@ async def test_visibility_can_be_ended_and_the_message_comes_back(
     assert (again.message_id, again.receive_count) == (first.message_id, 2)
 
 
-async def test_a_stale_receipt_is_an_outcome_not_a_crash(
-    aws: AwsContext, endpoints: Deployment
-) -> None:
-    queues = SqsQueues(aws)
-    url = endpoints.client_queue_urls["a"]
+async def test_a_stale_receipt_is_an_outcome_not_a_crash(fanout: Fanout) -> None:
+    queues = fanout.queues
+    url = fanout.urls["a"]
     assert not await queues.delete(url, "not-a-receipt-handle")
     assert not await queues.change_visibility(url, "not-a-receipt-handle", 30)
 
@@ -78,26 +106,19 @@ def notice(version: int) -> GlobalModelNotice:
                              sha256="0" * 64, size_bytes=1)  # fmt: skip
 
 
-async def test_a_queue_is_found_by_name_or_not_at_all(
-    aws: AwsContext, endpoints: Deployment
-) -> None:
-    queues = SqsQueues(aws)
-    assert await queues.url_of(endpoints.client_queue_name("a")) == endpoints.client_queue_urls["a"]
-    assert await queues.url_of(endpoints.client_queue_name("zed")) is None
+async def test_a_queue_is_found_by_name_or_not_at_all(fanout: Fanout) -> None:
+    assert await fanout.queues.url_of(fanout.name_of["a"]) == fanout.urls["a"]
+    assert await fanout.queues.url_of(fanout.name_of["a"].replace("-a", "-zed")) is None
 
 
-async def test_a_notice_reaches_exactly_the_clients_it_names(
-    aws: AwsContext, endpoints: Deployment
-) -> None:
+async def test_a_notice_reaches_exactly_the_clients_it_names(fanout: Fanout) -> None:
     # GIVEN clients a, b, c each subscribed with their filter policy
-    notices = SnsNotices(aws, endpoints.topic_arn, endpoints.topic_shards)
-    queues = SqsQueues(aws)
+    notices, queues = fanout.notices, fanout.queues
     # WHEN a notice names c and a
     sent = await notices.publish(notice(1), ("c", "a"))
     # THEN a and c each get the raw message once, with the String.Array attribute; b nothing
     got = {
-        c: await queues.receive(u, wait_s=0, max_messages=10)
-        for c, u in endpoints.client_queue_urls.items()
+        c: await queues.receive(u, wait_s=0, max_messages=10) for c, u in fanout.urls.items()
     }
     assert sent == 1
     assert {c: [m.body for m in ms] for c, ms in got.items()} == {
@@ -134,6 +155,5 @@ async def test_a_notice_goes_to_each_recipients_shard(aws: AwsContext, prefix: s
     }
 
 
-async def test_a_notice_to_nobody_is_not_sent(aws: AwsContext, endpoints: Deployment) -> None:
-    notices = SnsNotices(aws, endpoints.topic_arn, endpoints.topic_shards)
-    assert await notices.publish(notice(1), ()) == 0
+async def test_a_notice_to_nobody_is_not_sent(fanout: Fanout) -> None:
+    assert await fanout.notices.publish(notice(1), ()) == 0

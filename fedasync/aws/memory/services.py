@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedasync.aws.executions import Execution, ExecutionNotFoundError, execution_arn_for
+from fedasync.aws.memory.queues import MemoryQueues
 from fedasync.aws.transfer import MISSING, Advance, CorruptDownloadError
 from fedasync.core.errors import MissingObjectError, PayloadTooLargeError, RegistryError
 from fedasync.core.messages import GlobalModelNotice
-from fedasync.resources import topic_shard
+from fedasync.resources import NOTICE_FILTER_ATTRIBUTE, topic_shard
 
 
 @dataclass
@@ -104,10 +106,20 @@ class MemoryObjects:
 
 
 class MemoryNotices:
-    """`Notices` in memory: each notice sent, with its recipients, per topic shard."""
+    """`Notices` in memory: each notice sent, with its recipients, per topic shard; with
+    `queues` and `subscriptions` (client id -> queue URL), delivered as SNS delivers a raw
+    message through a filter policy: to the queues of the clients it names, once each,
+    with the recipients as a String.Array attribute and the task's name."""
 
-    def __init__(self, topic_shards: int = 1) -> None:
+    def __init__(
+        self,
+        topic_shards: int = 1,
+        queues: MemoryQueues | None = None,
+        subscriptions: Mapping[str, str] | None = None,
+    ) -> None:
         self.topic_shards = topic_shards
+        self.queues = queues
+        self.subscriptions = dict(subscriptions or {})
         self.sent: list[tuple[GlobalModelNotice, tuple[str, ...]]] = []
 
     async def publish(self, notice: GlobalModelNotice, client_ids: tuple[str, ...]) -> int:
@@ -116,6 +128,14 @@ class MemoryNotices:
             shards.setdefault(topic_shard(client_id, self.topic_shards), []).append(client_id)
         for _, recipients in sorted(shards.items()):
             self.sent.append((notice, tuple(recipients)))
+            attributes = {
+                NOTICE_FILTER_ATTRIBUTE: json.dumps(recipients),
+                "task_name": notice.task_name,
+            }
+            for client_id in recipients:
+                url = self.subscriptions.get(client_id)
+                if self.queues is not None and url is not None:
+                    self.queues.deliver(url, notice.to_json(), attributes)
         return len(shards)
 
 
