@@ -136,7 +136,7 @@ def absorb(
         raise SiloInBufferError(
             f"{who} comes from a silo that already has an update in the FedBuff buffer being "
             f"filled ({state.buffered} of {cfg.buffer_size}); under central DP a silo "
-            "contributes once per flush (its weight in the noised sum at most 1): rejected, "
+            "contributes once per flush (its weight in the released sum at most 1): rejected, "
             "the silo is asked again after the flush"
         )
     out = async_strategy(cfg).absorb(
