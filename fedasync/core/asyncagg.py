@@ -21,9 +21,10 @@ import numpy as np
 
 from fedasync.core.codec import Array, Weights, check_compatible, spec_of
 from fedasync.core.config import TaskConfig
-from fedasync.core.errors import SchemaError, StaleUpdateError
+from fedasync.core.errors import SchemaError, SiloInBufferError, StaleUpdateError
 from fedasync.core.noise import SecureGaussian
 from fedasync.core.optimizers import OptimizerState
+from fedasync.core.privacy import central_dp
 from fedasync.core.strategies.registry import async_strategy
 
 
@@ -35,6 +36,10 @@ class AsyncState:
     absorbed: int = 0
     buffered: int = 0
     buffer_weight: float = 0.0
+    # central DP with FedBuff: the silos in the buffer (each at most once) and their
+    # largest weight, which sets the flush's sensitivity (`fedasync.core.sensitivity`)
+    buffer_clients: tuple[str, ...] = ()
+    buffer_max_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ def after_refusal(state: AsyncState) -> AsyncState:
     """The state once a new global model was refused (`GlobalRefusedError`): the head stays
     and a FedBuff buffer is dropped (its deltas made the refused step; kept, they would
     refuse every step after it), so the next update starts a fresh buffer."""
-    return replace(state, buffered=0, buffer_weight=0.0)
+    return replace(state, buffered=0, buffer_weight=0.0, buffer_clients=(), buffer_max_weight=0.0)
 
 
 def absorb(
@@ -116,13 +121,25 @@ def absorb(
     server_state: OptimizerState | None = None,
     noise: SecureGaussian | None = None,
     who: str = "update",
+    client_id: str | None = None,
 ) -> Absorbed:
     """Validate staleness and compatibility, then apply the task's async strategy
-    (`fedasync.core.strategies`: FedAsync, FedBuff, or one registered since)."""
+    (`fedasync.core.strategies`: FedAsync, FedBuff, or one registered since).
+
+    Central DP with a buffer (FedBuff): a silo contributes at most once to a buffer;
+    a second update of `client_id` before the flush is rejected (`SiloInBufferError`)."""
     staleness = staleness_of(state, base_version, who)
     check_staleness(staleness, cfg, who)
     check_compatible(client_w, spec_of(global_w), who)
-    return async_strategy(cfg).absorb(
+    tracked = central_dp(cfg) and client_id is not None
+    if tracked and client_id in state.buffer_clients:
+        raise SiloInBufferError(
+            f"{who} comes from a silo that already has an update in the FedBuff buffer being "
+            f"filled ({state.buffered} of {cfg.buffer_size}); under central DP a silo "
+            "contributes once per flush (its weight in the released sum at most 1): rejected, "
+            "the silo is asked again after the flush"
+        )
+    out = async_strategy(cfg).absorb(
         state,
         cfg,
         global_w=global_w,
@@ -134,6 +151,16 @@ def absorb(
         staleness=staleness,
         who=who,
     )
+    if not tracked or client_id is None:
+        return out
+    clients = (*state.buffer_clients, client_id) if out.state.buffered else ()
+    return replace(out, state=replace(out.state, buffer_clients=clients))
+
+
+def dp_releases(state: AsyncState, cfg: TaskConfig) -> int:
+    """Central DP releases an async task made: FedBuff one per flush (each version),
+    FedAsync one per absorbed update."""
+    return state.version if cfg.aggregation == "fedbuff" else state.absorbed
 
 
 def stop_reason(
@@ -145,10 +172,10 @@ def stop_reason(
     release_limit: int | None = None,
 ) -> str | None:
     """Why an async task should stop now, or None to go on. `release_limit`: central DP's
-    releases the budget buys (FedAsync: one per absorbed update)."""
+    releases the budget buys (`dp_releases`)."""
     if state.version >= cfg.max_versions:
         return "max_versions"
-    if release_limit is not None and state.absorbed >= release_limit:
+    if release_limit is not None and dp_releases(state, cfg) >= release_limit:
         return "privacy_budget"
     if cfg.target_metric is not None and metric is not None and cfg.target_metric.reached(metric):
         return "target_metric"

@@ -175,7 +175,7 @@ class TaskConfig(BaseModel):
     def _consistent(self) -> Self:
         chosen = resolve(self.mode, self.strategy, self.strategy_options)
         object.__setattr__(self, "strategy", chosen.name)
-        check_privacy_fits(self.mode, chosen.name, self.privacy)
+        check_privacy_fits(self.mode, chosen.name, self.privacy, self.buffer_size, self.clients)
         if self.server_optimizer is not None and chosen.name == "fedasync":
             raise ValueError(
                 "server_optimizer needs a server step on an aggregate: sync strategies and "

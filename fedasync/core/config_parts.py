@@ -114,11 +114,17 @@ def describe_errors(exc: ValidationError, task_name: object) -> str:
     return head + ":\n  " + "\n  ".join(lines)
 
 
-def check_privacy_fits(mode: str, strategy: str, privacy: PrivacyConfig | None) -> None:
+def check_privacy_fits(
+    mode: str,
+    strategy: str,
+    privacy: PrivacyConfig | None,
+    buffer_size: int,
+    clients: tuple[str, ...],
+) -> None:
     """Central DP is defined here for a sum of clipped deltas (docs/privacy.md): FedAvg
-    rounds. A robust rule looks at individual updates (their median, their distances),
-    where one silo's sensitivity is not the clip norm; local DP (each silo noises its own
-    update) fits every strategy."""
+    rounds, FedAsync updates, FedBuff flushes. A robust rule looks at individual updates
+    (their median, their distances), where one silo's sensitivity is not the clip norm;
+    local DP (each silo noises its own update) fits every strategy."""
     if privacy is None or privacy.mode != "central":
         return
     if mode == "sync" and strategy != "fedavg":
@@ -127,12 +133,17 @@ def check_privacy_fits(mode: str, strategy: str, privacy: PrivacyConfig | None) 
             f"strategy {strategy!r} aggregates individual updates, whose sensitivity to one "
             "silo the noise would not cover: use strategy 'fedavg', or privacy mode 'local'"
         )
-    if mode == "async" and strategy != "fedasync":
+    if mode == "async" and strategy not in ("fedasync", "fedbuff"):
         raise ValueError(
-            f"privacy mode 'central' releases one noised update at a time in an async task "
-            f"(FedAsync); strategy {strategy!r} sums a buffer in which one silo may appear "
-            "more than once, which the noise would not cover: use strategy 'fedasync', or "
-            "privacy mode 'local' (each silo noises its own update)"
+            f"privacy mode 'central' releases a noised update (FedAsync) or a noised buffer "
+            f"(FedBuff) in an async task; strategy {strategy!r} has no sensitivity bound "
+            "here: use 'fedasync' or 'fedbuff', or privacy mode 'local'"
+        )
+    if mode == "async" and strategy == "fedbuff" and buffer_size > len(clients):
+        raise ValueError(
+            f"privacy mode 'central' with fedbuff takes each silo at most once per buffer: "
+            f"buffer_size {buffer_size} can never fill with {len(clients)} client(s); choose "
+            f"buffer_size <= {len(clients)}"
         )
 
 

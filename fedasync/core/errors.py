@@ -82,6 +82,13 @@ class StaleUpdateError(FedAsyncError):
     reason = "stale"
 
 
+class SiloInBufferError(FedAsyncError):
+    """Central DP with FedBuff: the silo already has an update in the buffer being filled
+    (one contribution per silo per release bounds the flush's sensitivity)."""
+
+    reason = "dp_silo_in_buffer"
+
+
 class DuplicateUpdateError(FedAsyncError):
     """The same update was already applied."""
 

@@ -21,16 +21,17 @@ from typing import Any
 import numpy as np
 
 from fedasync.core import codec
-from fedasync.core.asyncagg import AsyncState, absorb, after_refusal, staleness_of
+from fedasync.core.asyncagg import AsyncState, absorb, after_refusal
 from fedasync.core.codec import ModelSpec, TensorSpec, Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import describe, load_payload
-from fedasync.core.errors import ChecksumMismatchError, InvalidWeightsError, SchemaError
+from fedasync.core.errors import InvalidWeightsError, SchemaError
 from fedasync.core.keys import global_key
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.optimizers import OptimizerState, state_to_tensors
 from fedasync.core.privacy import central_dp
 from fedasync.core.replay_checks import head_problems
+from fedasync.core.replay_dp import fetch, recorded_release
 from fedasync.core.screening import base_needed, clip_to_base, next_window, screen
 from fedasync.core.strategies import sync_strategy
 
@@ -75,13 +76,6 @@ def _spec(raw: Iterable[Any]) -> ModelSpec:
     return tuple(TensorSpec(str(n), tuple(int(d) for d in s), str(dt)) for n, s, dt in raw)
 
 
-def _fetch(load: Loader, key: str, sha: str | None, who: str) -> bytes:
-    data = load(key)
-    if sha is not None and codec.sha256_bytes(data) != sha:
-        raise ChecksumMismatchError(f"{who}: object {key!r} does not match its recorded SHA-256")
-    return data
-
-
 def _record(event: Event) -> UpdateRecord:
     return UpdateRecord.parse(dict(event["record"]))
 
@@ -98,7 +92,7 @@ def replay(events: Iterable[Event], load: Loader) -> ReplayResult:
     cfg = TaskConfig.model_validate(task["config"])
     spec = _spec(task["spec"])
     initial = task["initial"]
-    blob0 = _fetch(load, str(initial["s3_key"]), initial.get("sha256"), "initial model")
+    blob0 = fetch(load, str(initial["s3_key"]), initial.get("sha256"), "initial model")
     versions: dict[int, bytes] = {0: blob0}
     result = ReplayResult(cfg.task_name, cfg.mode, cfg.aggregation)
     recorded = {int(e["version"]): str(e["sha256"]) for e in by_kind.get("version", [])}
@@ -176,7 +170,7 @@ def _replay_sync(
             # is not in the ledger, so it cannot be recomputed; see docs/privacy.md)
             version = int(event["version"])
             key = global_key(cfg.task_name, version)
-            versions[version] = _fetch(load, key, str(event["sha256"]), f"DP release {version}")
+            versions[version] = fetch(load, key, str(event["sha256"]), f"DP release {version}")
             continue
         new_global = acc.result()
         if cfg.server_optimizer is not None:
@@ -226,9 +220,9 @@ def _replay_async(
             result.problems.append(f"accepted at seq {update['seq']}, but {exc.message}")
             return
         recent = next_window(recent, screened.norm, cfg)
-        if central_dp(cfg):  # FedAsync under central DP: each version a recorded release
-            state = _recorded_release(
-                state, update, record=record, load=load, versions=versions, result=result
+        if central_dp(cfg):  # each release a recorded version (fedasync.core.replay_dp)
+            state = recorded_release(
+                state, update, cfg=cfg, record=record, load=load, versions=versions, result=result
             )
             continue
         out = absorb(
@@ -263,31 +257,3 @@ def _replay_async(
             buffer = None
         state = out.state
         result.applied += 1
-
-
-def _recorded_release(
-    state: AsyncState,
-    update: Event,
-    *,
-    record: UpdateRecord,
-    load: Loader,
-    versions: dict[int, bytes],
-    result: ReplayResult,
-) -> AsyncState:
-    """A FedAsync release with central DP's noise cannot be recomputed (the noise is in no
-    ledger): its staleness is re-derived and checked, and its version is the recorded one,
-    read back against the SHA-256 its verdict recorded."""
-    who = describe(record)
-    staleness = staleness_of(state, record.base_version, who)
-    after = replace(state, version=state.version + 1, absorbed=state.absorbed + 1)
-    for name, mine, theirs in (
-        ("staleness", staleness, update.get("staleness")),
-        ("applied_version", after.version, update.get("applied_version")),
-    ):
-        if theirs is not None and mine != int(theirs):
-            result.problems.append(f"{who}: {name} {mine} on replay, {theirs} recorded")
-    sha = update.get("version_sha256")
-    key = global_key(record.task_name, after.version)
-    versions[after.version] = _fetch(load, key, str(sha) if sha else None, f"release {key}")
-    result.applied += 1
-    return after

@@ -26,13 +26,19 @@ What the weights are, per strategy:
 - FedAsync: one update per release, `w = 1`, `scale = α_t` (the step mixes
   `α_t·(x_base + clip(Δ) + noise − x)`, `Δ` taken against the base version the silo
   trained on): the release's sensitivity is `α_t·C`, its noise `α_t·z·C`, multiplier `z`.
-- FedBuff: `w_i = 1/√(1+staleness_i) <= 1`, `scale = server_lr / Σ w_i` (the same
-  normaliser as the non-private FedBuff of `fedasync.core.asyncagg`).
+- FedBuff: `w_i = 1/√(1+staleness_i) <= 1`, each silo **at most once per buffer** (a
+  second update of a silo before the flush is rejected, `dp_silo_in_buffer`), so the
+  sum's sensitivity is `C·w_max` (the buffer's largest weight) and the flush adds
+  `N(0, (z·C·w_max)²)`: multiplier `z`. `scale = server_lr / K` (`normalize: k`, the
+  default; step sensitivity `server_lr·C·w_max/K`) or `server_lr / Σ w_i`
+  (`normalize: weights`; step sensitivity `server_lr·C·w_max/Σ w_i`).
 
-A silo with more than one update in the same sum (FedBuff: a fast silo may fill two
-slots of one buffer) would count twice; `silo_capped` scales that silo's weights down
-so that they add up to 1, which keeps the sensitivity at `C` (the other silos' weights
-are unchanged).
+Why one update per silo and not a silo's weights scaled down to add up to 1: DP-FedAvg's
+user-level DP (McMahan et al. 2018) has each user contribute one clipped update per
+round, and a buffer flush is FedBuff's round. Scaling weights down after the fact would
+reweight deltas already summed into the stored buffer (it keeps only the sum), and
+capping the later update's weight to what is left would make the weighting depend on
+arrival order. `silo_capped` is the cap for sums that do take a silo more than once.
 """
 
 from __future__ import annotations
@@ -136,14 +142,22 @@ def fedbuff_release(
     client_ids: Sequence[str],
     staleness: Sequence[int],
     server_lr: float,
+    *,
+    normalize: str = "k",
 ) -> Release:
-    """One FedBuff flush: `w_i = 1/√(1+s_i)`, per silo at most 1, `scale = η / Σ w`."""
+    """One FedBuff flush: `w_i = 1/√(1+s_i)`, each silo once, sensitivity and noise scaled
+    by the largest weight, `scale = η / K` (`normalize` "k") or `η / Σ w` ("weights")."""
     if len(client_ids) != len(staleness):
         raise ValueError(f"{len(client_ids)} client ids for {len(staleness)} staleness values")
+    if len(set(client_ids)) != len(client_ids):
+        raise ValueError(f"a FedBuff release takes each silo once, got {list(client_ids)}")
     if any(s < 0 for s in staleness):
         raise ValueError(f"staleness must be >= 0, got {list(staleness)}")
     if not (math.isfinite(server_lr) and server_lr > 0):
         raise ValueError(f"server_lr must be a finite number > 0, got {server_lr!r}")
+    if normalize not in ("k", "weights"):
+        raise ValueError(f"normalize must be 'k' or 'weights', got {normalize!r}")
     raw = [1.0 / math.sqrt(1.0 + s) for s in staleness]
-    capped, sensitivity, std = _release(clip_norm, noise_multiplier, client_ids, raw)
-    return Release(capped, server_lr / sum(capped), sensitivity, std)
+    weights, sensitivity, std = _release(clip_norm, noise_multiplier, client_ids, raw)
+    divisor = len(weights) if normalize == "k" else sum(weights)
+    return Release(weights, server_lr / divisor, sensitivity, std * max(weights))

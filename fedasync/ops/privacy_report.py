@@ -1,7 +1,7 @@
 """Privacy spent, as the operator tools show it (`task status`, the demo's summary).
 
-The aggregate function counts central DP releases (`dp_releases` on the TASK item, one
-per sync round); epsilon is computed here from that count with the task's accountant
+The aggregate function counts central DP releases (`dp_releases` on the TASK item: one
+per sync round, per FedBuff flush, per FedAsync absorbed update); epsilon is computed here from that count with the task's accountant
 (the accountant is not in the Lambda bundle). Local DP: each silo's own epsilon is on
 its update records (`local_epsilon`); the largest one is what the task spent at most.
 """
@@ -51,20 +51,51 @@ def local(cfg: TaskConfig, records: Iterable[Mapping[str, Any]]) -> dict[str, An
     }
 
 
+# The report computes epsilon after at most this many releases (each a PLD composition
+# may take a second): every release up to it, else evenly spaced ones and the last.
+MAX_CURVE_POINTS = 50
+
+
+def released_versions(cfg: TaskConfig, events: Iterable[Mapping[str, Any]]) -> list[int]:
+    """The versions that were central DP releases, in order: sync, every round's version;
+    async, every accepted update that produced a version (FedAsync: each; FedBuff: the
+    flushes)."""
+    if cfg.mode == "async":
+        found = {
+            int(e["applied_version"])
+            for e in events
+            if e.get("kind") == "update"
+            and e.get("verdict") == "accepted"
+            and e.get("version_sha256")
+            and e.get("applied_version") is not None
+        }
+    else:
+        found = {int(e["version"]) for e in events if e.get("kind") == "round" and e.get("dp")}
+    return sorted(found)
+
+
+def epsilon_curve(cfg: TaskConfig, events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Central DP: epsilon spent after each release (release count, version, epsilon), by
+    the task's accountant at its delta; evenly thinned past `MAX_CURVE_POINTS`."""
+    privacy = cfg.privacy
+    if privacy is None or privacy.mode != "central":
+        return []
+    versions = released_versions(cfg, events)
+    picks: list[int] = list(range(1, len(versions) + 1))
+    if len(versions) > MAX_CURVE_POINTS:
+        step = len(versions) / MAX_CURVE_POINTS
+        picks = sorted({round(step * (i + 1)) for i in range(MAX_CURVE_POINTS)} | {len(versions)})
+    return [
+        {"release": n, "version": versions[n - 1], "epsilon": privacy.epsilon_after(n)}
+        for n in picks
+    ]
+
+
 def from_ledger(cfg: TaskConfig, ledger: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The privacy a run's ledger shows it spent (None without DP)."""
     events = list(ledger)
     if cfg.privacy is None:
         return None
     if cfg.privacy.mode == "central":
-        if cfg.mode == "async":  # FedAsync: every accepted update is one release
-            releases = sum(
-                1 for e in events if e["kind"] == "update" and e.get("verdict") == "accepted"
-            )
-        else:
-            releases = max(
-                (int(e["dp"]["releases"]) for e in events if e["kind"] == "round" and e.get("dp")),
-                default=0,
-            )
-        return central(cfg, releases, None)
+        return central(cfg, len(released_versions(cfg, events)), None)
     return local(cfg, (e["record"] for e in events if e["kind"] == "update"))

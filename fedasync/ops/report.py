@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from fedasync.ops.report_data import number
 from fedasync.ops.report_evals import evaluation_html, evaluation_plot, silo_evaluation
 from fedasync.ops.report_plots import DPI, Plot, build_plots
+from fedasync.ops.report_privacy import privacy_html
 
 MAX_REJECTED_ROWS = 200
 
@@ -110,6 +111,7 @@ def _figure_html(plot: Plot) -> str:
 
 def render_html(summary: Mapping[str, Any], plots: list[Plot], ledger: Iterable[Any] = ()) -> str:
     title = f"fedasync report: {summary.get('task_name')}"
+    ledger = list(ledger)
     rows = silo_evaluation(ledger)
     evals = evaluation_html(rows, summary.get("mode"))
     if rows:  # drawn by write_report beside the others; no "omitted" note without data
@@ -118,6 +120,7 @@ def render_html(summary: Mapping[str, Any], plots: list[Plot], ledger: Iterable[
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
         f"<h1>{_e(title)}</h1>{_header(summary)}"
+        f"{privacy_html(ledger)}"
         f"<h2>Rejected updates</h2>{_rejections(summary)}"
         f"<h2>Evaluation at the silos</h2>{evals}"
         f"<h2>Plots</h2>{''.join(_figure_html(p) for p in plots)}"

@@ -68,6 +68,9 @@ async def after_accept(
         # every accepted update is a go-ahead, also when the version stays (FedBuff
         # between buffer flushes): its silo trains again on the head
         recipients = set(submitters or [str(item.get("client_id"))]) | view.waiting
+        # central DP, FedBuff: a silo in the buffer being filled waits for its flush (a
+        # second update would be rejected); a flush owes its silos their go-ahead
+        recipients = (recipients | view.dp_flushed) - set(view.state.buffer_clients)
         effects.append(_go_ahead(store, view, recipients))
     await asyncio.gather(*effects)
     metric = target_value(view.cfg, view.latest_metrics)

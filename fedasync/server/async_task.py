@@ -4,15 +4,14 @@ invocation; the effects that follow are in `async_effects.py`."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import structlog
 
 from fedasync.core import codec, keys
-from fedasync.core.asyncagg import Absorbed, AsyncState, absorb, stop_reason
-from fedasync.core.codec import Weights
+from fedasync.core.asyncagg import Absorbed, absorb, stop_reason
 from fedasync.core.decisions import (
     check_running,
     check_sender,
@@ -23,13 +22,14 @@ from fedasync.core.decisions import (
 from fedasync.core.errors import FedAsyncError, GlobalRefusedError
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.noise import SecureGaussian
-from fedasync.core.optimizers import OptimizerState, state_from_tensors, state_to_tensors
+from fedasync.core.optimizers import state_to_tensors
 from fedasync.core.privacy import central_dp
 from fedasync.core.screening import RECENT_NORMS, base_needed, next_window, screen
-from fedasync.core.target import Report, target_value, with_report
+from fedasync.core.target import target_value, with_report
 from fedasync.core.verdicts import decided_on_record
 from fedasync.server import refused
 from fedasync.server.async_effects import after_accept
+from fedasync.server.async_head import Head, base_model, dp_values
 from fedasync.server.cache import CACHE
 from fedasync.server.store import ServerStore
 from fedasync.server.stored import load_model, put_model, put_version
@@ -40,52 +40,8 @@ log = structlog.get_logger()
 MAX_RUN = 99
 
 
-@dataclass
-class _Head:
-    """The task's async head as one invocation advances it; committed in one transaction."""
-
-    view: TaskView
-    state: AsyncState
-    head_sha: str
-    buffer_sha: str | None
-    latest: dict[str, Report]
-    values: dict[str, Any] = field(default_factory=dict)
-    produced: dict[int, Weights] = field(default_factory=dict)
-    produced_sha: dict[int, str] = field(default_factory=dict)
-    fresh: list[tuple[str, Weights]] = field(default_factory=list)
-    global_w: Weights | None = None
-    buffer_sum: Weights | None = None
-    server_state: OptimizerState | None = None  # read when a server optimizer steps
-    recent_norms: tuple[float, ...] = ()  # the outlier filter's window (accepted, oldest first)
-
-    @classmethod
-    def of(cls, view: TaskView) -> _Head:
-        state, latest, recent = view.state, view.latest_metrics, view.recent_norms
-        return cls(view, state, view.head_sha256, view.buffer_sha256, latest, recent_norms=recent)
-
-    async def optimizer_state(self, store: ServerStore, who: str) -> OptimizerState | None:
-        """The server optimizer's state after the head's step (None before the first)."""
-        sha = self.values.get("optimizer_sha256", self.view.optimizer_sha256)
-        if self.server_state is None and sha is not None:
-            key = keys.optimizer_key(self.view.task_name, self.state.version)
-            self.server_state = state_from_tensors(await load_model(store, key, sha, who))
-        return self.server_state
-
-
-async def _base(store: ServerStore, head: _Head, version: int, who: str) -> Weights:
-    if version in head.produced:
-        return head.produced[version]
-    name = head.view.task_name
-    sha = (
-        head.view.head_sha256
-        if version == head.view.head_version
-        else CACHE.version_sha(name, version)
-    )
-    return await load_model(store, keys.global_key(name, version), sha, who)
-
-
 async def _absorb_one(
-    store: ServerStore, head: _Head, record: UpdateRecord
+    store: ServerStore, head: Head, record: UpdateRecord
 ) -> tuple[Absorbed, float | None]:
     """Validate and screen one update against the head and absorb it (no writes yet); the
     outcome and the delta norm the outlier filter judged (None without one)."""
@@ -94,7 +50,7 @@ async def _absorb_one(
     check_running(view.status, view.finished, record)
     base_w = None
     if base_needed(cfg) and record.base_version <= head.state.version:
-        base_w = await _base(store, head, record.base_version, who)
+        base_w = await base_model(store, head, record.base_version, who)
     data = await store.get_object(record.s3_key, max_bytes=cfg.max_model_bytes, named_by_silo=True)
     staleness = head.state.version - record.base_version
     if staleness > cfg.max_staleness or staleness < 0:
@@ -123,12 +79,13 @@ async def _absorb_one(
         # central DP: a fresh OS-random key per release, built here at the edge
         noise=SecureGaussian() if central_dp(cfg) else None,
         who=who,
+        client_id=record.client_id,
     )
     return out, screened.norm
 
 
 async def _advance(
-    store: ServerStore, head: _Head, record: UpdateRecord, out: Absorbed, norm: float | None
+    store: ServerStore, head: Head, record: UpdateRecord, out: Absorbed, norm: float | None
 ) -> dict[str, Any]:
     """Write what the update produced (objects are immutable per version/seq); its verdict."""
     name, cfg = head.view.task_name, head.view.cfg
@@ -166,9 +123,8 @@ async def _advance(
     if cfg.outlier_filter is not None:
         head.recent_norms = next_window(head.recent_norms, norm, cfg)
         head.values[RECENT_NORMS] = list(head.recent_norms)
+    head.values.update(dp_values(head, head.state, out, record.client_id))
     head.state = out.state
-    if central_dp(cfg):  # FedAsync: every absorbed update is one release
-        head.values["dp_releases"] = out.state.absorbed
     head.values.update(
         absorbed=out.state.absorbed,
         buffered=out.state.buffered,
@@ -179,7 +135,7 @@ async def _advance(
 
 
 async def _commit(
-    store: ServerStore, head: _Head, decided: list[tuple[UpdateRecord, dict[str, Any], Absorbed]]
+    store: ServerStore, head: Head, decided: list[tuple[UpdateRecord, dict[str, Any], Absorbed]]
 ) -> bool:
     """TASK counters and every verdict in one conditional transaction (all or nothing)."""
     view = head.view
@@ -238,7 +194,7 @@ async def absorb_update(
     store: ServerStore, view: TaskView, record: UpdateRecord, item: dict[str, Any]
 ) -> dict[str, Any]:
     """Validate, apply, commit (task head + verdict in one transaction); the decided item."""
-    head = _Head.of(view)
+    head = Head.of(view)
     try:
         out, norm = await _absorb_one(store, head, record)
     except GlobalRefusedError as exc:  # the head stays: the update is rejected with the cause
@@ -263,7 +219,7 @@ async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
     task_name = view.task_name
     if view.cfg.mode != "async":
         return 0
-    head, decided = _Head.of(view), []
+    head, decided = Head.of(view), []
     last: dict[str, Any] = {}
     for update in await store.get_items(task_name, sks):
         if update is None or update.get("verdict"):
@@ -294,6 +250,7 @@ async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
         latest_metrics=head.latest,
         waiting=view.waiting - submitters,
         recent_norms=head.recent_norms,
+        dp_flushed=frozenset(head.flushed),
     )
     await after_accept(store, task_name, last, view=after, submitters=submitters)
     return len(decided)

@@ -75,6 +75,13 @@ def _refusal(exc: GlobalRefusedError, version: int, sks: list[str]) -> dict[str,
     }
 
 
+def _dp_buffer(view: TaskView) -> dict[str, Any]:
+    """Central DP with FedBuff: the dropped buffer's silos and weight go with it."""
+    if view.cfg.privacy is None or view.cfg.privacy.mode != "central":
+        return {}
+    return {"dp_buffer_clients": [], "dp_buffer_max_weight": 0.0}
+
+
 async def refuse_async(
     store: ServerStore,
     view: TaskView,
@@ -102,6 +109,7 @@ async def refuse_async(
                 {
                     "buffered": state.buffered,
                     "buffer_weight": state.buffer_weight,
+                    **_dp_buffer(view),
                     REFUSED: _refusal(exc, view.head_version, [record.sk, *dropped]),
                 },
                 condition="#absorbed = :expected AND #buffered = :buffered AND "

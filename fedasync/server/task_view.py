@@ -55,6 +55,8 @@ class TaskView:
     # central DP: the releases made, and the most the budget allows (None: no central DP)
     dp_releases: int = 0
     dp_release_limit: int | None = None
+    # central DP with FedBuff: the silos of the buffer(s) the last invocation flushed
+    dp_flushed: frozenset[str] = frozenset()
     # async, with an outlier filter: the delta norms of the last accepted updates
     recent_norms: tuple[float, ...] = ()
 
@@ -74,6 +76,8 @@ class TaskView:
                 absorbed=int(item.get("absorbed", 0)),
                 buffered=int(item.get("buffered", 0)),
                 buffer_weight=float(item.get("buffer_weight", 0.0)),
+                buffer_clients=tuple(str(c) for c in item.get("dp_buffer_clients") or ()),
+                buffer_max_weight=float(item.get("dp_buffer_max_weight", 0.0)),
             ),
             buffer_sha256=item.get("buffer_sha256") or None,
             token=item.get("token") or None,
@@ -94,6 +98,7 @@ class TaskView:
                 int(item["dp_release_limit"]) if item.get("dp_release_limit") is not None else None
             ),
             recent_norms=tuple(float(x) for x in item.get("recent_norms") or ()),
+            dp_flushed=frozenset(str(c) for c in item.get("dp_flushed_clients") or ()),
         )
 
     @property

@@ -7,12 +7,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 from scipy import stats
 
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
-from fedasync.core.errors import ConfigError
 from fedasync.core.replay import replay
 from fedasync.ops.events import export_ledger, object_keys
 from fedasync.server.tasks import start_task
@@ -85,22 +83,3 @@ async def test_each_fedasync_update_is_a_noised_release_until_the_budget_is_spen
         blobs = {k: await store.get_object(k) for k in object_keys(ledger)}
         result = replay(ledger, blobs.__getitem__)
         assert result.ok, (result.problems, result.mismatches)
-
-
-def test_central_dp_refuses_fedbuff_saying_why():
-    with pytest.raises(ConfigError, match="more than once"):
-        TaskConfig.parse(
-            {
-                "task_name": "p",
-                "mode": "async",
-                "strategy": "fedbuff",
-                "clients": list(CLIENTS),
-                "privacy": {
-                    "mode": "central",
-                    "clip_norm": 1.0,
-                    "noise_multiplier": 1.0,
-                    "target_epsilon": 10.0,
-                    "delta": 1e-5,
-                },
-            }
-        )

@@ -119,7 +119,7 @@ def test_the_noised_aggregate_of_zero_updates_has_std_z_c_over_the_normaliser() 
 def test_the_fedbuff_step_noise_is_z_c_times_the_server_lr_over_the_weight_sum() -> None:
     # GIVEN a FedBuff flush of 3 zero deltas with staleness 0, 3, 8 (w = 1, 1/2, 1/3),
     # C = 1, z = 0.8, server_lr 0.6: normaliser 0.6 / (11/6) = 18/55 (hand computed)
-    release = fedbuff_release(1.0, 0.8, ["a", "b", "c"], [0, 3, 8], 0.6)
+    release = fedbuff_release(1.0, 0.8, ["a", "b", "c"], [0, 3, 8], 0.6, normalize="weights")
     assert release.scale == pytest.approx(18 / 55)
     # WHEN 300 000 coordinates of the noised sum are scaled by it
     noised = add_noise({"w": np.zeros(300_000)}, noise_std(1.0, 0.8), SecureGaussian(TEST_KEY))

@@ -288,21 +288,33 @@ def test_fedasync_release_sensitivity_is_alpha_t_times_c() -> None:
         fedasync_release(1.5, 2.0, 0.0)
 
 
-def test_a_silo_twice_in_one_fedbuff_buffer_counts_once() -> None:
-    # GIVEN a buffer of 3 with silo 'a' in it twice, all fresh (w = 1 each)
-    release = fedbuff_release(1.0, 1.0, ["a", "a", "b"], [0, 0, 0], 1.0)
-    # WHEN / THEN 'a' weighs 1/2 + 1/2, the sensitivity stays C, scale 1/2 (hand computed)
-    assert release.weights == (0.5, 0.5, 1.0)
-    assert release.sum_sensitivity == 1.0 and release.scale == pytest.approx(0.5)
-    # AND without the cap the same sum would have had sensitivity 2C
+def test_a_fedbuff_release_takes_each_silo_once_and_scales_its_noise_by_the_largest_weight():
+    # GIVEN a buffer with silo 'a' in it twice
+    # WHEN / THEN the release is refused: one contribution per silo per flush
+    with pytest.raises(ValueError, match="each silo once"):
+        fedbuff_release(1.0, 1.0, ["a", "a", "b"], [0, 0, 0], 1.0)
+    # GIVEN silos a, b with staleness 3, 8 (w = 1/2, 1/3), C = 2, z = 1.5, server_lr 0.6
+    by_k = fedbuff_release(2.0, 1.5, ["a", "b"], [3, 8], 0.6)
+    by_w = fedbuff_release(2.0, 1.5, ["a", "b"], [3, 8], 0.6, normalize="weights")
+    # THEN the sum's sensitivity is C * w_max = 1 and its noise z * C * w_max = 1.5
+    assert by_k.weights == pytest.approx((0.5, 1 / 3))
+    assert by_k.sum_sensitivity == pytest.approx(1.0) and by_k.noise_std == pytest.approx(1.5)
+    # AND normalised by K = 2: scale 0.3, step sensitivity 0.3, step noise 0.45
+    assert by_k.scale == pytest.approx(0.3) and by_k.step_std == pytest.approx(0.45)
+    assert by_k.step_sensitivity == pytest.approx(0.3)
+    # AND normalised by the weights (5/6): scale 0.72, step sensitivity 0.72, noise 1.08
+    assert by_w.scale == pytest.approx(0.72) and by_w.step_std == pytest.approx(1.08)
+    assert by_w.step_sensitivity == pytest.approx(0.72)
+    # AND a sum that does take a silo twice would have sensitivity 2C, which silo_capped caps
     assert sum_sensitivity(1.0, ["a", "a", "b"], [1.0, 1.0, 1.0]) == 2.0
+    assert silo_capped(["a", "a", "b"], [1.0, 1.0, 1.0]) == (0.5, 0.5, 1.0)
     assert silo_capped(["a", "b"], [0.7, 0.2]) == (0.7, 0.2)
 
 
 @st.composite
 def _buffers(draw: st.DrawFn) -> tuple[list[str], list[int], list[np.ndarray]]:
     size = draw(st.integers(min_value=1, max_value=6))
-    ids = draw(st.lists(st.sampled_from("abcd"), min_size=size, max_size=size))
+    ids = draw(st.lists(st.sampled_from("abcdef"), min_size=size, max_size=size, unique=True))
     staleness = draw(st.lists(st.integers(0, 20), min_size=size, max_size=size))
     scales = draw(st.lists(st.floats(0.0, 50.0), min_size=size, max_size=size))
     seed = draw(st.integers(0, 2**32 - 1))
@@ -315,7 +327,7 @@ def _buffers(draw: st.DrawFn) -> tuple[list[str], list[int], list[np.ndarray]]:
 def test_removing_any_silo_moves_the_weighted_clipped_sum_by_at_most_its_sensitivity(
     buffer: tuple[list[str], list[int], list[np.ndarray]], clip: float
 ) -> None:
-    # GIVEN any FedBuff buffer (silos repeated, any staleness, deltas of any size)
+    # GIVEN any FedBuff buffer (each silo once, any staleness, deltas of any size)
     ids, staleness, deltas = buffer
     release = fedbuff_release(clip, 1.0, ids, staleness, 1.0)
     clipped = [clip_update({"w": d}, clip)[0]["w"] for d in deltas]

@@ -196,3 +196,72 @@ def test_data_read_from_the_ledger_matches_a_hand_count():
     _, async_ledger = synthetic("async")
     assert sorted(staleness({}, async_ledger)) == [0] * 6 + [1] * 6 + [2] * 6
     assert staleness({"staleness": [3, 4]}, []) == [3, 4]
+
+
+def _rdp_epsilon(releases: int, z: float, delta: float) -> float:
+    """dp-accounting's own epsilon for `releases` Gaussian releases (its public API)."""
+    import dp_accounting
+
+    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant.compose(
+        dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), releases)
+    )
+    return float(accountant.get_epsilon(delta))
+
+
+def test_the_report_shows_epsilon_after_each_fedbuff_flush_and_the_target(tmp_path):
+    # GIVEN a central-DP FedBuff run (K = 2, z = 1.2, delta 1e-5, target 9) whose ledger
+    # holds 6 accepted updates: every second one flushed the buffer (versions 1, 2, 3)
+    from fedasync.core.config import TaskConfig
+
+    cfg = TaskConfig.parse(
+        {
+            "task_name": "digits",
+            "mode": "async",
+            "strategy": "fedbuff",
+            "clients": ["a", "b", "c"],
+            "buffer_size": 2,
+            "privacy": {
+                "mode": "central",
+                "clip_norm": 1.0,
+                "noise_multiplier": 1.2,
+                "target_epsilon": 9.0,
+                "delta": 1e-5,
+            },
+        }
+    )
+    summary, _ = synthetic("async")
+    ledger: list[dict[str, Any]] = [
+        {"kind": "task", "task_name": "digits", "config": cfg.model_dump(mode="json")}
+    ]
+    for seq in range(1, 7):
+        flush = seq % 2 == 0
+        ledger.append(
+            {
+                "kind": "update",
+                "sk": f"UPDATE#{seq}",
+                "client_id": "abc"[seq % 3],
+                "verdict": "accepted",
+                "seq": seq,
+                "applied_version": seq // 2,
+                **({"version_sha256": "ab" * 32} if flush else {}),
+            }
+        )
+    # WHEN the report is written
+    page = write_report(tmp_path, summary, ledger).read_text(encoding="utf-8")
+    # THEN its Privacy section lists epsilon after releases 1, 2, 3 (dp-accounting's own
+    # figures, to the 4 decimals shown) against the target 9
+    section = page[page.index("<h2>Privacy</h2>") :]
+    rows = re.findall(
+        r"<tr><td>(\d+)</td><td>(\d+)</td><td>([\d.]+)</td><td>([\d.]+)</td></tr>", section
+    )
+    expected = [(n, n, f"{_rdp_epsilon(n, 1.2, 1e-5):.4f}", "9") for n in (1, 2, 3)]
+    assert [(int(r), int(v), e, t) for r, v, e, t in rows] == expected
+    assert f"epsilon spent: <b>{_rdp_epsilon(3, 1.2, 1e-5):.4f}</b> after 3 release(s)" in section
+
+
+def test_a_report_without_dp_or_with_a_damaged_config_has_no_privacy_section(tmp_path):
+    # GIVEN the synthetic run, whose task config is partial (no privacy, not a full config)
+    summary, ledger = synthetic("sync")
+    # WHEN the report is written THEN it has no Privacy section, and it is written at all
+    assert "<h2>Privacy</h2>" not in write_report(tmp_path, summary, ledger).read_text()

@@ -15,7 +15,16 @@ on the mean of the client models, like a FedAvg round with equal weights. FLSim'
 sums w_i D_i unnormalised, with w_i normalised at the average staleness; neither option is
 exactly that. Very stale updates are kept out by `max_staleness`.
 
-Its other knobs are the task's top-level `buffer_size` (K) and `server_lr` (eta)."""
+Its other knobs are the task's top-level `buffer_size` (K) and `server_lr` (eta).
+
+Central DP (`privacy.mode: central`): one Gaussian release per flush. Each delta is
+clipped to C before it is weighted into the buffer, a silo has at most one update per
+buffer (`asyncagg.absorb` rejects a second one), so with w_i <= 1 the buffered sum's L2
+sensitivity to one silo is C * w_max (w_max: the buffer's largest weight) and the flush
+adds N(0, (z * C * w_max)^2) to the sum before the step; dividing by K or sum w
+(public: who took part and their staleness are recorded) is post-processing
+(`fedasync.core.sensitivity.fedbuff_release`). The buffer in S3 holds clipped deltas
+only; the noise lives in the released version alone."""
 
 from __future__ import annotations
 
@@ -27,9 +36,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from fedasync.core.asyncagg import Absorbed, AsyncState, as_dtype, fedbuff_weight
+from fedasync.core.clipping import clip_update
 from fedasync.core.codec import Array, Weights
 from fedasync.core.errors import SchemaError
 from fedasync.core.globalcheck import check_new_global
+from fedasync.core.noise import add_noise
+from fedasync.core.privacy import PrivacyConfig, central_dp, noise_std
 from fedasync.core.strategies.base import AsyncStrategy
 
 if TYPE_CHECKING:
@@ -78,13 +90,27 @@ class FedBuff(AsyncStrategy):
                 f"FedBuff state has {state.buffered} buffered deltas but no buffer sum"
             )
         w = fedbuff_weight(staleness)
-        summed = _add_delta(client_w, base_w, w, buffer_sum if state.buffered else None)
+        privacy = cfg.privacy if central_dp(cfg) else None
+        summed = _add_delta(
+            client_w,
+            base_w,
+            w,
+            buffer_sum if state.buffered else None,
+            clip=privacy.clip_norm if privacy is not None else None,
+        )
         buffered, weight_sum = state.buffered + 1, state.buffer_weight + w
+        w_max = max(state.buffer_max_weight, w) if state.buffered else w
         if buffered < cfg.buffer_size:
             new_state = replace(
-                state, absorbed=state.absorbed + 1, buffered=buffered, buffer_weight=weight_sum
+                state,
+                absorbed=state.absorbed + 1,
+                buffered=buffered,
+                buffer_weight=weight_sum,
+                buffer_max_weight=w_max if privacy is not None else 0.0,
             )
             return Absorbed(new_state, staleness, w, buffer_sum=summed)
+        if privacy is not None:
+            summed = _noised(summed, privacy, w_max, noise, who)
         normalize = getattr(self.options, "normalize", "k")
         divisor = buffered if normalize == "k" else weight_sum
         new_global, server_state = _step(cfg, global_w, summed, divisor, server_state)
@@ -99,7 +125,7 @@ class FedBuff(AsyncStrategy):
             global_w,
             max_step=(
                 cfg.server_lr * bound
-                if bound is not None and cfg.server_optimizer is None
+                if bound is not None and cfg.server_optimizer is None and privacy is None
                 else None
             ),
             who=f"{who}: the FedBuff step of {buffered} buffered update(s) ({stepped_by})",
@@ -133,20 +159,52 @@ def _step(
     return new_global, None
 
 
+def _noised(
+    summed: Mapping[str, Array],
+    privacy: PrivacyConfig,
+    w_max: float,
+    noise: SecureGaussian | None,
+    who: str,
+) -> Weights:
+    """The buffered sum of weighted clipped deltas + N(0, (z * C * w_max)^2): one release.
+    The noise is drawn from the caller's `SecureGaussian` (a fresh key, built at the edge)
+    and is never returned apart from the sum."""
+    if noise is None:
+        raise SchemaError(f"{who}: central DP's FedBuff flush needs a noise source")
+    std = noise_std(privacy.clip_norm, privacy.noise_multiplier) * w_max
+    return add_noise(summed, std, noise)
+
+
 def _add_delta(
     client_w: Mapping[str, Array],
     base_w: Mapping[str, Array],
     w: float,
     buffer_sum: Mapping[str, Array] | None,
+    *,
+    clip: float | None = None,
 ) -> Weights:
-    """buffer + w * (x_client - x_base), in float64."""
+    """buffer + w * (x_client - x_base), in float64; with `clip` (central DP), the delta
+    is clipped to that L2 norm over the whole model first (its norm is not kept)."""
+    deltas: Mapping[str, Array] | None = None
+    if clip is not None:  # the clip needs the whole delta; without one, a tensor at a time
+        deltas, _ = clip_update(_delta(client_w, base_w), clip)
     summed: Weights = {}
-    for name, x in client_w.items():
-        delta = as_dtype(
-            x.astype(np.float64) - base_w[name].astype(np.float64), np.dtype(np.float64)
+    for name in client_w:
+        delta = (
+            _delta({name: client_w[name]}, base_w)[name]
+            if deltas is None
+            else np.array(deltas[name], dtype=np.float64)
         )
         delta *= w
         if buffer_sum is not None:
             delta += buffer_sum[name]
         summed[name] = delta
     return summed
+
+
+def _delta(client_w: Mapping[str, Array], base_w: Mapping[str, Array]) -> Weights:
+    """x_client - x_base per tensor, in float64."""
+    return {
+        name: as_dtype(x.astype(np.float64) - base_w[name].astype(np.float64), np.dtype(np.float64))
+        for name, x in client_w.items()
+    }
