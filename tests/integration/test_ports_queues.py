@@ -7,10 +7,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from dataclasses import dataclass
 
 import pytest
-
-from dataclasses import dataclass
 
 from fedasync.aws.memory import MemoryNotices, MemoryQueues
 from fedasync.aws.notices import Notices, SnsNotices, find_topics
