@@ -294,5 +294,5 @@ class TaskConfig(BaseModel):
             "round_ticks": self.round_clock()[1],
             "heartbeat_s": self.heartbeat_s,
             "deadline_s": self.deadline_s,
-            **secagg_input(self.secure_aggregation, len(self.clients)),
+            **secagg_input(self.secure_aggregation, len(self.clients), self.round_check_s),
         }

@@ -19,6 +19,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 from pydantic import BaseModel, ConfigDict, Field
 
 # the quantiser's bounds (fedasync.core.secagg.quantize; equal, tested), not imported so
@@ -42,6 +45,9 @@ class SecureAggregation(BaseModel):
     phase_timeout_s: int = Field(default=DEFAULT_PHASE_TIMEOUT_S, ge=1, le=86_400)
     # SecAgg+ (Bell et al. 2020): mask with k neighbours of a Harary graph, not everyone
     neighbours: int | None = Field(default=None, ge=2)
+    # each silo's Ed25519 identity (raw public key, base64), registered out of band: every
+    # SecAgg message is checked against it; a silo without one is refused (secagg_forged)
+    identities: dict[str, str] = Field(default_factory=dict)
 
     def quorum(self, silos: int) -> int:
         """t: the threshold set, else the smallest strict majority of who masks together."""
@@ -82,6 +88,20 @@ def check_secure_aggregation(
         )
     _check_threshold(sa, silos)
     _check_ring(sa, silos)
+    _check_identities(sa)
+
+
+def _check_identities(sa: SecureAggregation) -> None:
+    for client_id, text in sa.identities.items():
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise ValueError(
+                f"secure_aggregation.identities[{client_id!r}] is not a base64 Ed25519 "
+                "public key (32 raw bytes)"
+            )
 
 
 def _check_threshold(sa: SecureAggregation, silos: int) -> None:
@@ -116,10 +136,19 @@ def _check_ring(sa: SecureAggregation, silos: int) -> None:
         )
 
 
-def secagg_input(sa: SecureAggregation | None, silos: int) -> dict[str, object]:
+def secagg_input(sa: SecureAggregation | None, silos: int, check_s: int) -> dict[str, object]:
     """The execution input's part for SecAgg (read by the ASL's Choice and its phase
-    waits); a plain task has none, so its input stays exactly as it was."""
+    waits); a plain task has none, so its input stays exactly as it was. A phase's wait is
+    cut like a round's (`TaskConfig.round_clock`): `phase_ticks` slices of `phase_check_s`,
+    at most the task's `round_check_s` each, covering `phase_timeout_s`."""
     if sa is None:
         return {}
-    t = sa.quorum(silos)
-    return {"secure_aggregation": {"threshold": t, "phase_timeout_s": sa.phase_timeout_s}}
+    ticks = -(-sa.phase_timeout_s // min(check_s, sa.phase_timeout_s))
+    return {
+        "secure_aggregation": {
+            "threshold": sa.quorum(silos),
+            "phase_timeout_s": sa.phase_timeout_s,
+            "phase_check_s": -(-sa.phase_timeout_s // ticks),
+            "phase_ticks": ticks,
+        }
+    }

@@ -13,6 +13,7 @@ from fedasync.aws.notices import SnsNotices
 from fedasync.aws.objects import S3Objects
 from fedasync.aws.session import AwsContext
 from fedasync.core.messages import GlobalModelNotice
+from fedasync.core.secagg.notice import SecAggNotice
 
 
 class Effects:
@@ -66,7 +67,9 @@ class Effects:
 
     # --- notices and callbacks ---------------------------------------------------------------
 
-    async def publish(self, notice: GlobalModelNotice, client_ids: tuple[str, ...]) -> None:
+    async def publish(
+        self, notice: GlobalModelNotice | SecAggNotice, client_ids: tuple[str, ...]
+    ) -> None:
         """One publish per topic shard that holds a recipient, naming only its own."""
         await self.notices.publish(notice, client_ids)
 

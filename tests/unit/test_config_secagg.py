@@ -29,7 +29,13 @@ def test_true_takes_the_defaults_and_the_threshold_is_the_smallest_majority():
     assert (sa.clip, sa.ring_bits, sa.phase_timeout_s, sa.neighbours) == (1.0, 32, 120, None)
     assert sa.quorum(5) == 3
     # AND the execution input carries what the ASL reads, the plain keys unchanged
-    assert cfg.execution_input()["secure_aggregation"] == {"threshold": 3, "phase_timeout_s": 120}
+    # (120-s phases checked every 15 s, the round_check_s default: 8 slices of 15 s)
+    assert cfg.execution_input()["secure_aggregation"] == {
+        "threshold": 3,
+        "phase_timeout_s": 120,
+        "phase_check_s": 15,
+        "phase_ticks": 8,
+    }
 
 
 def test_off_is_absent_from_the_execution_input():
