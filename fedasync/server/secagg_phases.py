@@ -66,6 +66,15 @@ async def on_phase(
         log.warning("secagg.dropped", reason="phase_out_of_order", phase=at)
         return
     expected = list(before["members"]) if before is not None else list(s.silos)
+    if before is None:  # the round's item, as `open_round` keeps it (its result goes there)
+        await store.update(
+            store.update_op(
+                view.task_name,
+                keys.round_sk(round_id),
+                {"round_id": round_id, "secure_aggregation": True},
+                condition="attribute_not_exists(#closed)",
+            )
+        )
     await _open(store, view, s, phase=at, before=before, expected=expected)
     answers = await read_answers(store, view, s, at, expected)
     if not deadline and set(answers) != set(expected):
