@@ -192,8 +192,8 @@ class TaskConfig(BaseModel):
                 "fedbuff take one; fedasync mixes each update into the head (use fedbuff)"
             )
         check_clip_bound(self.clip_update_norm, self.max_update_norm)
-        sa, n = self.secure_aggregation, len(self.clients)
-        check_secure_aggregation(sa, self.mode, chosen.name, self.clip_update_norm, n)
+        central = self.privacy is not None and self.privacy.mode == "central"
+        check_secure_aggregation(self, chosen.name, central_dp=central)
         if self.min_clients is None:
             object.__setattr__(self, "min_clients", default_quorum(len(self.clients)))
         elif self.min_clients > len(self.clients):

@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from fedasync.core.config import TaskConfig
 
 # the quantiser's bounds (fedasync.core.secagg.quantize; equal, tested), not imported so
 # that reading a config never loads the cryptography package
@@ -64,14 +68,11 @@ def parse_secure_aggregation(value: object) -> object:
     return value
 
 
-def check_secure_aggregation(
-    sa: SecureAggregation | None,
-    mode: str,
-    strategy: str,
-    clip_update_norm: float | None,
-    silos: int,
-) -> None:
-    """Raise ValueError (the config's error) when `sa` cannot run on this task."""
+def check_secure_aggregation(cfg: TaskConfig, strategy: str, *, central_dp: bool) -> None:
+    """Raise ValueError (the config's error) when the task's secure_aggregation cannot
+    run on it (`strategy`: the resolved one)."""
+    sa, mode, silos = cfg.secure_aggregation, cfg.mode, len(cfg.clients)
+    clip_update_norm = cfg.clip_update_norm
     if sa is None:
         return
     if mode != "sync":
@@ -85,6 +86,11 @@ def check_secure_aggregation(
             f"robust aggregation needs individual updates, which SecAgg hides: {what} "
             "cannot run with secure_aggregation (use strategy 'fedavg' without "
             "clip_update_norm; bound each coordinate with secure_aggregation.clip)"
+        )
+    if central_dp:
+        raise ValueError(
+            "privacy mode 'central' with secure_aggregation is not built yet: its noise "
+            "would go on the unmasked sum (docs/secagg.md); use privacy mode 'local'"
         )
     _check_threshold(sa, silos)
     _check_ring(sa, silos)

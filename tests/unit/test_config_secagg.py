@@ -118,3 +118,11 @@ def test_the_ring_bounds_are_the_quantisers():
         quantize.MIN_RING_BITS,
         quantize.MAX_RING_BITS,
     )
+
+
+def test_central_dp_is_refused_until_its_noise_goes_on_the_unmasked_sum():
+    privacy = {"mode": "central", "clip_norm": 1.0, "noise_multiplier": 1.0}
+    privacy |= {"target_epsilon": 10.0, "delta": 1e-5}
+    assert "privacy mode 'central' with secure_aggregation is not built yet" in refusal(
+        secure_aggregation=True, privacy=privacy
+    )
