@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedasync.core.config_limits import EVENTS_AROUND_ROUNDS, SFN_HISTORY_EVENTS
+
 if TYPE_CHECKING:
     from fedasync.core.config import TaskConfig
 
@@ -95,6 +97,26 @@ def check_secure_aggregation(cfg: TaskConfig, strategy: str, *, central_dp: bool
     _check_threshold(sa, silos)
     _check_ring(sa, silos)
     _check_identities(sa)
+    _check_history(sa, cfg.rounds, cfg.round_check_s)
+
+
+# Per SecAgg round in the execution's history (fedasync/core/config_limits.py counts the
+# same way): a phase closed on time is SecAggPhase 6 + SecAggIsPhaseClosed 2 +
+# SecAggNextPhase (or SecAggNextRound) 2; each slice it waits adds SecAggCountTick 2 +
+# SecAggIsPhaseDue 2 + a wait 6; plus SecAggMoreRounds 2 + SecAggOpenRound 2 per round.
+EVENTS_PER_PHASE, EVENTS_PER_PHASE_TICK, EVENTS_PER_SECAGG_ROUND = 10, 10, 4
+
+
+def _check_history(sa: SecureAggregation, rounds: int, check_s: int) -> None:
+    ticks = -(-sa.phase_timeout_s // min(check_s, sa.phase_timeout_s))
+    worst = EVENTS_PER_SECAGG_ROUND + 5 * (EVENTS_PER_PHASE + EVENTS_PER_PHASE_TICK * ticks)
+    most = (SFN_HISTORY_EVENTS - EVENTS_AROUND_ROUNDS) // worst
+    if rounds > most:
+        raise ValueError(
+            f"rounds {rounds} exceeds {most}: a SecAgg round of 5 phases of {ticks} "
+            f"check(s) each takes up to {worst} of the execution's {SFN_HISTORY_EVENTS} "
+            "history events; check less often (round_check_s) or run the rest as a new task"
+        )
 
 
 def _check_identities(sa: SecureAggregation) -> None:

@@ -97,6 +97,11 @@ class ASilo(SecAggSilo):
 
     wrong: bool = False
     secrets: ClassVar[list[bytes]] = []
+    puts: ClassVar[dict[str, list[bytes]]] = {}
+
+    async def _put(self, notice, blob):
+        self.puts.setdefault(f"{self.client_id}/{notice.phase}", []).append(blob)
+        await super()._put(notice, blob)
 
     def _session(self, notice):
         session = super()._session(notice)
@@ -118,6 +123,7 @@ class ASilo(SecAggSilo):
 
 def silos_for(stack, private, public, wrong: str | None = None) -> dict[str, ASilo]:
     e = stack.endpoints
+    ASilo.puts = {}
     out = {}
     for c in SILOS:
         aws = stack.principal_aws(f"client:{c}")
@@ -145,7 +151,8 @@ async def run_silo(stack, silo: SecAggSilo, stop_at: Phase | None) -> None:
             if body.get("kind") == "secagg_phase":
                 notice = SecAggNotice.parse(body)
                 stopped = stopped or notice.phase == stop_at
-                if not stopped:
+                if not stopped:  # twice: as a redelivered notice would be
+                    await silo.answer(notice)
                     await silo.answer(notice)
             await sqs.delete_message(QueueUrl=url, ReceiptHandle=msg["ReceiptHandle"])
 
@@ -224,6 +231,8 @@ async def test_five_silos_one_drops_before_one_after_masked_input_give_the_survi
         exact = sum(EXAMPLES[c] * local_model(g, c)[name].astype(np.float64) for c in survivors) / n
         err = np.abs(new[name].astype(np.float64) - exact)
         assert np.all(err <= bound + np.spacing(np.abs(exact).astype(np.float32))), name
+    # AND a notice answered twice got the very same bytes twice (one session, one answer)
+    assert ASilo.puts and all(len(set(b)) == 1 and len(b) == 2 for b in ASilo.puts.values())
     # AND no stored object of the round is a plaintext update: each masked input's
     # correlation with its silo's input is ~0 (below 5 / sqrt(d))
     objects = await objects_of(stack, store)

@@ -126,3 +126,13 @@ def test_central_dp_is_refused_until_its_noise_goes_on_the_unmasked_sum():
     assert "privacy mode 'central' with secure_aggregation is not built yet" in refusal(
         secure_aggregation=True, privacy=privacy
     )
+
+
+def test_rounds_are_bounded_by_the_history_a_secagg_round_takes():
+    # GIVEN 120-s phases checked every 15 s: 8 slices; a round at worst 4 + 5 x (10 + 10 x 8)
+    # = 454 events, so (25000 - 20) // 454 = 55 rounds fit one execution (by hand)
+    parse(secure_aggregation=True, rounds=55)
+    assert (
+        "rounds 56 exceeds 55: a SecAgg round of 5 phases of 8 check(s) each takes up to 454"
+        in (refusal(secure_aggregation=True, rounds=56))
+    )
