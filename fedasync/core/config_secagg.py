@@ -96,7 +96,7 @@ def check_secure_aggregation(cfg: TaskConfig, strategy: str, *, central_dp: bool
         )
     _check_threshold(sa, silos)
     _check_ring(sa, silos)
-    _check_identities(sa)
+    _check_identities(sa, cfg.clients)
     _check_history(sa, cfg.rounds, cfg.round_check_s)
 
 
@@ -119,7 +119,12 @@ def _check_history(sa: SecureAggregation, rounds: int, check_s: int) -> None:
         )
 
 
-def _check_identities(sa: SecureAggregation) -> None:
+def _check_identities(sa: SecureAggregation, clients: tuple[str, ...]) -> None:
+    strangers = sorted(set(sa.identities) - set(clients))
+    if strangers:
+        raise ValueError(
+            f"secure_aggregation.identities names {strangers}, not clients of the task"
+        )
     for client_id, text in sa.identities.items():
         try:
             raw = base64.b64decode(text, validate=True)

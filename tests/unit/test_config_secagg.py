@@ -136,3 +136,14 @@ def test_rounds_are_bounded_by_the_history_a_secagg_round_takes():
         "rounds 56 exceeds 55: a SecAgg round of 5 phases of 8 check(s) each takes up to 454"
         in (refusal(secure_aggregation=True, rounds=56))
     )
+
+
+def test_identities_must_be_clients_and_ed25519_keys():
+    key = "A" * 43 + "="  # base64 of 32 zero-ish bytes: a well-formed public key's length
+    parse(secure_aggregation={"identities": {"a": key}})
+    assert "identities names ['z'], not clients of the task" in refusal(
+        secure_aggregation={"identities": {"z": key}}
+    )
+    assert "identities['a'] is not a base64 Ed25519 public key (32 raw bytes)" in refusal(
+        secure_aggregation={"identities": {"a": "AAAA"}}
+    )
