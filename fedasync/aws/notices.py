@@ -15,13 +15,16 @@ import structlog
 
 from fedasync.aws.session import AwsContext
 from fedasync.core.messages import GlobalModelNotice
+from fedasync.core.secagg.notice import SecAggNotice
 from fedasync.resources import NOTICE_FILTER_ATTRIBUTE, shard_topic, topic_shard
 
 log = structlog.get_logger()
 
 
 class Notices(Protocol):
-    async def publish(self, notice: GlobalModelNotice, client_ids: tuple[str, ...]) -> int: ...
+    async def publish(
+        self, notice: GlobalModelNotice | SecAggNotice, client_ids: tuple[str, ...]
+    ) -> int: ...
 
 
 class SnsNotices:
@@ -32,7 +35,9 @@ class SnsNotices:
         self.topic_arn = topic_arn  # shard 0's; the others are `shard_topic(topic_arn, i)`
         self.topic_shards = topic_shards
 
-    async def publish(self, notice: GlobalModelNotice, client_ids: tuple[str, ...]) -> int:
+    async def publish(
+        self, notice: GlobalModelNotice | SecAggNotice, client_ids: tuple[str, ...]
+    ) -> int:
         """Send `notice` to the queues of `client_ids`; the number of publishes (0: no
         recipient, nothing sent)."""
         shards: dict[int, list[str]] = {}

@@ -29,8 +29,15 @@ from fedasync.core.config_parts import (
     TargetMetric,
     check_clip_bound,
     check_privacy_fits,
+    check_target_fits,
     describe_errors,
     parse_staleness,
+)
+from fedasync.core.config_secagg import (
+    SecureAggregation,
+    check_secure_aggregation,
+    parse_secure_aggregation,
+    secagg_input,
 )
 from fedasync.core.errors import ConfigError
 from fedasync.core.optimizers import ServerOptimizer
@@ -55,7 +62,6 @@ Mode = Literal["sync", "async"]
 # what every silo's trainer minimises: classification (cross-entropy, reporting loss and
 # accuracy) or regression (mean squared error, reporting loss, no accuracy)
 Loss = Literal["cross_entropy", "mse"]
-CLASSIFICATION_ONLY_METRICS = ("eval_accuracy",)
 DEFAULT_MAX_MODEL_BYTES = 512 * 1024 * 1024
 # FedBuff's server step eta: 1 lands on the buffer's weighted mean delta; beyond 10x that
 # mean a step overshoots what any client proposed (and can overflow the model's dtype)
@@ -112,6 +118,10 @@ class TaskConfig(BaseModel):
     # differential privacy (fedasync.core.privacy; docs/privacy.md): central (the server
     # clips and noises each release) or local (each silo noises its own update)
     privacy: PrivacyConfig | None = None
+    # secure aggregation of sync rounds (fedasync.core.config_secagg; docs/secagg.md)
+    secure_aggregation: Annotated[
+        SecureAggregation | None, BeforeValidator(parse_secure_aggregation)
+    ] = None
     loss: Loss = Field(
         default="cross_entropy",
         description="what the silos minimise: cross_entropy (classes) or mse (regression)",
@@ -182,6 +192,8 @@ class TaskConfig(BaseModel):
                 "fedbuff take one; fedasync mixes each update into the head (use fedbuff)"
             )
         check_clip_bound(self.clip_update_norm, self.max_update_norm)
+        central = self.privacy is not None and self.privacy.mode == "central"
+        check_secure_aggregation(self, chosen.name, central_dp=central)
         if self.min_clients is None:
             object.__setattr__(self, "min_clients", default_quorum(len(self.clients)))
         elif self.min_clients > len(self.clients):
@@ -231,23 +243,8 @@ class TaskConfig(BaseModel):
         return -(-self.round_timeout_s // ticks), ticks
 
     @model_validator(mode="after")
-    def _target_quorum_fits(self) -> Self:
-        if self.target_quorum is not None and self.target_quorum > len(self.clients):
-            raise ValueError(
-                f"target_quorum {self.target_quorum} exceeds the {len(self.clients)} listed "
-                "clients: the target metric could never stop the task"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _target_fits_the_loss(self) -> Self:
-        name = self.target_metric.name if self.target_metric is not None else None
-        if self.loss == "mse" and name in CLASSIFICATION_ONLY_METRICS:
-            raise ValueError(
-                f"target metric {name!r} needs classes; a regression task (loss 'mse') "
-                "reports eval_loss and eval_mae: use e.g. {'name': 'eval_loss', "
-                "'threshold': ..., 'higher_is_better': false}"
-            )
+    def _target_fits(self) -> Self:
+        check_target_fits(self.target_quorum, len(self.clients), self.loss, self.target_metric)
         return self
 
     @property
@@ -297,4 +294,5 @@ class TaskConfig(BaseModel):
             "round_ticks": self.round_clock()[1],
             "heartbeat_s": self.heartbeat_s,
             "deadline_s": self.deadline_s,
+            **secagg_input(self.secure_aggregation, len(self.clients), self.round_check_s),
         }

@@ -183,3 +183,24 @@ def check_clip_bound(clip: float | None, max_norm: float | None) -> None:
             "longer than max_update_norm is rejected before it is clipped, so this clipping "
             "would never act"
         )
+
+
+CLASSIFICATION_ONLY_METRICS = ("eval_accuracy",)
+
+
+def check_target_fits(
+    target_quorum: int | None, clients: int, loss: str, target: TargetMetric | None
+) -> None:
+    """The target quorum within the clients, and a metric the task's loss reports."""
+    if target_quorum is not None and target_quorum > clients:
+        raise ValueError(
+            f"target_quorum {target_quorum} exceeds the {clients} listed "
+            "clients: the target metric could never stop the task"
+        )
+    name = target.name if target is not None else None
+    if loss == "mse" and name in CLASSIFICATION_ONLY_METRICS:
+        raise ValueError(
+            f"target metric {name!r} needs classes; a regression task (loss 'mse') "
+            "reports eval_loss and eval_mae: use e.g. {'name': 'eval_loss', "
+            "'threshold': ..., 'higher_is_better': false}"
+        )

@@ -202,11 +202,21 @@ class ControlMessage(WireMessage):
     and used by the server's own handlers, never taken from a client's record.
     """
 
-    kind: Literal["open_round", "check_round", "close_round", "open_task", "finalize"]
+    kind: Literal[
+        "open_round",
+        "check_round",
+        "close_round",
+        "open_task",
+        "finalize",
+        "secagg_phase",  # a slice of a SecAgg phase's wait (closes it early when all answered)
+        "secagg_close",  # the phase's deadline: close it with who answered, or fail the round
+    ]
     task_name: str = Field(pattern=TASK_NAME_PATTERN)
     task_token: str = Field(min_length=1, max_length=4096)
     round_id: int | None = Field(default=None, ge=0)
     reason: str | None = Field(default=None, max_length=64)
+    # SecAgg: the phase of a secagg_* message (fedasync.core.secagg.notice.PHASES)
+    phase: str | None = Field(default=None, pattern=r"^[a-z_]{1,32}$")
 
     @property
     def idempotency_key(self) -> str:

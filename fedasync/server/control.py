@@ -41,7 +41,7 @@ from structlog.contextvars import bound_contextvars
 
 from fedasync.core.errors import SchemaError
 from fedasync.core.messages import ControlMessage
-from fedasync.server import async_effects, rounds
+from fedasync.server import async_effects, rounds, secagg_phases
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ExecutionNotFoundError, ServerStore
 from fedasync.server.task_view import TaskView
@@ -73,6 +73,12 @@ async def on_control(store: ServerStore, msg: ControlMessage) -> None:
         elif msg.kind == "close_round":
             await rounds.close_round(
                 store, view, _round(msg), token=msg.task_token, at_deadline=True
+            )
+        elif msg.kind in ("secagg_phase", "secagg_close"):
+            deadline = msg.kind == "secagg_close"
+            phase = msg.phase or ""
+            await secagg_phases.on_phase(
+                store, view, _round(msg), phase, msg.task_token, deadline=deadline
             )
         elif msg.kind == "open_task":
             await async_effects.open_task(store, view, msg.task_token)

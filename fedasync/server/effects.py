@@ -11,6 +11,7 @@ from fedasync.aws.executions import Executions
 from fedasync.aws.notices import Notices
 from fedasync.aws.objects import Objects
 from fedasync.core.messages import GlobalModelNotice
+from fedasync.core.secagg.notice import SecAggNotice
 
 
 class Effects:
@@ -51,7 +52,9 @@ class Effects:
 
     # --- notices and callbacks ---------------------------------------------------------------
 
-    async def publish(self, notice: GlobalModelNotice, client_ids: tuple[str, ...]) -> None:
+    async def publish(
+        self, notice: GlobalModelNotice | SecAggNotice, client_ids: tuple[str, ...]
+    ) -> None:
         """One publish per topic shard that holds a recipient, naming only its own."""
         await self.notices.publish(notice, client_ids)
 

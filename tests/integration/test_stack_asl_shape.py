@@ -63,7 +63,10 @@ def test_every_wait_for_token_state_has_a_timeout_and_catches_everything(
     waits = {
         n: s for n, s in asl["States"].items() if s.get("Resource", "").endswith(WAIT_FOR_TOKEN)
     }
-    assert set(waits) == {"OpenRound", "CheckRound", "CloseRound", "OpenTask", "Finalize"}
+    assert set(waits) == {"OpenRound", "CheckRound", "CloseRound", "OpenTask", "Finalize"} | {
+        "SecAggPhase",  # secure aggregation's phase waits (tests/integration/test_secagg_asl.py)
+        "SecAggClosePhase",
+    }
     for name, state in waits.items():
         assert "TimeoutSeconds" in state or "TimeoutSecondsPath" in state, name
         caught = {e for c in state["Catch"] for e in c["ErrorEquals"]}

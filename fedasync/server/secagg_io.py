@@ -1,0 +1,125 @@
+"""A SecAgg round's objects as the server reads and writes them (`fedasync.core.secagg.notice`
+says where each lives): the silos' answers, the phases' public inputs, each silo's inbox,
+and what the server decided (each phase's closed set, written once)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from fedasync.core import codec, keys
+from fedasync.core.errors import PayloadTooLargeError, RegistryError
+from fedasync.core.secagg import crypto
+from fedasync.core.secagg.notice import Phase, SecAggNotice, answer_key, server_key
+from fedasync.core.secagg.quantize import Quantizer
+from fedasync.server.store import ServerStore
+from fedasync.server.task_view import TaskView
+
+log = structlog.get_logger()
+# the largest answer: a masked input (4 bytes a coordinate at b <= 32, base64: 4/3), plus
+# the keys and signatures around it
+ANSWER_OVERHEAD = 1 << 20
+
+
+@dataclass(frozen=True)
+class RoundSetup:
+    """What every phase of one round is bound to, from the task's config."""
+
+    ctx: crypto.RoundContext
+    quantizer: Quantizer
+    identities: dict[str, bytes]
+    silos: tuple[str, ...]
+
+
+def setup(view: TaskView, round_id: int, graph_seed: bytes) -> RoundSetup:
+    sa = view.cfg.secure_aggregation
+    if sa is None:
+        raise ValueError(f"task {view.task_name!r} has no secure_aggregation")
+    silos = view.cfg.clients
+    ctx = crypto.RoundContext(
+        view.task_name,
+        round_id,
+        threshold=sa.quorum(len(silos)),
+        degree=sa.neighbours,
+        graph_seed=graph_seed if sa.neighbours is not None else b"",
+    )
+    identities = {c: base64.b64decode(k) for c, k in sa.identities.items()}
+    return RoundSetup(ctx, Quantizer(sa.clip, len(silos), sa.ring_bits), identities, silos)
+
+
+def notice(view: TaskView, s: RoundSetup, phase: Phase, expected: list[str]) -> SecAggNotice:
+    return SecAggNotice(
+        task_name=view.task_name,
+        round_id=s.ctx.round_id,
+        phase=phase,
+        s3_key=keys.global_key(view.task_name, s.ctx.round_id),
+        sha256=view.head_sha256,
+        threshold=s.ctx.threshold,
+        clip=s.quantizer.clip,
+        ring_bits=s.quantizer.ring_bits,
+        max_silos=s.quantizer.max_silos,
+        degree=s.ctx.degree,
+        graph_seed=s.ctx.graph_seed.hex(),
+        expected=tuple(sorted(expected)),
+        incarnation=view.incarnation,
+    )
+
+
+def input_length(view: TaskView) -> int:
+    """A silo's input: every coordinate of the model's delta, and its example count."""
+    return sum(math.prod(t.shape) for t in view.spec) + 1
+
+
+def max_answer_bytes(view: TaskView, s: RoundSetup) -> int:
+    coords = input_length(view)
+    return ANSWER_OVERHEAD + coords * 8 * 4 // 3 + 64 * len(s.silos) * 1024
+
+
+async def read_answers(
+    store: ServerStore, view: TaskView, s: RoundSetup, phase: Phase, expected: list[str]
+) -> dict[str, tuple[bytes, Any]]:
+    """Each expected silo's answer to `phase` that is there: (raw bytes, parsed JSON); an
+    answer that is not JSON is kept as None (its silo is named when the phase closes)."""
+    out: dict[str, tuple[bytes, Any]] = {}
+    limit = max_answer_bytes(view, s)
+    for client_id in sorted(expected):
+        key = answer_key(view.task_name, s.ctx.round_id, phase, client_id)
+        try:
+            raw = await store.get_object(key, limit)
+        except RegistryError:
+            continue  # not answered (yet)
+        except PayloadTooLargeError:
+            out[client_id] = (b"", None)
+            continue
+        try:
+            out[client_id] = (raw, json.loads(raw))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            out[client_id] = (raw, None)
+    return out
+
+
+async def put_json(store: ServerStore, key: str, value: Mapping[str, Any]) -> None:
+    blob = json.dumps(value, sort_keys=True).encode()
+    await store.put_object(key, blob, codec.sha256_bytes(blob))
+
+
+async def put_json_once(store: ServerStore, key: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    """Write unless written: what is there (a retry's decision is the first one's)."""
+    blob = json.dumps(value, sort_keys=True).encode()
+    stored, _ = await store.put_object_once(key, blob, codec.sha256_bytes(blob))
+    got: dict[str, Any] = json.loads(stored)
+    return got
+
+
+async def get_decision(store: ServerStore, task_name: str, round_id: int, name: str) -> Any:
+    """A decision of the round's (`server_key`), or None when it is not taken yet."""
+    try:
+        return json.loads(await store.get_object(server_key(task_name, round_id, name)))
+    except RegistryError:
+        return None
