@@ -14,7 +14,7 @@ from typing import Any
 from fedasync.core import codec, keys
 from fedasync.core.codec import Weights, check_compatible
 from fedasync.core.decisions import describe
-from fedasync.core.errors import ChecksumMismatchError
+from fedasync.core.errors import ChecksumMismatchError, GlobalRefusedError
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.noise import SecureGaussian
 from fedasync.core.optimizers import state_from_tensors, state_to_tensors
@@ -23,6 +23,7 @@ from fedasync.core.screening import clip_to_base
 from fedasync.core.strategies import sync_strategy
 from fedasync.core.strategies.base import Fold, details_of
 from fedasync.core.strategies.central_dp import CentralDpFold
+from fedasync.server import refused, streamed_round
 from fedasync.server.cache import CACHE
 from fedasync.server.spill import Spill, spill_root
 from fedasync.server.store import ServerStore
@@ -75,6 +76,29 @@ async def fold_round(
                 del weights
         candidate = fold.result()
         return candidate, details_of(fold)
+
+
+async def new_version_of(
+    store: ServerStore, view: TaskView, round_id: int, records: list[UpdateRecord]
+) -> tuple[str, int, dict[str, Any], dict[str, Any]] | GlobalRefusedError:
+    """Version round_id + 1 made of the round's accepted updates and stored: its SHA-256,
+    its size, what the strategy and the server step recorded; or the refusal of it
+    (nothing stored, the head stays). A plain FedAvg round is streamed
+    (`streamed_round`); any other holds its updates through the strategy's fold."""
+    if streamed_round.streams(view.cfg):
+        made = await streamed_round.close_streamed(store, view, round_id, records)
+        return made if isinstance(made, GlobalRefusedError) else (*made, {}, {})
+    candidate, details = await fold_round(store, view, round_id, records)
+    members = len(records)
+    refusal = await refused.check_round(store, view, round_id, members, candidate)
+    if refusal is not None:
+        return refusal
+    candidate, stepped = await server_step(store, view, round_id, candidate)
+    refusal = refused.check_stepped(view, round_id, candidate)
+    if refusal is not None:
+        return refusal
+    blob, sha = await store_version(store, view, round_id + 1, codec.encode(candidate))
+    return sha, len(blob), details, stepped
 
 
 async def server_step(
