@@ -70,6 +70,7 @@ class AggregateSizing:
     ephemeral_mb: int
     chunk_bytes: int = 8 * MiB
     read_ahead: int = 2
+    part_bytes: int = 8 * MiB  # the new global's multipart parts (S3: >= 5 MiB but the last)
     overhead_bytes: int = 256 * MiB  # the runtime, the interpreter and its modules
     whole_copies: int = 12  # issue 18's measure of the whole-object path, sync
 
@@ -81,6 +82,11 @@ class AggregateSizing:
     def cache_bytes(self) -> int:
         """An eighth of what the function has beyond a streamed round's own peak."""
         return max(0, (self.memory_mb * MiB - self.streamed_peak_bytes) // 8)
+
+    @property
+    def whole_check_bytes(self) -> int:
+        """Up to this size an update is checked whole at its verdict and cached (4 fit)."""
+        return self.cache_bytes // 4
 
     @property
     def max_streamed_model_bytes(self) -> int:

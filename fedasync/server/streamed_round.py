@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from fedasync import limits
 from fedasync.aws import transfer
 from fedasync.aws.ranged import RangedObject, open_object, shadow
 from fedasync.core import codec, keys
@@ -40,14 +41,13 @@ from fedasync.core.messages import UpdateRecord
 from fedasync.core.privacy import central_dp
 from fedasync.core.stheader import Entry
 from fedasync.core.streamfold import Range, RangeSum, global_layout, plan_ranges, refusal
-from fedasync.limits import AGGREGATE_SIZING, AggregateSizing
+from fedasync.limits import AggregateSizing
 from fedasync.server.cache import CACHE
 from fedasync.server.spill import spill_root
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
-_MIN_PART = 8 * 1024 * 1024  # S3's parts are >= 5 MiB (but the last), <= 10,000 of them
-_MAX_PARTS = 10_000
+_MAX_PARTS = 10_000  # S3's most parts of one upload
 
 
 def streams(cfg: TaskConfig) -> bool:
@@ -77,10 +77,11 @@ async def close_streamed(
     round_id: int,
     records: list[UpdateRecord],
     *,
-    sizing: AggregateSizing = AGGREGATE_SIZING,
+    sizing: AggregateSizing | None = None,
 ) -> tuple[str, int] | GlobalRefusedError:
     """Fold the round's accepted updates and store version round_id + 1: its (SHA-256,
     size), or the refusal of a new global with NaN/Inf (nothing stored then)."""
+    sizing = sizing or limits.AGGREGATE_SIZING
     header, entries = global_layout(view.spec)
     ranges = plan_ranges(entries, sizing.chunk_bytes)
     updates = await asyncio.gather(*(_open(store, view, r, entries) for r in records))
@@ -110,7 +111,7 @@ async def close_streamed(
         s3 = await store.aws.s3()
         await transfer.upload_file(
             s3, store.bucket, keys.global_key(view.task_name, round_id + 1), path,
-            sha256=sha, part_size=max(_MIN_PART, -(-size // _MAX_PARTS)), tagging=None,
+            sha256=sha, part_size=max(sizing.part_bytes, -(-size // _MAX_PARTS)), tagging=None,
         )  # fmt: skip
     return sha, size
 
