@@ -23,13 +23,28 @@ from typing import Any
 import numpy as np
 
 from fedasync.core.codec import NUMPY_DTYPES, ORDER_KEY, Array, ModelSpec
+from fedasync.core.config import TaskConfig
 from fedasync.core.errors import GlobalRefusedError, SchemaError
 from fedasync.core.fedavg import fold_values
+from fedasync.core.privacy import central_dp
 from fedasync.core.stheader import Entry, write_header
 
 # codec.encode's order of the data: by dtype, widest first, then by name
 _WRITE_RANK = {"F16": 0, "BF16": 1, "F32": 2, "F64": 3}
 _NAMES = {str(d): name for name, d in NUMPY_DTYPES.items()}
+
+
+def streamable(cfg: TaskConfig) -> bool:
+    """Whether `cfg`'s rounds are folded streamed: sync FedAvg with nothing that needs a
+    whole model (central DP, clipping, a server optimizer, `max_update_norm`)."""
+    return (
+        cfg.mode == "sync"
+        and cfg.aggregation == "fedavg"
+        and not central_dp(cfg)
+        and cfg.clip_update_norm is None
+        and cfg.server_optimizer is None
+        and cfg.max_update_norm is None
+    )
 
 
 def global_layout(spec: ModelSpec) -> tuple[bytes, list[Entry]]:

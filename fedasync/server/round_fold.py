@@ -23,6 +23,7 @@ from fedasync.core.screening import clip_to_base
 from fedasync.core.strategies import sync_strategy
 from fedasync.core.strategies.base import Fold, details_of
 from fedasync.core.strategies.central_dp import CentralDpFold
+from fedasync.core.streamfold import streamable
 from fedasync.server import refused, streamed_round
 from fedasync.server.cache import CACHE
 from fedasync.server.spill import Spill, spill_root
@@ -85,7 +86,7 @@ async def new_version_of(
     its size, what the strategy and the server step recorded; or the refusal of it
     (nothing stored, the head stays). A plain FedAvg round is streamed
     (`streamed_round`); any other holds its updates through the strategy's fold."""
-    if streamed_round.streams(view.cfg):
+    if streamable(view.cfg):
         made = await streamed_round.close_streamed(store, view, round_id, records)
         return made if isinstance(made, GlobalRefusedError) else (*made, {}, {})
     candidate, details = await fold_round(store, view, round_id, records)

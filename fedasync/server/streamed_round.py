@@ -34,11 +34,9 @@ from fedasync.aws import transfer
 from fedasync.aws.ranged import RangedObject, open_object, shadow
 from fedasync.core import codec, keys
 from fedasync.core.codec import Array, Weights
-from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import describe
 from fedasync.core.errors import ChecksumMismatchError, GlobalRefusedError, SchemaError
 from fedasync.core.messages import UpdateRecord
-from fedasync.core.privacy import central_dp
 from fedasync.core.stheader import Entry
 from fedasync.core.streamfold import Range, RangeSum, global_layout, plan_ranges, refusal
 from fedasync.limits import AggregateSizing
@@ -48,17 +46,6 @@ from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
 _MAX_PARTS = 10_000  # S3's most parts of one upload
-
-
-def streams(cfg: TaskConfig) -> bool:
-    """Whether a round of `cfg` is folded streamed (FedAvg with nothing that needs a whole model)."""
-    return (
-        cfg.aggregation == "fedavg"
-        and not central_dp(cfg)
-        and cfg.clip_update_norm is None
-        and cfg.server_optimizer is None
-        and cfg.max_update_norm is None
-    )
 
 
 @dataclass
