@@ -12,8 +12,9 @@ aggregated, the head stays, as for a whole read), and the file goes up by the si
 multipart transfer (`fedasync.aws.transfer.upload_file`, untagged) with its SHA-256.
 An update a warm container validated (the cache) is folded from memory, unread.
 
-Peak memory: about `(read_ahead + 3) x chunk_bytes` (`fedasync.limits.AGGREGATE_SIZING`),
-whatever the model's size and the number of updates; the model's bytes go through /tmp.
+Peak memory: about `(read_ahead + 3) x chunk_bytes` while folding, `read_ahead x
+part_bytes` while uploading (`fedasync.limits.AGGREGATE_SIZING`), whatever the model's
+size and the number of updates; the model's bytes go through /tmp.
 """
 
 from __future__ import annotations
@@ -69,6 +70,33 @@ async def close_streamed(
     """Fold the round's accepted updates and store version round_id + 1: its (SHA-256,
     size), or the refusal of a new global with NaN/Inf (nothing stored then)."""
     sizing = sizing or limits.AGGREGATE_SIZING
+    with tempfile.TemporaryDirectory(prefix="fedasync-global-", dir=spill_root()) as tmp:
+        path = Path(tmp) / "global.safetensors"
+        made = await fold_to_file(store, view, round_id, records, path, sizing=sizing)
+        if isinstance(made, GlobalRefusedError):
+            return made
+        sha, size = made
+        s3 = await store.aws.s3()
+        await transfer.upload_file(
+            s3, store.bucket, keys.global_key(view.task_name, round_id + 1), path,
+            sha256=sha, part_size=max(sizing.part_bytes, -(-size // _MAX_PARTS)), tagging=None,
+            parts_in_flight=sizing.read_ahead,
+        )  # fmt: skip
+    return sha, size
+
+
+async def fold_to_file(
+    store: ServerStore,
+    view: TaskView,
+    round_id: int,
+    records: list[UpdateRecord],
+    path: Path,
+    *,
+    sizing: AggregateSizing | None = None,
+) -> tuple[str, int] | GlobalRefusedError:
+    """The round's FedAvg written to `path` as its ranges complete, every update verified
+    against its verdict's SHA-256; the file's (SHA-256, size), or the refusal."""
+    sizing = sizing or limits.AGGREGATE_SIZING
     header, entries = global_layout(view.spec)
     ranges = plan_ranges(entries, sizing.chunk_bytes)
     updates = await asyncio.gather(*(_open(store, view, r, entries) for r in records))
@@ -78,29 +106,23 @@ async def close_streamed(
             f"round {round_id} of task {view.task_name!r}: {len(records)} update(s) report "
             "0 examples in total; FedAvg needs at least one example"
         )
-    with tempfile.TemporaryDirectory(prefix="fedasync-global-", dir=spill_root()) as tmp:
-        path = Path(tmp) / "global.safetensors"
-        non_finite: dict[str, int] = {}
-        with path.open("wb") as fh:
-            digest = hashlib.sha256(header)
-            fh.write(header)
-            reads = _reads(updates, ranges, sizing.read_ahead)
-            for span in ranges:
-                out = await _fold_range(span, updates, reads, total, non_finite)
-                digest.update(out)
-                await asyncio.to_thread(_write, fh, out)
-        await _verify(updates, round_id, sizing.chunk_bytes)
-        who = f"round {round_id} of task {view.task_name!r}: the FedAvg of its "
-        refused = refusal(non_finite, view.spec, who + f"{len(records)} accepted update(s)")
-        if refused is not None:
-            return refused
-        sha, size = digest.hexdigest(), path.stat().st_size
-        s3 = await store.aws.s3()
-        await transfer.upload_file(
-            s3, store.bucket, keys.global_key(view.task_name, round_id + 1), path,
-            sha256=sha, part_size=max(sizing.part_bytes, -(-size // _MAX_PARTS)), tagging=None,
-        )  # fmt: skip
-    return sha, size
+    non_finite: dict[str, int] = {}
+    size = len(header)
+    with path.open("wb") as fh:
+        digest = hashlib.sha256(header)
+        fh.write(header)
+        reads = _reads(updates, ranges, sizing.read_ahead)
+        for span in ranges:
+            out = await _fold_range(span, updates, reads, total, non_finite)
+            digest.update(out)
+            size += len(out)
+            await asyncio.to_thread(_write, fh, out)
+    await _verify(updates, round_id, sizing.chunk_bytes)
+    who = f"round {round_id} of task {view.task_name!r}: the FedAvg of its "
+    refused = refusal(non_finite, view.spec, who + f"{len(records)} accepted update(s)")
+    if refused is not None:
+        return refused
+    return digest.hexdigest(), size
 
 
 async def _open(
