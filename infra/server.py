@@ -23,7 +23,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from fedasync.deployment import Deployment
-from fedasync.limits import AGGREGATE_LIMITS, CONTROL_LIMITS
+from fedasync.limits import AGGREGATE_LIMITS, CONTROL_LIMITS, EPHEMERAL_MB
 from fedasync.policy import definitions
 from fedasync.resources import (
     AGGREGATE_HANDLER,
@@ -209,7 +209,7 @@ class ServerFunctions(Construct):
             environment=environment,
             timeout=timeout,
             memory_size=memory_mb,
-            ephemeral_storage_size=Size.mebibytes(2048),
+            ephemeral_storage_size=Size.mebibytes(EPHEMERAL_MB),
             reserved_concurrent_executions=reserved_concurrency,
             log_group=log_group,
         )

@@ -80,43 +80,58 @@ def plan(entries: list[Entry], base: int, chunk_bytes: int) -> list[_Range]:
     return ranges
 
 
-class _Object:
-    """Ranged GETs of one object version (the first read's ETag pins the rest)."""
+class RangedObject:
+    """Ranged GETs of one object version (the first read's ETag pins the rest). The first
+    read's bytes are kept (`head`): a later read inside them costs no request, so an
+    object smaller than the probe is read once."""
 
     def __init__(self, s3: Any, bucket: str, key: str, named_by_silo: bool) -> None:
-        self._s3, self._bucket, self._key, self._silo = s3, bucket, key, named_by_silo
+        self._s3, self._bucket, self.key, self._silo = s3, bucket, key, named_by_silo
         self.etag: str | None = None
         self.size = 0
+        self.head = b""
 
     async def read(self, begin: int, end: int) -> bytes:
+        if self.etag is not None and end <= len(self.head):
+            return self.head[begin:end]
         extra = {"IfMatch": self.etag} if self.etag else {}
         try:
             resp = await self._s3.get_object(
-                Bucket=self._bucket, Key=self._key, Range=f"bytes={begin}-{end - 1}", **extra
+                Bucket=self._bucket, Key=self.key, Range=f"bytes={begin}-{end - 1}", **extra
             )
         except ClientError as exc:
             raise self._error(exc) from exc
-        if self.etag is None:
+        first = self.etag is None
+        if first:
             self.etag = resp["ETag"]
             self.size = int(str(resp["ContentRange"]).rsplit("/", 1)[1])
         async with resp["Body"] as body:
             data = bytes(await body.read())
         if len(data) != min(end, self.size) - begin:
-            raise RegistryError(f"object {self._key!r}: bytes {begin}-{end - 1} came back short")
+            raise RegistryError(f"object {self.key!r}: bytes {begin}-{end - 1} came back short")
+        if first and begin == 0:
+            self.head = data
         return data
+
+    async def sha256(self, chunk_bytes: int) -> str:
+        """The SHA-256 of the whole object (this version), read `chunk_bytes` at a time."""
+        digest = hashlib.sha256()
+        for begin in range(0, self.size, chunk_bytes):
+            digest.update(await self.read(begin, min(begin + chunk_bytes, self.size)))
+        return digest.hexdigest()
 
     def _error(self, exc: ClientError) -> Exception:
         code = error_code(exc)
         if code == "InvalidRange":  # a GET of bytes=0-... on an empty object
-            return SchemaError(f"object {self._key!r} is empty: no safetensors header")
+            return SchemaError(f"object {self.key!r} is empty: no safetensors header")
         if code in ("PreconditionFailed", "412"):
             return ChecksumMismatchError(
-                f"object {self._key!r} changed while it was being read (ETag no longer {self.etag})"
+                f"object {self.key!r} changed while it was being read (ETag no longer {self.etag})"
             )
         if object_missing(exc, unlisted=self._silo):
             error = MissingObjectError if self._silo else RegistryError
             return error(
-                f"object {self._key!r} is missing from the model bucket (S3 answered {code})"
+                f"object {self.key!r} is missing from the model bucket (S3 answered {code})"
             )
         return exc
 
@@ -139,10 +154,10 @@ async def stream_tensors(
     order; SHA-256 checked once the last chunk is out. Use with `contextlib.aclosing`.
     Values are not checked here (finiteness is the caller's, per chunk, if it needs it)."""
     who = who or f"object {key!r}"
-    obj = _Object(await aws.s3(), bucket, key, named_by_silo)
-    header, entries = await _header(obj, head_probe, max_bytes, who)
+    obj = RangedObject(await aws.s3(), bucket, key, named_by_silo)
+    header, entries = await read_header(obj, head_probe, max_bytes, who)
     if spec is not None:
-        codec.check_compatible(_shadow(entries), spec, who)
+        codec.check_compatible(shadow(entries), spec, who)
     digest = hashlib.sha256(header)
     ranges = plan(entries, len(header), chunk_bytes)
     pending: deque[asyncio.Future[bytes]] = deque()
@@ -167,8 +182,24 @@ async def stream_tensors(
         )
 
 
-async def _header(
-    obj: _Object, head_probe: int, max_bytes: int | None, who: str
+async def open_object(
+    aws: AwsContext,
+    bucket: str,
+    key: str,
+    *,
+    max_bytes: int | None = None,
+    head_probe: int = HEAD_PROBE,
+    named_by_silo: bool = False,
+    who: str | None = None,
+) -> tuple[RangedObject, bytes, list[Entry]]:
+    """The object at `key` opened for ranged reads: its header checked, and its tensors."""
+    obj = RangedObject(await aws.s3(), bucket, key, named_by_silo)
+    header, entries = await read_header(obj, head_probe, max_bytes, who or f"object {key!r}")
+    return obj, header, entries
+
+
+async def read_header(
+    obj: RangedObject, head_probe: int, max_bytes: int | None, who: str
 ) -> tuple[bytes, list[Entry]]:
     """The object's first 8 + header-length bytes, checked, and the tensors they declare."""
     head = await obj.read(0, head_probe)
@@ -182,6 +213,6 @@ async def _header(
     return head[:base], entries
 
 
-def _shadow(entries: list[Entry]) -> dict[str, Array]:
+def shadow(entries: list[Entry]) -> dict[str, Array]:
     """Zero-byte stand-ins with each entry's shape and dtype, for `check_compatible`."""
     return {e.name: np.broadcast_to(np.zeros((), NUMPY_DTYPES[e.dtype]), e.shape) for e in entries}

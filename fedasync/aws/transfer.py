@@ -73,14 +73,17 @@ async def upload_file(
     part_size: int,
     on_bytes: Advance | None = None,
     parts_in_flight: int = PARTS_IN_FLIGHT,
+    tagging: str | None = LOCAL_UPDATE_TAGGING,
 ) -> None:
     """Put `path` at `key` with its SHA-256 in the metadata; nothing visible on failure.
 
-    The object is tagged as a local update (`LOCAL_UPDATE_TAGGING`): the bucket's
-    lifecycle rule expires local updates by that tag, and by nothing else."""
+    A silo's object is tagged as a local update (`LOCAL_UPDATE_TAGGING`): the bucket's
+    lifecycle rule expires local updates by that tag, and by nothing else. The server's
+    (a streamed round's new global) passes `tagging=None`: it is kept."""
     size = await asyncio.to_thread(os.path.getsize, path)
     advance = on_bytes or _ignore
     metadata = {SHA256_METADATA: sha256}
+    tags: dict[str, Any] = {"Tagging": tagging} if tagging else {}
     if size <= part_size:  # one part is already bounded by part_size: a plain put
         body = await asyncio.to_thread(_read_part, path, 0, size)
         await s3.put_object(
@@ -88,8 +91,8 @@ async def upload_file(
             Key=key,
             Body=body,
             Metadata=metadata,
-            Tagging=LOCAL_UPDATE_TAGGING,
             ChecksumSHA256=_b64_sha256(body),
+            **tags,
         )
         advance(size)
         return
@@ -97,8 +100,8 @@ async def upload_file(
         Bucket=bucket,
         Key=key,
         Metadata=metadata,
-        Tagging=LOCAL_UPDATE_TAGGING,
         ChecksumAlgorithm="SHA256",
+        **tags,
     )
     upload = _Multipart(s3, bucket, key, created["UploadId"], advance)
     try:

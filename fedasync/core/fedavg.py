@@ -117,18 +117,7 @@ class FedAvgAccumulator:
             done += take
 
     def _fold(self, acc: Array, values: Array, factor: float) -> None:
-        """acc += float64(values) * factor, block by block through the scratch."""
-        if self._scratch.size < BLOCK_ELEMENTS:
-            self._scratch = np.empty(BLOCK_ELEMENTS, dtype=np.float64)
-        for lo in range(0, acc.size, BLOCK_ELEMENTS):
-            hi = min(lo + BLOCK_ELEMENTS, acc.size)
-            scratch = self._scratch[: hi - lo]
-            # widen with a plain cast, then multiply in place: numpy's casting multiply
-            # (float32 in, float64 out) goes through small buffers and is ~1.5x slower;
-            # the products and the sum are the same, bit for bit
-            np.copyto(scratch, values[lo:hi])
-            np.multiply(scratch, factor, out=scratch)
-            np.add(acc[lo:hi], scratch, out=acc[lo:hi])
+        self._scratch = fold_values(acc, values, factor, self._scratch)
 
     def result(self) -> Weights:
         """The weighted mean in the model's dtype; the accumulator is consumed."""
@@ -185,6 +174,23 @@ class _Streamed:
             )
         spans.insert(at, (start, stop))
         self.done += count
+
+
+def fold_values(acc: Array, values: Array, factor: float, scratch: Array) -> Array:
+    """acc += float64(values) * factor, block by block through `scratch` (returned, grown
+    to a block if it was smaller: pass it back in)."""
+    if scratch.size < BLOCK_ELEMENTS:
+        scratch = np.empty(BLOCK_ELEMENTS, dtype=np.float64)
+    for lo in range(0, acc.size, BLOCK_ELEMENTS):
+        hi = min(lo + BLOCK_ELEMENTS, acc.size)
+        block = scratch[: hi - lo]
+        # widen with a plain cast, then multiply in place: numpy's casting multiply
+        # (float32 in, float64 out) goes through small buffers and is ~1.5x slower;
+        # the products and the sum are the same, bit for bit
+        np.copyto(block, values[lo:hi])
+        np.multiply(block, factor, out=block)
+        np.add(acc[lo:hi], block, out=acc[lo:hi])
+    return scratch
 
 
 def _elements(spec: ModelSpec) -> int:

@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 from fedasync.core import codec
 from fedasync.core.codec import Weights
+from fedasync.limits import AGGREGATE_SIZING
 
 
 class ModelCache:
@@ -16,10 +17,12 @@ class ModelCache:
     Only a hint: the state lives in S3 and DynamoDB, a miss reads S3 as a cold container
     would, and an entry is used only for the SHA-256 the TASK item records (or that a
     committed version recorded), so a hit is the same bytes a read would verify. Arrays
-    are read-only: nothing downstream may change a cached model in place.
+    are read-only: nothing downstream may change a cached model in place. Its budget
+    is the aggregate function's (`fedasync.limits.AggregateSizing.cache_bytes`): a model
+    larger than it is never kept, and a sync round of one is checked and folded streamed.
     """
 
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = AGGREGATE_SIZING.cache_bytes) -> None:
         self.max_bytes = max_bytes
         self._models: OrderedDict[str, Weights] = OrderedDict()
         self._versions: dict[tuple[str, int], str] = {}

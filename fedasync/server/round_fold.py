@@ -1,20 +1,28 @@
 """A closing round's accepted updates through the task's sync strategy.
 
-The updates are the ones validated at their verdicts: from the cache (held here, so no
-eviction can take them midway), or read again, a few ahead, and re-checked against the
-SHA-256 their verdict recorded (an object rewritten since must not slip into the global
-model). A strategy that needs every update at once holds them spilled to local disk
-(`fedasync.server.spill`)."""
+A plain FedAvg round is streamed whole (`streamed_round`: ranges of every update folded
+and written as they come). Any other round's updates are the ones validated at their
+verdicts: from the cache (held here, so no eviction can take them midway), or read again
+by ranged reads chunk by chunk, hashed as they arrive and checked against the SHA-256
+their verdict recorded (an object rewritten since must not slip into the global model):
+into FedAvg's sum (`add_chunk`) when nothing needs the update whole, else spilled to
+local disk as the chunks arrive and mapped back (`fedasync.server.spill`), which is how a
+strategy that needs every update at once holds them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from fedasync import limits
+from fedasync.aws.ranged import stream_tensors
 from fedasync.core import codec, keys
-from fedasync.core.codec import Weights, check_compatible
+from fedasync.core.codec import Array, Weights, check_compatible
 from fedasync.core.decisions import describe
-from fedasync.core.errors import ChecksumMismatchError
+from fedasync.core.errors import ChecksumMismatchError, GlobalRefusedError, SchemaError
+from fedasync.core.fedavg import FedAvgAccumulator
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.noise import SecureGaussian
 from fedasync.core.optimizers import state_from_tensors, state_to_tensors
@@ -23,6 +31,8 @@ from fedasync.core.screening import clip_to_base
 from fedasync.core.strategies import sync_strategy
 from fedasync.core.strategies.base import Fold, details_of
 from fedasync.core.strategies.central_dp import CentralDpFold
+from fedasync.core.streamfold import streamable
+from fedasync.server import refused, streamed_round
 from fedasync.server.cache import CACHE
 from fedasync.server.spill import Spill, spill_root
 from fedasync.server.store import ServerStore
@@ -50,31 +60,74 @@ async def fold_round(
         bound = view.cfg.clip_update_norm  # each delta clipped to it, against the round's model
         key = keys.global_key(view.task_name, round_id)
         base = await load_model(store, key, view.head_sha256, who) if bound else None
-        missing = [record for record in records if cached[record.sha256] is None]
-        objects = store.iter_objects(
-            [record.s3_key for record in missing],
-            max_bytes=view.cfg.max_model_bytes,
-            named_by_silo=True,
-        )
-        async with contextlib.aclosing(objects):
-            for record in records:
-                weights = cached[record.sha256]
-                if weights is None:
-                    data = await anext(objects)
-                    if codec.sha256_bytes(data) != record.sha256:
-                        raise ChecksumMismatchError(
-                            f"{describe(record)}: object {record.s3_key!r} changed after the "
-                            f"update was accepted (SHA-256 no longer {record.sha256}); round "
-                            f"{round_id} cannot be aggregated from it"
-                        )
-                    weights = codec.decode(data, who=record.sk)
-                    del data
-                if bound is not None and base is not None:
-                    weights = clip_to_base(weights, base, bound)
-                fold.add(weights, record.num_examples, who=record.sk)
-                del weights
+        for record in records:
+            weights: Mapping[str, Array] | None = cached[record.sha256]
+            if weights is None and bound is None and isinstance(fold, FedAvgAccumulator):
+                await _fold_streamed(store, view, record, round_id, fold)  # add_chunk
+                continue
+            if weights is None:  # spilled as it streams in, then mapped
+                async with _streamed(store, view, record, round_id) as chunks:
+                    weights = await spill.stream_in(chunks, view.spec)
+            if bound is not None and base is not None:
+                weights = clip_to_base(weights, base, bound)
+            fold.add(weights, record.num_examples, who=record.sk)
+            del weights
         candidate = fold.result()
         return candidate, details_of(fold)
+
+
+@contextlib.asynccontextmanager
+async def _streamed(
+    store: ServerStore, view: TaskView, record: UpdateRecord, round_id: int
+) -> AsyncIterator[AsyncIterator[tuple[str, int, Array]]]:
+    """The accepted update's chunks by ranged reads, checked against its verdict's SHA-256
+    once the last is out: bytes that are not the ones accepted stop the round's close."""
+    chunks = stream_tensors(
+        store.aws, store.bucket, record.s3_key, sha256=record.sha256, spec=view.spec,
+        max_bytes=view.cfg.max_model_bytes, named_by_silo=True, who=describe(record),
+        chunk_bytes=limits.AGGREGATE_SIZING.chunk_bytes, ahead=limits.AGGREGATE_SIZING.read_ahead,
+    )  # fmt: skip
+    try:
+        async with contextlib.aclosing(chunks):
+            yield chunks
+    except (ChecksumMismatchError, SchemaError) as exc:  # its header was checked at its verdict
+        raise ChecksumMismatchError(
+            f"{describe(record)}: object {record.s3_key!r} changed after the update was "
+            f"accepted ({exc.message}); round {round_id} cannot be aggregated from it"
+        ) from exc
+
+
+async def _fold_streamed(
+    store: ServerStore, view: TaskView, record: UpdateRecord, round_id: int, fold: FedAvgAccumulator
+) -> None:
+    async with _streamed(store, view, record, round_id) as chunks:
+        async for name, start, values in chunks:
+            await asyncio.to_thread(
+                fold.add_chunk, name, start, values, record.num_examples, who=record.sk
+            )
+
+
+async def new_version_of(
+    store: ServerStore, view: TaskView, round_id: int, records: list[UpdateRecord]
+) -> tuple[str, int, dict[str, Any], dict[str, Any]] | GlobalRefusedError:
+    """Version round_id + 1 made of the round's accepted updates and stored: its SHA-256,
+    its size, what the strategy and the server step recorded; or the refusal of it
+    (nothing stored, the head stays). A plain FedAvg round is streamed
+    (`streamed_round`); any other holds its updates through the strategy's fold."""
+    if streamable(view.cfg):
+        made = await streamed_round.close_streamed(store, view, round_id, records)
+        return made if isinstance(made, GlobalRefusedError) else (*made, {}, {})
+    candidate, details = await fold_round(store, view, round_id, records)
+    members = len(records)
+    refusal = await refused.check_round(store, view, round_id, members, candidate)
+    if refusal is not None:
+        return refusal
+    candidate, stepped = await server_step(store, view, round_id, candidate)
+    refusal = refused.check_stepped(view, round_id, candidate)
+    if refusal is not None:
+        return refusal
+    blob, sha = await store_version(store, view, round_id + 1, codec.encode(candidate))
+    return sha, len(blob), details, stepped
 
 
 async def server_step(

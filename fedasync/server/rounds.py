@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 
-from fedasync.core import codec, keys
+from fedasync.core import keys
 from fedasync.core.decisions import (
     RoundOutcome,
     close_outcome,
@@ -15,12 +15,13 @@ from fedasync.core.decisions import (
     parse_update_item,
     round_complete,
 )
+from fedasync.core.errors import GlobalRefusedError
 from fedasync.core.verdicts import VERDICT_ATTRIBUTES, settles
 from fedasync.server import refused
 from fedasync.server.finish import finish_task
 from fedasync.server.members import claim_members, dead_undecided
 from fedasync.server.round_budget import budget_spent, round_callback, spent_budget
-from fedasync.server.round_fold import fold_round, server_step, store_version
+from fedasync.server.round_fold import new_version_of
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
@@ -196,15 +197,10 @@ async def _aggregate(
 
     if view.dp_release_limit is not None and view.dp_releases >= view.dp_release_limit:
         return await budget_spent(store, view, round_id)
-    candidate, details = await fold_round(store, view, round_id, records)
-    new_version = round_id + 1
-    refusal = await refused.check_round(store, view, round_id, len(members), candidate)
-    if refusal is None:
-        candidate, stepped = await server_step(store, view, round_id, candidate)
-        refusal = refused.check_stepped(view, round_id, candidate)
-    if refusal is not None:  # the head stays; the round's result fails the task
-        return await refused.refuse_round(store, view, round_id, members, refusal)
-    blob, sha = await store_version(store, view, new_version, codec.encode(candidate))
+    made = await new_version_of(store, view, round_id, records)
+    if isinstance(made, GlobalRefusedError):  # the head stays; the round's result fails the task
+        return await refused.refuse_round(store, view, round_id, members, made)
+    new_version, (sha, size, details, stepped) = round_id + 1, made
     result = {
         "closed": True,
         "round_id": round_id,
@@ -215,7 +211,7 @@ async def _aggregate(
         **stepped,
         **({"dropped": dropped} if dropped else {}),
     }
-    task_values = {"head_version": new_version, "head_sha256": sha, "head_size": len(blob)}
+    task_values = {"head_version": new_version, "head_sha256": sha, "head_size": size}
     if "dp" in details:  # one more central DP release; the last one the budget allows ends it
         task_values["dp_releases"] = view.dp_releases + 1
         result["dp"] = {**result["dp"], "releases": view.dp_releases + 1}

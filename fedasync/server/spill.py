@@ -10,15 +10,20 @@ aggregation ends (`Spill.close`), whatever happened.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import numpy as np
 
-from fedasync.core.codec import Array
+from fedasync.core.codec import NUMPY_DTYPES, Array, ModelSpec
+
+_DTYPES = {str(d): d for d in NUMPY_DTYPES.values()}  # a spec's dtype name -> numpy
 
 
 class Spill:
@@ -27,11 +32,48 @@ class Spill:
     def __init__(self, root: str | None = None) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="fedasync-round-", dir=root)
         self._count = 0
+        self._own: list[Mapping[str, Array]] = []  # what `stream_in` mapped: kept as is
 
-    def __call__(self, weights: Mapping[str, Array]) -> Mapping[str, Array]:
+    def _folder(self) -> Path:
         folder = Path(self._dir.name) / f"{self._count:06d}"
         folder.mkdir()
         self._count += 1
+        return folder
+
+    async def stream_in(
+        self, chunks: AsyncIterator[tuple[str, int, Array]], spec: ModelSpec
+    ) -> Mapping[str, Array]:
+        """An update spilled as its chunks (tensor name, flat element offset, values) arrive,
+        each written at its place in its tensor's file; the update mapped back read-only.
+        Memory: one chunk, whatever the model's size."""
+        folder = self._folder()
+        index = {t.name: i for i, t in enumerate(spec)}
+        handles = {t.name: (folder / f"{i:06d}.bin").open("w+b") for i, t in enumerate(spec)}
+        try:
+            for t in spec:
+                size = math.prod(t.shape) * _DTYPES[t.dtype].itemsize
+                handles[t.name].truncate(size)
+            async for name, start, values in chunks:
+                fh = handles[name]
+                await asyncio.to_thread(_write_at, fh, start * values.itemsize, values)
+        finally:
+            for fh in handles.values():
+                fh.close()
+        mapped: dict[str, Array] = {}
+        for t in spec:
+            path = folder / f"{index[t.name]:06d}.bin"
+            mapped[t.name] = (
+                np.memmap(path, dtype=_DTYPES[t.dtype], mode="r", shape=t.shape)
+                if math.prod(t.shape)
+                else np.zeros(t.shape, dtype=_DTYPES[t.dtype])
+            )
+        self._own.append(mapped)
+        return mapped
+
+    def __call__(self, weights: Mapping[str, Array]) -> Mapping[str, Array]:
+        if any(weights is own for own in self._own):  # spilled already, as it streamed in
+            return weights
+        folder = self._folder()
         mapped: dict[str, Array] = {}
         for i, (name, arr) in enumerate(weights.items()):
             path = folder / f"{i:06d}.bin"
@@ -55,6 +97,11 @@ class Spill:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _write_at(fh: BinaryIO, offset: int, values: Array) -> None:
+    fh.seek(offset)
+    fh.write(values.tobytes())
 
 
 def spill_root() -> str | None:

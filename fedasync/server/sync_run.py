@@ -16,7 +16,6 @@ from fedasync.core.decisions import (
     check_round,
     check_running,
     check_sender,
-    load_payload,
     parse_update_item,
 )
 from fedasync.core.errors import FedAsyncError
@@ -25,6 +24,7 @@ from fedasync.server import rounds
 from fedasync.server.cache import CACHE
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
+from fedasync.server.update_check import iter_checked
 
 log = structlog.get_logger()
 
@@ -85,21 +85,17 @@ async def accept_round_run(
         "decided_at": time.time(),
     }
     base = await base_for_norm(store, view, candidates[0][0]) if candidates else None
-    objects = store.iter_objects(
-        [record.s3_key for record, _ in candidates],
-        max_bytes=view.cfg.max_model_bytes,
-        named_by_silo=True,
-    )
+    checked = iter_checked(store, view, [record for record, _ in candidates], base)
     try:
-        async with contextlib.aclosing(objects):
+        async with contextlib.aclosing(checked):
             for record, update in candidates:
                 try:
-                    data = await anext(objects)
-                    weights = load_payload(data, record, view.spec, view.cfg, base=base)
+                    weights = await anext(checked)  # None: a large model, checked streamed
                 except FedAsyncError:
                     break
                 accepted.append((record, update))
-                CACHE.put(record.sha256, weights)  # the round's close folds these moments later
+                if weights is not None:  # the round's close folds these moments later
+                    CACHE.put(record.sha256, weights)
                 # written while the next object is read: every earlier update is valid too
                 op = store.update_op(
                     view.task_name,

@@ -23,6 +23,7 @@ from fedasync.core import codec, keys
 from fedasync.core.codec import Array
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import ConfigError, FedAsyncError
+from fedasync.core.initial import check_aggregatable
 from fedasync.core.privacy import central_dp, check_budget
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView, spec_to_json
@@ -59,7 +60,9 @@ async def start_task(
     store: ServerStore, state_machine_arn: str, cfg: TaskConfig, initial: Mapping[str, Array]
 ) -> str:
     """Idempotent for the same config: a second start returns the same execution."""
-    blob = codec.encode(initial, who=f"initial model of task {cfg.task_name!r}")
+    who = f"initial model of task {cfg.task_name!r}"
+    blob = codec.encode(initial, who=who)
+    check_aggregatable(len(blob), cfg, who)  # before anything is created
     sha = codec.sha256_bytes(blob)
     releases = dp_release_limit(cfg)
     await store.put_object(keys.global_key(cfg.task_name, 0), blob, sha)

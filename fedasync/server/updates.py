@@ -15,7 +15,6 @@ from fedasync.core.decisions import (
     check_running,
     check_sender,
     describe,
-    load_payload,
     parse_update_item,
 )
 from fedasync.core.errors import FedAsyncError, SchemaError
@@ -25,6 +24,7 @@ from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
+from fedasync.server.update_check import check_update
 
 log = structlog.get_logger()
 
@@ -102,15 +102,8 @@ async def _accept(
     round_item = await store.get_item(view.task_name, keys.round_sk(record.round_id or 0)) or {}
     check_round(record, view.head_version, rounds.is_sealed(round_item))
     check_running(view.status, view.finished, record)
-    weights = load_payload(
-        await store.get_object(
-            record.s3_key, max_bytes=view.cfg.max_model_bytes, named_by_silo=True
-        ),
-        record,
-        view.spec,
-        view.cfg,
-        base=await sync_run.base_for_norm(store, view, record),
-    )
+    base = await sync_run.base_for_norm(store, view, record)
+    weights = await check_update(store, view, record, base)  # None: checked streamed
     verdict = {
         "verdict": "accepted",
         "applied_version": view.head_version + 1,
@@ -125,7 +118,8 @@ async def _accept(
     # conditional: a round closing meanwhile may have rejected it first (rounds._settle)
     if not await store.update(op):
         return None
-    CACHE.put(record.sha256, weights)  # the round's close folds it moments later
+    if weights is not None:
+        CACHE.put(record.sha256, weights)  # the round's close folds it moments later
     log.info("update.accepted", round_id=record.round_id, num_examples=record.num_examples)
     return {**item, **verdict}
 

@@ -95,9 +95,10 @@ async def test_bytes_that_do_not_hash_to_the_record_are_refused_at_the_end(aws, 
 
 
 async def test_an_object_rewritten_mid_read_is_refused(aws, bucket):
-    # GIVEN an object being streamed one range at a time
+    # GIVEN an object being streamed one range at a time, its first GET (whose bytes are
+    # reused: a range inside them costs no request) only 16 bytes
     sha = await put(aws, bucket, "u", codec.encode(update(1)))
-    stream = stream_tensors(aws, bucket, "u", sha256=sha, chunk_bytes=128, ahead=1)
+    stream = stream_tensors(aws, bucket, "u", sha256=sha, chunk_bytes=128, ahead=1, head_probe=16)
     async with aclosing(stream) as chunks:
         await anext(chunks)
         # WHEN it is overwritten before the next range is read
@@ -196,3 +197,67 @@ async def test_a_process_capped_at_a_quarter_of_the_model_folds_a_streamed_round
     assert got["limit"] - got["mapped_at_cap"] == model_bytes // 4
     assert got["whole_object_read"].startswith("failed: "), got["whole_object_read"]
     assert got["sha256"] == expected
+
+
+async def test_a_process_capped_at_a_quarter_of_the_model_closes_a_streamed_round(
+    aws, bucket, moto_server, tmp_path
+):
+    from fedasync.core import keys as model_keys
+
+    # GIVEN two float32 updates of 64 MiB each (16M parameters) in S3, 10 and 30 examples
+    params = 16 * 1024 * 1024
+    rng = np.random.default_rng(6)
+    models = [
+        {"big/kernel": rng.standard_normal(params - 1000, np.float32),
+         "bias": np.ones(1000, np.float32) * i}
+        for i in range(2)
+    ]  # fmt: skip
+    records = []
+    for i, m in enumerate(models):
+        key = model_keys.local_key("capped", f"silo-{i}", 0, "r00000000")
+        blob = codec.encode(m)
+        records.append(
+            {"task_name": "capped", "client_id": f"silo-{i}", "update_id": "r00000000",
+             "base_version": 0, "round_id": 0, "s3_key": key,
+             "sha256": await put(aws, bucket, key, blob), "size_bytes": len(blob),
+             "num_examples": (10, 30)[i]}
+        )  # fmt: skip
+        del blob
+    expected = codec.encode(fedavg(zip(models, (10, 30), strict=True)))
+    spec = [
+        {"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in codec.spec_of(models[0])
+    ]
+    model_bytes = params * 4
+    del models
+    job = {
+        "endpoint": moto_server.endpoint_url, "bucket": bucket, "records": records,
+        "task_name": "capped", "spec": spec, "chunk_bytes": 1024 * 1024,
+        "budget_bytes": model_bytes // 4, "spill_dir": str(tmp_path),
+    }  # fmt: skip
+    env = {**os.environ, "MALLOC_ARENA_MAX": "1"}
+    if aws.credentials is not None:
+        env |= {
+            "RANGED_KEY_ID": aws.credentials.access_key_id,
+            "RANGED_SECRET": aws.credentials.secret_access_key,
+        }
+    # WHEN a child process caps its address space at what it maps plus a quarter of one
+    # model, then runs the server's streamed fold of the round (1 MiB ranges, 2 ahead) and,
+    # the cap lifted, its multipart upload
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "tests.integration.streamed_close_child"],
+        input=json.dumps(job), capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    # THEN reading one update whole does not fit under the cap, the fold does, and the
+    # stored version 1 has the bytes of FedAvg over the whole models, unconstrained
+    assert got["limit"] - got["mapped_at_cap"] == model_bytes // 4
+    assert got["whole_object_read"].startswith("failed: "), got["whole_object_read"]
+    stored = await (await aws.s3()).get_object(
+        Bucket=bucket, Key=model_keys.global_key("capped", 1)
+    )
+    async with stored["Body"] as body:
+        blob = await body.read()
+    assert (got["sha256"], got["size"]) == (hashlib.sha256(expected).hexdigest(), len(expected))
+    assert blob == expected
