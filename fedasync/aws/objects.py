@@ -18,6 +18,7 @@ from typing import Protocol
 from botocore.exceptions import ClientError
 
 from fedasync.aws import transfer
+from fedasync.aws.ranged import Ranged, RangedObject
 from fedasync.aws.session import AwsContext, error_code, object_missing
 from fedasync.aws.transfer import (
     MISSING,
@@ -43,8 +44,17 @@ class Objects(Protocol):
     bucket: str
 
     async def upload_file(
-        self, key: str, path: Path, *, sha256: str, part_size: int, on_bytes: Advance | None = None
+        self,
+        key: str,
+        path: Path,
+        *,
+        sha256: str,
+        part_size: int,
+        on_bytes: Advance | None = None,
+        parts_in_flight: int = PARTS_IN_FLIGHT,
+        local_update: bool = True,
     ) -> None: ...
+    async def ranged(self, key: str, *, named_by_silo: bool = False) -> Ranged: ...
     async def download_file(
         self,
         key: str,
@@ -85,13 +95,21 @@ class S3Objects:
         part_size: int,
         on_bytes: Advance | None = None,
         parts_in_flight: int = PARTS_IN_FLIGHT,
+        local_update: bool = True,
     ) -> None:
-        """Put `path` at `key`, tagged as a local update; nothing visible on failure."""
+        """Put `path` at `key` by multipart upload; nothing visible on failure. Tagged as
+        a local update (the lifecycle rule expires those) unless `local_update` is False
+        (the server's own objects, such as a streamed round's new global, are kept)."""
         s3 = await self._aws.s3()
+        extra = {} if local_update else {"tagging": None}
         await transfer.upload_file(
             s3, self.bucket, key, path, sha256=sha256, part_size=part_size,
-            on_bytes=on_bytes, parts_in_flight=parts_in_flight,
+            on_bytes=on_bytes, parts_in_flight=parts_in_flight, **extra,
         )  # fmt: skip
+
+    async def ranged(self, key: str, *, named_by_silo: bool = False) -> Ranged:
+        """The object at `key` opened for ranged GETs (`fedasync.aws.ranged`)."""
+        return RangedObject(await self._aws.s3(), self.bucket, key, named_by_silo)
 
     async def download_file(
         self,

@@ -20,12 +20,12 @@ import struct
 from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from botocore.exceptions import ClientError
 
-from fedasync.aws.session import AwsContext, error_code, object_missing
+from fedasync.aws.session import error_code, object_missing
 from fedasync.core import codec
 from fedasync.core.codec import NUMPY_DTYPES, Array, ModelSpec
 from fedasync.core.errors import (
@@ -78,6 +78,25 @@ def plan(entries: list[Entry], base: int, chunk_bytes: int) -> list[_Range]:
     if pieces:
         ranges.append(_Range(begin, at, tuple(pieces)))
     return ranges
+
+
+class Ranged(Protocol):
+    """One object version read by byte ranges (`Objects.ranged` opens one): the first
+    read's version pins the rest (a rewrite meanwhile is `ChecksumMismatchError`), and
+    the first read's bytes are kept (`head`)."""
+
+    key: str
+    size: int
+    head: bytes
+
+    async def read(self, begin: int, end: int) -> bytes: ...
+    async def sha256(self, chunk_bytes: int) -> str: ...
+
+
+class Opens(Protocol):
+    """What opens an object for ranged reads: the `Objects` port."""
+
+    async def ranged(self, key: str, *, named_by_silo: bool = False) -> Ranged: ...
 
 
 class RangedObject:
@@ -137,8 +156,7 @@ class RangedObject:
 
 
 async def stream_tensors(
-    aws: AwsContext,
-    bucket: str,
+    objects: Opens,
     key: str,
     *,
     sha256: str,
@@ -154,7 +172,7 @@ async def stream_tensors(
     order; SHA-256 checked once the last chunk is out. Use with `contextlib.aclosing`.
     Values are not checked here (finiteness is the caller's, per chunk, if it needs it)."""
     who = who or f"object {key!r}"
-    obj = RangedObject(await aws.s3(), bucket, key, named_by_silo)
+    obj = await objects.ranged(key, named_by_silo=named_by_silo)
     header, entries = await read_header(obj, head_probe, max_bytes, who)
     if spec is not None:
         codec.check_compatible(shadow(entries), spec, who)
@@ -183,23 +201,22 @@ async def stream_tensors(
 
 
 async def open_object(
-    aws: AwsContext,
-    bucket: str,
+    objects: Opens,
     key: str,
     *,
     max_bytes: int | None = None,
     head_probe: int = HEAD_PROBE,
     named_by_silo: bool = False,
     who: str | None = None,
-) -> tuple[RangedObject, bytes, list[Entry]]:
+) -> tuple[Ranged, bytes, list[Entry]]:
     """The object at `key` opened for ranged reads: its header checked, and its tensors."""
-    obj = RangedObject(await aws.s3(), bucket, key, named_by_silo)
+    obj = await objects.ranged(key, named_by_silo=named_by_silo)
     header, entries = await read_header(obj, head_probe, max_bytes, who or f"object {key!r}")
     return obj, header, entries
 
 
 async def read_header(
-    obj: RangedObject, head_probe: int, max_bytes: int | None, who: str
+    obj: Ranged, head_probe: int, max_bytes: int | None, who: str
 ) -> tuple[bytes, list[Entry]]:
     """The object's first 8 + header-length bytes, checked, and the tensors they declare."""
     head = await obj.read(0, head_probe)

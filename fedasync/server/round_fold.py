@@ -83,7 +83,7 @@ async def _streamed(
     """The accepted update's chunks by ranged reads, checked against its verdict's SHA-256
     once the last is out: bytes that are not the ones accepted stop the round's close."""
     chunks = stream_tensors(
-        store.aws, store.bucket, record.s3_key, sha256=record.sha256, spec=view.spec,
+        store.objects, record.s3_key, sha256=record.sha256, spec=view.spec,
         max_bytes=view.cfg.max_model_bytes, named_by_silo=True, who=describe(record),
         chunk_bytes=limits.AGGREGATE_SIZING.chunk_bytes, ahead=limits.AGGREGATE_SIZING.read_ahead,
     )  # fmt: skip

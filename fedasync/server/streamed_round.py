@@ -9,7 +9,7 @@ appended to the new global's file under the handler's temporary directory, hashe
 is written. Each update's bytes are hashed as they arrive; at the end every update must
 hash to the SHA-256 its verdict recorded (else `ChecksumMismatchError`: the round is not
 aggregated, the head stays, as for a whole read), and the file goes up by the silos'
-multipart transfer (`fedasync.aws.transfer.upload_file`, untagged) with its SHA-256.
+multipart transfer (`Objects.upload_file`, not tagged as a local update) with its SHA-256.
 An update a warm container validated (the cache) is folded from memory, unread.
 
 Peak memory: about `(read_ahead + 3) x chunk_bytes` while folding, `read_ahead x
@@ -31,8 +31,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from fedasync import limits
-from fedasync.aws import transfer
-from fedasync.aws.ranged import RangedObject, open_object, shadow
+from fedasync.aws.ranged import Ranged, open_object, shadow
 from fedasync.core import codec, keys
 from fedasync.core.codec import Array, Weights
 from fedasync.core.decisions import describe
@@ -53,7 +52,7 @@ _MAX_PARTS = 10_000  # S3's most parts of one upload
 class _Update:
     record: UpdateRecord
     cached: Weights | None = None
-    obj: RangedObject | None = None
+    obj: Ranged | None = None
     base: int = 0  # where its data section begins
     where: dict[str, Entry] | None = None  # its tensors, when laid out otherwise than ours
     digest: Any = None  # hashlib's running SHA-256 of what was read, in order
@@ -76,11 +75,10 @@ async def close_streamed(
         if isinstance(made, GlobalRefusedError):
             return made
         sha, size = made
-        s3 = await store.aws.s3()
-        await transfer.upload_file(
-            s3, store.bucket, keys.global_key(view.task_name, round_id + 1), path,
-            sha256=sha, part_size=max(sizing.part_bytes, -(-size // _MAX_PARTS)), tagging=None,
-            parts_in_flight=sizing.read_ahead,
+        await store.objects.upload_file(
+            keys.global_key(view.task_name, round_id + 1), path, sha256=sha,
+            part_size=max(sizing.part_bytes, -(-size // _MAX_PARTS)),
+            parts_in_flight=sizing.read_ahead, local_update=False,
         )  # fmt: skip
     return sha, size
 
@@ -134,7 +132,7 @@ async def _open(
         return _Update(record, cached=cached)
     who = describe(record)
     obj, header, entries = await open_object(
-        store.aws, store.bucket, record.s3_key, max_bytes=view.cfg.max_model_bytes,
+        store.objects, record.s3_key, max_bytes=view.cfg.max_model_bytes,
         named_by_silo=True, who=who,
     )  # fmt: skip
     try:

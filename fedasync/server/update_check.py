@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from fedasync import limits
-from fedasync.aws.ranged import HEAD_PROBE, RangedObject, plan, read_header, shadow
+from fedasync.aws.ranged import HEAD_PROBE, Ranged, plan, read_header, shadow
 from fedasync.core import codec
 from fedasync.core.codec import Array, Weights
 from fedasync.core.decisions import check_examples, describe, load_payload
@@ -51,7 +51,7 @@ async def check_update(
     """Check the update's object; its decoded weights when read whole (None: streamed)."""
     sizing = sizing or limits.AGGREGATE_SIZING
     cfg, key = view.cfg, record.s3_key
-    obj = RangedObject(await store.aws.s3(), store.bucket, key, named_by_silo=True)
+    obj = await store.objects.ranged(key, named_by_silo=True)
     try:
         head = await obj.read(0, HEAD_PROBE)
     except SchemaError:  # an empty object (S3 refuses a range of it): its SHA-256 is wrong
@@ -68,7 +68,7 @@ async def check_update(
 
 
 async def _check_streamed(
-    obj: RangedObject, record: UpdateRecord, view: TaskView, sizing: AggregateSizing
+    obj: Ranged, record: UpdateRecord, view: TaskView, sizing: AggregateSizing
 ) -> None:
     who = describe(record)
     try:
@@ -97,7 +97,7 @@ async def _check_streamed(
 
 
 async def _ranged(
-    obj: RangedObject, ranges: Sequence[Any], ahead: int
+    obj: Ranged, ranges: Sequence[Any], ahead: int
 ) -> AsyncGenerator[tuple[bytes, Any], None]:
     """Each range's bytes, in order, `ahead` reads in flight."""
     pending: deque[asyncio.Future[bytes]] = deque()

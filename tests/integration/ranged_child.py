@@ -47,7 +47,7 @@ async def fold(job: dict[str, Any]) -> dict[str, Any]:
 
         def stream(key: str, sha: str) -> Any:
             return aclosing(
-                stream_tensors(aws, job["bucket"], key, sha256=sha, spec=spec,
+                stream_tensors(S3Objects(aws, job["bucket"]), key, sha256=sha, spec=spec,
                                chunk_bytes=job["chunk_bytes"])
             )  # fmt: skip
 

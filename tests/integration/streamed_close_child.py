@@ -27,6 +27,7 @@ from typing import Any
 
 from fedasync import limits
 from fedasync.aws import transfer
+from fedasync.aws.objects import S3Objects
 from fedasync.aws.session import AwsContext, Credentials
 from fedasync.core import keys
 from fedasync.core.codec import TensorSpec
@@ -48,7 +49,7 @@ async def close(job: dict[str, Any]) -> dict[str, Any]:
     records = [UpdateRecord.model_validate(r) for r in job["records"]]
     async with AwsContext(job["endpoint"], credentials=creds) as aws:
         await aws.s3()  # the client exists before the cap, as in a warm container
-        store = SimpleNamespace(aws=aws, bucket=job["bucket"])
+        store = SimpleNamespace(objects=S3Objects(aws, job["bucket"]), bucket=job["bucket"])
         view = SimpleNamespace(
             spec=spec, task_name=job["task_name"], cfg=SimpleNamespace(max_model_bytes=1 << 40)
         )

@@ -1,4 +1,6 @@
-"""Tensor-streamed reading of an update from S3 (ranged GETs, hashed as read), on moto."""
+"""Tensor-streamed reading of an update (ranged GETs, hashed as read): the contract of
+`Objects.ranged` and `fedasync.aws.ranged`, against S3 on moto and the in-memory objects
+the server's unit tier runs on."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from fedasync.aws.memory import MemoryObjects
+from fedasync.aws.objects import Objects, S3Objects
 from fedasync.aws.ranged import stream_tensors
 from fedasync.aws.session import AwsContext
 from fedasync.core import codec
@@ -45,9 +49,23 @@ async def bucket(aws: AwsContext, prefix: str) -> str:
     return name
 
 
-async def put(aws: AwsContext, bucket: str, key: str, blob: bytes) -> str:
-    await (await aws.s3()).put_object(Bucket=bucket, Key=key, Body=blob)
-    return hashlib.sha256(blob).hexdigest()
+@pytest.fixture
+def s3_objects(aws: AwsContext, bucket: str) -> S3Objects:
+    return S3Objects(aws, bucket)
+
+
+@pytest.fixture(params=["s3", "memory"])
+def objects(request: pytest.FixtureRequest) -> Objects:
+    if request.param == "memory":
+        return MemoryObjects("unit-models")
+    found: S3Objects = request.getfixturevalue("s3_objects")
+    return found
+
+
+async def put(objects: Objects, key: str, blob: bytes) -> str:
+    sha = hashlib.sha256(blob).hexdigest()
+    await objects.put_bytes(key, blob, sha)
+    return sha
 
 
 async def collect(stream) -> list[tuple[str, int, np.ndarray]]:
@@ -55,18 +73,18 @@ async def collect(stream) -> list[tuple[str, int, np.ndarray]]:
         return [(name, start, values.copy()) async for name, start, values in chunks]
 
 
-async def test_a_round_streamed_chunk_by_chunk_folds_to_the_whole_objects_bytes(aws, bucket):
+async def test_a_round_streamed_chunk_by_chunk_folds_to_the_whole_objects_bytes(objects):
     # GIVEN three updates in S3 (float32, bf16, fp16, float64 and an empty tensor), with
     # 10, 30 and 60 examples
     models = [update(seed) for seed in (1, 2, 3)]
-    shas = [await put(aws, bucket, f"u{i}", codec.encode(m)) for i, m in enumerate(models)]
+    shas = [await put(objects, f"u{i}", codec.encode(m)) for i, m in enumerate(models)]
     spec = codec.spec_of(models[0])
     # WHEN each is read in ranges of at most 64 bytes (the header in two reads, a 32-byte
     # probe first) and its chunks are folded one by one
     acc = FedAvgAccumulator(spec)
     for i, (sha, n) in enumerate(zip(shas, (10, 30, 60), strict=True)):
         stream = stream_tensors(
-            aws, bucket, f"u{i}", sha256=sha, spec=spec, chunk_bytes=64, head_probe=32
+            objects, f"u{i}", sha256=sha, spec=spec, chunk_bytes=64, head_probe=32
         )
         chunks = await collect(stream)
         # THEN no chunk is over 64 bytes, and together they are exactly the update
@@ -82,27 +100,27 @@ async def test_a_round_streamed_chunk_by_chunk_folds_to_the_whole_objects_bytes(
     assert codec.encode(acc.result()) == codec.encode(whole)
 
 
-async def test_bytes_that_do_not_hash_to_the_record_are_refused_at_the_end(aws, bucket):
+async def test_bytes_that_do_not_hash_to_the_record_are_refused_at_the_end(objects):
     # GIVEN an object and a SHA-256 that is not its own
-    sha = await put(aws, bucket, "u", codec.encode(update(1)))
+    sha = await put(objects, "u", codec.encode(update(1)))
     wrong = "0" * 64
     # WHEN it is streamed against the wrong one THEN, after the last chunk, the same error
     # the whole-object path raises says which object and both digests
     with pytest.raises(ChecksumMismatchError) as info:
-        await collect(stream_tensors(aws, bucket, "u", sha256=wrong, chunk_bytes=256))
+        await collect(stream_tensors(objects, "u", sha256=wrong, chunk_bytes=256))
     assert f"has SHA-256 {sha}; expected {wrong}" in str(info.value)
     assert info.value.reason == "checksum"
 
 
-async def test_an_object_rewritten_mid_read_is_refused(aws, bucket):
+async def test_an_object_rewritten_mid_read_is_refused(objects):
     # GIVEN an object being streamed one range at a time, its first GET (whose bytes are
     # reused: a range inside them costs no request) only 16 bytes
-    sha = await put(aws, bucket, "u", codec.encode(update(1)))
-    stream = stream_tensors(aws, bucket, "u", sha256=sha, chunk_bytes=128, ahead=1, head_probe=16)
+    sha = await put(objects, "u", codec.encode(update(1)))
+    stream = stream_tensors(objects, "u", sha256=sha, chunk_bytes=128, ahead=1, head_probe=16)
     async with aclosing(stream) as chunks:
         await anext(chunks)
         # WHEN it is overwritten before the next range is read
-        await put(aws, bucket, "u", codec.encode(update(2)))
+        await put(objects, "u", codec.encode(update(2)))
         # THEN the next ranged GET (If-Match on the first ETag) is refused
         with pytest.raises(ChecksumMismatchError, match="changed while it was being read"):
             async for _ in chunks:
@@ -133,20 +151,20 @@ def _payload(header: dict) -> bytes:
     ids=["gap-in-data", "pickle", "empty", "other-model"],
 )
 async def test_a_bad_header_is_refused_before_any_tensor_is_read(
-    aws, bucket, blob, error, fragment
+    objects, blob, error, fragment
 ):
     # GIVEN an object whose header is not a safetensors header of the global model
-    sha = await put(aws, bucket, "u", blob)
+    sha = await put(objects, "u", blob)
     spec = codec.spec_of({"w": np.zeros(3, np.float32)})
     # WHEN it is streamed THEN the first step raises, naming the problem
-    stream = stream_tensors(aws, bucket, "u", sha256=sha, spec=spec, who="update from 'x'")
+    stream = stream_tensors(objects, "u", sha256=sha, spec=spec, who="update from 'x'")
     async with aclosing(stream) as chunks:
         with pytest.raises(error, match=fragment):
             await anext(chunks)
 
 
-async def test_a_missing_object_named_by_a_silo_is_the_silos_fault(aws, bucket):
-    stream = stream_tensors(aws, bucket, "nope", sha256="0" * 64, named_by_silo=True)
+async def test_a_missing_object_named_by_a_silo_is_the_silos_fault(objects):
+    stream = stream_tensors(objects, "nope", sha256="0" * 64, named_by_silo=True)
     with pytest.raises(MissingObjectError, match="'nope' is missing"):
         await collect(stream)
 
@@ -165,7 +183,7 @@ async def test_a_process_capped_at_a_quarter_of_the_model_folds_a_streamed_round
         for i in range(2)
     ]
     keys = ["big/0", "big/1"]
-    shas = [await put(aws, bucket, k, codec.encode(m)) for k, m in zip(keys, models, strict=True)]
+    shas = [await put(S3Objects(aws, bucket), k, codec.encode(m)) for k, m in zip(keys, models, strict=True)]
     expected = codec.sha256_bytes(codec.encode(fedavg(zip(models, (10, 30), strict=True))))
     model_bytes = params * 4
     spec = [
@@ -219,7 +237,7 @@ async def test_a_process_capped_at_a_quarter_of_the_model_closes_a_streamed_roun
         records.append(
             {"task_name": "capped", "client_id": f"silo-{i}", "update_id": "r00000000",
              "base_version": 0, "round_id": 0, "s3_key": key,
-             "sha256": await put(aws, bucket, key, blob), "size_bytes": len(blob),
+             "sha256": await put(S3Objects(aws, bucket), key, blob), "size_bytes": len(blob),
              "num_examples": (10, 30)[i]}
         )  # fmt: skip
         del blob

@@ -6,14 +6,21 @@ import asyncio
 import hashlib
 import json
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedasync.aws.executions import Execution, ExecutionNotFoundError, execution_arn_for
 from fedasync.aws.memory.queues import MemoryQueues
-from fedasync.aws.transfer import MISSING, Advance, CorruptDownloadError
-from fedasync.core.errors import MissingObjectError, PayloadTooLargeError, RegistryError
+from fedasync.aws.ranged import Ranged
+from fedasync.aws.transfer import MISSING, PARTS_IN_FLIGHT, Advance, CorruptDownloadError
+from fedasync.core.errors import (
+    ChecksumMismatchError,
+    MissingObjectError,
+    PayloadTooLargeError,
+    RegistryError,
+    SchemaError,
+)
 from fedasync.core.messages import GlobalModelNotice
 from fedasync.resources import NOTICE_FILTER_ATTRIBUTE, topic_shard
 
@@ -22,6 +29,8 @@ from fedasync.resources import NOTICE_FILTER_ATTRIBUTE, topic_shard
 class _Object:
     data: bytes
     metadata: dict[str, str]
+    tags: dict[str, str] = field(default_factory=dict)
+    version: int = 0  # S3's ETag, in effect: a rewrite makes a new one
 
 
 class MemoryObjects:
@@ -30,15 +39,33 @@ class MemoryObjects:
     def __init__(self, bucket: str) -> None:
         self.bucket = bucket
         self.objects: dict[str, _Object] = {}
+        self.version = 0
 
     async def upload_file(
-        self, key: str, path: Path, *, sha256: str, part_size: int, on_bytes: Advance | None = None
+        self,
+        key: str,
+        path: Path,
+        *,
+        sha256: str,
+        part_size: int,
+        on_bytes: Advance | None = None,
+        parts_in_flight: int = PARTS_IN_FLIGHT,
+        local_update: bool = True,
     ) -> None:
         data = await asyncio.to_thread(path.read_bytes)
         for start in range(0, len(data), part_size):
             if on_bytes is not None:
                 on_bytes(len(data[start : start + part_size]))
-        self.objects[key] = _Object(data, {"sha256": sha256})
+        tags = {"fedasync-kind": "local-update"} if local_update else {}
+        self._write(key, _Object(data, {"sha256": sha256}, tags))
+
+    def _write(self, key: str, obj: _Object) -> None:
+        self.version += 1
+        obj.version = self.version
+        self.objects[key] = obj
+
+    async def ranged(self, key: str, *, named_by_silo: bool = False) -> Ranged:
+        return MemoryRanged(self, key, named_by_silo)
 
     async def download_file(
         self,
@@ -70,13 +97,17 @@ class MemoryObjects:
             on_bytes(len(found.data))
         return len(found.data)
 
-    async def get_bytes(
-        self, key: str, max_bytes: int | None = None, *, named_by_silo: bool = False
-    ) -> bytes:
+    def found(self, key: str, *, named_by_silo: bool) -> _Object:
         found = self.objects.get(key)
         if found is None:
             error = MissingObjectError if named_by_silo else RegistryError
             raise error(f"object {key!r} is missing from the model bucket (S3 answered NoSuchKey)")
+        return found
+
+    async def get_bytes(
+        self, key: str, max_bytes: int | None = None, *, named_by_silo: bool = False
+    ) -> bytes:
+        found = self.found(key, named_by_silo=named_by_silo)
         if max_bytes is not None and len(found.data) > max_bytes:
             raise PayloadTooLargeError(
                 f"object {key!r} is {len(found.data)} bytes; the limit is {max_bytes}"
@@ -95,7 +126,7 @@ class MemoryObjects:
             yield await self.get_bytes(key, max_bytes, named_by_silo=named_by_silo)
 
     async def put_bytes(self, key: str, data: bytes, sha256: str) -> None:
-        self.objects[key] = _Object(bytes(data), {"sha256": sha256})
+        self._write(key, _Object(bytes(data), {"sha256": sha256}))
 
     async def put_bytes_once(self, key: str, data: bytes, sha256: str) -> tuple[bytes, str]:
         found = self.objects.get(key)
@@ -103,6 +134,37 @@ class MemoryObjects:
             return found.data, hashlib.sha256(found.data).hexdigest()
         await self.put_bytes(key, data, sha256)
         return data, sha256
+
+
+class MemoryRanged:
+    """`Ranged` in memory: the version the first read saw pins the rest, as S3's ETag
+    does (`IfMatch`); an empty object has no range to read, as S3 answers InvalidRange."""
+
+    def __init__(self, objects: MemoryObjects, key: str, named_by_silo: bool) -> None:
+        self._objects, self.key, self._silo = objects, key, named_by_silo
+        self._version: int | None = None
+        self.size = 0
+        self.head = b""
+
+    async def read(self, begin: int, end: int) -> bytes:
+        found = self._objects.found(self.key, named_by_silo=self._silo)
+        if self._version is None:
+            if not found.data:
+                raise SchemaError(f"object {self.key!r} is empty: no safetensors header")
+            self._version, self.size = found.version, len(found.data)
+            self.head = found.data[begin:end] if begin == 0 else b""
+        elif found.version != self._version:
+            raise ChecksumMismatchError(
+                f"object {self.key!r} changed while it was being read (ETag no longer "
+                f"{self._version})"
+            )
+        return found.data[begin:end]
+
+    async def sha256(self, chunk_bytes: int) -> str:
+        digest = hashlib.sha256()
+        for begin in range(0, self.size, chunk_bytes):
+            digest.update(await self.read(begin, min(begin + chunk_bytes, self.size)))
+        return digest.hexdigest()
 
 
 class MemoryNotices:
