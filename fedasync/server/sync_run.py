@@ -21,7 +21,7 @@ from fedasync.core.decisions import (
 )
 from fedasync.core.errors import FedAsyncError
 from fedasync.core.messages import UpdateRecord
-from fedasync.server import rounds
+from fedasync.server import members, rounds
 from fedasync.server.cache import CACHE
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
@@ -29,21 +29,14 @@ from fedasync.server.task_view import TaskView
 log = structlog.get_logger()
 
 
-def round_along(task_name: str, sks: Sequence[str]) -> list[str]:
-    """What to read with the TASK item for a sync run, when a warm container knows the
-    task's roster: the round item and every rostered client's update in the run's round,
-    so the run needs no other read (nor a query) to decide and to see the round complete.
-    Only a guess (the round from the run's keys, the roster from an earlier read): the
-    caller uses it only if the TASK item agrees."""
-    roster = CACHE.roster(task_name)
+def round_along(sks: Sequence[str]) -> list[str]:
+    """What to read with the TASK item for a sync run: the run's round item and its
+    updates, so deciding the run needs no other read. Only a guess (the round from the
+    run's first key): the caller uses it only if the TASK item agrees."""
     round_id = keys.round_of_update_sk(sks[0]) if sks else None
-    if roster is None or round_id is None or len(roster) + len(sks) > _ROUND_READ_MAX:
+    if round_id is None:
         return []
-    expected = [keys.update_sk(client, "", round_id) for client in roster]
-    return list(dict.fromkeys([keys.round_sk(round_id), *expected, *sks]))
-
-
-_ROUND_READ_MAX = 98  # with TASK and ROUND: one BatchGetItem (100 keys)
+    return list(dict.fromkeys([keys.round_sk(round_id), *sks]))
 
 
 async def accept_round_run(
@@ -52,14 +45,13 @@ async def accept_round_run(
     """Sync: accept the run's leading updates for the open round, then check the round once.
 
     Each verdict is its own conditional write (independent, idempotent), written
-    concurrently; the round closes (or not) exactly as after the run's last verdict.
-    `read`: items read with the TASK item (`round_along`), possibly none.
+    concurrently; then one ADD counts the run's accepted clients on the round item
+    (`members.Tally`), and the round's items are queried only if that count says the round
+    may close. `read`: items read with the TASK item (`round_along`), possibly none.
     """
     round_id = view.head_version
     round_sk = keys.round_sk(round_id)
-    expected = [keys.update_sk(c, "", round_id) for c in view.cfg.clients]
-    whole = round_sk in read and set(expected) <= set(read) and set(sks) <= set(read)
-    if whole:
+    if round_sk in read and set(sks) <= set(read):
         round_item, updates = read[round_sk] or {}, [read[sk] for sk in sks]
     else:
         round_item = await store.get_item(view.task_name, round_sk) or {}
@@ -124,18 +116,12 @@ async def accept_round_run(
             round_id=round_id,
             num_examples=record.num_examples,
         )
-    # verdicts leave the TASK item as it was read: no need to read it again
-    if not whole or len(accepted) < decided:
-        await rounds.maybe_complete(store, view, round_id)
-        return decided
-    # The round as it stands: its items as read, with the verdicts just written. Only
-    # this handler accepts (one batch of a task at a time), and every verdict of the run
-    # was written (no close rejected one first), so this is what a query would find now
-    # of the accepted; an item inserted since has no verdict and decides nothing.
-    now = {sk: read[sk] for sk in expected if read[sk] is not None}
-    now.update({record.sk: {**update, **verdict} for record, update in accepted})
+    # the tally as read with the run, plus the run's word: only this handler counts (one
+    # batch of a task at a time), so this is what the round item holds now
+    now = members.tally_of(view, [{"client_id": r.client_id, **verdict} for r, _ in accepted])
+    await members.count(store, view, round_id, now)
     await rounds.maybe_complete(
-        store, view, round_id, items=list(now.values()), round_item=round_item
+        store, view, round_id, tally=members.Tally.of(round_item).plus(now)
     )
     return decided
 

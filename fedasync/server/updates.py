@@ -20,7 +20,7 @@ from fedasync.core.decisions import (
 )
 from fedasync.core.errors import FedAsyncError, SchemaError
 from fedasync.core.messages import UpdateRecord
-from fedasync.server import async_effects, async_task, rounds, sync_run
+from fedasync.server import async_effects, async_task, members, rounds, sync_run
 from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
@@ -79,12 +79,11 @@ async def decide_run(store: ServerStore, task_name: str, sks: Sequence[str]) -> 
     """
     if len(sks) > async_task.MAX_RUN:
         return 0
-    along = sync_run.round_along(task_name, sks)
+    along = sync_run.round_along(sks)
     got = await store.get_items(task_name, [keys.TASK_SK, *along])
     if got[0] is None:
         return 0
     view = TaskView.from_item(task_name, got[0])
-    CACHE.remember_roster(task_name, view.cfg.clients)
     if view.finished or view.status in ("SUCCEEDED", "FAILED"):
         return 0
     if view.cfg.mode == "async":
@@ -226,7 +225,7 @@ async def _after(store: ServerStore, task_name: str, item: dict[str, Any]) -> No
     if view.cfg.mode == "sync":
         round_id = item.get("round_id")
         if isinstance(round_id, int) and round_id == view.head_version and not view.finished:
-            await rounds.maybe_complete(store, view, round_id)
+            await _count_and_check(store, view, round_id, item)
         elif isinstance(round_id, int) and round_id == view.head_version - 1:
             await rounds.redo_closed(store, view, round_id)
     elif item.get("verdict") == "accepted" and view.finished:
@@ -236,6 +235,18 @@ async def _after(store: ServerStore, task_name: str, item: dict[str, Any]) -> No
         await async_effects.after_accept(store, task_name, item, task=task)
     elif item.get("verdict") == "rejected":
         await async_effects.after_reject(store, view, item)
+
+
+async def _count_and_check(
+    store: ServerStore, view: TaskView, round_id: int, item: dict[str, Any]
+) -> None:
+    """Count the verdict on the round item (again, for a redelivered record: a crash may
+    have come between the verdict and its count; adding to a set twice is harmless), then
+    check the round against its tally."""
+    new = members.tally_of(view, [item])
+    await members.count(store, view, round_id, new)
+    round_item = await store.get_item(view.task_name, keys.round_sk(round_id))
+    await rounds.maybe_complete(store, view, round_id, tally=members.Tally.of(round_item))
 
 
 __all__ = ["decide_run", "describe", "on_update"]
