@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 
 from fedasync.core import keys
+from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import droppable, lapsed, round_complete
 from fedasync.core.verdicts import decided_on, settles
 from fedasync.server.store import ServerStore
@@ -129,10 +130,10 @@ class Tally:
         return Tally(self.settled | other.settled, self.accepted | other.accepted)
 
 
-def tally_of(view: TaskView, items: Iterable[Mapping[str, Any]]) -> Tally:
+def tally_of(cfg: TaskConfig, items: Iterable[Mapping[str, Any]]) -> Tally:
     """The rostered clients whose word these decided items are (a squatter's junk under a
     victim's key is not: B4)."""
-    own = [i for i in items if settles(i) and i.get("client_id") in view.cfg.clients]
+    own = [i for i in items if settles(i) and i.get("client_id") in cfg.clients]
     return Tally(
         frozenset(str(i["client_id"]) for i in own),
         frozenset(str(i["client_id"]) for i in own if i.get("verdict") == "accepted"),

@@ -11,19 +11,14 @@ from typing import Any
 
 import structlog
 
-from fedasync.core import keys, verdicts
-from fedasync.core.decisions import (
-    check_round,
-    check_running,
-    check_sender,
-    load_payload,
-    parse_update_item,
-)
+from fedasync.core import keys
+from fedasync.core.decisions import load_payload
 from fedasync.core.errors import FedAsyncError
 from fedasync.core.messages import UpdateRecord
 from fedasync.server import members, rounds
 from fedasync.server.cache import CACHE
 from fedasync.server.store import ServerStore
+from fedasync.server.sync_plan import RunFacts, acceptance, plan_run
 from fedasync.server.task_view import TaskView
 
 log = structlog.get_logger()
@@ -44,10 +39,12 @@ async def accept_round_run(
 ) -> int:
     """Sync: accept the run's leading updates for the open round, then check the round once.
 
-    Each verdict is its own conditional write (independent, idempotent), written
-    concurrently; then one ADD counts the run's accepted clients on the round item
-    (`members.Tally`), and the round's items are queried only if that count says the round
-    may close. `read`: items read with the TASK item (`round_along`), possibly none.
+    The facts are read once (`read`: items read with the TASK item, `round_along`,
+    possibly none), the pure `sync_plan.plan_run` says which updates go on to their
+    objects' checks, each acceptance is its own conditional write (independent,
+    idempotent, written concurrently), then one ADD counts the run's accepted clients on
+    the round item (`members.Tally`), and the round's items are queried only if that
+    count says the round may close. Returns how many leading records the run decided.
     """
     round_id = view.head_version
     round_sk = keys.round_sk(round_id)
@@ -56,26 +53,41 @@ async def accept_round_run(
     else:
         round_item = await store.get_item(view.task_name, round_sk) or {}
         updates = await store.get_items(view.task_name, list(sks))
-    claimed = rounds.is_sealed(round_item)
-    candidates: list[tuple[UpdateRecord, dict[str, Any]]] = []
-    for update in updates:
-        if update is None or update.get("verdict"):
-            break
-        try:
-            record = parse_update_item(update)
-            check_sender(record, view.cfg)
-            check_round(record, view.head_version, claimed)
-            check_running(view.status, view.finished, record)
-        except FedAsyncError:
-            break  # the one-by-one path records the rejection with its reason
-        candidates.append((record, update))
-    accepted: list[tuple[UpdateRecord, dict[str, Any]]] = []
+    facts = RunFacts(view.cfg, round_id, rounds.is_sealed(round_item), view.status, view.finished)
+    # a stop is the one-by-one path's to record, with its reason
+    plan = plan_run(facts, updates)
+    decided, accepted = await _accept(store, view, plan.candidates)
+    if not accepted:
+        return decided
+    for record in accepted:
+        log.info(
+            "update.accepted",
+            task_name=view.task_name,
+            client_id=record.client_id,
+            sk=record.sk,
+            round_id=round_id,
+            num_examples=record.num_examples,
+        )
+    # the tally as read with the run, plus the run's word: only this handler counts (one
+    # batch of a task at a time), so this is what the round item holds now
+    now = members.tally_of(
+        view.cfg, [{"client_id": r.client_id, "verdict": "accepted"} for r in accepted]
+    )
+    await members.count(store, view, round_id, now)
+    await rounds.maybe_complete(store, view, round_id, tally=members.Tally.of(round_item).plus(now))
+    return decided
+
+
+async def _accept(
+    store: ServerStore,
+    view: TaskView,
+    candidates: Sequence[tuple[UpdateRecord, dict[str, Any]]],
+) -> tuple[int, list[UpdateRecord]]:
+    """Check the candidates' objects in order, writing each valid one's acceptance while
+    the next object is read; stop at the first invalid one (the one-by-one path rejects
+    it with its reason). (How many were decided, those whose verdict this call wrote.)"""
+    valid: list[UpdateRecord] = []
     writes: list[asyncio.Future[bool]] = []
-    verdict: dict[str, Any] = {
-        "verdict": "accepted",
-        "applied_version": round_id + 1,
-        "decided_at": time.time(),
-    }
     base = await base_for_norm(store, view, candidates[0][0]) if candidates else None
     objects = store.iter_objects(
         [record.s3_key for record, _ in candidates],
@@ -90,40 +102,17 @@ async def accept_round_run(
                     weights = load_payload(data, record, view.spec, view.cfg, base=base)
                 except FedAsyncError:
                     break
-                accepted.append((record, update))
+                valid.append(record)
                 CACHE.put(record.sha256, weights)  # the round's close folds these moments later
-                # written while the next object is read: every earlier update is valid too
+                verdict = acceptance(view.head_version, record, update, time.time())
                 op = store.update_op(
-                    view.task_name,
-                    record.sk,
-                    {**verdict, **verdicts.decided_on_record(record, update)},
-                    condition="attribute_not_exists(#verdict)",
+                    view.task_name, record.sk, verdict, condition="attribute_not_exists(#verdict)"
                 )
                 writes.append(asyncio.ensure_future(store.update(op)))
     finally:
         written = await asyncio.gather(*writes)  # a failed write raises here: batch retried
-    decided = len(accepted)
     # a verdict not written: a round closing meanwhile rejected that update first
-    accepted = [pair for pair, ok in zip(accepted, written, strict=True) if ok]
-    if not accepted:
-        return decided
-    for record, _ in accepted:
-        log.info(
-            "update.accepted",
-            task_name=view.task_name,
-            client_id=record.client_id,
-            sk=record.sk,
-            round_id=round_id,
-            num_examples=record.num_examples,
-        )
-    # the tally as read with the run, plus the run's word: only this handler counts (one
-    # batch of a task at a time), so this is what the round item holds now
-    now = members.tally_of(view, [{"client_id": r.client_id, **verdict} for r, _ in accepted])
-    await members.count(store, view, round_id, now)
-    await rounds.maybe_complete(
-        store, view, round_id, tally=members.Tally.of(round_item).plus(now)
-    )
-    return decided
+    return len(valid), [r for r, ok in zip(valid, written, strict=True) if ok]
 
 
 async def base_for_norm(store: ServerStore, view: TaskView, record: UpdateRecord) -> Any:

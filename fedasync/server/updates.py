@@ -24,6 +24,7 @@ from fedasync.server import async_effects, async_task, members, rounds, sync_run
 from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
+from fedasync.server.sync_plan import acceptance
 from fedasync.server.task_view import TaskView
 
 log = structlog.get_logger()
@@ -110,16 +111,9 @@ async def _accept(
         view.cfg,
         base=await sync_run.base_for_norm(store, view, record),
     )
-    verdict = {
-        "verdict": "accepted",
-        "applied_version": view.head_version + 1,
-        "decided_at": time.time(),
-    }
+    verdict = acceptance(view.head_version, record, item, time.time())
     op = store.update_op(
-        view.task_name,
-        record.sk,
-        {**verdict, **verdicts.decided_on_record(record, item)},
-        condition="attribute_not_exists(#verdict)",
+        view.task_name, record.sk, verdict, condition="attribute_not_exists(#verdict)"
     )
     # conditional: a round closing meanwhile may have rejected it first (rounds._settle)
     if not await store.update(op):
@@ -243,7 +237,7 @@ async def _count_and_check(
     """Count the verdict on the round item (again, for a redelivered record: a crash may
     have come between the verdict and its count; adding to a set twice is harmless), then
     check the round against its tally."""
-    new = members.tally_of(view, [item])
+    new = members.tally_of(view.cfg, [item])
     await members.count(store, view, round_id, new)
     round_item = await store.get_item(view.task_name, keys.round_sk(round_id))
     await rounds.maybe_complete(store, view, round_id, tally=members.Tally.of(round_item))

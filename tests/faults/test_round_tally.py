@@ -30,9 +30,10 @@ def crash_the_count(monkeypatch: pytest.MonkeyPatch, when: str, times: int) -> l
 
     @functools.wraps(real)
     async def wrapped(store: ServerStore, op: dict[str, Any]) -> bool:
-        counting = op["Key"]["sk"]["S"].startswith(keys.ROUND_PREFIX) and SETTLED in op[
-            "ExpressionAttributeNames"
-        ].values()
+        counting = (
+            op["Key"]["sk"]["S"].startswith(keys.ROUND_PREFIX)
+            and SETTLED in op["ExpressionAttributeNames"].values()
+        )
         if counting and when == "before" and len(fired) < times:
             fired.append(when)
             raise InjectedCrashError("crash between the verdicts and their count")
