@@ -115,17 +115,14 @@ async def close_round(
     token: str | None,
     at_deadline: bool,
     items: list[dict[str, Any]] | None = None,
-    round_item: dict[str, Any] | None = None,
     dropped: list[str] | None = None,
 ) -> dict[str, Any]:
     """Aggregate the round's accepted updates into version round_id + 1, or fail it.
 
     `token`: the round's callback token (None: the one kept on the round item). `items`:
-    the round's update items when the caller has just queried them. `round_item`: the
-    round item when the caller has just read it (a claim that fails reads it again).
+    the round's update items when the caller has just queried them (`maybe_complete`).
     `dropped`: the dead clients the round closes without (recorded in its result)."""
-    if round_item is None:
-        round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+    round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
     members: list[str] = []
     if not round_item.get("closed"):
         members, current = await claim_members(store, view, round_id, items)

@@ -10,7 +10,7 @@ No boto, no clock, no logging: `sync_run` reads the facts and performs the plan.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedasync.core import verdicts
@@ -39,6 +39,7 @@ class RunPlan:
 
     candidates: tuple[tuple[UpdateRecord, dict[str, Any]], ...]
     stop: str | None = None
+    error: FedAsyncError | None = field(default=None, compare=False)  # the stop's, if any
 
 
 def plan_run(facts: RunFacts, items: Sequence[Mapping[str, Any] | None]) -> RunPlan:
@@ -54,7 +55,7 @@ def plan_run(facts: RunFacts, items: Sequence[Mapping[str, Any] | None]) -> RunP
             check_round(record, facts.round_id, facts.sealed)
             check_running(facts.status, facts.finished, record)
         except FedAsyncError as exc:
-            return RunPlan(tuple(candidates), exc.reason)
+            return RunPlan(tuple(candidates), exc.reason, exc)
         candidates.append((record, dict(item)))
     return RunPlan(tuple(candidates))
 

@@ -53,10 +53,9 @@ async def accept_round_run(
     else:
         round_item = await store.get_item(view.task_name, round_sk) or {}
         updates = await store.get_items(view.task_name, list(sks))
-    facts = RunFacts(view.cfg, round_id, rounds.is_sealed(round_item), view.status, view.finished)
     # a stop is the one-by-one path's to record, with its reason
-    plan = plan_run(facts, updates)
-    decided, accepted = await _accept(store, view, plan.candidates)
+    plan = plan_run(_facts(view, round_item), updates)
+    decided, accepted, _ = await _accept(store, view, plan.candidates)
     if not accepted:
         return decided
     for record in accepted:
@@ -78,16 +77,43 @@ async def accept_round_run(
     return decided
 
 
+async def accept_one(
+    store: ServerStore, view: TaskView, item: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The one-by-one path's sync acceptance: the same plan and checks as a run's, for one
+    update. Raises the rejection (`updates.on_update` records it with its reason); None
+    when a round closing meanwhile rejected the update first."""
+    round_item = await store.get_item(view.task_name, keys.round_sk(view.head_version)) or {}
+    plan = plan_run(_facts(view, round_item), [item])
+    if plan.error is not None:
+        raise plan.error
+    _, accepted, error = await _accept(store, view, plan.candidates)
+    if error is not None:
+        raise error
+    if not accepted:
+        return None
+    record = accepted[0]
+    log.info("update.accepted", round_id=record.round_id, num_examples=record.num_examples)
+    return {**item, "verdict": "accepted", "applied_version": view.head_version + 1}
+
+
+def _facts(view: TaskView, round_item: dict[str, Any]) -> RunFacts:
+    return RunFacts(
+        view.cfg, view.head_version, rounds.is_sealed(round_item), view.status, view.finished
+    )
+
+
 async def _accept(
     store: ServerStore,
     view: TaskView,
     candidates: Sequence[tuple[UpdateRecord, dict[str, Any]]],
-) -> tuple[int, list[UpdateRecord]]:
+) -> tuple[int, list[UpdateRecord], FedAsyncError | None]:
     """Check the candidates' objects in order, writing each valid one's acceptance while
-    the next object is read; stop at the first invalid one (the one-by-one path rejects
-    it with its reason). (How many were decided, those whose verdict this call wrote.)"""
+    the next object is read; stop at the first invalid one. (How many were valid, those
+    whose verdict this call wrote, and why the first invalid one is not.)"""
     valid: list[UpdateRecord] = []
     writes: list[asyncio.Future[bool]] = []
+    error: FedAsyncError | None = None
     base = await base_for_norm(store, view, candidates[0][0]) if candidates else None
     objects = store.iter_objects(
         [record.s3_key for record, _ in candidates],
@@ -100,7 +126,8 @@ async def _accept(
                 try:
                     data = await anext(objects)
                     weights = load_payload(data, record, view.spec, view.cfg, base=base)
-                except FedAsyncError:
+                except FedAsyncError as exc:
+                    error = exc
                     break
                 valid.append(record)
                 CACHE.put(record.sha256, weights)  # the round's close folds these moments later
@@ -112,7 +139,7 @@ async def _accept(
     finally:
         written = await asyncio.gather(*writes)  # a failed write raises here: batch retried
     # a verdict not written: a round closing meanwhile rejected that update first
-    return len(valid), [r for r, ok in zip(valid, written, strict=True) if ok]
+    return len(valid), [r for r, ok in zip(valid, written, strict=True) if ok], error
 
 
 async def base_for_norm(store: ServerStore, view: TaskView, record: UpdateRecord) -> Any:

@@ -11,20 +11,15 @@ from structlog.contextvars import bound_contextvars
 
 from fedasync.core import keys, verdicts
 from fedasync.core.decisions import (
-    check_round,
-    check_running,
     check_sender,
     describe,
-    load_payload,
     parse_update_item,
 )
 from fedasync.core.errors import FedAsyncError, SchemaError
 from fedasync.core.messages import UpdateRecord
 from fedasync.server import async_effects, async_task, members, rounds, sync_run
-from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
-from fedasync.server.sync_plan import acceptance
 from fedasync.server.task_view import TaskView
 
 log = structlog.get_logger()
@@ -99,28 +94,7 @@ async def _accept(
     """The item with its verdict when this call wrote it; None when another try did."""
     if view.cfg.mode == "async":
         return await async_task.absorb_update(store, view, record, item)
-    round_item = await store.get_item(view.task_name, keys.round_sk(record.round_id or 0)) or {}
-    check_round(record, view.head_version, rounds.is_sealed(round_item))
-    check_running(view.status, view.finished, record)
-    weights = load_payload(
-        await store.get_object(
-            record.s3_key, max_bytes=view.cfg.max_model_bytes, named_by_silo=True
-        ),
-        record,
-        view.spec,
-        view.cfg,
-        base=await sync_run.base_for_norm(store, view, record),
-    )
-    verdict = acceptance(view.head_version, record, item, time.time())
-    op = store.update_op(
-        view.task_name, record.sk, verdict, condition="attribute_not_exists(#verdict)"
-    )
-    # conditional: a round closing meanwhile may have rejected it first (rounds._settle)
-    if not await store.update(op):
-        return None
-    CACHE.put(record.sha256, weights)  # the round's close folds it moments later
-    log.info("update.accepted", round_id=record.round_id, num_examples=record.num_examples)
-    return {**item, **verdict}
+    return await sync_run.accept_one(store, view, item)
 
 
 def _detail(
