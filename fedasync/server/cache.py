@@ -1,5 +1,4 @@
-"""What a warm container keeps between invocations: decoded models by SHA-256, and each
-task's client roster (a hint: it lets a sync round be read in one request)."""
+"""What a warm container keeps between invocations: decoded models by SHA-256."""
 
 from __future__ import annotations
 
@@ -26,7 +25,6 @@ class ModelCache:
         self.max_bytes = max_bytes
         self._models: OrderedDict[str, Weights] = OrderedDict()
         self._versions: dict[tuple[str, int], str] = {}
-        self._rosters: dict[str, tuple[str, ...]] = {}
 
     def get(self, sha: str | None) -> Weights | None:
         if sha is None or sha not in self._models:
@@ -52,18 +50,9 @@ class ModelCache:
         """Version `version` of `task_name` is `sha` (a committed head: immutable from now on)."""
         self._versions[(task_name, version)] = sha
 
-    def roster(self, task_name: str) -> tuple[str, ...] | None:
-        """The clients the task's config named when last read here; only a hint (a task
-        name may be reused): whoever reads with it checks it against the config."""
-        return self._rosters.get(task_name)
-
-    def remember_roster(self, task_name: str, clients: tuple[str, ...]) -> None:
-        self._rosters[task_name] = clients
-
     def clear(self) -> None:
         self._models.clear()
         self._versions.clear()
-        self._rosters.clear()
 
 
 CACHE = ModelCache()

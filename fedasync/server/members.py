@@ -4,13 +4,16 @@ may close without."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from fedasync.core import keys
-from fedasync.core.decisions import droppable, lapsed
-from fedasync.core.verdicts import decided_on
+from fedasync.core.config import TaskConfig
+from fedasync.core.decisions import droppable, lapsed, round_complete
+from fedasync.core.verdicts import decided_on, settles
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
@@ -98,3 +101,74 @@ async def dead_undecided(
     beats = await store.get_items(view.task_name, [keys.heartbeat_sk(c) for c in undecided])
     dead = lapsed(dict(zip(undecided, beats, strict=True)), time.time())
     return undecided if droppable(cfg, set(undecided), accepted, dead) else []
+
+
+# The round item's tally of its clients' word, kept by the stream handler (one ADD per run).
+SETTLED, ACCEPTED = "settled", "accepted_clients"
+_BEATS_PER_READ = 25  # heartbeats read at a time while looking for a live undecided silo
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Which rostered clients have their word in the round (`verdicts.settles`), and which
+    of them were accepted, as the round item counts them: only a hint of when to look.
+
+    An over-count is harmless (the close re-derives everything from the round's verdicts,
+    which a query reads); an under-count (a crash between a verdict and its ADD) only
+    delays: the record's retry adds it again (an ADD to a set is idempotent), and every
+    `check_round` decides on the query, never on the tally."""
+
+    settled: frozenset[str] = frozenset()
+    accepted: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, round_item: Mapping[str, Any] | None) -> Tally:
+        item = round_item or {}
+        return cls(frozenset(item.get(SETTLED) or ()), frozenset(item.get(ACCEPTED) or ()))
+
+    def plus(self, other: Tally) -> Tally:
+        return Tally(self.settled | other.settled, self.accepted | other.accepted)
+
+
+def tally_of(cfg: TaskConfig, items: Iterable[Mapping[str, Any]]) -> Tally:
+    """The rostered clients whose word these decided items are (a squatter's junk under a
+    victim's key is not: B4)."""
+    own = [i for i in items if settles(i) and i.get("client_id") in cfg.clients]
+    return Tally(
+        frozenset(str(i["client_id"]) for i in own),
+        frozenset(str(i["client_id"]) for i in own if i.get("verdict") == "accepted"),
+    )
+
+
+async def count(store: ServerStore, view: TaskView, round_id: int, new: Tally) -> None:
+    """Add the clients' word to the round item's tally: one write, whatever the run's size.
+    A round item not opened yet is left alone (the round's checks query it anyway)."""
+    if not new.settled:
+        return
+    op = store.update_op(
+        view.task_name,
+        keys.round_sk(round_id),
+        {},
+        add_to_sets={SETTLED: new.settled, ACCEPTED: new.accepted},
+    )
+    await store.update(op)
+
+
+async def may_close(store: ServerStore, view: TaskView, tally: Tally) -> bool:
+    """Worth querying the round: the tally has every client's word, or it has the quorum
+    and no undecided silo shows a live heartbeat (read a few at a time, stopping at the
+    first live one, so a round of live silos reads one small batch)."""
+    cfg = view.cfg
+    if round_complete(cfg, set(tally.settled)):
+        return True
+    accepted = len(tally.accepted & set(cfg.clients))
+    if accepted < cfg.quorum or accepted == 0:
+        return False
+    undecided = sorted(set(cfg.clients) - tally.settled)
+    now = time.time()
+    for start in range(0, len(undecided), _BEATS_PER_READ):
+        some = undecided[start : start + _BEATS_PER_READ]
+        beats = await store.get_items(view.task_name, [keys.heartbeat_sk(c) for c in some])
+        if lapsed(dict(zip(some, beats, strict=True)), now) != set(some):
+            return False
+    return True

@@ -19,7 +19,7 @@ from fedasync.core.errors import GlobalRefusedError
 from fedasync.core.verdicts import VERDICT_ATTRIBUTES, settles
 from fedasync.server import refused
 from fedasync.server.finish import finish_task
-from fedasync.server.members import claim_members, dead_undecided
+from fedasync.server.members import Tally, claim_members, dead_undecided, may_close
 from fedasync.server.round_budget import budget_spent, round_callback, spent_budget
 from fedasync.server.round_fold import new_version_of
 from fedasync.server.store import ServerStore
@@ -56,20 +56,18 @@ def is_sealed(round_item: dict[str, Any]) -> bool:
 
 
 async def maybe_complete(
-    store: ServerStore,
-    view: TaskView,
-    round_id: int,
-    *,
-    items: list[dict[str, Any]] | None = None,
-    round_item: dict[str, Any] | None = None,
+    store: ServerStore, view: TaskView, round_id: int, *, tally: Tally | None = None
 ) -> None:
-    """After a verdict (or at a `check_round`): close the round once every expected client
-    is decided, or once every live one is and the quorum is met (the dead are dropped).
+    """Close the round once every expected client is decided, or once every live one is
+    and the quorum is met (the dead are dropped).
 
-    `items`: the round's update items as they stand now, when the caller knows them (else
-    they are queried); `round_item`: the round item, when the caller has just read it."""
-    if items is None:
-        items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
+    `tally`: after a stream run's verdicts, the round item's count of its clients' word
+    with them (`members.Tally`): the round's items are queried only when it says the
+    round may close, so a run costs O(1) reads in the round's size. None (a check, a
+    resume): query now. Either way the close decides on the queried verdicts alone."""
+    if tally is not None and not await may_close(store, view, tally):
+        return
+    items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
     decided = {str(i.get("client_id")) for i in items if settles(i)}
     dropped: list[str] = []
     if not round_complete(view.cfg, decided):
@@ -85,7 +83,6 @@ async def maybe_complete(
         token=None,
         at_deadline=False,
         items=items,
-        round_item=round_item,
         dropped=dropped,
     )
 
@@ -119,17 +116,14 @@ async def close_round(
     token: str | None,
     at_deadline: bool,
     items: list[dict[str, Any]] | None = None,
-    round_item: dict[str, Any] | None = None,
     dropped: list[str] | None = None,
 ) -> dict[str, Any]:
     """Aggregate the round's accepted updates into version round_id + 1, or fail it.
 
     `token`: the round's callback token (None: the one kept on the round item). `items`:
-    the round's update items when the caller has just queried them. `round_item`: the
-    round item when the caller has just read it (a claim that fails reads it again).
+    the round's update items when the caller has just queried them (`maybe_complete`).
     `dropped`: the dead clients the round closes without (recorded in its result)."""
-    if round_item is None:
-        round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+    round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
     members: list[str] = []
     if not round_item.get("closed"):
         members, current = await claim_members(store, view, round_id, items)

@@ -11,20 +11,16 @@ from structlog.contextvars import bound_contextvars
 
 from fedasync.core import keys, verdicts
 from fedasync.core.decisions import (
-    check_round,
-    check_running,
     check_sender,
     describe,
     parse_update_item,
 )
 from fedasync.core.errors import FedAsyncError, SchemaError
 from fedasync.core.messages import UpdateRecord
-from fedasync.server import async_effects, async_task, rounds, sync_run
-from fedasync.server.cache import CACHE
+from fedasync.server import async_effects, async_task, members, rounds, sync_run
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
-from fedasync.server.update_check import check_update
 
 log = structlog.get_logger()
 
@@ -79,12 +75,11 @@ async def decide_run(store: ServerStore, task_name: str, sks: Sequence[str]) -> 
     """
     if len(sks) > async_task.MAX_RUN:
         return 0
-    along = sync_run.round_along(task_name, sks)
+    along = sync_run.round_along(sks)
     got = await store.get_items(task_name, [keys.TASK_SK, *along])
     if got[0] is None:
         return 0
     view = TaskView.from_item(task_name, got[0])
-    CACHE.remember_roster(task_name, view.cfg.clients)
     if view.finished or view.status in ("SUCCEEDED", "FAILED"):
         return 0
     if view.cfg.mode == "async":
@@ -99,29 +94,7 @@ async def _accept(
     """The item with its verdict when this call wrote it; None when another try did."""
     if view.cfg.mode == "async":
         return await async_task.absorb_update(store, view, record, item)
-    round_item = await store.get_item(view.task_name, keys.round_sk(record.round_id or 0)) or {}
-    check_round(record, view.head_version, rounds.is_sealed(round_item))
-    check_running(view.status, view.finished, record)
-    base = await sync_run.base_for_norm(store, view, record)
-    weights = await check_update(store, view, record, base)  # None: checked streamed
-    verdict = {
-        "verdict": "accepted",
-        "applied_version": view.head_version + 1,
-        "decided_at": time.time(),
-    }
-    op = store.update_op(
-        view.task_name,
-        record.sk,
-        {**verdict, **verdicts.decided_on_record(record, item)},
-        condition="attribute_not_exists(#verdict)",
-    )
-    # conditional: a round closing meanwhile may have rejected it first (rounds._settle)
-    if not await store.update(op):
-        return None
-    if weights is not None:
-        CACHE.put(record.sha256, weights)  # the round's close folds it moments later
-    log.info("update.accepted", round_id=record.round_id, num_examples=record.num_examples)
-    return {**item, **verdict}
+    return await sync_run.accept_one(store, view, item)
 
 
 def _detail(
@@ -218,7 +191,7 @@ async def _after(store: ServerStore, task_name: str, item: dict[str, Any]) -> No
     if view.cfg.mode == "sync":
         round_id = item.get("round_id")
         if isinstance(round_id, int) and round_id == view.head_version and not view.finished:
-            await rounds.maybe_complete(store, view, round_id)
+            await _count_and_check(store, view, round_id, item)
         elif isinstance(round_id, int) and round_id == view.head_version - 1:
             await rounds.redo_closed(store, view, round_id)
     elif item.get("verdict") == "accepted" and view.finished:
@@ -228,6 +201,18 @@ async def _after(store: ServerStore, task_name: str, item: dict[str, Any]) -> No
         await async_effects.after_accept(store, task_name, item, task=task)
     elif item.get("verdict") == "rejected":
         await async_effects.after_reject(store, view, item)
+
+
+async def _count_and_check(
+    store: ServerStore, view: TaskView, round_id: int, item: dict[str, Any]
+) -> None:
+    """Count the verdict on the round item (again, for a redelivered record: a crash may
+    have come between the verdict and its count; adding to a set twice is harmless), then
+    check the round against its tally."""
+    new = members.tally_of(view.cfg, [item])
+    await members.count(store, view, round_id, new)
+    round_item = await store.get_item(view.task_name, keys.round_sk(round_id))
+    await rounds.maybe_complete(store, view, round_id, tally=members.Tally.of(round_item))
 
 
 __all__ = ["decide_run", "describe", "on_update"]

@@ -155,39 +155,38 @@ async def test_an_object_rewritten_after_its_verdict_never_enters_the_global_mod
         assert task["head_version"] == 0
 
 
-@pytest.mark.parametrize(
-    "roster",
-    [None, CLIENTS, ("silo-x",), CLIENTS[:2]],
-    ids=["cold", "warm", "wrong-task-reused-name", "partial"],
-)
-async def test_a_round_over_several_runs_closes_the_same_whatever_roster_is_cached(
-    moto_server, prefix, roster
+@pytest.mark.parametrize("cold", [True, False], ids=["cold", "warm"])
+async def test_a_round_over_several_runs_is_counted_on_its_item_and_closes_once(
+    moto_server, prefix, cold
 ):
     from fedasync.server.cache import CACHE
 
     async with _no_pump(moto_server, prefix) as stack:
-        # GIVEN a round whose updates arrive in two batches, and a container that knows the
-        # task's roster, or none, or a stale one (a task name can be reused)
-        store, cfg, x0 = store_for(stack), _config("run-roster"), initial_model()
+        # GIVEN a round whose updates arrive in two batches, decided by a fresh container
+        # or one that has seen the task
+        store, cfg, x0 = store_for(stack), _config("run-tally"), initial_model()
         arn = await start_task(store, stack.endpoints.state_machine_arn, cfg, x0)
         clients = clients_for(stack)
         records = [await c.submit(await first_notice(c)) for c in clients]
         sks = [keys.update_sk(r.client_id, r.update_id, r.round_id) for r in records]
-        CACHE.clear()
-        if roster is not None:
-            CACHE.remember_roster(cfg.task_name, tuple(roster))
-        # WHEN the first batch does not complete the round and the second does
+        if cold:
+            CACHE.clear()
+        # WHEN the first batch does not complete the round
         assert await decide_run(store, cfg.task_name, sks[:1]) == 1
-        assert (await store.get_item(cfg.task_name, keys.round_sk(0))).get("closed") is None
+        # THEN the round item counts that client's word (and only it), and stays open
+        round_item = await store.get_item(cfg.task_name, keys.round_sk(0))
+        assert round_item.get("closed") is None
+        assert round_item["settled"] == {CLIENTS[0]}
+        assert round_item["accepted_clients"] == {CLIENTS[0]}
+        # WHEN the second batch completes it
         assert await decide_run(store, cfg.task_name, sks[1:]) == 2
         # THEN the round closes once, with every update, and the bytes are FedAvg's
         round_item = await store.get_item(cfg.task_name, keys.round_sk(0))
         assert round_item["closed"] is True
         assert round_item["members"] == sorted(sks)
+        assert round_item["settled"] == set(CLIENTS)
         assert (await wait_execution(stack, arn))["status"] == "SUCCEEDED"
         expected = fedavg_by_hand([local_model(x0, i, 0) for i in range(3)], EXAMPLES)
         got = codec.decode(await store.get_object(keys.global_key(cfg.task_name, 1)))
         for name, value in expected.items():
             np.testing.assert_array_equal(got[name], value)
-        # AND the roster learnt is the task's own
-        assert CACHE.roster(cfg.task_name) == tuple(CLIENTS)
