@@ -21,6 +21,7 @@ from fedasync.core.decisions import (
 from fedasync.core.errors import FedAsyncError, SchemaError
 from fedasync.core.messages import UpdateRecord
 from fedasync.server import async_effects, async_task, rounds, sync_run
+from fedasync.server.async_plan import detail_of as _detail
 from fedasync.server.cache import CACHE
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
@@ -128,24 +129,6 @@ async def _accept(
     CACHE.put(record.sha256, weights)  # the round's close folds it moments later
     log.info("update.accepted", round_id=record.round_id, num_examples=record.num_examples)
     return {**item, **verdict}
-
-
-def _detail(
-    exc: FedAsyncError, task_name: str, sk: str, item: dict[str, Any], record: UpdateRecord | None
-) -> str:
-    """The error's message, prefixed with whose update it was when the message does not say:
-    errors raised below the decisions (S3 reads, item parsing) may not name the client."""
-    client = item.get("client_id")
-    if f"task {task_name!r}" in exc.message and (
-        not isinstance(client, str) or repr(client) in exc.message
-    ):
-        return exc.message
-    who = (
-        describe(record)
-        if record is not None
-        else f"update item {sk!r} from client {client!r} for task {task_name!r}"
-    )
-    return f"{who}: {exc.message}"
 
 
 async def _reject(
