@@ -110,7 +110,9 @@ async def load_facts(
     few in flight), or the error reading it raised (a rejection of that update only)."""
     cfg, name = view.cfg, view.task_name
     who = f"task {name!r}"
-    global_w = await load_model(store, keys.global_key(name, view.head_version), view.head_sha256, who)
+    global_w = await load_model(
+        store, keys.global_key(name, view.head_version), view.head_sha256, who
+    )
     buffer_sum = None
     if view.state.buffered:
         key = keys.buffer_key(name, view.state.absorbed)

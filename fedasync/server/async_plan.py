@@ -139,9 +139,7 @@ def _absorb_one(facts: Facts, head: Head, sub: Submission) -> tuple[Absorbed, fl
     return absorbed, screened.norm
 
 
-def _advance(
-    facts: Facts, plan_: Plan, sub: Submission, out: Absorbed, norm: float | None
-) -> None:
+def _advance(facts: Facts, plan_: Plan, sub: Submission, out: Absorbed, norm: float | None) -> None:
     """The head after an accepted update; its verdict and the objects it produced."""
     head, record = plan_.head, sub.record
     assert record is not None
