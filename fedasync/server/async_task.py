@@ -30,6 +30,9 @@ from fedasync.server.task_view import WAITING, TaskView
 log = structlog.get_logger()
 # DynamoDB takes at most 100 items per transaction (the TASK item + one verdict each)
 MAX_RUN = 99
+# a run's objects are read before it is planned: beyond this many bytes the run stops (the
+# rest is decided by the next batch), so memory stays at this plus one object at most
+BATCH_BYTES = 64 * 1024 * 1024
 
 
 class _ReleasedError(Exception):
@@ -154,7 +157,8 @@ async def perform(store: ServerStore, p: Plan) -> None:
     """The committed plan's effects: the silos its rejections left owed a go-ahead join
     `waiting` (`after_reject`), then the go-ahead, heartbeat and stop of its accepts."""
     view, head = p.head.view, p.head
-    owed = sorted(p.waiting - view.waiting)
+    submitters = {d.sub.record.client_id for d in p.accepted if d.sub.record is not None}
+    owed = sorted(p.waiting - (view.waiting - submitters))  # the commit dropped submitters
     if owed:
         op = store.update_op(view.task_name, keys.TASK_SK, {}, add_to_sets={WAITING: owed})
         await store.update(op)
@@ -163,7 +167,6 @@ async def perform(store: ServerStore, p: Plan) -> None:
     accepted = p.accepted
     if not accepted:
         return
-    submitters = {d.sub.record.client_id for d in accepted if d.sub.record is not None}
     after = replace(
         view,
         head_version=head.state.version,
@@ -188,10 +191,13 @@ async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
     if view.cfg.mode != "async":
         return 0
     batch: list[tuple[str, dict[str, Any]]] = []
+    claimed = 0  # the objects' bytes the batch holds in memory at once (as their records say)
     for sk, item in zip(sks, await store.get_items(view.task_name, sks), strict=True):
-        if item is None or item.get("verdict"):
+        if item is None or item.get("verdict") or (batch and claimed > BATCH_BYTES):
             break
         batch.append((sk, item))
+        size = item.get("size_bytes")
+        claimed += size if isinstance(size, int) and size > 0 else view.cfg.max_model_bytes
     if not batch:
         return 0
     committed = await decide(store, view, batch)
@@ -204,12 +210,15 @@ async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
 
 async def absorb_update(
     store: ServerStore, view: TaskView, record: UpdateRecord, item: dict[str, Any]
-) -> dict[str, Any]:
-    """One update, a batch of one through `decide`: the decided item (its effects are the
-    caller's, `updates._after`, which a redelivery runs again)."""
+) -> dict[str, Any] | None:
+    """One update, a batch of one through `decide`: the decided item, or None when another
+    try decided it (its effects are the caller's, `updates._after`, which a redelivery
+    runs again)."""
     committed = await decide(store, view, [(record.sk, item)])
-    if committed is None or not committed.decided:
-        # Another try committed first, or the task moved on: the stream redelivers and the
-        # next attempt sees the verdict (done) or the new head (recomputes against it).
-        raise RuntimeError(f"{describe(record)}: commit lost a race with another writer; retrying")
-    return {**item, **committed.decided[0].verdict}
+    if committed is not None and committed.decided:
+        return {**item, **committed.decided[0].verdict}
+    if (await store.get_item(view.task_name, record.sk) or {}).get("verdict"):
+        return None
+    # The task moved on under us: the stream redelivers and the next attempt recomputes
+    # against the new head.
+    raise RuntimeError(f"{describe(record)}: commit lost a race with another writer; retrying")
