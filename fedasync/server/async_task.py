@@ -36,11 +36,12 @@ BATCH_BYTES = 64 * 1024 * 1024
 
 
 class _ReleasedError(Exception):
-    """A previous try released this version first (central DP, write-once): it is the version."""
+    """A previous try released a version first (central DP, write-once): that release is
+    the version; `releases` holds it and the ones this try wrote before it."""
 
-    def __init__(self, version: int, weights: Weights) -> None:
-        super().__init__(version)
-        self.version, self.weights = version, weights
+    def __init__(self, releases: dict[int, Weights]) -> None:
+        super().__init__(sorted(releases))
+        self.releases = releases
 
 
 async def decide(
@@ -60,20 +61,22 @@ async def decide(
 
 
 def _with_release(facts: Facts, done: _ReleasedError) -> Facts:
-    return replace(facts, releases={**facts.releases, done.version: done.weights})
+    return replace(facts, releases={**facts.releases, **done.releases})
 
 
 async def _write(store: ServerStore, p: Plan) -> None:
     """The objects the plan made (immutable per key: a retry writes the same bytes); a
     central DP release only if no try wrote it first (`_ReleasedError` if one did)."""
-    once = central_dp(p.head.view.cfg)
+    once, released = central_dp(p.head.view.cfg), {}
     for write in p.writes:
         if write.version is None or not once:
             await store.put_object(write.key, write.blob, write.sha)
             continue
         stored, stored_sha = await store.put_object_once(write.key, write.blob, write.sha)
         if stored_sha != write.sha:
-            raise _ReleasedError(write.version, codec.decode(stored, who=write.key))
+            released[write.version] = codec.decode(stored, who=write.key)
+            raise _ReleasedError(released)
+        released[write.version] = p.head.produced[write.version]
 
 
 async def _commit(store: ServerStore, p: Plan) -> bool:

@@ -75,7 +75,8 @@ async def decide_run(store: ServerStore, task_name: str, sks: Sequence[str]) -> 
 
     The same verdicts, bytes and effects as one `on_update` per record, with one TASK read
     and one round of effects for the run. Decides a prefix and returns its length: it
-    stops before the first record that is decided already or would be rejected, and the
+    stops before the first record that is decided already (sync: or would be rejected;
+    async: rejections are verdicts of the run, see `async_task.absorb_run`), and the
     caller hands the rest to `on_update`, one by one (which records the reason).
     """
     if len(sks) > async_task.MAX_RUN:

@@ -127,3 +127,16 @@ def test_nan_and_finished_task_rejections_are_verdicts_with_their_reasons() -> N
     out = plan(facts(done, submission("c", 3, [2.0, 2.0])))
     assert [d.verdict["reason"] for d in out.decided] == ["task_finished"]
     assert (out.writes, out.head.values, out.waiting) == ([], {}, set())
+
+
+def test_a_version_a_previous_try_released_is_the_version_the_batch_goes_on_from() -> None:
+    # GIVEN central DP's write-once releases: a previous try released v4 = (8, 8) first
+    first_try = {4: {"w": np.array([8.0, 8.0], np.float32)}}
+    batch = (submission("a", 3, [2.0, 4.0]), submission("c", 3, [0.0, 0.0]))
+    # WHEN the batch is planned again with that release among its facts
+    out = plan(Facts(view(), batch, HEAD, None, None, now=100.0, releases=first_try))
+    # THEN v4 is the release (its bytes, its SHA-256 in a's verdict), and c mixes into it:
+    # v5 = 0.5 * (8, 8) + 0.5 * (0, 0) = (4, 4)
+    v4 = codec.encode(first_try[4])
+    assert out.decided[0].verdict["version_sha256"] == codec.sha256_bytes(v4)
+    np.testing.assert_array_equal(out.head.produced[5]["w"], np.array([4.0, 4.0], np.float32))
