@@ -1,246 +1,175 @@
-"""Async mode: absorb each update (FedAsync / FedBuff) into the head, committed once per
-invocation; the effects that follow are in `async_effects.py`."""
+"""Async mode: one decision path for a batch of 1..n updates (FedAsync / FedBuff).
+
+Load the facts once (`async_head.load_facts`), plan purely (`async_plan.plan`: every
+verdict, rejections included), commit the plan once (the objects it made, then the TASK
+counters and every verdict in one conditional transaction), then perform its effects
+(`async_effects`). The stream's run and the one-by-one path both come here.
+"""
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import structlog
 
 from fedasync.core import codec, keys
-from fedasync.core.asyncagg import Absorbed, absorb, stop_reason
-from fedasync.core.decisions import (
-    check_running,
-    check_sender,
-    describe,
-    load_payload,
-    parse_update_item,
-)
-from fedasync.core.errors import FedAsyncError, GlobalRefusedError
+from fedasync.core.codec import Weights
+from fedasync.core.decisions import describe
+from fedasync.core.errors import GlobalRefusedError
 from fedasync.core.messages import UpdateRecord
-from fedasync.core.noise import SecureGaussian
-from fedasync.core.optimizers import state_to_tensors
 from fedasync.core.privacy import central_dp
-from fedasync.core.screening import RECENT_NORMS, base_needed, next_window, screen
-from fedasync.core.target import target_value, with_report
-from fedasync.core.verdicts import decided_on_record
 from fedasync.server import refused
 from fedasync.server.async_effects import after_accept
-from fedasync.server.async_head import Head, base_model, dp_values
+from fedasync.server.async_head import Facts, load_facts
+from fedasync.server.async_plan import Plan, plan
 from fedasync.server.cache import CACHE
 from fedasync.server.store import ServerStore
-from fedasync.server.stored import load_model, put_model, put_version
 from fedasync.server.task_view import WAITING, TaskView
 
 log = structlog.get_logger()
 # DynamoDB takes at most 100 items per transaction (the TASK item + one verdict each)
 MAX_RUN = 99
+# a run's objects are read before it is planned: beyond this many bytes the run stops (the
+# rest is decided by the next batch), so memory stays at this plus one object at most
+BATCH_BYTES = 64 * 1024 * 1024
 
 
-async def _absorb_one(
-    store: ServerStore, head: Head, record: UpdateRecord
-) -> tuple[Absorbed, float | None]:
-    """Validate and screen one update against the head and absorb it (no writes yet); the
-    outcome and the delta norm the outlier filter judged (None without one)."""
-    view, who = head.view, describe(record)
-    cfg = view.cfg
-    check_running(view.status, view.finished, record)
-    base_w = None
-    if base_needed(cfg) and record.base_version <= head.state.version:
-        base_w = await base_model(store, head, record.base_version, who)
-    data = await store.get_object(record.s3_key, max_bytes=cfg.max_model_bytes, named_by_silo=True)
-    staleness = head.state.version - record.base_version
-    if staleness > cfg.max_staleness or staleness < 0:
-        base_w = None  # absorb() rejects it with the precise reason; skip the heavy checks
-    client_w = load_payload(
-        data, record, view.spec, cfg, base=base_w if cfg.max_update_norm else None
-    )
-    screened = screen(client_w, base_w, cfg, head.recent_norms, who)
-    if head.global_w is None:
-        key = keys.global_key(cfg.task_name, head.state.version)
-        head.global_w = await load_model(store, key, head.head_sha, who)
-    if head.state.buffered and head.buffer_sum is None:
-        key = keys.buffer_key(cfg.task_name, head.state.absorbed)
-        head.buffer_sum = await load_model(store, key, head.buffer_sha, who)
-    out = absorb(
-        head.state,
-        cfg,
-        base_version=record.base_version,
-        global_w=head.global_w,
-        client_w=screened.weights,
-        base_w=base_w,
-        buffer_sum=head.buffer_sum if head.state.buffered else None,
-        server_state=(
-            await head.optimizer_state(store, who) if cfg.server_optimizer is not None else None
-        ),
-        # central DP: a fresh OS-random key per release, built here at the edge
-        noise=SecureGaussian() if central_dp(cfg) else None,
-        who=who,
-        client_id=record.client_id,
-    )
-    return out, screened.norm
+class _ReleasedError(Exception):
+    """A previous try released a version first (central DP, write-once): that release is
+    the version; `releases` holds it and the ones this try wrote before it."""
+
+    def __init__(self, releases: dict[int, Weights]) -> None:
+        super().__init__(sorted(releases))
+        self.releases = releases
 
 
-async def _advance(
-    store: ServerStore, head: Head, record: UpdateRecord, out: Absorbed, norm: float | None
-) -> dict[str, Any]:
-    """Write what the update produced (objects are immutable per version/seq); its verdict."""
-    name, cfg = head.view.task_name, head.view.cfg
-    verdict: dict[str, Any] = {
-        "verdict": "accepted",
-        "seq": out.state.absorbed,
-        "staleness": out.staleness,
-        "weight": out.weight,
-        "applied_version": out.state.version,
-        "decided_at": time.time(),
-    }
-    if out.new_global is not None:
-        key = keys.global_key(name, out.state.version)
-        produced, sha, size = await put_version(store, key, out.new_global, once=central_dp(cfg))
-        head.values.update(head_sha256=sha, head_size=size)
-        verdict["version_sha256"] = sha  # the ledger's record of the version this produced
-        head.fresh.append((sha, produced))
-        head.produced[out.state.version] = produced
-        head.produced_sha[out.state.version] = sha
-        head.global_w, head.head_sha, head.buffer_sum = produced, sha, None
-    if out.server_state is not None:
-        key = keys.optimizer_key(name, out.state.version)
-        opt_sha, _ = await put_model(store, key, state_to_tensors(out.server_state))
-        head.server_state = out.server_state
-        head.values["optimizer_sha256"] = opt_sha
-        verdict["optimizer_sha256"] = opt_sha
-    if out.buffer_sum is not None:
-        # written once, at the commit: only the committed seq's buffer is ever read
-        head.buffer_sum = {k: np.asarray(v, dtype=np.float64) for k, v in out.buffer_sum.items()}
-        head.buffer_sha = None
-    reports = with_report(cfg, head.latest, record.client_id, record.metrics, record.num_examples)
-    if reports is not None:
-        head.latest = reports
-        head.values["latest_metrics"] = {c: r.item() for c, r in reports.items()}
-    if cfg.outlier_filter is not None:
-        head.recent_norms = next_window(head.recent_norms, norm, cfg)
-        head.values[RECENT_NORMS] = list(head.recent_norms)
-    head.values.update(dp_values(head, head.state, out, record.client_id))
-    head.state = out.state
-    head.values.update(
-        absorbed=out.state.absorbed,
-        buffered=out.state.buffered,
-        buffer_weight=out.state.buffer_weight,
-        head_version=out.state.version,
-    )
-    return verdict
+async def decide(
+    store: ServerStore, view: TaskView, batch: list[tuple[str, dict[str, Any]]]
+) -> Plan | None:
+    """Decide and commit `batch` (stream order, at most MAX_RUN undecided updates of the
+    running async task `view`); the committed plan, or None when the commit lost a race
+    (another try committed first, or the task moved on: nothing was decided)."""
+    facts = await load_facts(store, view, batch[:MAX_RUN])
+    for _ in range(len(facts.batch) + 1):
+        decided = plan(facts)
+        try:
+            return decided if await _commit(store, decided) else None
+        except _ReleasedError as done:  # plan again with that release as the version
+            facts = _with_release(facts, done)
+    raise RuntimeError(f"task {view.task_name!r}: the releases kept changing; retrying")
 
 
-async def _commit(
-    store: ServerStore, head: Head, decided: list[tuple[UpdateRecord, dict[str, Any], Absorbed]]
-) -> bool:
-    """TASK counters and every verdict in one conditional transaction (all or nothing)."""
+def _with_release(facts: Facts, done: _ReleasedError) -> Facts:
+    return replace(facts, releases={**facts.releases, **done.releases})
+
+
+async def _write(store: ServerStore, p: Plan) -> None:
+    """The objects the plan made (immutable per key: a retry writes the same bytes); a
+    central DP release only if no try wrote it first (`_ReleasedError` if one did)."""
+    once, released = central_dp(p.head.view.cfg), {}
+    for write in p.writes:
+        if write.version is None or not once:
+            await store.put_object(write.key, write.blob, write.sha)
+            continue
+        stored, stored_sha = await store.put_object_once(write.key, write.blob, write.sha)
+        if stored_sha != write.sha:
+            released[write.version] = codec.decode(stored, who=write.key)
+            raise _ReleasedError(released)
+        released[write.version] = p.head.produced[write.version]
+
+
+async def _commit(store: ServerStore, p: Plan) -> bool:
+    """The plan's objects, then the TASK counters and every verdict in one conditional
+    transaction (all or nothing; the TASK item's condition holds the head's chain)."""
+    head = p.head
     view = head.view
-    if head.state.buffered and head.buffer_sha is None and head.buffer_sum is not None:
-        blob = codec.encode(head.buffer_sum)
-        head.buffer_sha = codec.sha256_bytes(blob)
-        key = keys.buffer_key(view.task_name, head.state.absorbed)
-        await store.put_object(key, blob, head.buffer_sha)
-        head.values["buffer_sha256"] = head.buffer_sha
-        head.fresh.append((head.buffer_sha, head.buffer_sum))
-    committed = await store.transact(
-        [
-            store.update_op(
-                view.task_name,
-                keys.TASK_SK,
-                head.values,
-                condition="#absorbed = :expected AND attribute_not_exists(#finished)",
-                condition_values={":expected": view.state.absorbed},
-                # accepted: no longer waiting for a go-ahead (see `after_reject`)
-                delete_from_sets={WAITING: view.waiting & {r.client_id for r, _, _ in decided}},
-            ),
-            *(
-                store.update_op(
-                    view.task_name,
-                    record.sk,
-                    {**verdict, **decided_on_record(record, None)},
-                    condition="attribute_not_exists(#verdict)",
-                )
-                for record, verdict, _ in decided
-            ),
-        ]
-    )
-    if not committed:
+    await _write(store, p)
+    if p.drops_committed is not None:  # a refused step dropped a buffer begun before
+        dropped = await refused.buffered_sks(store, view)
+        await refused.mark_discarded(store, view.task_name, dropped, p.drops_committed)
+        entry = head.values[refused.REFUSED]
+        entry["updates"] = [entry["updates"][0], *dropped, *entry["updates"][1:]]
+    accepted = {d.sub.record.client_id for d in p.accepted if d.sub.record is not None}
+    ops = [
+        store.update_op(view.task_name, d.sub.sk, d.written(), "attribute_not_exists(#verdict)")
+        for d in p.decided
+    ]
+    if head.values:
+        condition = "#absorbed = :expected AND attribute_not_exists(#finished)"
+        expected: dict[str, Any] = {":expected": view.state.absorbed}
+        if refused.REFUSED in head.values:
+            condition += " AND #buffered = :buffered"
+            expected[":buffered"] = view.state.buffered
+        task_op = store.update_op(
+            view.task_name,
+            keys.TASK_SK,
+            head.values,
+            condition=condition,
+            condition_values=expected,
+            # accepted: no longer waiting for a go-ahead (see `after_reject`)
+            delete_from_sets={WAITING: view.waiting & accepted},
+        )
+        ops.insert(0, task_op)
+    if not ops or not await store.transact(ops):
         return False
     for sha, weights in head.fresh:
         CACHE.put(sha, weights)
     CACHE.committed(view.task_name, view.head_version, view.head_sha256)
     for version, sha in head.produced_sha.items():
         CACHE.committed(view.task_name, version, sha)
-    for record, _, out in decided:
-        log.info(
-            "update.accepted",
-            task_name=view.task_name,
-            client_id=record.client_id,
-            sk=record.sk,
-            staleness=out.staleness,
-            weight=round(out.weight, 6),
-            version=out.state.version,
-            advanced=out.advanced,
-            seq=out.state.absorbed,
-        )
+    _log(p)
     return True
 
 
-async def absorb_update(
-    store: ServerStore, view: TaskView, record: UpdateRecord, item: dict[str, Any]
-) -> dict[str, Any]:
-    """Validate, apply, commit (task head + verdict in one transaction); the decided item."""
-    head = Head.of(view)
-    try:
-        out, norm = await _absorb_one(store, head, record)
-    except GlobalRefusedError as exc:  # the head stays: the update is rejected with the cause
-        return await refused.refuse_async(store, view, record, item, exc)
-    verdict = await _advance(store, head, record, out, norm)
-    if not await _commit(store, head, [(record, verdict, out)]):
-        # Another try committed first, or the task moved on: the stream redelivers and the
-        # next attempt sees the verdict (done) or the new head (recomputes against it).
-        raise RuntimeError(f"{describe(record)}: commit lost a race with another writer; retrying")
-    return {**item, **verdict}
+def _log(p: Plan) -> None:
+    view = p.head.view
+    for d in p.decided:
+        record, who = d.sub.record, d.sub.item.get("client_id")
+        bound = {"task_name": view.task_name, "client_id": who, "sk": d.sub.sk}
+        if d.out is not None and record is not None:
+            log.info(
+                "update.accepted",
+                **bound,
+                staleness=d.out.staleness,
+                weight=round(d.out.weight, 6),
+                version=d.out.state.version,
+                advanced=d.out.advanced,
+                seq=d.out.state.absorbed,
+            )
+            continue
+        if isinstance(d.exc, GlobalRefusedError):
+            entry = p.head.values.get(refused.REFUSED, {})
+            log.warning(
+                "global.refused",
+                **bound,
+                reason=d.exc.reason,
+                version=entry.get("version", view.head_version),
+                discarded=entry.get("updates", [])[1:],
+            )
+        log.warning(
+            "update.rejected",
+            **bound,
+            version=view.head_version,
+            reason=d.verdict["reason"],
+            detail=d.verdict["detail"],
+        )
 
 
-async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
-    """Absorb a run of one async task's new update records (stream order) with one commit.
-
-    Byte for byte what one invocation per record would do, with one TASK read (`view`,
-    of a running task: `updates.decide_run` checks that and the run's length), one
-    transaction and one round of effects for the run. Stops before the first record that
-    is decided already, would be rejected, or comes after a stop condition; returns how
-    many it decided (a prefix: the caller hands the rest to `on_update`, one by one).
-    """
-    task_name = view.task_name
-    if view.cfg.mode != "async":
-        return 0
-    head, decided = Head.of(view), []
-    last: dict[str, Any] = {}
-    for update in await store.get_items(task_name, sks):
-        if update is None or update.get("verdict"):
-            break
-        try:
-            record = parse_update_item(update)
-            check_sender(record, view.cfg)
-            out, norm = await _absorb_one(store, head, record)
-        except FedAsyncError:
-            break  # the one-by-one path records the rejection with its reason
-        verdict = await _advance(store, head, record, out, norm)
-        decided.append((record, verdict, out))
-        last = {**update, **verdict}
-        metric = target_value(view.cfg, head.latest)
-        limit = view.dp_release_limit
-        if stop_reason(head.state, view.cfg, metric=metric, release_limit=limit) is not None:
-            break
-    if not decided or not await _commit(store, head, decided):
-        return 0
-    log.info("update.run_committed", task_name=task_name, updates=len(decided))
-    submitters = {record.client_id for record, _, _ in decided}
+async def perform(store: ServerStore, p: Plan) -> None:
+    """The committed plan's effects: the silos its rejections left owed a go-ahead join
+    `waiting` (`after_reject`), then the go-ahead, heartbeat and stop of its accepts."""
+    view, head = p.head.view, p.head
+    submitters = {d.sub.record.client_id for d in p.accepted if d.sub.record is not None}
+    owed = sorted(p.waiting - (view.waiting - submitters))  # the commit dropped submitters
+    if owed:
+        op = store.update_op(view.task_name, keys.TASK_SK, {}, add_to_sets={WAITING: owed})
+        await store.update(op)
+        for client in owed:
+            log.info("update.go_ahead_deferred", task_name=view.task_name, client_id=client)
+    accepted = p.accepted
+    if not accepted:
+        return
     after = replace(
         view,
         head_version=head.state.version,
@@ -248,9 +177,51 @@ async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
         head_size=int(head.values.get("head_size", view.head_size)),
         state=head.state,
         latest_metrics=head.latest,
-        waiting=view.waiting - submitters,
+        waiting=p.waiting_at_accept,
         recent_norms=head.recent_norms,
         dp_flushed=frozenset(head.flushed),
     )
-    await after_accept(store, task_name, last, view=after, submitters=submitters)
-    return len(decided)
+    last = accepted[-1]
+    item = {**last.sub.item, **last.verdict}
+    await after_accept(store, view.task_name, item, view=after, submitters=submitters)
+
+
+async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
+    """Decide a run of one async task's new update records (stream order) with one commit
+    and one round of effects; how many it decided (a prefix: it stops before a record
+    that is decided already or vanished, which `on_update` handles, and after an update
+    that meets a stop condition). `view`: a running task (`updates.decide_run` checks)."""
+    if view.cfg.mode != "async":
+        return 0
+    batch: list[tuple[str, dict[str, Any]]] = []
+    claimed = 0  # the objects' bytes the batch holds in memory at once (as their records say)
+    for sk, item in zip(sks, await store.get_items(view.task_name, sks), strict=True):
+        if item is None or item.get("verdict") or (batch and claimed > BATCH_BYTES):
+            break
+        batch.append((sk, item))
+        size = item.get("size_bytes")
+        claimed += size if isinstance(size, int) and size > 0 else view.cfg.max_model_bytes
+    if not batch:
+        return 0
+    committed = await decide(store, view, batch)
+    if committed is None:
+        return 0
+    log.info("update.run_committed", task_name=view.task_name, updates=len(committed.decided))
+    await perform(store, committed)
+    return len(committed.decided)
+
+
+async def absorb_update(
+    store: ServerStore, view: TaskView, record: UpdateRecord, item: dict[str, Any]
+) -> dict[str, Any] | None:
+    """One update, a batch of one through `decide`: the decided item, or None when another
+    try decided it (its effects are the caller's, `updates._after`, which a redelivery
+    runs again)."""
+    committed = await decide(store, view, [(record.sk, item)])
+    if committed is not None and committed.decided:
+        return {**item, **committed.decided[0].verdict}
+    if (await store.get_item(view.task_name, record.sk) or {}).get("verdict"):
+        return None
+    # The task moved on under us: the stream redelivers and the next attempt recomputes
+    # against the new head.
+    raise RuntimeError(f"{describe(record)}: commit lost a race with another writer; retrying")

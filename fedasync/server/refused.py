@@ -2,7 +2,9 @@
 
 `check_new_global` runs on every candidate before anything is written. When it refuses:
 
-- async: the update that triggered the step is rejected with the reason
+- async (decided in the plan, `async_plan._refuse`; the updates committed before the
+  batch that the dropped buffer held are found and marked here): the update that
+  triggered the step is rejected with the reason
   (`global_non_finite` or `global_norm`); a FedBuff step also drops its buffer (the
   deltas that made the refused step would refuse every step after it): the buffered
   updates keep their `accepted` verdict and `seq` (decisions already taken stay) and get
@@ -25,13 +27,10 @@ from typing import Any
 import structlog
 
 from fedasync.core import codec, keys
-from fedasync.core.asyncagg import after_refusal
 from fedasync.core.codec import Weights
 from fedasync.core.errors import GlobalRefusedError
 from fedasync.core.globalcheck import check_new_global
-from fedasync.core.messages import UpdateRecord
 from fedasync.core.strategies import sync_strategy
-from fedasync.core.verdicts import decided_on
 from fedasync.server.cache import CACHE
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
@@ -40,7 +39,7 @@ log = structlog.get_logger()
 REFUSED = "global_refused"  # TASK item: the last refused global model, for `task status`
 
 
-async def _buffered(store: ServerStore, view: TaskView) -> list[str]:
+async def buffered_sks(store: ServerStore, view: TaskView) -> list[str]:
     """The sort keys of the updates in the head's FedBuff buffer (seqs absorbed-buffered+1..)."""
     first = view.state.absorbed - view.state.buffered + 1
     items = await store.query_prefix(view.task_name, keys.UPDATE_PREFIX)
@@ -51,7 +50,7 @@ async def _buffered(store: ServerStore, view: TaskView) -> list[str]:
     )
 
 
-async def _mark_discarded(
+async def mark_discarded(
     store: ServerStore, task_name: str, sks: list[str], exc: GlobalRefusedError
 ) -> None:
     for sk in sks:
@@ -73,70 +72,6 @@ def _refusal(exc: GlobalRefusedError, version: int, sks: list[str]) -> dict[str,
         "updates": sks,
         "at": time.time(),
     }
-
-
-def _dp_buffer(view: TaskView) -> dict[str, Any]:
-    """Central DP with FedBuff: the dropped buffer's silos and weight go with it."""
-    if view.cfg.privacy is None or view.cfg.privacy.mode != "central":
-        return {}
-    return {"dp_buffer_clients": [], "dp_buffer_max_weight": 0.0}
-
-
-async def refuse_async(
-    store: ServerStore,
-    view: TaskView,
-    record: UpdateRecord,
-    item: dict[str, Any],
-    exc: GlobalRefusedError,
-) -> dict[str, Any]:
-    """Reject the triggering update and drop the buffer, in one transaction with the TASK
-    item (conditional on the head as read); the decided item."""
-    dropped = await _buffered(store, view) if exc.discarded else []
-    await _mark_discarded(store, view.task_name, dropped, exc)
-    state = after_refusal(view.state)
-    verdict = {
-        "verdict": "rejected",
-        "reason": exc.reason,
-        "detail": exc.message[:2000],
-        "decided_at": time.time(),
-        **decided_on(item),
-    }
-    committed = await store.transact(
-        [
-            store.update_op(
-                view.task_name,
-                keys.TASK_SK,
-                {
-                    "buffered": state.buffered,
-                    "buffer_weight": state.buffer_weight,
-                    **_dp_buffer(view),
-                    REFUSED: _refusal(exc, view.head_version, [record.sk, *dropped]),
-                },
-                condition="#absorbed = :expected AND #buffered = :buffered AND "
-                "attribute_not_exists(#finished)",
-                condition_values={
-                    ":expected": view.state.absorbed,
-                    ":buffered": view.state.buffered,
-                },
-            ),
-            store.update_op(
-                view.task_name, record.sk, verdict, condition="attribute_not_exists(#verdict)"
-            ),
-        ]
-    )
-    if not committed:
-        raise RuntimeError(f"{exc.message}: the refusal lost a race with another writer; retrying")
-    log.warning(
-        "global.refused",
-        task_name=view.task_name,
-        reason=exc.reason,
-        version=view.head_version,
-        client_id=record.client_id,
-        sk=record.sk,
-        discarded=dropped,
-    )
-    log.warning("update.rejected", reason=exc.reason, detail=exc.message)
-    return {**item, **verdict}
 
 
 async def check_round(
@@ -196,7 +131,7 @@ async def refuse_round(
     exc: GlobalRefusedError,
 ) -> dict[str, Any]:
     """Close the round without a new version; the result's cause fails the task."""
-    await _mark_discarded(store, view.task_name, members, exc)
+    await mark_discarded(store, view.task_name, members, exc)
     cause = f"{exc.message}; the round closed without a new version"
     result = {
         "closed": False,

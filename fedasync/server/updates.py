@@ -18,6 +18,7 @@ from fedasync.core.decisions import (
 from fedasync.core.errors import FedAsyncError, SchemaError
 from fedasync.core.messages import UpdateRecord
 from fedasync.server import async_effects, async_task, members, rounds, sync_run
+from fedasync.server.async_plan import detail_of as _detail
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
@@ -70,7 +71,8 @@ async def decide_run(store: ServerStore, task_name: str, sks: Sequence[str]) -> 
 
     The same verdicts, bytes and effects as one `on_update` per record, with one TASK read
     and one round of effects for the run. Decides a prefix and returns its length: it
-    stops before the first record that is decided already or would be rejected, and the
+    stops before the first record that is decided already (sync: or would be rejected;
+    async: rejections are verdicts of the run, see `async_task.absorb_run`), and the
     caller hands the rest to `on_update`, one by one (which records the reason).
     """
     if len(sks) > async_task.MAX_RUN:
@@ -95,24 +97,6 @@ async def _accept(
     if view.cfg.mode == "async":
         return await async_task.absorb_update(store, view, record, item)
     return await sync_run.accept_one(store, view, item)
-
-
-def _detail(
-    exc: FedAsyncError, task_name: str, sk: str, item: dict[str, Any], record: UpdateRecord | None
-) -> str:
-    """The error's message, prefixed with whose update it was when the message does not say:
-    errors raised below the decisions (S3 reads, item parsing) may not name the client."""
-    client = item.get("client_id")
-    if f"task {task_name!r}" in exc.message and (
-        not isinstance(client, str) or repr(client) in exc.message
-    ):
-        return exc.message
-    who = (
-        describe(record)
-        if record is not None
-        else f"update item {sk!r} from client {client!r} for task {task_name!r}"
-    )
-    return f"{who}: {exc.message}"
 
 
 async def _reject(

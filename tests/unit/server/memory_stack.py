@@ -92,6 +92,27 @@ class MemoryStack:
         assert await self.inbox.put({"task_name": task_name, **record.item()})
         return record
 
+    async def submit_async(
+        self, task_name: str, client_id: str, base_version: int, weights: dict[str, np.ndarray],
+        num_examples: int = 10, update_id: str | None = None,
+    ) -> UpdateRecord:  # fmt: skip
+        """An async silo's upload and record, trained on version `base_version`."""
+        update_id = update_id or f"{client_id}-v{base_version}"
+        blob = codec.encode(weights)
+        record = UpdateRecord(
+            task_name=task_name,
+            client_id=client_id,
+            update_id=update_id,
+            base_version=base_version,
+            s3_key=keys.local_key(task_name, client_id, base_version, update_id),
+            sha256=codec.sha256_bytes(blob),
+            size_bytes=len(blob),
+            num_examples=num_examples,
+        )
+        await self.objects.put_bytes(record.s3_key, blob, record.sha256)
+        assert await self.inbox.put({"task_name": task_name, **record.item()})
+        return record
+
     async def deliver(self) -> None:
         """The inbox's new stream records, as one batch to the aggregate function's logic
         (`server_lambdas/aggregate.py`: the leading run, then record by record)."""
