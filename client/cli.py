@@ -208,6 +208,7 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
     typer.echo(
         f"client {report.client_id!r}, task {report.task_name!r}: {report.outcome}; "
         f"{len(report.updates)} update(s) uploaded, {report.superseded} notice(s) superseded"
+        + (f", {report.secagg_answers} SecAgg answer(s)" if report.secagg_answers else "")
     )
 
 
