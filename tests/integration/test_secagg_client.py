@@ -29,9 +29,12 @@ from client.trainers.numpy_trainer import NumpyTrainer
 from client.worker import training_seed
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
+from fedasync.core.replay import replay
+from fedasync.core.replay_secagg import sum_key
 from fedasync.core.secagg.notice import server_key
 from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
+from fedasync.ops.events import export_ledger, export_objects, folder_loader
 from fedasync.resources import ClientSpec
 from fedasync.server.tasks import start_task
 from tests.integration.test_server_sync import store_for, wait_execution
@@ -147,6 +150,24 @@ async def test_five_real_client_loops_run_a_secagg_round_to_success(stack, tmp_p
     exact = sum(plain_input(initial, c) for c in SILOS)
     bound = len(SILOS) * STEP / 2 + 1e-9
     assert np.max(np.abs(got[:-1] - exact)) <= bound
+    # WHEN the task is replayed from its exported ledger and objects
+    events = await export_ledger(store, "vault")
+    folder = tmp_path / "objects"
+    await export_objects(store, events, folder)
+    replayed = replay(events, folder_loader(folder))
+    # THEN the round is rebuilt from the recorded sum to the recorded version, bit for bit
+    assert replayed.ok, replayed.problems
+    assert [(c.version, c.recorded) for c in replayed.checks] == [(1, result["sha256"])]
+    # AND an altered sum fails the replay, saying so
+    stored = folder / sum_key("vault", 0)
+    altered = codec.encode({"sum": got + np.eye(1, got.size, 0).ravel()})
+    stored.write_bytes(altered)
+    problems = replay(events, folder_loader(folder)).problems
+    assert any("SecAgg round 0" in p and "the sum was altered" in p for p in problems)
+    # AND so does a missing one
+    stored.unlink()
+    problems = replay(events, folder_loader(folder)).problems
+    assert any("SecAgg round 0" in p and "cannot be read" in p for p in problems)
 
 
 async def test_a_silo_without_a_key_is_refused_with_one_error_line_and_dropped(
