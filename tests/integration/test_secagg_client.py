@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import stat
 from typing import Any
@@ -18,12 +19,13 @@ from typing import Any
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from client.cli import client_app
 from client.config import ClientConfig
 from client.data import demo_silo
-from client.keys import public_b64, write_new_key
+from client.keys import load_key, public_b64, write_new_key
 from client.run import run_client
 from client.trainers.numpy_trainer import NumpyTrainer
 from client.worker import training_seed
@@ -82,7 +84,7 @@ def task_config(identities: dict[str, str]) -> TaskConfig:
             "secure_aggregation": {
                 "threshold": 3,
                 "clip": CLIP,
-                "phase_timeout_s": 6,
+                "phase_timeout_s": 15,
                 "identities": identities,
             },
         }
@@ -123,9 +125,18 @@ async def run_task(stack, tmp_path, keyless: tuple[str, ...] = ()):
         )
         for c in SILOS
     ]
-    silos = asyncio.gather(*runs)
-    desc = await wait_execution(stack, arn, timeout_s=150)
-    reports = await asyncio.wait_for(silos, 60)
+    with capture_logs() as logs:
+        silos = asyncio.gather(*runs)
+        desc = await wait_execution(stack, arn, timeout_s=150)
+        reports = await asyncio.wait_for(silos, 120)
+    # no log line holds a silo's private key, in any form it exists in
+    scanned = json.dumps(logs, default=str)
+    for path in key_files.values():
+        raw = load_key(path).private_bytes_raw()
+        pem_body = path.read_text().splitlines()[1]
+        assert not [
+            f for f in (raw.hex(), base64.b64encode(raw).decode(), pem_body) if f in scanned
+        ]
     result = (await store.get_item("vault", keys.round_sk(0)))["result"]
     return store, desc, reports, result, initial
 
