@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from botocore.exceptions import ClientError
 
 from client.config import ClientConfig
 from client.data import DEFAULT_EVAL_FRACTION, Dataset, hold_out, load_data
+from client.keys import write_new_key
 from client.progress import Progress
 from client.run import run_client
 from client.signals import install_stop_handlers
@@ -33,6 +35,7 @@ from client.trainers import (
 )
 from fedasync import logs
 from fedasync.aws.session import refusal_message
+from fedasync.core.config import TaskConfig
 from fedasync.core.errors import FedAsyncError
 from fedasync.deployment import Deployment
 from fedasync.resources import ENV_BUCKET, ENV_ENDPOINT_URL, ENV_TABLE
@@ -147,6 +150,22 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
             "queue URL and access key.",
         ),
     ] = None,
+    secagg_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--secagg-key",
+            envvar="FEDASYNC_SECAGG_KEY",
+            help="This silo's SecAgg identity (the PEM file `keygen` wrote).",
+        ),
+    ] = None,
+    task_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--task-config",
+            envvar="FEDASYNC_TASK_CONFIG",
+            help="The task's YAML: its secure_aggregation.identities are the peers' keys.",
+        ),
+    ] = None,
 ) -> None:
     """Run one silo until the task ends or SIGINT/SIGTERM (twice: at once)."""
     logs.configure()
@@ -166,6 +185,8 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
             part_size=part_size_mb * _MiB,
             work_dir=work_dir,
             max_train_failures=max_train_failures,
+            secagg_key=secagg_key,
+            secagg_identities=task_identities(task_config, task),
         )
         regression = _regression(loss, trainer)
         loaded = load_data(data, alpha=alpha, seed=seed, regression=regression)
@@ -187,7 +208,38 @@ def run_command(  # noqa: PLR0917 - one flag per option is what a CLI is
     typer.echo(
         f"client {report.client_id!r}, task {report.task_name!r}: {report.outcome}; "
         f"{len(report.updates)} update(s) uploaded, {report.superseded} notice(s) superseded"
+        + (f", {report.secagg_answers} SecAgg answer(s)" if report.secagg_answers else "")
     )
+
+
+@client_app.command("keygen")
+def keygen_command(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the new private key.")],
+) -> None:
+    """Write a new SecAgg identity (Ed25519, PEM, mode 0600); print its public key."""
+    try:
+        public = write_new_key(out)
+    except FedAsyncError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"wrote {str(out)!r} (mode 0600); register this silo's public key in the task's")
+    typer.echo("secure_aggregation.identities:")
+    typer.echo(public)
+
+
+def task_identities(path: Path | None, task: str) -> dict[str, str]:
+    """The peers' public keys: the task config's `secure_aggregation.identities`."""
+    if path is None:
+        return {}
+    try:
+        cfg = TaskConfig.parse(yaml.safe_load(path.read_text()))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"--task-config {str(path)!r} cannot be read: {exc}") from exc
+    if cfg.task_name != task:
+        raise ValueError(f"--task-config {str(path)!r} is task {cfg.task_name!r}, not {task!r}")
+    if cfg.secure_aggregation is None:
+        return {}
+    return dict(cfg.secure_aggregation.identities)
 
 
 def _trainer(

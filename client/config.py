@@ -48,6 +48,11 @@ class ClientConfig(BaseModel):
     download_attempts: int = Field(default=2, ge=1)
     max_model_bytes: int = Field(default=DEFAULT_MAX_MODEL_BYTES, ge=64)
     work_dir: Path | None = None
+    # secure aggregation: the silo's Ed25519 identity (a PEM file, `fedasync client
+    # keygen`) and every silo's public key, base64, as the task config's
+    # `secure_aggregation.identities` holds them (registered out of band)
+    secagg_key: Path | None = None
+    secagg_identities: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod

@@ -43,7 +43,7 @@ async def beat(state: RunState) -> None:
         status=state.phase,
         version=state.version,
     )
-    receipts = state.inbox.receipts()
+    receipts = [*state.inbox.receipts(), *state.secagg_receipts]
     try:
         async with asyncio.timeout(cfg.heartbeat_interval_s):
             await asyncio.gather(state.ports.put_heartbeat(heartbeat), state.ports.extend(receipts))

@@ -9,6 +9,7 @@ with backoff; the poller never ends the run.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -19,6 +20,7 @@ from fedasync.aws.queues import ReceivedMessage
 from fedasync.aws.session import denial
 from fedasync.core.errors import SchemaError
 from fedasync.core.messages import GlobalModelNotice
+from fedasync.core.secagg.notice import SecAggNotice
 
 log = structlog.get_logger()
 
@@ -46,6 +48,9 @@ async def poll_loop(state: RunState) -> None:
 
 
 async def on_message(state: RunState, message: ReceivedMessage) -> None:
+    if _kind(message.body) == "secagg_phase":
+        await _on_secagg(state, message)
+        return
     try:
         notice = GlobalModelNotice.parse(message.body)
     except SchemaError as exc:
@@ -77,3 +82,30 @@ async def on_message(state: RunState, message: ReceivedMessage) -> None:
         log.info("client.notice_duplicate", **fields)
     else:
         log.info("client.notice_received", **fields)
+
+
+def _kind(body: str) -> object:
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data.get("kind") if isinstance(data, dict) else None
+
+
+async def _on_secagg(state: RunState, message: ReceivedMessage) -> None:
+    """A SecAgg phase notice goes to the run's SecAgg part (client/secagg_run.py)."""
+    try:
+        notice = SecAggNotice.parse(message.body)
+    except SchemaError as exc:
+        state.report.rejected_notices += 1
+        log.warning("client.notice_rejected", message_id=message.message_id, error=exc.message)
+        return
+    if notice.task_name != state.cfg.task_name:
+        log.info("client.notice_other_task", notice_task=notice.task_name)
+        return
+    if message.receipt_handle in state.secagg_receipts:
+        return
+    log.info("client.secagg_notice", phase=notice.phase, round_id=notice.round_id)
+    # kept invisible by the heartbeat until client/secagg_run.py has answered it
+    state.secagg_receipts.add(message.receipt_handle)
+    await state.secagg_notices.put((notice, message.receipt_handle))

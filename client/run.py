@@ -23,6 +23,8 @@ from client.heartbeat import final_beat, heartbeat_loop
 from client.poller import poll_loop
 from client.ports import AwsClientPorts, ClientPorts
 from client.progress import DISABLED, Progress
+from client.secagg import SecAggSilo
+from client.secagg_run import RoundTrainer, secagg_loop, secagg_silo
 from client.state import ClientReport, RunState
 from client.trainers.base import Trainer
 from client.worker import trainer_loop, uploader_loop
@@ -51,6 +53,7 @@ async def run_client(
             bound = ports or await AwsClientPorts.open(aws, cfg)
             with _workdir(cfg.work_dir) as workdir, progress or DISABLED as shown:
                 state = RunState(cfg, bound, trainer, data, workdir, shown, eval_data)
+                silo = secagg_silo(state, aws)  # a bad key file stops the run here
                 log.info(
                     "client.started",
                     trainer=trainer.name,
@@ -58,7 +61,7 @@ async def run_client(
                     eval_examples=len(eval_data) if eval_data is not None else 0,
                 )
                 try:
-                    await _run(state, stop_event or asyncio.Event())
+                    await _run(state, stop_event or asyncio.Event(), silo)
                 finally:
                     state.close()
                 if state.report.outcome == "final":
@@ -77,7 +80,9 @@ def _credentials(cfg: ClientConfig) -> Credentials | None:
     return Credentials(cfg.aws_access_key_id, cfg.aws_secret_access_key.get_secret_value())
 
 
-async def _run(state: RunState, stop_event: asyncio.Event) -> None:
+async def _run(
+    state: RunState, stop_event: asyncio.Event, silo: tuple[SecAggSilo, RoundTrainer] | None
+) -> None:
     try:
         async with asyncio.TaskGroup() as group:
             parts = [
@@ -85,6 +90,7 @@ async def _run(state: RunState, stop_event: asyncio.Event) -> None:
                 group.create_task(heartbeat_loop(state), name="heartbeat"),
                 group.create_task(trainer_loop(state), name="trainer"),
                 group.create_task(uploader_loop(state), name="uploader"),
+                group.create_task(secagg_loop(state, silo), name="secagg"),
             ]
             group.create_task(_supervise(state, stop_event, parts), name="supervisor")
     except BaseExceptionGroup as group:

@@ -18,6 +18,7 @@ from client.privacy import LocalPrivacy
 from client.progress import Progress
 from client.trainers.base import Trainer
 from fedasync.core.messages import GlobalModelNotice, UpdateRecord
+from fedasync.core.secagg.notice import SecAggNotice
 
 T = TypeVar("T")
 
@@ -42,6 +43,8 @@ class ClientReport:
     heartbeats: list[float] = field(default_factory=list)  # monotonic send time, written beats
     heartbeat_latencies: list[float] = field(default_factory=list)  # seconds to write each
     final_notice: GlobalModelNotice | None = None
+    secagg_answers: int = 0  # SecAgg phases answered (a redelivered notice counts again)
+    secagg_refused: int = 0  # SecAgg rounds refused: no identity key configured
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ class RunState:
     version: int | None = None
     corrupt_notices: dict[str, int] = field(default_factory=dict)  # failures per notice
     train_failures: int = 0  # notices in a row whose training raised
+    # SecAgg phase notices for client/secagg_run.py, and their messages while handled
+    secagg_notices: asyncio.Queue[tuple[SecAggNotice, str]] = field(default_factory=asyncio.Queue)
+    secagg_receipts: set[str] = field(default_factory=set)
     privacy: LocalPrivacy | None = None  # local DP: the silo's own count and epsilon
     report: ClientReport = field(init=False)
     # The silo's own training thread. Not the loop's shared default executor: its few

@@ -175,6 +175,7 @@ def _round_event(item: Mapping[str, Any]) -> Event | None:
             else {}
         ),
         **({"dp": raw(result["dp"])} if isinstance(result.get("dp"), Mapping) else {}),
+        **({"secagg": raw(result["secagg"])} if isinstance(result.get("secagg"), Mapping) else {}),
         "opened_at": _float(item.get("opened_at")),
         "closed_at": _float(item.get("closed_at")),
     }

@@ -32,6 +32,7 @@ from fedasync.core.optimizers import OptimizerState, state_to_tensors
 from fedasync.core.privacy import central_dp
 from fedasync.core.replay_checks import head_problems
 from fedasync.core.replay_dp import fetch, recorded_release
+from fedasync.core.replay_secagg import secagg_round
 from fedasync.core.screening import base_needed, clip_to_base, next_window, screen
 from fedasync.core.strategies import sync_strategy
 
@@ -148,6 +149,15 @@ def _replay_sync(
         if round_id not in versions:
             result.problems.append(f"round {round_id} starts from version {round_id}, not rebuilt")
             return
+        if cfg.secure_aggregation is not None:  # rebuilt from its recorded sum
+            stepped = secagg_round(
+                cfg, event, codec.decode(versions[round_id]), load, result.problems
+            )
+            if stepped is None:
+                return
+            result.applied += len(event.get("secagg", {}).get("survivors", []))
+            state = _server_step(cfg, event, versions, stepped, state=state, result=result)
+            continue
         bound = cfg.clip_update_norm
         norm_base = cfg.max_update_norm is not None or bound is not None
         base = codec.decode(versions[round_id]) if norm_base else None
@@ -172,18 +182,32 @@ def _replay_sync(
             key = global_key(cfg.task_name, version)
             versions[version] = fetch(load, key, str(event["sha256"]), f"DP release {version}")
             continue
-        new_global = acc.result()
-        if cfg.server_optimizer is not None:
-            new_global, state = cfg.server_optimizer.step(
-                codec.decode(versions[round_id]), new_global, state
+        state = _server_step(cfg, event, versions, acc.result(), state=state, result=result)
+
+
+def _server_step(
+    cfg: TaskConfig,
+    event: Event,
+    versions: dict[int, bytes],
+    new_global: Weights,
+    *,
+    state: OptimizerState | None,
+    result: ReplayResult,
+) -> OptimizerState | None:
+    """The round's server optimizer step (if any) and its new version, as the server."""
+    round_id = int(event["round_id"])
+    if cfg.server_optimizer is not None:
+        new_global, state = cfg.server_optimizer.step(
+            codec.decode(versions[round_id]), new_global, state
+        )
+        rebuilt = codec.sha256_bytes(codec.encode(state_to_tensors(state)))
+        if event.get("optimizer_sha256") not in (None, rebuilt):
+            result.problems.append(
+                f"round {round_id}: the server optimizer state rebuilt has SHA-256 "
+                f"{rebuilt}; the server recorded {event['optimizer_sha256']}"
             )
-            rebuilt = codec.sha256_bytes(codec.encode(state_to_tensors(state)))
-            if event.get("optimizer_sha256") not in (None, rebuilt):
-                result.problems.append(
-                    f"round {round_id}: the server optimizer state rebuilt has SHA-256 "
-                    f"{rebuilt}; the server recorded {event['optimizer_sha256']}"
-                )
-        versions[int(event["version"])] = codec.encode(new_global)
+    versions[int(event["version"])] = codec.encode(new_global)
+    return state
 
 
 def _replay_async(

@@ -18,6 +18,7 @@ from fedasync.core import keys
 from fedasync.core.errors import RegistryError, SchemaError
 from fedasync.core.ledger import Event, build_ledger, dump_ledger
 from fedasync.core.replay import Loader
+from fedasync.core.replay_secagg import sum_key
 from fedasync.server.store import ServerStore
 
 log = structlog.get_logger()
@@ -43,6 +44,7 @@ async def export_ledger(store: ServerStore, task_name: str) -> list[Event]:
 
 def object_keys(events: Iterable[Event]) -> list[str]:
     """Every object a replay reads or checks: initial, updates, versions, final."""
+    events = list(events)
     out: list[str] = []
     name: str | None = None
     for e in events:
@@ -54,6 +56,9 @@ def object_keys(events: Iterable[Event]) -> list[str]:
     versions = sorted(int(e["version"]) for e in events if e["kind"] == "version")
     if name is not None:
         out += [keys.global_key(name, v) for v in versions]
+        # a SecAgg round is rebuilt from the sum the server recorded
+        out += [sum_key(name, int(e["round_id"])) for e in events
+                if e["kind"] == "round" and isinstance(e.get("secagg"), dict)]  # fmt: skip
     return list(dict.fromkeys(out))
 
 

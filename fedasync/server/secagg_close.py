@@ -17,7 +17,6 @@ is what a replay can rebuild the round from.
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Any
 
@@ -28,6 +27,7 @@ from fedasync.core import codec, keys
 from fedasync.core.errors import RegistryError
 from fedasync.core.secagg import wire
 from fedasync.core.secagg.errors import TAMPERED, SecAggError
+from fedasync.core.secagg.fedavg import fedavg_step
 from fedasync.core.secagg.messages import MaskedInput
 from fedasync.core.secagg.notice import answer_key, server_key
 from fedasync.core.secagg.quantize import RingVector
@@ -94,18 +94,6 @@ async def _masked(
                 culprit=client_id,
             )
         out[client_id] = message.vector
-    return out
-
-
-def fedavg_step(global_w: codec.Weights, values: np.ndarray, examples: int) -> codec.Weights:
-    """w + Σ n_u Δ_u / N, tensor by tensor in the model's order, in its dtypes."""
-    out: dict[str, np.ndarray] = {}
-    offset = 0
-    for name, tensor in global_w.items():
-        size = math.prod(tensor.shape)
-        mean = values[offset : offset + size].reshape(tensor.shape) / examples
-        out[name] = (tensor.astype(np.float64) + mean).astype(tensor.dtype)
-        offset += size
     return out
 
 
