@@ -22,6 +22,7 @@ from fedasync.core.config import TaskConfig
 from fedasync.core.errors import RegistryError
 from fedasync.core.fedavg import FedAvgAccumulator
 from fedasync.core.replay import replay
+from fedasync.core.streamfold import RangeSum
 from fedasync.ops.events import export_ledger, export_objects, folder_loader
 from fedasync.server.tasks import start_task
 from tests.integration.scripted import local_model
@@ -184,16 +185,27 @@ async def test_a_sync_round_whose_fedavg_is_not_finite_fails_the_task_and_keeps_
     moto_server, prefix, monkeypatch
 ):
     """FedAvg of finite updates is finite (a weighted mean): only a bug makes it otherwise.
-    Such a bug is injected here (the accumulator's result poisoned) to show the safety net:
-    a round that cannot be committed fails the task with its cause rather than moving on."""
-    real_result = FedAvgAccumulator.result
+    Such a bug is injected here to show the safety net: a round that cannot be committed
+    fails the task with its cause rather than moving on. Both folds are poisoned, the
+    whole-model accumulator's result and the streamed close's range sums (a plain FedAvg
+    round is closed streamed), so the test holds whichever path closes the round."""
+    real_result, real_finish = FedAvgAccumulator.result, RangeSum.finish
 
     def poisoned(self):
         out = real_result(self)
         out["dense/bias"] = np.full_like(out["dense/bias"], np.inf)
         return out
 
+    def poisoned_finish(self, total_examples, non_finite):
+        at = 0
+        for piece in self.span.pieces:
+            if piece.name == "dense/bias":
+                self._acc[at : at + piece.count] = np.inf
+            at += piece.count
+        return real_finish(self, total_examples, non_finite)
+
     monkeypatch.setattr(FedAvgAccumulator, "result", poisoned)
+    monkeypatch.setattr(RangeSum, "finish", poisoned_finish)
     cfg = TaskConfig.parse(
         {"task_name": "sync-inf", "clients": list(CLIENTS), "rounds": 2, "round_timeout_s": 60}
     )
