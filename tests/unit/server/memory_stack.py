@@ -74,23 +74,10 @@ class MemoryStack:
         self, task_name: str, client_id: str, round_id: int, weights: dict[str, np.ndarray],
         num_examples: int,
     ) -> UpdateRecord:  # fmt: skip
-        """A silo's upload and record, as a client writes them."""
-        blob = codec.encode(weights)
+        """A sync silo's upload and record for round `round_id`, as a client writes them."""
         update_id = f"r{round_id:08d}"
-        record = UpdateRecord(
-            task_name=task_name,
-            client_id=client_id,
-            update_id=update_id,
-            base_version=round_id,
-            round_id=round_id,
-            s3_key=keys.local_key(task_name, client_id, round_id, update_id),
-            sha256=codec.sha256_bytes(blob),
-            size_bytes=len(blob),
-            num_examples=num_examples,
-        )
-        await self.objects.put_bytes(record.s3_key, blob, record.sha256)
-        assert await self.inbox.put({"task_name": task_name, **record.item()})
-        return record
+        return await self._write(task_name, client_id, round_id, round_id, update_id, weights,
+                                 num_examples)  # fmt: skip
 
     async def submit_async(
         self, task_name: str, client_id: str, base_version: int, weights: dict[str, np.ndarray],
@@ -98,12 +85,21 @@ class MemoryStack:
     ) -> UpdateRecord:  # fmt: skip
         """An async silo's upload and record, trained on version `base_version`."""
         update_id = update_id or f"{client_id}-v{base_version}"
+        return await self._write(task_name, client_id, base_version, None, update_id, weights,
+                                 num_examples)  # fmt: skip
+
+    async def _write(
+        self, task_name: str, client_id: str, base_version: int, round_id: int | None,
+        update_id: str, weights: dict[str, np.ndarray], num_examples: int,
+    ) -> UpdateRecord:  # fmt: skip
+        """The object under the silo's own prefix, then its record in the inbox."""
         blob = codec.encode(weights)
         record = UpdateRecord(
             task_name=task_name,
             client_id=client_id,
             update_id=update_id,
             base_version=base_version,
+            round_id=round_id,
             s3_key=keys.local_key(task_name, client_id, base_version, update_id),
             sha256=codec.sha256_bytes(blob),
             size_bytes=len(blob),
