@@ -76,6 +76,17 @@ async def test_eval_accuracy_reported_by_the_silos_stops_an_async_task(moto_serv
         task = await store.get_task(cfg.task_name)
         updates = await all_decided(store, cfg.task_name)  # those in flight too
         final = codec.decode(await store.get_object(keys.final_key(cfg.task_name)))
+        head = codec.decode(
+            await store.get_object(keys.global_key(cfg.task_name, task["final_version"]))
+        )
+        # each accepted report's global model, as the silo was given it
+        given = {
+            u["base_version"]: codec.decode(
+                await store.get_object(keys.global_key(cfg.task_name, u["base_version"]))
+            )
+            for u in updates
+            if u["verdict"] == "accepted"
+        }
     # THEN the task ended on its target, before max_versions, and every silo saw the end
     assert desc["status"] == "SUCCEEDED"
     assert task["finished"] == "target_metric"
@@ -90,8 +101,18 @@ async def test_eval_accuracy_reported_by_the_silos_stops_an_async_task(moto_serv
     assert len(latest) >= 2
     reached = [r for r in latest.values() if r["value"] >= THRESHOLD]
     assert reached
-    # AND the final model does classify the silos' held-out data (scored here by hand)
-    x = np.concatenate([held.x for _, held in splits]).astype(np.float64)
-    y = np.concatenate([held.y for _, held in splits])
-    logits = x @ final["dense/kernel"].astype(np.float64) + final["dense/bias"]
-    assert float(np.mean(np.argmax(logits, axis=1) == y)) > 0.7
+    # AND every report is true: the global model the silo was given, scored here by hand
+    # on that silo's held-out data, has exactly the accuracy the silo reported
+    held_of = {c: held for c, (_, held) in zip(SILOS, splits, strict=True)}
+    for u in accepted:
+        w, held = given[u["base_version"]], held_of[u["client_id"]]
+        x = held.x.reshape(len(held.x), -1).astype(np.float64)
+        logits = x @ w["dense/kernel"].astype(np.float64) + w["dense/bias"].astype(np.float64)
+        assert float(u["metrics"]["eval_accuracy"]) == float(
+            np.mean(np.argmax(logits, 1) == held.y)
+        )
+    # AND the final model published is the head version the task stopped at (async: the
+    # reports score the versions the silos trained from, and the head has absorbed more
+    # since; how well the head scores is not what the stop rule promises, so not asserted)
+    assert set(final) == set(head)
+    assert all(np.array_equal(final[k], head[k]) for k in head)
