@@ -150,9 +150,7 @@ def _payload(header: dict) -> bytes:
     ],
     ids=["gap-in-data", "pickle", "empty", "other-model"],
 )
-async def test_a_bad_header_is_refused_before_any_tensor_is_read(
-    objects, blob, error, fragment
-):
+async def test_a_bad_header_is_refused_before_any_tensor_is_read(objects, blob, error, fragment):
     # GIVEN an object whose header is not a safetensors header of the global model
     sha = await put(objects, "u", blob)
     spec = codec.spec_of({"w": np.zeros(3, np.float32)})
@@ -169,50 +167,70 @@ async def test_a_missing_object_named_by_a_silo_is_the_silos_fault(objects):
         await collect(stream)
 
 
-async def test_a_process_capped_at_a_quarter_of_the_model_folds_a_streamed_round(
-    aws, bucket, moto_server
-):
-    # GIVEN two float32 updates of 64 MiB each (16M parameters) in S3, 10 and 30 examples
-    params = 16 * 1024 * 1024
-    rng = np.random.default_rng(5)
-    models = [
+PARAMS = 16 * 1024 * 1024  # 64 MiB of float32 per update
+MODEL_BYTES = PARAMS * 4
+
+
+def two_big_models(seed: int) -> list[dict[str, np.ndarray]]:
+    """Two float32 updates of 64 MiB each: a big random kernel and a small constant bias."""
+    rng = np.random.default_rng(seed)
+    return [
         {
-            "big/kernel": rng.standard_normal(params - 1000, np.float32),
+            "big/kernel": rng.standard_normal(PARAMS - 1000, np.float32),
             "bias": np.ones(1000, np.float32) * i,
         }
         for i in range(2)
     ]
-    keys = ["big/0", "big/1"]
-    shas = [await put(S3Objects(aws, bucket), k, codec.encode(m)) for k, m in zip(keys, models, strict=True)]
-    expected = codec.sha256_bytes(codec.encode(fedavg(zip(models, (10, 30), strict=True))))
-    model_bytes = params * 4
-    spec = [
-        {"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in codec.spec_of(models[0])
+
+
+def spec_of(model: dict[str, np.ndarray]) -> list[dict]:
+    return [
+        {"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in codec.spec_of(model)
     ]
-    del models
-    job = {
-        "endpoint": moto_server.endpoint_url, "bucket": bucket, "keys": keys, "shas": shas,
-        "examples": [10, 30], "spec": spec, "chunk_bytes": 1024 * 1024,
-        "budget_bytes": model_bytes // 4,
-    }  # fmt: skip
+
+
+async def run_capped_child(module: str, job: dict, aws: AwsContext) -> dict:
+    """Run `module` as a child process fed `job` (its address space capped by the child
+    itself), with the test principal's keys; its last stdout line, as JSON."""
     env = {**os.environ, "MALLOC_ARENA_MAX": "1"}  # no 64 MiB arena per thread
     if aws.credentials is not None:
         env |= {
             "RANGED_KEY_ID": aws.credentials.access_key_id,
             "RANGED_SECRET": aws.credentials.secret_access_key,
         }
-    # WHEN a child process caps its address space, once its FedAvg sum exists, at what it
-    # then maps plus a quarter of one model, and folds the round streamed in 1 MiB ranges
     done = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "tests.integration.ranged_child"],
+        [sys.executable, "-m", module],
         input=json.dumps(job), capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+async def test_a_process_capped_at_a_quarter_of_the_model_folds_a_streamed_round(
+    aws, bucket, moto_server
+):
+    # GIVEN two float32 updates of 64 MiB each (16M parameters) in S3, 10 and 30 examples
+    models = two_big_models(5)
+    keys = ["big/0", "big/1"]
+    shas = [
+        await put(S3Objects(aws, bucket), k, codec.encode(m))
+        for k, m in zip(keys, models, strict=True)
+    ]
+    expected = codec.sha256_bytes(codec.encode(fedavg(zip(models, (10, 30), strict=True))))
+    spec = spec_of(models[0])
+    del models
+    job = {
+        "endpoint": moto_server.endpoint_url, "bucket": bucket, "keys": keys, "shas": shas,
+        "examples": [10, 30], "spec": spec, "chunk_bytes": 1024 * 1024,
+        "budget_bytes": MODEL_BYTES // 4,
+    }  # fmt: skip
+    # WHEN a child process caps its address space, once its FedAvg sum exists, at what it
+    # then maps plus a quarter of one model, and folds the round streamed in 1 MiB ranges
+    got = await run_capped_child("tests.integration.ranged_child", job, aws)
     # THEN reading one update whole does not fit under the cap, the streamed round does,
     # and its result has the bytes of FedAvg over the whole models, unconstrained
-    assert got["limit"] - got["mapped_at_cap"] == model_bytes // 4
+    assert got["limit"] - got["mapped_at_cap"] == MODEL_BYTES // 4
     assert got["whole_object_read"].startswith("failed: "), got["whole_object_read"]
     assert got["sha256"] == expected
 
@@ -223,13 +241,7 @@ async def test_a_process_capped_at_a_quarter_of_the_model_closes_a_streamed_roun
     from fedasync.core import keys as model_keys
 
     # GIVEN two float32 updates of 64 MiB each (16M parameters) in S3, 10 and 30 examples
-    params = 16 * 1024 * 1024
-    rng = np.random.default_rng(6)
-    models = [
-        {"big/kernel": rng.standard_normal(params - 1000, np.float32),
-         "bias": np.ones(1000, np.float32) * i}
-        for i in range(2)
-    ]  # fmt: skip
+    models = two_big_models(6)
     records = []
     for i, m in enumerate(models):
         key = model_keys.local_key("capped", f"silo-{i}", 0, "r00000000")
@@ -242,35 +254,20 @@ async def test_a_process_capped_at_a_quarter_of_the_model_closes_a_streamed_roun
         )  # fmt: skip
         del blob
     expected = codec.encode(fedavg(zip(models, (10, 30), strict=True)))
-    spec = [
-        {"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in codec.spec_of(models[0])
-    ]
-    model_bytes = params * 4
+    spec = spec_of(models[0])
     del models
     job = {
         "endpoint": moto_server.endpoint_url, "bucket": bucket, "records": records,
         "task_name": "capped", "spec": spec, "chunk_bytes": 1024 * 1024,
-        "budget_bytes": model_bytes // 4, "spill_dir": str(tmp_path),
+        "budget_bytes": MODEL_BYTES // 4, "spill_dir": str(tmp_path),
     }  # fmt: skip
-    env = {**os.environ, "MALLOC_ARENA_MAX": "1"}
-    if aws.credentials is not None:
-        env |= {
-            "RANGED_KEY_ID": aws.credentials.access_key_id,
-            "RANGED_SECRET": aws.credentials.secret_access_key,
-        }
     # WHEN a child process caps its address space at what it maps plus a quarter of one
     # model, then runs the server's streamed fold of the round (1 MiB ranges, 2 ahead) and,
     # the cap lifted, its multipart upload
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "tests.integration.streamed_close_child"],
-        input=json.dumps(job), capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    got = await run_capped_child("tests.integration.streamed_close_child", job, aws)
     # THEN reading one update whole does not fit under the cap, the fold does, and the
     # stored version 1 has the bytes of FedAvg over the whole models, unconstrained
-    assert got["limit"] - got["mapped_at_cap"] == model_bytes // 4
+    assert got["limit"] - got["mapped_at_cap"] == MODEL_BYTES // 4
     assert got["whole_object_read"].startswith("failed: "), got["whole_object_read"]
     stored = await (await aws.s3()).get_object(
         Bucket=bucket, Key=model_keys.global_key("capped", 1)
