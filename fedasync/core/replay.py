@@ -159,7 +159,7 @@ def _replay_sync(
             state = _server_step(cfg, event, versions, stepped, state=state, result=result)
             continue
         bound = cfg.clip_update_norm
-        norm_base = cfg.max_update_norm is not None or bound is not None
+        norm_base = cfg.max_update_norm is not None or bound is not None or cfg.update_encoding
         base = codec.decode(versions[round_id]) if norm_base else None
         acc = sync_strategy(cfg).fold(spec, who=f"round {round_id} of task {cfg.task_name!r}")
         for sk in event["members"]:
@@ -236,8 +236,9 @@ def _replay_async(
         who = describe(record)
         base_w = codec.decode(versions[record.base_version]) if needs_base else None
         client_w = load_payload(
-            load(record.s3_key), record, spec, cfg, base=base_w if cfg.max_update_norm else None
-        )
+            load(record.s3_key), record, spec, cfg,
+            base=base_w if cfg.max_update_norm or cfg.update_encoding else None,
+        )  # fmt: skip
         try:
             screened = screen(client_w, base_w, cfg, recent, who)
         except InvalidWeightsError as exc:  # the filter would have rejected what was accepted

@@ -20,8 +20,13 @@ from fedasync import limits
 from fedasync.aws.ranged import stream_tensors
 from fedasync.core import codec, keys
 from fedasync.core.codec import Array, Weights, check_compatible
-from fedasync.core.decisions import describe
-from fedasync.core.errors import ChecksumMismatchError, GlobalRefusedError, SchemaError
+from fedasync.core.decisions import describe, load_payload
+from fedasync.core.errors import (
+    ChecksumMismatchError,
+    FedAsyncError,
+    GlobalRefusedError,
+    SchemaError,
+)
 from fedasync.core.fedavg import FedAvgAccumulator
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.noise import SecureGaussian
@@ -62,6 +67,8 @@ async def fold_round(
         base = await load_model(store, key, view.head_sha256, who) if bound else None
         for record in records:
             weights: Mapping[str, Array] | None = cached[record.sha256]
+            if weights is None and view.cfg.update_encoding is not None:  # base + delta, whole
+                weights = await _delta_local(store, view, record, round_id)
             if weights is None and bound is None and isinstance(fold, FedAvgAccumulator):
                 await _fold_streamed(store, view, record, round_id, fold)  # add_chunk
                 continue
@@ -91,6 +98,25 @@ async def _streamed(
         async with contextlib.aclosing(chunks):
             yield chunks
     except (ChecksumMismatchError, SchemaError) as exc:  # its header was checked at its verdict
+        raise ChecksumMismatchError(
+            f"{describe(record)}: object {record.s3_key!r} changed after the update was "
+            f"accepted ({exc.message}); round {round_id} cannot be aggregated from it"
+        ) from exc
+
+
+async def _delta_local(
+    store: ServerStore, view: TaskView, record: UpdateRecord, round_id: int
+) -> Weights:
+    """An accepted update of a delta task (`update_encoding`) read whole and checked again
+    as at its verdict, as the local model base + delta (`fedasync.core.deltas`)."""
+    key = keys.global_key(view.task_name, round_id)
+    base = await load_model(store, key, view.head_sha256, f"round {round_id}")
+    data = await store.get_object(
+        record.s3_key, max_bytes=view.cfg.max_model_bytes, named_by_silo=True
+    )
+    try:
+        return load_payload(data, record, view.spec, view.cfg, base=base)
+    except FedAsyncError as exc:  # its verdict accepted other bytes
         raise ChecksumMismatchError(
             f"{describe(record)}: object {record.s3_key!r} changed after the update was "
             f"accepted ({exc.message}); round {round_id} cannot be aggregated from it"
