@@ -74,7 +74,8 @@ def to_half(d64: Array, dtype: str) -> Array:
     """`d64` (float64) rounded once to `dtype`, to nearest, ties to even."""
     d64 = np.asarray(d64, dtype=np.float64)
     if dtype == "float16":
-        return d64.astype(np.float16)  # numpy rounds float64 -> float16 directly
+        with np.errstate(over="ignore"):  # out of range: inf, which `make_delta` refuses
+            return d64.astype(np.float16)  # numpy rounds float64 -> float16 directly
     if dtype == "bfloat16":
         return _bf16_nearest(d64)
     raise SchemaError(f"delta dtype {dtype!r} is not one of {', '.join(DELTA_DTYPES)}")
