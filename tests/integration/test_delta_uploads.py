@@ -205,3 +205,40 @@ async def test_task_start_refuses_deltas_for_a_model_that_is_not_float32(stack):
     with pytest.raises(ConfigError, match="is for float32 models"):
         await start_task(store, stack.endpoints.state_machine_arn, cfg, model)
     assert await store.get_task("dbf") is None
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "median"])
+async def test_a_cold_close_reads_each_delta_again_as_base_plus_delta(
+    stack, tmp_path, monkeypatch, strategy
+):
+    # GIVEN a one-round sync task of fp16 deltas, FedAvg or the element-wise median, on a
+    # cold container (nothing folded from memory: each update is read again at the close)
+    from fedasync.server.cache import CACHE
+
+    monkeypatch.setattr(CACHE, "max_bytes", 0)
+    cfg = TaskConfig.parse(
+        {"task_name": "dcold", "clients": list(CLIENTS), "rounds": 1, "round_timeout_s": 60,
+         "min_clients": 3, "strategy": strategy, "update_encoding": {"dtype": "float16"}}
+    )  # fmt: skip
+    store = store_for(stack)
+    arn = await start_task(store, stack.endpoints.state_machine_arn, cfg, initial_model())
+    x0 = initial_model()
+    # WHEN the three silos send their fp16 deltas from version 0
+    for client in clients_for(stack):
+        notice = await first_notice(client)
+        await submit_delta(client, notice, tmp_path, trained(x0, client.index, 0))
+    assert (await wait_execution(stack, arn))["status"] == "SUCCEEDED"
+    # THEN version 1 is the strategy over the locals x0 + float32(delta), by hand
+    models = [local_by_hand(x0, half_by_hand(trained(x0, i, 0), x0, "float16")) for i in range(3)]
+    if strategy == "median":
+        expected = {k: np.median(np.stack([m[k] for m in models]), axis=0).astype(np.float32)
+                    for k in x0}  # fmt: skip
+    else:
+        expected = {
+            k: (sum(n * m[k].astype(np.float64) for m, n in zip(models, EXAMPLES, strict=True))
+                / sum(EXAMPLES)).astype(np.float32)
+            for k in x0
+        }  # fmt: skip
+    got = codec.decode(await store.get_object(keys.global_key("dcold", 1)))
+    for name in expected:
+        assert got[name].tobytes() == expected[name].tobytes()
