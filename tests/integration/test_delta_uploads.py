@@ -38,9 +38,7 @@ HALF = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 def trained(global_w: dict, client_index: int, version: int) -> dict:
     """A fake training step with changes fp16 cannot hold exactly (~1e-2, random)."""
     rng = np.random.default_rng(100 * version + client_index)
-    return {
-        k: (v + rng.normal(0, 1e-2, v.shape)).astype(np.float32) for k, v in global_w.items()
-    }
+    return {k: (v + rng.normal(0, 1e-2, v.shape)).astype(np.float32) for k, v in global_w.items()}
 
 
 def half_by_hand(local: dict, base: dict, dtype: str) -> dict:
