@@ -47,6 +47,7 @@ DELTA_DTYPES: dict[str, np.dtype[Any]] = {
     "bfloat16": np.dtype(ml_dtypes.bfloat16),
 }
 DELTA_OF_KEY = "fedasync.delta_of"
+CHUNK = 1 << 18  # elements rounded at a time: 2 MiB of float64
 DELTA_DTYPE_KEY = "fedasync.delta_dtype"
 
 
@@ -62,10 +63,11 @@ def _bf16_nearest(d64: Array) -> Array:
     f32 = d64.astype(np.float32)
     back = f32.astype(np.float64)
     inexact = back != d64
-    # round to odd: the float32 towards zero, its last bit set, wherever f32 was rounded
-    over = inexact & (np.abs(back) > np.abs(d64))
-    f32 = np.where(over, np.nextafter(f32, np.float32(0)), f32).astype(np.float32)
-    bits = f32.view(np.uint32) | inexact.astype(np.uint32)
+    # round to odd: where float32 rounded away from zero, one ulp back towards it (its
+    # magnitude's bits minus one, whatever the sign); then the last bit set if inexact
+    away = inexact & ((back > d64) ^ np.signbit(d64))
+    bits = f32.view(np.uint32) - away.view(np.uint8)
+    bits |= inexact.view(np.uint8)
     out: Array = bits.view(np.float32).astype(ml_dtypes.bfloat16)
     return out
 
@@ -84,23 +86,34 @@ def to_half(d64: Array, dtype: str) -> Array:
 def make_delta(
     local: Mapping[str, Array], base: Mapping[str, Array], dtype: str, who: str
 ) -> Weights:
-    """half(local - base) per tensor, in the model's order; `DeltaOverflowError` if any
-    element of a finite delta leaves the half type's range."""
+    """half(local - base) per tensor, in the model's order, `CHUNK` elements at a time (no
+    float64 copy of a model); `DeltaOverflowError` if an element of a finite delta leaves
+    the half type's range."""
     out: Weights = {}
     for name, arr in local.items():
-        d64 = np.asarray(arr, dtype=np.float64) - np.asarray(base[name], dtype=np.float64)
-        half = to_half(d64, dtype)
-        over = np.isfinite(d64) & ~np.isfinite(half.astype(np.float64))
-        if over.any():
-            worst = float(np.max(np.abs(d64[over])))
-            limit = float(np.finfo(DELTA_DTYPES[dtype]).max)
-            raise DeltaOverflowError(
-                f"{who}: tensor {name!r} changed by {worst:.6g}, beyond {dtype}'s largest "
-                f"value {limit:.6g}; the {dtype} delta cannot carry it and nothing was sent. "
-                "Lower the learning rate or run the task without update_encoding"
-            )
-        out[name] = half
+        flat, flat_base = np.ravel(arr), np.ravel(base[name])
+        half = np.empty(flat.size, DELTA_DTYPES[dtype])
+        for start in range(0, flat.size, CHUNK):
+            stop = min(start + CHUNK, flat.size)
+            d64 = np.subtract(flat[start:stop], flat_base[start:stop], dtype=np.float64)
+            piece = to_half(d64, dtype)
+            if not np.isfinite(piece).all():  # NaN passes (the server rejects it); inf not
+                _refuse_overflow(d64, piece, dtype, f"{who}: tensor {name!r}")
+            half[start:stop] = piece
+        out[name] = half.reshape(np.shape(arr))
     return out
+
+
+def _refuse_overflow(d64: Array, half: Array, dtype: str, who: str) -> None:
+    over = np.isfinite(d64) & ~np.isfinite(half)
+    if over.any():
+        worst = float(np.max(np.abs(d64[over])))
+        limit = float(np.finfo(DELTA_DTYPES[dtype]).max)
+        raise DeltaOverflowError(
+            f"{who} changed by {worst:.6g}, beyond {dtype}'s largest value {limit:.6g}; "
+            f"the {dtype} delta cannot carry it and nothing was sent. Lower the learning "
+            "rate or run the task without update_encoding"
+        )
 
 
 def write_delta_file(

@@ -262,3 +262,21 @@ def test_default_off_keeps_today_s_notice_and_record_bytes():
     on = notice.model_copy(update={"update_encoding": cfg_for("float16").update_encoding})
     assert GlobalModelNotice.parse(on.to_json()).update_encoding.dtype == "float16"
     assert DELTA_OF_KEY == "fedasync.delta_of"
+
+
+def test_a_tensor_larger_than_a_chunk_is_rounded_whole_and_checked_in_every_chunk():
+    # GIVEN a (2, CHUNK + 3) tensor: its delta spans three chunks
+    from fedasync.core.deltas import CHUNK
+
+    rng = np.random.default_rng(4)
+    base = {"w": rng.normal(size=(2, CHUNK + 3)).astype(np.float32)}
+    local = {"w": (base["w"] + rng.normal(0, 1e-2, base["w"].shape)).astype(np.float32)}
+    # THEN the delta is every element's nearest fp16, by table, in the tensor's shape
+    delta = make_delta(local, base, "float16", "x")["w"]
+    d64 = local["w"].astype(np.float64) - base["w"]
+    assert delta.shape == (2, CHUNK + 3)
+    np.testing.assert_array_equal(delta.astype(np.float64), nearest_by_table(d64, "float16"))
+    # AND an overflow in the last chunk is refused too
+    local["w"][1, -1] = 1e6
+    with pytest.raises(DeltaOverflowError, match="'w' changed by"):
+        make_delta(local, base, "float16", "x")
