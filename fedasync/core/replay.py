@@ -159,7 +159,8 @@ def _replay_sync(
             state = _server_step(cfg, event, versions, stepped, state=state, result=result)
             continue
         bound = cfg.clip_update_norm
-        norm_base = cfg.max_update_norm is not None or bound is not None or cfg.update_encoding
+        norm_base = cfg.max_update_norm is not None or bound is not None
+        norm_base |= cfg.update_encoding is not None  # a delta reads as base + delta
         base = codec.decode(versions[round_id]) if norm_base else None
         acc = sync_strategy(cfg).fold(spec, who=f"round {round_id} of task {cfg.task_name!r}")
         for sk in event["members"]:

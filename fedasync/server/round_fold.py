@@ -64,11 +64,12 @@ async def fold_round(
         cached = {record.sha256: CACHE.get(record.sha256) for record in records}
         bound = view.cfg.clip_update_norm  # each delta clipped to it, against the round's model
         key = keys.global_key(view.task_name, round_id)
-        base = await load_model(store, key, view.head_sha256, who) if bound else None
+        delta = view.cfg.update_encoding is not None  # its updates read as base + delta
+        base = await load_model(store, key, view.head_sha256, who) if bound or delta else None
         for record in records:
             weights: Mapping[str, Array] | None = cached[record.sha256]
-            if weights is None and view.cfg.update_encoding is not None:  # base + delta, whole
-                weights = await _delta_local(store, view, record, round_id)
+            if weights is None and delta and base is not None:  # read whole, as at its verdict
+                weights = await _delta_local(store, view, record, round_id, base)
             if weights is None and bound is None and isinstance(fold, FedAvgAccumulator):
                 await _fold_streamed(store, view, record, round_id, fold)  # add_chunk
                 continue
@@ -105,12 +106,10 @@ async def _streamed(
 
 
 async def _delta_local(
-    store: ServerStore, view: TaskView, record: UpdateRecord, round_id: int
+    store: ServerStore, view: TaskView, record: UpdateRecord, round_id: int, base: Weights
 ) -> Weights:
     """An accepted update of a delta task (`update_encoding`) read whole and checked again
     as at its verdict, as the local model base + delta (`fedasync.core.deltas`)."""
-    key = keys.global_key(view.task_name, round_id)
-    base = await load_model(store, key, view.head_sha256, f"round {round_id}")
     data = await store.get_object(
         record.s3_key, max_bytes=view.cfg.max_model_bytes, named_by_silo=True
     )
