@@ -280,3 +280,9 @@ def test_a_tensor_larger_than_a_chunk_is_rounded_whole_and_checked_in_every_chun
     local["w"][1, -1] = 1e6
     with pytest.raises(DeltaOverflowError, match="'w' changed by"):
         make_delta(local, base, "float16", "x")
+
+
+@pytest.mark.parametrize("value", [{"dtype": "float8"}, {"dtype": "float16", "scale": 2}, "fp16"])
+def test_an_update_encoding_that_is_not_float16_or_bfloat16_is_refused(value):
+    with pytest.raises(ConfigError, match="update_encoding"):
+        TaskConfig.parse({"task_name": "t", "clients": ["a"], "update_encoding": value})
