@@ -47,8 +47,8 @@ DELTA_DTYPES: dict[str, np.dtype[Any]] = {
     "bfloat16": np.dtype(ml_dtypes.bfloat16),
 }
 DELTA_OF_KEY = "fedasync.delta_of"
-CHUNK = 1 << 18  # elements rounded at a time: 2 MiB of float64
 DELTA_DTYPE_KEY = "fedasync.delta_dtype"
+CHUNK = 1 << 18  # elements rounded at a time: 2 MiB of float64
 
 
 class DeltaOverflowError(FedAsyncError, ValueError):
@@ -60,7 +60,8 @@ class DeltaOverflowError(FedAsyncError, ValueError):
 def _bf16_nearest(d64: Array) -> Array:
     """float64 -> bfloat16 rounded once: to float32 rounding to odd, then to nearest even
     (float32 keeps 16 more bits than bfloat16, so the two steps round as one)."""
-    f32 = d64.astype(np.float32)
+    with np.errstate(over="ignore"):  # out of range: inf, which `make_delta` refuses
+        f32 = d64.astype(np.float32)
     back = f32.astype(np.float64)
     inexact = back != d64
     # round to odd: where float32 rounded away from zero, one ulp back towards it (its
