@@ -1,6 +1,7 @@
 """Client model transfers: peak extra RSS and throughput, ours against read-it-all.
 
     python bench/client_transfer.py [--size-mb 400] [--repeats 3] [--quick] [--json PATH]
+    python bench/client_transfer.py --deltas [--repeats 3]   # fp32 model vs fp16 delta
 
 A safetensors model of `--size-mb` MB is written to a temporary directory a few MiB at
 a time, and a moto server runs in its own process (it keeps objects in memory, which
@@ -308,6 +309,78 @@ def bench(size_mb: int, repeats: int) -> list[Figure]:
     return figs
 
 
+# --- fp32 model against fp16 delta uploads (parent process, one moto) --------------
+
+
+def _upload_timed(endpoint: str, path: Path, sha256: str, key: str) -> float:
+    from client.config import DEFAULT_PART_BYTES
+    from fedasync.aws import transfer
+    from fedasync.aws.session import AwsContext
+
+    async def go() -> float:
+        async with AwsContext(endpoint) as aws:
+            s3 = await aws.s3()
+            await s3.head_bucket(Bucket=BUCKET)
+            t0 = time.perf_counter()
+            await transfer.upload_file(
+                s3, BUCKET, key, path, sha256=sha256, part_size=DEFAULT_PART_BYTES
+            )
+            return time.perf_counter() - t0
+
+    return asyncio.run(go())
+
+
+def _delta_point(endpoint: str, tmp: Path, params: int, repeats: int) -> list[Figure]:
+    """Write + upload of one update of `params` float32 values, as the silo does it: its
+    model (`codec.write_file`) or its fp16 delta (`client.delta_upload.write_delta`'s
+    steps); bytes sent, median seconds, and the worst error of the local model the server
+    reads back, against the model itself."""
+    from fedasync.core import codec
+    from fedasync.core.deltas import make_delta, write_delta_file
+
+    rng = np.random.default_rng(params)
+    base = {"w": rng.standard_normal(params, dtype=np.float32)}
+    local = {"w": (base["w"] + rng.normal(0, 1e-3, params)).astype(np.float32)}
+    full, half = tmp / "full.safetensors", tmp / "delta.safetensors"
+    times: dict[str, list[float]] = {"fp32": [], "fp16_delta": []}
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        sha = codec.write_file(local, full)
+        write_s = time.perf_counter() - t0
+        times["fp32"].append(write_s + _upload_timed(endpoint, full, sha, f"fp32/{i}"))
+        t0 = time.perf_counter()
+        sha = write_delta_file(make_delta(local, base, "float16", "bench"), half, 0, "float16")
+        write_s = time.perf_counter() - t0
+        times["fp16_delta"].append(write_s + _upload_timed(endpoint, half, sha, f"d16/{i}"))
+    read_back = base["w"] + codec.read_file(half)["w"].astype(np.float32)
+    err = float(np.max(np.abs(read_back.astype(np.float64) - local["w"])))
+    cast_err = float(np.max(np.abs(local["w"].astype(np.float16).astype(np.float64) - local["w"])))
+    tag = f"{params // 1_000_000}M"
+    sizes = full.stat().st_size, half.stat().st_size
+    t32, t16 = median(times["fp32"]), median(times["fp16_delta"])
+    return [
+        Figure(f"delta_upload_bytes_{tag}", sizes[1], "bytes", sizes[0], sizes[1] / sizes[0],
+               "0.5x fp32 + header"),
+        Figure(f"delta_upload_seconds_{tag}", t16, "s", t32, t16 / t32, None),
+        Figure(f"delta_max_abs_error_{tag}", err, "abs", cast_err, err / cast_err,
+               "baseline: the fp16 cast of the weights"),
+    ]  # fmt: skip
+
+
+def bench_deltas(params: list[int], repeats: int) -> list[Figure]:
+    with tempfile.TemporaryDirectory(prefix="bench-delta-") as tmp, moto_process() as endpoint:
+        os.environ.update({k: v for k, v in _CREDENTIALS.items() if k not in os.environ})
+
+        async def bucket() -> None:
+            from fedasync.aws.session import AwsContext
+
+            async with AwsContext(endpoint) as aws:
+                await (await aws.s3()).create_bucket(Bucket=BUCKET)
+
+        asyncio.run(bucket())
+        return [f for n in params for f in _delta_point(endpoint, Path(tmp), n, repeats)]
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2:])
@@ -319,7 +392,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="64 MB, 1 repeat")
     parser.add_argument("--json", dest="json_path")
+    parser.add_argument(
+        "--deltas", action="store_true", help="fp32 model vs fp16 delta uploads, 1M and 10M"
+    )
     args = parser.parse_args()
+    if args.deltas:
+        emit(bench_deltas([1_000_000, 10_000_000], args.repeats), args.json_path)
+        return
     if args.quick:
         args.size_mb, args.repeats = 64, 1
     emit(bench(args.size_mb, args.repeats), args.json_path)

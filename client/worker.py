@@ -20,6 +20,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from client.datacheck import check_data_fits
+from client.delta_upload import write_upload
 from client.inbox import Held
 from client.privacy import local_dp
 from client.state import EndOfRun, PendingUpload, RunState
@@ -124,12 +125,11 @@ async def prepare_update(state: RunState, held: Held) -> PendingUpload | None:
         trained, num_examples, metrics = await train(state, weights, notice)
         # local DP (privacy.mode local): what leaves the silo is clipped and noised
         trained, local_epsilon = await local_dp(state, notice, weights, trained, num_examples)
-        del weights  # at most the global and the local model in memory, never more
         # named per update: the previous one may still be uploading from its own file
         path = state.workdir / f"local-{update_id}.safetensors"
-        sha = await asyncio.to_thread(
-            codec.write_file, trained, path, f"local model v{notice.version}"
-        )
+        # the model, or its half-precision delta against `weights` (update_encoding)
+        sha, delta_dtype = await write_upload(state, notice, weights, trained, path)
+        del weights  # at most the global and the local model in memory, never more
     finally:
         state.phases.pop("trainer", None)
     record = UpdateRecord(
@@ -144,6 +144,7 @@ async def prepare_update(state: RunState, held: Held) -> PendingUpload | None:
         num_examples=num_examples,
         metrics=metrics,
         local_epsilon=local_epsilon,
+        delta_dtype=delta_dtype,
     )
     return PendingUpload(held, record, path)
 

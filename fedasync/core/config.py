@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from fedasync.core.config_encoding import UpdateEncodingField
 from fedasync.core.config_limits import (
     EVENTS_PER_ROUND_CHECK,
     EVENTS_PER_SYNC_ROUND,
@@ -122,6 +123,7 @@ class TaskConfig(BaseModel):
     secure_aggregation: Annotated[
         SecureAggregation | None, BeforeValidator(parse_secure_aggregation)
     ] = None
+    update_encoding: UpdateEncodingField = None  # fp16/bf16 delta uploads (core.deltas)
     loss: Loss = Field(
         default="cross_entropy",
         description="what the silos minimise: cross_entropy (classes) or mse (regression)",

@@ -14,6 +14,7 @@ from typing import Any
 from fedasync.core import codec
 from fedasync.core.codec import Array, ModelSpec, Weights
 from fedasync.core.config import TaskConfig
+from fedasync.core.deltas import local_from_delta
 from fedasync.core.errors import (
     ChecksumMismatchError,
     FedAsyncError,
@@ -130,6 +131,10 @@ def load_payload(
         check_examples(record, cfg)  # after the checksum: the claim comes with its bytes
         # read-only views on the bytes: nothing downstream changes an update in place
         weights = codec.decode(data, max_bytes=cfg.max_model_bytes, who=who, copy=False)
+        if record.delta_dtype is not None or cfg.update_encoding is not None:  # base + delta
+            weights = local_from_delta(
+                data, weights, record, spec=spec, cfg=cfg, base=base, who=who
+            )
         codec.validate(weights, spec, who, base=base, max_norm=cfg.max_update_norm)
     except FedAsyncError as exc:
         exc.attributed = True  # only the client can have put these bytes there

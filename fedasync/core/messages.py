@@ -22,6 +22,7 @@ from pydantic import (
 
 from fedasync.core import keys
 from fedasync.core.config import CLIENT_ID_PATTERN, TASK_NAME_PATTERN
+from fedasync.core.config_encoding import UpdateEncoding
 from fedasync.core.errors import SchemaError, UnknownClientError
 from fedasync.core.privacy import PrivacyConfig
 
@@ -101,11 +102,13 @@ class GlobalModelNotice(WireMessage):
     # own delta before upload (client/privacy.py) and reports its own epsilon. Left out of
     # the JSON when None, for the same reason as `proximal_mu`.
     privacy: PrivacyConfig | None = None
+    # the task's update_encoding: upload half(local - this model) (fedasync.core.deltas);
+    # left out of the JSON when None, as `proximal_mu`
+    update_encoding: UpdateEncoding | None = None
 
     def to_json(self) -> str:
         unset = {"proximal_mu"} if not self.proximal_mu else set()
-        if self.privacy is None:
-            unset.add("privacy")
+        unset |= {f for f in ("privacy", "update_encoding") if getattr(self, f) is None}
         return self.model_dump_json(exclude=unset or None)
 
     @model_validator(mode="after")
@@ -139,6 +142,9 @@ class UpdateRecord(WireMessage):
     # local DP: the epsilon the silo has spent on this task, this update included (its
     # own accountant, at the task's delta); None when the silo adds no noise itself
     local_epsilon: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    # the object is half(local - global of base_version) in this dtype (fedasync.core.deltas);
+    # None: the local model itself
+    delta_dtype: Literal["float16", "bfloat16"] | None = None
 
     @field_validator("metrics")
     @classmethod

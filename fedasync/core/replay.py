@@ -160,6 +160,7 @@ def _replay_sync(
             continue
         bound = cfg.clip_update_norm
         norm_base = cfg.max_update_norm is not None or bound is not None
+        norm_base |= cfg.update_encoding is not None  # a delta reads as base + delta
         base = codec.decode(versions[round_id]) if norm_base else None
         acc = sync_strategy(cfg).fold(spec, who=f"round {round_id} of task {cfg.task_name!r}")
         for sk in event["members"]:
@@ -236,8 +237,9 @@ def _replay_async(
         who = describe(record)
         base_w = codec.decode(versions[record.base_version]) if needs_base else None
         client_w = load_payload(
-            load(record.s3_key), record, spec, cfg, base=base_w if cfg.max_update_norm else None
-        )
+            load(record.s3_key), record, spec, cfg,
+            base=base_w if cfg.max_update_norm or cfg.update_encoding else None,
+        )  # fmt: skip
         try:
             screened = screen(client_w, base_w, cfg, recent, who)
         except InvalidWeightsError as exc:  # the filter would have rejected what was accepted

@@ -52,12 +52,14 @@ def needs_base(cfg: TaskConfig) -> bool:
 
 def base_needed(cfg: TaskConfig) -> bool:
     """An async update's base version model is read: for the strategy (FedBuff's delta),
-    the norm bound (`max_update_norm`), the screening, or central DP (its delta)."""
+    the norm bound (`max_update_norm`), the screening, central DP (its delta), or a
+    half-precision delta upload (`update_encoding`)."""
     return (
         async_strategy(cfg).needs_base
         or cfg.max_update_norm is not None
         or needs_base(cfg)
         or central_dp(cfg)
+        or cfg.update_encoding is not None  # a delta upload reads as base + delta
     )
 
 

@@ -44,6 +44,7 @@ def streamable(cfg: TaskConfig) -> bool:
         and cfg.clip_update_norm is None
         and cfg.server_optimizer is None
         and cfg.max_update_norm is None
+        and cfg.update_encoding is None  # a delta reads as base + delta: whole (core.deltas)
     )
 
 

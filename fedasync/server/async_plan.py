@@ -120,8 +120,9 @@ def _absorb_one(facts: Facts, head: Head, sub: Submission) -> tuple[Absorbed, fl
     if staleness > cfg.max_staleness or staleness < 0:
         base_w = None  # absorb() rejects it with the precise reason; skip the heavy checks
     client_w = load_payload(
-        data, record, view.spec, cfg, base=base_w if cfg.max_update_norm else None
-    )
+        data, record, view.spec, cfg,
+        base=base_w if cfg.max_update_norm or cfg.update_encoding else None,
+    )  # fmt: skip
     screened = screen(client_w, base_w, cfg, head.recent_norms, who)
     absorbed = absorb(
         head.state,

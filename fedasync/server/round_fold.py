@@ -20,8 +20,13 @@ from fedasync import limits
 from fedasync.aws.ranged import stream_tensors
 from fedasync.core import codec, keys
 from fedasync.core.codec import Array, Weights, check_compatible
-from fedasync.core.decisions import describe
-from fedasync.core.errors import ChecksumMismatchError, GlobalRefusedError, SchemaError
+from fedasync.core.decisions import describe, load_payload
+from fedasync.core.errors import (
+    ChecksumMismatchError,
+    FedAsyncError,
+    GlobalRefusedError,
+    SchemaError,
+)
 from fedasync.core.fedavg import FedAvgAccumulator
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.noise import SecureGaussian
@@ -59,9 +64,12 @@ async def fold_round(
         cached = {record.sha256: CACHE.get(record.sha256) for record in records}
         bound = view.cfg.clip_update_norm  # each delta clipped to it, against the round's model
         key = keys.global_key(view.task_name, round_id)
-        base = await load_model(store, key, view.head_sha256, who) if bound else None
+        delta = view.cfg.update_encoding is not None  # its updates read as base + delta
+        base = await load_model(store, key, view.head_sha256, who) if bound or delta else None
         for record in records:
             weights: Mapping[str, Array] | None = cached[record.sha256]
+            if weights is None and delta and base is not None:  # read whole, as at its verdict
+                weights = await _delta_local(store, view, record, round_id, base)
             if weights is None and bound is None and isinstance(fold, FedAvgAccumulator):
                 await _fold_streamed(store, view, record, round_id, fold)  # add_chunk
                 continue
@@ -91,6 +99,23 @@ async def _streamed(
         async with contextlib.aclosing(chunks):
             yield chunks
     except (ChecksumMismatchError, SchemaError) as exc:  # its header was checked at its verdict
+        raise ChecksumMismatchError(
+            f"{describe(record)}: object {record.s3_key!r} changed after the update was "
+            f"accepted ({exc.message}); round {round_id} cannot be aggregated from it"
+        ) from exc
+
+
+async def _delta_local(
+    store: ServerStore, view: TaskView, record: UpdateRecord, round_id: int, base: Weights
+) -> Weights:
+    """An accepted update of a delta task (`update_encoding`) read whole and checked again
+    as at its verdict, as the local model base + delta (`fedasync.core.deltas`)."""
+    data = await store.get_object(
+        record.s3_key, max_bytes=view.cfg.max_model_bytes, named_by_silo=True
+    )
+    try:
+        return load_payload(data, record, view.spec, view.cfg, base=base)
+    except FedAsyncError as exc:  # its verdict accepted other bytes
         raise ChecksumMismatchError(
             f"{describe(record)}: object {record.s3_key!r} changed after the update was "
             f"accepted ({exc.message}); round {round_id} cannot be aggregated from it"

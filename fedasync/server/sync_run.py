@@ -139,7 +139,7 @@ async def _accept(
 
 
 async def base_for_norm(store: ServerStore, view: TaskView, record: UpdateRecord) -> Any:
-    if view.cfg.max_update_norm is None:
+    if view.cfg.max_update_norm is None and view.cfg.update_encoding is None:
         return None
     from fedasync.core import codec
 

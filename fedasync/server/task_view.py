@@ -124,6 +124,7 @@ class TaskView:
             seq=seq,
             incarnation=self.incarnation,
             proximal_mu=self.cfg.proximal_mu,
+            update_encoding=self.cfg.update_encoding,
             privacy=(
                 self.cfg.privacy
                 if self.cfg.privacy is not None and self.cfg.privacy.mode == "local"

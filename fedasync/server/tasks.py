@@ -22,6 +22,7 @@ from fedasync.aws.executions import execution_arn_for as execution_arn
 from fedasync.core import codec, keys
 from fedasync.core.codec import Array
 from fedasync.core.config import TaskConfig
+from fedasync.core.deltas import check_model_fits
 from fedasync.core.errors import ConfigError, FedAsyncError
 from fedasync.core.initial import check_aggregatable
 from fedasync.core.privacy import central_dp, check_budget
@@ -63,6 +64,7 @@ async def start_task(
     who = f"initial model of task {cfg.task_name!r}"
     blob = codec.encode(initial, who=who)
     check_aggregatable(len(blob), cfg, who)  # before anything is created
+    check_model_fits(cfg, codec.spec_of(initial), who)
     sha = codec.sha256_bytes(blob)
     releases = dp_release_limit(cfg)
     await store.put_object(keys.global_key(cfg.task_name, 0), blob, sha)

@@ -9,7 +9,8 @@ handed back for the cache (the round's close folds them from memory). A larger o
 read by ranged GETs chunk by chunk (`IfMatch` on its first read's ETag), hashed and
 checked for NaN/Inf as it arrives, never decoded whole: the close reads it again,
 streamed. A task with `max_update_norm` needs the update's delta against its base
-model, so its updates are checked whole, whatever their size.
+model, so its updates are checked whole, whatever their size; so does a task whose silos
+upload half-precision deltas (`update_encoding`: the local model is base + delta).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ async def check_update(
         raise PayloadTooLargeError(
             f"object {key!r} is {obj.size} bytes; the limit is {cfg.max_model_bytes}"
         )
-    if obj.size <= sizing.whole_check_bytes or cfg.max_update_norm is not None:
+    if obj.size <= sizing.whole_check_bytes or cfg.max_update_norm or cfg.update_encoding:
         data = head if obj.size <= len(head) else head + await obj.read(len(head), obj.size)
         return load_payload(data, record, view.spec, cfg, base=base)
     await _check_streamed(obj, record, view, sizing)
