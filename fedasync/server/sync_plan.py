@@ -17,6 +17,8 @@ from fedasync.core import verdicts
 from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import check_round, check_running, check_sender, parse_update_item
 from fedasync.core.errors import FedAsyncError
+from fedasync.core.items import verdict as v
+from fedasync.core.items.verdict import Verdict
 from fedasync.core.messages import UpdateRecord
 
 
@@ -47,7 +49,7 @@ def plan_run(facts: RunFacts, items: Sequence[Mapping[str, Any] | None]) -> RunP
     for item in items:
         if item is None:
             return RunPlan(tuple(candidates), "absent")
-        if item.get("verdict"):
+        if Verdict.from_item(item).decided:
             return RunPlan(tuple(candidates), "decided")
         try:
             record = parse_update_item(item)
@@ -66,8 +68,6 @@ def acceptance(
     """The verdict on an update accepted into round `round_id` (its version: the next),
     with the record it was validated as (`verdicts.decided_on_record`)."""
     return {
-        "verdict": "accepted",
-        "applied_version": round_id + 1,
-        "decided_at": now,
+        **v.accepted(applied_version=round_id + 1, decided_at=now),
         **verdicts.decided_on_record(record, item),
     }

@@ -13,6 +13,7 @@ import structlog
 
 from fedasync.core import keys
 from fedasync.core.errors import FedAsyncError
+from fedasync.core.items import verdict as v
 from fedasync.core.messages import UpdateRecord
 from fedasync.server import members, rounds
 from fedasync.server.cache import CACHE
@@ -69,9 +70,7 @@ async def accept_round_run(
         )
     # the tally as read with the run, plus the run's word: only this handler counts (one
     # batch of a task at a time), so this is what the round item holds now
-    now = members.tally_of(
-        view.cfg, [{"client_id": r.client_id, "verdict": "accepted"} for r in accepted]
-    )
+    now = members.tally_of(view.cfg, [v.accepted_by(r.client_id) for r in accepted])
     await members.count(store, view, round_id, now)
     await rounds.maybe_complete(store, view, round_id, tally=members.Tally.of(round_item).plus(now))
     return decided
@@ -94,7 +93,7 @@ async def accept_one(
         return None
     record = accepted[0]
     log.info("update.accepted", round_id=record.round_id, num_examples=record.num_examples)
-    return {**item, "verdict": "accepted", "applied_version": view.head_version + 1}
+    return v.accepted_as(item, view.head_version + 1)
 
 
 def _facts(view: TaskView, round_item: dict[str, Any]) -> RunFacts:
