@@ -162,3 +162,15 @@ def budget_refused(round_id: int) -> dict[str, Any]:
 def finish_answer(reason: Any, version: Any, sha: Any) -> dict[str, Any]:
     """The answer to a wait the finish completes (as `task stop` answers it)."""
     return {"finished": True, "reason": reason, "version": version, "sha256": sha}
+
+
+# Every attribute of a ROUND item and of its result, for the literal scan of
+# `tests/unit/test_item_literals.py`.
+ATTRIBUTES = (
+    "round_id", "token", "opened_at", "sealed", MEMBERS, CLOSED, "result", "closed_at",
+    SETTLED, ACCEPTED,
+)  # fmt: skip
+RESULT_ATTRIBUTES = (
+    CLOSED, "round_id", "version", "accepted", "sha256", "dropped", "dp", "secagg",
+    "optimizer_sha256", "finished", "finish_reason", "arrived", "needed", "cause", "reason",
+)  # fmt: skip

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedasync.core.errors import TaskNotFoundError
+from fedasync.core.items._values import int_or
 
 # async: clients owed a go-ahead after a rejection (a string set)
 WAITING = "waiting"
@@ -63,6 +64,11 @@ class TaskItem:
     execution_arn: str | None
     failure: Mapping[str, Any]  # what the state machine left of a failed attempt
 
+    @property
+    def cause(self) -> Any:
+        """Why the state machine failed the current attempt (None: it did not)."""
+        return self.failure.get("cause")
+
     @classmethod
     def from_item(cls, task_name: str, item: Mapping[str, Any] | None) -> TaskItem:
         if item is None:
@@ -104,6 +110,22 @@ class TaskItem:
             execution_arn=str(item.get("execution_arn") or "") or None,
             failure={k: item[k] for k in FAILURE if item.get(k)},
         )
+
+
+@dataclass(frozen=True)
+class TaskPeek:
+    """What a watcher reads of a TASK item that may not exist yet (or be partial): never
+    raises; whatever is missing is None."""
+
+    config: Any = None  # the config as stored (JSON text), as written
+    status: str | None = None
+    head_version: int | None = None
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any] | None) -> TaskPeek:
+        i = item or {}
+        return cls(i.get("config"), str(i["status"]) if i.get("status") else None,
+                   int_or(i.get(HEAD_VERSION)))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -257,3 +279,15 @@ def ended_entry(entry: Mapping[str, Any], ended: str, failure: Mapping[str, Any]
 def stopped(cause: str) -> dict[str, Any]:
     """`task stop` of an execution that no longer runs."""
     return {"status": "STOPPED", "cause": cause}
+
+
+# Every attribute of a TASK item (the table's keys aside), for the literal scan of
+# `tests/unit/test_item_literals.py`.
+ATTRIBUTES = (
+    "config", "spec", "status", HEAD_VERSION, "head_sha256", "head_size", "initial_sha256",
+    ABSORBED, BUFFERED, "buffer_weight", "buffer_sha256", "dp_buffer_clients",
+    "dp_buffer_max_weight", "token", FINISHED, "final_version", "final_sha256", "finished_at",
+    "started_at", "created_at", "latest_metrics", WAITING, ATTEMPT, "attempts", "incarnation",
+    "optimizer_sha256", "dp_releases", "dp_release_limit", "dp_flushed_clients", RECENT_NORMS,
+    REFUSED, "execution_arn", *FAILURE,
+)  # fmt: skip
