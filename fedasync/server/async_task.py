@@ -15,13 +15,11 @@ import structlog
 
 from fedasync.core import codec, keys
 from fedasync.core.codec import Weights
-from fedasync.core.decisions import describe
 from fedasync.core.errors import GlobalRefusedError
 from fedasync.core.items import task as t
 from fedasync.core.items import verdict as v
 from fedasync.core.items.task import WAITING
 from fedasync.core.items.verdict import Verdict
-from fedasync.core.messages import UpdateRecord
 from fedasync.core.privacy import central_dp
 from fedasync.server import refused
 from fedasync.server.async_effects import after_accept
@@ -213,16 +211,19 @@ async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
 
 
 async def absorb_update(
-    store: ServerStore, view: TaskView, record: UpdateRecord, item: dict[str, Any]
+    store: ServerStore, view: TaskView, sk: str, item: dict[str, Any]
 ) -> dict[str, Any] | None:
     """One update, a batch of one through `decide`: the decided item, or None when another
     try decided it (its effects are the caller's, `updates._after`, which a redelivery
     runs again)."""
-    committed = await decide(store, view, [(record.sk, item)])
+    committed = await decide(store, view, [(sk, item)])
     if committed is not None and committed.decided:
         return v.decided_as(item, committed.decided[0].verdict)
-    if Verdict.from_item(await store.get_item(view.task_name, record.sk) or {}).decided:
+    if Verdict.from_item(await store.get_item(view.task_name, sk) or {}).decided:
         return None
     # The task moved on under us: the stream redelivers and the next attempt recomputes
     # against the new head.
-    raise RuntimeError(f"{describe(record)}: commit lost a race with another writer; retrying")
+    raise RuntimeError(
+        f"update item {sk!r} of task {view.task_name!r}: commit lost a race with another "
+        "writer; retrying"
+    )

@@ -11,14 +11,11 @@ from structlog.contextvars import bound_contextvars
 
 from fedasync.core import keys, verdicts
 from fedasync.core.decisions import (
-    check_sender,
     describe,
-    parse_update_item,
 )
 from fedasync.core.errors import FedAsyncError, SchemaError
 from fedasync.core.items import verdict as v
 from fedasync.core.items.verdict import Verdict
-from fedasync.core.messages import UpdateRecord
 from fedasync.server import async_effects, async_task, members, rounds, sync_run
 from fedasync.server.async_plan import detail_of as _detail
 from fedasync.server.finish import finish_task
@@ -52,16 +49,17 @@ async def on_update(
             await _after(store, task_name, item)
             return known
         decided: dict[str, Any] | None = None
-        record: UpdateRecord | None = None
         try:
-            record = parse_update_item(item)
             view = TaskView.from_item(task_name, await store.get_task(task_name))
-            check_sender(record, view.cfg)
-            with bound_contextvars(version=view.head_version, round_id=record.round_id):
-                decided = await _accept(store, view, record, item)
-        except FedAsyncError as exc:
-            detail = _detail(exc, task_name, sk, item, record)
-            await _reject(store, task_name, sk, exc, detail, item=item)
+        except FedAsyncError as exc:  # no task to decide on (absent, or its item unreadable)
+            await _reject(
+                store, task_name, sk, exc, _detail(exc, task_name, sk, item, None), item=item
+            )
+        else:
+            with bound_contextvars(
+                version=view.head_version, round_id=Verdict.from_item(item).round_id
+            ):
+                decided = await _decide(store, view, sk, item)
         # our own conditional write succeeded: the item is what we wrote, no need to re-read
         item = decided or await store.get_item(task_name, sk) or item
         await _after(store, task_name, item)
@@ -72,10 +70,10 @@ async def decide_run(store: ServerStore, task_name: str, sks: Sequence[str]) -> 
     """Decide a run of one task's new update records (stream order) together.
 
     The same verdicts, bytes and effects as one `on_update` per record, with one TASK read
-    and one round of effects for the run. Decides a prefix and returns its length: it
-    stops before the first record that is decided already (sync: or would be rejected;
-    async: rejections are verdicts of the run, see `async_task.absorb_run`), and the
-    caller hands the rest to `on_update`, one by one (which records the reason).
+    and one round of effects for the run. Decides a prefix and returns its length: a
+    rejection is a verdict of the run (`sync_plan.plan_run`, `async_task.absorb_run`); it
+    stops before the first record that vanished or is decided already, and the caller
+    hands the rest to `on_update`, one by one.
     """
     if len(sks) > async_task.MAX_RUN:
         return 0
@@ -92,13 +90,14 @@ async def decide_run(store: ServerStore, task_name: str, sks: Sequence[str]) -> 
     return await sync_run.accept_round_run(store, view, sks, read)
 
 
-async def _accept(
-    store: ServerStore, view: TaskView, record: UpdateRecord, item: dict[str, Any]
+async def _decide(
+    store: ServerStore, view: TaskView, sk: str, item: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """The item with its verdict when this call wrote it; None when another try did."""
+    """The item with its verdict (accepted, or rejected with its reason) when this call
+    wrote it; None when another try did. The mode's plan parses and checks the item."""
     if view.cfg.mode == "async":
-        return await async_task.absorb_update(store, view, record, item)
-    return await sync_run.accept_one(store, view, item)
+        return await async_task.absorb_update(store, view, sk, item)
+    return await sync_run.decide_one(store, view, item)
 
 
 async def _reject(
