@@ -10,9 +10,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from fedasync.core import keys, verdicts
-from fedasync.core.decisions import (
-    describe,
-)
+from fedasync.core.decisions import describe
 from fedasync.core.errors import FedAsyncError, SchemaError
 from fedasync.core.items import verdict as v
 from fedasync.core.items.verdict import Verdict
