@@ -15,7 +15,7 @@ from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import droppable, lapsed, round_complete
 from fedasync.core.items import round as r
 from fedasync.core.items import verdict as v
-from fedasync.core.items.round import RoundItem
+from fedasync.core.items.round import ACCEPTED, SETTLED, RoundItem
 from fedasync.core.items.verdict import Verdict
 from fedasync.core.verdicts import decided_on
 from fedasync.server.store import ServerStore
@@ -168,3 +168,15 @@ async def may_close(store: ServerStore, view: TaskView, tally: Tally) -> bool:
         if lapsed(dict(zip(some, beats, strict=True)), now) != set(some):
             return False
     return True
+
+
+__all__ = [
+    "ACCEPTED",
+    "SETTLED",
+    "Tally",
+    "claim_members",
+    "count",
+    "dead_undecided",
+    "may_close",
+    "tally_of",
+]

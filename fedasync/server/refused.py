@@ -33,6 +33,7 @@ from fedasync.core.globalcheck import check_new_global
 from fedasync.core.items import round as r
 from fedasync.core.items import task as t
 from fedasync.core.items import verdict as v
+from fedasync.core.items.task import REFUSED
 from fedasync.core.items.verdict import Verdict
 from fedasync.core.strategies import sync_strategy
 from fedasync.server.cache import CACHE
@@ -149,3 +150,13 @@ async def refuse_round(
         members=members,
     )
     return result
+
+
+__all__ = [
+    "REFUSED",
+    "buffered_sks",
+    "check_round",
+    "check_stepped",
+    "mark_discarded",
+    "refuse_round",
+]

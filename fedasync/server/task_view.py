@@ -12,7 +12,7 @@ from fedasync.core.asyncagg import AsyncState
 from fedasync.core.codec import ModelSpec, TensorSpec
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import SchemaError
-from fedasync.core.items.task import TaskItem
+from fedasync.core.items.task import WAITING, TaskItem
 from fedasync.core.messages import GlobalModelNotice
 from fedasync.core.target import Report
 
@@ -128,3 +128,6 @@ class TaskView:
                 else None
             ),
         )
+
+
+__all__ = ["WAITING", "TaskView", "spec_from_json", "spec_to_json"]
