@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedasync.core.items.verdict import Verdict
+
 EVAL_PREFIX = "eval_"
 
 
@@ -57,7 +59,7 @@ def eval_means(updates: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     sums: dict[int, dict[str, _Sums]] = {}
     # key order, so that which of a silo's reports counts never depends on input order
     for item in sorted(updates, key=lambda i: str(i.get("sk", ""))):
-        if item.get("verdict") != "accepted":
+        if not Verdict.from_item(item).accepted:
             continue
         nested = item.get("record")  # a ledger event carries the record as received
         record = nested if isinstance(nested, Mapping) else item

@@ -26,6 +26,7 @@ from fedasync.core.codec import ModelSpec, TensorSpec, Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import describe, load_payload
 from fedasync.core.errors import InvalidWeightsError, SchemaError
+from fedasync.core.items.ledger import Entry
 from fedasync.core.keys import global_key
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.optimizers import OptimizerState, state_to_tensors
@@ -220,10 +221,8 @@ def _replay_async(
     versions: dict[int, bytes],
     result: ReplayResult,
 ) -> None:
-    accepted = sorted(
-        (u for u in updates if u.get("verdict") == "accepted"), key=lambda u: int(u["seq"])
-    )
-    seqs = [int(u["seq"]) for u in accepted]
+    accepted = sorted((u for u in updates if Entry.from_event(u).accepted), key=_seq_of)
+    seqs = [_seq_of(u) for u in accepted]
     if seqs != list(range(1, len(seqs) + 1)):
         result.problems.append(f"accepted updates' seq are not 1..{len(seqs)}: {seqs[:20]}")
         return
@@ -263,13 +262,14 @@ def _replay_async(
             who=who,
         )
         server_state = out.server_state or server_state
+        said = Entry.from_event(update)
         for name, mine, theirs in (
-            ("staleness", out.staleness, update.get("staleness")),
-            ("applied_version", out.state.version, update.get("applied_version")),
+            ("staleness", out.staleness, said.staleness),
+            ("applied_version", out.state.version, said.applied_version),
         ):
             if theirs is not None and mine != int(theirs):
                 result.problems.append(f"{who}: {name} {mine} on replay, {theirs} recorded")
-        if update.get("discarded") and out.state.buffered == cfg.buffer_size - 1:
+        if said.discarded and out.state.buffered == cfg.buffer_size - 1:
             # the next update's step was refused with this buffer: the server dropped it
             out = replace(out, state=after_refusal(out.state), buffer_sum=None)
             buffer = None
@@ -283,3 +283,11 @@ def _replay_async(
             buffer = None
         state = out.state
         result.applied += 1
+
+
+def _seq_of(update: Event) -> int:
+    """An accepted update's position; a ledger without one is not the server's."""
+    seq = Entry.from_event(update).seq
+    if seq is None:
+        raise SchemaError(f"accepted update {update.get('key')!r} has no seq")
+    return seq

@@ -28,12 +28,13 @@ from fedasync.core.clipping import MARGIN, clip_update
 from fedasync.core.codec import Array, Weights, delta_norm
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import InvalidWeightsError
+from fedasync.core.items import task as task_item
 from fedasync.core.privacy import central_dp
 from fedasync.core.robust import outlier
 from fedasync.core.strategies.registry import async_strategy
 
 # the TASK item attribute holding the window (a list of floats, oldest first)
-RECENT_NORMS = "recent_norms"
+RECENT_NORMS = task_item.RECENT_NORMS
 
 
 @dataclass(frozen=True)

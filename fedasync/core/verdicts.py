@@ -13,7 +13,7 @@ rewritten item counts is as a *new* submission: an item whose content differs fr
 one a rejection was taken on (`resubmitted`), so a squatter's junk rejected under a
 victim's key does not cost the victim its slot (B4). An accepted decision is final.
 
-Pure: dicts in, dicts out.
+Pure: dicts in, dicts out. The attribute names are `fedasync.core.items.verdict`'s.
 """
 
 from __future__ import annotations
@@ -23,34 +23,19 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from fedasync.core.items import verdict as v
+from fedasync.core.items.verdict import (
+    BOOKKEEPING,
+    REOPENED,
+    VERDICT_ATTRIBUTES,
+    Verdict,
+    superseded_entry,
+)
 from fedasync.core.messages import UpdateRecord
 
 PK, SK = "task_name", "sk"
 
-# Attributes of a verdict, the server's alone: an inbox item holding one is forged.
-VERDICT_ATTRIBUTES = (
-    "verdict",
-    "reason",
-    "detail",
-    "seq",
-    "applied_version",
-    "staleness",
-    "weight",
-    "version_sha256",
-    "optimizer_sha256",  # the server optimizer state after the step this update made
-    "decided_at",
-    "discarded",  # accepted, then dropped with a refused global model (server/refused.py)
-    "discarded_detail",
-    "submitted",
-    "item_digest",
-    "superseded",
-    "forged_attributes",
-    "forged_values",
-    "attributed",
-)
 RECORD_FIELDS = frozenset(UpdateRecord.model_fields)
-# The verdict's own bookkeeping, not shown as fields of the merged submission.
-_BOOKKEEPING = ("submitted", "item_digest")
 
 
 def wire_fields(item: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,16 +53,15 @@ def decided_on(item: Mapping[str, Any]) -> dict[str, Any]:
     """What a verdict records of the submission it decides: the record as read (with the
     values of any server attribute the silo wrote, as it wrote them: the ledger carries a
     rejected item as it was received), and its digest."""
-    forged = item.get("forged_values")
-    submitted = {**wire_fields(item), **(dict(forged) if isinstance(forged, Mapping) else {})}
-    return {"submitted": submitted, "item_digest": item_digest(item)}
+    submitted = {**wire_fields(item), **v.forged_values(item)}
+    return {"submitted": submitted, v.ITEM_DIGEST: item_digest(item)}
 
 
 def decided_on_record(record: UpdateRecord, item: Mapping[str, Any] | None) -> dict[str, Any]:
     """For an acceptance: the validated record itself (and the digest of the item read)."""
     return {
         "submitted": wire_fields(record.item()),
-        "item_digest": item_digest(item if item is not None else record.item()),
+        v.ITEM_DIGEST: item_digest(item if item is not None else record.item()),
     }
 
 
@@ -89,30 +73,19 @@ def merge(sk: str, inbox: Mapping[str, Any] | None, verdict: Mapping[str, Any] |
     for a new submission and not decided again yet): the inbox item without any
     server attribute it holds; their names, if any, under `forged_attributes`, so the
     decision that follows rejects it (`parse_update_item`)."""
-    if verdict is not None and verdict.get("verdict"):
+    if verdict is not None and verdict.get(v.VERDICT):
         fields = verdict.get("submitted")
         base = dict(fields) if isinstance(fields, Mapping) else wire_fields(inbox or {})
         task_name = verdict.get(PK) or (inbox or {}).get(PK)
-        decision = {k: v for k, v in verdict.items() if k not in (PK, SK, *_BOOKKEEPING)}
+        decision = {k: v for k, v in verdict.items() if k not in (PK, SK, *BOOKKEEPING)}
         return {**base, PK: task_name, SK: sk, **decision}
     if inbox is None:
         return None
     merged = {**wire_fields(inbox), PK: inbox.get(PK), SK: sk}
     forged = sorted(set(inbox) & set(VERDICT_ATTRIBUTES))
     if forged:
-        merged["forged_attributes"] = forged
-        merged["forged_values"] = {k: inbox[k] for k in forged}
+        merged.update(v.forged_fields(inbox, forged))
     return merged
-
-
-def superseded_entry(verdict: Mapping[str, Any]) -> dict[str, Any]:
-    """What a reopened rejection leaves on its VERDICT item: the decision and its digest."""
-    return {k: verdict[k] for k in ("verdict", "reason", "detail", "decided_at", "item_digest")
-            if k in verdict}  # fmt: skip
-
-
-# The attributes a reopened VERDICT item drops (`superseded` keeps the history).
-REOPENED = ("verdict", "reason", "detail", "decided_at", "submitted", "item_digest")
 
 
 def settles(item: Mapping[str, Any]) -> bool:
@@ -121,13 +94,26 @@ def settles(item: Mapping[str, Any]) -> bool:
     object that is not the client's, a bad checksum) any silo may have caused under that
     client's key, so the round does not close early on it: it waits for the client's own
     record (a new submission) or for its deadline."""
-    verdict = item.get("verdict")
-    return verdict == "accepted" or (verdict == "rejected" and item.get("attributed") is True)
+    return Verdict.from_item(item).settles
 
 
 def resubmitted(inbox: Mapping[str, Any] | None, verdict: Mapping[str, Any] | None) -> bool:
     """The inbox item is a new submission after a rejection: it differs from the item that
     rejection was taken on. An accepted decision is never reopened."""
-    if inbox is None or verdict is None or verdict.get("verdict") != "rejected":
+    if inbox is None or verdict is None or not Verdict.from_item(verdict).rejected:
         return False
-    return verdict.get("item_digest") not in (None, item_digest(inbox))
+    return Verdict.from_item(verdict).item_digest not in (None, item_digest(inbox))
+
+
+__all__ = [
+    "REOPENED",
+    "VERDICT_ATTRIBUTES",
+    "decided_on",
+    "decided_on_record",
+    "item_digest",
+    "merge",
+    "resubmitted",
+    "settles",
+    "superseded_entry",
+    "wire_fields",
+]

@@ -26,6 +26,8 @@ from client.trainers.base import Trainer
 from fedasync.aws.executions import SfnExecutions
 from fedasync.core import codec, keys
 from fedasync.core.config import TaskConfig
+from fedasync.core.items.ledger import entries
+from fedasync.core.items.task import TaskPeek
 from fedasync.core.replay import replay
 from fedasync.deployment import Deployment
 from fedasync.local.stack import EmbeddedStack
@@ -128,8 +130,7 @@ async def _evaluate_versions(
     seen = -1
     while True:
         finished = done.is_set()
-        task = await store.get_task(cfg.task_name) or {}
-        head = int(task.get("head_version", 0))
+        head = TaskPeek.from_item(await store.get_task(cfg.task_name)).head_version or 0
         for version in range(seen + 1, head + 1):
             weights = codec.decode(await store.get_object(keys.global_key(cfg.task_name, version)))
             metrics = await asyncio.to_thread(trainer.evaluate, weights, test.x, test.y)
@@ -212,9 +213,9 @@ def _at_commit(
     few times a second, got to it: time to accuracy is the federation's, not the
     observer's. A version missing from the ledger keeps the evaluator's time."""
     committed = {
-        int(e["version"]): float(e["committed_at"])
-        for e in ledger
-        if e["kind"] == "version" and e.get("committed_at") is not None
+        int(e.version): float(e.committed_at)
+        for e in entries(ledger, "version")
+        if e.committed_at is not None
     }
     committed.setdefault(0, t0_wall)
     return [
@@ -259,17 +260,17 @@ def _summary(
     events_path: Path,
 ) -> dict[str, Any]:
     """What the run did, read off its ledger (so the summary and events.jsonl agree)."""
-    updates = [e for e in ledger if e["kind"] == "update"]
-    versions = {int(e["version"]): str(e["sha256"]) for e in ledger if e["kind"] == "version"}
+    updates = entries(ledger, "update")
+    versions = {int(e.version): str(e.sha256) for e in entries(ledger, "version")}
     head = max(versions, default=0)
-    task = next(e for e in ledger if e["kind"] == "task")
-    final = next((e for e in ledger if e["kind"] == "final"), None)
+    task = entries(ledger, "task")[0]
+    final = next(iter(entries(ledger, "final")), None)
     rejected = [
-        {"client_id": u["client_id"], "sk": u["sk"], "reason": u["reason"], "detail": u["detail"]}
+        {"client_id": u.client_id, "sk": u.sk, "reason": u.reason, "detail": u.detail}
         for u in updates
-        if u["verdict"] == "rejected"
+        if u.rejected
     ]
-    accepted = [u for u in updates if u["verdict"] == "accepted"]
+    accepted = [u for u in updates if u.accepted]
     return {
         "task_name": cfg.task_name,
         "mode": cfg.mode,
@@ -282,13 +283,13 @@ def _summary(
         "final_accuracy": curve[-1]["accuracy"] if curve else None,
         "accuracy_curve": curve,
         "wall_seconds": round(wall, 3),
-        "global_model_sha256": (final or {}).get("sha256")
-        or versions.get(head, task["initial"]["sha256"]),
+        "global_model_sha256": (final.sha256 if final is not None else None)
+        or versions.get(head, (task.initial or {}).get("sha256")),
         "accepted_updates": len(accepted),
         "rejected_updates": rejected,
-        "staleness": [int(u["staleness"]) for u in accepted if u["staleness"] is not None],
+        "staleness": [u.staleness for u in accepted if u.staleness is not None],
         "execution": status,
-        "finished": (final or {}).get("reason"),
+        "finished": final.reason if final is not None else None,
         "privacy": privacy_report.from_ledger(cfg, ledger),
         "events_path": str(events_path),
     }

@@ -16,6 +16,7 @@ import structlog
 
 from fedasync.core import keys
 from fedasync.core.errors import RegistryError, SchemaError
+from fedasync.core.items.ledger import entries
 from fedasync.core.ledger import Event, build_ledger, dump_ledger
 from fedasync.core.replay import Loader
 from fedasync.core.replay_secagg import sum_key
@@ -47,18 +48,18 @@ def object_keys(events: Iterable[Event]) -> list[str]:
     events = list(events)
     out: list[str] = []
     name: str | None = None
-    for e in events:
-        if e["kind"] == "task":
-            out.append(str(e["initial"]["s3_key"]))
-            name = str(e["task_name"])
-        elif e["kind"] == "update" and e.get("verdict") == "accepted":
-            out.append(str(e["record"]["s3_key"]))
-    versions = sorted(int(e["version"]) for e in events if e["kind"] == "version")
+    for e in entries(events):
+        if e.kind == "task":
+            out.append(str((e.initial or {})["s3_key"]))
+            name = e.task_name
+        elif e.kind == "update" and e.accepted:
+            out.append(str((e.record or {})["s3_key"]))
+    versions = sorted(int(e.version) for e in entries(events, "version"))
     if name is not None:
         out += [keys.global_key(name, v) for v in versions]
         # a SecAgg round is rebuilt from the sum the server recorded
-        out += [sum_key(name, int(e["round_id"])) for e in events
-                if e["kind"] == "round" and isinstance(e.get("secagg"), dict)]  # fmt: skip
+        out += [sum_key(name, int(e.round_id)) for e in entries(events, "round")
+                if isinstance(e.secagg, dict)]  # fmt: skip
     return list(dict.fromkeys(out))
 
 

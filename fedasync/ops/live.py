@@ -26,6 +26,8 @@ from rich.table import Table
 from rich.text import Text
 
 from fedasync.core import keys
+from fedasync.core.items.task import TaskPeek
+from fedasync.core.items.verdict import Verdict
 from fedasync.server.store import ServerStore
 
 log = structlog.get_logger()
@@ -51,7 +53,7 @@ class LiveSnapshot:
 
 
 def _config(task: Mapping[str, Any]) -> dict[str, Any]:
-    raw = task.get("config")
+    raw = TaskPeek.from_item(task).config
     try:
         config = json.loads(raw) if isinstance(raw, str) else raw
     except ValueError:
@@ -82,14 +84,14 @@ def snapshot(
         for h in heartbeats
         if (_int(h.get("expires_at")) or 0) > now and h.get("status") != "stopped"
     )
-    verdicts = [(u.get("verdict"), u.get("reason")) for u in updates]
+    verdicts = [(s.verdict, s.reason) for s in map(Verdict.from_item, updates)]
     reasons = Counter(str(r) for v, r in verdicts if v == "rejected")
     clients = config.get("clients")
     return LiveSnapshot(
         task_name=task_name,
-        status=str(task.get("status") or "WAITING"),
+        status=TaskPeek.from_item(task).status or "WAITING",
         mode=mode,
-        head_version=_int(task.get("head_version")) or 0,
+        head_version=TaskPeek.from_item(task).head_version or 0,
         limit=_int(config.get("rounds" if mode == "sync" else "max_versions")),
         clients=tuple(str(c) for c in clients) if isinstance(clients, list) else (),
         alive=tuple(alive),

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fedasync.core.config import TaskConfig
+from fedasync.core.items.ledger import entries
 
 
 def central(cfg: TaskConfig, releases: int, limit: int | None) -> dict[str, Any] | None:
@@ -62,15 +63,12 @@ def released_versions(cfg: TaskConfig, events: Iterable[Mapping[str, Any]]) -> l
     flushes)."""
     if cfg.mode == "async":
         found = {
-            int(e["applied_version"])
-            for e in events
-            if e.get("kind") == "update"
-            and e.get("verdict") == "accepted"
-            and e.get("version_sha256")
-            and e.get("applied_version") is not None
+            e.applied_version
+            for e in entries(events, "update")
+            if e.accepted and e.version_sha256 and e.applied_version is not None
         }
     else:
-        found = {int(e["version"]) for e in events if e.get("kind") == "round" and e.get("dp")}
+        found = {int(e.version) for e in entries(events, "round") if e.dp}
     return sorted(found)
 
 
@@ -98,4 +96,4 @@ def from_ledger(cfg: TaskConfig, ledger: Iterable[Mapping[str, Any]]) -> dict[st
         return None
     if cfg.privacy.mode == "central":
         return central(cfg, len(released_versions(cfg, events)), None)
-    return local(cfg, (e["record"] for e in events if e["kind"] == "update"))
+    return local(cfg, (e.record or {} for e in entries(events, "update")))

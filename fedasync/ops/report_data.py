@@ -10,6 +10,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from fedasync.core.items.ledger import Entry, entries
+from fedasync.core.items.verdict import ACCEPTED, REJECTED
+
 
 def number(value: Any) -> float | None:
     """A finite int or float, as a float; anything else (a bool, NaN, text) is None."""
@@ -20,7 +23,7 @@ def number(value: Any) -> float | None:
 
 def events_of(ledger: Iterable[Any], kind: str) -> list[Mapping[str, Any]]:
     """The ledger's events of one kind (lines that are not mappings are skipped)."""
-    return [e for e in ledger if isinstance(e, Mapping) and e.get("kind") == kind]
+    return [e for e in ledger if isinstance(e, Mapping) and Entry.from_event(e).kind == kind]
 
 
 def curve(summary: Mapping[str, Any], x_key: str) -> list[tuple[float, float]]:
@@ -38,11 +41,11 @@ def curve(summary: Mapping[str, Any], x_key: str) -> list[tuple[float, float]]:
 def contributions(ledger: Iterable[Any]) -> dict[str, tuple[int, int]]:
     """Per client: (accepted, rejected) updates, from the ledger's update events."""
     counts: dict[str, Counter[str]] = {}
-    for event in events_of(ledger, "update"):
-        client = str(event.get("client_id") or "(unknown)")
-        counts.setdefault(client, Counter())[str(event.get("verdict"))] += 1
+    for event in entries(ledger, "update"):
+        client = str(event.client_id or "(unknown)")
+        counts.setdefault(client, Counter())[str(event.verdict)] += 1
     ordered = sorted(counts, key=_natural)
-    return {c: (counts[c]["accepted"], counts[c]["rejected"]) for c in ordered}
+    return {c: (counts[c][ACCEPTED], counts[c][REJECTED]) for c in ordered}
 
 
 def _natural(text: str) -> list[tuple[int, int | str]]:
@@ -53,9 +56,7 @@ def _natural(text: str) -> list[tuple[int, int | str]]:
 def staleness(summary: Mapping[str, Any], ledger: Iterable[Any]) -> list[int]:
     """Staleness of accepted updates: the ledger's, else the summary's list."""
     from_ledger = [
-        int(s)
-        for e in events_of(ledger, "update")
-        if e.get("verdict") == "accepted" and (s := number(e.get("staleness"))) is not None
+        int(s) for e in entries(ledger, "update") if e.accepted and (s := e.staleness) is not None
     ]
     if from_ledger:
         return from_ledger
@@ -67,16 +68,16 @@ def round_durations(ledger: Iterable[Any]) -> list[tuple[int, float]]:
     successive versions' commit times (round r produces version r + 1)."""
     events = list(ledger)
     spans = []
-    for event in events_of(events, "round"):
-        opened, closed = number(event.get("opened_at")), number(event.get("closed_at"))
-        rid = number(event.get("round_id"))
+    for event in entries(events, "round"):
+        opened, closed = event.opened_at, event.closed_at
+        rid = number(event.round_id)
         if rid is not None and opened is not None and closed is not None and closed >= opened:
             spans.append((int(rid), closed - opened))
     if spans:
         return sorted(spans)
     commits = {}
-    for event in events_of(events, "version"):
-        version, at = number(event.get("version")), number(event.get("committed_at"))
+    for event in entries(events, "version"):
+        version, at = number(event.version), number(event.committed_at)
         if version is not None and at is not None:
             commits[int(version)] = at
     return [

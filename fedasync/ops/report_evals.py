@@ -13,6 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from fedasync.core.items.ledger import entries
+
 MAX_ROWS = 200
 MAX_LINES = 8  # metrics drawn; the table has them all
 
@@ -20,10 +22,8 @@ MAX_LINES = 8  # metrics drawn; the table has them all
 def silo_evaluation(ledger: Iterable[Any]) -> list[tuple[int, dict[str, tuple[float, int]]]]:
     """(version, {metric: (mean, silos)}) per evaluation event, oldest first."""
     out = []
-    for event in ledger:
-        if not isinstance(event, Mapping) or event.get("kind") != "evaluation":
-            continue
-        version, metrics = event.get("version"), event.get("metrics")
+    for event in entries(ledger, "evaluation"):
+        version, metrics = event.version, event.metrics
         if isinstance(version, bool) or not isinstance(version, int):
             continue
         if not isinstance(metrics, Mapping):

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from fedasync.core.config import TaskConfig
+from fedasync.core.items.ledger import entries
 from fedasync.ops import privacy_report
 
 
@@ -22,10 +23,10 @@ def _e(value: object) -> str:
 
 
 def _task_config(events: list[Mapping[str, Any]]) -> TaskConfig | None:
-    for event in events:
-        if event.get("kind") == "task" and isinstance(event.get("config"), Mapping):
+    for event in entries(events, "task"):
+        if isinstance(event.config, Mapping):
             try:
-                return TaskConfig.model_validate(event["config"])
+                return TaskConfig.model_validate(event.config)
             except (ValidationError, ValueError):  # a damaged ledger omits the section
                 return None
     return None
@@ -44,9 +45,7 @@ def privacy_html(ledger: Iterable[Any]) -> str:
         f"target epsilon <b>{p.target_epsilon:g}</b>.</p>"
     )
     if p.mode == "local":
-        spent = privacy_report.local(
-            cfg, (e["record"] for e in events if e.get("kind") == "update")
-        )
+        spent = privacy_report.local(cfg, (e.record or {} for e in entries(events, "update")))
         rows = "".join(
             f"<tr><td>{_e(c)}</td><td>{eps:.4f}</td></tr>"
             for c, eps in sorted((spent or {}).get("epsilon_by_silo", {}).items())

@@ -18,7 +18,9 @@ from fedasync.aws.executions import SfnExecutions
 from fedasync.aws.notices import find_topics
 from fedasync.aws.session import AwsContext
 from fedasync.core.errors import ConfigError, TaskNotFoundError
+from fedasync.core.items.task import TaskItem
 from fedasync.deployment import Deployment
+from fedasync.resources import TABLE_PARTITION_KEY
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 from fedasync.server.tasks import attempt_execution_name, current_execution_arn
@@ -64,7 +66,7 @@ async def notice_topics(aws: AwsContext, stack: Deployment) -> tuple[str, int]:
 async def execution_arn(aws: AwsContext, stack: Deployment, item: dict[str, Any]) -> str:
     """The execution of the task's current attempt: the one the TASK item records, unless a
     resume has started a newer attempt that has not recorded itself yet."""
-    recorded = str(item.get("execution_arn") or "")
+    recorded = TaskItem.from_item(str(item.get(TABLE_PARTITION_KEY)), item).execution_arn or ""
     if recorded.endswith(f":{attempt_execution_name(item)}"):
         return recorded
     return current_execution_arn(await state_machine_arn(aws, stack), item)

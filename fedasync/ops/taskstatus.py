@@ -10,6 +10,9 @@ from fedasync.aws.session import AwsContext
 from fedasync.core import keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.evals import eval_means
+from fedasync.core.items.round import RoundItem
+from fedasync.core.items.task import TaskItem
+from fedasync.core.items.verdict import Verdict
 from fedasync.deployment import Deployment
 from fedasync.ops import privacy_report
 from fedasync.ops.tasklookup import describe_execution, execution_arn, task_item
@@ -17,23 +20,23 @@ from fedasync.server.store import ServerStore
 
 
 def _updates(items: list[dict[str, Any]]) -> dict[str, Any]:
+    subs = [(i, Verdict.from_item(i)) for i in items]
+    said = sorted(((i, s) for i, s in subs if s.rejected), key=lambda p: p[1].decided_at or 0.0)
     rejected = [
         {
-            "client_id": i.get("client_id"),
+            "client_id": s.client_id,
             "update_id": i.get("update_id"),
-            "reason": i.get("reason"),
-            "detail": i.get("detail"),
-            "decided_at": i.get("decided_at"),
+            "reason": s.reason,
+            "detail": s.detail,
+            "decided_at": s.decided_at,
         }
-        for i in items
-        if i.get("verdict") == "rejected"
+        for i, s in said  # oldest first
     ]
-    rejected.sort(key=lambda r: float(r["decided_at"] or 0.0))  # oldest first
     return {
-        "accepted": sum(1 for i in items if i.get("verdict") == "accepted"),
+        "accepted": sum(1 for _, s in subs if s.accepted),
         "rejected": len(rejected),
-        "pending": sum(1 for i in items if not i.get("verdict")),
-        "discarded": sum(1 for i in items if i.get("discarded")),
+        "pending": sum(1 for _, s in subs if not s.decided),
+        "discarded": sum(1 for _, s in subs if s.discarded),
         "rejections": rejected,
     }
 
@@ -66,6 +69,7 @@ async def status(
     item, view = await task_item(store, task_name)
     cfg, now = view.cfg, time.time() if now is None else now
     arn = await execution_arn(aws, stack, item)
+    task = TaskItem.from_item(task_name, item)
     out: dict[str, Any] = {
         "task_name": task_name,
         "mode": cfg.mode,
@@ -74,19 +78,19 @@ async def status(
         "version": view.head_version,
         "finished": view.finished,
         "head_sha256": view.head_sha256,
-        "final_version": item.get("final_version"),
-        "final_sha256": item.get("final_sha256"),
-        "cause": item.get("cause"),
+        "final_version": task.final_version,
+        "final_sha256": task.final_sha256,
+        "cause": task.cause,
         # the last new global model refused before commit (server/refused.py), if any
-        "global_refused": item.get("global_refused"),
+        "global_refused": task.refused,
         "attempt": view.attempt,
-        "attempts": [dict(a) for a in item.get("attempts") or []],
+        "attempts": [dict(a) for a in task.attempts],
     }
     if cfg.mode == "sync":
         rounds = await store.query_prefix(task_name, keys.ROUND_PREFIX)
         out["round"] = None if view.finished else view.head_version
         out["rounds"] = cfg.rounds
-        out["rounds_closed"] = sum(1 for r in rounds if r.get("closed"))
+        out["rounds_closed"] = sum(1 for r in rounds if RoundItem.from_item(r).closed)
     else:
         out["max_versions"] = cfg.max_versions
         out["absorbed"] = view.state.absorbed

@@ -26,6 +26,9 @@ from fedasync.aws.executions import SfnExecutions
 from fedasync.aws.session import AwsContext
 from fedasync.core import keys
 from fedasync.core.errors import RegistryError
+from fedasync.core.items import task as t
+from fedasync.core.items.round import RoundItem
+from fedasync.core.items.task import TaskItem
 from fedasync.deployment import Deployment
 from fedasync.ops.tasklookup import (
     describe_execution,
@@ -52,8 +55,12 @@ async def _wait_token(store: ServerStore, view: TaskView, wait_s: float) -> str 
     sk = keys.TASK_SK if view.cfg.mode == "async" else keys.round_sk(view.head_version)
     deadline = time.monotonic() + wait_s
     while True:
-        item = await store.get_item(view.task_name, sk) or {}
-        token = item.get("token") or None
+        item = await store.get_item(view.task_name, sk)
+        token = (
+            TaskItem.from_item(view.task_name, item).token
+            if sk == keys.TASK_SK and item is not None
+            else RoundItem.from_item(item).token
+        )
         if token or time.monotonic() >= deadline:
             return str(token) if token else None
         await asyncio.sleep(_POLL_S)
@@ -135,7 +142,7 @@ async def _abort(
     op = store.update_op(
         view.task_name,
         keys.TASK_SK,
-        {"status": "STOPPED", "cause": cause},
+        t.stopped(cause),
         condition="#status IN (:starting, :running)",
         condition_values={":starting": "STARTING", ":running": "RUNNING"},
     )
@@ -146,13 +153,14 @@ async def _abort(
 
 
 def _ended(item: dict[str, Any], view: TaskView) -> dict[str, Any]:
+    task = TaskItem.from_item(view.task_name, item)
     return {
         "task_name": view.task_name,
         "mode": view.cfg.mode,
         "reason": view.finished,
         "status": view.status,
-        "final_version": item.get("final_version", view.head_version),
-        "final_sha256": item.get("final_sha256"),
+        "final_version": view.head_version if task.final_version is None else task.final_version,
+        "final_sha256": task.final_sha256,
         "final_key": keys.final_key(view.task_name),
     }
 

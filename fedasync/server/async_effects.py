@@ -12,10 +12,13 @@ import structlog
 
 from fedasync.core import keys
 from fedasync.core.asyncagg import stop_reason
+from fedasync.core.items import task as t
+from fedasync.core.items.task import WAITING
+from fedasync.core.items.verdict import Verdict
 from fedasync.core.target import target_value
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
-from fedasync.server.task_view import WAITING, TaskView
+from fedasync.server.task_view import TaskView
 
 log = structlog.get_logger()
 
@@ -25,7 +28,7 @@ async def open_task(store: ServerStore, view: TaskView, token: str) -> None:
     op = store.update_op(
         view.task_name,
         keys.TASK_SK,
-        {"token": token, "started_at": time.time()},
+        t.opened(token, time.time()),
         condition="attribute_not_exists(#finished)",
     )
     if not await store.update(op):
@@ -61,13 +64,11 @@ async def after_accept(
     effects: list[Awaitable[object]] = []
     if view.token:
         effects.append(store.send_heartbeat(view.token))
-    if (
-        int(item.get("applied_version", -1)) == view.head_version
-        and int(item.get("seq", -1)) == view.state.absorbed
-    ):
+    sub = Verdict.from_item(item)
+    if sub.applied_version == view.head_version and sub.seq == view.state.absorbed:
         # every accepted update is a go-ahead, also when the version stays (FedBuff
         # between buffer flushes): its silo trains again on the head
-        recipients = set(submitters or [str(item.get("client_id"))]) | view.waiting
+        recipients = set(submitters or [str(sub.client_id)]) | view.waiting
         # central DP, FedBuff: a silo in the buffer being filled waits for its flush (a
         # second update would be rejected); a flush owes its silos their go-ahead
         recipients = (recipients | view.dp_flushed) - set(view.state.buffer_clients)
@@ -85,7 +86,7 @@ async def after_reject(store: ServerStore, view: TaskView, item: dict[str, Any])
     when an update of its own is accepted. Not a notice at once: the head may be the very
     model it trained on (a notice it would only find its own record for), and a publish
     per rejection is what a flood of stale updates can least afford. Idempotent."""
-    client = item.get("client_id")
+    client = Verdict.from_item(item).client_id
     if view.finished or view.cfg.mode != "async" or client not in view.cfg.clients:
         return
     if client in view.waiting:

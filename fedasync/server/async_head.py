@@ -15,6 +15,7 @@ from fedasync.core.asyncagg import Absorbed, AsyncState, dp_releases
 from fedasync.core.codec import Weights
 from fedasync.core.decisions import check_running, check_sender, describe, parse_update_item
 from fedasync.core.errors import FedAsyncError
+from fedasync.core.items import task as t
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.noise import SecureGaussian
 from fedasync.core.optimizers import OptimizerState, state_from_tensors
@@ -89,16 +90,13 @@ def dp_values(head: Head, before: AsyncState, out: Absorbed, client_id: str) -> 
     cfg = head.view.cfg
     if not central_dp(cfg):
         return {}
-    values: dict[str, Any] = {"dp_releases": dp_releases(out.state, cfg)}
+    values = t.dp_releases(dp_releases(out.state, cfg))
     if cfg.aggregation != "fedbuff":
         return values
     if out.advanced:
         head.flushed = (*head.flushed, *before.buffer_clients, client_id)
-    values.update(
-        dp_buffer_clients=list(out.state.buffer_clients),
-        dp_buffer_max_weight=out.state.buffer_max_weight,
-        dp_flushed_clients=sorted(set(head.flushed)),
-    )
+    values.update(t.dp_buffer(out.state.buffer_clients, out.state.buffer_max_weight))
+    values.update(t.dp_flushed(sorted(set(head.flushed))))
     return values
 
 

@@ -21,14 +21,16 @@ from fedasync.core import codec, keys
 from fedasync.core.asyncagg import Absorbed, absorb, after_refusal, stop_reason
 from fedasync.core.decisions import check_running, describe, load_payload
 from fedasync.core.errors import FedAsyncError, GlobalRefusedError
+from fedasync.core.items import task as t
+from fedasync.core.items import verdict as v
+from fedasync.core.items.verdict import Verdict
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.optimizers import state_to_tensors
 from fedasync.core.privacy import central_dp
-from fedasync.core.screening import RECENT_NORMS, base_needed, next_window, screen
+from fedasync.core.screening import base_needed, next_window, screen
 from fedasync.core.target import target_value, with_report
 from fedasync.core.verdicts import decided_on, decided_on_record
 from fedasync.server.async_head import Facts, Head, Submission, dp_values
-from fedasync.server.refused import REFUSED
 from fedasync.server.task_view import TaskView
 
 
@@ -41,7 +43,7 @@ class Decided:
 
     @property
     def accepted(self) -> bool:
-        return bool(self.verdict["verdict"] == "accepted")
+        return Verdict.from_item(self.verdict).accepted
 
     def written(self) -> dict[str, Any]:
         """The verdict item's attributes: the verdict and the submission it decides."""
@@ -145,22 +147,21 @@ def _advance(facts: Facts, plan_: Plan, sub: Submission, out: Absorbed, norm: fl
     head, record = plan_.head, sub.record
     assert record is not None
     name, cfg = head.view.task_name, head.view.cfg
-    verdict: dict[str, Any] = {
-        "verdict": "accepted",
-        "seq": out.state.absorbed,
-        "staleness": out.staleness,
-        "weight": out.weight,
-        "applied_version": out.state.version,
-        "decided_at": facts.now,
-    }
+    verdict = v.accepted(
+        seq=out.state.absorbed,
+        staleness=out.staleness,
+        weight=out.weight,
+        applied_version=out.state.version,
+        decided_at=facts.now,
+    )
     if out.new_global is not None:
         version = out.state.version
         produced = facts.releases.get(version, out.new_global)
         blob = codec.encode(produced)
         sha = codec.sha256_bytes(blob)
         plan_.writes.append(Write(keys.global_key(name, version), blob, sha, version))
-        head.values.update(head_sha256=sha, head_size=len(blob))
-        verdict["version_sha256"] = sha  # the ledger's record of the version this produced
+        head.values.update(t.head_model(sha, len(blob)))
+        verdict.update(v.produced(version_sha256=sha))  # the ledger's record of the version
         head.fresh.append((sha, produced))
         head.produced[version], head.produced_sha[version] = produced, sha
         head.global_w, head.head_sha, head.buffer_sum = produced, sha, None
@@ -172,8 +173,8 @@ def _advance(facts: Facts, plan_: Plan, sub: Submission, out: Absorbed, norm: fl
         plan_.writes.append(Write(keys.optimizer_key(name, out.state.version), blob, opt_sha))
         head.fresh.append((opt_sha, tensors))
         head.server_state = out.server_state
-        head.values["optimizer_sha256"] = opt_sha
-        verdict["optimizer_sha256"] = opt_sha
+        head.values.update(t.optimizer(opt_sha))
+        verdict.update(v.produced(optimizer_sha256=opt_sha))
     if out.buffer_sum is not None:
         # written once, at the commit: only the committed seq's buffer is ever read
         head.buffer_sum = {k: np.asarray(v, dtype=np.float64) for k, v in out.buffer_sum.items()}
@@ -181,17 +182,15 @@ def _advance(facts: Facts, plan_: Plan, sub: Submission, out: Absorbed, norm: fl
     reports = with_report(cfg, head.latest, record.client_id, record.metrics, record.num_examples)
     if reports is not None:
         head.latest = reports
-        head.values["latest_metrics"] = {c: r.item() for c, r in reports.items()}
+        head.values.update(t.latest_metrics({c: r.item() for c, r in reports.items()}))
     if cfg.outlier_filter is not None:
         head.recent_norms = next_window(head.recent_norms, norm, cfg)
-        head.values[RECENT_NORMS] = list(head.recent_norms)
+        head.values.update(t.recent_norms(head.recent_norms))
     head.values.update(dp_values(head, head.state, out, record.client_id))
     head.state = out.state
+    state = out.state
     head.values.update(
-        absorbed=out.state.absorbed,
-        buffered=out.state.buffered,
-        buffer_weight=out.state.buffer_weight,
-        head_version=out.state.version,
+        t.counters(state.absorbed, state.buffered, state.buffer_weight, state.version)
     )
     decided = Decided(sub, verdict, out=out)
     plan_.decided.append(decided)
@@ -203,13 +202,8 @@ def _advance(facts: Facts, plan_: Plan, sub: Submission, out: Absorbed, norm: fl
 
 def _reject(plan_: Plan, sub: Submission, exc: FedAsyncError, now: float) -> None:
     view = plan_.head.view
-    verdict = {
-        "verdict": "rejected",
-        "reason": exc.reason,
-        "detail": detail_of(exc, view.task_name, sub.sk, sub.item, sub.record)[:2000],
-        "decided_at": now,
-        "attributed": exc.attributed,
-    }
+    detail = detail_of(exc, view.task_name, sub.sk, sub.item, sub.record)[:2000]
+    verdict = v.rejected(exc.reason, detail, now, attributed=exc.attributed)
     plan_.decided.append(Decided(sub, verdict, exc=exc))
     _owed(plan_, sub)
 
@@ -220,25 +214,15 @@ def _refuse(plan_: Plan, sub: Submission, exc: GlobalRefusedError, now: float) -
     head = plan_.head
     dropped = plan_._buffer_sks if exc.discarded else []
     for member in dropped:
-        member.verdict.update(discarded=exc.reason, discarded_detail=exc.message[:2000])
+        member.verdict.update(v.discarded(exc.reason, exc.message[:2000]))
     if exc.discarded and plan_._committed_buffer:
         plan_.drops_committed = exc
     head.state = after_refusal(head.state)
     head.buffer_sum, head.buffer_sha = None, head.view.buffer_sha256
-    head.values.update(buffered=0, buffer_weight=0.0, **_dp_buffer(head.view))
-    head.values[REFUSED] = {
-        "reason": exc.reason,
-        "detail": exc.message[:2000],
-        "version": head.state.version,
-        "updates": [sub.sk, *(d.sub.sk for d in dropped)],
-        "at": now,
-    }
-    verdict = {
-        "verdict": "rejected",
-        "reason": exc.reason,
-        "detail": exc.message[:2000],
-        "decided_at": now,
-    }
+    head.values.update(t.buffer_dropped(), **_dp_buffer(head.view))
+    sks = [sub.sk, *(d.sub.sk for d in dropped)]
+    head.values.update(t.refusal(exc.reason, exc.message[:2000], head.state.version, sks, now))
+    verdict = v.rejected(exc.reason, exc.message[:2000], now)
     plan_.decided.append(Decided(sub, verdict, exc=exc))
     plan_._buffer_sks, plan_._committed_buffer = [], False
     _owed(plan_, sub)
@@ -246,7 +230,7 @@ def _refuse(plan_: Plan, sub: Submission, exc: GlobalRefusedError, now: float) -
 
 def _owed(plan_: Plan, sub: Submission) -> None:
     """A roster silo whose update was rejected is owed a go-ahead (`after_reject`)."""
-    view, client = plan_.head.view, sub.item.get("client_id")
+    view, client = plan_.head.view, Verdict.from_item(sub.item).client_id
     if not view.finished and isinstance(client, str) and client in view.cfg.clients:
         plan_.waiting.add(client)
 
@@ -255,7 +239,7 @@ def _dp_buffer(view: TaskView) -> dict[str, Any]:
     """Central DP with FedBuff: the dropped buffer's silos and weight go with it."""
     if not central_dp(view.cfg):
         return {}
-    return {"dp_buffer_clients": [], "dp_buffer_max_weight": 0.0}
+    return t.dp_buffer([], 0.0)
 
 
 def _buffer_write(plan_: Plan) -> None:
@@ -266,7 +250,7 @@ def _buffer_write(plan_: Plan) -> None:
         head.buffer_sha = codec.sha256_bytes(blob)
         key = keys.buffer_key(head.view.task_name, head.state.absorbed)
         plan_.writes.append(Write(key, blob, head.buffer_sha))
-        head.values["buffer_sha256"] = head.buffer_sha
+        head.values.update(t.buffer_object(head.buffer_sha))
         head.fresh.append((head.buffer_sha, head.buffer_sum))
 
 
@@ -275,7 +259,7 @@ def detail_of(
 ) -> str:
     """The error's message, prefixed with whose update it was when the message does not say:
     errors raised below the decisions (S3 reads, item parsing) may not name the client."""
-    client = item.get("client_id")
+    client = Verdict.from_item(item).client_id
     if f"task {task_name!r}" in exc.message and (
         not isinstance(client, str) or repr(client) in exc.message
     ):

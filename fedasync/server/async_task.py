@@ -15,9 +15,11 @@ import structlog
 
 from fedasync.core import codec, keys
 from fedasync.core.codec import Weights
-from fedasync.core.decisions import describe
 from fedasync.core.errors import GlobalRefusedError
-from fedasync.core.messages import UpdateRecord
+from fedasync.core.items import task as t
+from fedasync.core.items import verdict as v
+from fedasync.core.items.task import WAITING
+from fedasync.core.items.verdict import Verdict
 from fedasync.core.privacy import central_dp
 from fedasync.server import refused
 from fedasync.server.async_effects import after_accept
@@ -25,7 +27,7 @@ from fedasync.server.async_head import Facts, load_facts
 from fedasync.server.async_plan import Plan, plan
 from fedasync.server.cache import CACHE
 from fedasync.server.store import ServerStore
-from fedasync.server.task_view import WAITING, TaskView
+from fedasync.server.task_view import TaskView
 
 log = structlog.get_logger()
 # DynamoDB takes at most 100 items per transaction (the TASK item + one verdict each)
@@ -88,8 +90,7 @@ async def _commit(store: ServerStore, p: Plan) -> bool:
     if p.drops_committed is not None:  # a refused step dropped a buffer begun before
         dropped = await refused.buffered_sks(store, view)
         await refused.mark_discarded(store, view.task_name, dropped, p.drops_committed)
-        entry = head.values[refused.REFUSED]
-        entry["updates"] = [entry["updates"][0], *dropped, *entry["updates"][1:]]
+        t.add_discarded(head.values, dropped)
     accepted = {d.sub.record.client_id for d in p.accepted if d.sub.record is not None}
     ops = [
         store.update_op(view.task_name, d.sub.sk, d.written(), "attribute_not_exists(#verdict)")
@@ -98,7 +99,7 @@ async def _commit(store: ServerStore, p: Plan) -> bool:
     if head.values:
         condition = "#absorbed = :expected AND attribute_not_exists(#finished)"
         expected: dict[str, Any] = {":expected": view.state.absorbed}
-        if refused.REFUSED in head.values:
+        if t.REFUSED in head.values:
             condition += " AND #buffered = :buffered"
             expected[":buffered"] = view.state.buffered
         task_op = store.update_op(
@@ -125,7 +126,7 @@ async def _commit(store: ServerStore, p: Plan) -> bool:
 def _log(p: Plan) -> None:
     view = p.head.view
     for d in p.decided:
-        record, who = d.sub.record, d.sub.item.get("client_id")
+        record, who = d.sub.record, Verdict.from_item(d.sub.item).client_id
         bound = {"task_name": view.task_name, "client_id": who, "sk": d.sub.sk}
         if d.out is not None and record is not None:
             log.info(
@@ -139,21 +140,19 @@ def _log(p: Plan) -> None:
             )
             continue
         if isinstance(d.exc, GlobalRefusedError):
-            entry = p.head.values.get(refused.REFUSED, {})
+            entry = t.Refusal.in_values(p.head.values)
             log.warning(
                 "global.refused",
                 **bound,
                 reason=d.exc.reason,
-                version=entry.get("version", view.head_version),
-                discarded=entry.get("updates", [])[1:],
+                version=entry.version if entry.version is not None else view.head_version,
+                discarded=list(entry.updates[1:]),
             )
+        said = Verdict.from_item(d.verdict)
         log.warning(
-            "update.rejected",
-            **bound,
-            version=view.head_version,
-            reason=d.verdict["reason"],
-            detail=d.verdict["detail"],
-        )
+            "update.rejected", **bound, version=view.head_version, reason=said.reason,
+            detail=said.detail,
+        )  # fmt: skip
 
 
 async def perform(store: ServerStore, p: Plan) -> None:
@@ -174,7 +173,7 @@ async def perform(store: ServerStore, p: Plan) -> None:
         view,
         head_version=head.state.version,
         head_sha256=head.head_sha,
-        head_size=int(head.values.get("head_size", view.head_size)),
+        head_size=t.head_size_in(head.values, view.head_size),
         state=head.state,
         latest_metrics=head.latest,
         waiting=p.waiting_at_accept,
@@ -182,7 +181,7 @@ async def perform(store: ServerStore, p: Plan) -> None:
         dp_flushed=frozenset(head.flushed),
     )
     last = accepted[-1]
-    item = {**last.sub.item, **last.verdict}
+    item = v.decided_as(last.sub.item, last.verdict)
     await after_accept(store, view.task_name, item, view=after, submitters=submitters)
 
 
@@ -196,10 +195,10 @@ async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
     batch: list[tuple[str, dict[str, Any]]] = []
     claimed = 0  # the objects' bytes the batch holds in memory at once (as their records say)
     for sk, item in zip(sks, await store.get_items(view.task_name, sks), strict=True):
-        if item is None or item.get("verdict") or (batch and claimed > BATCH_BYTES):
+        if item is None or Verdict.from_item(item).decided or (batch and claimed > BATCH_BYTES):
             break
         batch.append((sk, item))
-        size = item.get("size_bytes")
+        size = Verdict.from_item(item).size_bytes
         claimed += size if isinstance(size, int) and size > 0 else view.cfg.max_model_bytes
     if not batch:
         return 0
@@ -212,16 +211,19 @@ async def absorb_run(store: ServerStore, view: TaskView, sks: list[str]) -> int:
 
 
 async def absorb_update(
-    store: ServerStore, view: TaskView, record: UpdateRecord, item: dict[str, Any]
+    store: ServerStore, view: TaskView, sk: str, item: dict[str, Any]
 ) -> dict[str, Any] | None:
     """One update, a batch of one through `decide`: the decided item, or None when another
     try decided it (its effects are the caller's, `updates._after`, which a redelivery
     runs again)."""
-    committed = await decide(store, view, [(record.sk, item)])
+    committed = await decide(store, view, [(sk, item)])
     if committed is not None and committed.decided:
-        return {**item, **committed.decided[0].verdict}
-    if (await store.get_item(view.task_name, record.sk) or {}).get("verdict"):
+        return v.decided_as(item, committed.decided[0].verdict)
+    if Verdict.from_item(await store.get_item(view.task_name, sk) or {}).decided:
         return None
     # The task moved on under us: the stream redelivers and the next attempt recomputes
     # against the new head.
-    raise RuntimeError(f"{describe(record)}: commit lost a race with another writer; retrying")
+    raise RuntimeError(
+        f"update item {sk!r} of task {view.task_name!r}: commit lost a race with another "
+        "writer; retrying"
+    )

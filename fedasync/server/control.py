@@ -40,6 +40,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from fedasync.core.errors import SchemaError
+from fedasync.core.items.task import TaskItem
 from fedasync.core.messages import ControlMessage
 from fedasync.server import async_effects, rounds, secagg_phases
 from fedasync.server.finish import finish_task
@@ -59,7 +60,7 @@ async def on_control(store: ServerStore, msg: ControlMessage) -> None:
                 detail=f"{msg.kind} names task {msg.task_name!r}, which does not exist",
             )
             return
-        execution_arn = str(item.get("execution_arn") or "")
+        execution_arn = TaskItem.from_item(msg.task_name, item).execution_arn or ""
         forged = await unproven(store, msg, execution_arn)
         if forged is not None:
             reason, detail = forged

@@ -9,6 +9,9 @@ import structlog
 
 from fedasync.core import codec, keys
 from fedasync.core.errors import ChecksumMismatchError
+from fedasync.core.items import round as r
+from fedasync.core.items import task as t
+from fedasync.core.items.task import TaskItem
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
@@ -31,12 +34,7 @@ async def _decide(store: ServerStore, task_name: str, reason: str) -> TaskView:
         op = store.update_op(
             task_name,
             keys.TASK_SK,
-            {
-                "finished": reason,
-                "final_version": view.head_version,
-                "final_sha256": view.head_sha256,
-                "finished_at": time.time(),
-            },
+            t.finished(reason, view.head_version, view.head_sha256, time.time()),
             condition="attribute_not_exists(#finished) AND #head_version = :head",
             condition_values={":head": view.head_version},
         )
@@ -57,9 +55,9 @@ async def finish_task(
     what the finish waits for; the decision stands, and a later try completes it once the
     object's bytes are back."""
     view = await _decide(store, task_name, reason)
-    item = await store.get_task(task_name) or {}
-    final_version = int(item.get("final_version", view.head_version))
-    final_sha = str(item.get("final_sha256", view.head_sha256))
+    item = TaskItem.from_item(task_name, await store.get_task(task_name))
+    final_version = view.head_version if item.final_version is None else item.final_version
+    final_sha = view.head_sha256 if item.final_sha256 is None else item.final_sha256
     key = keys.global_key(task_name, final_version)
     data = await store.get_object(key)
     if codec.sha256_bytes(data) != final_sha:
@@ -72,12 +70,7 @@ async def finish_task(
         )
     await store.put_object(keys.final_key(task_name), data, final_sha)
     await store.publish(view.notice(final_version, final=True), view.cfg.clients)
-    result = {
-        "finished": True,
-        "reason": view.finished,
-        "version": final_version,
-        "sha256": final_sha,
-    }
+    result = r.finish_answer(view.finished, final_version, final_sha)
     if token:
         await store.send_success(token, result)
     return result

@@ -13,7 +13,11 @@ import structlog
 from fedasync.core import keys
 from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import droppable, lapsed, round_complete
-from fedasync.core.verdicts import decided_on, settles
+from fedasync.core.items import round as r
+from fedasync.core.items import verdict as v
+from fedasync.core.items.round import ACCEPTED, SETTLED, RoundItem
+from fedasync.core.items.verdict import Verdict
+from fedasync.core.verdicts import decided_on
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
@@ -38,24 +42,24 @@ async def claim_members(
     seal = store.update_op(
         view.task_name,
         round_sk,
-        {"sealed": True, "round_id": round_id},
+        r.seal(round_id),
         condition="attribute_not_exists(#members)",
     )
     if await store.update(seal):
         if items is None:
             items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
         items = [await _settle(store, view, round_id, item) for item in items]
-        accepted = sorted(str(i["sk"]) for i in items if i.get("verdict") == "accepted")
+        accepted = sorted(s.sk for i in items if (s := Verdict.from_item(i)).accepted)
         op = store.update_op(
             view.task_name,
             round_sk,
-            {"members": accepted, "round_id": round_id},
+            r.claimed(accepted, round_id),
             condition="attribute_not_exists(#members)",
         )
         if await store.update(op):
             return accepted, None
     current = await store.get_item(view.task_name, round_sk) or {}
-    return [str(m) for m in current.get("members", [])], current
+    return list(RoundItem.from_item(current).members or ()), current
 
 
 async def _settle(
@@ -63,26 +67,21 @@ async def _settle(
 ) -> dict[str, Any]:
     """A rostered client's undecided update in a sealed round: reject it as too late, unless
     its accept wins the race (then the item as that accept wrote it)."""
-    if item.get("verdict") or item.get("client_id") not in view.cfg.clients:
+    sub = Verdict.from_item(item)
+    if sub.decided or sub.client_id not in view.cfg.clients:
         return item  # decided, or a stranger's (never accepted; its own reason comes later)
     detail = (
-        f"update item {item.get('sk')!r} from client {item.get('client_id')!r} for task "
+        f"update item {sub.sk!r} from client {sub.client_id!r} for task "
         f"{view.task_name!r} was still undecided when round {round_id} closed"
     )
-    verdict = {
-        "verdict": "rejected",
-        "reason": "closed_round",
-        "detail": detail,
-        "decided_at": time.time(),
-        **decided_on(item),
-    }
+    verdict = {**v.rejected("closed_round", detail, time.time()), **decided_on(item)}
     op = store.update_op(
-        view.task_name, str(item["sk"]), verdict, condition="attribute_not_exists(#verdict)"
+        view.task_name, sub.sk, verdict, condition="attribute_not_exists(#verdict)"
     )
     if await store.update(op):
-        log.warning("update.rejected", sk=item.get("sk"), reason="closed_round", detail=detail)
-        return {**item, **verdict}
-    return await store.get_item(view.task_name, str(item["sk"])) or item
+        log.warning("update.rejected", sk=sub.sk, reason="closed_round", detail=detail)
+        return v.decided_as(item, verdict)
+    return await store.get_item(view.task_name, sub.sk) or item
 
 
 async def dead_undecided(
@@ -92,10 +91,9 @@ async def dead_undecided(
     has an update on its way, and the quorum is met already; else none."""
     cfg = view.cfg
     undecided = sorted(set(cfg.clients) - decided)
-    accepted = sum(
-        1 for i in items if i.get("verdict") == "accepted" and i.get("client_id") in cfg.clients
-    )
-    in_flight = {str(i.get("client_id")) for i in items} & set(undecided)
+    subs = [Verdict.from_item(i) for i in items]
+    accepted = sum(1 for s in subs if s.accepted and s.client_id in cfg.clients)
+    in_flight = {str(s.client_id) for s in subs} & set(undecided)
     if accepted < cfg.quorum or in_flight:
         return []  # cannot close early anyway, or an update is coming on the stream
     beats = await store.get_items(view.task_name, [keys.heartbeat_sk(c) for c in undecided])
@@ -103,8 +101,6 @@ async def dead_undecided(
     return undecided if droppable(cfg, set(undecided), accepted, dead) else []
 
 
-# The round item's tally of its clients' word, kept by the stream handler (one ADD per run).
-SETTLED, ACCEPTED = "settled", "accepted_clients"
 _BEATS_PER_READ = 25  # heartbeats read at a time while looking for a live undecided silo
 
 
@@ -123,8 +119,8 @@ class Tally:
 
     @classmethod
     def of(cls, round_item: Mapping[str, Any] | None) -> Tally:
-        item = round_item or {}
-        return cls(frozenset(item.get(SETTLED) or ()), frozenset(item.get(ACCEPTED) or ()))
+        item = RoundItem.from_item(round_item)
+        return cls(item.settled, item.accepted)
 
     def plus(self, other: Tally) -> Tally:
         return Tally(self.settled | other.settled, self.accepted | other.accepted)
@@ -133,10 +129,10 @@ class Tally:
 def tally_of(cfg: TaskConfig, items: Iterable[Mapping[str, Any]]) -> Tally:
     """The rostered clients whose word these decided items are (a squatter's junk under a
     victim's key is not: B4)."""
-    own = [i for i in items if settles(i) and i.get("client_id") in cfg.clients]
+    own = [s for i in items if (s := Verdict.from_item(i)).settles and s.client_id in cfg.clients]
     return Tally(
-        frozenset(str(i["client_id"]) for i in own),
-        frozenset(str(i["client_id"]) for i in own if i.get("verdict") == "accepted"),
+        frozenset(str(s.client_id) for s in own),
+        frozenset(str(s.client_id) for s in own if s.accepted),
     )
 
 
@@ -149,7 +145,7 @@ async def count(store: ServerStore, view: TaskView, round_id: int, new: Tally) -
         view.task_name,
         keys.round_sk(round_id),
         {},
-        add_to_sets={SETTLED: new.settled, ACCEPTED: new.accepted},
+        add_to_sets=r.tally(new.settled, new.accepted),
     )
     await store.update(op)
 
@@ -172,3 +168,15 @@ async def may_close(store: ServerStore, view: TaskView, tally: Tally) -> bool:
         if lapsed(dict(zip(some, beats, strict=True)), now) != set(some):
             return False
     return True
+
+
+__all__ = [
+    "ACCEPTED",
+    "SETTLED",
+    "Tally",
+    "claim_members",
+    "count",
+    "dead_undecided",
+    "may_close",
+    "tally_of",
+]

@@ -30,24 +30,25 @@ from fedasync.core import codec, keys
 from fedasync.core.codec import Weights
 from fedasync.core.errors import GlobalRefusedError
 from fedasync.core.globalcheck import check_new_global
+from fedasync.core.items import round as r
+from fedasync.core.items import task as t
+from fedasync.core.items import verdict as v
+from fedasync.core.items.task import REFUSED
+from fedasync.core.items.verdict import Verdict
 from fedasync.core.strategies import sync_strategy
 from fedasync.server.cache import CACHE
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
 log = structlog.get_logger()
-REFUSED = "global_refused"  # TASK item: the last refused global model, for `task status`
 
 
 async def buffered_sks(store: ServerStore, view: TaskView) -> list[str]:
     """The sort keys of the updates in the head's FedBuff buffer (seqs absorbed-buffered+1..)."""
     first = view.state.absorbed - view.state.buffered + 1
     items = await store.query_prefix(view.task_name, keys.UPDATE_PREFIX)
-    return sorted(
-        str(i["sk"])
-        for i in items
-        if i.get("verdict") == "accepted" and first <= int(i.get("seq", 0)) <= view.state.absorbed
-    )
+    subs = [Verdict.from_item(i) for i in items]
+    return sorted(s.sk for s in subs if s.accepted and first <= (s.seq or 0) <= view.state.absorbed)
 
 
 async def mark_discarded(
@@ -57,21 +58,15 @@ async def mark_discarded(
         op = store.update_op(
             task_name,
             sk,
-            {"discarded": exc.reason, "discarded_detail": exc.message[:2000]},
+            v.discarded(exc.reason, exc.message[:2000]),
             condition="#verdict = :accepted",
-            condition_values={":accepted": "accepted"},
+            condition_values={":accepted": v.ACCEPTED},
         )
         await store.update(op)
 
 
 def _refusal(exc: GlobalRefusedError, version: int, sks: list[str]) -> dict[str, Any]:
-    return {
-        "reason": exc.reason,
-        "detail": exc.message[:2000],
-        "version": version,
-        "updates": sks,
-        "at": time.time(),
-    }
+    return t.refusal(exc.reason, exc.message[:2000], version, sks, time.time())
 
 
 async def check_round(
@@ -133,23 +128,16 @@ async def refuse_round(
     """Close the round without a new version; the result's cause fails the task."""
     await mark_discarded(store, view.task_name, members, exc)
     cause = f"{exc.message}; the round closed without a new version"
-    result = {
-        "closed": False,
-        "round_id": round_id,
-        "arrived": len(members),
-        "needed": view.cfg.quorum,
-        "cause": cause,
-        "reason": exc.reason,
-    }
+    result = r.not_closed(
+        round_id, cause, arrived=len(members), needed=view.cfg.quorum, reason=exc.reason
+    )
     await store.transact(
         [
-            store.update_op(
-                view.task_name, keys.TASK_SK, {REFUSED: _refusal(exc, round_id, members)}
-            ),
+            store.update_op(view.task_name, keys.TASK_SK, _refusal(exc, round_id, members)),
             store.update_op(
                 view.task_name,
                 keys.round_sk(round_id),
-                {"closed": True, "result": result, "closed_at": time.time()},
+                r.closed(result, time.time()),
             ),
         ]
     )
@@ -162,3 +150,13 @@ async def refuse_round(
         members=members,
     )
     return result
+
+
+__all__ = [
+    "REFUSED",
+    "buffered_sks",
+    "check_round",
+    "check_stepped",
+    "mark_discarded",
+    "refuse_round",
+]

@@ -7,6 +7,8 @@ from typing import Any
 
 import structlog
 
+from fedasync.core.items import round as r
+from fedasync.core.items.round import RoundResult
 from fedasync.server.finish import finish_task
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
@@ -19,24 +21,20 @@ def spent_budget(view: TaskView) -> dict[str, Any]:
     releases = view.dp_releases + 1
     if view.dp_release_limit is None or releases < view.dp_release_limit:
         return {}
-    return {"finished": True, "finish_reason": "privacy_budget"}
+    return r.budget_finish()
 
 
 async def budget_spent(store: ServerStore, view: TaskView, round_id: int) -> dict[str, Any]:
     """No release past the budget (a task resumed after its last allowed release)."""
     log.warning("round.privacy_budget_spent", round_id=round_id, releases=view.dp_releases)
     await finish_task(store, view.task_name, "privacy_budget", token=None)
-    return {"closed": False, "finished": True, "round_id": round_id, "reason": "privacy_budget"}
+    return r.budget_refused(round_id)
 
 
 def round_callback(result: dict[str, Any]) -> dict[str, Any]:
     """What the round's wait is answered with: its result, or, when the round's release
     spent the DP budget and finished the task, the finish (as `task stop` answers it)."""
-    if not (result.get("closed") and result.get("finished")):
+    outcome = RoundResult.from_item(result)
+    if not (outcome.closed and outcome.finished):
         return result
-    return {
-        "finished": True,
-        "reason": result.get("finish_reason"),
-        "version": result.get("version"),
-        "sha256": result.get("sha256"),
-    }
+    return r.finish_answer(outcome.finish_reason, outcome.version, outcome.sha256)

@@ -16,7 +16,11 @@ from fedasync.core.decisions import (
     round_complete,
 )
 from fedasync.core.errors import GlobalRefusedError
-from fedasync.core.verdicts import VERDICT_ATTRIBUTES, settles
+from fedasync.core.items import round as r
+from fedasync.core.items import task as t
+from fedasync.core.items.round import RoundItem, RoundResult
+from fedasync.core.items.task import TaskItem
+from fedasync.core.items.verdict import VERDICT_ATTRIBUTES, Verdict
 from fedasync.server import refused
 from fedasync.server.finish import finish_task
 from fedasync.server.members import Tally, claim_members, dead_undecided, may_close
@@ -36,7 +40,7 @@ async def open_round(store: ServerStore, view: TaskView, round_id: int, token: s
     op = store.update_op(
         view.task_name,
         keys.round_sk(round_id),
-        {"token": token, "round_id": round_id, "opened_at": time.time()},
+        r.opened(token, round_id, time.time()),
         condition="attribute_not_exists(#closed)",
     )
     if not await store.update(op):
@@ -52,7 +56,7 @@ async def open_round(store: ServerStore, view: TaskView, round_id: int, token: s
 
 def is_sealed(round_item: dict[str, Any]) -> bool:
     """The round takes no more updates: its close has begun (or is done)."""
-    return bool(round_item.get("sealed") or round_item.get("members") or round_item.get("closed"))
+    return RoundItem.from_item(round_item).is_sealed
 
 
 async def maybe_complete(
@@ -68,7 +72,7 @@ async def maybe_complete(
     if tally is not None and not await may_close(store, view, tally):
         return
     items = await store.query_prefix(view.task_name, f"{keys.UPDATE_PREFIX}{round_id:08d}#")
-    decided = {str(i.get("client_id")) for i in items if settles(i)}
+    decided = {str(s.client_id) for i in items if (s := Verdict.from_item(i)).settles}
     dropped: list[str] = []
     if not round_complete(view.cfg, decided):
         dropped = await dead_undecided(store, view, items, decided)
@@ -94,12 +98,12 @@ async def check_round(store: ServerStore, view: TaskView, round_id: int, token: 
     op = store.update_op(
         view.task_name,
         keys.round_sk(round_id),
-        {"token": token},
+        r.checked(token),
         condition="attribute_exists(#pk) AND attribute_not_exists(#closed)",
     )
     if not await store.update(op):
-        round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
-        if round_item.get("closed"):
+        round_item = await store.get_item(view.task_name, keys.round_sk(round_id))
+        if RoundItem.from_item(round_item).closed:
             await close_round(store, view, round_id, token=token, at_deadline=False)
         else:
             log.warning("round.check_ignored", round_id=round_id, reason="not_opened")
@@ -123,15 +127,15 @@ async def close_round(
     `token`: the round's callback token (None: the one kept on the round item). `items`:
     the round's update items when the caller has just queried them (`maybe_complete`).
     `dropped`: the dead clients the round closes without (recorded in its result)."""
-    round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
+    round_item = RoundItem.from_item(await store.get_item(view.task_name, keys.round_sk(round_id)))
     members: list[str] = []
-    if not round_item.get("closed"):
+    if not round_item.closed:
         members, current = await claim_members(store, view, round_id, items)
         if current is not None:  # claimed by an earlier try: the round as it is now
-            round_item, items = current, None
-    token = token or round_item.get("token")
-    if round_item.get("closed"):
-        result = dict(round_item.get("result") or {"closed": True, "round_id": round_id})
+            round_item, items = RoundItem.from_item(current), None
+    token = token or round_item.token
+    if round_item.closed:
+        result = round_item.result_of(round_id)
         await _finish_if_last(store, view, result)
     else:
         outcome = close_outcome(view.cfg, round_id, len(members), at_deadline=at_deadline)
@@ -156,13 +160,7 @@ async def close_round(
 
 def _not_closed(round_id: int, outcome: RoundOutcome) -> dict[str, Any]:
     """The callback output of a round that cannot close: the ASL fails the task with its cause."""
-    return {
-        "closed": False,
-        "round_id": round_id,
-        "arrived": outcome.arrived,
-        "needed": outcome.needed,
-        "cause": outcome.cause,
-    }
+    return r.not_closed(round_id, outcome.cause, arrived=outcome.arrived, needed=outcome.needed)
 
 
 async def _aggregate(
@@ -175,7 +173,7 @@ async def _aggregate(
     dropped: list[str],
 ) -> dict[str, Any]:
     """`items`: the round's items the members were claimed from (None: read them)."""
-    by_sk: dict[str, dict[str, Any] | None] = {str(i.get("sk")): i for i in items or ()}
+    by_sk: dict[str, dict[str, Any] | None] = {Verdict.from_item(i).sk: i for i in items or ()}
     if not set(members) <= set(by_sk):
         by_sk = dict(zip(members, await store.get_items(view.task_name, members), strict=True))
     records = [
@@ -195,20 +193,14 @@ async def _aggregate(
     if isinstance(made, GlobalRefusedError):  # the head stays; the round's result fails the task
         return await refused.refuse_round(store, view, round_id, members, made)
     new_version, (sha, size, details, stepped) = round_id + 1, made
-    result = {
-        "closed": True,
-        "round_id": round_id,
-        "version": new_version,
-        "accepted": len(members),
-        "sha256": sha,
-        **details,
-        **stepped,
-        **({"dropped": dropped} if dropped else {}),
-    }
-    task_values = {"head_version": new_version, "head_sha256": sha, "head_size": size}
-    if "dp" in details:  # one more central DP release; the last one the budget allows ends it
-        task_values["dp_releases"] = view.dp_releases + 1
-        result["dp"] = {**result["dp"], "releases": view.dp_releases + 1}
+    result = r.closed_result(
+        round_id, new_version, len(members), sha, {**details, **stepped, **r.dropped(dropped)}
+    )
+    task_values = t.head(new_version, sha, size)
+    if r.has_dp_release(details):
+        # one more central DP release; the last one the budget allows ends it
+        task_values.update(t.dp_releases(view.dp_releases + 1))
+        result = r.with_dp_release(result, view.dp_releases + 1)
         result.update(spent_budget(view))
     committed = await store.transact(
         [
@@ -222,7 +214,7 @@ async def _aggregate(
             store.update_op(
                 view.task_name,
                 keys.round_sk(round_id),
-                {"closed": True, "result": result, "closed_at": time.time()},
+                r.closed(result, time.time()),
             ),
         ]
     )
@@ -238,28 +230,28 @@ async def _aggregate(
 async def _committed_before(store: ServerStore, view: TaskView, round_id: int) -> dict[str, Any]:
     """The commit's condition failed: an earlier try committed this round (its result, the
     same bytes), or the task finished first (nothing more is applied to it)."""
-    round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
-    if round_item.get("closed"):
-        result = dict(round_item.get("result") or {"closed": True, "round_id": round_id})
+    round_item = RoundItem.from_item(await store.get_item(view.task_name, keys.round_sk(round_id)))
+    if round_item.closed:
+        result = round_item.result_of(round_id)
         log.info("round.closed_already", round_id=round_id)
         await _finish_if_last(store, view, result)
         return result
-    task = await store.get_task(view.task_name) or {}
+    task = TaskItem.from_item(view.task_name, await store.get_task(view.task_name))
     cause = (
         f"round {round_id} of task {view.task_name!r} was not committed: the task had "
-        f"finished ({task.get('finished') or task.get('status')}) at version "
-        f"{task.get('head_version')}"
+        f"finished ({task.finished or task.status}) at version {task.head_version}"
     )
     log.warning("round.commit_refused", round_id=round_id, cause=cause)
-    return {"closed": False, "round_id": round_id, "cause": cause}
+    return r.not_closed(round_id, cause)
 
 
 async def _finish_if_last(store: ServerStore, view: TaskView, result: dict[str, Any]) -> None:
-    if not result.get("closed"):
+    outcome = RoundResult.from_item(result)
+    if not outcome.closed:
         return
-    if result.get("finished"):  # central DP: this release spent the budget
-        await finish_task(store, view.task_name, str(result["finish_reason"]), token=None)
-    elif int(result.get("version", 0)) >= view.cfg.rounds:
+    if outcome.finished:  # central DP: this release spent the budget
+        await finish_task(store, view.task_name, str(outcome.finish_reason), token=None)
+    elif (outcome.version or 0) >= view.cfg.rounds:
         await finish_task(store, view.task_name, "rounds", token=None)
 
 
@@ -267,6 +259,6 @@ async def redo_closed(store: ServerStore, view: TaskView, round_id: int) -> None
     """A record of a round that has closed came again: a retry after a crash between the
     round's commit and its callback. Do what may not have happened (final model, callback);
     both are idempotent, and answering a spent token is harmless."""
-    round_item = await store.get_item(view.task_name, keys.round_sk(round_id)) or {}
-    if round_item.get("closed"):
-        await close_round(store, view, round_id, token=round_item.get("token"), at_deadline=False)
+    round_item = RoundItem.from_item(await store.get_item(view.task_name, keys.round_sk(round_id)))
+    if round_item.closed:
+        await close_round(store, view, round_id, token=round_item.token, at_deadline=False)

@@ -1,4 +1,5 @@
-"""The TASK item, read into typed values (and the attributes the server writes on it)."""
+"""The TASK item as the server decides on it: `fedasync.core.items.task.TaskItem` with its
+config, spec and reports parsed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from fedasync.core import keys
 from fedasync.core.asyncagg import AsyncState
 from fedasync.core.codec import ModelSpec, TensorSpec
 from fedasync.core.config import TaskConfig
-from fedasync.core.errors import SchemaError, TaskNotFoundError
+from fedasync.core.errors import SchemaError
+from fedasync.core.items.task import WAITING, TaskItem
 from fedasync.core.messages import GlobalModelNotice
 from fedasync.core.target import Report
 
@@ -26,9 +28,6 @@ def spec_from_json(text: str) -> ModelSpec:
         )
     except (ValueError, TypeError) as exc:
         raise SchemaError(f"stored model spec is unreadable: {exc}") from exc
-
-
-WAITING = "waiting"  # async: clients owed a go-ahead after a rejection (a string set)
 
 
 @dataclass(frozen=True)
@@ -62,43 +61,42 @@ class TaskView:
 
     @classmethod
     def from_item(cls, task_name: str, item: dict[str, Any] | None) -> TaskView:
-        if item is None:
-            raise TaskNotFoundError(f"task {task_name!r} does not exist")
-        cfg = TaskConfig.model_validate_json(item["config"])
+        return cls.of(TaskItem.from_item(task_name, item))
+
+    @classmethod
+    def of(cls, t: TaskItem) -> TaskView:
         return cls(
-            cfg=cfg,
-            spec=spec_from_json(item["spec"]),
-            status=str(item.get("status", "STARTING")),
-            head_version=int(item.get("head_version", 0)),
-            head_sha256=str(item["head_sha256"]),
+            cfg=TaskConfig.model_validate_json(t.config),
+            spec=spec_from_json(t.spec),
+            status=t.status,
+            head_version=t.head_version,
+            head_sha256=t.head_sha256,
             state=AsyncState(
-                version=int(item.get("head_version", 0)),
-                absorbed=int(item.get("absorbed", 0)),
-                buffered=int(item.get("buffered", 0)),
-                buffer_weight=float(item.get("buffer_weight", 0.0)),
-                buffer_clients=tuple(str(c) for c in item.get("dp_buffer_clients") or ()),
-                buffer_max_weight=float(item.get("dp_buffer_max_weight", 0.0)),
+                version=t.head_version,
+                absorbed=t.absorbed,
+                buffered=t.buffered,
+                buffer_weight=t.buffer_weight,
+                buffer_clients=t.buffer_clients,
+                buffer_max_weight=t.buffer_max_weight,
             ),
-            buffer_sha256=item.get("buffer_sha256") or None,
-            token=item.get("token") or None,
-            finished=item.get("finished") or None,
-            started_at=float(item["started_at"]) if item.get("started_at") is not None else None,
+            buffer_sha256=t.buffer_sha256,
+            token=t.token,
+            finished=t.finished,
+            started_at=t.started_at,
             latest_metrics={
                 str(k): r
-                for k, v in (item.get("latest_metrics") or {}).items()
+                for k, v in t.latest_metrics.items()
                 if (r := Report.from_item(v)) is not None
             },
-            head_size=int(item.get("head_size", 0)),
-            waiting=frozenset(str(c) for c in item.get(WAITING) or ()),
-            attempt=int(item.get("attempt", 1)),
-            incarnation=str(item["incarnation"]) if item.get("incarnation") else None,
-            optimizer_sha256=item.get("optimizer_sha256") or None,
-            dp_releases=int(item.get("dp_releases", 0)),
-            dp_release_limit=(
-                int(item["dp_release_limit"]) if item.get("dp_release_limit") is not None else None
-            ),
-            recent_norms=tuple(float(x) for x in item.get("recent_norms") or ()),
-            dp_flushed=frozenset(str(c) for c in item.get("dp_flushed_clients") or ()),
+            head_size=t.head_size,
+            waiting=t.waiting,
+            attempt=t.attempt,
+            incarnation=t.incarnation,
+            optimizer_sha256=t.optimizer_sha256,
+            dp_releases=t.dp_releases,
+            dp_release_limit=t.dp_release_limit,
+            recent_norms=t.recent_norms,
+            dp_flushed=t.dp_flushed,
         )
 
     @property
@@ -131,3 +129,6 @@ class TaskView:
                 else None
             ),
         )
+
+
+__all__ = ["WAITING", "TaskView", "spec_from_json", "spec_to_json"]

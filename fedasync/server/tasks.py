@@ -25,7 +25,10 @@ from fedasync.core.config import TaskConfig
 from fedasync.core.deltas import check_model_fits
 from fedasync.core.errors import ConfigError, FedAsyncError
 from fedasync.core.initial import check_aggregatable
+from fedasync.core.items import task as t
+from fedasync.core.items.task import TaskItem
 from fedasync.core.privacy import central_dp, check_budget
+from fedasync.resources import TABLE_PARTITION_KEY
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView, spec_to_json
 
@@ -68,28 +71,22 @@ async def start_task(
     sha = codec.sha256_bytes(blob)
     releases = dp_release_limit(cfg)
     await store.put_object(keys.global_key(cfg.task_name, 0), blob, sha)
-    item = {
-        "task_name": cfg.task_name,
-        "sk": keys.TASK_SK,
-        "config": cfg.model_dump_json(),
-        "spec": spec_to_json(codec.spec_of(initial)),
-        "status": "STARTING",
-        "head_version": 0,
-        "head_sha256": sha,
-        "initial_sha256": sha,
-        "head_size": len(blob),
-        "absorbed": 0,
-        "buffered": 0,
-        "buffer_weight": 0.0,
-        "created_at": time.time(),
-        "incarnation": secrets.token_hex(5),
-        "attempt": 1,
-        "attempts": [{"attempt": 1, "started_at": time.time()}],
-        **({"dp_release_limit": releases, "dp_releases": 0} if releases is not None else {}),
-    }
+    item = t.new_item(
+        cfg.task_name,
+        keys.TASK_SK,
+        config=cfg.model_dump_json(),
+        spec=spec_to_json(codec.spec_of(initial)),
+        sha=sha,
+        size=len(blob),
+        incarnation=secrets.token_hex(5),
+        releases=releases,
+    )
     if not await store.put_item(item, condition="attribute_not_exists(#sk)"):
         existing = await store.get_task(cfg.task_name) or {}
-        if TaskConfig.model_validate_json(existing["config"]) != cfg:
+        if (
+            TaskConfig.model_validate_json(TaskItem.from_item(cfg.task_name, existing).config)
+            != cfg
+        ):
             raise ConfigError(f"task {cfg.task_name!r} already exists with a different config")
         item = existing
     return await _start_attempt(store, state_machine_arn, item, cfg.execution_input())
@@ -110,14 +107,16 @@ async def resume_task(store: ServerStore, state_machine_arn: str, task_name: str
     and the current attempt's execution is (re)started under its own name, so a crash
     between the two steps is completed by the next call."""
     item = await store.get_task(task_name)
-    view = TaskView.from_item(task_name, item)
+    task = TaskItem.from_item(task_name, item)
+    view = TaskView.of(task)
     assert item is not None  # from_item raised otherwise
     if view.finished:
+        final = view.head_version if task.final_version is None else task.final_version
         raise ResumeRefusedError(
             f"task {task_name!r} finished ({view.finished}) at version "
-            f"{item.get('final_version', view.head_version)}; there is nothing to resume"
+            f"{final}; there is nothing to resume"
         )
-    attempt = int(item.get("attempt", 1))
+    attempt = task.attempt
     ended = await _execution_status(store, current_execution_arn(state_machine_arn, item))
     if ended == "RUNNING":
         raise ResumeRefusedError(
@@ -135,10 +134,11 @@ async def resume_task(store: ServerStore, state_machine_arn: str, task_name: str
     arn = await _start_attempt(
         store, state_machine_arn, item, view.cfg.execution_input(start_round=start_round)
     )
-    log.info("task.resumed", attempt=item["attempt"], version=view.head_version, after=ended)
+    attempt = TaskItem.from_item(task_name, item).attempt
+    log.info("task.resumed", attempt=attempt, version=view.head_version, after=ended)
     return {
         "task_name": task_name,
-        "attempt": int(item["attempt"]),
+        "attempt": attempt,
         "execution_arn": arn,
         "version": view.head_version,
         "after": ended,
@@ -148,17 +148,18 @@ async def resume_task(store: ServerStore, state_machine_arn: str, task_name: str
 async def _next_attempt(store: ServerStore, item: dict[str, Any], ended: str) -> dict[str, Any]:
     """attempt + 1, once (the condition names the attempt read); the cause and error the
     last attempt left on the task move into its entry of the attempt list."""
-    task_name, attempt = str(item["task_name"]), int(item.get("attempt", 1))
-    history = [dict(a) for a in item.get("attempts") or [{"attempt": attempt}]]
-    history[-1].update({"ended": ended, **{k: item[k] for k in ("cause", "error") if item.get(k)}})
-    history.append({"attempt": attempt + 1, "started_at": time.time()})
+    task = TaskItem.from_item(str(item.get(TABLE_PARTITION_KEY)), item)
+    task_name, attempt = task.task_name, task.attempt
+    history = [dict(a) for a in task.attempts or [{"attempt": attempt}]]
+    history[-1] = t.ended_entry(history[-1], ended, task.failure)
+    history.append(t.attempt_entry(attempt + 1, time.time()))
     op = store.update_op(
         task_name,
         keys.TASK_SK,
-        {"attempt": attempt + 1, "status": "RESUMING", "attempts": history},
+        t.next_attempt(attempt + 1, history),
         condition="#attempt = :attempt AND attribute_not_exists(#finished)",
         condition_values={":attempt": attempt},
-        remove=("cause", "error"),
+        remove=t.FAILURE,
     )
     if not await store.update(op):
         log.info("task.resume_raced", attempt=attempt)  # another resume moved it
@@ -168,9 +169,10 @@ async def _next_attempt(store: ServerStore, item: dict[str, Any], ended: str) ->
 def attempt_execution_name(item: Mapping[str, Any]) -> str:
     """The execution name of the TASK item's current attempt (a task created before
     attempts existed ran as one execution named after the task)."""
-    if not item.get("incarnation"):
-        return str(item["task_name"])
-    return execution_name(str(item["task_name"]), str(item["incarnation"]), int(item["attempt"]))
+    task = TaskItem.from_item(str(item[TABLE_PARTITION_KEY]), item)
+    if not task.incarnation:
+        return task.task_name
+    return execution_name(task.task_name, task.incarnation, task.attempt)
 
 
 def current_execution_arn(state_machine_arn: str, item: Mapping[str, Any]) -> str:

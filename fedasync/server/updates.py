@@ -10,13 +10,10 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from fedasync.core import keys, verdicts
-from fedasync.core.decisions import (
-    check_sender,
-    describe,
-    parse_update_item,
-)
+from fedasync.core.decisions import describe
 from fedasync.core.errors import FedAsyncError, SchemaError
-from fedasync.core.messages import UpdateRecord
+from fedasync.core.items import verdict as v
+from fedasync.core.items.verdict import Verdict
 from fedasync.server import async_effects, async_task, members, rounds, sync_run
 from fedasync.server.async_plan import detail_of as _detail
 from fedasync.server.finish import finish_task
@@ -38,42 +35,43 @@ async def on_update(
     if inbox is None and decision is None:
         log.warning("update.vanished", task_name=task_name, sk=sk)
         return "ignored"
-    who = (inbox or decision or {}).get("client_id")
+    who = Verdict.from_item(inbox or decision or {}).client_id
     with bound_contextvars(task_name=task_name, client_id=who, sk=sk):
         if verdicts.resubmitted(inbox, decision):
             await _reopen(store, task_name, sk, decision or {})
             inbox, decision = await store.submission(task_name, sk)
         item = verdicts.merge(sk, inbox, decision) or {}
-        if forged and not item.get("verdict"):
+        if forged and not Verdict.from_item(item).decided:
             item = await _reject_forged(store, task_name, sk, item, forged)
-        if item.get("verdict"):
+        if (known := Verdict.from_item(item).verdict) is not None:
             await _after(store, task_name, item)
-            return str(item["verdict"])
+            return known
         decided: dict[str, Any] | None = None
-        record: UpdateRecord | None = None
         try:
-            record = parse_update_item(item)
             view = TaskView.from_item(task_name, await store.get_task(task_name))
-            check_sender(record, view.cfg)
-            with bound_contextvars(version=view.head_version, round_id=record.round_id):
-                decided = await _accept(store, view, record, item)
-        except FedAsyncError as exc:
-            detail = _detail(exc, task_name, sk, item, record)
-            await _reject(store, task_name, sk, exc, detail, item=item)
+        except FedAsyncError as exc:  # no task to decide on (absent, or its item unreadable)
+            await _reject(
+                store, task_name, sk, exc, _detail(exc, task_name, sk, item, None), item=item
+            )
+        else:
+            with bound_contextvars(
+                version=view.head_version, round_id=Verdict.from_item(item).round_id
+            ):
+                decided = await _decide(store, view, sk, item)
         # our own conditional write succeeded: the item is what we wrote, no need to re-read
         item = decided or await store.get_item(task_name, sk) or item
         await _after(store, task_name, item)
-        return str(item.get("verdict", "pending"))
+        return Verdict.from_item(item).verdict or "pending"
 
 
 async def decide_run(store: ServerStore, task_name: str, sks: Sequence[str]) -> int:
     """Decide a run of one task's new update records (stream order) together.
 
     The same verdicts, bytes and effects as one `on_update` per record, with one TASK read
-    and one round of effects for the run. Decides a prefix and returns its length: it
-    stops before the first record that is decided already (sync: or would be rejected;
-    async: rejections are verdicts of the run, see `async_task.absorb_run`), and the
-    caller hands the rest to `on_update`, one by one (which records the reason).
+    and one round of effects for the run. Decides a prefix and returns its length: a
+    rejection is a verdict of the run (`sync_plan.plan_run`, `async_task.absorb_run`); it
+    stops before the first record that vanished or is decided already, and the caller
+    hands the rest to `on_update`, one by one.
     """
     if len(sks) > async_task.MAX_RUN:
         return 0
@@ -90,13 +88,14 @@ async def decide_run(store: ServerStore, task_name: str, sks: Sequence[str]) -> 
     return await sync_run.accept_round_run(store, view, sks, read)
 
 
-async def _accept(
-    store: ServerStore, view: TaskView, record: UpdateRecord, item: dict[str, Any]
+async def _decide(
+    store: ServerStore, view: TaskView, sk: str, item: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """The item with its verdict when this call wrote it; None when another try did."""
+    """The item with its verdict (accepted, or rejected with its reason) when this call
+    wrote it; None when another try did. The mode's plan parses and checks the item."""
     if view.cfg.mode == "async":
-        return await async_task.absorb_update(store, view, record, item)
-    return await sync_run.accept_one(store, view, item)
+        return await async_task.absorb_update(store, view, sk, item)
+    return await sync_run.decide_one(store, view, item)
 
 
 async def _reject(
@@ -112,11 +111,7 @@ async def _reject(
         task_name,
         sk,
         {
-            "verdict": "rejected",
-            "reason": exc.reason,
-            "detail": detail[:2000],
-            "decided_at": time.time(),
-            "attributed": exc.attributed,
+            **v.rejected(exc.reason, detail[:2000], time.time(), attributed=exc.attributed),
             **verdicts.decided_on(item),
         },
         condition="attribute_not_exists(#verdict)",
@@ -131,17 +126,11 @@ async def _reject_forged(
     """Reject an undecided item that holds server attributes (a decided one stays decided:
     what an inbox item holds never changes a verdict, which lives in the server table)."""
     exc = SchemaError(
-        f"update item {sk!r} from client {item.get('client_id')!r} for task {task_name!r} "
+        f"update item {sk!r} from client {Verdict.from_item(item).client_id!r} for task {task_name!r} "
         f"was written with server-owned attribute(s) {list(forged)}; a client writes only "
         "its record"
     )
-    verdict: dict[str, Any] = {
-        "verdict": "rejected",
-        "reason": exc.reason,
-        "detail": exc.message,
-        "decided_at": time.time(),
-        **verdicts.decided_on(item),
-    }
+    verdict = {**v.rejected(exc.reason, exc.message, time.time()), **verdicts.decided_on(item)}
     if await store.update(
         store.update_op(task_name, sk, verdict, condition="attribute_not_exists(#verdict)")
     ):
@@ -153,17 +142,18 @@ async def _reopen(store: ServerStore, task_name: str, sk: str, decision: dict[st
     """A new submission under a key whose last one was rejected (the inbox item changed):
     the rejection moves into `superseded`, conditionally on the digest it was taken on, so
     the new item is decided on its own. A squatter's junk thus costs its victim nothing."""
-    history = [*(decision.get("superseded") or []), verdicts.superseded_entry(decision)]
+    last = Verdict.from_item(decision)
+    history = [*last.superseded, verdicts.superseded_entry(decision)]
     op = store.update_op(
         task_name,
         sk,
-        {"superseded": history},
+        v.superseded(history),
         condition="#item_digest = :digest AND #verdict = :rejected",
-        condition_values={":digest": decision.get("item_digest"), ":rejected": "rejected"},
+        condition_values={":digest": last.item_digest, ":rejected": v.REJECTED},
         remove=verdicts.REOPENED,
     )
     if await store.update(op):
-        log.info("update.resubmitted", superseded=decision.get("reason"))
+        log.info("update.resubmitted", superseded=last.reason)
 
 
 async def _after(store: ServerStore, task_name: str, item: dict[str, Any]) -> None:
@@ -172,18 +162,19 @@ async def _after(store: ServerStore, task_name: str, item: dict[str, Any]) -> No
     if task is None:
         return
     view = TaskView.from_item(task_name, task)
+    sub = Verdict.from_item(item)
     if view.cfg.mode == "sync":
-        round_id = item.get("round_id")
+        round_id = sub.round_id
         if isinstance(round_id, int) and round_id == view.head_version and not view.finished:
             await _count_and_check(store, view, round_id, item)
         elif isinstance(round_id, int) and round_id == view.head_version - 1:
             await rounds.redo_closed(store, view, round_id)
-    elif item.get("verdict") == "accepted" and view.finished:
+    elif sub.accepted and view.finished:
         # a retry after a crash in finish_task: the callback may not have gone out
         await finish_task(store, task_name, view.finished, token=view.token)
-    elif item.get("verdict") == "accepted":
+    elif sub.accepted:
         await async_effects.after_accept(store, task_name, item, task=task)
-    elif item.get("verdict") == "rejected":
+    elif sub.rejected:
         await async_effects.after_reject(store, view, item)
 
 

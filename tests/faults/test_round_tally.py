@@ -12,7 +12,7 @@ import pytest
 
 from fedasync.core import keys
 from fedasync.core.config import TaskConfig
-from fedasync.server.members import SETTLED
+from fedasync.core.items.round import SETTLED
 from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
 from tests.faults.harness import CLIENTS, EXAMPLES, config, drive, stack_for

@@ -73,7 +73,9 @@ async def test_a_whole_round_in_one_run_is_accepted_and_closed_with_fedavg(moto_
         assert await decide_run(store, cfg.task_name, sks) == 0
 
 
-async def test_a_run_stops_at_a_bad_update_and_the_rest_goes_one_by_one(moto_server, prefix):
+async def test_a_bad_update_is_rejected_by_the_run_and_the_rest_of_the_run_is_decided(
+    moto_server, prefix
+):
     async with _no_pump(moto_server, prefix) as stack:
         # GIVEN an open round where the middle update of the batch is mis-shaped
         store, cfg, x0 = store_for(stack), _config("run-bad", min_clients=2), initial_model()
@@ -86,14 +88,11 @@ async def test_a_run_stops_at_a_bad_update_and_the_rest_goes_one_by_one(moto_ser
             await c.submit(await first_notice(c)),
         ]
         sks = [keys.update_sk(r.client_id, r.update_id, r.round_id) for r in records]
-        # WHEN the batch is decided as a run, then the rest one by one (as the handler does)
+        # WHEN the batch is decided as a run
         decided = await decide_run(store, cfg.task_name, sks)
-        assert decided == 1  # the prefix before the bad update
-        updates = await _updates(store, cfg.task_name)
-        assert "verdict" not in updates[b.client_id] and "verdict" not in updates[c.client_id]
-        for sk in sks[decided:]:
-            await on_update(store, cfg.task_name, sk)
-        # THEN the bad one is rejected with its reason and the round closes without it
+        # THEN the run decides all three: the bad one is a rejection of the run's plan, with
+        # its reason, and the round closes without it
+        assert decided == 3
         updates = await _updates(store, cfg.task_name)
         assert updates[a.client_id]["verdict"] == updates[c.client_id]["verdict"] == "accepted"
         assert updates[b.client_id]["verdict"] == "rejected"
