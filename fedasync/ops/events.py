@@ -18,7 +18,7 @@ from fedasync.core import keys
 from fedasync.core.errors import RegistryError, SchemaError
 from fedasync.core.ledger import Event, build_ledger, dump_ledger
 from fedasync.core.replay import Loader
-from fedasync.core.replay_secagg import sum_key
+from fedasync.core.replay_secagg import release_key, sum_key
 from fedasync.server.store import ServerStore
 
 log = structlog.get_logger()
@@ -59,6 +59,10 @@ def object_keys(events: Iterable[Event]) -> list[str]:
         # a SecAgg round is rebuilt from the sum the server recorded
         out += [sum_key(name, int(e["round_id"])) for e in events
                 if e["kind"] == "round" and isinstance(e.get("secagg"), dict)]  # fmt: skip
+        # ... and, under central DP, from its recorded release
+        out += [release_key(name, int(e["round_id"])) for e in events
+                if e["kind"] == "round" and isinstance(e.get("secagg"), dict)
+                and e["secagg"].get("release_sha256")]  # fmt: skip
     return list(dict.fromkeys(out))
 
 
