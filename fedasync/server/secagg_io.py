@@ -4,6 +4,7 @@ and what the server decided (each phase's closed set, written once)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
@@ -26,6 +27,7 @@ log = structlog.get_logger()
 # the largest answer: a masked input (4 bytes a coordinate at b <= 32, base64: 4/3), plus
 # the keys and signatures around it
 ANSWER_OVERHEAD = 1 << 20
+READS_IN_FLIGHT = 4  # answers read at once (a masked input is ~5 MB)
 
 
 @dataclass(frozen=True)
@@ -89,22 +91,25 @@ async def read_answers(
 ) -> dict[str, tuple[bytes, Any]]:
     """Each expected silo's answer to `phase` that is there: (raw bytes, parsed JSON); an
     answer that is not JSON is kept as None (its silo is named when the phase closes)."""
-    out: dict[str, tuple[bytes, Any]] = {}
-    limit = max_answer_bytes(view, s)
-    for client_id in sorted(expected):
+    limit, reads = max_answer_bytes(view, s), asyncio.Semaphore(READS_IN_FLIGHT)
+
+    async def one(client_id: str) -> tuple[bytes, Any] | None:
         key = answer_key(view.task_name, s.ctx.round_id, phase, client_id)
         try:
-            raw = await store.get_object(key, limit)
+            async with reads:
+                raw = await store.get_object(key, limit)
         except RegistryError:
-            continue  # not answered (yet)
+            return None  # not answered (yet)
         except PayloadTooLargeError:
-            out[client_id] = (b"", None)
-            continue
+            return (b"", None)
         try:
-            out[client_id] = (raw, json.loads(raw))
+            return (raw, json.loads(raw))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            out[client_id] = (raw, None)
-    return out
+            return (raw, None)
+
+    ids = sorted(expected)
+    got = await asyncio.gather(*(one(c) for c in ids))
+    return {c: answer for c, answer in zip(ids, got, strict=True) if answer is not None}
 
 
 async def answered(

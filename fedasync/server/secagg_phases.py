@@ -60,11 +60,17 @@ async def on_phase(
     if round_id != view.head_version or view.finished:
         await _answer_done(store, view, round_id, token)
         return
+    at: Phase = PHASES[PHASES.index(phase)]
+    if at != "unmask":  # closed already (a slice whose answer came after its token timed
+        # out, or a redelivery): answered from the decision, nothing else read or written
+        decided = await _decision(store, view, round_id, at)
+        if decided is not None:
+            await store.send_success(token, _outcome(view, round_id, at, decided))
+            return
     opened = await put_json_once(
         store, server_key(view.task_name, round_id, "round"), {"graph_seed": os.urandom(16).hex()}
     )
     s = setup(view, round_id, bytes.fromhex(opened["graph_seed"]))
-    at: Phase = PHASES[PHASES.index(phase)]
     before = (
         await _decision(store, view, round_id, PHASES[PHASES.index(at) - 1])
         if at != PHASES[0]
@@ -84,11 +90,6 @@ async def on_phase(
             )
         )
     await _open(store, view, s, phase=at, before=before, expected=expected)
-    if at != "unmask":
-        decided = await _decision(store, view, round_id, at)
-        if decided is not None:  # closed by an earlier slice whose answer came too late
-            await store.send_success(token, _outcome(view, round_id, at, decided))
-            return
     # probe first: the answers (ten masked inputs are 50 MB) are read once, when all are in
     if not deadline and not await _all_answered(store, view, s, at, expected):
         return  # the slice times out; the next one (or the deadline) looks again
@@ -146,8 +147,12 @@ async def _open(
         return
     if before is not None:
         if phase == "masked_input":
-            for client_id, sealed in before["inboxes"].items():
-                await put_json(store, inbox_key(name, round_id, client_id), {"messages": sealed})
+            await asyncio.gather(
+                *(
+                    put_json(store, inbox_key(name, round_id, client_id), {"messages": sealed})
+                    for client_id, sealed in before["inboxes"].items()
+                )
+            )
         public = {k: v for k, v in before.items() if k in ("members", "adverts", "signatures")}
         await put_json(store, public_key(name, round_id, phase), public)
     await store.publish(notice(view, s, phase, expected), tuple(expected))
