@@ -13,15 +13,14 @@ Figures (seconds from `task start` to the execution's end, one run each):
 - `secagg_round`: the same with `secure_aggregation` (t a majority, no dropout), ratio to
   the plain one (the issue's target: <= 3x).
 
-Measured once on 2026-12-01 at 20:15 UTC on the shared 2-core machine (load average 2.2
-at the start; silos, handlers and moto in one process tree), 10 silos, 10^6 parameters:
-  plain_round_10_silos     5.25 s
-  secagg_round_10_silos   26.73 s    ratio 5.09   (target <= 3: missed)
-Not profiled yet. What the SecAgg round adds by construction: five phases, each closed at
-the first check (1 s) after its last answer, each answer a long poll away; each masked
-input is 5.3 MB of base64 JSON (4 MB of uint32 words), read by the server at the phase's
-close and again at the unmask, with 10 silos' masks (10 x 9 AES-CTR streams of 10^6
-words) and quantisation computed in this one process on 2 cores.
+Medians of `--repeat` pairs (default 3) after an uncounted warm-up pair, each pair a
+plain round then a SecAgg round, and the load average before and after. Measured on
+2026-12-01 at 23:30 UTC on the shared 2-core machine (load average 5.7 -> 6.4, three
+other helpers running), 10 silos, 10^6 parameters, before the warm-up pair existed:
+  plain_round_10_silos      3.68 s   (13.15 cold, 3.68, 3.28)
+  secagg_round_10_silos    12.85 s   (13.03, 12.85, 9.63)   ratio 2.93 (target <= 3)
+(20:15 UTC, before the phase watch and the masked sum: 26.73 s against 5.25 s, 5.09.)
+Where the time goes, phase by phase: docs/secagg.md, "Cost".
 """
 
 from __future__ import annotations
