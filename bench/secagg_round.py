@@ -15,11 +15,12 @@ Figures (seconds from `task start` to the execution's end, one run each):
 
 Medians of `--repeat` pairs (default 3) after an uncounted warm-up pair, each pair a
 plain round then a SecAgg round, and the load average before and after. Measured on
-2026-12-01 at 23:30 UTC on the shared 2-core machine (load average 5.7 -> 6.4, three
-other helpers running), 10 silos, 10^6 parameters, before the warm-up pair existed:
-  plain_round_10_silos      3.68 s   (13.15 cold, 3.68, 3.28)
-  secagg_round_10_silos    12.85 s   (13.03, 12.85, 9.63)   ratio 2.93 (target <= 3)
-(20:15 UTC, before the phase watch and the masked sum: 26.73 s against 5.25 s, 5.09.)
+2026-12-01 at 23:49 UTC on the shared 2-core machine (load average 2.6 -> 3.3, three
+other helpers running), 10 silos, 10^6 parameters:
+  plain_round_10_silos      2.18 s   (3.11, 2.14, 2.18)
+  secagg_round_10_silos     6.76 s   (6.76, 6.22, 8.05)   ratio 2.91 (target <= 3)
+and at 23:50 (load 3.0 -> 4.2): 2.62 s against 8.14 s, ratio 3.06: at the target, not
+reliably under it. (20:15 UTC, before this work: 26.73 s against 5.25 s, 5.09.)
 Where the time goes, phase by phase: docs/secagg.md, "Cost".
 """
 
