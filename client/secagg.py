@@ -27,7 +27,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedasync.aws.session import AwsContext
 from fedasync.core import codec
 from fedasync.core.codec import Weights
+from fedasync.core.privacy import PrivacyConfig
 from fedasync.core.secagg import wire
+from fedasync.core.secagg.central_dp import central_input
 from fedasync.core.secagg.crypto import RoundContext
 from fedasync.core.secagg.errors import SecAggError
 from fedasync.core.secagg.messages import EncryptedShares, KeyAdvert, SurvivorSignature
@@ -36,17 +38,30 @@ from fedasync.core.secagg.quantize import Quantizer
 from fedasync.core.secagg.silo import SiloSession
 
 log = structlog.get_logger()
-# (the round's global model) -> (the local model trained from it, its example count)
+# (the round's global model) -> (the local model trained from it, its example count);
+# with local DP (the notice's privacy), the local model is already clipped and noised
 Train = Callable[[Weights], Awaitable[tuple[Weights, int]]]
 
 
-def silo_input(global_w: Weights, local_w: Weights, examples: int, step: float) -> np.ndarray:
+def silo_input(
+    global_w: Weights,
+    local_w: Weights,
+    examples: int,
+    step: float,
+    privacy: PrivacyConfig | None = None,
+) -> np.ndarray:
     """x_u = (n_u · Δ_u flattened in the model's order, n_u · step): the count quantises
-    to exactly n_u (fedasync/server/secagg_close.py takes the FedAvg step on the sum)."""
+    to exactly n_u (fedasync/server/secagg_close.py takes the FedAvg step on the sum).
+    Under central DP, (clip(Δ_u), step): equal weights, the delta clipped here, at the
+    silo, since the server never sees it (`fedasync.core.secagg.central_dp`)."""
+    central = privacy is not None and privacy.mode == "central"
+    weight = 1 if central else examples
     parts = [
-        (local_w[name].astype(np.float64) - tensor.astype(np.float64)).ravel() * examples
+        (local_w[name].astype(np.float64) - tensor.astype(np.float64)).ravel() * weight
         for name, tensor in global_w.items()
     ]
+    if privacy is not None and central:
+        return central_input(np.concatenate(parts), privacy.clip_norm, step)
     return np.concatenate([*parts, np.array([examples * step])])
 
 
@@ -129,7 +144,7 @@ class SecAggSilo:
             if codec.sha256_bytes(codec.encode(global_w)) != notice.sha256:
                 log.warning("secagg.global_changed", round_id=r)
             local_w, examples = await self.train(global_w)
-            x = silo_input(global_w, local_w, examples, session.quantizer.step)
+            x = silo_input(global_w, local_w, examples, session.quantizer.step, notice.privacy)
             masked = await asyncio.to_thread(session.masked_input, messages, x)
             return wire.encode(masked)
         if notice.phase == "consistency":

@@ -18,6 +18,7 @@ import sys
 import structlog
 
 from client.keys import decode_identities, load_key
+from client.privacy import local_dp
 from client.secagg import SecAggSilo
 from client.state import RunState
 from client.worker import train
@@ -31,7 +32,8 @@ log = structlog.get_logger()
 
 class RoundTrainer:
     """The silo's `train`: the run's trainer on the round's global model, as the plain
-    path trains a sync round (the same seed, epochs and data; version = round)."""
+    path trains a sync round (the same seed, epochs and data, FedProx's mu; version =
+    round), then local DP if the task asks for it (`client.privacy.local_dp`)."""
 
     def __init__(self, state: RunState) -> None:
         self.state = state
@@ -49,10 +51,14 @@ class RoundTrainer:
             sha256=notice.sha256,
             size_bytes=0,
             incarnation=notice.incarnation,
+            proximal_mu=notice.proximal_mu,
+            privacy=notice.privacy if notice.privacy and notice.privacy.mode == "local" else None,
         )
         self.state.phases["trainer"] = "training"
         try:
             weights, examples, _ = await train(self.state, global_w, plain)
+            # local DP: clipped and noised here, before it is masked (as before upload)
+            weights, _ = await local_dp(self.state, plain, global_w, weights, examples)
         finally:
             self.state.phases.pop("trainer", None)
         return weights, examples

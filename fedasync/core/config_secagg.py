@@ -6,6 +6,8 @@
   is that update;
 - FedAvg only, without per-update clipping: a robust rule (median, trimmed mean, Krum)
   and `clip_update_norm` need to see individual updates, which SecAgg hides;
+- central DP: the silos clip their deltas to privacy.clip_norm (the server cannot), and
+  the quantiser's range must cover it (clip >= clip_norm); the server noises the sum;
 - the threshold t: 2 <= t <= the silos that take part, and a strict majority of them
   (t > n/2; of each neighbourhood of k + 1 silos with SecAgg+): with a majority, no two
   disjoint groups of t silos exist, so a server telling two groups different survivor
@@ -89,10 +91,13 @@ def check_secure_aggregation(cfg: TaskConfig, strategy: str, *, central_dp: bool
             "cannot run with secure_aggregation (use strategy 'fedavg' without "
             "clip_update_norm; bound each coordinate with secure_aggregation.clip)"
         )
-    if central_dp:
+    privacy = cfg.privacy
+    if central_dp and privacy is not None and sa.clip < privacy.clip_norm:
         raise ValueError(
-            "privacy mode 'central' with secure_aggregation is not built yet: its noise "
-            "would go on the unmasked sum (docs/secagg.md); use privacy mode 'local'"
+            f"secure_aggregation.clip {sa.clip:g} must be at least privacy.clip_norm "
+            f"{privacy.clip_norm:g}: under central DP each silo clips its delta to L2 norm "
+            "clip_norm before quantising, so one coordinate may reach clip_norm, and the "
+            "quantiser's range [-clip, clip] must cover it"
         )
     _check_threshold(sa, silos)
     _check_ring(sa, silos)
@@ -176,12 +181,18 @@ def secagg_input(sa: SecureAggregation | None, silos: int, check_s: int) -> dict
     at most the task's `round_check_s` each, covering `phase_timeout_s`."""
     if sa is None:
         return {}
-    ticks = -(-sa.phase_timeout_s // min(check_s, sa.phase_timeout_s))
+    check, ticks = phase_clock(sa, check_s)
     return {
         "secure_aggregation": {
             "threshold": sa.quorum(silos),
             "phase_timeout_s": sa.phase_timeout_s,
-            "phase_check_s": -(-sa.phase_timeout_s // ticks),
+            "phase_check_s": check,
             "phase_ticks": ticks,
         }
     }
+
+
+def phase_clock(sa: SecureAggregation, check_s: int) -> tuple[int, int]:
+    """(seconds per slice, slices per phase) of a phase's wait (`secagg_input`)."""
+    ticks = -(-sa.phase_timeout_s // min(check_s, sa.phase_timeout_s))
+    return -(-sa.phase_timeout_s // ticks), ticks

@@ -20,6 +20,7 @@ from fedasync.core import codec
 from fedasync.core.codec import Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.errors import FedAsyncError
+from fedasync.core.privacy import central_dp
 from fedasync.core.secagg.fedavg import fedavg_step
 from fedasync.core.secagg.notice import server_key
 from fedasync.core.secagg.quantize import Quantizer
@@ -28,6 +29,11 @@ from fedasync.core.secagg.quantize import Quantizer
 def sum_key(task_name: str, round_id: int) -> str:
     """Where the server stored a SecAgg round's unmasked sum."""
     return server_key(task_name, round_id, "sum").replace(".json", ".safetensors")
+
+
+def release_key(task_name: str, round_id: int) -> str:
+    """Where the server stored a central-DP SecAgg round's release (the noised sum)."""
+    return server_key(task_name, round_id, "release").replace(".json", ".safetensors")
 
 
 def secagg_round(
@@ -67,4 +73,32 @@ def secagg_round(
             f"{recorded.get('examples')}"
         )
         return None
+    if central_dp(cfg):
+        return _from_release(cfg, recorded, round_id, global_w, load=load, problems=problems)
     return fedavg_step(global_w, values[:-1], examples)
+
+
+def _from_release(
+    cfg: TaskConfig,
+    recorded: Mapping[str, Any],
+    round_id: int,
+    global_w: Weights,
+    *,
+    load: Callable[[str], bytes],
+    problems: list[str],
+) -> Weights | None:
+    """Central DP: the step on the recorded release (its noise cannot be drawn again)."""
+    who, key = f"SecAgg round {round_id}", release_key(cfg.task_name, round_id)
+    try:
+        blob = load(key)
+    except (FedAsyncError, KeyError, OSError) as exc:
+        problems.append(f"{who}: its release {key!r} cannot be read ({exc})")
+        return None
+    if codec.sha256_bytes(blob) != recorded.get("release_sha256"):
+        problems.append(
+            f"{who}: its release {key!r} is not the one the round recorded "
+            f"(release_sha256 {recorded.get('release_sha256')})"
+        )
+        return None
+    values = np.asarray(codec.decode(blob, who=key)["release"], dtype=np.float64)
+    return fedavg_step(global_w, values, len(recorded.get("survivors", [])))

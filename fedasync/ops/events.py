@@ -19,7 +19,7 @@ from fedasync.core.errors import RegistryError, SchemaError
 from fedasync.core.items.ledger import entries
 from fedasync.core.ledger import Event, build_ledger, dump_ledger
 from fedasync.core.replay import Loader
-from fedasync.core.replay_secagg import sum_key
+from fedasync.core.replay_secagg import release_key, sum_key
 from fedasync.server.store import ServerStore
 
 log = structlog.get_logger()
@@ -58,8 +58,12 @@ def object_keys(events: Iterable[Event]) -> list[str]:
     if name is not None:
         out += [keys.global_key(name, v) for v in versions]
         # a SecAgg round is rebuilt from the sum the server recorded
-        out += [sum_key(name, int(e.round_id)) for e in entries(events, "round")
-                if isinstance(e.secagg, dict)]  # fmt: skip
+        rounds = [e for e in entries(events, "round") if isinstance(e.secagg, dict)]
+        out += [sum_key(name, int(e.round_id)) for e in rounds]
+        # ... and, under central DP, from its recorded release
+        out += [
+            release_key(name, int(e.round_id)) for e in rounds if e.secagg.get("release_sha256")
+        ]
     return list(dict.fromkeys(out))
 
 

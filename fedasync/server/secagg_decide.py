@@ -25,6 +25,7 @@ from fedasync.core.secagg.messages import (
     SurvivorSignature,
     Unmasking,
 )
+from fedasync.core.secagg.quantize import RingVector, ring_sum
 from fedasync.server.secagg_io import RoundSetup
 
 log = structlog.get_logger()
@@ -129,7 +130,11 @@ def share_keys(s: RoundSetup, answers: Answers, adverts: Mapping[str, Any]) -> d
     }
 
 
-def masked_input(s: RoundSetup, answers: Answers, u2: Sequence[str], length: int) -> dict[str, Any]:
+def masked_input(
+    s: RoundSetup, answers: Answers, u2: Sequence[str], length: int
+) -> tuple[dict[str, Any], RingVector]:
+    """U3, and Σ_{u ∈ U3} y_u mod 2^b: the unmask phase needs only that sum (still masked
+    by every b_u, and by the pair masks of the silos that dropped), not each input."""
     masked, rejected = parsed_all(
         answers, lambda o, d: [parse(o, d, MaskedInput, lambda m: m.client_id)]
     )
@@ -147,7 +152,8 @@ def masked_input(s: RoundSetup, answers: Answers, u2: Sequence[str], length: int
     )
     # the vectors stay in the silos' objects; the server keeps which bytes it accepted
     sha = {c: codec.sha256_bytes(answers[c][0]) for c in sorted(u3)}
-    return {"members": sorted(u3), "sha256": sha, "rejected": rejected}
+    total = ring_sum([u3[c] for c in sorted(u3)], s.quantizer.mask)
+    return {"members": sorted(u3), "sha256": sha, "rejected": rejected}, total
 
 
 def consistency(s: RoundSetup, answers: Answers, u3: Sequence[str]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ and what the server decided (each phase's closed set, written once)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
@@ -11,13 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import structlog
 
 from fedasync.core import codec, keys
-from fedasync.core.errors import PayloadTooLargeError, RegistryError
+from fedasync.core.errors import PayloadTooLargeError, RegistryError, SchemaError
 from fedasync.core.secagg import crypto
 from fedasync.core.secagg.notice import Phase, SecAggNotice, answer_key, server_key
-from fedasync.core.secagg.quantize import Quantizer
+from fedasync.core.secagg.quantize import Quantizer, RingVector
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
@@ -25,6 +27,7 @@ log = structlog.get_logger()
 # the largest answer: a masked input (4 bytes a coordinate at b <= 32, base64: 4/3), plus
 # the keys and signatures around it
 ANSWER_OVERHEAD = 1 << 20
+READS_IN_FLIGHT = 4  # answers read at once (a masked input is ~5 MB)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ def notice(view: TaskView, s: RoundSetup, phase: Phase, expected: list[str]) -> 
         graph_seed=s.ctx.graph_seed.hex(),
         expected=tuple(sorted(expected)),
         incarnation=view.incarnation,
+        proximal_mu=view.cfg.proximal_mu,
+        privacy=view.cfg.privacy,
     )
 
 
@@ -86,22 +91,80 @@ async def read_answers(
 ) -> dict[str, tuple[bytes, Any]]:
     """Each expected silo's answer to `phase` that is there: (raw bytes, parsed JSON); an
     answer that is not JSON is kept as None (its silo is named when the phase closes)."""
-    out: dict[str, tuple[bytes, Any]] = {}
-    limit = max_answer_bytes(view, s)
+    limit, reads = max_answer_bytes(view, s), asyncio.Semaphore(READS_IN_FLIGHT)
+
+    async def one(client_id: str) -> tuple[bytes, Any] | None:
+        key = answer_key(view.task_name, s.ctx.round_id, phase, client_id)
+        try:
+            async with reads:
+                raw = await store.get_object(key, limit)
+        except RegistryError:
+            return None  # not answered (yet)
+        except PayloadTooLargeError:
+            return (b"", None)
+        try:
+            return (raw, json.loads(raw))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return (raw, None)
+
+    ids = sorted(expected)
+    got = await asyncio.gather(*(one(c) for c in ids))
+    return {c: answer for c, answer in zip(ids, got, strict=True) if answer is not None}
+
+
+async def answered(
+    store: ServerStore, view: TaskView, s: RoundSetup, phase: Phase, expected: list[str]
+) -> set[str]:
+    """Which expected silos' answers to `phase` are there: a one-byte ranged GET each, so
+    a phase that waits for a few more masked inputs does not re-read megabytes of them."""
+    there: set[str] = set()
     for client_id in sorted(expected):
         key = answer_key(view.task_name, s.ctx.round_id, phase, client_id)
         try:
-            raw = await store.get_object(key, limit)
+            await (await store.objects.ranged(key)).read(0, 1)
         except RegistryError:
-            continue  # not answered (yet)
-        except PayloadTooLargeError:
-            out[client_id] = (b"", None)
-            continue
-        try:
-            out[client_id] = (raw, json.loads(raw))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            out[client_id] = (raw, None)
+            continue  # not answered yet
+        except SchemaError:
+            pass  # an empty answer is there: read, and refused, at the close
+        there.add(client_id)
+    return there
+
+
+def ring_bytes(total: RingVector) -> bytes:
+    """A ring vector as its little-endian words (the masked sum the server keeps)."""
+    return total.astype(total.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def ring_vector(raw: bytes, quantizer: Quantizer) -> RingVector:
+    dtype = np.dtype(quantizer.dtype).newbyteorder("<")
+    out: RingVector = np.frombuffer(raw, dtype=dtype).astype(quantizer.dtype)
     return out
+
+
+async def put_masked_sum(
+    store: ServerStore, task_name: str, s: RoundSetup, total: RingVector
+) -> str:
+    """Store U3's masked sum under a key named by its SHA-256 (each try its own object: the
+    phase's decision, written once, names the one that goes with its U3); its SHA-256."""
+    blob = ring_bytes(total)
+    sha = codec.sha256_bytes(blob)
+    await store.put_object(masked_sum_key(task_name, s.ctx.round_id, sha), blob, sha)
+    return sha
+
+
+async def get_masked_sum(
+    store: ServerStore, task_name: str, s: RoundSetup, sha: str
+) -> RingVector | None:
+    """The masked sum the masked-input phase decided on, or None if it is not intact."""
+    try:
+        raw = await store.get_object(masked_sum_key(task_name, s.ctx.round_id, sha))
+    except RegistryError:
+        return None
+    return ring_vector(raw, s.quantizer) if codec.sha256_bytes(raw) == sha else None
+
+
+def masked_sum_key(task_name: str, round_id: int, sha: str) -> str:
+    return server_key(task_name, round_id, f"masked-sum-{sha}").replace(".json", ".bin")
 
 
 async def put_json(store: ServerStore, key: str, value: Mapping[str, Any]) -> None:

@@ -10,12 +10,15 @@ and the handler answers it at once or lets the slice time out. Every write is on
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from typing import Any
 
 import structlog
 
 from fedasync.core import keys
+from fedasync.core.config_secagg import phase_clock
 from fedasync.core.secagg.errors import SecAggError
 from fedasync.core.secagg.notice import (
     PHASES,
@@ -29,11 +32,13 @@ from fedasync.server import secagg_close, secagg_decide
 from fedasync.server.round_budget import round_callback
 from fedasync.server.secagg_io import (
     RoundSetup,
+    answered,
     get_decision,
     input_length,
     notice,
     put_json,
     put_json_once,
+    put_masked_sum,
     read_answers,
     setup,
 )
@@ -41,6 +46,9 @@ from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
 
 log = structlog.get_logger()
+# a slice's watch for the answers (`_all_answered`)
+SLICE_MARGIN_S, MAX_WATCH_S = 0.3, 30.0
+FIRST_PAUSE_S, LAST_PAUSE_S = 0.1, 1.0
 
 
 async def on_phase(
@@ -52,11 +60,17 @@ async def on_phase(
     if round_id != view.head_version or view.finished:
         await _answer_done(store, view, round_id, token)
         return
+    at: Phase = PHASES[PHASES.index(phase)]
+    if at != "unmask":  # closed already (a slice whose answer came after its token timed
+        # out, or a redelivery): answered from the decision, nothing else read or written
+        decided = await _decision(store, view, round_id, at)
+        if decided is not None:
+            await store.send_success(token, _outcome(view, round_id, at, decided))
+            return
     opened = await put_json_once(
         store, server_key(view.task_name, round_id, "round"), {"graph_seed": os.urandom(16).hex()}
     )
     s = setup(view, round_id, bytes.fromhex(opened["graph_seed"]))
-    at: Phase = PHASES[PHASES.index(phase)]
     before = (
         await _decision(store, view, round_id, PHASES[PHASES.index(at) - 1])
         if at != PHASES[0]
@@ -76,15 +90,38 @@ async def on_phase(
             )
         )
     await _open(store, view, s, phase=at, before=before, expected=expected)
-    answers = await read_answers(store, view, s, at, expected)
-    if not deadline and set(answers) != set(expected):
+    # probe first: the answers (ten masked inputs are 50 MB) are read once, when all are in
+    if not deadline and not await _all_answered(store, view, s, at, expected):
         return  # the slice times out; the next one (or the deadline) looks again
+    answers = await read_answers(store, view, s, at, expected)
     if at == "unmask":
         result = await secagg_close.close_round(store, view, s, answers, round_id)
         await store.send_success(token, round_callback(result))
         return
     decided = await _close(store, view, s, phase=at, answers=answers, before=before)
     await store.send_success(token, _outcome(view, round_id, at, decided))
+
+
+async def _all_answered(
+    store: ServerStore, view: TaskView, s: RoundSetup, phase: Phase, expected: list[str]
+) -> bool:
+    """Whether every expected silo answered, watched for most of this slice's wait: the
+    phase closes within a poll of its last answer, not at the next slice. The probes
+    back off (0.1 s to 1 s) and only look for the missing answers; the watch ends
+    `SLICE_MARGIN_S` before the slice times out (its token would be spent) and within
+    `MAX_WATCH_S`, well inside the control function's timeout."""
+    sa = view.cfg.secure_aggregation
+    check_s = phase_clock(sa, view.cfg.round_check_s)[0] if sa is not None else 0
+    until = time.monotonic() + min(check_s - SLICE_MARGIN_S, MAX_WATCH_S)
+    missing, pause = set(expected), FIRST_PAUSE_S
+    while True:
+        missing -= await answered(store, view, s, phase, sorted(missing))
+        if not missing:
+            return True
+        if time.monotonic() + pause > until:
+            return False
+        await asyncio.sleep(pause)
+        pause = min(pause * 1.5, LAST_PAUSE_S)
 
 
 async def _decision(
@@ -110,8 +147,12 @@ async def _open(
         return
     if before is not None:
         if phase == "masked_input":
-            for client_id, sealed in before["inboxes"].items():
-                await put_json(store, inbox_key(name, round_id, client_id), {"messages": sealed})
+            await asyncio.gather(
+                *(
+                    put_json(store, inbox_key(name, round_id, client_id), {"messages": sealed})
+                    for client_id, sealed in before["inboxes"].items()
+                )
+            )
         public = {k: v for k, v in before.items() if k in ("members", "adverts", "signatures")}
         await put_json(store, public_key(name, round_id, phase), public)
     await store.publish(notice(view, s, phase, expected), tuple(expected))
@@ -137,7 +178,10 @@ async def _close(
         elif phase == "share_keys" and before is not None:
             fresh = secagg_decide.share_keys(s, answers, before)
         elif phase == "masked_input" and before is not None:
-            fresh = secagg_decide.masked_input(s, answers, before["members"], input_length(view))
+            fresh, total = secagg_decide.masked_input(
+                s, answers, before["members"], input_length(view)
+            )
+            fresh["masked_sum"] = await put_masked_sum(store, view.task_name, s, total)
         elif before is not None:
             fresh = secagg_decide.consistency(s, answers, before["members"])
         else:

@@ -120,12 +120,31 @@ def test_the_ring_bounds_are_the_quantisers():
     )
 
 
-def test_central_dp_is_refused_until_its_noise_goes_on_the_unmasked_sum():
-    privacy = {"mode": "central", "clip_norm": 1.0, "noise_multiplier": 1.0}
-    privacy |= {"target_epsilon": 10.0, "delta": 1e-5}
-    assert "privacy mode 'central' with secure_aggregation is not built yet" in refusal(
-        secure_aggregation=True, privacy=privacy
-    )
+def central(clip_norm: float) -> dict:
+    privacy = {"mode": "central", "clip_norm": clip_norm, "noise_multiplier": 1.0}
+    return privacy | {"target_epsilon": 10.0, "delta": 1e-5}
+
+
+def test_central_dp_runs_on_the_unmasked_sum_when_the_ring_range_covers_the_clip_norm():
+    # GIVEN central DP with clip_norm C = 1 and a SecAgg range R = 1 (R >= C)
+    # WHEN the task is parsed  THEN it is accepted, with the ring's range
+    cfg = parse(secure_aggregation={"clip": 1.0}, privacy=central(1.0))
+    assert cfg.privacy is not None and cfg.secure_aggregation is not None
+    assert cfg.secure_aggregation.clip == cfg.privacy.clip_norm == 1.0
+
+
+def test_central_dp_with_a_ring_range_below_the_clip_norm_is_refused_with_why():
+    # GIVEN C = 2 and R = 1: a clipped delta's coordinate may reach 2, outside [-1, 1]
+    # WHEN it is parsed  THEN it is refused, naming both and the reason
+    message = refusal(secure_aggregation={"clip": 1.0}, privacy=central(2.0))
+    assert "secure_aggregation.clip 1 must be at least privacy.clip_norm 2" in message
+    assert "quantiser's range" in message
+
+
+def test_local_dp_and_fedprox_are_accepted_with_secure_aggregation():
+    local = central(1.0) | {"mode": "local"}
+    assert parse(secure_aggregation=True, privacy=local).privacy.mode == "local"
+    assert parse(secure_aggregation=True, proximal_mu=0.1).proximal_mu == 0.1
 
 
 def test_rounds_are_bounded_by_the_history_a_secagg_round_takes():

@@ -79,3 +79,62 @@ def test_a_missing_sum_fails_the_replay_with_the_reason():
     assert not result.ok
     assert any(f"SecAgg round 0: its sum {SUM_KEY!r} cannot be read" in p for p in result.problems)
     assert "version 1 is recorded but was not rebuilt" in result.problems
+
+
+RELEASE_KEY = "t/server/secagg/00000000/release.safetensors"
+
+
+def central_ledger(release_blob: bytes, recorded_release_sha: str):
+    """Central DP: survivors a and b (weight 1 each: N = 2), the sum (0.5, -1, 2 step)
+    and its noised release (2, -4): w + (2, -4) / 2 = (1, 2) + (1, -2) = (2, 0)."""
+    privacy = {"mode": "central", "clip_norm": 1.0, "noise_multiplier": 1.0,
+               "target_epsilon": 100.0, "delta": 1e-3}  # fmt: skip
+    sa = {"threshold": 2, "clip": 1.0}
+    cfg = TaskConfig.parse(
+        {"task_name": "t", "clients": ["a", "b", "c"], "secure_aggregation": sa,
+         "privacy": privacy}
+    )  # fmt: skip
+    initial = codec.encode({"w": np.array([1.0, 2.0], np.float32)})
+    expected = codec.encode({"w": np.array([2.0, 0.0], np.float32)})
+    sha = codec.sha256_bytes(expected)
+    total = the_sum([0.5, -1.0, 2 * STEP])
+    events = [
+        {"kind": "task", "config": json.loads(cfg.model_dump_json()),
+         "spec": [["w", [2], "float32"]],
+         "initial": {"s3_key": global_key("t", 0), "sha256": codec.sha256_bytes(initial)}},
+        {"kind": "round", "round_id": 0, "members": [], "version": 1, "sha256": sha,
+         "secagg": {"survivors": ["a", "b"], "dropped": ["c"], "examples": 2,
+                    "sum_sha256": codec.sha256_bytes(total),
+                    "release_sha256": recorded_release_sha}},
+        {"kind": "version", "version": 1, "sha256": sha},
+    ]  # fmt: skip
+    objects = {global_key("t", 0): initial, SUM_KEY: total, RELEASE_KEY: release_blob}
+    return events, objects, sha
+
+
+def a_release(values: list[float]) -> bytes:
+    return codec.encode({"release": np.array(values, np.float64)})
+
+
+def test_a_central_dp_secagg_round_is_rebuilt_from_its_recorded_release():
+    # GIVEN a central-DP SecAgg round that recorded its release (2, -4) and its SHA-256
+    blob = a_release([2.0, -4.0])
+    events, objects, sha = central_ledger(blob, codec.sha256_bytes(blob))
+    # WHEN it is replayed
+    result = replay(events, objects.__getitem__)
+    # THEN version 1 is (2, 0): the recorded bytes, from the release, not the sum
+    assert result.ok, result.problems
+    assert [(c.version, c.rebuilt) for c in result.checks] == [(1, sha)]
+
+
+def test_an_altered_release_fails_the_replay_with_the_reason():
+    # GIVEN the release in the bucket is not the one the round recorded
+    recorded = a_release([2.0, -4.0])
+    events, objects, _ = central_ledger(a_release([2.0, -3.0]), codec.sha256_bytes(recorded))
+    # WHEN it is replayed THEN it fails, naming the round and the release
+    result = replay(events, objects.__getitem__)
+    assert not result.ok
+    assert any(
+        f"SecAgg round 0: its release {RELEASE_KEY!r} is not the one the round recorded" in p
+        for p in result.problems
+    ), result.problems

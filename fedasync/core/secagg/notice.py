@@ -18,6 +18,7 @@ from pydantic import Field
 
 from fedasync.core.config import CLIENT_ID_PATTERN, TASK_NAME_PATTERN
 from fedasync.core.messages import SHA256_PATTERN, WireMessage
+from fedasync.core.privacy import PrivacyConfig
 
 Phase = Literal["advertise_keys", "share_keys", "masked_input", "consistency", "unmask"]
 PHASES: tuple[Phase, ...] = (
@@ -74,6 +75,18 @@ class SecAggNotice(WireMessage):
     # the phase's expected senders: U0 (the task's silos), U1, U2, U3 or U4
     expected: tuple[str, ...] = ()
     incarnation: str | None = Field(default=None, pattern=r"^[0-9a-f]{1,32}$")
+    # what the silo's training and its input carry, as in a plain round's notice: FedProx's
+    # mu, and the task's privacy (local: the silo clips and noises its delta before
+    # masking; central: it clips its delta to clip_norm, the server noises the sum). Left
+    # out of the JSON when unset, so a notice without them is byte for byte as before.
+    proximal_mu: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, strict=True)
+    privacy: PrivacyConfig | None = None
+
+    def to_json(self) -> str:
+        unset = {"proximal_mu"} if not self.proximal_mu else set()
+        if self.privacy is None:
+            unset.add("privacy")
+        return self.model_dump_json(exclude=unset or None)
 
     @property
     def idempotency_key(self) -> str:

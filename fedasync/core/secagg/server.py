@@ -39,6 +39,7 @@ __all__ = [
     "masked_inputs",
     "route_shares",
     "unmask",
+    "unmask_sum",
     "verify_adverts",
     "verify_survivor_signatures",
 ]
@@ -185,14 +186,38 @@ def unmask(
     identities: Mapping[str, bytes],
 ) -> UnmaskResult:
     """Round 4: Σ_{u ∈ U3} x_u from the masked inputs and the revealed shares."""
-    u3 = frozenset(masked)
+    return unmask_sum(
+        ctx,
+        quantizer=quantizer,
+        roster=roster,
+        u2=u2,
+        u3=frozenset(masked),
+        masked_sum=ring_sum([masked[u] for u in sorted(masked)], quantizer.mask),
+        unmaskings=unmaskings,
+        identities=identities,
+    )
+
+
+def unmask_sum(
+    ctx: crypto.RoundContext,
+    *,
+    quantizer: Quantizer,
+    roster: Mapping[str, KeyAdvert],
+    u2: frozenset[str],
+    u3: frozenset[str],
+    masked_sum: RingVector,
+    unmaskings: Sequence[Unmasking],
+    identities: Mapping[str, bytes],
+) -> UnmaskResult:
+    """`unmask` from Σ_{u ∈ U3} y_u mod 2^b (what the server keeps when U3 is fixed: one
+    vector, not |U3|); the masks are removed from a copy."""
     dropped = u2 - u3
     shares, rejected = _collect(
         ctx, roster=roster, u2=u2, u3=u3, unmaskings=unmaskings, identities=identities
     )
     t, bits = ctx.threshold, quantizer.ring_bits
     peers = graph.neighbours(ctx, list(roster))
-    total = ring_sum([masked[u] for u in sorted(u3)], quantizer.mask)
+    total = masked_sum.copy()
     for u in sorted(u3):
         seed = shamir.reconstruct(shares[u], t, crypto.SEED_BYTES)
         total -= crypto.expand(seed, total.size, bits)
