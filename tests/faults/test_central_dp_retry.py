@@ -59,9 +59,12 @@ async def test_a_flush_retried_after_a_crash_keeps_its_first_release(
 
     @functools.wraps(real_transact)
     async def transact(store: ServerStore, ops: list[dict[str, Any]]) -> bool:
-        if writes and writes[-1][0] not in crashed:
-            crashed.add(writes[-1][0])
-            raise InjectedCrashError(f"crash after writing {writes[-1][0]}, before its commit")
+        # one commit may carry several flushes (a stream batch of several updates): it
+        # crashes once if any release written before it has not been through a crash yet
+        fresh = {key for key, _, _ in writes} - crashed
+        if fresh:
+            crashed.update(fresh)
+            raise InjectedCrashError(f"crash after writing {sorted(fresh)}, before the commit")
         return await real_transact(store, ops)
 
     monkeypatch.setattr(ServerStore, "put_object_once", once)
