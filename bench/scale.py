@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+import tempfile
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import scale_profile
 from bench._report import Figure, emit, median
 from fedasync import logs
 from fedasync.aws.session import AwsContext
@@ -49,8 +54,14 @@ def cpu_seconds() -> float:
     return sum(sum(p.cpu_times()[:2]) for p in (me, *me.children(recursive=True)))
 
 
-async def per_silo_round_seconds(silos: int, rounds: int) -> tuple[list[float], float]:
-    """Each round's wall time per silo, and the CPU seconds per silo and round."""
+async def per_silo_round_seconds(
+    silos: int, rounds: int, profile: dict[int, Any] | None = None
+) -> tuple[list[float], float]:
+    """Each round's wall time per silo, and the CPU seconds per silo and round; with
+    `profile`, also the moto server's requests by type (`bench/scale_profile.py`)."""
+    timing = Path(tempfile.mkdtemp(prefix="fedasync-scale-")) / "timing.jsonl"
+    if profile is not None:
+        os.environ[scale_profile.ENV_TIMING_LOG] = str(timing)
     ids = tuple(f"silo-{i:03d}" for i in range(silos))
     spec = Deployment(prefix=f"scale{silos}", clients=tuple(ClientSpec(client_id=c) for c in ids))
     cfg = TaskConfig.parse(
@@ -75,13 +86,18 @@ async def per_silo_round_seconds(silos: int, rounds: int) -> tuple[list[float], 
                 ScriptedClient(aws, e.bucket, e.table, e.client_queue_urls[c], c, i, 10)
                 for i, (aws, c) in enumerate(zip(contexts, ids, strict=True))
             ]
-            cpu = cpu_seconds()
+            cpu, since = cpu_seconds(), time.time()
             await start_task(store, e.state_machine_arn, cfg, initial_model())
             await asyncio.wait_for(
                 asyncio.gather(*(answer_rounds(c, cfg.task_name) for c in clients)),
                 600 + 4 * silos * rounds,  # a loaded machine: 250 silos x 3 rounds took > 900 s
             )
             cpu = (cpu_seconds() - cpu) / (silos * rounds)
+            until = time.time()
+        if profile is not None:
+            os.environ.pop(scale_profile.ENV_TIMING_LOG, None)
+            who = {c.access_key_id: p for p, c in e.principals.items()}
+            profile[silos] = scale_profile.read(timing, who, since, until)
         spans = []
         for r in range(rounds):
             item = await store.get_item(cfg.task_name, keys.round_sk(r)) or {}
@@ -94,9 +110,15 @@ def main() -> None:
     parser.add_argument("--silos", type=int, nargs="+", default=[10, 100, 250])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", dest="json_path", default=None)
+    parser.add_argument(
+        "--profile", action="store_true", help="also print moto's requests per silo by type"
+    )
     args = parser.parse_args()
     logs.configure(level="WARNING")
-    measured = {n: asyncio.run(per_silo_round_seconds(n, args.rounds)) for n in args.silos}
+    profile: dict[int, Any] | None = {} if args.profile else None
+    measured = {n: asyncio.run(per_silo_round_seconds(n, args.rounds, profile)) for n in args.silos}
+    if profile:
+        print(scale_profile.table(profile, args.rounds), file=sys.stderr)
     base_n = min(measured)
     figures = []
     for n in args.silos:
