@@ -42,9 +42,27 @@ from fedasync.local.stack import EmbeddedStack
 from fedasync.resources import ClientSpec
 from fedasync.server.store import ServerStore
 from fedasync.server.tasks import start_task
-from tests.faults.harness import answer_rounds
 from tests.integration.scripted import ScriptedClient
 from tests.integration.test_server_sync import initial_model
+
+# A silo's long poll. The bench's silos once polled 1 s at a time (the test harness's
+# default): each silo then made a receive per second of the round, in moto and in its
+# own botocore, ~6 ms of CPU each; a round of N silos lasts ~N x the per-silo cost, so
+# that idle polling grew with N per silo (at 100 silos ~10 receives per silo per round,
+# ~30 % of moto's CPU; at 250 more, which slowed the round, which added polls).
+WAIT_S = 20
+
+
+async def answer_rounds(client: ScriptedClient, task_name: str) -> None:
+    """Answer every round notice of the task until its final notice, long-polling
+    `WAIT_S` as a deployed silo does (`ClientConfig.wait_time_s`, 20 s by default)."""
+    while True:
+        notice = await client.poll(wait_s=WAIT_S)
+        if notice is None or notice.task_name != task_name:
+            continue
+        if notice.final:
+            return
+        await client.submit(notice)
 
 
 def cpu_seconds() -> float:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from fedasync.local import moto_limits, quotas
+from fedasync.local import moto_limits, moto_speed, quotas
 from fedasync.local.moto_iam import (
     ADMIN_USER,
     ENGINE_USER,
@@ -232,6 +232,7 @@ def main(argv: list[str]) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     logging.getLogger(_ASL_EVAL_LOGGER).addFilter(_absent_choice_variable)
     cache_module_list()
+    moto_speed.cache_method_names()
     given = os.environ.pop(ENV_ADMIN_KEY, "")
     identities = Identities(tuple(given.split(":", 1)) if ":" in given else None)  # type: ignore[arg-type]
     identities.ensure()

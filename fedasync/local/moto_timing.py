@@ -8,8 +8,11 @@ Stdlib only: it runs inside the moto server process, around every request.
 
 from __future__ import annotations
 
+import cProfile
 import io
 import json
+import os
+import pstats
 import threading
 import time
 from collections.abc import Iterable
@@ -20,6 +23,7 @@ from fedasync.local.calls import signer
 from fedasync.local.moto_iam import WsgiApp
 
 ENV_TIMING_LOG = "FEDASYNC_MOTO_TIMING"
+ENV_PROFILE = "FEDASYNC_MOTO_PROFILE"  # also cProfile every request; stats to this path at exit
 
 
 def operation(environ: dict[str, Any], body: bytes) -> str:
@@ -36,9 +40,32 @@ def operation(environ: dict[str, Any], body: bytes) -> str:
     return f"{signed.service or 'unknown'}:{action}"
 
 
+class _Profiler:
+    """cProfile around each request, merged into one stats file rewritten every
+    `every` requests (the server is stopped by closing its stdin: no exit hook to trust)."""
+
+    def __init__(self, path: str, every: int = 500) -> None:
+        self.path, self.every = path, every
+        self.lock = threading.Lock()
+        self.stats: pstats.Stats | None = None
+        self.seen = 0
+
+    def add(self, profile: cProfile.Profile) -> None:
+        with self.lock:
+            if self.stats is None:
+                self.stats = pstats.Stats(profile)
+            else:
+                self.stats.add(profile)
+            self.seen += 1
+            if self.seen % self.every == 0:
+                self.stats.dump_stats(self.path)
+
+
 def time_requests(app: WsgiApp, path: str) -> WsgiApp:
     lock = threading.Lock()
     sink = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the server's life
+    profile_path = os.environ.get(ENV_PROFILE)
+    profiler = _Profiler(profile_path) if profile_path else None
 
     def wrapped(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         body = b""
@@ -47,7 +74,16 @@ def time_requests(app: WsgiApp, path: str) -> WsgiApp:
             body = environ["wsgi.input"].read(length) if length else b""
             environ["wsgi.input"] = io.BytesIO(body)
         wall, cpu = time.perf_counter(), time.thread_time()
-        out = list(app(environ, start_response))
+        if profiler is None:
+            out = list(app(environ, start_response))
+        else:
+            profile = cProfile.Profile()
+            profile.enable()
+            try:
+                out = list(app(environ, start_response))
+            finally:
+                profile.disable()
+                profiler.add(profile)
         line = {
             "op": operation(environ, body),
             "key": signer(environ).access_key,
