@@ -55,7 +55,7 @@ class SharedTlsSession(AIOHTTPSession):
             return connector
         return aiohttp.TCPConnector(
             limit=own._max_pool_connections,
-            ssl=verified_context(get_cert_path(verify)),
+            ssl=verified_context(verify if isinstance(verify, str) else get_cert_path(True)),
             **own._connector_args,
         )
 

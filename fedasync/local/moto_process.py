@@ -233,6 +233,7 @@ def main(argv: list[str]) -> int:
     logging.getLogger(_ASL_EVAL_LOGGER).addFilter(_absent_choice_variable)
     cache_module_list()
     moto_speed.cache_method_names()
+    moto_speed.cache_camelcase()
     given = os.environ.pop(ENV_ADMIN_KEY, "")
     identities = Identities(tuple(given.split(":", 1)) if ":" in given else None)  # type: ignore[arg-type]
     identities.ensure()

@@ -23,3 +23,21 @@ def cache_method_names() -> None:
         return frozenset(original(clazz))
 
     responses.method_names_from_class = names  # type: ignore[attr-defined,assignment]
+
+
+def cache_camelcase() -> None:
+    """moto turns attribute names from CamelCase to snake_case character by character,
+    many times a request: an SQS queue's `attributes` converts each of its ~20 names,
+    and the SNS fan-out of one notice reads it for every subscribed queue (one per
+    silo). A pure function of a short string from a small set: remember its answers.
+    Modules that imported it by name already get the cached one too."""
+    import sys
+
+    from moto.core import utils
+
+    original = utils.camelcase_to_underscores
+    cached = functools.lru_cache(maxsize=4096)(original)
+    utils.camelcase_to_underscores = cached
+    for module in list(sys.modules.values()):
+        if getattr(module, "camelcase_to_underscores", None) is original:
+            setattr(module, "camelcase_to_underscores", cached)  # noqa: B010
