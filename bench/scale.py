@@ -13,6 +13,36 @@ round at 100 silos). 250 silos take two topic shards (200 filter policies per to
 Each silo signs with its own key from the stack, as a deployed silo does, and opens its
 clients before round 0 (as `fedasync client run` does), so no round pays for building them.
 `bench/compare.py --bench scale --base COMMIT` runs this script on two commits side by side.
+
+`--profile` also prints, per silo per round, the moto server's requests by who signed
+and operation, with its CPU per request type (`fedasync.local.moto_timing`). Measured
+(2026-12-01, 2 rounds, load average 6-7; moto CPU in ms per silo per round):
+
+    who        operation                  10 silos      100 silos     250 silos
+                                          req  cpu      req  cpu      req  cpu
+    client     sqs:ReceiveMessage         1.50  5.0     1.50  7.6     1.50  7.8
+    client     sqs:DeleteMessage          1.50  2.5     1.50  3.4     1.50  3.5
+    client     s3:GET (global) / PUT      2.00  5.0     2.00  5.0     2.00  6.3
+    client     dynamodb:PutItem (update)  1.00  3.8     1.00  3.5     1.00  3.4
+    aggregate  dynamodb:UpdateItem        1.45 11.0     1.14 12.2     1.12 11.3
+    aggregate  s3:GET (the update)        1.05  2.3     1.00  2.6     1.00  3.1
+    aggregate  streams:GetRecords         1.10 12.7     0.55  3.5     0.51  3.5
+    aggregate  BatchGetItem / Query       0.65  8.7     0.30  8.8     0.28  8.9
+    control, state machine, rest          1.55 10.0     0.15  2.1     0.07  1.1
+    total                                11.90 60.8     9.32 48.7     9.09 48.9
+
+Fixed per silo: its five requests (receive, delete, GET the global, PUT its model, put
+its record), and the aggregate function's verdict write (an UpdateItem, moto's dearest
+request: its expression engine), the read of the update and a share of a BatchGetItem.
+Fixed per round (so shrinking per silo): the round's Query (its cost grows with N), the
+control function, the state machine, the stream pump's idle reads (one per 50 ms).
+What grew with N (before this table): the silos' idle long polls. They polled 1 s at a
+time, so each silo made one receive per second of the round, and a round lasts about
+N x the per-silo cost: at 100 silos 9.9 receives per silo per round (28.5 ms of moto's
+CPU, against 7.6 now), more at 250, which slowed the round, which added polls. A
+deployed silo polls 20 s (`ClientConfig.wait_time_s`), as the silos here now do. Each
+client's first call also parsed the CA bundle again (~50 ms of CPU, three clients per
+silo, all in round 0) whenever AWS_CA_BUNDLE is set: `fedasync.aws.session`.
 """
 
 from __future__ import annotations
