@@ -1,6 +1,7 @@
 """Orchestration cost per silo of a sync round, at 10, 100 and 250 silos, side by side.
 
-    python bench/scale.py [--silos 10 100 250] [--rounds 3] [--json PATH]
+    python bench/scale.py [--silos 10 100 250] [--rounds 3] [--json PATH] [--profile]
+                          [--poll-s 20]
 
 Each silo is a scripted client (tests/integration/scripted.py) that answers a round's
 notice at once with a small model: no training, so a round's time, from its ROUND item's
@@ -83,11 +84,11 @@ from tests.integration.test_server_sync import initial_model
 WAIT_S = 20
 
 
-async def answer_rounds(client: ScriptedClient, task_name: str) -> None:
+async def answer_rounds(client: ScriptedClient, task_name: str, wait_s: int = WAIT_S) -> None:
     """Answer every round notice of the task until its final notice, long-polling
-    `WAIT_S` as a deployed silo does (`ClientConfig.wait_time_s`, 20 s by default)."""
+    `wait_s` as a deployed silo does (`ClientConfig.wait_time_s`, 20 s by default)."""
     while True:
-        notice = await client.poll(wait_s=WAIT_S)
+        notice = await client.poll(wait_s=wait_s)
         if notice is None or notice.task_name != task_name:
             continue
         if notice.final:
@@ -103,7 +104,7 @@ def cpu_seconds() -> float:
 
 
 async def per_silo_round_seconds(
-    silos: int, rounds: int, profile: dict[int, Any] | None = None
+    silos: int, rounds: int, profile: dict[int, Any] | None = None, wait_s: int = WAIT_S
 ) -> tuple[list[float], float]:
     """Each round's wall time per silo, and the CPU seconds per silo and round; with
     `profile`, also the moto server's requests by type (`bench/scale_profile.py`)."""
@@ -137,7 +138,7 @@ async def per_silo_round_seconds(
             cpu, since = cpu_seconds(), time.time()
             await start_task(store, e.state_machine_arn, cfg, initial_model())
             await asyncio.wait_for(
-                asyncio.gather(*(answer_rounds(c, cfg.task_name) for c in clients)),
+                asyncio.gather(*(answer_rounds(c, cfg.task_name, wait_s) for c in clients)),
                 600 + 4 * silos * rounds,  # a loaded machine: 250 silos x 3 rounds took > 900 s
             )
             cpu = (cpu_seconds() - cpu) / (silos * rounds)
@@ -161,10 +162,16 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="also print moto's requests per silo by type"
     )
+    parser.add_argument(
+        "--poll-s", type=int, default=WAIT_S, help="the silos' long poll (1: as the bench was)"
+    )
     args = parser.parse_args()
     logs.configure(level="WARNING")
     profile: dict[int, Any] | None = {} if args.profile else None
-    measured = {n: asyncio.run(per_silo_round_seconds(n, args.rounds, profile)) for n in args.silos}
+    measured = {
+        n: asyncio.run(per_silo_round_seconds(n, args.rounds, profile, args.poll_s))
+        for n in args.silos
+    }
     if profile:
         print(scale_profile.table(profile, args.rounds), file=sys.stderr)
     base_n = min(measured)
