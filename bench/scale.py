@@ -31,6 +31,11 @@ and operation, with its CPU per request type (`fedasync.local.moto_timing`). Mea
     aggregate  BatchGetItem / Query       0.65  8.7     0.30  8.8     0.28  8.9
     control, state machine, rest          1.55 10.0     0.15  2.1     0.07  1.1
     total                                11.90 60.8     9.32 48.7     9.09 48.9
+    the same code, `--poll-s 1` (the silos' long poll as the bench had it; one run):
+    client     sqs:ReceiveMessage         2.40  6.9    10.94 30.0    31.05 89.0
+    total                                13.40 61.6    18.80 68.4    38.62 132.2
+    (wall per silo 151 / 230 / 361 ms, CPU per silo-round 165 / 175 / 343 ms, against
+    104 / 172 / 123 and 151 / 114 / 112 with 20 s polls, a busier minute)
 
 Fixed per silo: its five requests (receive, delete, GET the global, PUT its model, put
 its record), and the aggregate function's verdict write (an UpdateItem, moto's dearest
