@@ -54,6 +54,7 @@ def run_side(tree: Path, args: argparse.Namespace) -> dict[str, float]:
             script = Path(tmp) / "bench" / "scale.py"  # the head's, importing the tree's code
             script.parent.mkdir()
             shutil.copy(REPO / "bench" / "scale.py", script)
+            shutil.copy(REPO / "bench" / "scale_profile.py", script.parent / "scale_profile.py")
             shutil.copy(tree / "bench" / "_report.py", script.parent / "_report.py")
             cmd = [sys.executable, str(script), "--json", str(out), "--rounds", str(args.rounds)]
             cmd += ["--silos", *map(str, args.silos)]

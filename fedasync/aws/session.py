@@ -40,19 +40,22 @@ def verified_context(ca_bundle: str) -> ssl.SSLContext:
 class SharedTlsSession(AIOHTTPSession):
     """aiobotocore's HTTP session, with the process's verified TLS context instead of a
     fresh one per client. Verification is unchanged: the context is built as aiobotocore
-    builds it (botocore's `create_urllib3_context`, CERT_REQUIRED, the default CA bundle).
-    A client certificate, a proxy or a `verify` other than True keeps aiobotocore's own
-    path."""
+    builds it (botocore's `create_urllib3_context`, CERT_REQUIRED, the default CA bundle
+    or the one `verify` names). A client certificate, a proxy or `verify=False` keeps
+    aiobotocore's own path."""
 
     def _create_connector(self, proxy_url: str | None) -> aiohttp.TCPConnector:
         # aiobotocore 2.25's own attributes (its stubs leave them out)
         own = cast(Any, self)
-        if proxy_url or own._cert_file or own._verify is not True:
+        # `verify` is True or a CA bundle's path (botocore reads AWS_CA_BUNDLE and
+        # REQUESTS_CA_BUNDLE into it, which CI images set)
+        verify = own._verify
+        if proxy_url or own._cert_file or not (verify is True or isinstance(verify, str)):
             connector: aiohttp.TCPConnector = cast(Any, super())._create_connector(proxy_url)
             return connector
         return aiohttp.TCPConnector(
             limit=own._max_pool_connections,
-            ssl=verified_context(get_cert_path(True)),
+            ssl=verified_context(verify if isinstance(verify, str) else get_cert_path(True)),
             **own._connector_args,
         )
 

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from fedasync.local import moto_limits, quotas
+from fedasync.local import moto_limits, moto_speed, quotas
 from fedasync.local.moto_iam import (
     ADMIN_USER,
     ENGINE_USER,
@@ -32,6 +32,7 @@ from fedasync.local.moto_iam import (
     recreate_after_reset,
     user_key,
 )
+from fedasync.local.moto_timing import ENV_TIMING_LOG, time_requests
 
 
 def serialize_dynamodb(app: WsgiApp) -> WsgiApp:
@@ -231,6 +232,8 @@ def main(argv: list[str]) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     logging.getLogger(_ASL_EVAL_LOGGER).addFilter(_absent_choice_variable)
     cache_module_list()
+    moto_speed.cache_method_names()
+    moto_speed.cache_camelcase()
     given = os.environ.pop(ENV_ADMIN_KEY, "")
     identities = Identities(tuple(given.split(":", 1)) if ":" in given else None)  # type: ignore[arg-type]
     identities.ensure()
@@ -252,6 +255,8 @@ def main(argv: list[str]) -> int:
         announce_engine(os.environ[ENV_AUDIT_LOG], identities.keys[ENGINE_USER][0])
     if os.environ.get(ENV_ADMIN_TOKEN):
         app = guard_management(app, os.environ.pop(ENV_ADMIN_TOKEN))
+    if os.environ.get(ENV_TIMING_LOG):  # bench/scale.py --profile
+        app = time_requests(app, os.environ[ENV_TIMING_LOG])
     server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
     bound = int(server.server_address[1])
     # moto's Step Functions engine calls the other services at localhost:$MOTO_PORT

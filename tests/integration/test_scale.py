@@ -47,7 +47,7 @@ def _client(stack, task_name: str, client_id: str, index: int) -> ClientConfig:
         table=e.table,
         heartbeat_interval_s=10.0,
         visibility_timeout_s=120,
-        wait_time_s=2,
+        wait_time_s=20,  # as deployed (the default): idle polls cost CPU per silo per second
         epochs=1,
         seed=index,
     )

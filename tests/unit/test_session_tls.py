@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import ssl
+from pathlib import Path
 
 import certifi
 from botocore.httpsession import get_cert_path
@@ -29,20 +31,35 @@ async def test_every_client_shares_one_verifying_context() -> None:
         await b.close()
 
 
-async def test_other_verify_values_keep_aiobotocore_own_path() -> None:
-    # GIVEN a session told not to verify, and one given its own CA bundle
+async def test_verify_off_keeps_aiobotocore_own_path() -> None:
+    # GIVEN a session told not to verify
     off = SharedTlsSession(verify=False)._create_connector(None)
-    own = SharedTlsSession(verify=certifi.where())._create_connector(None)
     try:
-        # THEN no context for the first; a context of its own (not the shared one), still
-        # verifying, for the second
+        # THEN its connector has no TLS context at all
         assert off._ssl is False
-        assert isinstance(own._ssl, ssl.SSLContext)
-        assert own._ssl is not verified_context(get_cert_path(True))
-        assert own._ssl.verify_mode == ssl.CERT_REQUIRED
     finally:
         await off.close()
-        await own.close()
+
+
+async def test_a_named_ca_bundle_is_parsed_once_and_still_verifies(tmp_path: Path) -> None:
+    # GIVEN two sessions given the same CA bundle of their own (botocore reads
+    # AWS_CA_BUNDLE / REQUESTS_CA_BUNDLE into `verify`), a copy of certifi's
+    bundle = tmp_path / "bundle.pem"
+    shutil.copy(certifi.where(), bundle)
+    first = SharedTlsSession(verify=str(bundle))._create_connector(None)
+    second = SharedTlsSession(verify=str(bundle))._create_connector(None)
+    try:
+        # THEN they share one context, built from that bundle, not the default one
+        assert first._ssl is second._ssl
+        assert first._ssl is verified_context(str(bundle))
+        assert first._ssl is not verified_context(get_cert_path(True))
+        # AND it verifies, with the bundle's CAs loaded
+        assert isinstance(first._ssl, ssl.SSLContext)
+        assert first._ssl.verify_mode == ssl.CERT_REQUIRED
+        assert first._ssl.cert_store_stats()["x509_ca"] > 0
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_aws_clients_use_the_shared_session_and_open_up_front() -> None:
