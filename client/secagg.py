@@ -32,6 +32,7 @@ from fedasync.core.secagg import wire
 from fedasync.core.secagg.central_dp import central_input
 from fedasync.core.secagg.crypto import RoundContext
 from fedasync.core.secagg.errors import SecAggError
+from fedasync.core.secagg.masked_wire import CONTENT_TYPE, encode_masked
 from fedasync.core.secagg.messages import EncryptedShares, KeyAdvert, SurvivorSignature
 from fedasync.core.secagg.notice import Phase, SecAggNotice, answer_key, inbox_key, public_key
 from fedasync.core.secagg.quantize import Quantizer
@@ -109,7 +110,7 @@ class SecAggSilo:
                 "secagg.refused", phase=notice.phase, reason=exc.reason, culprit=exc.culprit
             )
             return False
-        blob = json.dumps(body, sort_keys=True).encode()
+        blob = body if isinstance(body, bytes) else json.dumps(body, sort_keys=True).encode()
         held.answers[notice.phase] = blob
         await self._put(notice, blob)
         if notice.phase == "unmask":
@@ -128,7 +129,7 @@ class SecAggSilo:
         quantizer = Quantizer(notice.clip, notice.max_silos, notice.ring_bits)
         return SiloSession(self.client_id, self.identity, ctx, quantizer)
 
-    async def _answer(self, notice: SecAggNotice, session: SiloSession) -> dict[str, Any]:
+    async def _answer(self, notice: SecAggNotice, session: SiloSession) -> dict[str, Any] | bytes:
         name, r = notice.task_name, notice.round_id
         if notice.phase == "advertise_keys":
             return wire.encode(session.advertise())
@@ -146,7 +147,7 @@ class SecAggSilo:
             local_w, examples = await self.train(global_w)
             x = silo_input(global_w, local_w, examples, session.quantizer.step, notice.privacy)
             masked = await asyncio.to_thread(session.masked_input, messages, x)
-            return wire.encode(masked)
+            return encode_masked(masked)  # safetensors: the words as they are
         if notice.phase == "consistency":
             public = await self._json(public_key(name, r, "consistency"))
             return wire.encode(session.consistency(public["members"]))
@@ -174,7 +175,8 @@ class SecAggSilo:
     async def _put(self, notice: SecAggNotice, blob: bytes) -> None:
         s3 = await self.aws.s3()
         key = answer_key(notice.task_name, notice.round_id, notice.phase, self.client_id)
-        await s3.put_object(Bucket=self.bucket, Key=key, Body=blob, ContentType="application/json")
+        kind = CONTENT_TYPE if notice.phase == "masked_input" else "application/json"
+        await s3.put_object(Bucket=self.bucket, Key=key, Body=blob, ContentType=kind)
 
 
 T = TypeVar("T")

@@ -15,6 +15,7 @@ import json
 import math
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,8 @@ from fedasync.core.errors import SchemaError
 
 # what fedasync reads -> bytes per element (BF16 through ml_dtypes; fp8 is a later issue)
 SUPPORTED_DTYPES: dict[str, int] = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
+# the SecAgg ring's words (a masked input, `fedasync.core.secagg.masked_wire`), never a model's
+RING_DTYPES: dict[str, int] = {"U32": 4, "U64": 8}
 # every other dtype the safetensors format defines (refused, but named as such)
 OTHER_SAFETENSORS_DTYPES: tuple[str, ...] = (
     "BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "C64",
@@ -86,7 +89,7 @@ def parse_header(header: bytes, body_len: int, who: str) -> dict[str, str] | Non
 
 
 def parse_layout(
-    header: bytes, body_len: int, who: str
+    header: bytes, body_len: int, who: str, dtypes: Mapping[str, int] = SUPPORTED_DTYPES
 ) -> tuple[dict[str, str] | None, list[Entry]]:
     """Check a whole header; its `__metadata__` and its tensors in header order.
 
@@ -102,7 +105,7 @@ def parse_layout(
         isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
     ):
         raise _invalid(who, "its __metadata__ must map names to strings")
-    entries = [_check_entry(name, entry, body_len, who) for name, entry in parsed.items()]
+    entries = [_check_entry(name, e, body_len, who, dtypes) for name, e in parsed.items()]
     _check_tiling(entries, body_len, who)
     return meta, entries
 
@@ -141,20 +144,22 @@ def write_header(
     return struct.pack("<Q", len(text)) + text
 
 
-def _check_entry(name: str, entry: Any, body_len: int, who: str) -> Entry:
+def _check_entry(
+    name: str, entry: Any, body_len: int, who: str, dtypes: Mapping[str, int]
+) -> Entry:
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise _invalid(who, f"tensor {name!r} must have exactly dtype, shape, data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    itemsize = SUPPORTED_DTYPES.get(dtype) if isinstance(dtype, str) else None
+    itemsize = dtypes.get(dtype) if isinstance(dtype, str) else None
     if itemsize is None:
         what = (
             "a safetensors dtype fedasync does not support"
-            if dtype in OTHER_SAFETENSORS_DTYPES
+            if dtype in (*OTHER_SAFETENSORS_DTYPES, *SUPPORTED_DTYPES)
             else "not a safetensors dtype"
         )
         raise SchemaError(
-            f"{who}: tensor {name!r} has dtype {dtype!r}, {what}; accepted: "
-            f"{', '.join(SUPPORTED_DTYPES)} (bfloat16, float16, float32, float64)",
+            f"{who}: tensor {name!r} has dtype {dtype!r}, {what}; accepted: {', '.join(dtypes)}"
+            + (" (bfloat16, float16, float32, float64)" if dtypes is SUPPORTED_DTYPES else ""),
             reason="unsupported_dtype",
         )
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):

@@ -18,6 +18,7 @@ import structlog
 from fedasync.core import codec
 from fedasync.core.secagg import relay, silo, wire
 from fedasync.core.secagg.errors import BELOW_THRESHOLD, FORGED, PROTOCOL, SecAggError
+from fedasync.core.secagg.masked_wire import decode_masked
 from fedasync.core.secagg.messages import (
     EncryptedShares,
     KeyAdvert,
@@ -136,7 +137,7 @@ def masked_input(
     """U3, and Σ_{u ∈ U3} y_u mod 2^b: the unmask phase needs only that sum (still masked
     by every b_u, and by the pair masks of the silos that dropped), not each input."""
     masked, rejected = parsed_all(
-        answers, lambda o, d: [parse(o, d, MaskedInput, lambda m: m.client_id)]
+        {o: (raw, raw) for o, (raw, _) in answers.items()}, lambda o, d: [_masked_of(o, d)]
     )
     u3 = without_culprits(
         lambda msgs: relay.masked_inputs(
@@ -154,6 +155,21 @@ def masked_input(
     sha = {c: codec.sha256_bytes(answers[c][0]) for c in sorted(u3)}
     total = ring_sum([u3[c] for c in sorted(u3)], s.quantizer.mask)
     return {"members": sorted(u3), "sha256": sha, "rejected": rejected}, total
+
+
+def _masked_of(owner: str, raw: bytes) -> MaskedInput:
+    """Silo `owner`'s masked input (safetensors, `masked_wire`), sent as `owner`."""
+    try:
+        message = decode_masked(raw, f"silo {owner!r}'s masked input")
+    except SecAggError as exc:
+        raise SecAggError(exc.message, reason=exc.reason, culprit=owner) from None
+    if message.client_id != owner:
+        raise SecAggError(
+            f"the answer under silo {owner!r}'s prefix is signed as {message.client_id!r}",
+            reason=FORGED,
+            culprit=owner,
+        )
+    return message
 
 
 def consistency(s: RoundSetup, answers: Answers, u3: Sequence[str]) -> dict[str, Any]:

@@ -8,10 +8,9 @@ Oracle: the survivors' quantised sum by hand (tests/integration/test_secagg_stac
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 
 import numpy as np
+import safetensors.numpy
 
 from fedasync.core import codec, keys
 from fedasync.core.replay_secagg import sum_key
@@ -34,16 +33,16 @@ __all__ = ["stack"]  # the fixture, shared with test_secagg_stack
 
 class Rewriter(ASilo):
     """Once U3 is fixed (the consistency notice), rewrites its masked input object with
-    other words of the right length and a valid JSON form."""
+    other words of the right length in a valid object (its header kept)."""
 
     async def _answer(self, notice, session):
         if notice.phase == "consistency":
             s3 = await self.aws.s3()
             key = answer_key(notice.task_name, notice.round_id, "masked_input", self.client_id)
-            body = json.loads(self.puts[f"{self.client_id}/masked_input"][0])
-            words = np.frombuffer(base64.b64decode(body["vector"]), "<u4")
-            body["vector"] = base64.b64encode(words[::-1].tobytes()).decode()
-            await s3.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(body).encode())
+            blob = self.puts[f"{self.client_id}/masked_input"][0]
+            words = safetensors.numpy.load(blob)["masked_input"]
+            body = blob[: -words.nbytes] + words[::-1].astype("<u4").tobytes()
+            await s3.put_object(Bucket=self.bucket, Key=key, Body=body)
         return await super()._answer(notice, session)
 
 

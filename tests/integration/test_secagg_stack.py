@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+import safetensors.numpy
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from structlog.testing import capture_logs
@@ -238,8 +239,8 @@ async def test_five_silos_one_drops_before_one_after_masked_input_give_the_survi
     objects = await objects_of(stack, store)
     d = 40 * 50 + 50 + 1
     for c in survivors:
-        masked = json.loads(objects[f"vault/local/{c}/secagg-00000000-masked_input.json"])
-        vec = np.frombuffer(base64.b64decode(masked["vector"]), "<u4").astype(np.float64)
+        masked = objects[f"vault/local/{c}/secagg-00000000-masked_input.safetensors"]
+        vec = safetensors.numpy.load(masked)["masked_input"].astype(np.float64)
         plain = np.array(plain_input(c))
         assert abs(np.corrcoef(vec, plain)[0, 1]) < 5 / math.sqrt(d)
     # AND no log line and no item holds a silo's secret (seed, private keys) or a share

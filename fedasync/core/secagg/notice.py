@@ -46,8 +46,10 @@ def inbox_key(task_name: str, round_id: int, client_id: str) -> str:
 
 
 def answer_key(task_name: str, round_id: int, phase: Phase, client_id: str) -> str:
-    """A silo's answer to a phase, under its own prefix."""
-    return f"{task_name}/local/{client_id}/secagg-{round_id:08d}-{phase}.json"
+    """A silo's answer to a phase, under its own prefix (a masked input is safetensors,
+    `masked_wire`; every other answer JSON)."""
+    ext = "safetensors" if phase == "masked_input" else "json"
+    return f"{task_name}/local/{client_id}/secagg-{round_id:08d}-{phase}.{ext}"
 
 
 def server_key(task_name: str, round_id: int, name: str) -> str:
