@@ -21,6 +21,11 @@ other helpers running), 10 silos, 10^6 parameters:
   secagg_round_10_silos     6.76 s   (6.76, 6.22, 8.05)   ratio 2.91 (target <= 3)
 and at 23:50 (load 3.0 -> 4.2): 2.62 s against 8.14 s, ratio 3.06: at the target, not
 reliably under it. (20:15 UTC, before this work: 26.73 s against 5.25 s, 5.09.)
+With binary masked inputs (safetensors words, no base64 JSON), one run on 2026-12-02 at
+00:16 UTC while a full CI run loaded the machine (load average 9.3 -> 9.4):
+  plain_round_10_silos      4.70 s   (4.09, 4.70, 6.06)
+  secagg_round_10_silos    14.67 s   (14.67, 15.65, 9.74)  ratio 3.33 (pairs 3.59, 3.33, 1.61)
+the plain round at twice its quiet time: a figure of the load, not under the target.
 Where the time goes, phase by phase: docs/secagg.md, "Cost".
 """
 
