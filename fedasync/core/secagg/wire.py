@@ -6,6 +6,8 @@ base64, a masked input's vector as the base64 of its little-endian words with it
 vector of the wrong size is a `secagg_protocol` error, never a half-read message. The
 contents are public or sealed (keys, ciphertexts, signatures, masked vectors) except the
 revealed shares of an `Unmasking`, which the server may read but must not log.
+On the phases' wire a masked input is not JSON but safetensors (`masked_wire`, schema
+version 2); its JSON form here serves tests and tools.
 """
 
 from __future__ import annotations
