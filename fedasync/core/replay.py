@@ -26,7 +26,7 @@ from fedasync.core.codec import ModelSpec, TensorSpec, Weights
 from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import describe, load_payload
 from fedasync.core.errors import InvalidWeightsError, SchemaError
-from fedasync.core.items.ledger import Entry
+from fedasync.core.items.ledger import KIND, Entry
 from fedasync.core.keys import global_key
 from fedasync.core.messages import UpdateRecord
 from fedasync.core.optimizers import OptimizerState, state_to_tensors
@@ -78,27 +78,33 @@ def _spec(raw: Iterable[Any]) -> ModelSpec:
     return tuple(TensorSpec(str(n), tuple(int(d) for d in s), str(dt)) for n, s, dt in raw)
 
 
-def _record(event: Event) -> UpdateRecord:
-    return UpdateRecord.parse(dict(event["record"]))
+def _record(update: Entry) -> UpdateRecord:
+    if update.record is None:
+        raise SchemaError(f"update entry {update.key!r} carries no record")
+    return UpdateRecord.parse(dict(update.record))
 
 
 def replay(events: Iterable[Event], load: Loader) -> ReplayResult:
     """Rebuild every version the ledger recorded; see `ReplayResult.ok`."""
-    by_kind: dict[str, list[Event]] = {}
+    by_kind: dict[str, list[tuple[Event, Entry]]] = {}  # a SecAgg round's reader takes its line
     for event in events:
-        by_kind.setdefault(str(event["kind"]), []).append(event)
-    tasks = by_kind.get("task", [])
+        if (entry := Entry.from_event(event)).kind is None:
+            raise SchemaError(f"a ledger line has no {KIND!r}: {list(event)[:10]}")
+        by_kind.setdefault(entry.kind, []).append((event, entry))
+    tasks = [e for _, e in by_kind.get("task", [])]
     if len(tasks) != 1:
         raise SchemaError(f"a ledger holds exactly one task event; found {len(tasks)}")
     task = tasks[0]
-    cfg = TaskConfig.model_validate(task["config"])
-    spec = _spec(task["spec"])
-    initial = task["initial"]
+    cfg = TaskConfig.model_validate(task.config)
+    spec = _spec(task.spec)
+    initial = task.initial
+    if initial is None:
+        raise SchemaError(f"the task event of {task.task_name!r} names no initial model")
     blob0 = fetch(load, str(initial["s3_key"]), initial.get("sha256"), "initial model")
     versions: dict[int, bytes] = {0: blob0}
     result = ReplayResult(cfg.task_name, cfg.mode, cfg.aggregation)
-    recorded = {int(e["version"]): str(e["sha256"]) for e in by_kind.get("version", [])}
-    updates = by_kind.get("update", [])
+    recorded = {int(e.version): str(e.sha256) for _, e in by_kind.get("version", [])}
+    updates = [e for _, e in by_kind.get("update", [])]
     if cfg.mode == "sync":
         _replay_sync(
             cfg,
@@ -118,18 +124,18 @@ def replay(events: Iterable[Event], load: Loader) -> ReplayResult:
         result.checks.append(VersionCheck(version, recorded.get(version), rebuilt))
     for version in sorted(set(recorded) - set(versions)):
         result.problems.append(f"version {version} is recorded but was not rebuilt")
-    finals = by_kind.get("final", [])
+    finals = [e for _, e in by_kind.get("final", [])]
     last = max(versions)
     if finals:
         final = finals[0]
-        last = int(final["version"]) if final.get("version") is not None else last
-        result.final_recorded = final.get("sha256")
+        last = int(final.version) if final.version is not None else last
+        result.final_recorded = final.sha256
     result.final_version = last
     if last in versions:
         result.final_sha256 = codec.sha256_bytes(versions[last])
     else:
         result.problems.append(f"the final version {last} was not rebuilt")
-    result.problems += head_problems(task.get("head"), versions)
+    result.problems += head_problems(task.head, versions)
     return result
 
 
@@ -137,16 +143,16 @@ def _replay_sync(
     cfg: TaskConfig,
     spec: ModelSpec,
     *,
-    rounds: list[Event],
-    updates: list[Event],
+    rounds: list[tuple[Event, Entry]],
+    updates: list[Entry],
     load: Loader,
     versions: dict[int, bytes],
     result: ReplayResult,
 ) -> None:
-    by_sk = {str(u["sk"]): u for u in updates}
+    by_sk = {u.sk: u for u in updates if u.sk is not None}
     state: OptimizerState | None = None
-    for event in sorted(rounds, key=lambda r: int(r["round_id"])):
-        round_id = int(event["round_id"])
+    for event, said in sorted(rounds, key=lambda r: int(r[1].round_id)):
+        round_id = int(said.round_id)
         if round_id not in versions:
             result.problems.append(f"round {round_id} starts from version {round_id}, not rebuilt")
             return
@@ -156,16 +162,17 @@ def _replay_sync(
             )
             if stepped is None:
                 return
-            result.applied += len(event.get("secagg", {}).get("survivors", []))
-            state = _server_step(cfg, event, versions, stepped, state=state, result=result)
+            secagg = said.secagg if isinstance(said.secagg, Mapping) else {}
+            result.applied += len(secagg.get("survivors", []))
+            state = _server_step(cfg, said, versions, stepped, state=state, result=result)
             continue
         bound = cfg.clip_update_norm
         norm_base = cfg.max_update_norm is not None or bound is not None
         norm_base |= cfg.update_encoding is not None  # a delta reads as base + delta
         base = codec.decode(versions[round_id]) if norm_base else None
         acc = sync_strategy(cfg).fold(spec, who=f"round {round_id} of task {cfg.task_name!r}")
-        for sk in event["members"]:
-            update = by_sk.get(str(sk))
+        for sk in said.members:
+            update = by_sk.get(sk)
             if update is None:
                 result.problems.append(
                     f"round {round_id} aggregated {sk!r}, missing from the ledger"
@@ -180,16 +187,16 @@ def _replay_sync(
         if central_dp(cfg):
             # a noised release: the recorded decision, read back and checked (the noise
             # is not in the ledger, so it cannot be recomputed; see docs/privacy.md)
-            version = int(event["version"])
+            version = int(said.version)
             key = global_key(cfg.task_name, version)
-            versions[version] = fetch(load, key, str(event["sha256"]), f"DP release {version}")
+            versions[version] = fetch(load, key, str(said.sha256), f"DP release {version}")
             continue
-        state = _server_step(cfg, event, versions, acc.result(), state=state, result=result)
+        state = _server_step(cfg, said, versions, acc.result(), state=state, result=result)
 
 
 def _server_step(
     cfg: TaskConfig,
-    event: Event,
+    event: Entry,
     versions: dict[int, bytes],
     new_global: Weights,
     *,
@@ -197,18 +204,18 @@ def _server_step(
     result: ReplayResult,
 ) -> OptimizerState | None:
     """The round's server optimizer step (if any) and its new version, as the server."""
-    round_id = int(event["round_id"])
+    round_id = int(event.round_id)
     if cfg.server_optimizer is not None:
         new_global, state = cfg.server_optimizer.step(
             codec.decode(versions[round_id]), new_global, state
         )
         rebuilt = codec.sha256_bytes(codec.encode(state_to_tensors(state)))
-        if event.get("optimizer_sha256") not in (None, rebuilt):
+        if event.optimizer_sha256 not in (None, rebuilt):
             result.problems.append(
                 f"round {round_id}: the server optimizer state rebuilt has SHA-256 "
-                f"{rebuilt}; the server recorded {event['optimizer_sha256']}"
+                f"{rebuilt}; the server recorded {event.optimizer_sha256}"
             )
-    versions[int(event["version"])] = codec.encode(new_global)
+    versions[int(event.version)] = codec.encode(new_global)
     return state
 
 
@@ -216,12 +223,12 @@ def _replay_async(
     cfg: TaskConfig,
     spec: ModelSpec,
     *,
-    updates: list[Event],
+    updates: list[Entry],
     load: Loader,
     versions: dict[int, bytes],
     result: ReplayResult,
 ) -> None:
-    accepted = sorted((u for u in updates if Entry.from_event(u).accepted), key=_seq_of)
+    accepted = sorted((u for u in updates if u.accepted), key=_seq_of)
     seqs = [_seq_of(u) for u in accepted]
     if seqs != list(range(1, len(seqs) + 1)):
         result.problems.append(f"accepted updates' seq are not 1..{len(seqs)}: {seqs[:20]}")
@@ -242,7 +249,7 @@ def _replay_async(
         try:
             screened = screen(client_w, base_w, cfg, recent, who)
         except InvalidWeightsError as exc:  # the filter would have rejected what was accepted
-            result.problems.append(f"accepted at seq {update['seq']}, but {exc.message}")
+            result.problems.append(f"accepted at seq {update.seq}, but {exc.message}")
             return
         recent = next_window(recent, screened.norm, cfg)
         if central_dp(cfg):  # each release a recorded version (fedasync.core.replay_dp)
@@ -262,14 +269,13 @@ def _replay_async(
             who=who,
         )
         server_state = out.server_state or server_state
-        said = Entry.from_event(update)
         for name, mine, theirs in (
-            ("staleness", out.staleness, said.staleness),
-            ("applied_version", out.state.version, said.applied_version),
+            ("staleness", out.staleness, update.staleness),
+            ("applied_version", out.state.version, update.applied_version),
         ):
             if theirs is not None and mine != int(theirs):
                 result.problems.append(f"{who}: {name} {mine} on replay, {theirs} recorded")
-        if said.discarded and out.state.buffered == cfg.buffer_size - 1:
+        if update.discarded and out.state.buffered == cfg.buffer_size - 1:
             # the next update's step was refused with this buffer: the server dropped it
             out = replace(out, state=after_refusal(out.state), buffer_sum=None)
             buffer = None
@@ -285,9 +291,8 @@ def _replay_async(
         result.applied += 1
 
 
-def _seq_of(update: Event) -> int:
+def _seq_of(update: Entry) -> int:
     """An accepted update's position; a ledger without one is not the server's."""
-    seq = Entry.from_event(update).seq
-    if seq is None:
-        raise SchemaError(f"accepted update {update.get('key')!r} has no seq")
-    return seq
+    if update.seq is None:
+        raise SchemaError(f"accepted update {update.key!r} has no seq")
+    return update.seq

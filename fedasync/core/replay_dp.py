@@ -9,15 +9,16 @@ verdict recorded, and every later step starts from those bytes (docs/privacy.md)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Protocol
 
 from fedasync.core import codec
 from fedasync.core.asyncagg import AsyncState, after_refusal, staleness_of
 from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import describe
 from fedasync.core.errors import ChecksumMismatchError
+from fedasync.core.items.ledger import Entry
 from fedasync.core.keys import global_key
 from fedasync.core.messages import UpdateRecord
 
@@ -49,7 +50,7 @@ def _next_state(state: AsyncState, cfg: TaskConfig, record: UpdateRecord) -> Asy
 
 def recorded_release(
     state: AsyncState,
-    update: Mapping[str, Any],
+    update: Entry,
     *,
     cfg: TaskConfig,
     record: UpdateRecord,
@@ -68,16 +69,16 @@ def recorded_release(
         )
     after = _next_state(state, cfg, record)
     for name, mine, theirs in (
-        ("staleness", staleness, update.get("staleness")),
-        ("applied_version", after.version, update.get("applied_version")),
+        ("staleness", staleness, update.staleness),
+        ("applied_version", after.version, update.applied_version),
     ):
         if theirs is not None and mine != int(theirs):
             result.problems.append(f"{who}: {name} {mine} on replay, {theirs} recorded")
     if after.version != state.version:
-        sha = update.get("version_sha256")
+        sha = update.version_sha256
         key = global_key(record.task_name, after.version)
         versions[after.version] = fetch(load, key, str(sha) if sha else None, f"release {key}")
-    elif update.get("discarded") and after.buffered == cfg.buffer_size - 1:
+    elif update.discarded and after.buffered == cfg.buffer_size - 1:
         after = after_refusal(after)  # the next update's flush was refused: buffer dropped
     result.applied += 1
     return after

@@ -27,6 +27,7 @@ from fedasync.aws.session import AwsContext
 from fedasync.core import keys
 from fedasync.core.errors import RegistryError
 from fedasync.core.items import task as t
+from fedasync.core.items.expressions import one_of
 from fedasync.core.items.round import RoundItem
 from fedasync.core.items.task import TaskItem
 from fedasync.deployment import Deployment
@@ -143,7 +144,7 @@ async def _abort(
         view.task_name,
         keys.TASK_SK,
         t.stopped(cause),
-        condition="#status IN (:starting, :running)",
+        condition=one_of(t.STATUS, ":starting", ":running"),
         condition_values={":starting": "STARTING", ":running": "RUNNING"},
     )
     await store.update(op)

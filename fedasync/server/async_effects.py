@@ -13,6 +13,7 @@ import structlog
 from fedasync.core import keys
 from fedasync.core.asyncagg import stop_reason
 from fedasync.core.items import task as t
+from fedasync.core.items.expressions import absent
 from fedasync.core.items.task import WAITING
 from fedasync.core.items.verdict import Verdict
 from fedasync.core.target import target_value
@@ -29,7 +30,7 @@ async def open_task(store: ServerStore, view: TaskView, token: str) -> None:
         view.task_name,
         keys.TASK_SK,
         t.opened(token, time.time()),
-        condition="attribute_not_exists(#finished)",
+        condition=absent(t.FINISHED),
     )
     if not await store.update(op):
         log.info("task.open_ignored", reason="finished")

@@ -18,6 +18,7 @@ from fedasync.core.codec import Weights
 from fedasync.core.errors import GlobalRefusedError
 from fedasync.core.items import task as t
 from fedasync.core.items import verdict as v
+from fedasync.core.items.expressions import absent, all_of, equals
 from fedasync.core.items.task import WAITING
 from fedasync.core.items.verdict import Verdict
 from fedasync.core.privacy import central_dp
@@ -93,20 +94,19 @@ async def _commit(store: ServerStore, p: Plan) -> bool:
         t.add_discarded(head.values, dropped)
     accepted = {d.sub.record.client_id for d in p.accepted if d.sub.record is not None}
     ops = [
-        store.update_op(view.task_name, d.sub.sk, d.written(), "attribute_not_exists(#verdict)")
-        for d in p.decided
+        store.update_op(view.task_name, d.sub.sk, d.written(), absent(v.VERDICT)) for d in p.decided
     ]
     if head.values:
-        condition = "#absorbed = :expected AND attribute_not_exists(#finished)"
+        conditions = [equals(t.ABSORBED, ":expected"), absent(t.FINISHED)]
         expected: dict[str, Any] = {":expected": view.state.absorbed}
         if t.REFUSED in head.values:
-            condition += " AND #buffered = :buffered"
+            conditions.append(equals(t.BUFFERED, ":buffered"))
             expected[":buffered"] = view.state.buffered
         task_op = store.update_op(
             view.task_name,
             keys.TASK_SK,
             head.values,
-            condition=condition,
+            condition=all_of(*conditions),
             condition_values=expected,
             # accepted: no longer waiting for a go-ahead (see `after_reject`)
             delete_from_sets={WAITING: view.waiting & accepted},

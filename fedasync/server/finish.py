@@ -11,6 +11,7 @@ from fedasync.core import codec, keys
 from fedasync.core.errors import ChecksumMismatchError
 from fedasync.core.items import round as r
 from fedasync.core.items import task as t
+from fedasync.core.items.expressions import absent, all_of, equals
 from fedasync.core.items.task import TaskItem
 from fedasync.server.store import ServerStore
 from fedasync.server.task_view import TaskView
@@ -35,7 +36,7 @@ async def _decide(store: ServerStore, task_name: str, reason: str) -> TaskView:
             task_name,
             keys.TASK_SK,
             t.finished(reason, view.head_version, view.head_sha256, time.time()),
-            condition="attribute_not_exists(#finished) AND #head_version = :head",
+            condition=all_of(absent(t.FINISHED), equals(t.HEAD_VERSION, ":head")),
             condition_values={":head": view.head_version},
         )
         if await store.update(op):

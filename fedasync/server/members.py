@@ -15,6 +15,7 @@ from fedasync.core.config import TaskConfig
 from fedasync.core.decisions import droppable, lapsed, round_complete
 from fedasync.core.items import round as r
 from fedasync.core.items import verdict as v
+from fedasync.core.items.expressions import absent
 from fedasync.core.items.round import ACCEPTED, SETTLED, RoundItem
 from fedasync.core.items.verdict import Verdict
 from fedasync.core.verdicts import decided_on
@@ -43,7 +44,7 @@ async def claim_members(
         view.task_name,
         round_sk,
         r.seal(round_id),
-        condition="attribute_not_exists(#members)",
+        condition=absent(r.MEMBERS),
     )
     if await store.update(seal):
         if items is None:
@@ -54,7 +55,7 @@ async def claim_members(
             view.task_name,
             round_sk,
             r.claimed(accepted, round_id),
-            condition="attribute_not_exists(#members)",
+            condition=absent(r.MEMBERS),
         )
         if await store.update(op):
             return accepted, None
@@ -75,9 +76,7 @@ async def _settle(
         f"{view.task_name!r} was still undecided when round {round_id} closed"
     )
     verdict = {**v.rejected("closed_round", detail, time.time()), **decided_on(item)}
-    op = store.update_op(
-        view.task_name, sub.sk, verdict, condition="attribute_not_exists(#verdict)"
-    )
+    op = store.update_op(view.task_name, sub.sk, verdict, condition=absent(v.VERDICT))
     if await store.update(op):
         log.warning("update.rejected", sk=sub.sk, reason="closed_round", detail=detail)
         return v.decided_as(item, verdict)

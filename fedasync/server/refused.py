@@ -33,6 +33,7 @@ from fedasync.core.globalcheck import check_new_global
 from fedasync.core.items import round as r
 from fedasync.core.items import task as t
 from fedasync.core.items import verdict as v
+from fedasync.core.items.expressions import equals
 from fedasync.core.items.task import REFUSED
 from fedasync.core.items.verdict import Verdict
 from fedasync.core.strategies import sync_strategy
@@ -59,7 +60,7 @@ async def mark_discarded(
             task_name,
             sk,
             v.discarded(exc.reason, exc.message[:2000]),
-            condition="#verdict = :accepted",
+            condition=equals(v.VERDICT, ":accepted"),
             condition_values={":accepted": v.ACCEPTED},
         )
         await store.update(op)

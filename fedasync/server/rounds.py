@@ -18,6 +18,7 @@ from fedasync.core.decisions import (
 from fedasync.core.errors import GlobalRefusedError
 from fedasync.core.items import round as r
 from fedasync.core.items import task as t
+from fedasync.core.items.expressions import ITEM_EXISTS, absent, all_of, equals
 from fedasync.core.items.round import RoundItem, RoundResult
 from fedasync.core.items.task import TaskItem
 from fedasync.core.items.verdict import VERDICT_ATTRIBUTES, Verdict
@@ -41,7 +42,7 @@ async def open_round(store: ServerStore, view: TaskView, round_id: int, token: s
         view.task_name,
         keys.round_sk(round_id),
         r.opened(token, round_id, time.time()),
-        condition="attribute_not_exists(#closed)",
+        condition=absent(r.CLOSED),
     )
     if not await store.update(op):
         log.info("round.already_closed", round_id=round_id)
@@ -99,7 +100,7 @@ async def check_round(store: ServerStore, view: TaskView, round_id: int, token: 
         view.task_name,
         keys.round_sk(round_id),
         r.checked(token),
-        condition="attribute_exists(#pk) AND attribute_not_exists(#closed)",
+        condition=all_of(ITEM_EXISTS, absent(r.CLOSED)),
     )
     if not await store.update(op):
         round_item = await store.get_item(view.task_name, keys.round_sk(round_id))
@@ -208,7 +209,7 @@ async def _aggregate(
                 view.task_name,
                 keys.TASK_SK,
                 {**task_values, **stepped},
-                condition="#head_version = :expected AND attribute_not_exists(#finished)",
+                condition=all_of(equals(t.HEAD_VERSION, ":expected"), absent(t.FINISHED)),
                 condition_values={":expected": round_id},
             ),
             store.update_op(

@@ -16,6 +16,7 @@ import structlog
 from fedasync.core import keys
 from fedasync.core.errors import FedAsyncError
 from fedasync.core.items import verdict as v
+from fedasync.core.items.expressions import absent
 from fedasync.core.items.round import RoundItem
 from fedasync.core.items.verdict import Verdict
 from fedasync.core.messages import UpdateRecord
@@ -105,9 +106,7 @@ async def decide(
             assert step.record is not None
             verdicts.append((step, acceptance(view.head_version, step.record, step.item, now)))
     ops = [
-        store.update_op(
-            view.task_name, step.sk, verdict, condition="attribute_not_exists(#verdict)"
-        )
+        store.update_op(view.task_name, step.sk, verdict, condition=absent(v.VERDICT))
         for step, verdict in verdicts
     ]
     done = await asyncio.gather(*(store.update(op) for op in ops))

@@ -26,6 +26,7 @@ from fedasync.core.deltas import check_model_fits
 from fedasync.core.errors import ConfigError, FedAsyncError
 from fedasync.core.initial import check_aggregatable
 from fedasync.core.items import task as t
+from fedasync.core.items.expressions import ITEM_ABSENT, absent, all_of, equals
 from fedasync.core.items.task import TaskItem
 from fedasync.core.privacy import central_dp, check_budget
 from fedasync.resources import TABLE_PARTITION_KEY
@@ -81,7 +82,7 @@ async def start_task(
         incarnation=secrets.token_hex(5),
         releases=releases,
     )
-    if not await store.put_item(item, condition="attribute_not_exists(#sk)"):
+    if not await store.put_item(item, condition=ITEM_ABSENT):
         existing = await store.get_task(cfg.task_name) or {}
         if (
             TaskConfig.model_validate_json(TaskItem.from_item(cfg.task_name, existing).config)
@@ -157,7 +158,7 @@ async def _next_attempt(store: ServerStore, item: dict[str, Any], ended: str) ->
         task_name,
         keys.TASK_SK,
         t.next_attempt(attempt + 1, history),
-        condition="#attempt = :attempt AND attribute_not_exists(#finished)",
+        condition=all_of(equals(t.ATTEMPT, ":attempt"), absent(t.FINISHED)),
         condition_values={":attempt": attempt},
         remove=t.FAILURE,
     )

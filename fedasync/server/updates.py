@@ -13,6 +13,7 @@ from fedasync.core import keys, verdicts
 from fedasync.core.decisions import describe
 from fedasync.core.errors import FedAsyncError, SchemaError
 from fedasync.core.items import verdict as v
+from fedasync.core.items.expressions import absent, all_of, equals
 from fedasync.core.items.verdict import Verdict
 from fedasync.server import async_effects, async_task, members, rounds, sync_run
 from fedasync.server.async_plan import detail_of as _detail
@@ -114,7 +115,7 @@ async def _reject(
             **v.rejected(exc.reason, detail[:2000], time.time(), attributed=exc.attributed),
             **verdicts.decided_on(item),
         },
-        condition="attribute_not_exists(#verdict)",
+        condition=absent(v.VERDICT),
     )
     await store.update(op)
     log.warning("update.rejected", reason=exc.reason, detail=detail)
@@ -131,9 +132,7 @@ async def _reject_forged(
         "its record"
     )
     verdict = {**v.rejected(exc.reason, exc.message, time.time()), **verdicts.decided_on(item)}
-    if await store.update(
-        store.update_op(task_name, sk, verdict, condition="attribute_not_exists(#verdict)")
-    ):
+    if await store.update(store.update_op(task_name, sk, verdict, condition=absent(v.VERDICT))):
         log.warning("update.rejected", reason=exc.reason, detail=exc.message)
     return await store.get_item(task_name, sk) or item
 
@@ -148,7 +147,7 @@ async def _reopen(store: ServerStore, task_name: str, sk: str, decision: dict[st
         task_name,
         sk,
         v.superseded(history),
-        condition="#item_digest = :digest AND #verdict = :rejected",
+        condition=all_of(equals(v.ITEM_DIGEST, ":digest"), equals(v.VERDICT, ":rejected")),
         condition_values={":digest": last.item_digest, ":rejected": v.REJECTED},
         remove=verdicts.REOPENED,
     )

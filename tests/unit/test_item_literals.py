@@ -5,11 +5,16 @@ models and builders of `fedasync/core/items/` (issue 20, item 3).
 An AST scan: a string constant that is one of those names, used as a subscript key
 (`item["verdict"]`) or as the key of a `.get()` (`item.get("closed")`), is a finding,
 unless the allow-list below says why that file reads a dict that is not such an item.
+A second scan reads every string constant (docstrings aside) as a DynamoDB expression: an
+attribute it names (`#verdict`, `attribute_not_exists(closed)`, `head_version = :v`) is a
+finding too; conditions are built by `fedasync/core/items/expressions.py` from the codec's
+names.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -81,6 +86,39 @@ def _literals(tree: ast.AST) -> list[tuple[int, str]]:
     return found
 
 
+# An attribute in an expression: a `#name` placeholder, a function's bare argument, or the
+# bare left side of a comparison with a `:value` (DynamoDB takes names without `#` too).
+_EXPRESSION_NAMES = re.compile(
+    r"#(?P<placeholder>[A-Za-z_]\w*)"
+    r"|\b(?:attribute_exists|attribute_not_exists|attribute_type|begins_with|contains|size)"
+    r"\(\s*(?P<argument>[A-Za-z_]\w*)"
+    r"|\b(?P<compared>[A-Za-z_]\w*)\s*(?:=|<>|<=?|>=?|\s+IN)\s*\(?\s*:\w"
+)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """The ids of the docstring constants (module, class, function): prose, not code."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def _expression_names(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, name) of each attribute a string constant names as an expression would."""
+    skip = _docstrings(tree)
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+            for m in _EXPRESSION_NAMES.finditer(node.value):
+                name = m.group("placeholder") or m.group("argument") or m.group("compared")
+                found.append((node.lineno, name))
+    return found
+
+
 def _findings() -> list[str]:
     out = []
     for folder in SCANNED:
@@ -88,16 +126,21 @@ def _findings() -> list[str]:
             rel = path.relative_to(ROOT).as_posix()
             if path.name.startswith("secagg_"):
                 continue  # SECAGG
-            for line, name in _literals(ast.parse(path.read_text(), rel)):
+            tree = ast.parse(path.read_text(), rel)
+            for line, name in _literals(tree):
                 if name in ITEM_NAMES and (rel, name) not in ALLOWED:
                     out.append(f"{rel}:{line}: {name!r}")
+            for line, name in _expression_names(tree):
+                if name in ITEM_NAMES:
+                    out.append(f"{rel}:{line}: {name!r} in an expression")
     return out
 
 
 def test_no_item_attribute_literal_outside_the_codec() -> None:
     # GIVEN the attribute names of the TASK, ROUND, verdict and ledger entry models
     # WHEN fedasync/server and fedasync/ops are scanned for them as subscript or .get() keys
-    # THEN none is found outside the allow-list (each entry says what else the dict is)
+    # THEN none is found outside the allow-list (each entry says what else the dict is),
+    # and no string constant names one as a DynamoDB expression does
     assert _findings() == []
 
 
@@ -123,3 +166,27 @@ def test_allow_list_entries_are_still_needed() -> None:
     for rel, name in ALLOWED:
         names = {n for _, n in _literals(ast.parse((ROOT / rel).read_text(), rel))}
         assert name in names, f"{rel}: {name!r} no longer read there; drop it from ALLOWED"
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ('op(condition="attribute_not_exists(#verdict)")', [(1, "verdict")]),
+        ('c = "#head_version = :expected AND attribute_not_exists(#finished)"',
+         [(1, "head_version"), (1, "finished")]),
+        ('c = "attribute_exists(closed)"', [(1, "closed")]),
+        ('c = "status IN (:starting, :running)"', [(1, "status")]),
+        ('c += " AND #buffered = :buffered"', [(1, "buffered")]),
+        ('c = f"#{name} = :{value}"', []),
+        ('log.info("round.closed", verdict="accepted")', []),
+        ('COLOURS = "#2a9d8f"', []),
+        ('def f():\n    """Holds `attribute_not_exists(#finished)`."""', []),
+    ],
+)  # fmt: skip
+def test_the_scan_finds_attribute_names_in_expression_strings(
+    source: str, expected: list[tuple[int, str]]
+) -> None:
+    # GIVEN a line of code  WHEN its string constants are read as DynamoDB expressions
+    # THEN each attribute they name is found: `#name`, a function's argument, a compared name
+    # (docstrings, f-string placeholders and colours are not expressions)
+    assert _expression_names(ast.parse(source)) == expected

@@ -2,7 +2,8 @@
 
 One module per kind: `task` (the TASK item), `round` (a ROUND#... item and its result),
 `verdict` (a submission as the server knows it, `verdicts.merge`, and the VERDICT#...
-attributes it writes), `ledger` (an update's entry in the event ledger). Each attribute
+attributes it writes), `ledger` (an update's entry in the event ledger), and
+`expressions`, the writes' conditions built from those names. Each attribute
 name is written in its module and nowhere else: the server and the operator tools read
 an item through `from_item` and write one through the module's value builders, which
 `Records.update_op` takes as they are. `tests/unit/test_item_literals.py` holds

@@ -225,6 +225,9 @@ class Entry:
     task_name: str | None = None  # a task entry's
     initial: Mapping[str, Any] | None = None  # a task entry's: the initial model's key, SHA-256
     config: Any = None  # a task entry's: the TaskConfig as JSON data
+    spec: Any = None  # a task entry's: the model spec, [name, shape, dtype] per tensor
+    head: Mapping[str, Any] | None = None  # a task entry's: the head the server recorded
+    optimizer_sha256: Any = None  # a round entry's: the server optimizer state after it
     metrics: Any = None  # an evaluation entry's
     committed_at: Any = None  # a version entry's
 
@@ -258,6 +261,9 @@ class Entry:
             task_name=str(e["task_name"]) if e.get("task_name") is not None else None,
             initial=dict(e["initial"]) if isinstance(e.get("initial"), Mapping) else None,
             config=e.get("config"),
+            spec=e.get("spec"),
+            head=dict(e["head"]) if isinstance(e.get("head"), Mapping) else None,
+            optimizer_sha256=e.get("optimizer_sha256"),
             metrics=e.get("metrics"),
             committed_at=e.get("committed_at"),
         )

@@ -18,8 +18,9 @@ WAITING = "waiting"
 RECENT_NORMS = "recent_norms"
 # the last refused global model, for `task status`
 REFUSED = "global_refused"
-HEAD_VERSION, FINISHED, ABSORBED, BUFFERED, ATTEMPT = (
-    "head_version", "finished", "absorbed", "buffered", "attempt"
+# named by the writes' conditions (`fedasync.core.items.expressions`)
+STATUS, HEAD_VERSION, FINISHED, ABSORBED, BUFFERED, ATTEMPT = (
+    "status", "head_version", "finished", "absorbed", "buffered", "attempt"
 )  # fmt: skip
 # the attributes the state machine writes on a failure, which the next attempt moves into
 # its entry of `attempts`
@@ -284,7 +285,7 @@ def stopped(cause: str) -> dict[str, Any]:
 # Every attribute of a TASK item (the table's keys aside), for the literal scan of
 # `tests/unit/test_item_literals.py`.
 ATTRIBUTES = (
-    "config", "spec", "status", HEAD_VERSION, "head_sha256", "head_size", "initial_sha256",
+    "config", "spec", STATUS, HEAD_VERSION, "head_sha256", "head_size", "initial_sha256",
     ABSORBED, BUFFERED, "buffer_weight", "buffer_sha256", "dp_buffer_clients",
     "dp_buffer_max_weight", "token", FINISHED, "final_version", "final_sha256", "finished_at",
     "started_at", "created_at", "latest_metrics", WAITING, ATTEMPT, "attempts", "incarnation",
