@@ -5,6 +5,7 @@ of a server item."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import urllib.error
 import urllib.request
@@ -15,7 +16,9 @@ import pytest
 from botocore.exceptions import ClientError
 from typer.testing import CliRunner
 
+from client.config import MIN_PART_BYTES
 from fedasync.aws.session import AwsContext, denial, refusal_message
+from fedasync.aws.transfer import upload_file
 from fedasync.cli import app
 from fedasync.cli.local import write_files
 from fedasync.core import keys
@@ -177,3 +180,34 @@ def test_a_refused_client_run_ends_in_one_error_line(stack_config: Path) -> None
         "perform: sqs:ReceiveMessage"
     )
     assert "Traceback" not in result.output
+
+
+async def test_silo0_tags_its_update_in_the_upload_itself(
+    stack: EmbeddedStack, stack_config: Path, tmp_path: Path
+) -> None:
+    # GIVEN silo-0 with its own key, and two local models: one PutObject, one multipart
+    data, aws = _silo0(stack_config)
+    bucket = data["bucket"]
+    small, large = tmp_path / "small.safetensors", tmp_path / "large.safetensors"
+    small.write_bytes(b"s" * 1000)
+    large.write_bytes(b"l" * (2 * MIN_PART_BYTES + 1))
+    own = [keys.local_key(TASK, "silo-0", 2, name) for name in ("small", "large")]
+    admin_s3 = await stack.aws.s3()
+    async with aws:
+        s3 = await aws.s3()
+        # WHEN it uploads them as the client does (the tag rides on the upload request:
+        # x-amz-tagging on PutObject / CreateMultipartUpload, no PutObjectTagging after)
+        for key, path in zip(own, (small, large), strict=True):
+            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+            await upload_file(s3, bucket, key, path, sha256=sha, part_size=MIN_PART_BYTES)
+        # THEN both carry exactly the expiry rule's tag, read back as the stack admin
+        for key in own:
+            tagging = await admin_s3.get_object_tagging(Bucket=bucket, Key=key)
+            assert tagging["TagSet"] == [{"Key": "fedasync-kind", "Value": "local-update"}]
+        # AND a tag of its own choosing is refused by the deployed role, which lets a
+        # silo set only the expiry tag's key (s3:RequestObjectTagKeys: moto cannot
+        # evaluate it, the audit does: declared here, judged at the end of the run)
+        expect_refused("client:silo-0", "s3:PutObjectTagging", f"arn:aws:s3:::{bucket}/{own[0]}")
+        await s3.put_object_tagging(
+            Bucket=bucket, Key=own[0], Tagging={"TagSet": [{"Key": "owner", "Value": "me"}]}
+        )
