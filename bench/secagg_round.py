@@ -26,6 +26,9 @@ With binary masked inputs (safetensors words, no base64 JSON), one run on 2026-1
   plain_round_10_silos      4.70 s   (4.09, 4.70, 6.06)
   secagg_round_10_silos    14.67 s   (14.67, 15.65, 9.74)  ratio 3.33 (pairs 3.59, 3.33, 1.61)
 the plain round at twice its quiet time: a figure of the load, not under the target.
+On the quiet machine after it (2026-12-02 01:10-01:12, nothing else running, load
+0.7 -> 2.0): 6.94 s against 2.33 s, ratio 2.82 (3 pairs), and with `--repeat 5`
+5.27 s against 2.13 s, ratio 2.50 (pairs 2.34, 2.50, 2.91, 2.47, 2.73): under the target.
 Where the time goes, phase by phase: docs/secagg.md, "Cost".
 """
 
