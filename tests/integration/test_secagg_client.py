@@ -74,7 +74,8 @@ def client_config(stack, client_id: str, **over: Any) -> ClientConfig:
     return ClientConfig(**(fields | over))
 
 
-def task_config(identities: dict[str, str]) -> TaskConfig:
+def task_config(identities: dict[str, str], **fields: Any) -> TaskConfig:
+    """One SecAgg round of the five banks (threshold 3), with any other task fields."""
     return TaskConfig.parse(
         {
             "task_name": "vault",
@@ -87,6 +88,7 @@ def task_config(identities: dict[str, str]) -> TaskConfig:
                 "phase_timeout_s": 15,
                 "identities": identities,
             },
+            **fields,
         }
     )
 

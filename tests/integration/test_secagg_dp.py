@@ -28,35 +28,22 @@ from client.run import run_client
 from client.trainers.numpy_trainer import NumpyTrainer
 from client.worker import training_seed
 from fedasync.core import codec, keys
-from fedasync.core.config import TaskConfig
 from fedasync.core.replay import replay
 from fedasync.core.replay_secagg import release_key, sum_key
 from fedasync.ops.events import export_ledger, export_objects, folder_loader
 from fedasync.server.tasks import start_task
-from tests.integration.test_secagg_client import SILOS, client_config, data_of, stack
+from tests.integration.test_secagg_client import (
+    CLIP,
+    SILOS,
+    client_config,
+    data_of,
+    stack,
+    task_config,
+)
 from tests.integration.test_server_sync import store_for, wait_execution
 
 __all__ = ["stack"]  # the fixture, shared with test_secagg_client
-CLIP = 1000.0
 STEP = CLIP / (((1 << 31) - 1) // len(SILOS))
-
-
-def task_config(identities: dict[str, str], **fields: Any) -> TaskConfig:
-    return TaskConfig.parse(
-        {
-            "task_name": "vault",
-            "clients": list(SILOS),
-            "rounds": 1,
-            "round_check_s": 1,
-            "secure_aggregation": {
-                "threshold": 3,
-                "clip": CLIP,
-                "phase_timeout_s": 15,
-                "identities": identities,
-            },
-            **fields,
-        }
-    )
 
 
 def trained_delta(global_w, client_id: str, **fit: Any) -> np.ndarray:
