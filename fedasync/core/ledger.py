@@ -32,13 +32,13 @@ from typing import Any
 from fedasync.core import keys
 from fedasync.core.errors import SchemaError
 from fedasync.core.evals import eval_means
-from fedasync.core.items._values import int_or
 from fedasync.core.items.ledger import (
     KIND,
     KINDS,
     LEDGER_SCHEMA_VERSION,
     Entry,
     Event,
+    _int_or_none,
     evaluation_entry,
     final_entry,
     raw,
@@ -82,7 +82,7 @@ def build_ledger(items: Iterable[Mapping[str, Any]], *, bucket: str | None = Non
     body: list[tuple[tuple[float, int, float, str], Event]] = []
     if head["config"]["mode"] == "sync":
         for u, e in ((u, Entry.from_event(u)) for u in updates):
-            round_id = int_or(e.round_id) or 0  # a silo's junk sorts first
+            round_id = _int_or_none(e.round_id) or 0  # a silo's junk sorts first
             body.append(((round_id, 0, e.decided_at or 0.0, str(e.sk)), u))
         for r, e in ((r, Entry.from_event(r)) for r in rounds):
             body.append(((e.round_id, 1, 0.0, ""), r))

@@ -13,7 +13,6 @@ from typing import Any
 
 from fedasync.core import keys
 from fedasync.core.config import TaskConfig
-from fedasync.core.items._values import float_or, int_or
 from fedasync.core.items.verdict import REJECTION_ATTRIBUTES, VERDICT_ATTRIBUTES
 
 LEDGER_SCHEMA_VERSION = 1
@@ -66,10 +65,27 @@ def task_entry(task: Mapping[str, Any], bucket: str | None) -> Event:
         "created_at": _float(task.get("created_at")),
         # the head the server recorded: a replay must end there (`core.replay`)
         "head": {
-            "version": int_or(task.get("head_version")),
+            "version": _int_or_none(task.get("head_version")),
             "sha256": task.get("head_sha256"),
         },
     }
+
+
+def _int_or_none(value: Any) -> int | None:
+    """An integer the server wrote, or None: never a crash on what a silo put there."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _float_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def raw(value: Any) -> Any:
@@ -114,12 +130,12 @@ def update_entry(item: Mapping[str, Any]) -> Event:
         "verdict": raw(item.get("verdict")),
         "reason": raw(item.get("reason")),
         "detail": raw(item.get("detail")),
-        "seq": int_or(position.get("seq")),
-        "staleness": int_or(position.get("staleness")),
-        "weight": float_or(position.get("weight")),
-        "applied_version": int_or(position.get("applied_version")),
+        "seq": _int_or_none(position.get("seq")),
+        "staleness": _int_or_none(position.get("staleness")),
+        "weight": _float_or_none(position.get("weight")),
+        "applied_version": _int_or_none(position.get("applied_version")),
         "version_sha256": raw(position.get("version_sha256")),
-        "decided_at": float_or(item.get("decided_at")),
+        "decided_at": _float_or_none(item.get("decided_at")),
         "discarded": raw(item.get("discarded")),
         "record": record,
     }
@@ -226,12 +242,12 @@ class Entry:
             verdict=str(e["verdict"]) if e.get("verdict") is not None else None,
             reason=e.get("reason"),
             detail=e.get("detail"),
-            seq=int_or(e.get("seq")),
-            staleness=int_or(e.get("staleness")),
-            weight=float_or(e.get("weight")),
-            applied_version=int_or(e.get("applied_version")),
+            seq=_int_or_none(e.get("seq")),
+            staleness=_int_or_none(e.get("staleness")),
+            weight=_float_or_none(e.get("weight")),
+            applied_version=_int_or_none(e.get("applied_version")),
             version_sha256=e.get("version_sha256"),
-            decided_at=float_or(e.get("decided_at")),
+            decided_at=_float_or_none(e.get("decided_at")),
             discarded=e.get("discarded"),
             record=dict(record) if isinstance(record, Mapping) else None,
             round_id=e.get("round_id"),
@@ -240,8 +256,8 @@ class Entry:
             dp=e.get("dp"),
             secagg=e.get("secagg"),
             members=tuple(str(m) for m in e.get("members") or ()),
-            opened_at=float_or(e.get("opened_at")),
-            closed_at=float_or(e.get("closed_at")),
+            opened_at=_float_or_none(e.get("opened_at")),
+            closed_at=_float_or_none(e.get("closed_at")),
             task_name=str(e["task_name"]) if e.get("task_name") is not None else None,
             initial=dict(e["initial"]) if isinstance(e.get("initial"), Mapping) else None,
             config=e.get("config"),
